@@ -1,0 +1,197 @@
+//! Builds every plugin crate under `plugins/` (those whose `Cargo.toml` has
+//! `[package.metadata.refill] component = true`) for wasm32, turns each core
+//! module into a component, writes it to `plugins/dist/<name>.wasm`, and
+//! prints its sha256 (also written to `plugins/dist/SHA256SUMS`).
+//!
+//! It uses rustup's `wasm32-unknown-unknown` target when installed, and
+//! otherwise Debian's second toolchain with `-Zbuild-std` (see
+//! `../shared/TOOLCHAIN.md`). `make toolchain` installs the latter.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::{env, fs};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+const TARGET: &str = "wasm32-unknown-unknown";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_STD_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
+const WASM_LD: &str = "/usr/lib/llvm-16/bin/wasm-ld";
+
+/// How to compile Rust for wasm32 on this machine.
+enum Toolchain {
+    /// rustup has the target installed: plain `cargo build --target`.
+    Rustup,
+    /// Debian's rustc-web/cargo-web with std built from rust-web-src.
+    DebianBuildStd,
+}
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("error: {error:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .context("finding the workspace root")?;
+    let plugins = discover(&root.join("plugins"))?;
+    if plugins.is_empty() {
+        bail!(
+            "no plugin crates found under {}",
+            root.join("plugins").display()
+        );
+    }
+    let toolchain = detect_toolchain()?;
+    let target_dir = root.join("target/guest");
+    compile(&root, &target_dir, &toolchain, &plugins)?;
+
+    let dist = root.join("plugins/dist");
+    fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
+    let mut sums = String::new();
+    for name in &plugins {
+        let core = target_dir
+            .join(TARGET)
+            .join("guest")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let module = fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .module(&module)
+            .and_then(|e| e.validate(true).encode())
+            .with_context(|| format!("turning {} into a component", core.display()))?;
+        let out = dist.join(format!("{name}.wasm"));
+        write_atomically(&out, &component)?;
+        let digest = hex::encode(Sha256::digest(&component));
+        let shown = out
+            .strip_prefix(&root)
+            .unwrap_or(&out)
+            .display()
+            .to_string();
+        println!("{digest}  {shown}  ({} bytes)", component.len());
+        writeln!(sums, "{digest}  {name}.wasm")?;
+    }
+    write_atomically(&dist.join("SHA256SUMS"), sums.as_bytes())?;
+    Ok(())
+}
+
+/// The package names of the plugin crates, sorted.
+fn discover(plugins_dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(plugins_dir)? {
+        let manifest = entry?.path().join("Cargo.toml");
+        let Ok(text) = fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let doc: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+        let is_component = doc
+            .get("package")
+            .and_then(|p| p.get("metadata"))
+            .and_then(|m| m.get("refill"))
+            .and_then(|r| r.get("component"))
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false);
+        if is_component {
+            let name = doc["package"]["name"]
+                .as_str()
+                .with_context(|| format!("{}: package.name is not a string", manifest.display()))?;
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn detect_toolchain() -> Result<Toolchain> {
+    let rustup_has_target = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
+        .unwrap_or(false);
+    if rustup_has_target {
+        return Ok(Toolchain::Rustup);
+    }
+    let missing: Vec<&str> = [DEBIAN_CARGO, DEBIAN_RUSTC, DEBIAN_STD_SRC, WASM_LD]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(Toolchain::DebianBuildStd);
+    }
+    bail!(
+        "no wasm32 toolchain: rustup has no {TARGET} target and {} missing; \
+         run `make toolchain` (Debian packages rustc-web cargo-web rust-web-src lld-16) \
+         or `rustup target add {TARGET}`",
+        missing.join(", ")
+    )
+}
+
+fn compile(
+    root: &Path,
+    target_dir: &Path,
+    toolchain: &Toolchain,
+    plugins: &[String],
+) -> Result<()> {
+    let cargo = match toolchain {
+        Toolchain::Rustup => env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        Toolchain::DebianBuildStd => DEBIAN_CARGO.into(),
+    };
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(root)
+        .args([
+            "build",
+            "--profile",
+            "guest",
+            "--target",
+            TARGET,
+            "--locked",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir)
+        // Paths end up in panic messages; keep them, and so the digest,
+        // independent of where the checkout and the cargo home are.
+        .env("CARGO_ENCODED_RUSTFLAGS", remap_flags(root));
+    for name in plugins {
+        cmd.args(["-p", name]);
+    }
+    if let Toolchain::DebianBuildStd = toolchain {
+        cmd.arg("-Zbuild-std=std,panic_abort")
+            .env("RUSTC", DEBIAN_RUSTC)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", WASM_LD)
+            .env_remove("RUSTDOC");
+    }
+    let status = cmd.status().with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("{cargo} build for {TARGET} failed ({status})");
+    }
+    Ok(())
+}
+
+fn remap_flags(root: &Path) -> String {
+    let cargo_home = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| env::var("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|_| PathBuf::from("/nonexistent"));
+    [
+        format!("--remap-path-prefix={}=/refill", root.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    ]
+    .join("\x1f")
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
