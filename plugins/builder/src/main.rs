@@ -1,5 +1,6 @@
 //! Builds every plugin crate under `plugins/` (those whose `Cargo.toml` has
-//! `[package.metadata.refill] component = true`) for wasm32, turns each core
+//! `[package.metadata.refill] component = true`, in `plugins/*/` or
+//! `plugins/*/*/`) for wasm32, turns each core
 //! module into a component, writes it to `plugins/dist/<name>.wasm`, and
 //! prints its sha256 (also written to `plugins/dist/SHA256SUMS`).
 //!
@@ -80,11 +81,25 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// The package names of the plugin crates, sorted.
+/// The package names of the plugin crates, two folder levels deep (hostile
+/// guests live in `plugins/evil/…`), sorted.
 fn discover(plugins_dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+    let mut dirs = Vec::new();
     for entry in fs::read_dir(plugins_dir)? {
-        let manifest = entry?.path().join("Cargo.toml");
+        let dir = entry?.path();
+        if dir.is_dir() {
+            for sub in fs::read_dir(&dir)? {
+                let sub = sub?.path();
+                if sub.is_dir() {
+                    dirs.push(sub);
+                }
+            }
+            dirs.push(dir);
+        }
+    }
+    let mut names = Vec::new();
+    for dir in dirs {
+        let manifest = dir.join("Cargo.toml");
         let Ok(text) = fs::read_to_string(&manifest) else {
             continue;
         };
