@@ -1,0 +1,79 @@
+# refill — `make demo` runs a backfill on an embedded SQLite database,
+# `make test` runs every test. Both install what they need first.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+REFILL_DEBUG := target/debug/refill
+REFILL_RELEASE := target/release/refill
+export REFILL_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+# Debian's second toolchain builds the wasm guests when rustup has no wasm
+# target (rustup cannot download here); see ../shared/TOOLCHAIN.md.
+GUEST_PACKAGES := rustc-web cargo-web rust-web-src lld-16
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help
+help:
+	@echo "make demo      build, then plan, dry-run, execute and show a backfill on demo/demo.db"
+	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL)"
+	@echo "make plugins   build every transform under plugins/ into plugins/dist/*.wasm"
+	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table"
+	@echo "make lint      rustfmt and clippy"
+
+.PHONY: toolchain
+toolchain:
+	@if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then \
+		echo "toolchain: using rustup's wasm32-unknown-unknown target"; \
+	elif [ -x /usr/bin/cargo ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -f /usr/lib/rustlib/src/rust/library/Cargo.lock ]; then \
+		echo "toolchain: using Debian's rustc-web with build-std for wasm32"; \
+	else \
+		echo "toolchain: installing $(GUEST_PACKAGES) from Debian"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(GUEST_PACKAGES); \
+	fi
+	@command -v python3 >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3; }
+
+.PHONY: plugins
+plugins: toolchain
+	$(CARGO) run --quiet --locked -p refill-plugin-builder
+
+.PHONY: build
+build:
+	$(CARGO) build --locked -p refill
+
+# Start PostgreSQL when it is installed here but not answering.
+.PHONY: services
+services:
+	@if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+		echo "services: starting PostgreSQL"; \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	fi
+
+.PHONY: demo
+demo: plugins build
+	@rm -rf demo/demo.db demo/demo.db-* demo/.refill
+	python3 demo/seed.py demo/demo.db
+	@sed "s/@REMAP_SHA256@/$$(awk '$$2 == "remap.wasm" { print $$1 }' plugins/dist/SHA256SUMS)/" demo/quotes.toml.in > demo/quotes.toml
+	@echo; echo "### refill plan demo/quotes.toml"
+	$(REFILL_DEBUG) plan demo/quotes.toml
+	@echo; echo "### refill run demo/quotes.toml   (a dry run: nothing is written)"
+	$(REFILL_DEBUG) run demo/quotes.toml
+	@echo; echo "### refill run demo/quotes.toml --execute"
+	$(REFILL_DEBUG) run demo/quotes.toml --execute
+	@echo; echo "### refill status --spec demo/quotes.toml"
+	$(REFILL_DEBUG) status --spec demo/quotes.toml
+
+.PHONY: test
+test: plugins services
+	$(CARGO) test --locked --workspace
+
+.PHONY: lint
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+.PHONY: bench
+bench: plugins services
+	$(CARGO) bench --locked -p refill --bench backfill

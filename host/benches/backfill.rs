@@ -1,0 +1,362 @@
+//! `make bench`: rows/s of a `remap` backfill with `--execute` on a
+//! 1,000,000-row PostgreSQL table, next to the same change done by the
+//! single SQL statement `UPDATE … SET status_v2 = CASE status … END` and by a
+//! well-written batched script (keyset reads of 10,000 rows, one
+//! `UPDATE … FROM unnest(…)` per batch, one transaction per batch), all
+//! measured in one run on a freshly copied table each time. Prints the
+//! ratios to the single statement, and what bounds refill.
+//!
+//! Settings (environment): `REFILL_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), `REFILL_BENCH_ROWS`
+//! (1000000), `REFILL_BENCH_ROUNDS` (2; the best round counts).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+const SCHEMA: &str = "refill_bench";
+const MAP: &[(&str, &str)] = &[
+    ("open", "active"),
+    ("won", "closed_won"),
+    ("lost", "closed_lost"),
+    ("stale", "archived"),
+];
+const CHUNK: i64 = 10_000;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn case_sql() -> String {
+    let arms: Vec<String> = MAP
+        .iter()
+        .map(|(a, b)| format!("WHEN '{a}' THEN '{b}'"))
+        .collect();
+    format!("CASE status {} END", arms.join(" "))
+}
+
+/// Creates the template table once (or again if its size changed).
+async fn template(pool: &PgPool, rows: i64) {
+    exec(pool, &format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}")).await;
+    let existing: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {SCHEMA}.template"
+    )))
+    .fetch_one(pool)
+    .await
+    .ok();
+    if existing == Some(rows) {
+        return;
+    }
+    println!("creating the {rows}-row template table {SCHEMA}.template …");
+    exec(
+        pool,
+        &format!(
+            "DROP TABLE IF EXISTS {SCHEMA}.template;
+             CREATE TABLE {SCHEMA}.template (
+                 id bigint NOT NULL, customer text NOT NULL, status text, status_v2 text,
+                 amount numeric(12,2) NOT NULL, created_at timestamptz NOT NULL);
+             INSERT INTO {SCHEMA}.template
+             SELECT g, 'customer-' || (g % 5000), (ARRAY['open','won','lost','stale'])[1 + g % 4], NULL,
+                    (g % 100000) / 100.0, timestamptz '2020-01-01' + g * interval '1 minute'
+             FROM generate_series(1, {rows}) g;"
+        ),
+    )
+    .await;
+}
+
+/// A fresh copy of the template as `SCHEMA.quotes`, vacuumed and
+/// checkpointed so every measurement starts from the same state.
+async fn fresh(pool: &PgPool) {
+    exec(
+        pool,
+        &format!(
+            "DROP TABLE IF EXISTS {SCHEMA}.quotes;
+             CREATE TABLE {SCHEMA}.quotes AS TABLE {SCHEMA}.template;
+             ALTER TABLE {SCHEMA}.quotes ADD PRIMARY KEY (id);"
+        ),
+    )
+    .await;
+    exec(pool, &format!("VACUUM ANALYZE {SCHEMA}.quotes")).await;
+    exec(pool, "CHECKPOINT").await;
+}
+
+/// Fails the bench if any row does not hold the mapped status.
+async fn verify(pool: &PgPool, what: &str) {
+    let wrong: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {SCHEMA}.quotes WHERE status_v2 IS DISTINCT FROM {}",
+        case_sql()
+    )))
+    .fetch_one(pool)
+    .await
+    .expect("verify");
+    assert_eq!(wrong, 0, "{what} left {wrong} rows wrong");
+}
+
+async fn single_statement(pool: &PgPool) -> Duration {
+    let started = Instant::now();
+    exec(
+        pool,
+        &format!("UPDATE {SCHEMA}.quotes SET status_v2 = {}", case_sql()),
+    )
+    .await;
+    started.elapsed()
+}
+
+/// The script a careful engineer would write by hand.
+async fn batched_script(pool: &PgPool) -> Duration {
+    let started = Instant::now();
+    let read = format!("SELECT id, status FROM {SCHEMA}.quotes WHERE id > $1 ORDER BY id LIMIT $2");
+    let write = format!(
+        "UPDATE {SCHEMA}.quotes AS t SET status_v2 = v.s FROM unnest($1::int8[], $2::text[]) AS v(id, s) WHERE t.id = v.id"
+    );
+    let mut last = 0i64;
+    loop {
+        let rows = sqlx::query(AssertSqlSafe(read.clone()))
+            .bind(last)
+            .bind(CHUNK)
+            .fetch_all(pool)
+            .await
+            .expect("read");
+        let Some(tail) = rows.last() else { break };
+        last = tail.get(0);
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mapped: Vec<Option<String>> = rows
+            .iter()
+            .map(|r| {
+                let status: Option<String> = r.get(1);
+                status.and_then(|s| {
+                    MAP.iter()
+                        .find(|(a, _)| *a == s)
+                        .map(|(_, b)| b.to_string())
+                })
+            })
+            .collect();
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query(AssertSqlSafe(write.clone()))
+            .bind(ids)
+            .bind(mapped)
+            .execute(&mut *tx)
+            .await
+            .expect("write");
+        tx.commit().await.expect("commit");
+    }
+    started.elapsed()
+}
+
+fn refill_cmd(cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_refill"));
+    cmd.env("REFILL_CACHE_DIR", cache)
+        .env("REFILL_LOG", "refill=warn");
+    cmd
+}
+
+/// `refill run --execute` as a user would run it; returns the wall time and
+/// the state store it recorded into.
+fn refill(
+    url: &str,
+    cache: &Path,
+    component: &Path,
+    digest: &str,
+) -> (Duration, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
+    let spec = format!(
+        "name = \"bench\"\n[source]\nurl = \"{url}\"\nschema = \"{SCHEMA}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
+         [chunk]\nrows = {CHUNK}\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
+         [target]\ncolumns = [\"status_v2\"]\n",
+        component.display(),
+        map.join(",")
+    );
+    let spec_path = dir.path().join("bench.toml");
+    std::fs::write(&spec_path, spec).expect("write spec");
+    let started = Instant::now();
+    let out = refill_cmd(cache)
+        .args(["run", "--execute"])
+        .arg(&spec_path)
+        .output()
+        .expect("run refill");
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "refill failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (elapsed, dir.path().join(".refill/state.db"), dir)
+}
+
+/// Average per-chunk read, transform and write times of the last refill run.
+async fn chunk_profile(state: &Path) -> (f64, f64, f64, i64) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", state.display()))
+        .await
+        .expect("state store");
+    let row = sqlx::query(
+        "SELECT avg(read_ms), avg(transform_ms), avg(write_ms), count(*) FROM refill_chunks",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("profile");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+fn rate(rows: i64, d: Duration) -> String {
+    let per_sec = rows as f64 / d.as_secs_f64();
+    let digits = format!("{:.0}", per_sec);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The transform alone, on one thread: 1,000,000 status values through
+/// `remap` in batches of 1,000, as the pipeline hands them over.
+fn transform_only(component: &Path, digest: &str, rows: i64) -> Duration {
+    use refill::transform::bindings::refill::transform::types::Key;
+    use refill::value::{Param, Row, Value};
+    let runner = refill::transform::Runner::load(
+        component,
+        Some(digest),
+        refill::transform::Limits::default(),
+    )
+    .expect("load remap");
+    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
+    let mut instance = runner
+        .instance(&[Param {
+            name: "map".into(),
+            value: map.join(","),
+        }])
+        .expect("configure remap");
+    let statuses = ["open", "won", "lost", "stale"];
+    let batch: Vec<Row> = (0..1000)
+        .map(|i| Row {
+            key: Key::Integer(i),
+            values: vec![Value::Text(statuses[i as usize % 4].into())],
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..rows / 1000 {
+        let out = instance.transform(&batch).expect("transform");
+        assert_eq!(out.outcomes.len(), batch.len());
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let url = env_or(
+        "REFILL_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    );
+    let rows: i64 = env_or("REFILL_BENCH_ROWS", "1000000")
+        .parse()
+        .expect("REFILL_BENCH_ROWS is a number");
+    let rounds: u32 = env_or("REFILL_BENCH_ROUNDS", "2")
+        .parse()
+        .expect("REFILL_BENCH_ROUNDS is a number");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let component = root.join("plugins/dist/remap.wasm");
+    assert!(
+        component.exists(),
+        "{} is missing: run `make plugins`",
+        component.display()
+    );
+    let digest = refill::transform::digest(&std::fs::read(&component).expect("component"));
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
+
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&pool)
+        .await
+        .expect("version");
+    template(&pool, rows).await;
+    // Compile the component once so the runs below load it from the cache,
+    // as every run after the first does.
+    let warm = refill_cmd(&cache)
+        .arg("inspect")
+        .arg(&component)
+        .output()
+        .expect("refill inspect");
+    assert!(warm.status.success(), "refill inspect failed");
+
+    let alone = transform_only(&component, &digest, rows);
+
+    let mut best = [Duration::MAX; 3];
+    let mut profile = (0.0, 0.0, 0.0, 0);
+    for round in 1..=rounds {
+        fresh(&pool).await;
+        let single = single_statement(&pool).await;
+        verify(&pool, "the single statement").await;
+        fresh(&pool).await;
+        let script = batched_script(&pool).await;
+        verify(&pool, "the batched script").await;
+        fresh(&pool).await;
+        let (ours, state, _dir) = refill(&url, &cache, &component, &digest);
+        verify(&pool, "refill").await;
+        if ours < best[2] {
+            profile = chunk_profile(&state).await;
+        }
+        println!(
+            "round {round}: single UPDATE {:.2} s, batched script {:.2} s, refill {:.2} s",
+            single.as_secs_f64(),
+            script.as_secs_f64(),
+            ours.as_secs_f64()
+        );
+        for (slot, d) in best.iter_mut().zip([single, script, ours]) {
+            *slot = (*slot).min(d);
+        }
+    }
+    exec(&pool, &format!("DROP TABLE IF EXISTS {SCHEMA}.quotes")).await;
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "refill bench: {rows} rows, PostgreSQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
+    );
+    println!(
+        "  {:<44} {:>9} {:>12} {:>18}",
+        "workload", "seconds", "rows/s", "vs single UPDATE"
+    );
+    let single = best[0].as_secs_f64();
+    for (name, d) in [
+        ("single UPDATE … SET status_v2 = CASE …", best[0]),
+        ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
+        ("refill run --execute (remap component)", best[2]),
+    ] {
+        println!(
+            "  {name:<44} {:>9.2} {:>12} {:>18.2}",
+            d.as_secs_f64(),
+            rate(rows, d),
+            d.as_secs_f64() / single
+        );
+    }
+    println!(
+        "  {:<44} {:>9.2} {:>12}",
+        "remap transform alone (1 thread, batches of 1000)",
+        alone.as_secs_f64(),
+        rate(rows, alone)
+    );
+    let (read, transform, write, chunks) = profile;
+    println!(
+        "refill per chunk (mean of {chunks}): read {read:.1} ms, transform {transform:.1} ms, write {write:.1} ms; \
+         {} chunks in flight",
+        refill::spec::DEFAULT_CONCURRENCY
+    );
+}

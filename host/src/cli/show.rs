@@ -1,0 +1,482 @@
+//! Printing: turns plans, run reports, run records and component
+//! inspections into text (or JSON) on standard output.
+
+use std::time::Duration;
+
+use refill::db::DbUrl;
+use refill::plan::Plan;
+use refill::run::{ErrorGroup, RunReport};
+use refill::spec::Spec;
+use refill::state::{
+    ChunkRecord, ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionRecord, chunk_summary,
+};
+use refill::transform::{ALLOWED_IMPORTS, Runner};
+use refill::value::{Info, value_type_name};
+
+/// `1234567` as `1,234,567`.
+pub fn n(x: u64) -> String {
+    let digits = x.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn per_sec(rows: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return "-".into();
+    }
+    format!("{} rows/s", n((rows as f64 / secs).round() as u64))
+}
+
+fn columns(info: &[refill::value::Column]) -> String {
+    info.iter()
+        .map(|c| format!("{} ({})", c.name, value_type_name(c.type_)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "100%".into()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// Prints what a run of the spec would do.
+pub fn plan(
+    spec: &Spec,
+    plan: &Plan,
+    runner: &Runner,
+    previous: Option<&RunRecord>,
+    chunks: Option<&[ChunkRecord]>,
+) {
+    let l = &plan.layout;
+    let f = &spec.file;
+    let info = runner.info();
+    let names = |cs: &[refill::source::ColumnInfo]| {
+        cs.iter()
+            .map(|c| format!("{} ({})", c.name, c.sql_type))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("Plan for \"{}\" ({})", spec.name(), spec.path.display());
+    println!(
+        "  source     {} table {}, key {} ({})",
+        spec.source_url, l.source, l.key.name, l.key_type
+    );
+    println!(
+        "  scope      {}",
+        f.source.scope.as_deref().unwrap_or("every row")
+    );
+    println!("  reads      {}", names(&l.inputs));
+    println!("  writes     {} in {}", names(&l.outputs), l.target);
+    match (&plan.scope.first, &plan.scope.high_watermark) {
+        (Some(first), Some(last)) => println!(
+            "  rows       {} in scope, keys {first} to {last}; rows added later above {last} are left to the application",
+            n(plan.scope.rows)
+        ),
+        _ => println!("  rows       none in scope"),
+    }
+    println!(
+        "  chunks     {} of up to {} rows, {} in flight",
+        n(plan.chunks),
+        n(u64::from(f.chunk.rows)),
+        f.chunk.concurrency
+    );
+    println!(
+        "  transform  {} {}: {}",
+        info.name, info.version, info.description
+    );
+    println!(
+        "             reads {}; writes {}",
+        columns(&info.inputs),
+        columns(&info.outputs)
+    );
+    println!(
+        "  component  {} ({} bytes)",
+        runner.compiled().path().display(),
+        n(runner.compiled().size() as u64)
+    );
+    let pin = match &f.transform.sha256 {
+        Some(_) => "pinned, matches",
+        None => "NOT PINNED",
+    };
+    println!("             sha256 {} ({pin})", runner.digest());
+    println!(
+        "             imports {}",
+        runner.compiled().imports().join(", ")
+    );
+    let limits = runner.limits();
+    println!(
+        "  limits     per batch of {} rows: {} fuel, {} ms; {} MiB memory per instance",
+        n(u64::from(f.transform.batch_rows)),
+        n(limits.fuel),
+        limits.timeout.as_millis(),
+        limits.memory_bytes >> 20
+    );
+    println!("  state      {}", spec.state_url);
+    match (previous, chunks) {
+        (Some(run), Some(chunks)) if run.status.resumable() => {
+            let done = chunks
+                .iter()
+                .filter(|c| c.status == ChunkStatus::Done)
+                .count();
+            let rows: u64 = chunks
+                .iter()
+                .filter(|c| c.status == ChunkStatus::Done)
+                .map(|c| c.counts.rows)
+                .sum();
+            println!(
+                "  resume     run {} ({}): {} chunks and {} rows done; `refill run --execute` goes on from there",
+                run.run_id,
+                run.status,
+                n(done as u64),
+                n(rows)
+            );
+        }
+        (Some(run), _) => println!(
+            "  last run   {} ({}, {})",
+            run.run_id, run.status, run.started_at
+        ),
+        _ => println!("  last run   none"),
+    }
+    for w in &plan.warnings {
+        println!("warning: {w}");
+    }
+}
+
+/// Prints how a run went.
+pub fn report(spec: &Spec, r: &RunReport) {
+    let run = &r.run;
+    let s = &r.session;
+    let verb = match run.mode {
+        Mode::DryRun => "Dry run",
+        Mode::Execute => "Run",
+    };
+    let resumed = if r.resumed { " (resumed)" } else { "" };
+    println!(
+        "{verb} {}{resumed} of \"{}\": {}, {} rows in {} chunks, {:.1} s ({}).",
+        run.run_id,
+        run.name,
+        run.status,
+        n(s.rows),
+        n(r.chunks),
+        r.elapsed.as_secs_f64(),
+        per_sec(s.rows, r.elapsed)
+    );
+    let (update_word, unchanged_word, error_word) = match run.mode {
+        Mode::DryRun => ("would update", "already right", "would fail"),
+        Mode::Execute => ("updated", "already right", "failed"),
+    };
+    println!("  {update_word:<13} {:>12}", n(s.updated));
+    println!("  {unchanged_word:<13} {:>12}", n(s.unchanged));
+    println!("  {:<13} {:>12}", "skipped", n(s.skipped));
+    println!("  {error_word:<13} {:>12}", n(s.failed));
+    if r.resumed || run.mode == Mode::Execute {
+        let t = &r.totals;
+        println!(
+            "  run total: {} of {} rows in scope: {} updated, {} already right, {} skipped, {} failed",
+            n(t.rows),
+            n(run.rows_in_scope),
+            n(t.updated),
+            n(t.unchanged),
+            n(t.skipped),
+            n(t.failed)
+        );
+    }
+    if !r.diffs.is_empty() {
+        println!("Sample changes (before → after):");
+        for d in &r.diffs {
+            let inputs: Vec<String> = d.inputs.iter().map(|(c, v)| format!("{c}={v}")).collect();
+            let changes: Vec<String> = d
+                .changes
+                .iter()
+                .map(|(c, b, a)| format!("{c}: {b} → {a}"))
+                .collect();
+            println!(
+                "  key {}  {}  {}",
+                d.key,
+                inputs.join(" "),
+                changes.join(", ")
+            );
+        }
+    }
+    if !r.error_groups.is_empty() {
+        println!("Failed rows by error ({} in all):", n(s.failed));
+        for (message, group) in &r.error_groups {
+            println!("  {:>8} × {message}  ({})", n(group.count), examples(group));
+        }
+    }
+    if !r.batch_failures.is_empty() {
+        println!("Batches that failed as a whole:");
+        for failure in &r.batch_failures {
+            println!("  {failure}");
+        }
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+    if let Some(failure) = &r.failure {
+        println!("The run stopped: {failure}");
+        println!("Fix the cause and run the same command again: finished chunks are not redone.");
+    } else if run.mode == Mode::DryRun {
+        println!(
+            "Nothing was written. To write: refill run {} --execute",
+            spec.path.display()
+        );
+    } else if run.status == RunStatus::Incomplete {
+        println!("Stopped after the canary; run again without --limit to go on.");
+    }
+}
+
+/// `chunk 1: keys 17, 25; chunk 2: key 2001, …`
+fn examples(group: &ErrorGroup) -> String {
+    let mut parts: Vec<(u64, Vec<String>)> = Vec::new();
+    for e in &group.examples {
+        match parts.last_mut() {
+            Some((chunk, keys)) if *chunk == e.chunk => keys.push(e.key.to_string()),
+            _ => parts.push((e.chunk, vec![e.key.to_string()])),
+        }
+    }
+    let text: Vec<String> = parts
+        .iter()
+        .map(|(chunk, keys)| {
+            format!(
+                "chunk {chunk}: key{} {}",
+                if keys.len() > 1 { "s" } else { "" },
+                keys.join(", ")
+            )
+        })
+        .collect();
+    let more = if group.count > group.examples.len() as u64 {
+        ", …"
+    } else {
+        ""
+    };
+    format!("{}{more}", text.join("; "))
+}
+
+/// Prints a list of runs.
+pub fn run_list(url: &DbUrl, runs: &[(RunRecord, Counts, u64)]) {
+    if runs.is_empty() {
+        println!("No runs recorded in {url}.");
+        return;
+    }
+    println!(
+        "{:<22} {:<24} {:<8} {:<11} {:>21} {:>8}  {:<24} BY",
+        "RUN", "NAME", "MODE", "STATUS", "ROWS", "FAILED", "STARTED"
+    );
+    for (run, totals, _) in runs {
+        let mode = match run.mode {
+            Mode::DryRun => "dry-run",
+            Mode::Execute => "execute",
+        };
+        println!(
+            "{:<22} {:<24} {:<8} {:<11} {:>21} {:>8}  {:<24} {}@{}",
+            run.run_id,
+            run.name,
+            mode,
+            run.status,
+            format!("{}/{}", n(totals.rows), n(run.rows_in_scope)),
+            n(totals.failed),
+            run.started_at,
+            run.user_name,
+            run.host_name
+        );
+    }
+}
+
+/// Prints one run in detail.
+pub fn run_detail(
+    run: &RunRecord,
+    totals: &Counts,
+    chunks: &[ChunkRecord],
+    sessions: &[SessionRecord],
+) {
+    let mode = match run.mode {
+        Mode::DryRun => "dry run",
+        Mode::Execute => "execute",
+    };
+    println!(
+        "Run {} of \"{}\": {mode}, {}",
+        run.run_id, run.name, run.status
+    );
+    if let Some(message) = &run.message {
+        println!("  message    {message}");
+    }
+    println!(
+        "  spec       {} (work hash {})",
+        run.spec_path,
+        &run.work_hash[..12.min(run.work_hash.len())]
+    );
+    println!(
+        "  transform  {} {}, sha256 {}",
+        run.transform_name, run.transform_version, run.component_digest
+    );
+    println!(
+        "  source     {} table {} → {}",
+        run.source_url, run.source_table, run.target_table
+    );
+    let range = match (&run.first_key, &run.high_watermark) {
+        (Some(a), Some(b)) => format!("keys {a} to {b}"),
+        _ => "no keys".into(),
+    };
+    println!(
+        "  scope      {} rows, {range}, chunks of {}",
+        n(run.rows_in_scope),
+        n(run.chunk_rows)
+    );
+    let summary = chunk_summary(chunks);
+    println!(
+        "  progress   {} rows ({}); chunks: {} done, {} in flight or interrupted",
+        n(totals.rows),
+        percent(totals.rows, run.rows_in_scope),
+        summary.get("done").copied().unwrap_or(0),
+        summary.get("pending").copied().unwrap_or(0)
+    );
+    println!(
+        "  counts     {} updated, {} already right, {} skipped, {} failed",
+        n(totals.updated),
+        n(totals.unchanged),
+        n(totals.skipped),
+        n(totals.failed)
+    );
+    println!(
+        "  started    {} by {}@{} (refill {})",
+        run.started_at, run.user_name, run.host_name, run.host_version
+    );
+    if let Some(f) = &run.finished_at {
+        println!("  finished   {f}");
+    }
+    for s in sessions {
+        println!(
+            "  session    {} pid {} on {}, {} → {} ({})",
+            s.session_id,
+            s.pid,
+            s.host_name,
+            s.started_at,
+            s.ended_at.as_deref().unwrap_or("…"),
+            s.outcome.as_deref().unwrap_or("running")
+        );
+    }
+    let troubled: Vec<&ChunkRecord> = chunks
+        .iter()
+        .filter(|c| c.error.is_some() || c.counts.failed > 0)
+        .collect();
+    for c in troubled.iter().take(10) {
+        println!(
+            "  chunk {:<5} {} failed of {}{}",
+            c.chunk_id,
+            n(c.counts.failed),
+            n(c.counts.rows),
+            c.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// What `refill inspect` found.
+#[derive(Debug)]
+pub struct Inspection {
+    /// The file.
+    pub path: String,
+    /// Its sha256.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: usize,
+    /// Everything it imports.
+    pub imports: Vec<String>,
+    /// Everything it exports.
+    pub exports: Vec<String>,
+    /// The imports outside the policy.
+    pub forbidden: Vec<String>,
+    /// Whether the compiled form came from the cache.
+    pub cached: bool,
+    /// Time to read and compile (or load) it.
+    pub load_ms: f64,
+    /// What it says about itself, if it could be asked.
+    pub info: Option<Info>,
+    /// Why refill would refuse it, if it would.
+    pub verdict: Option<String>,
+}
+
+/// Prints an inspection.
+pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
+    if json {
+        let info = i.info.as_ref().map(|info| {
+            serde_json::json!({
+                "name": info.name,
+                "version": info.version,
+                "description": info.description,
+                "inputs": info.inputs.iter().map(|c| serde_json::json!({"name": c.name, "type": value_type_name(c.type_)})).collect::<Vec<_>>(),
+                "outputs": info.outputs.iter().map(|c| serde_json::json!({"name": c.name, "type": value_type_name(c.type_)})).collect::<Vec<_>>(),
+            })
+        });
+        let doc = serde_json::json!({
+            "path": i.path, "sha256": i.digest, "size": i.size, "imports": i.imports, "exports": i.exports,
+            "forbidden_imports": i.forbidden, "cached": i.cached, "load_ms": i.load_ms, "transform": info,
+            "allowed": i.verdict.is_none(), "refused_because": i.verdict,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("component  {}", i.path);
+    println!("sha256     {}", i.digest);
+    println!("size       {} bytes", n(i.size as u64));
+    println!(
+        "loaded     {:.1} ms ({})",
+        i.load_ms,
+        if i.cached {
+            "compiled form from the cache"
+        } else {
+            "compiled now, cached for next time"
+        }
+    );
+    if let Some(info) = &i.info {
+        println!(
+            "transform  {} {}: {}",
+            info.name, info.version, info.description
+        );
+        println!("inputs     {}", columns(&info.inputs));
+        println!("outputs    {}", columns(&info.outputs));
+    }
+    for (k, import) in i.imports.iter().enumerate() {
+        let what = if i.forbidden.contains(import) {
+            "NOT ALLOWED"
+        } else if import.starts_with("refill:transform/host@") {
+            "log lines to the run log"
+        } else {
+            "types only"
+        };
+        println!(
+            "{}  {import}  ({what})",
+            if k == 0 { "imports  " } else { "         " }
+        );
+    }
+    if i.imports.is_empty() {
+        println!("imports    none");
+    }
+    for (k, export) in i.exports.iter().enumerate() {
+        println!(
+            "{}  {export}",
+            if k == 0 { "exports  " } else { "         " }
+        );
+    }
+    match &i.verdict {
+        None => println!(
+            "verdict    allowed: it can reach nothing but {}",
+            ALLOWED_IMPORTS.join(" and ")
+        ),
+        Some(why) => println!("verdict    REFUSED: {why}"),
+    }
+    Ok(())
+}

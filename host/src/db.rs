@@ -1,0 +1,208 @@
+//! Database URLs: consumes the url strings of a spec or the command line
+//! (`sqlite:…`, `postgres://…`, or `env:VAR`), produces a [`DbUrl`] that
+//! knows its backend, has relative SQLite paths resolved, and shows itself
+//! only with the password masked.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The database engines refill talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, through a file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// Why a url could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// `env:VAR` named a variable that is not set.
+    #[error("environment variable {0} is not set (the url says `env:{0}`)")]
+    MissingEnv(String),
+    /// The scheme is not one refill supports.
+    #[error("unsupported database url `{0}`: use sqlite:PATH or postgres://…")]
+    Unsupported(String),
+}
+
+/// A resolved database url. `Display` and `Debug` mask the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl {
+    backend: Backend,
+    url: String,
+    /// For SQLite, the database file (None for in-memory databases).
+    path: Option<PathBuf>,
+}
+
+impl DbUrl {
+    /// Parses `raw`, reading it from the environment first if it is
+    /// `env:VAR`. A relative SQLite path is resolved against `base`.
+    pub fn parse(raw: &str, base: &Path) -> Result<DbUrl, UrlError> {
+        let raw = match raw.strip_prefix("env:") {
+            Some(var) => std::env::var(var).map_err(|_| UrlError::MissingEnv(var.to_string()))?,
+            None => raw.to_string(),
+        };
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(DbUrl {
+                backend: Backend::Postgres,
+                url: raw,
+                path: None,
+            });
+        }
+        let Some(rest) = raw.strip_prefix("sqlite:") else {
+            return Err(UrlError::Unsupported(mask(&raw)));
+        };
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (file, query) = match rest.split_once('?') {
+            Some((f, q)) => (f, Some(q)),
+            None => (rest, None),
+        };
+        if file.is_empty() || file == ":memory:" {
+            return Ok(DbUrl {
+                backend: Backend::Sqlite,
+                url: raw,
+                path: None,
+            });
+        }
+        let path = base.join(file);
+        let mut url = format!("sqlite://{}", path.display());
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        Ok(DbUrl {
+            backend: Backend::Sqlite,
+            url,
+            path: Some(path),
+        })
+    }
+
+    /// The backend this url points at.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The full url, secrets included: for connecting only, never for
+    /// printing.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// The SQLite database file, if this is a file-backed SQLite url.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The url with its password masked, for messages and the audit trail.
+    pub fn masked(&self) -> String {
+        mask(&self.url)
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.masked())
+    }
+}
+
+/// Masks the password in `user:password@host` and in `password=` query
+/// parameters of any url-like string.
+pub fn mask(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = out[authority_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| authority_start + i);
+        if let Some(at) = out[authority_start..authority_end].rfind('@') {
+            let userinfo = &out[authority_start..authority_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = authority_start + colon + 1;
+                out.replace_range(start..authority_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", masked.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_and_keeps_the_rest() {
+        assert_eq!(
+            mask("postgres://app:s3cr%40t@db:5432/prod"),
+            "postgres://app:***@db:5432/prod"
+        );
+        assert_eq!(mask("postgres://app@db/prod"), "postgres://app@db/prod");
+        assert_eq!(
+            mask("postgres://db/prod?user=a&password=hunter2&sslmode=require"),
+            "postgres://db/prod?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(
+            mask("postgres://u:p@h/d?x=1@2"),
+            "postgres://u:***@h/d?x=1@2"
+        );
+    }
+
+    #[test]
+    fn displays_masked_and_exposes_full() {
+        let url = DbUrl::parse("postgres://u:pw@h/d", Path::new("/")).expect("valid");
+        assert_eq!(url.to_string(), "postgres://u:***@h/d");
+        assert_eq!(format!("{url:?}"), "DbUrl(postgres://u:***@h/d)");
+        assert_eq!(url.expose(), "postgres://u:pw@h/d");
+    }
+
+    #[test]
+    fn resolves_relative_sqlite_paths_against_the_base() {
+        let url = DbUrl::parse("sqlite://demo.db?mode=rwc", Path::new("/specs")).expect("valid");
+        assert_eq!(url.backend(), Backend::Sqlite);
+        assert_eq!(url.expose(), "sqlite:///specs/demo.db?mode=rwc");
+        assert_eq!(url.sqlite_path(), Some(Path::new("/specs/demo.db")));
+        let abs = DbUrl::parse("sqlite:///var/x.db", Path::new("/specs")).expect("valid");
+        assert_eq!(abs.sqlite_path(), Some(Path::new("/var/x.db")));
+    }
+
+    #[test]
+    fn reads_env_urls_and_names_missing_variables() {
+        let err = DbUrl::parse("env:REFILL_TEST_SURELY_UNSET", Path::new("/")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("REFILL_TEST_SURELY_UNSET is not set")
+        );
+        let err = DbUrl::parse("mysql://root:pw@h/d", Path::new("/")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported database url `mysql://root:***@h/d`: use sqlite:PATH or postgres://…"
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! refill re-processes existing database rows so that their derived values
+//! become right, safely.
+//!
+//! The modules follow the data flow: a [`spec`] says what to do; the
+//! [`source`] reads rows from the database in key-ordered [`chunk`]s; the
+//! [`transform`] runs the sandboxed WebAssembly component over them; the
+//! [`sink`] writes the results back; [`state`] keeps checkpoints and the
+//! audit trail; [`plan`] and [`run`] wire them together. The `refill` binary
+//! is a thin command line over this library.
+
+pub mod chunk;
+pub mod db;
+pub mod plan;
+pub mod run;
+pub mod sink;
+pub mod source;
+pub mod spec;
+pub mod state;
+pub mod transform;
+pub mod value;
+
+/// The version of this host, recorded with every run.
+pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");

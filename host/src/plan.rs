@@ -1,0 +1,287 @@
+//! Planning: consumes a spec, the source database's catalog and a loaded
+//! transform; produces a [`Plan`]: the resolved [`Layout`] (every table and
+//! column checked to exist and to fit the types the transform declares),
+//! the transform's configuration accepted, the rows in scope and the number
+//! of chunks. Planning reads the catalog and counts rows; it writes nothing.
+
+use crate::chunk::chunk_count;
+use crate::source::{ColumnInfo, Database, Layout, Scope, SourceError, TableInfo, TableRef};
+use crate::spec::{Spec, SpecError};
+use crate::transform::{Runner, TransformError};
+use crate::value::{Column, Info, Param, value_type_name};
+
+/// Why a spec cannot be planned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The spec does not fit the database or the transform.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The database could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The transform could not be set up.
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+}
+
+/// What a run of a spec would do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What is read and written.
+    pub layout: Layout,
+    /// The rows in scope now.
+    pub scope: Scope,
+    /// Chunks the scope splits into.
+    pub chunks: u64,
+    /// Things a reviewer should know.
+    pub warnings: Vec<String>,
+}
+
+/// The spec's `[transform] config` as the component receives it.
+pub fn params(spec: &Spec) -> Vec<Param> {
+    spec.file
+        .transform
+        .config
+        .iter()
+        .map(|(name, value)| Param {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// Checks the spec against the database and the transform and counts the
+/// rows in scope.
+pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, PlanError> {
+    let layout = resolve(spec, db, runner.info()).await?;
+    // Bad configuration is refused before any row is read.
+    match runner.instance(&params(spec)) {
+        Ok(_) => {}
+        Err(TransformError::Config { error, .. }) => {
+            return Err(spec
+                .error_at(
+                    &["transform", "config"],
+                    format!("{} refuses it: {error}", runner.info().name),
+                )
+                .into());
+        }
+        Err(other) => return Err(other.into()),
+    }
+    let scope = db.scope(&layout).await?;
+    let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
+    let mut warnings = Vec::new();
+    if spec.file.transform.sha256.is_none() {
+        warnings.push(format!(
+            "the component is not pinned: add `sha256 = \"{}\"` to [transform] after reviewing it (required for --execute)",
+            runner.digest()
+        ));
+    }
+    if layout.same_table() {
+        for output in &layout.outputs {
+            if layout.inputs.iter().any(|i| i.name == output.name) {
+                warnings.push(format!(
+                    "column \"{}\" is both read and written: the transform must give the same result when run on its own output, \
+                     because a chunk interrupted between its write and its checkpoint is processed again",
+                    output.name
+                ));
+            }
+        }
+    }
+    if !layout.key.not_null {
+        warnings.push(format!(
+            "key column \"{}\" allows NULL: rows with a NULL key are never processed",
+            layout.key.name
+        ));
+    }
+    Ok(Plan {
+        layout,
+        scope,
+        chunks,
+        warnings,
+    })
+}
+
+/// Resolves the spec's tables and columns against the catalog, checking
+/// them against what the transform declares.
+pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, PlanError> {
+    let f = &spec.file;
+    let source_ref = TableRef {
+        schema: f.source.schema.clone(),
+        name: f.source.table.clone(),
+    };
+    let source = db.table(&source_ref).await?.ok_or_else(|| {
+        spec.error_at(
+            &["source", "table"],
+            format!("table {source_ref} not found in {}", spec.source_url),
+        )
+    })?;
+    let key = key_column(spec, &source, &f.source.key, &["source", "key"])?;
+    let key_type = key.key_type().ok_or_else(|| {
+        spec.error_at(
+            &["source", "key"],
+            format!(
+                "column \"{}\" has type {}; refill keys must be integer or text columns",
+                key.name, key.sql_type
+            ),
+        )
+    })?;
+    let inputs = columns(
+        spec,
+        &source,
+        &f.source.columns,
+        &info.inputs,
+        &info.name,
+        Direction::Read,
+    )?;
+
+    let target_ref = TableRef {
+        schema: spec.target_schema().map(str::to_string),
+        name: spec.target_table().to_string(),
+    };
+    let target = if target_ref == source_ref {
+        source.clone()
+    } else {
+        db.table(&target_ref).await?.ok_or_else(|| {
+            spec.error_at(
+                &["target", "table"],
+                format!("table {target_ref} not found in {}", spec.source_url),
+            )
+        })?
+    };
+    let target_key = key_column(spec, &target, spec.target_key(), &["target", "key"])?;
+    if target_key.key_type() != Some(key_type) {
+        return Err(spec
+            .error_at(
+                &["target", "key"],
+                format!(
+                    "column \"{}\" has type {}, but the source key is {key_type}",
+                    target_key.name, target_key.sql_type
+                ),
+            )
+            .into());
+    }
+    let outputs = columns(
+        spec,
+        &target,
+        &f.target.columns,
+        &info.outputs,
+        &info.name,
+        Direction::Write,
+    )?;
+
+    if let Some(condition) = &f.source.scope {
+        db.check_scope(&source_ref, condition).await.map_err(|e| {
+            spec.error_at(
+                &["source", "where"],
+                format!(
+                    "the condition does not work on {source_ref}: {}",
+                    db_message(&e)
+                ),
+            )
+        })?;
+    }
+    Ok(Layout {
+        source: source_ref,
+        key,
+        key_type,
+        inputs,
+        scope: f.source.scope.clone(),
+        target: target_ref,
+        target_key,
+        outputs,
+    })
+}
+
+fn key_column(
+    spec: &Spec,
+    table: &TableInfo,
+    name: &str,
+    at: &[&str],
+) -> Result<ColumnInfo, SpecError> {
+    let column = table.column(name).ok_or_else(|| {
+        spec.error_at(
+            at,
+            format!(
+                "column \"{name}\" not found in {} (it has: {})",
+                table.table,
+                table.column_names()
+            ),
+        )
+    })?;
+    if !column.unique {
+        return Err(spec.error_at(
+            at,
+            format!("column \"{name}\" is neither the primary key nor a unique column of {}; chunks need a unique key", table.table),
+        ));
+    }
+    Ok(column.clone())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+fn columns(
+    spec: &Spec,
+    table: &TableInfo,
+    names: &[String],
+    declared: &[Column],
+    transform: &str,
+    direction: Direction,
+) -> Result<Vec<ColumnInfo>, SpecError> {
+    let (at, verb, noun): (&[&str], _, _) = match direction {
+        Direction::Read => (&["source", "columns"], "reads", "input"),
+        Direction::Write => (&["target", "columns"], "writes", "output"),
+    };
+    if names.len() != declared.len() {
+        let wanted: Vec<&str> = declared.iter().map(|c| c.name.as_str()).collect();
+        return Err(spec.error_at(
+            at,
+            format!(
+                "the transform {transform} {verb} {} column{} ({}), the spec lists {}",
+                declared.len(),
+                if declared.len() == 1 { "" } else { "s" },
+                wanted.join(", "),
+                names.len()
+            ),
+        ));
+    }
+    names
+        .iter()
+        .zip(declared)
+        .enumerate()
+        .map(|(i, (name, want))| {
+            let column = table.column(name).ok_or_else(|| {
+                spec.error_at(at, format!("column \"{name}\" not found in {} (it has: {})", table.table, table.column_names()))
+            })?;
+            let fits = match direction {
+                Direction::Read => column.kind.feeds(want.type_),
+                Direction::Write => column.kind.takes(want.type_),
+            };
+            if !fits {
+                return Err(spec.error_at(
+                    at,
+                    format!(
+                        "column \"{name}\" has type {}, but {transform} {verb} {noun} {} (\"{}\") as {}",
+                        column.sql_type,
+                        i + 1,
+                        want.name,
+                        value_type_name(want.type_)
+                    ),
+                ));
+            }
+            Ok(column.clone())
+        })
+        .collect()
+}
+
+/// The database's own message, without sqlx's prefix.
+fn db_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}

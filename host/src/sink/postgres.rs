@@ -1,0 +1,233 @@
+//! PostgreSQL writes: consumes a chunk's updates and sends them as one
+//! statement, `UPDATE target SET … FROM unnest($1::…[], …) WHERE key = …`,
+//! with one typed array per column.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::{SinkError, Update};
+use crate::chunk::Key;
+use crate::source::{ColumnInfo, Layout, quote};
+use crate::value::{self, ColumnKind, Value};
+
+/// One column of the batch, as a typed array.
+enum Array {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+    Text(Vec<Option<String>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl Array {
+    fn for_kind(kind: &ColumnKind, n: usize) -> Array {
+        match kind {
+            ColumnKind::Integer => Array::Int(Vec::with_capacity(n)),
+            ColumnKind::Float => Array::Float(Vec::with_capacity(n)),
+            ColumnKind::Boolean => Array::Bool(Vec::with_capacity(n)),
+            ColumnKind::Bytes => Array::Bytes(Vec::with_capacity(n)),
+            ColumnKind::Timestamp => Array::Time(Vec::with_capacity(n)),
+            ColumnKind::Text | ColumnKind::Json | ColumnKind::TextForm(_) | ColumnKind::Any => {
+                Array::Text(Vec::with_capacity(n))
+            }
+        }
+    }
+
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Array::Int(_) => "int8[]",
+            Array::Float(_) => "float8[]",
+            Array::Bool(_) => "bool[]",
+            Array::Bytes(_) => "bytea[]",
+            Array::Text(_) => "text[]",
+            Array::Time(_) => "timestamptz[]",
+        }
+    }
+
+    /// Appends `value`, which the pipeline already coerced to this column's
+    /// kind; a mismatch is reported, never written.
+    fn push(&mut self, value: Value) -> Result<(), String> {
+        match (self, value) {
+            (Array::Int(a), Value::Null) => a.push(None),
+            (Array::Float(a), Value::Null) => a.push(None),
+            (Array::Bool(a), Value::Null) => a.push(None),
+            (Array::Bytes(a), Value::Null) => a.push(None),
+            (Array::Text(a), Value::Null) => a.push(None),
+            (Array::Time(a), Value::Null) => a.push(None),
+            (Array::Int(a), Value::Integer(i)) => a.push(Some(i)),
+            (Array::Float(a), Value::Float(f)) => a.push(Some(f)),
+            (Array::Bool(a), Value::Boolean(b)) => a.push(Some(b)),
+            (Array::Bytes(a), Value::Bytes(b)) => a.push(Some(b)),
+            (Array::Text(a), Value::Text(s) | Value::Json(s)) => a.push(Some(s)),
+            (Array::Time(a), Value::Timestamp(t)) => {
+                a.push(Some(
+                    value::to_datetime(&t).ok_or("timestamp out of range")?,
+                ));
+            }
+            (_, v) => return Err(format!("unexpected {} value", value::type_name(&v))),
+        }
+        Ok(())
+    }
+
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Array::Int(a) => q.bind(a),
+            Array::Float(a) => q.bind(a),
+            Array::Bool(a) => q.bind(a),
+            Array::Bytes(a) => q.bind(a),
+            Array::Text(a) => q.bind(a),
+            Array::Time(a) => q.bind(a),
+        }
+    }
+}
+
+/// The expression assigning unnested column `v` to target column `c`.
+fn assign(c: &ColumnInfo, v: &str) -> String {
+    match &c.kind {
+        ColumnKind::Json => format!("{v}::{}", c.sql_type),
+        ColumnKind::TextForm(sql_type) => format!("{v}::{sql_type}"),
+        ColumnKind::Timestamp if c.sql_type.starts_with("timestamp without") => {
+            format!("({v} AT TIME ZONE 'UTC')")
+        }
+        _ => v.to_string(),
+    }
+}
+
+/// The statement for a layout; the arrays are bound in order: keys, then
+/// one per output column.
+pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str]) -> String {
+    let sets: Vec<String> = layout
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = {}", quote(&c.name), assign(c, &format!("v.\"v{i}\""))))
+        .collect();
+    let params: Vec<String> = std::iter::once(key_array)
+        .chain(arrays.iter().copied())
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect();
+    let names: Vec<String> = std::iter::once("\"k\"".to_string())
+        .chain((0..arrays.len()).map(|i| format!("\"v{i}\"")))
+        .collect();
+    format!(
+        "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE t.{} = v.\"k\"",
+        layout.target.quoted(),
+        sets.join(", "),
+        params.join(", "),
+        names.join(", "),
+        quote(&layout.target_key.name),
+    )
+}
+
+/// Writes a chunk's updates in one statement.
+pub async fn write(pool: &PgPool, layout: &Layout, updates: Vec<Update>) -> Result<u64, SinkError> {
+    let n = updates.len();
+    let mut int_keys = Vec::new();
+    let mut text_keys = Vec::new();
+    let mut arrays: Vec<Array> = layout
+        .outputs
+        .iter()
+        .map(|c| Array::for_kind(&c.kind, n))
+        .collect();
+    for update in updates {
+        let key_text = update.key.to_string();
+        match update.key {
+            Key::Int(i) => int_keys.push(i),
+            Key::Text(s) => text_keys.push(s),
+        }
+        for ((array, value), column) in arrays.iter_mut().zip(update.values).zip(&layout.outputs) {
+            array.push(value).map_err(|message| SinkError::Encode {
+                table: layout.target.quoted(),
+                column: column.name.clone(),
+                key: key_text.clone(),
+                message,
+            })?;
+        }
+    }
+    let key_array = if text_keys.is_empty() {
+        "int8[]"
+    } else {
+        "text[]"
+    };
+    let types: Vec<&str> = arrays.iter().map(Array::sql_type).collect();
+    let sql = update_sql(layout, key_array, &types);
+    let mut query = sqlx::query(crate::source::built(sql));
+    query = if text_keys.is_empty() {
+        query.bind(int_keys)
+    } else {
+        query.bind(text_keys)
+    };
+    for array in arrays {
+        query = array.bind(query);
+    }
+    let done = query
+        .execute(pool)
+        .await
+        .map_err(|source| SinkError::Write {
+            table: layout.target.quoted(),
+            rows: n,
+            source,
+        })?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::KeyType;
+    use crate::source::TableRef;
+
+    fn column(name: &str, sql_type: &str, kind: ColumnKind) -> ColumnInfo {
+        ColumnInfo {
+            name: name.into(),
+            sql_type: sql_type.into(),
+            kind,
+            not_null: false,
+            unique: false,
+        }
+    }
+
+    #[test]
+    fn update_sql_unnests_one_typed_array_per_column() {
+        let table = TableRef {
+            schema: Some("app".into()),
+            name: "quotes".into(),
+        };
+        let layout = Layout {
+            source: table.clone(),
+            key: column("id", "bigint", ColumnKind::Integer),
+            key_type: KeyType::Integer,
+            inputs: vec![],
+            scope: None,
+            target: table,
+            target_key: column("id", "bigint", ColumnKind::Integer),
+            outputs: vec![
+                column("status_v2", "text", ColumnKind::Text),
+                column("doc", "jsonb", ColumnKind::Json),
+                column("at", "timestamp without time zone", ColumnKind::Timestamp),
+                column(
+                    "amount",
+                    "numeric(10,2)",
+                    ColumnKind::TextForm("numeric(10,2)".into()),
+                ),
+            ],
+        };
+        let sql = update_sql(
+            &layout,
+            "int8[]",
+            &["text[]", "text[]", "timestamptz[]", "text[]"],
+        );
+        assert_eq!(
+            sql,
+            "UPDATE \"app\".\"quotes\" AS t SET \"status_v2\" = v.\"v0\", \"doc\" = v.\"v1\"::jsonb, \
+             \"at\" = (v.\"v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"v3\"::numeric(10,2) \
+             FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
+             AS v(\"k\", \"v0\", \"v1\", \"v2\", \"v3\") WHERE t.\"id\" = v.\"k\""
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! SQLite reads: consumes a pool and a [`Layout`], produces catalog entries
+//! from `pragma_table_info`/`pragma_index_list`, the scope, and chunks whose
+//! values keep their storage class, adapted to the column's declared type
+//! (`BOOLEAN`, `JSON`, `TIMESTAMP`/`DATETIME`).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row as _, SqlitePool, TypeInfo as _, ValueRef as _};
+
+use super::{
+    ChunkRows, ColumnInfo, Layout, Scope, SourceError, TableInfo, TableRef, quote, read_sql,
+};
+use crate::chunk::{Key, KeyType};
+use crate::db::DbUrl;
+use crate::value::{self, ColumnKind, Value};
+
+/// Opens a pool on an existing database file.
+pub async fn connect(
+    url: &DbUrl,
+    connections: u32,
+    timeout: Duration,
+) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url.expose())?.busy_timeout(timeout);
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await
+}
+
+/// How a declared SQLite type is read and written, following SQLite's
+/// affinity rules, with refill's names for booleans, JSON and timestamps.
+pub fn kind_of(declared: &str) -> ColumnKind {
+    let t = declared.to_ascii_uppercase();
+    let has = |s: &str| t.contains(s);
+    if t.is_empty() {
+        ColumnKind::Any
+    } else if has("BOOL") {
+        ColumnKind::Boolean
+    } else if has("JSON") {
+        ColumnKind::Json
+    } else if has("TIMESTAMP") || has("DATETIME") {
+        ColumnKind::Timestamp
+    } else if has("INT") {
+        ColumnKind::Integer
+    } else if has("CHAR") || has("CLOB") || has("TEXT") {
+        ColumnKind::Text
+    } else if has("BLOB") {
+        ColumnKind::Bytes
+    } else if has("REAL") || has("FLOA") || has("DOUB") {
+        ColumnKind::Float
+    } else {
+        ColumnKind::Any
+    }
+}
+
+/// Looks `table` up in the catalog.
+pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
+    let query_error = |source| SourceError::Query {
+        what: "reading the catalog",
+        table: table.quoted(),
+        source,
+    };
+    let schema = table.schema.as_deref().unwrap_or("main");
+    let rows = sqlx::query(
+        "SELECT name, type, \"notnull\", pk FROM pragma_table_info($1, $2) ORDER BY cid",
+    )
+    .bind(&table.name)
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let unique: Vec<String> = sqlx::query_scalar(
+        "SELECT ii.name FROM pragma_index_list($1, $2) AS il, pragma_index_info(il.name, $2) AS ii \
+         WHERE il.\"unique\" = 1 AND il.partial = 0 GROUP BY il.name HAVING count(*) = 1",
+    )
+    .bind(&table.name)
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error)?;
+    let pk_columns = rows.iter().filter(|r| r.get::<i64, _>(3) > 0).count();
+    let columns = rows
+        .iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let sql_type: String = r.get(1);
+            let is_pk = r.get::<i64, _>(3) > 0 && pk_columns == 1;
+            // A single-column INTEGER PRIMARY KEY is the rowid: never NULL.
+            let rowid = is_pk && sql_type.eq_ignore_ascii_case("INTEGER");
+            ColumnInfo {
+                kind: kind_of(&sql_type),
+                not_null: r.get::<i64, _>(2) != 0 || rowid,
+                unique: is_pk || unique.contains(&name),
+                name,
+                sql_type,
+            }
+        })
+        .collect();
+    Ok(Some(TableInfo {
+        table: table.clone(),
+        columns,
+    }))
+}
+
+fn column_expr(alias: &str, c: &ColumnInfo) -> String {
+    format!("{alias}.{}", quote(&c.name))
+}
+
+/// Counts the rows in scope and finds the first and last keys.
+pub async fn scope(pool: &SqlitePool, layout: &Layout) -> Result<Scope, sqlx::Error> {
+    let key = quote(&layout.key.name);
+    let sql = format!(
+        "SELECT count(*), min({key}), max({key}) FROM {} WHERE {}",
+        layout.source.quoted(),
+        layout.scope_sql()
+    );
+    let row = sqlx::query(super::built(sql)).fetch_one(pool).await?;
+    let rows: i64 = row.try_get(0)?;
+    let (first, last) = match layout.key_type {
+        KeyType::Integer => (
+            row.try_get::<Option<i64>, _>(1)?.map(Key::Int),
+            row.try_get::<Option<i64>, _>(2)?.map(Key::Int),
+        ),
+        KeyType::Text => (
+            row.try_get::<Option<String>, _>(1)?.map(Key::Text),
+            row.try_get::<Option<String>, _>(2)?.map(Key::Text),
+        ),
+    };
+    Ok(Scope {
+        rows: u64::try_from(rows).unwrap_or(0),
+        first,
+        high_watermark: last,
+    })
+}
+
+/// Reads the rows in scope with keys in `(lo, hi]`, at most `limit`.
+pub async fn read(
+    pool: &SqlitePool,
+    layout: &Layout,
+    lo: Option<&Key>,
+    hi: &Key,
+    limit: Option<u64>,
+) -> Result<ChunkRows, SourceError> {
+    let sql = read_sql(
+        layout,
+        lo.is_some(),
+        limit.is_some(),
+        column_expr,
+        column_expr,
+    );
+    let mut query = sqlx::query(super::built(sql));
+    for key in lo.into_iter().chain([hi]) {
+        query = match key {
+            Key::Int(i) => query.bind(*i),
+            Key::Text(s) => query.bind(s.clone()),
+        };
+    }
+    if let Some(n) = limit {
+        query = query.bind(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    let rows = query
+        .fetch_all(pool)
+        .await
+        .map_err(|source| SourceError::Query {
+            what: "reading a chunk",
+            table: layout.source.quoted(),
+            source,
+        })?;
+    let decode_error = |column: &str, key: &str, message: String| SourceError::Decode {
+        table: layout.source.quoted(),
+        column: column.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let mut out = ChunkRows::default();
+    let n_in = layout.inputs.len();
+    let n_out = layout.outputs.len();
+    for row in &rows {
+        let key = match (
+            layout.key_type,
+            decode(row, 0, &ColumnKind::Any).map_err(|m| decode_error(&layout.key.name, "?", m))?,
+        ) {
+            (KeyType::Integer, Value::Integer(i)) => Key::Int(i),
+            (KeyType::Text, Value::Text(s)) => Key::Text(s),
+            (_, other) => {
+                let message = format!(
+                    "a {} key column holds a {} value",
+                    layout.key_type,
+                    value::type_name(&other)
+                );
+                return Err(decode_error(&layout.key.name, "?", message));
+            }
+        };
+        let mut inputs = Vec::with_capacity(n_in);
+        for (i, c) in layout.inputs.iter().enumerate() {
+            inputs.push(
+                decode(row, 1 + i, &c.kind)
+                    .map_err(|m| decode_error(&c.name, &key.to_string(), m))?,
+            );
+        }
+        let mut current = Vec::with_capacity(n_out);
+        for (i, c) in layout.outputs.iter().enumerate() {
+            current.push(
+                decode(row, 1 + n_in + i, &c.kind)
+                    .map_err(|m| decode_error(&c.name, &key.to_string(), m))?,
+            );
+        }
+        let present =
+            layout.same_table() || row.try_get::<bool, _>(1 + n_in + n_out).unwrap_or(false);
+        out.push(key, inputs, present.then_some(current));
+    }
+    Ok(out)
+}
+
+/// Decodes column `i` by the value's storage class, then adapts it to the
+/// column's declared kind.
+fn decode(row: &SqliteRow, i: usize, kind: &ColumnKind) -> Result<Value, String> {
+    let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let storage = raw.type_info().name().to_string();
+    let get_err = |e: sqlx::Error| e.to_string();
+    let value = match storage.as_str() {
+        "INTEGER" => Value::Integer(row.try_get_unchecked::<i64, _>(i).map_err(get_err)?),
+        "REAL" => Value::Float(row.try_get_unchecked::<f64, _>(i).map_err(get_err)?),
+        "TEXT" => Value::Text(row.try_get_unchecked::<String, _>(i).map_err(get_err)?),
+        "BLOB" => Value::Bytes(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(get_err)?),
+        other => return Err(format!("unexpected storage class {other}")),
+    };
+    Ok(match (kind, value) {
+        (ColumnKind::Boolean, Value::Integer(i)) => Value::Boolean(i != 0),
+        (ColumnKind::Json, Value::Text(t)) => Value::Json(t),
+        (ColumnKind::Timestamp, Value::Text(t)) => match value::parse_timestamp_text(&t) {
+            Some(ts) => value::timestamp(ts),
+            None => Value::Text(t),
+        },
+        (ColumnKind::Timestamp, Value::Integer(secs)) => {
+            match chrono::DateTime::from_timestamp(secs, 0) {
+                Some(ts) => value::timestamp(ts),
+                None => Value::Integer(secs),
+            }
+        }
+        (ColumnKind::Float, Value::Integer(i)) => {
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "SQLite stores integral REAL values as integers"
+            )]
+            let f = i as f64;
+            Value::Float(f)
+        }
+        (_, v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_types_follow_affinity() {
+        assert_eq!(kind_of("INTEGER"), ColumnKind::Integer);
+        assert_eq!(kind_of("bigint"), ColumnKind::Integer);
+        assert_eq!(kind_of("VARCHAR(20)"), ColumnKind::Text);
+        assert_eq!(kind_of("BOOLEAN"), ColumnKind::Boolean);
+        assert_eq!(kind_of("json"), ColumnKind::Json);
+        assert_eq!(kind_of("DATETIME"), ColumnKind::Timestamp);
+        assert_eq!(kind_of("DOUBLE PRECISION"), ColumnKind::Float);
+        assert_eq!(kind_of("BLOB"), ColumnKind::Bytes);
+        assert_eq!(kind_of(""), ColumnKind::Any);
+        assert_eq!(kind_of("NUMERIC"), ColumnKind::Any);
+    }
+}

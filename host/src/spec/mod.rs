@@ -1,0 +1,673 @@
+//! The spec file: consumes a TOML document (what to read, which component
+//! to run with which configuration, what to write, where to keep state) and
+//! produces a validated [`Spec`] with urls and paths resolved. Unknown keys
+//! are refused; every error names the file, line and column.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::db::{DbUrl, UrlError};
+
+/// Default rows per chunk.
+pub const DEFAULT_CHUNK_ROWS: u32 = 10_000;
+/// Default number of chunks in flight.
+pub const DEFAULT_CONCURRENCY: u32 = 2;
+/// Default rows per call into the transform.
+pub const DEFAULT_BATCH_ROWS: u32 = 1_000;
+/// Default fuel (roughly, wasm instructions) per batch.
+pub const DEFAULT_FUEL: u64 = 20_000_000_000;
+/// Default memory limit of a transform instance, in MiB.
+pub const DEFAULT_MEMORY_MB: u32 = 256;
+/// Default wall-clock limit per batch, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default state store, relative to the spec file.
+pub const DEFAULT_STATE_URL: &str = "sqlite://.refill/state.db";
+
+/// A spec as written in the file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    /// The name of the backfill; runs of the same name resume each other.
+    #[serde(deserialize_with = "name")]
+    pub name: String,
+    /// Where rows come from.
+    pub source: SourceSpec,
+    /// How the key space is split.
+    #[serde(default)]
+    pub chunk: ChunkSpec,
+    /// The component to run.
+    pub transform: TransformSpec,
+    /// Where results go.
+    pub target: TargetSpec,
+    /// Where checkpoints and the audit trail live.
+    #[serde(default)]
+    pub state: StateSpec,
+}
+
+/// `[source]`: the table to read.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// `sqlite:PATH`, `postgres://…`, or `env:VAR`.
+    pub url: String,
+    /// PostgreSQL schema; the search path decides when absent.
+    #[serde(default, deserialize_with = "opt_ident")]
+    pub schema: Option<String>,
+    /// The table.
+    #[serde(deserialize_with = "ident")]
+    pub table: String,
+    /// The primary key column: integer or text, unique, not null.
+    #[serde(deserialize_with = "ident")]
+    pub key: String,
+    /// The columns the transform reads, in the order it declares its inputs.
+    #[serde(deserialize_with = "idents")]
+    pub columns: Vec<String>,
+    /// An SQL condition limiting the rows in scope. It is SQL, pasted into
+    /// the queries as written: review it like code.
+    #[serde(default, rename = "where", deserialize_with = "opt_nonempty")]
+    pub scope: Option<String>,
+}
+
+/// `[chunk]`: how the key space is split and how much runs at once.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkSpec {
+    /// Rows per chunk.
+    #[serde(default = "default_rows", deserialize_with = "chunk_rows")]
+    pub rows: u32,
+    /// Chunks in flight at once (each transformed and written by its own
+    /// worker while the next chunk is read).
+    #[serde(default = "default_concurrency", deserialize_with = "concurrency")]
+    pub concurrency: u32,
+}
+
+impl Default for ChunkSpec {
+    fn default() -> Self {
+        ChunkSpec {
+            rows: DEFAULT_CHUNK_ROWS,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// `[transform]`: the component, its pin, its configuration and its limits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// Path of the component, relative to the spec file.
+    pub component: PathBuf,
+    /// The component's expected sha256, in hex. Required for `--execute`.
+    #[serde(default, deserialize_with = "sha256")]
+    pub sha256: Option<String>,
+    /// Parameters handed to the component's `configure`.
+    #[serde(default, deserialize_with = "config")]
+    pub config: BTreeMap<String, String>,
+    /// Rows per call into the component.
+    #[serde(default = "default_batch_rows", deserialize_with = "positive_u32")]
+    pub batch_rows: u32,
+    /// Fuel per batch: about one unit per wasm instruction.
+    #[serde(default = "default_fuel", deserialize_with = "positive_u64")]
+    pub fuel: u64,
+    /// Memory limit per component instance, in MiB.
+    #[serde(default = "default_memory_mb", deserialize_with = "positive_u32")]
+    pub memory_mb: u32,
+    /// Wall-clock limit per batch, in milliseconds.
+    #[serde(default = "default_timeout_ms", deserialize_with = "positive_u64")]
+    pub timeout_ms: u64,
+}
+
+/// `[target]`: where the transform's outputs are written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Schema of the target table; defaults to the source's.
+    #[serde(default, deserialize_with = "opt_ident")]
+    pub schema: Option<String>,
+    /// The table written; defaults to the source table.
+    #[serde(default, deserialize_with = "opt_ident")]
+    pub table: Option<String>,
+    /// The column of the target table matching the source key; defaults to
+    /// the source key's name.
+    #[serde(default, deserialize_with = "opt_ident")]
+    pub key: Option<String>,
+    /// The columns written, in the order the transform declares its outputs.
+    #[serde(deserialize_with = "idents")]
+    pub columns: Vec<String>,
+}
+
+/// `[state]`: the state store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// `sqlite:PATH` (default `.refill/state.db` next to the spec) or
+    /// `postgres://…`.
+    #[serde(default = "default_state_url")]
+    pub url: String,
+}
+
+impl Default for StateSpec {
+    fn default() -> Self {
+        StateSpec {
+            url: default_state_url(),
+        }
+    }
+}
+
+/// A spec loaded from a file: validated, with urls and paths resolved.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// What the file says.
+    pub file: SpecFile,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The file's text, for locating keys in later errors.
+    text: String,
+    /// The source database.
+    pub source_url: DbUrl,
+    /// The state store.
+    pub state_url: DbUrl,
+    /// The component file.
+    pub component: PathBuf,
+}
+
+/// A problem with a spec, located in its file when possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// `file:line:col`, or just the file.
+    pub location: String,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl Spec {
+    /// Reads and validates the spec at `path`.
+    pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            location: path.display().to_string(),
+            message: format!("cannot read the spec: {e}"),
+        })?;
+        Spec::parse(path, text)
+    }
+
+    /// Validates `text` as the spec found at `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Spec, SpecError> {
+        let file: SpecFile = toml::from_str(&text).map_err(|e| {
+            let location = match e.span() {
+                Some(span) => position(path, &text, span.start),
+                None => path.display().to_string(),
+            };
+            SpecError {
+                location,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let mut spec = Spec {
+            source_url: DbUrl::parse("sqlite::memory:", &dir).expect("a constant url parses"),
+            state_url: DbUrl::parse("sqlite::memory:", &dir).expect("a constant url parses"),
+            component: dir.join(&file.transform.component),
+            file,
+            path: path.to_path_buf(),
+            text,
+        };
+        let url_error = |spec: &Spec, at: &[&str], e: UrlError| spec.error_at(at, e.to_string());
+        spec.source_url = DbUrl::parse(&spec.file.source.url, &dir)
+            .map_err(|e| url_error(&spec, &["source", "url"], e))?;
+        spec.state_url = DbUrl::parse(&spec.file.state.url, &dir)
+            .map_err(|e| url_error(&spec, &["state", "url"], e))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let f = &self.file;
+        if let Some(dup) = first_duplicate(&f.source.columns) {
+            return Err(self.error_at(
+                &["source", "columns"],
+                format!("column \"{dup}\" is listed twice"),
+            ));
+        }
+        if let Some(dup) = first_duplicate(&f.target.columns) {
+            return Err(self.error_at(
+                &["target", "columns"],
+                format!("column \"{dup}\" is listed twice"),
+            ));
+        }
+        let target_key = f.target.key.as_deref().unwrap_or(&f.source.key);
+        if f.target.columns.iter().any(|c| c == target_key) {
+            return Err(self.error_at(
+                &["target", "columns"],
+                format!("the key column \"{target_key}\" cannot be written"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The name of the backfill.
+    pub fn name(&self) -> &str {
+        &self.file.name
+    }
+
+    /// The target table's name (the source table unless `[target] table`).
+    pub fn target_table(&self) -> &str {
+        self.file
+            .target
+            .table
+            .as_deref()
+            .unwrap_or(&self.file.source.table)
+    }
+
+    /// The target table's schema.
+    pub fn target_schema(&self) -> Option<&str> {
+        self.file
+            .target
+            .schema
+            .as_deref()
+            .or(self.file.source.schema.as_deref())
+    }
+
+    /// The target table's key column.
+    pub fn target_key(&self) -> &str {
+        self.file
+            .target
+            .key
+            .as_deref()
+            .unwrap_or(&self.file.source.key)
+    }
+
+    /// Whether the target is the source table itself.
+    pub fn writes_source_table(&self) -> bool {
+        self.target_table() == self.file.source.table
+            && self.target_schema() == self.file.source.schema.as_deref()
+            && self.target_key() == self.file.source.key
+    }
+
+    /// The hash that identifies the work this spec describes: the source
+    /// (url without password, table, key, columns, scope), the target, and
+    /// the transform's configuration. Changing any of these while a run is
+    /// unfinished means its finished chunks were computed differently, so a
+    /// resume is refused. Chunk sizes, concurrency and limits are left out:
+    /// they change how the work is done, not what it is.
+    pub fn work_hash(&self) -> String {
+        let f = &self.file;
+        let identity = serde_json::json!({
+            "name": f.name,
+            "source": {
+                "url": self.source_url.masked(),
+                "schema": f.source.schema,
+                "table": f.source.table,
+                "key": f.source.key,
+                "columns": f.source.columns,
+                "where": f.source.scope,
+            },
+            "target": {
+                "schema": self.target_schema(),
+                "table": self.target_table(),
+                "key": self.target_key(),
+                "columns": f.target.columns,
+            },
+            "config": f.transform.config,
+        });
+        hex::encode(Sha256::digest(identity.to_string().as_bytes()))
+    }
+
+    /// The spec as recorded in the audit trail: what the file says, with
+    /// the source and state urls masked.
+    pub fn audit_json(&self) -> serde_json::Value {
+        let mut file = self.file.clone();
+        file.source.url = self.source_url.masked();
+        file.state.url = self.state_url.masked();
+        serde_json::to_value(file).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// An error about the value at `at` (a path of keys such as
+    /// `["source", "columns"]`), located at that key's line and column when
+    /// the file has it.
+    pub fn error_at(&self, at: &[&str], message: impl Into<String>) -> SpecError {
+        let location = match locate(&self.text, at) {
+            Some(offset) => position(&self.path, &self.text, offset),
+            None => self.path.display().to_string(),
+        };
+        let section = match at {
+            [] => String::new(),
+            [key] => format!("`{key}`: "),
+            [table @ .., key] => format!("[{}] {key}: ", table.join(".")),
+        };
+        SpecError {
+            location,
+            message: format!("{section}{}", message.into()),
+        }
+    }
+}
+
+/// Byte offset of the value at `at` in `text`.
+fn locate(text: &str, at: &[&str]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut span = None;
+    for (i, key) in at.iter().enumerate() {
+        let (_, value) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+        span = Some(value.span().start);
+        if i + 1 < at.len() {
+            match value.get_ref() {
+                DeValue::Table(t) => table = t,
+                _ => return span,
+            }
+        }
+    }
+    span
+}
+
+/// `file:line:col` of byte `offset` in `text`, both counted from 1.
+fn position(path: &Path, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
+    format!("{}:{line}:{col}", path.display())
+}
+
+fn first_duplicate(items: &[String]) -> Option<&str> {
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, c)| items[..*i].contains(c))
+        .map(|(_, c)| c.as_str())
+}
+
+fn default_rows() -> u32 {
+    DEFAULT_CHUNK_ROWS
+}
+fn default_concurrency() -> u32 {
+    DEFAULT_CONCURRENCY
+}
+fn default_batch_rows() -> u32 {
+    DEFAULT_BATCH_ROWS
+}
+fn default_fuel() -> u64 {
+    DEFAULT_FUEL
+}
+fn default_memory_mb() -> u32 {
+    DEFAULT_MEMORY_MB
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_state_url() -> String {
+    DEFAULT_STATE_URL.to_string()
+}
+
+// The validators below run inside deserialization, so toml reports their
+// errors at the offending value's line and column.
+
+fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "name {s:?} must be 1 to 100 letters, digits, `-`, `_` or `.`"
+        )))
+    }
+}
+
+fn check_ident<E: serde::de::Error>(s: String) -> Result<String, E> {
+    if s.is_empty() {
+        Err(E::custom("an identifier cannot be empty"))
+    } else if s.contains('\0') {
+        Err(E::custom("an identifier cannot contain a NUL character"))
+    } else {
+        Ok(s)
+    }
+}
+
+fn ident<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    check_ident(String::deserialize(d)?)
+}
+
+fn opt_ident<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(check_ident(String::deserialize(d)?)?))
+}
+
+fn idents<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom("list at least one column"));
+    }
+    list.into_iter().map(check_ident).collect()
+}
+
+fn opt_nonempty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        Err(serde::de::Error::custom(
+            "the condition is empty; leave `where` out to take every row",
+        ))
+    } else {
+        Ok(Some(s))
+    }
+}
+
+fn chunk_rows<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=1_000_000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "rows must be between 1 and 1000000, not {n}"
+        )))
+    }
+}
+
+fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if (1..=64).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "concurrency must be between 1 and 64, not {n}"
+        )))
+    }
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn sha256<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let hex = s.strip_prefix("sha256:").unwrap_or(&s).to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(Some(hex))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{s:?} is not a sha256 digest (64 hex digits)"
+        )))
+    }
+}
+
+fn config<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let table = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(t) => t.to_string(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    return Err(serde::de::Error::custom(format!(
+                        "config `{k}` must be a string, number or boolean"
+                    )));
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "quote-status-v2"
+[source]
+url = "sqlite://demo.db"
+table = "quotes"
+key = "id"
+columns = ["status"]
+where = "created_at < '2024-01-01'"
+[chunk]
+rows = 500
+[transform]
+component = "../plugins/dist/remap.wasm"
+sha256 = "F0D6E7B4A9C3B7A09EB04560290728EC6C68ABA7A25FAAF2553425C6E988B3DD"
+config = { map = "open=active,won=closed_won", retries = 3 }
+[target]
+columns = ["status_v2"]
+"#;
+
+    fn parse(text: &str) -> Result<Spec, SpecError> {
+        Spec::parse(Path::new("/specs/q.toml"), text.to_string())
+    }
+
+    #[test]
+    fn parses_a_full_spec_with_defaults() {
+        let spec = parse(GOOD).expect("valid spec");
+        assert_eq!(spec.name(), "quote-status-v2");
+        assert_eq!(spec.file.chunk.rows, 500);
+        assert_eq!(spec.file.chunk.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(spec.file.transform.batch_rows, DEFAULT_BATCH_ROWS);
+        assert_eq!(spec.file.transform.config["retries"], "3");
+        assert_eq!(
+            spec.file.transform.sha256.as_deref(),
+            Some("f0d6e7b4a9c3b7a09eb04560290728ec6c68aba7a25faaf2553425c6e988b3dd")
+        );
+        assert_eq!(
+            spec.component,
+            Path::new("/specs/../plugins/dist/remap.wasm")
+        );
+        assert_eq!(
+            spec.source_url.sqlite_path(),
+            Some(Path::new("/specs/demo.db"))
+        );
+        assert_eq!(
+            spec.state_url.sqlite_path(),
+            Some(Path::new("/specs/.refill/state.db"))
+        );
+        assert_eq!(spec.target_table(), "quotes");
+        assert!(spec.writes_source_table());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_column() {
+        let err = parse(&GOOD.replace("table = \"quotes\"", "tabel = \"quotes\"")).unwrap_err();
+        assert_eq!(err.location, "/specs/q.toml:5:1");
+        assert!(
+            err.message.starts_with("unknown field `tabel`"),
+            "{}",
+            err.message
+        );
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_are_located() {
+        let err = parse(&GOOD.replace("rows = 500", "rows = \"many\"")).unwrap_err();
+        assert_eq!(err.location, "/specs/q.toml:10:8");
+        assert!(err.message.contains("invalid type"), "{}", err.message);
+        let err = parse(&GOOD.replace("rows = 500", "rows = 0")).unwrap_err();
+        assert!(
+            err.message.contains("between 1 and 1000000"),
+            "{}",
+            err.message
+        );
+        let err = parse(&GOOD.replace("sha256 = \"F0", "sha256 = \"Z0")).unwrap_err();
+        assert!(
+            err.message.contains("not a sha256 digest"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.location, "/specs/q.toml:13:10");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let err = parse(&GOOD.replace("[\"status_v2\"]", "[\"id\"]")).unwrap_err();
+        assert_eq!(err.location, "/specs/q.toml:16:11");
+        assert_eq!(
+            err.message,
+            "[target] columns: the key column \"id\" cannot be written"
+        );
+        let err = parse(&GOOD.replace("[\"status\"]", "[\"a\", \"a\"]")).unwrap_err();
+        assert!(err.message.contains("\"a\" is listed twice"));
+    }
+
+    #[test]
+    fn missing_sections_and_env_urls_are_reported() {
+        let err = parse("name = \"x\"\n").unwrap_err();
+        assert!(
+            err.message.contains("missing field `source`"),
+            "{}",
+            err.message
+        );
+        let err =
+            parse(&GOOD.replace("sqlite://demo.db", "env:REFILL_SURELY_UNSET_VAR")).unwrap_err();
+        assert_eq!(err.location, "/specs/q.toml:4:7");
+        assert!(err.message.contains("REFILL_SURELY_UNSET_VAR is not set"));
+    }
+
+    #[test]
+    fn work_hash_ignores_operational_settings_only() {
+        let a = parse(GOOD).expect("valid").work_hash();
+        let b = parse(&GOOD.replace("rows = 500", "rows = 800"))
+            .expect("valid")
+            .work_hash();
+        let c = parse(&GOOD.replace("won=closed_won", "won=won"))
+            .expect("valid")
+            .work_hash();
+        let d = parse(&GOOD.replace("< '2024-01-01'", "< '2025-01-01'"))
+            .expect("valid")
+            .work_hash();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+}

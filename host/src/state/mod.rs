@@ -1,0 +1,971 @@
+//! The state store: consumes the events of a run (started, chunk begun,
+//! chunk done, session heartbeats, finished) and produces the checkpoints a
+//! killed run resumes from and the audit trail `refill status` shows. It
+//! lives in SQLite (default: `.refill/state.db` next to the spec) or
+//! PostgreSQL, through sqlx's `Any` driver and portable SQL.
+//!
+//! Tables: `refill_runs` (one row per run: who ran what, with which spec
+//! and component digest, over which key range), `refill_chunks` (one row per
+//! chunk: its key range, status and counts), `refill_sessions` (one row per
+//! process that worked on a run, with its heartbeat).
+
+use std::collections::BTreeMap;
+use std::sync::Once;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row as _};
+
+use crate::chunk::{Chunk, Key, KeyType};
+use crate::db::{Backend, DbUrl};
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Could not open the store.
+    #[error("cannot open the state store {url}: {source}")]
+    Open {
+        /// The masked url.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("state store: {what} failed: {source}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A run id prefix matches more than one run.
+    #[error("run id prefix `{0}` matches several runs; give more of it")]
+    Ambiguous(String),
+    /// The store holds something this version cannot read.
+    #[error("state store: {0}")]
+    Corrupt(String),
+}
+
+/// How a run writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Transforms and counts, writes nothing to the target.
+    DryRun,
+    /// Writes.
+    Execute,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::DryRun => "dry-run",
+            Mode::Execute => "execute",
+        }
+    }
+}
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// A process is (or was, if it died) working on it.
+    Running,
+    /// Every chunk up to the high-watermark is done.
+    Done,
+    /// Stopped on purpose before the end (`--limit`); resumable.
+    Incomplete,
+    /// Stopped by an error; resumable once the cause is fixed.
+    Failed,
+    /// Given up with `--restart`; never resumed.
+    Abandoned,
+}
+
+impl RunStatus {
+    /// The status as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Incomplete => "incomplete",
+            RunStatus::Failed => "failed",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+
+    fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "done" => RunStatus::Done,
+            "incomplete" => RunStatus::Incomplete,
+            "failed" => RunStatus::Failed,
+            "abandoned" => RunStatus::Abandoned,
+            _ => return None,
+        })
+    }
+
+    /// Whether a later run of the same spec picks this run up again.
+    pub fn resumable(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Running | RunStatus::Incomplete | RunStatus::Failed
+        )
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One run, as recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    /// Its id.
+    pub run_id: String,
+    /// The spec's name.
+    pub name: String,
+    /// Dry run or execute.
+    pub mode: Mode,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The hash of the work the spec describes (see `Spec::work_hash`).
+    pub work_hash: String,
+    /// The spec, urls masked.
+    pub spec: serde_json::Value,
+    /// Where the spec file was.
+    pub spec_path: String,
+    /// The component's sha256.
+    pub component_digest: String,
+    /// The transform's name.
+    pub transform_name: String,
+    /// The transform's version.
+    pub transform_version: String,
+    /// The refill version that started it.
+    pub host_version: String,
+    /// Who started it.
+    pub user_name: String,
+    /// On which machine.
+    pub host_name: String,
+    /// The source url, masked.
+    pub source_url: String,
+    /// The source table, quoted.
+    pub source_table: String,
+    /// The target table, quoted.
+    pub target_table: String,
+    /// The key type.
+    pub key_type: KeyType,
+    /// The first key in scope when it started.
+    pub first_key: Option<Key>,
+    /// The last key in scope when it started: the high-watermark.
+    pub high_watermark: Option<Key>,
+    /// Rows in scope when it started.
+    pub rows_in_scope: u64,
+    /// Rows per chunk when it started.
+    pub chunk_rows: u64,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When it stopped, if it did.
+    pub finished_at: Option<String>,
+    /// Why it stopped, for failed or incomplete runs.
+    pub message: Option<String>,
+}
+
+/// Row counts of a chunk or a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows written with new values.
+    pub updated: u64,
+    /// Rows whose new values equal what is there (not written).
+    pub unchanged: u64,
+    /// Rows the transform skipped.
+    pub skipped: u64,
+    /// Rows that failed.
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &Counts) {
+        self.rows += other.rows;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+    }
+}
+
+/// Time spent on a chunk, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    /// Reading it.
+    pub read_ms: u64,
+    /// Transforming it.
+    pub transform_ms: u64,
+    /// Writing it and its checkpoint.
+    pub write_ms: u64,
+}
+
+/// Where a chunk stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChunkStatus {
+    /// Read and handed on; its writes may or may not have happened.
+    Pending,
+    /// Written and checkpointed.
+    Done,
+}
+
+/// One chunk, as recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkRecord {
+    /// Its number in the run.
+    pub chunk_id: u64,
+    /// The last key before it (exclusive).
+    pub lo: Option<Key>,
+    /// Its last key (inclusive).
+    pub hi: Key,
+    /// Pending or done.
+    pub status: ChunkStatus,
+    /// How many times it was started.
+    pub attempts: u64,
+    /// The session that last worked on it.
+    pub session_id: String,
+    /// Its counts, once done.
+    pub counts: Counts,
+    /// Its timings, once done.
+    pub timings: Timings,
+    /// When it was last started.
+    pub started_at: String,
+    /// When it was done.
+    pub finished_at: Option<String>,
+    /// A failure that touched the whole chunk or a batch of it.
+    pub error: Option<String>,
+}
+
+impl ChunkRecord {
+    /// The chunk's key range.
+    pub fn chunk(&self) -> Chunk {
+        Chunk {
+            id: self.chunk_id,
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
+        }
+    }
+}
+
+/// One process that worked on a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionRecord {
+    /// Its id.
+    pub session_id: String,
+    /// Its run.
+    pub run_id: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its machine.
+    pub host_name: String,
+    /// Its user.
+    pub user_name: String,
+    /// When it started.
+    pub started_at: String,
+    /// Its last sign of life.
+    pub heartbeat_at: String,
+    /// When it ended, if it did.
+    pub ended_at: Option<String>,
+    /// How it ended.
+    pub outcome: Option<String>,
+}
+
+/// The current time as stored: RFC 3339 with milliseconds, UTC, which
+/// sorts as text.
+pub fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Parses a stored time.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS refill_runs (
+        run_id VARCHAR(64) NOT NULL PRIMARY KEY,
+        name VARCHAR(100) NOT NULL,
+        mode VARCHAR(16) NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        work_hash VARCHAR(64) NOT NULL,
+        spec TEXT NOT NULL,
+        spec_path TEXT NOT NULL,
+        component_digest VARCHAR(64) NOT NULL,
+        transform_name VARCHAR(200) NOT NULL,
+        transform_version VARCHAR(100) NOT NULL,
+        host_version VARCHAR(32) NOT NULL,
+        user_name VARCHAR(200) NOT NULL,
+        host_name VARCHAR(200) NOT NULL,
+        source_url TEXT NOT NULL,
+        source_table TEXT NOT NULL,
+        target_table TEXT NOT NULL,
+        key_type VARCHAR(16) NOT NULL,
+        first_key TEXT,
+        high_watermark TEXT,
+        rows_in_scope BIGINT NOT NULL,
+        chunk_rows BIGINT NOT NULL,
+        started_at VARCHAR(40) NOT NULL,
+        finished_at VARCHAR(40),
+        message TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS refill_runs_by_name ON refill_runs (name, started_at)",
+    "CREATE TABLE IF NOT EXISTS refill_chunks (
+        run_id VARCHAR(64) NOT NULL,
+        chunk_id BIGINT NOT NULL,
+        lo TEXT,
+        hi TEXT NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        attempts BIGINT NOT NULL,
+        session_id VARCHAR(64) NOT NULL,
+        rows_read BIGINT NOT NULL DEFAULT 0,
+        updated BIGINT NOT NULL DEFAULT 0,
+        unchanged BIGINT NOT NULL DEFAULT 0,
+        skipped BIGINT NOT NULL DEFAULT 0,
+        failed BIGINT NOT NULL DEFAULT 0,
+        read_ms BIGINT NOT NULL DEFAULT 0,
+        transform_ms BIGINT NOT NULL DEFAULT 0,
+        write_ms BIGINT NOT NULL DEFAULT 0,
+        started_at VARCHAR(40) NOT NULL,
+        finished_at VARCHAR(40),
+        error TEXT,
+        PRIMARY KEY (run_id, chunk_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS refill_sessions (
+        session_id VARCHAR(64) NOT NULL PRIMARY KEY,
+        run_id VARCHAR(64) NOT NULL,
+        pid BIGINT NOT NULL,
+        host_name VARCHAR(200) NOT NULL,
+        user_name VARCHAR(200) NOT NULL,
+        started_at VARCHAR(40) NOT NULL,
+        heartbeat_at VARCHAR(40) NOT NULL,
+        ended_at VARCHAR(40),
+        outcome VARCHAR(32)
+    )",
+    "CREATE INDEX IF NOT EXISTS refill_sessions_by_run ON refill_sessions (run_id)",
+];
+
+/// A connection to the state store.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    pool: AnyPool,
+    url: DbUrl,
+}
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StateError {
+    move |source| StateError::Query { what, source }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl StateStore {
+    /// Opens the store, creating it (and, for SQLite, its folder) and its
+    /// tables if needed.
+    pub async fn open(url: &DbUrl) -> Result<StateStore, StateError> {
+        let open_error = |source| StateError::Open {
+            url: url.masked(),
+            source,
+        };
+        if let Some(path) = url.sqlite_path()
+            && let Some(dir) = path.parent()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        }
+        let store = StateStore::connect(url, true).await?;
+        for ddl in SCHEMA {
+            sqlx::query(*ddl)
+                .execute(&store.pool)
+                .await
+                .map_err(open_error)?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the store only if it exists (reading commands must not create
+    /// one). Returns `None` for a SQLite file that is not there.
+    pub async fn open_existing(url: &DbUrl) -> Result<Option<StateStore>, StateError> {
+        if let Some(path) = url.sqlite_path()
+            && !path.exists()
+        {
+            return Ok(None);
+        }
+        let store = StateStore::connect(url, false).await?;
+        let exists = match url.backend() {
+            Backend::Sqlite => "SELECT count(*) FROM sqlite_master WHERE name = 'refill_runs'",
+            Backend::Postgres => {
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = ANY(current_schemas(false))"
+            }
+        };
+        let n: i64 = sqlx::query_scalar(exists)
+            .fetch_one(&store.pool)
+            .await
+            .map_err(q("looking for the tables"))?;
+        Ok((n > 0).then_some(store))
+    }
+
+    async fn connect(url: &DbUrl, create: bool) -> Result<StateStore, StateError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let mut raw = url.expose().to_string();
+        let backend = url.backend();
+        if backend == Backend::Sqlite && create && !raw.contains("mode=") {
+            raw.push_str(if raw.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets `refill status` read while a run writes;
+                        // NORMAL sync is durable across process crashes.
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA journal_mode = WAL").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&raw)
+            .await
+            .map_err(|source| StateError::Open {
+                url: url.masked(),
+                source,
+            })?;
+        Ok(StateStore {
+            pool,
+            url: url.clone(),
+        })
+    }
+
+    /// The store's url.
+    pub fn url(&self) -> &DbUrl {
+        &self.url
+    }
+
+    /// Records a new run.
+    pub async fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO refill_runs (run_id, name, mode, status, work_hash, spec, spec_path, component_digest, \
+             transform_name, transform_version, host_version, user_name, host_name, source_url, source_table, \
+             target_table, key_type, first_key, high_watermark, rows_in_scope, chunk_rows, started_at, finished_at, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+        )
+        .bind(&run.run_id)
+        .bind(&run.name)
+        .bind(run.mode.as_str())
+        .bind(run.status.as_str())
+        .bind(&run.work_hash)
+        .bind(run.spec.to_string())
+        .bind(&run.spec_path)
+        .bind(&run.component_digest)
+        .bind(&run.transform_name)
+        .bind(&run.transform_version)
+        .bind(&run.host_version)
+        .bind(&run.user_name)
+        .bind(&run.host_name)
+        .bind(&run.source_url)
+        .bind(&run.source_table)
+        .bind(&run.target_table)
+        .bind(run.key_type.to_string())
+        .bind(run.first_key.as_ref().map(Key::encode))
+        .bind(run.high_watermark.as_ref().map(Key::encode))
+        .bind(to_i64(run.rows_in_scope))
+        .bind(to_i64(run.chunk_rows))
+        .bind(&run.started_at)
+        .bind(&run.finished_at)
+        .bind(&run.message)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a new run"))?;
+        Ok(())
+    }
+
+    /// Sets a run's status; a status other than running also sets its end
+    /// time.
+    pub async fn set_run_status(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        message: Option<&str>,
+    ) -> Result<(), StateError> {
+        let finished = (status != RunStatus::Running).then(now);
+        sqlx::query(
+            "UPDATE refill_runs SET status = $1, message = $2, finished_at = $3 WHERE run_id = $4",
+        )
+        .bind(status.as_str())
+        .bind(message)
+        .bind(finished)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("updating a run's status"))?;
+        Ok(())
+    }
+
+    /// The most recent execute run of the spec called `name`.
+    pub async fn latest_execute_run(&self, name: &str) -> Result<Option<RunRecord>, StateError> {
+        let row = sqlx::query("SELECT * FROM refill_runs WHERE name = $1 AND mode = 'execute' ORDER BY started_at DESC LIMIT 1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("looking up earlier runs"))?;
+        row.map(|r| run_from_row(&r)).transpose()
+    }
+
+    /// The run whose id is `id`, or the only one whose id starts with it.
+    pub async fn find_run(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
+        let exact = sqlx::query("SELECT * FROM refill_runs WHERE run_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("looking up a run"))?;
+        if let Some(row) = exact {
+            return run_from_row(&row).map(Some);
+        }
+        let prefixed = sqlx::query(
+            "SELECT * FROM refill_runs WHERE run_id LIKE $1 ORDER BY started_at DESC LIMIT 2",
+        )
+        .bind(format!("{}%", id.replace(['%', '_', '\\'], "")))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("looking up a run"))?;
+        match prefixed.as_slice() {
+            [] => Ok(None),
+            [one] => run_from_row(one).map(Some),
+            _ => Err(StateError::Ambiguous(id.to_string())),
+        }
+    }
+
+    /// The most recent runs, newest first.
+    pub async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        let rows = sqlx::query("SELECT * FROM refill_runs ORDER BY started_at DESC LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("listing runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    /// Records that `chunk` was read and handed on by `session_id`.
+    pub async fn chunk_started(
+        &self,
+        run_id: &str,
+        chunk: &Chunk,
+        session_id: &str,
+    ) -> Result<(), StateError> {
+        let at = now();
+        let updated = sqlx::query(
+            "UPDATE refill_chunks SET status = 'pending', attempts = attempts + 1, session_id = $1, started_at = $2, \
+             finished_at = NULL, error = NULL WHERE run_id = $3 AND chunk_id = $4",
+        )
+        .bind(session_id)
+        .bind(&at)
+        .bind(run_id)
+        .bind(to_i64(chunk.id))
+        .execute(&self.pool)
+        .await
+        .map_err(q("checkpointing a chunk's start"))?;
+        if updated.rows_affected() == 0 {
+            sqlx::query(
+                "INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6)",
+            )
+            .bind(run_id)
+            .bind(to_i64(chunk.id))
+            .bind(chunk.lo.as_ref().map(Key::encode))
+            .bind(chunk.hi.encode())
+            .bind(session_id)
+            .bind(&at)
+            .execute(&self.pool)
+            .await
+            .map_err(q("checkpointing a chunk's start"))?;
+        }
+        Ok(())
+    }
+
+    /// Records that a chunk is written: the checkpoint a resumed run skips.
+    pub async fn chunk_done(
+        &self,
+        run_id: &str,
+        chunk_id: u64,
+        counts: &Counts,
+        timings: &Timings,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
+             failed = $5, read_ms = $6, transform_ms = $7, write_ms = $8, finished_at = $9, error = $10 \
+             WHERE run_id = $11 AND chunk_id = $12",
+        )
+        .bind(to_i64(counts.rows))
+        .bind(to_i64(counts.updated))
+        .bind(to_i64(counts.unchanged))
+        .bind(to_i64(counts.skipped))
+        .bind(to_i64(counts.failed))
+        .bind(to_i64(timings.read_ms))
+        .bind(to_i64(timings.transform_ms))
+        .bind(to_i64(timings.write_ms))
+        .bind(now())
+        .bind(error)
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .execute(&self.pool)
+        .await
+        .map_err(q("checkpointing a finished chunk"))?;
+        Ok(())
+    }
+
+    /// Every chunk of a run, in order.
+    pub async fn chunks(&self, run: &RunRecord) -> Result<Vec<ChunkRecord>, StateError> {
+        let rows = sqlx::query("SELECT * FROM refill_chunks WHERE run_id = $1 ORDER BY chunk_id")
+            .bind(&run.run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading a run's chunks"))?;
+        rows.iter()
+            .map(|r| chunk_from_row(r, run.key_type))
+            .collect()
+    }
+
+    /// The counts of a run's finished chunks, summed.
+    pub async fn totals(&self, run_id: &str) -> Result<(Counts, u64), StateError> {
+        let row = sqlx::query(
+            "SELECT count(*), COALESCE(sum(rows_read), 0), COALESCE(sum(updated), 0), COALESCE(sum(unchanged), 0), \
+             COALESCE(sum(skipped), 0), COALESCE(sum(failed), 0) FROM refill_chunks WHERE run_id = $1 AND status = 'done'",
+        )
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("summing a run's chunks"))?;
+        let get = |i: usize| -> Result<u64, StateError> {
+            // SUM is NUMERIC on PostgreSQL and INTEGER on SQLite: read both.
+            row.try_get::<i64, _>(i)
+                .map(to_u64)
+                .or_else(|_| row.try_get::<f64, _>(i).map(|f| f as u64))
+                .or_else(|_| row.try_get::<String, _>(i).map(|s| s.parse().unwrap_or(0)))
+                .map_err(q("reading a run's totals"))
+        };
+        let counts = Counts {
+            rows: get(1)?,
+            updated: get(2)?,
+            unchanged: get(3)?,
+            skipped: get(4)?,
+            failed: get(5)?,
+        };
+        Ok((counts, get(0)?))
+    }
+
+    /// Records a process starting to work on a run.
+    pub async fn start_session(&self, session: &SessionRecord) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&session.session_id)
+        .bind(&session.run_id)
+        .bind(i64::from(session.pid))
+        .bind(&session.host_name)
+        .bind(&session.user_name)
+        .bind(&session.started_at)
+        .bind(&session.heartbeat_at)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a session"))?;
+        Ok(())
+    }
+
+    /// Marks a session alive now.
+    pub async fn heartbeat(&self, session_id: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE refill_sessions SET heartbeat_at = $1 WHERE session_id = $2")
+            .bind(now())
+            .bind(session_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("recording a heartbeat"))?;
+        Ok(())
+    }
+
+    /// Records how a session ended.
+    pub async fn end_session(&self, session_id: &str, outcome: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE refill_sessions SET ended_at = $1, outcome = $2 WHERE session_id = $3")
+            .bind(now())
+            .bind(outcome)
+            .bind(session_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("ending a session"))?;
+        Ok(())
+    }
+
+    /// The sessions of a run, oldest first.
+    pub async fn sessions(&self, run_id: &str) -> Result<Vec<SessionRecord>, StateError> {
+        let rows =
+            sqlx::query("SELECT * FROM refill_sessions WHERE run_id = $1 ORDER BY started_at")
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("reading a run's sessions"))?;
+        rows.iter().map(session_from_row).collect()
+    }
+}
+
+fn get<T>(row: &AnyRow, col: &str) -> Result<T, StateError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(col)
+        .map_err(|e| StateError::Corrupt(format!("column {col}: {e}")))
+}
+
+fn key_of(text: Option<String>, ty: KeyType) -> Result<Option<Key>, StateError> {
+    text.map(|t| {
+        Key::decode(&t, ty)
+            .ok_or_else(|| StateError::Corrupt(format!("key `{t}` is not a {ty} key")))
+    })
+    .transpose()
+}
+
+fn run_from_row(r: &AnyRow) -> Result<RunRecord, StateError> {
+    let key_type = match get::<String>(r, "key_type")?.as_str() {
+        "integer" => KeyType::Integer,
+        "text" => KeyType::Text,
+        other => return Err(StateError::Corrupt(format!("unknown key type `{other}`"))),
+    };
+    let status: String = get(r, "status")?;
+    let spec: String = get(r, "spec")?;
+    Ok(RunRecord {
+        run_id: get(r, "run_id")?,
+        name: get(r, "name")?,
+        mode: if get::<String>(r, "mode")? == "execute" {
+            Mode::Execute
+        } else {
+            Mode::DryRun
+        },
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StateError::Corrupt(format!("unknown run status `{status}`")))?,
+        work_hash: get(r, "work_hash")?,
+        spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::String(spec)),
+        spec_path: get(r, "spec_path")?,
+        component_digest: get(r, "component_digest")?,
+        transform_name: get(r, "transform_name")?,
+        transform_version: get(r, "transform_version")?,
+        host_version: get(r, "host_version")?,
+        user_name: get(r, "user_name")?,
+        host_name: get(r, "host_name")?,
+        source_url: get(r, "source_url")?,
+        source_table: get(r, "source_table")?,
+        target_table: get(r, "target_table")?,
+        key_type,
+        first_key: key_of(get(r, "first_key")?, key_type)?,
+        high_watermark: key_of(get(r, "high_watermark")?, key_type)?,
+        rows_in_scope: to_u64(get(r, "rows_in_scope")?),
+        chunk_rows: to_u64(get(r, "chunk_rows")?),
+        started_at: get(r, "started_at")?,
+        finished_at: get(r, "finished_at")?,
+        message: get(r, "message")?,
+    })
+}
+
+fn chunk_from_row(r: &AnyRow, key_type: KeyType) -> Result<ChunkRecord, StateError> {
+    let hi: String = get(r, "hi")?;
+    Ok(ChunkRecord {
+        chunk_id: to_u64(get(r, "chunk_id")?),
+        lo: key_of(get(r, "lo")?, key_type)?,
+        hi: key_of(Some(hi), key_type)?
+            .ok_or_else(|| StateError::Corrupt("chunk without an upper key".into()))?,
+        status: if get::<String>(r, "status")? == "done" {
+            ChunkStatus::Done
+        } else {
+            ChunkStatus::Pending
+        },
+        attempts: to_u64(get(r, "attempts")?),
+        session_id: get(r, "session_id")?,
+        counts: Counts {
+            rows: to_u64(get(r, "rows_read")?),
+            updated: to_u64(get(r, "updated")?),
+            unchanged: to_u64(get(r, "unchanged")?),
+            skipped: to_u64(get(r, "skipped")?),
+            failed: to_u64(get(r, "failed")?),
+        },
+        timings: Timings {
+            read_ms: to_u64(get(r, "read_ms")?),
+            transform_ms: to_u64(get(r, "transform_ms")?),
+            write_ms: to_u64(get(r, "write_ms")?),
+        },
+        started_at: get(r, "started_at")?,
+        finished_at: get(r, "finished_at")?,
+        error: get(r, "error")?,
+    })
+}
+
+fn session_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
+    Ok(SessionRecord {
+        session_id: get(r, "session_id")?,
+        run_id: get(r, "run_id")?,
+        pid: u32::try_from(get::<i64>(r, "pid")?).unwrap_or(0),
+        host_name: get(r, "host_name")?,
+        user_name: get(r, "user_name")?,
+        started_at: get(r, "started_at")?,
+        heartbeat_at: get(r, "heartbeat_at")?,
+        ended_at: get(r, "ended_at")?,
+        outcome: get(r, "outcome")?,
+    })
+}
+
+/// Per-status chunk counts of a run, for progress displays.
+pub fn chunk_summary(chunks: &[ChunkRecord]) -> BTreeMap<&'static str, u64> {
+    let mut summary = BTreeMap::new();
+    for c in chunks {
+        let key = match c.status {
+            ChunkStatus::Done => "done",
+            ChunkStatus::Pending => "pending",
+        };
+        *summary.entry(key).or_insert(0) += 1;
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            run_id: id.into(),
+            name: "n".into(),
+            mode: Mode::Execute,
+            status,
+            work_hash: "h".into(),
+            spec: serde_json::json!({"name": "n"}),
+            spec_path: "/x.toml".into(),
+            component_digest: "d".into(),
+            transform_name: "t".into(),
+            transform_version: "1".into(),
+            host_version: "0".into(),
+            user_name: "u".into(),
+            host_name: "h".into(),
+            source_url: "sqlite://x".into(),
+            source_table: "\"t\"".into(),
+            target_table: "\"t\"".into(),
+            key_type: KeyType::Text,
+            first_key: Some(Key::Text("a".into())),
+            high_watermark: Some(Key::Text("zz".into())),
+            rows_in_scope: 10,
+            chunk_rows: 5,
+            started_at: now(),
+            finished_at: None,
+            message: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_and_chunks_round_trip_through_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = DbUrl::parse("sqlite://sub/state.db", dir.path()).expect("url");
+        assert!(
+            StateStore::open_existing(&url)
+                .await
+                .expect("no error")
+                .is_none()
+        );
+        let store = StateStore::open(&url).await.expect("open");
+        store
+            .create_run(&run("20260101-000000-abcd", RunStatus::Running))
+            .await
+            .expect("create");
+        let found = store
+            .latest_execute_run("n")
+            .await
+            .expect("query")
+            .expect("a run");
+        assert_eq!(found.high_watermark, Some(Key::Text("zz".into())));
+        assert_eq!(
+            store
+                .find_run("20260101")
+                .await
+                .expect("query")
+                .map(|r| r.run_id),
+            Some("20260101-000000-abcd".into())
+        );
+
+        let chunk = Chunk {
+            id: 1,
+            lo: None,
+            hi: Key::Text("m".into()),
+        };
+        store
+            .chunk_started(&found.run_id, &chunk, "s1")
+            .await
+            .expect("start");
+        store
+            .chunk_started(&found.run_id, &chunk, "s2")
+            .await
+            .expect("restart");
+        let counts = Counts {
+            rows: 5,
+            updated: 3,
+            unchanged: 1,
+            skipped: 0,
+            failed: 1,
+        };
+        store
+            .chunk_done(&found.run_id, 1, &counts, &Timings::default(), None)
+            .await
+            .expect("done");
+        let chunks = store.chunks(&found).await.expect("chunks");
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(
+            (chunks[0].attempts, chunks[0].session_id.as_str()),
+            (2, "s2")
+        );
+        assert_eq!(chunks[0].status, ChunkStatus::Done);
+        assert_eq!(
+            store.totals(&found.run_id).await.expect("totals"),
+            (counts, 1)
+        );
+
+        store
+            .set_run_status(&found.run_id, RunStatus::Done, None)
+            .await
+            .expect("status");
+        let done = store
+            .find_run(&found.run_id)
+            .await
+            .expect("query")
+            .expect("run");
+        assert_eq!(done.status, RunStatus::Done);
+        assert!(done.finished_at.is_some());
+        assert!(
+            StateStore::open_existing(&url)
+                .await
+                .expect("no error")
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,605 @@
+//! The wasmtime side: consumes a component file (checked against its pin and
+//! the import policy) plus a configuration, produces [`Instance`]s that turn
+//! batches of rows into one [`Outcome`] each. Every batch runs under a fuel
+//! budget, a wall-clock deadline and a memory limit; a guest that breaks one
+//! traps, and the trap is reported as its own kind of error with the
+//! guest's log lines.
+
+pub mod bindings;
+pub mod cache;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{HasSelf, Linker, types::ComponentItem};
+use wasmtime::{Engine, Store, Trap};
+
+use self::bindings::refill::transform::host::{self as wit_host, Level};
+use self::bindings::{Transformer, TransformerPre};
+use self::cache::Origin;
+use crate::value::{ConfigError, Info, Outcome, Param, Row};
+
+/// The only interfaces a component may import: the refill host interface
+/// and the type-only interface it shares with the host.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    "refill:transform/host@0.1.0",
+    "refill:transform/types@0.1.0",
+];
+
+/// The export every transform provides.
+pub const TRANSFORM_EXPORT: &str = "refill:transform/transform@0.1.0";
+
+/// How often the deadline clock ticks.
+const TICK: Duration = Duration::from_millis(10);
+/// Log lines kept per batch; later ones are counted and dropped.
+const MAX_LOG_LINES: usize = 100;
+/// Bytes kept per log line.
+const MAX_LOG_LINE: usize = 2_048;
+
+/// Limits applied to every batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel per batch.
+    pub fuel: u64,
+    /// Bytes of linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// Wall-clock time per batch.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    /// The limits a spec gets when it sets none.
+    fn default() -> Self {
+        use crate::spec::{DEFAULT_FUEL, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS};
+        Limits {
+            fuel: DEFAULT_FUEL,
+            memory_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Why a guest trapped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrapKind {
+    /// The batch used up its fuel.
+    Fuel {
+        /// The budget it had.
+        limit: u64,
+    },
+    /// The batch ran past its deadline.
+    Deadline {
+        /// The deadline it had.
+        timeout: Duration,
+    },
+    /// The instance tried to grow its memory past the limit.
+    Memory {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The guest panicked (it logged a panic message before trapping).
+    Panic,
+    /// Any other trap: unreachable code, out-of-bounds access, stack
+    /// overflow…
+    Other(String),
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrapKind::Fuel { limit } => write!(
+                f,
+                "ran out of fuel ({limit} units per batch; raise [transform] fuel if the work is legitimate)"
+            ),
+            TrapKind::Deadline { timeout } => write!(
+                f,
+                "ran past its deadline ({} ms per batch; raise [transform] timeout_ms if the work is legitimate)",
+                timeout.as_millis()
+            ),
+            TrapKind::Memory { limit } => write!(
+                f,
+                "tried to grow its memory past {} MiB ([transform] memory_mb)",
+                limit >> 20
+            ),
+            TrapKind::Panic => f.write_str("panicked"),
+            TrapKind::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+/// Errors of the transform stage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransformError {
+    /// The component file could not be read.
+    #[error("cannot read component {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The component's sha256 is not the one pinned in the spec.
+    #[error("component {} has sha256 {actual}, but the spec pins {expected}; refusing to run it (rebuild the pinned version, or review the new one and update [transform] sha256)", path.display())]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The pin.
+        expected: String,
+        /// What the file hashes to.
+        actual: String,
+    },
+    /// The file is not a valid component, or cannot be compiled.
+    #[error("component {} cannot be loaded: {message}", path.display())]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// The component imports something beyond the refill host interface.
+    #[error("component {} imports {}, beyond what a transform may use ({}); refusing to run it", path.display(), forbidden.join(", "), ALLOWED_IMPORTS.join(", "))]
+    ForbiddenImports {
+        /// The file.
+        path: PathBuf,
+        /// The imports outside the policy.
+        forbidden: Vec<String>,
+    },
+    /// The component does not implement the refill transform world.
+    #[error("component {} does not implement {TRANSFORM_EXPORT}: {message}", path.display())]
+    NotATransform {
+        /// The file.
+        path: PathBuf,
+        /// What is missing or mismatched.
+        message: String,
+    },
+    /// `configure` refused the spec's configuration.
+    #[error("transform {name} refused its configuration: {error}")]
+    Config {
+        /// The transform's name.
+        name: String,
+        /// Its reason.
+        error: String,
+    },
+    /// The guest trapped.
+    #[error("transform trapped: it {kind}{}", format_logs(logs))]
+    Trap {
+        /// Why.
+        kind: TrapKind,
+        /// The guest's log lines from the failed call.
+        logs: Vec<String>,
+    },
+    /// The guest broke the interface contract.
+    #[error("transform broke its contract: {0}")]
+    Contract(String),
+}
+
+fn format_logs(logs: &[String]) -> String {
+    match logs.last() {
+        Some(last) => format!("; its last log line: {}", last.replace('\n', " ")),
+        None => String::new(),
+    }
+}
+
+/// One captured guest log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Its severity.
+    pub level: Level,
+    /// The text, truncated to a few KiB.
+    pub message: String,
+}
+
+/// What one instance's store holds.
+struct HostState {
+    max_memory: usize,
+    memory_exceeded: bool,
+    logs: Vec<LogLine>,
+    dropped_logs: usize,
+}
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.memory_exceeded = true;
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes reached",
+                self.max_memory
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl wit_host::Host for HostState {
+    fn log(&mut self, level: Level, mut message: String) {
+        if self.logs.len() >= MAX_LOG_LINES {
+            self.dropped_logs += 1;
+            return;
+        }
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        self.logs.push(LogLine { level, message });
+    }
+}
+
+impl bindings::refill::transform::types::Host for HostState {}
+
+/// The process-wide engine, with its deadline clock.
+fn engine() -> Result<&'static Engine, String> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config
+                .wasm_component_model(true)
+                .consume_fuel(true)
+                .epoch_interruption(true)
+                // Same inputs, same outputs, on any machine.
+                .cranelift_nan_canonicalization(true)
+                .relaxed_simd_deterministic(true);
+            let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+            let ticker = engine.weak();
+            std::thread::Builder::new()
+                .name("refill-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(TICK);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The sha256 of a file's bytes, in hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A compiled component and what it says about itself on the outside:
+/// digest, size, imports and exports. Nothing of it has run yet.
+pub struct Compiled {
+    path: PathBuf,
+    digest: String,
+    size: usize,
+    imports: Vec<String>,
+    exports: Vec<String>,
+    origin: Origin,
+    component: wasmtime::component::Component,
+}
+
+impl Compiled {
+    /// Reads the component at `path`, refuses it if `pin` is given and does
+    /// not match its sha256, and compiles it (or loads it from the cache).
+    pub fn read(path: &Path, pin: Option<&str>) -> Result<Compiled, TransformError> {
+        let bytes = std::fs::read(path).map_err(|source| TransformError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let digest = digest(&bytes);
+        if let Some(expected) = pin
+            && expected != digest
+        {
+            return Err(TransformError::DigestMismatch {
+                path: path.to_path_buf(),
+                expected: expected.to_string(),
+                actual: digest,
+            });
+        }
+        let compile_error = |message: String| TransformError::Compile {
+            path: path.to_path_buf(),
+            message,
+        };
+        let engine = engine().map_err(compile_error)?;
+        let (component, origin) =
+            cache::load(engine, &bytes, &digest).map_err(|e| compile_error(format!("{e:#}")))?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports = ty
+            .exports(engine)
+            .map(|(name, item)| match item.ty {
+                ComponentItem::ComponentInstance(_) => name.to_string(),
+                _ => format!("{name} (not an interface)"),
+            })
+            .collect();
+        Ok(Compiled {
+            path: path.to_path_buf(),
+            digest,
+            size: bytes.len(),
+            imports,
+            exports,
+            origin,
+            component,
+        })
+    }
+
+    /// The imports outside [`ALLOWED_IMPORTS`].
+    pub fn forbidden_imports(&self) -> Vec<String> {
+        self.imports
+            .iter()
+            .filter(|i| !ALLOWED_IMPORTS.contains(&i.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// The component file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// The component's sha256, in hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// The component's size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// What the component imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+    /// What the component exports.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+    /// Whether the compiled form came from the cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+}
+
+/// A checked component, ready to make instances.
+pub struct Runner {
+    compiled: Compiled,
+    info: Info,
+    limits: Limits,
+    pre: TransformerPre<HostState>,
+}
+
+impl Runner {
+    /// Reads and compiles the component at `path` (see [`Compiled::read`])
+    /// and checks it with [`Runner::new`].
+    pub fn load(path: &Path, pin: Option<&str>, limits: Limits) -> Result<Runner, TransformError> {
+        Runner::new(Compiled::read(path, pin)?, limits)
+    }
+
+    /// Refuses a component that imports anything outside
+    /// [`ALLOWED_IMPORTS`] or does not export the transform interface, then
+    /// asks it to describe itself.
+    pub fn new(compiled: Compiled, limits: Limits) -> Result<Runner, TransformError> {
+        let path = compiled.path.clone();
+        let forbidden = compiled.forbidden_imports();
+        if !forbidden.is_empty() {
+            return Err(TransformError::ForbiddenImports { path, forbidden });
+        }
+        let engine = compiled.component.engine();
+        let mut linker = Linker::<HostState>::new(engine);
+        Transformer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(
+            |e| TransformError::Compile {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            },
+        )?;
+        let not_a_transform = |e: wasmtime::Error| TransformError::NotATransform {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        };
+        let pre = linker
+            .instantiate_pre(&compiled.component)
+            .map_err(not_a_transform)?;
+        let pre = TransformerPre::new(pre).map_err(not_a_transform)?;
+        let empty = Info {
+            name: String::new(),
+            version: String::new(),
+            description: String::new(),
+            inputs: vec![],
+            outputs: vec![],
+        };
+        let mut runner = Runner {
+            compiled,
+            info: empty,
+            limits,
+            pre,
+        };
+        let (mut store, bindings) = runner.instantiate()?;
+        runner.info = trapping(&mut store, &runner.limits, |s| {
+            bindings.refill_transform_transform().call_describe(s)
+        })?;
+        Ok(runner)
+    }
+
+    fn instantiate(&self) -> Result<(Store<HostState>, Transformer), TransformError> {
+        let engine = self.pre.engine();
+        let mut store = Store::new(
+            engine,
+            HostState {
+                max_memory: self.limits.memory_bytes,
+                memory_exceeded: false,
+                logs: Vec::new(),
+                dropped_logs: 0,
+            },
+        );
+        store.limiter(|s| s);
+        arm(&mut store, &self.limits);
+        let bindings = trapping(&mut store, &self.limits, |s| self.pre.instantiate(s))?;
+        Ok((store, bindings))
+    }
+
+    /// A fresh instance, configured with `params`. Fails with
+    /// [`TransformError::Config`] if the transform refuses them.
+    pub fn instance(&self, params: &[Param]) -> Result<Instance, TransformError> {
+        let (mut store, bindings) = self.instantiate()?;
+        let configured = trapping(&mut store, &self.limits, |s| {
+            bindings
+                .refill_transform_transform()
+                .call_configure(s, params)
+        })?;
+        configured.map_err(|e| TransformError::Config {
+            name: self.info.name.clone(),
+            error: describe_config_error(&e),
+        })?;
+        Ok(Instance {
+            store,
+            bindings,
+            limits: self.limits,
+        })
+    }
+
+    /// The compiled component.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+    /// The component's sha256, in hex.
+    pub fn digest(&self) -> &str {
+        &self.compiled.digest
+    }
+    /// What the transform says about itself.
+    pub fn info(&self) -> &Info {
+        &self.info
+    }
+    /// The limits each batch runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+/// A configured instance of a transform. After a trap it must be dropped.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Transformer,
+    limits: Limits,
+}
+
+/// The result of one batch.
+#[derive(Debug)]
+pub struct BatchOutput {
+    /// One outcome per row, in order.
+    pub outcomes: Vec<Outcome>,
+    /// What the guest logged.
+    pub logs: Vec<LogLine>,
+    /// Log lines dropped past the per-batch limit.
+    pub dropped_logs: usize,
+    /// Fuel the batch used.
+    pub fuel_used: u64,
+}
+
+impl Instance {
+    /// Runs one batch. Fails with [`TransformError::Trap`] if the guest
+    /// trapped (the instance is then unusable), and with
+    /// [`TransformError::Contract`] if it did not return one outcome per row.
+    pub fn transform(&mut self, rows: &[Row]) -> Result<BatchOutput, TransformError> {
+        arm(&mut self.store, &self.limits);
+        let bindings = &self.bindings;
+        let outcomes = trapping(&mut self.store, &self.limits, |s| {
+            bindings
+                .refill_transform_transform()
+                .call_transform_batch(s, rows)
+        })?;
+        let fuel_used = self.limits.fuel - self.store.get_fuel().unwrap_or(0);
+        let state = self.store.data_mut();
+        let logs = std::mem::take(&mut state.logs);
+        let dropped_logs = std::mem::take(&mut state.dropped_logs);
+        if outcomes.len() != rows.len() {
+            return Err(TransformError::Contract(format!(
+                "transform-batch returned {} outcomes for {} rows",
+                outcomes.len(),
+                rows.len()
+            )));
+        }
+        Ok(BatchOutput {
+            outcomes,
+            logs,
+            dropped_logs,
+            fuel_used,
+        })
+    }
+}
+
+/// Resets the per-batch budgets.
+fn arm(store: &mut Store<HostState>, limits: &Limits) {
+    let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()).max(1);
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    // Fuel is on for every store of our engine, so this cannot fail.
+    let _ = store.set_fuel(limits.fuel);
+    let state = store.data_mut();
+    state.logs.clear();
+    state.dropped_logs = 0;
+    state.memory_exceeded = false;
+}
+
+/// Runs `call`, turning a trap into [`TransformError::Trap`] with the
+/// guest's log lines.
+fn trapping<T>(
+    store: &mut Store<HostState>,
+    limits: &Limits,
+    call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+) -> Result<T, TransformError> {
+    match call(store) {
+        Ok(v) => Ok(v),
+        Err(error) => {
+            let state = store.data_mut();
+            let logs: Vec<String> = state.logs.drain(..).map(|l| l.message).collect();
+            let kind = if state.memory_exceeded {
+                TrapKind::Memory {
+                    limit: state.max_memory,
+                }
+            } else {
+                match error.downcast_ref::<Trap>() {
+                    Some(Trap::OutOfFuel) => TrapKind::Fuel { limit: limits.fuel },
+                    Some(Trap::Interrupt) => TrapKind::Deadline {
+                        timeout: limits.timeout,
+                    },
+                    Some(Trap::UnreachableCodeReached)
+                        if logs.iter().any(|l| l.starts_with("panic")) =>
+                    {
+                        TrapKind::Panic
+                    }
+                    Some(trap) => TrapKind::Other(trap.to_string()),
+                    None => TrapKind::Other(format!("{error:#}")),
+                }
+            };
+            Err(TransformError::Trap { kind, logs })
+        }
+    }
+}
+
+fn describe_config_error(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Missing(name) => format!("parameter `{name}` is required"),
+        ConfigError::Unknown(name) => format!("parameter `{name}` is not known"),
+        ConfigError::Invalid(p) => format!("parameter `{}`: {}", p.name, p.reason),
+        ConfigError::Other(msg) => msg.clone(),
+    }
+}

@@ -1,0 +1,145 @@
+//! Tables and specs shared by the end-to-end tests.
+
+use std::collections::BTreeMap;
+
+use crate::harness::{Backend, World, digest, plugin};
+
+/// The status mapping the tests' `remap` specs use.
+pub const MAP: &str = "open=active,won=closed_won,lost=closed_lost";
+
+/// What `MAP` (without a default) does to a status: `Ok(new)` or an error.
+pub fn remapped(status: Option<&str>) -> Result<Option<String>, ()> {
+    match status {
+        None => Ok(None),
+        Some("open") => Ok(Some("active".into())),
+        Some("won") => Ok(Some("closed_won".into())),
+        Some("lost") => Ok(Some("closed_lost".into())),
+        Some(_) => Err(()),
+    }
+}
+
+/// The status of row `i` in [`quotes`]: one in four NULL, and, if `bad` is
+/// set, every 50th an unmapped `Won ` instead.
+pub fn status_of(i: i64, bad: bool) -> Option<&'static str> {
+    if bad && i % 50 == 7 {
+        return Some("Won ");
+    }
+    match i % 4 {
+        0 => Some("open"),
+        1 => Some("won"),
+        2 => Some("lost"),
+        _ => None,
+    }
+}
+
+/// Creates `quotes(id, status, status_v2, region)` with ids 1..=n; a third of
+/// the rows are in region `us` (out of the tests' scope `region = 'eu'`) and
+/// their `status_v2` starts as `untouched`.
+pub fn quotes(world: &World, n: i64, bad: bool) {
+    let pk = match world.backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "BIGINT PRIMARY KEY",
+    };
+    let t = world.table("quotes");
+    let bad_case = if bad {
+        "WHEN i % 50 = 7 THEN 'Won '"
+    } else {
+        ""
+    };
+    world.exec(&format!(
+        "CREATE TABLE {t} (id {pk}, status TEXT, status_v2 TEXT, region TEXT NOT NULL);
+         WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n})
+         INSERT INTO {t} (id, status, status_v2, region)
+         SELECT i,
+                CASE {bad_case} WHEN i % 4 = 0 THEN 'open' WHEN i % 4 = 1 THEN 'won' WHEN i % 4 = 2 THEN 'lost' ELSE NULL END,
+                CASE WHEN i % 3 = 0 THEN 'untouched' ELSE NULL END,
+                CASE WHEN i % 3 = 0 THEN 'us' ELSE 'eu' END
+         FROM g"
+    ));
+}
+
+/// Whether row `i` of [`quotes`] is in the tests' scope.
+pub fn in_scope(i: i64) -> bool {
+    i % 3 != 0
+}
+
+/// `id → status_v2` of every row of [`quotes`].
+pub fn status_v2(world: &World) -> BTreeMap<i64, Option<String>> {
+    world
+        .rows(&format!(
+            "SELECT CAST(id AS TEXT), status_v2 FROM {} ORDER BY id",
+            world.table("quotes")
+        ))
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].as_deref().expect("id").parse().expect("numeric id"),
+                r[1].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Checks every row of [`quotes`] against what a full `remap` run must
+/// leave: in-scope rows mapped (failed rows untouched), others untouched.
+#[track_caller]
+pub fn assert_remapped(world: &World, bad: bool) {
+    for (id, v2) in status_v2(world) {
+        let expected = if !in_scope(id) {
+            Some("untouched".to_string())
+        } else {
+            remapped(status_of(id, bad)).unwrap_or(None)
+        };
+        assert_eq!(v2, expected, "row {id} (status {:?})", status_of(id, bad));
+    }
+}
+
+/// A spec for `remap` over [`quotes`], in scope `region = 'eu'`. `extra`
+/// is appended to the `[transform]` table (limits, config overrides).
+pub fn remap_spec(world: &World, chunk_rows: u32, extra: &str) -> String {
+    spec(
+        world,
+        "remap",
+        &format!("config = {{ map = \"{MAP}\" }}\n{extra}"),
+        chunk_rows,
+        "status_v2",
+    )
+}
+
+/// A spec running `component` with the given `[transform]` body.
+pub fn spec(
+    world: &World,
+    component: &str,
+    transform_body: &str,
+    chunk_rows: u32,
+    target: &str,
+) -> String {
+    let path = plugin(component);
+    format!(
+        r#"name = "quotes-{component}"
+
+[source]
+url = "{url}"
+{schema}
+table = "quotes"
+key = "id"
+columns = ["status"]
+where = "region = 'eu'"
+
+[chunk]
+rows = {chunk_rows}
+
+[transform]
+component = "{path}"
+sha256 = "{sha}"
+{transform_body}
+
+[target]
+columns = ["{target}"]
+"#,
+        url = world.url(),
+        schema = world.schema_line(),
+        path = path.display(),
+        sha = digest(&path),
+    )
+}

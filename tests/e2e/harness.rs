@@ -1,0 +1,277 @@
+//! The end-to-end harness: each test gets its own temporary directory, its
+//! own database (a SQLite file, or a fresh PostgreSQL schema that is dropped
+//! afterwards), and runs the real `refill` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// A built plugin component. Fails the test with instructions if
+/// `make plugins` has not been run.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = root().join("plugins/dist").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make plugins` (make test does it for you)",
+        path.display()
+    );
+    path
+}
+
+/// The sha256 of a file, as refill computes it.
+pub fn digest(path: &Path) -> String {
+    refill::transform::digest(&std::fs::read(path).expect("read component"))
+}
+
+/// The PostgreSQL url the tests use.
+pub fn postgres_url() -> String {
+    std::env::var("REFILL_TEST_POSTGRES_URL").expect(
+        "REFILL_TEST_POSTGRES_URL is not set: point it at a PostgreSQL database the tests may create schemas in \
+         (make test sets postgres://postgres@127.0.0.1:5432/test)",
+    )
+}
+
+/// The result of one `refill` invocation.
+pub struct Ran {
+    /// The exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Ran {
+    fn from(output: Output) -> Ran {
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts the exit code, showing the output if it differs.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Ran {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Standard output and error together.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Which backend a test's data lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's directory.
+    Sqlite,
+    /// A schema of its own in the test PostgreSQL database.
+    Postgres,
+}
+
+/// One test's world: a directory, a database, and the refill binary.
+pub struct World {
+    /// The test's directory; specs and the default state store live here.
+    pub dir: tempfile::TempDir,
+    /// The backend.
+    pub backend: Backend,
+    /// The PostgreSQL schema, for PostgreSQL worlds.
+    pub schema: Option<String>,
+    rt: tokio::runtime::Runtime,
+    pool: AnyPool,
+}
+
+impl World {
+    /// A fresh world named after the test.
+    pub fn new(backend: Backend, name: &str) -> World {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("refill-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (pool, schema) = match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("data.db").display());
+                (
+                    rt.block_on(AnyPoolOptions::new().max_connections(1).connect(&url))
+                        .expect("open sqlite"),
+                    None,
+                )
+            }
+            Backend::Postgres => {
+                let schema = format!("e2e_{name}");
+                let pool = rt
+                    .block_on(
+                        AnyPoolOptions::new()
+                            .max_connections(1)
+                            .connect(&postgres_url()),
+                    )
+                    .expect("connect to PostgreSQL (is REFILL_TEST_POSTGRES_URL right?)");
+                for sql in [
+                    format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                    format!("CREATE SCHEMA {schema}"),
+                ] {
+                    rt.block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool))
+                        .expect("create schema");
+                }
+                (pool, Some(schema))
+            }
+        };
+        World {
+            dir,
+            backend,
+            schema,
+            rt,
+            pool,
+        }
+    }
+
+    /// The source url for specs.
+    pub fn url(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => "sqlite://data.db".to_string(),
+            Backend::Postgres => postgres_url(),
+        }
+    }
+
+    /// A `schema = "…"` line for specs ([source] and [target]), or nothing.
+    pub fn schema_line(&self) -> String {
+        self.schema
+            .as_ref()
+            .map(|s| format!("schema = \"{s}\""))
+            .unwrap_or_default()
+    }
+
+    /// A table name qualified for this world's SQL.
+    pub fn table(&self, name: &str) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{name}"),
+            None => name.to_string(),
+        }
+    }
+
+    /// Runs SQL statements (separated by `;` at line ends).
+    pub fn exec(&self, sql: &str) {
+        for statement in sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()) {
+            self.rt
+                .block_on(
+                    sqlx::query(sqlx::AssertSqlSafe(statement.to_string())).execute(&self.pool),
+                )
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+    }
+
+    /// Runs a query whose columns are all text (cast them), returning rows.
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let rows = self
+            .rt
+            .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&self.pool))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<Option<String>, _>(i).expect("text column"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every row of a table as text, in key order: to check nothing changed.
+    pub fn snapshot(&self, table: &str, columns: &str) -> Vec<Vec<Option<String>>> {
+        let casted: Vec<String> = columns
+            .split(',')
+            .map(|c| format!("CAST({} AS TEXT)", c.trim()))
+            .collect();
+        self.rows(&format!(
+            "SELECT {} FROM {} ORDER BY 1",
+            casted.join(", "),
+            self.table(table)
+        ))
+    }
+
+    /// Writes a file in the test directory.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// A `refill` command running in the test directory.
+    pub fn refill(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_refill"));
+        cmd.current_dir(self.dir.path())
+            .env(
+                "REFILL_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"),
+            )
+            .env("REFILL_LOG", "refill=info")
+            .env_remove("REFILL_STATE")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `refill ARGS` to the end.
+    pub fn run(&self, args: &[&str]) -> Ran {
+        Ran::from(self.refill().args(args).output().expect("run refill"))
+    }
+
+    /// Starts `refill ARGS` without waiting.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.refill()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn refill")
+    }
+
+    /// `refill status RUN --json` for the spec, parsed.
+    pub fn status(&self, spec: &str, run: Option<&str>) -> serde_json::Value {
+        let mut args = vec!["status", "--json", "--spec", spec];
+        if let Some(run) = run {
+            args.push(run);
+        }
+        let ran = self.run(&args);
+        ran.expect_code(0);
+        serde_json::from_str(&ran.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", ran.stdout))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(schema) = &self.schema
+            && !std::thread::panicking()
+        {
+            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            let _ = self
+                .rt
+                .block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool));
+        }
+    }
+}

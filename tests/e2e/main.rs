@@ -1,0 +1,34 @@
+//! End-to-end tests: the real `refill` binary against real SQLite files and
+//! the real PostgreSQL of this machine (`REFILL_TEST_POSTGRES_URL`), with
+//! real components from `plugins/dist` (built by `make plugins`).
+
+mod fixtures;
+mod harness;
+mod pipeline;
+mod resume;
+mod sandbox;
+mod spec_errors;
+
+/// Defines one test per backend from a body taking the backend.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn sqlite() {
+                ($body)(
+                    $crate::harness::Backend::Sqlite,
+                    concat!(stringify!($name), "_sqlite"),
+                )
+            }
+            #[test]
+            fn postgres() {
+                ($body)(
+                    $crate::harness::Backend::Postgres,
+                    concat!(stringify!($name), "_pg"),
+                )
+            }
+        }
+    };
+}

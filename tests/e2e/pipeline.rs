@@ -1,0 +1,288 @@
+//! Dry runs, execute runs, per-row errors, canaries, plans, text keys and
+//! separate target tables, on SQLite and PostgreSQL.
+
+use crate::both;
+use crate::fixtures::*;
+use crate::harness::*;
+
+/// The newest run's `status --json` entry.
+fn latest(world: &World) -> serde_json::Value {
+    world.status("spec.toml", None)[0].clone()
+}
+
+fn in_scope_counts(n: i64, bad: bool) -> (u64, u64, u64) {
+    let (mut updated, mut unchanged, mut failed) = (0, 0, 0);
+    for i in (1..=n).filter(|&i| in_scope(i)) {
+        match remapped(status_of(i, bad)) {
+            Ok(None) => unchanged += 1,
+            Ok(Some(_)) => updated += 1,
+            Err(()) => failed += 1,
+        }
+    }
+    (updated, unchanged, failed)
+}
+
+both!(dry_run_changes_no_row, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 500, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let before = w.snapshot("quotes", "id, status, status_v2, region");
+    let ran = w.run(&["run", "spec.toml"]);
+    ran.expect_code(0);
+    assert!(ran.stdout.contains("Nothing was written"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("status_v2: NULL → \"closed_won\""),
+        "a sample diff: {}",
+        ran.stdout
+    );
+    assert_eq!(
+        w.snapshot("quotes", "id, status, status_v2, region"),
+        before
+    );
+    let run = latest(&w);
+    let (updated, unchanged, _) = in_scope_counts(500, false);
+    assert_eq!(run["run"]["mode"], "dry-run");
+    assert_eq!(run["totals"]["updated"], updated);
+    assert_eq!(run["totals"]["unchanged"], unchanged);
+});
+
+both!(execute_sets_exactly_the_rows_in_scope, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 1000, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    assert_remapped(&w, false);
+
+    let listed = latest(&w);
+    let id = listed["run"]["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    let detail = w.status("spec.toml", Some(&id));
+    let run = &detail["run"];
+    let (updated, unchanged, _) = in_scope_counts(1000, false);
+    assert_eq!(run["status"], "done");
+    assert_eq!(run["mode"], "execute");
+    assert_eq!(run["rows_in_scope"], updated + unchanged);
+    assert_eq!(run["component_digest"], digest(&plugin("remap")));
+    assert_eq!(run["transform_name"], "remap");
+    assert_eq!(run["host_version"], env!("CARGO_PKG_VERSION"));
+    assert!(run["user_name"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(run["finished_at"].is_string());
+    assert_eq!(detail["totals"]["updated"], updated);
+    assert_eq!(detail["totals"]["unchanged"], unchanged);
+    let chunks = detail["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len() as u64, (updated + unchanged).div_ceil(100));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["status"] == "done" && c["attempts"] == 1)
+    );
+    let rows: u64 = chunks
+        .iter()
+        .map(|c| c["counts"]["rows"].as_u64().expect("rows"))
+        .sum();
+    assert_eq!(rows, updated + unchanged);
+
+    // Running it again finds nothing left to change.
+    let again = w.run(&["run", "spec.toml", "--execute"]);
+    again.expect_code(0);
+    assert_eq!(latest(&w)["totals"]["updated"], 0);
+    assert_remapped(&w, false);
+});
+
+both!(per_row_errors_are_counted_and_exit_1, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 1000, true);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(1);
+    let (updated, _, failed) = in_scope_counts(1000, true);
+    assert!(failed > 0);
+    assert!(
+        ran.stdout.contains(&format!(
+            "{failed} × no mapping for \"Won \" and no default"
+        )),
+        "{}",
+        ran.stdout
+    );
+    let run = latest(&w);
+    assert_eq!(run["totals"]["failed"], failed);
+    assert_eq!(run["totals"]["updated"], updated);
+    assert_eq!(run["run"]["status"], "done");
+    assert_remapped(&w, true);
+});
+
+both!(canary_limit_then_the_rest, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 600, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let ran = w.run(&["run", "spec.toml", "--execute", "--limit", "150"]);
+    ran.expect_code(0);
+    assert!(ran.stdout.contains("incomplete"), "{}", ran.stdout);
+    let first_150: Vec<i64> = (1..=600).filter(|&i| in_scope(i)).take(150).collect();
+    for (id, v2) in status_v2(&w) {
+        let expected = if !in_scope(id) {
+            Some("untouched".into())
+        } else if first_150.contains(&id) {
+            remapped(status_of(id, false)).expect("mapped")
+        } else {
+            None
+        };
+        assert_eq!(v2, expected, "row {id} after the canary");
+    }
+    let run = latest(&w);
+    assert_eq!(run["run"]["status"], "incomplete");
+    assert_eq!(run["totals"]["rows"], 150);
+
+    let rest = w.run(&["run", "spec.toml", "--execute"]);
+    rest.expect_code(0);
+    assert!(rest.stdout.contains("(resumed)"), "{}", rest.stdout);
+    assert_remapped(&w, false);
+    let run = latest(&w);
+    assert_eq!(run["run"]["status"], "done");
+    assert_eq!(run["totals"]["rows"], run["run"]["rows_in_scope"]);
+});
+
+both!(plan_shows_the_work_and_writes_nothing, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 500, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let before = w.snapshot("quotes", "id, status, status_v2, region");
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(0);
+    let rows = (1..=500).filter(|&i| in_scope(i)).count();
+    for expected in [
+        format!("{rows} in scope"),
+        format!("chunks     {} of up to 100 rows", rows.div_ceil(100)),
+        "remap 0.1.0".to_string(),
+        digest(&plugin("remap")),
+        "imports refill:transform/host@0.1.0".to_string(),
+        "region = 'eu'".to_string(),
+    ] {
+        assert!(
+            ran.stdout.contains(&expected),
+            "plan lacks {expected:?}:\n{}",
+            ran.stdout
+        );
+    }
+    assert_eq!(
+        w.snapshot("quotes", "id, status, status_v2, region"),
+        before
+    );
+    assert!(
+        !w.dir.path().join(".refill").exists(),
+        "plan created a state store"
+    );
+});
+
+both!(
+    text_keys_in_mixed_case_are_chunked_once_each,
+    |backend, name| {
+        let w = World::new(backend, name);
+        let t = w.table("people");
+        w.exec(&format!(
+            "CREATE TABLE {t} (handle TEXT PRIMARY KEY NOT NULL, email TEXT, email_norm TEXT)"
+        ));
+        let mut expected = Vec::new();
+        for i in 0..237 {
+            // Keys differing only in case, with gaps and non-ASCII.
+            let handle = match i % 3 {
+                0 => format!("user{i:03}"),
+                1 => format!("User{i:03}"),
+                _ => format!("ÜSER{i:03}"),
+            };
+            let email = if i % 10 == 0 {
+                None
+            } else {
+                Some(format!("  Person.{i}@Example.ORG "))
+            };
+            w.exec(&format!(
+                "INSERT INTO {t} VALUES ('{handle}', {}, NULL)",
+                email
+                    .as_ref()
+                    .map_or("NULL".to_string(), |e| format!("'{e}'"))
+            ));
+            expected.push((handle, email.map(|e| e.trim().to_lowercase())));
+        }
+        let path = plugin("normalize-email");
+        w.write(
+        "spec.toml",
+        &format!(
+            "name = \"emails\"\n[source]\nurl = \"{}\"\n{}\ntable = \"people\"\nkey = \"handle\"\ncolumns = [\"email\"]\n\
+             [chunk]\nrows = 20\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\n[target]\ncolumns = [\"email_norm\"]\n",
+            w.url(),
+            w.schema_line(),
+            path.display(),
+            digest(&path)
+        ),
+    );
+        w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+        let got = w.rows(&format!("SELECT handle, email_norm FROM {t}"));
+        assert_eq!(got.len(), expected.len());
+        for row in got {
+            let handle = row[0].clone().expect("handle");
+            let want = expected
+                .iter()
+                .find(|(h, _)| *h == handle)
+                .expect("known handle");
+            assert_eq!(row[1], want.1, "row {handle}");
+        }
+        let run = latest(&w);
+        assert_eq!(run["totals"]["rows"], 237);
+        assert_eq!(run["chunks_done"], 237u64.div_ceil(20));
+    }
+);
+
+both!(separate_target_table_gets_the_outputs, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 200, false);
+    let pk = if backend == Backend::Sqlite {
+        "INTEGER PRIMARY KEY"
+    } else {
+        "BIGINT PRIMARY KEY"
+    };
+    let derived = w.table("derived");
+    // Every in-scope row has a target row except ids divisible by 10.
+    w.exec(&format!(
+        "CREATE TABLE {derived} (quote_id {pk}, status_v2 TEXT);
+         INSERT INTO {derived} (quote_id) SELECT id FROM {} WHERE id % 10 <> 0",
+        w.table("quotes")
+    ));
+    let spec = remap_spec(&w, 50, "").replace(
+        "[target]\n",
+        &format!(
+            "[target]\n{}\ntable = \"derived\"\nkey = \"quote_id\"\n",
+            w.schema_line()
+        ),
+    );
+    w.write("spec.toml", &spec);
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(1);
+    assert!(
+        ran.stdout
+            .contains("no row with key 10 in the target table"),
+        "{}",
+        ran.stdout
+    );
+    let rows = w.rows(&format!(
+        "SELECT CAST(quote_id AS TEXT), status_v2 FROM {derived}"
+    ));
+    for row in rows {
+        let id: i64 = row[0].as_deref().expect("id").parse().expect("number");
+        let want = if in_scope(id) {
+            remapped(status_of(id, false)).expect("mapped")
+        } else {
+            None
+        };
+        assert_eq!(row[1], want, "derived row {id}");
+    }
+    assert_eq!(
+        status_v2(&w)
+            .values()
+            .filter(|v| v.as_deref() == Some("closed_won"))
+            .count(),
+        0,
+        "source untouched"
+    );
+});

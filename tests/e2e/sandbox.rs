@@ -1,0 +1,185 @@
+//! Hostile guests from `plugins/evil`: each misbehaviour ends in a clear
+//! error naming the chunk, the host process survives and exits normally,
+//! and rows outside the failed batch are processed as usual.
+
+use crate::fixtures::*;
+use crate::harness::*;
+
+/// Which rows misbehave.
+enum Trigger {
+    /// Only row 5 (its status is set to `boom`).
+    RowFive,
+    /// Every row whose status is `won`.
+    Won,
+    /// Every row.
+    All,
+}
+
+/// Runs `evil` in `mode` with `--execute` over 200 quotes (134 in scope, one
+/// chunk, batches of 10) with `extra` added to `[transform]`.
+fn hostile(name: &str, mode: &str, trigger: Trigger, extra: &str) -> (Ran, World) {
+    let w = World::new(Backend::Sqlite, name);
+    quotes(&w, 200, false);
+    let trigger = match trigger {
+        Trigger::RowFive => {
+            w.exec("UPDATE quotes SET status = 'boom' WHERE id = 5");
+            ", trigger = \"boom\""
+        }
+        Trigger::Won => ", trigger = \"won\"",
+        Trigger::All => "",
+    };
+    let body = format!("config = {{ mode = \"{mode}\"{trigger} }}\nbatch_rows = 10\n{extra}");
+    w.write("spec.toml", &spec(&w, "evil", &body, 1000, "status_v2"));
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    (ran, w)
+}
+
+/// Asserts the host exited by itself with `code` and named chunk 1.
+#[track_caller]
+fn survived(ran: &Ran, code: i32) {
+    assert_eq!(
+        ran.code,
+        Some(code),
+        "the host did not exit normally\n{}",
+        ran.all()
+    );
+    assert!(
+        ran.all().contains("chunk 1"),
+        "the error does not name the chunk:\n{}",
+        ran.all()
+    );
+}
+
+/// Asserts that the first batch (the ten first in-scope rows, row 5 among
+/// them) was not written and every other in-scope row was uppercased.
+#[track_caller]
+fn only_the_first_batch_failed(w: &World) {
+    let first_batch: Vec<i64> = (1..=200).filter(|&i| in_scope(i)).take(10).collect();
+    assert!(first_batch.contains(&5));
+    for (id, v2) in status_v2(w) {
+        if !in_scope(id) {
+            assert_eq!(v2.as_deref(), Some("untouched"), "row {id} is out of scope");
+        } else if first_batch.contains(&id) {
+            assert_eq!(v2, None, "row {id} shared the failing batch");
+        } else {
+            assert_eq!(v2, status_of(id, false).map(str::to_uppercase), "row {id}");
+        }
+    }
+    assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], 10);
+}
+
+#[test]
+fn an_infinite_loop_runs_out_of_fuel() {
+    let (ran, w) = hostile("loop_fuel", "loop", Trigger::RowFive, "fuel = 20000000");
+    survived(&ran, 1);
+    assert!(
+        ran.all()
+            .contains("ran out of fuel (20000000 units per batch"),
+        "{}",
+        ran.all()
+    );
+    assert!(
+        ran.all().contains("row 5: looping forever"),
+        "the guest's log is shown: {}",
+        ran.all()
+    );
+    only_the_first_batch_failed(&w);
+}
+
+#[test]
+fn an_infinite_loop_everywhere_hits_the_deadline_and_stops_the_run() {
+    let (ran, w) = hostile(
+        "loop_deadline",
+        "loop",
+        Trigger::All,
+        "timeout_ms = 200\nfuel = 1000000000000",
+    );
+    survived(&ran, 2);
+    assert!(
+        ran.all()
+            .contains("ran past its deadline (200 ms per batch"),
+        "{}",
+        ran.all()
+    );
+    assert!(
+        ran.all().contains("trapped on 3 batches in a row"),
+        "{}",
+        ran.all()
+    );
+    assert_eq!(w.status("spec.toml", None)[0]["run"]["status"], "failed");
+    assert!(
+        status_v2(&w)
+            .iter()
+            .all(|(id, v2)| in_scope(*id) == v2.is_none()),
+        "nothing was written"
+    );
+}
+
+#[test]
+fn unbounded_memory_growth_hits_the_limit() {
+    let (ran, w) = hostile("memory", "memory", Trigger::RowFive, "memory_mb = 32");
+    survived(&ran, 1);
+    assert!(
+        ran.all().contains("tried to grow its memory past 32 MiB"),
+        "{}",
+        ran.all()
+    );
+    only_the_first_batch_failed(&w);
+}
+
+#[test]
+fn a_panic_fails_its_batch_and_the_rest_goes_on() {
+    let (ran, w) = hostile("panic", "panic", Trigger::RowFive, "");
+    survived(&ran, 1);
+    assert!(ran.all().contains("panicked"), "{}", ran.all());
+    assert!(
+        ran.all().contains("evil panics on row 5"),
+        "the panic message is shown: {}",
+        ran.all()
+    );
+    only_the_first_batch_failed(&w);
+}
+
+#[test]
+fn the_wrong_number_of_values_is_a_per_row_error() {
+    let (ran, w) = hostile("arity", "arity", Trigger::Won, "");
+    survived(&ran, 1);
+    assert!(
+        ran.all()
+            .contains("the transform returned 2 values for 1 output column (status_v2)"),
+        "{}",
+        ran.all()
+    );
+    for (id, v2) in status_v2(&w) {
+        let expected = match status_of(id, false) {
+            _ if !in_scope(id) => Some("untouched".to_string()),
+            Some("won") => None,
+            other => other.map(str::to_uppercase),
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
+}
+
+#[test]
+fn a_component_importing_more_than_the_host_interface_is_refused() {
+    let w = World::new(Backend::Sqlite, "imports");
+    quotes(&w, 10, false);
+    w.write("spec.toml", &spec(&w, "evil-network", "", 100, "status_v2"));
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(2);
+    assert!(
+        ran.stderr.contains("imports refill:evil/network@0.1.0"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("refusing to run it"), "{}", ran.stderr);
+    let inspected = w.run(&["inspect", &plugin("evil-network").display().to_string()]);
+    inspected.expect_code(2);
+    assert!(
+        inspected
+            .stdout
+            .contains("refill:evil/network@0.1.0  (NOT ALLOWED)"),
+        "{}",
+        inspected.stdout
+    );
+}
