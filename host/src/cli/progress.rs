@@ -42,7 +42,7 @@ pub fn start(progress: Arc<Progress>) -> Display {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}  {msg}",
+                "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} rows  {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -50,21 +50,23 @@ pub fn start(progress: Arc<Progress>) -> Display {
         *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut positioned = false;
+            let mut window = Window::default();
             while !stop.load(Ordering::Relaxed) {
                 let total = progress.total_rows.load(Ordering::Relaxed);
                 let done = progress.done_rows.load(Ordering::Relaxed);
                 bar.set_length(total.max(done));
-                if !positioned && total > 0 {
-                    // A resumed run starts part-way: that is not speed.
-                    bar.set_position(progress.resumed_rows.load(Ordering::Relaxed));
-                    bar.reset_eta();
-                    positioned = true;
-                }
                 bar.set_position(done);
+                let (rate, eta) = window.observe(done, total);
                 let failed = progress.failed_rows.load(Ordering::Relaxed);
-                if failed > 0 {
-                    bar.set_message(format!("{failed} failed"));
+                let failed = if failed > 0 {
+                    format!("  {failed} failed")
+                } else {
+                    String::new()
+                };
+                if total == 0 && done == 0 {
+                    bar.set_message("planning…");
+                } else {
+                    bar.set_message(format!("{rate} rows/s  ETA {eta}{failed}"));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -75,25 +77,20 @@ pub fn start(progress: Arc<Progress>) -> Display {
         let stop = stop.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut last = (Instant::now(), 0u64);
+            let mut window = Window::default();
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
+            window.observe(progress.done_rows.load(Ordering::Relaxed), 0);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let total = progress.total_rows.load(Ordering::Relaxed);
                 let done = progress.done_rows.load(Ordering::Relaxed);
-                let rate = rate(done.saturating_sub(last.1), last.0.elapsed());
-                last = (Instant::now(), done);
-                let eta = if rate > 0.0 {
-                    format!("{:.0}s", total.saturating_sub(done) as f64 / rate)
-                } else {
-                    "?".into()
-                };
+                let (rate, eta) = window.observe(done, total);
                 tracing::info!(
                     done,
                     total,
                     failed = progress.failed_rows.load(Ordering::Relaxed),
-                    rows_per_sec = rate.round(),
+                    rows_per_sec = %rate,
                     eta = %eta,
                     elapsed_s = started.elapsed().as_secs(),
                     "Progress."
@@ -107,9 +104,49 @@ pub fn start(progress: Arc<Progress>) -> Display {
     }
 }
 
-fn rate(rows: u64, over: Duration) -> f64 {
-    let secs = over.as_secs_f64();
-    if secs > 0.0 { rows as f64 / secs } else { 0.0 }
+/// The recent rate: rows per second over the last ten seconds, and the
+/// time the remaining rows take at that rate. A resumed run's first count
+/// (rows done by earlier sessions) is not mistaken for speed, since only
+/// differences between observations count.
+#[derive(Default)]
+struct Window {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Window {
+    const SPAN: Duration = Duration::from_secs(10);
+
+    fn observe(&mut self, done: u64, total: u64) -> (String, String) {
+        let now = Instant::now();
+        self.samples.push_back((now, done));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now - *t > Self::SPAN)
+        {
+            self.samples.pop_front();
+        }
+        let Some(&(t0, d0)) = self.samples.front() else {
+            return ("-".into(), "-".into());
+        };
+        let secs = (now - t0).as_secs_f64();
+        if secs < 0.5 || done <= d0 {
+            return ("-".into(), "-".into());
+        }
+        let rate = (done - d0) as f64 / secs;
+        let eta = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
+        (crate::cli::show::n(rate.round() as u64), format_eta(eta))
+    }
+}
+
+fn format_eta(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 /// A running progress display.

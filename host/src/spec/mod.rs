@@ -223,7 +223,10 @@ impl Spec {
         let mut spec = Spec {
             source_url: DbUrl::parse("sqlite::memory:", &dir).expect("a constant url parses"),
             state_url: DbUrl::parse("sqlite::memory:", &dir).expect("a constant url parses"),
-            component: dir.join(&file.transform.component),
+            component: {
+                let path = dir.join(&file.transform.component);
+                path.canonicalize().unwrap_or(path)
+            },
             file,
             path: path.to_path_buf(),
             text,
