@@ -122,6 +122,20 @@ impl fmt::Debug for DbUrl {
     }
 }
 
+/// A database error in one line, for messages: the server's own message and
+/// SQLSTATE for database errors (without the server's source location that
+/// sqlx appends), sqlx's description otherwise.
+pub fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        sqlx::Error::PoolTimedOut => "timed out waiting for a connection".to_string(),
+        other => other.to_string().replace('\n', " "),
+    }
+}
+
 /// Masks the password in `user:password@host` and in `password=` query
 /// parameters of any url-like string.
 pub fn mask(url: &str) -> String {

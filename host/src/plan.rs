@@ -176,7 +176,7 @@ pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, 
                 &["source", "where"],
                 format!(
                     "the condition does not work on {source_ref}: {}",
-                    db_message(&e)
+                    crate::db::describe(&e)
                 ),
             )
         })?;
@@ -276,12 +276,4 @@ fn columns(
             Ok(column.clone())
         })
         .collect()
-}
-
-/// The database's own message, without sqlx's prefix.
-fn db_message(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => db.message().to_string(),
-        other => other.to_string(),
-    }
 }

@@ -177,14 +177,10 @@ pub struct Progress {
     pub total_rows: AtomicU64,
     /// Rows processed.
     pub done_rows: AtomicU64,
-    /// Rows processed by earlier sessions of a resumed run.
-    pub resumed_rows: AtomicU64,
     /// Rows with per-row errors.
     pub failed_rows: AtomicU64,
     /// Chunks finished.
     pub chunks_done: AtomicU64,
-    /// Set once the run is recorded; for display.
-    pub run_id: Mutex<Option<String>>,
 }
 
 /// A before → after sample for the report.
@@ -523,7 +519,6 @@ pub async fn run(
             run
         }
     };
-    *progress.run_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(run.run_id.clone());
 
     let session = SessionRecord {
         session_id: format!("{}.{}", run.run_id, random_hex(6)),
@@ -551,33 +546,30 @@ pub async fn run(
         })
     };
 
-    let span = info_span!("run", run = %run.run_id);
-    let outcome = work(
-        spec,
-        options,
-        &run,
-        &session.session_id,
+    let ctx = Arc::new(Context {
+        mode: run.mode,
+        run_id: run.run_id.clone(),
         db,
-        state.clone(),
-        plan.layout.clone(),
+        state: state.clone(),
+        layout: plan.layout.clone(),
         runner,
+        params: Arc::new(plan::params(spec)),
+        batch_rows: usize::try_from(spec.file.transform.batch_rows).unwrap_or(1000),
         progress,
-    )
-    .instrument(span)
-    .await;
+        stop: AtomicBool::new(false),
+        consecutive_traps: AtomicU32::new(0),
+        samples: Mutex::new(Samples::default()),
+    });
+    let span = info_span!("run", run = %run.run_id);
+    let outcome = work(spec, options, &run, &session.session_id, ctx.clone())
+        .instrument(span)
+        .await;
     heartbeat.abort();
 
-    let (status, failure, context) = match outcome {
-        Ok((exhausted, ctx)) => (
-            if exhausted {
-                RunStatus::Done
-            } else {
-                RunStatus::Incomplete
-            },
-            None,
-            Some(ctx),
-        ),
-        Err((error, ctx)) => (RunStatus::Failed, Some(error.to_string()), ctx),
+    let (status, failure) = match outcome {
+        Ok(true) => (RunStatus::Done, None),
+        Ok(false) => (RunStatus::Incomplete, None),
+        Err(error) => (RunStatus::Failed, Some(error.to_string())),
     };
     let message = match (status, &failure) {
         (RunStatus::Incomplete, _) => Some(format!(
@@ -595,10 +587,9 @@ pub async fn run(
         .await?;
     let (totals, _) = state.totals(&run.run_id).await?;
     let run = state.find_run(&run.run_id).await?.unwrap_or(run);
-    let samples = context
-        .and_then(|c| {
-            Arc::into_inner(c).map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
-        })
+    // The workers and the reader are done: this is the last reference.
+    let samples = Arc::into_inner(ctx)
+        .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
         .unwrap_or_default();
     Ok(RunReport {
         run,
@@ -615,27 +606,16 @@ pub async fn run(
     })
 }
 
-type WorkResult = Result<(bool, Arc<Context>), (RunError, Option<Arc<Context>>)>;
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the one place the run's parts are wired together"
-)]
+/// Reads, transforms and writes the run's remaining chunks. Returns whether
+/// the scope was read to its end.
 async fn work(
     spec: &Spec,
     options: &RunOptions,
     run: &RunRecord,
     session_id: &str,
-    db: Database,
-    state: StateStore,
-    layout: Layout,
-    runner: Arc<Runner>,
-    progress: Arc<Progress>,
-) -> WorkResult {
-    let chunks = match state.chunks(run).await {
-        Ok(c) => c,
-        Err(e) => return Err((e.into(), None)),
-    };
+    ctx: Arc<Context>,
+) -> Result<bool, RunError> {
+    let chunks = ctx.state.chunks(run).await?;
     let done_rows: u64 = chunks
         .iter()
         .filter(|c| c.status == ChunkStatus::Done)
@@ -656,9 +636,9 @@ async fn work(
         Some(limit) => (done_rows + limit).min(run.rows_in_scope.max(done_rows)),
         None => run.rows_in_scope.max(done_rows),
     };
+    let progress = &ctx.progress;
     progress.total_rows.store(target_rows, Ordering::Relaxed);
     progress.done_rows.store(done_rows, Ordering::Relaxed);
-    progress.resumed_rows.store(done_rows, Ordering::Relaxed);
     progress.failed_rows.store(done_failed, Ordering::Relaxed);
     if !pending.is_empty() {
         info!(
@@ -666,21 +646,6 @@ async fn work(
             "Redoing chunks that were in flight when the last session stopped."
         );
     }
-
-    let ctx = Arc::new(Context {
-        mode: run.mode,
-        run_id: run.run_id.clone(),
-        db,
-        state,
-        layout,
-        runner,
-        params: Arc::new(plan::params(spec)),
-        batch_rows: usize::try_from(spec.file.transform.batch_rows).unwrap_or(1000),
-        progress,
-        stop: AtomicBool::new(false),
-        consecutive_traps: AtomicU32::new(0),
-        samples: Mutex::new(Samples::default()),
-    });
 
     let (tx, rx) = mpsc::channel::<Work>(1);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -714,8 +679,8 @@ async fn work(
         }
     }
     match (read_result, worker_error) {
-        (_, Some(e)) | (Err(e), None) => Err((e, Some(ctx))),
-        (Ok(exhausted), None) => Ok((exhausted, ctx)),
+        (_, Some(e)) | (Err(e), None) => Err(e),
+        (Ok(exhausted), None) => Ok(exhausted),
     }
 }
 

@@ -26,15 +26,17 @@ pub struct Update {
 #[non_exhaustive]
 pub enum SinkError {
     /// The database refused the write.
-    #[error("writing {rows} rows to {table} failed: {source}")]
+    #[error(
+        "writing {rows} rows to {table} failed: {}",
+        crate::db::describe(error)
+    )]
     Write {
         /// The target table, quoted.
         table: String,
         /// How many rows the write held.
         rows: usize,
         /// Why.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// A value cannot be sent to the database.
     #[error("cannot write {column} of {table} at key {key}: {message}")]

@@ -168,10 +168,10 @@ pub async fn write(pool: &PgPool, layout: &Layout, updates: Vec<Update>) -> Resu
     let done = query
         .execute(pool)
         .await
-        .map_err(|source| SinkError::Write {
+        .map_err(|error| SinkError::Write {
             table: layout.target.quoted(),
             rows: n,
-            source,
+            error,
         })?;
     Ok(done.rows_affected())
 }

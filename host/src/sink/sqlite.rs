@@ -31,10 +31,10 @@ pub async fn write(
     updates: Vec<Update>,
 ) -> Result<u64, SinkError> {
     let n = updates.len();
-    let write_error = |source| SinkError::Write {
+    let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
         rows: n,
-        source,
+        error,
     };
     let sets: Vec<String> = layout
         .outputs

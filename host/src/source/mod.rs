@@ -22,24 +22,25 @@ use crate::value::{ColumnKind, Row, Value};
 #[non_exhaustive]
 pub enum SourceError {
     /// Could not connect.
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}: {}", crate::db::describe(error))]
     Connect {
         /// The masked url.
         url: String,
         /// Why.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
+    /// A SQLite database file is not there.
+    #[error("SQLite database {0} does not exist; check [source] url")]
+    Missing(String),
     /// A query failed.
-    #[error("{what} failed on {table}: {source}")]
+    #[error("{what} failed on {table}: {}", crate::db::describe(error))]
     Query {
         /// What was being done.
         what: &'static str,
         /// The table, quoted.
         table: String,
         /// Why.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// A value could not be decoded.
     #[error("cannot read column {column} of {table} at key {key}: {message}")]
@@ -237,11 +238,16 @@ pub enum Database {
 impl Database {
     /// Connects with room for `connections` concurrent queries.
     pub async fn connect(url: &DbUrl, connections: u32) -> Result<Database, SourceError> {
-        let connect_error = |source| SourceError::Connect {
+        let connect_error = |error| SourceError::Connect {
             url: url.masked(),
-            source,
+            error,
         };
         let timeout = Duration::from_secs(10);
+        if let Some(path) = url.sqlite_path()
+            && !path.exists()
+        {
+            return Err(SourceError::Missing(path.display().to_string()));
+        }
         Ok(match url.backend() {
             Backend::Postgres => Database::Postgres(
                 postgres::connect(url, connections, timeout)
@@ -293,14 +299,26 @@ impl Database {
 
     /// Counts the rows in scope and finds the first and last keys.
     pub async fn scope(&self, layout: &Layout) -> Result<Scope, SourceError> {
+        let key = quote(&layout.key.name);
+        let sql = format!(
+            "SELECT count(*), CAST(min({key}) AS TEXT), CAST(max({key}) AS TEXT) FROM {} WHERE {}",
+            layout.source.quoted(),
+            layout.scope_sql()
+        );
         let result = match self {
-            Database::Postgres(pool) => postgres::scope(pool, layout).await,
-            Database::Sqlite(pool) => sqlite::scope(pool, layout).await,
+            Database::Postgres(pool) => sqlx::query(built(sql))
+                .fetch_one(pool)
+                .await
+                .and_then(|row| scope_of(&row, layout.key_type)),
+            Database::Sqlite(pool) => sqlx::query(built(sql))
+                .fetch_one(pool)
+                .await
+                .and_then(|row| scope_of(&row, layout.key_type)),
         };
-        result.map_err(|source| SourceError::Query {
+        result.map_err(|error| SourceError::Query {
             what: "counting the rows in scope",
             table: layout.source.quoted(),
-            source,
+            error,
         })
     }
 
@@ -313,11 +331,133 @@ impl Database {
         hi: &Key,
         limit: Option<u64>,
     ) -> Result<ChunkRows, SourceError> {
+        let query_error = |error| SourceError::Query {
+            what: "reading a chunk",
+            table: layout.source.quoted(),
+            error,
+        };
         match self {
-            Database::Postgres(pool) => postgres::read(pool, layout, lo, hi, limit).await,
-            Database::Sqlite(pool) => sqlite::read(pool, layout, lo, hi, limit).await,
+            Database::Postgres(pool) => {
+                let sql = read_sql(
+                    layout,
+                    lo.is_some(),
+                    limit.is_some(),
+                    postgres::key_expr,
+                    postgres::column_expr,
+                );
+                let query = bind_range(sqlx::query(built(sql)), lo, hi, limit);
+                let rows = query.fetch_all(pool).await.map_err(query_error)?;
+                assemble(&rows, layout, postgres::decode)
+            }
+            Database::Sqlite(pool) => {
+                let sql = read_sql(
+                    layout,
+                    lo.is_some(),
+                    limit.is_some(),
+                    sqlite::column_expr,
+                    sqlite::column_expr,
+                );
+                let query = bind_range(sqlx::query(built(sql)), lo, hi, limit);
+                let rows = query.fetch_all(pool).await.map_err(query_error)?;
+                assemble(&rows, layout, sqlite::decode)
+            }
         }
     }
+}
+
+/// Reads a scope query's row: the count, then the first and last keys as
+/// text.
+fn scope_of<'r, R>(row: &'r R, key_type: KeyType) -> Result<Scope, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let key = |i: usize| -> Result<Option<Key>, sqlx::Error> {
+        Ok(row
+            .try_get::<Option<String>, _>(i)?
+            .and_then(|text| Key::decode(&text, key_type)))
+    };
+    Ok(Scope {
+        rows: u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+        first: key(1)?,
+        high_watermark: key(2)?,
+    })
+}
+
+/// Binds a chunk query's parameters: `lo` (if any), `hi`, then `limit`
+/// (if any), in the order [`read_sql`] numbers them.
+fn bind_range<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    lo: Option<&Key>,
+    hi: &Key,
+    limit: Option<u64>,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for key in lo.into_iter().chain([hi]) {
+        query = match key {
+            Key::Int(i) => query.bind(*i),
+            Key::Text(s) => query.bind(s.clone()),
+        };
+    }
+    if let Some(n) = limit {
+        query = query.bind(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    query
+}
+
+/// Turns the rows of a chunk query into [`ChunkRows`], decoding each column
+/// with the backend's `decode`.
+fn assemble<'r, R>(
+    rows: &'r [R],
+    layout: &Layout,
+    decode: impl Fn(&'r R, usize, &ColumnInfo) -> Result<Value, String>,
+) -> Result<ChunkRows, SourceError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let decode_error = |column: &str, key: &str, message: String| SourceError::Decode {
+        table: layout.source.quoted(),
+        column: column.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let mut out = ChunkRows::default();
+    let n_in = layout.inputs.len();
+    let n_out = layout.outputs.len();
+    for row in rows {
+        let key = match decode(row, 0, &layout.key) {
+            Ok(Value::Integer(i)) if layout.key_type == KeyType::Integer => Key::Int(i),
+            Ok(Value::Text(s)) if layout.key_type == KeyType::Text => Key::Text(s),
+            Ok(other) => {
+                let message = format!(
+                    "a {} key column holds a {} value",
+                    layout.key_type,
+                    crate::value::type_name(&other)
+                );
+                return Err(decode_error(&layout.key.name, "?", message));
+            }
+            Err(message) => return Err(decode_error(&layout.key.name, "?", message)),
+        };
+        let mut values = Vec::with_capacity(n_in + n_out);
+        for (i, c) in layout.inputs.iter().chain(&layout.outputs).enumerate() {
+            values.push(
+                decode(row, 1 + i, c).map_err(|m| decode_error(&c.name, &key.to_string(), m))?,
+            );
+        }
+        let current = values.split_off(n_in);
+        let present =
+            layout.same_table() || row.try_get::<bool, _>(1 + n_in + n_out).unwrap_or(false);
+        out.push(key, values, present.then_some(current));
+    }
+    Ok(out)
 }
 
 /// Builds the chunk-read query shared by both backends. `key_expr`,

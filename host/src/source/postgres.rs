@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row as _};
+use sqlx::{ConnectOptions as _, Connection as _, PgPool, Row as _};
 
-use super::{
-    ChunkRows, ColumnInfo, Layout, Scope, SourceError, TableInfo, TableRef, quote, read_sql,
-};
-use crate::chunk::{Key, KeyType};
+use super::{ColumnInfo, SourceError, TableInfo, TableRef, quote};
+use crate::chunk::KeyType;
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
 
@@ -24,6 +22,12 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url.expose())?.application_name("refill");
+    // One direct connection first: a pool that cannot connect only reports
+    // that it timed out, this says why (refused, unknown database, password).
+    let probe = tokio::time::timeout(timeout, options.connect())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    probe.close().await?;
     PgPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(timeout)
@@ -47,10 +51,10 @@ pub fn kind_of(type_name: &str, formatted: &str) -> ColumnKind {
 
 /// Looks `table` up in the catalog.
 pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
-    let query_error = |source| SourceError::Query {
+    let query_error = |error| SourceError::Query {
         what: "reading the catalog",
         table: table.quoted(),
-        source,
+        error,
     };
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(table.quoted())
@@ -99,7 +103,7 @@ pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>,
 
 /// The select-list expression reading column `c` of the table aliased `a`,
 /// so that it decodes as the Rust type of its kind.
-fn column_expr(alias: &str, c: &ColumnInfo) -> String {
+pub(super) fn column_expr(alias: &str, c: &ColumnInfo) -> String {
     let col = format!("{alias}.{}", quote(&c.name));
     match &c.kind {
         ColumnKind::Integer => format!("{col}::int8"),
@@ -113,113 +117,21 @@ fn column_expr(alias: &str, c: &ColumnInfo) -> String {
     }
 }
 
-fn key_expr(alias: &str, c: &ColumnInfo) -> String {
+/// The select-list expression reading a key column.
+pub(super) fn key_expr(alias: &str, c: &ColumnInfo) -> String {
     match c.key_type() {
         Some(KeyType::Integer) => format!("{alias}.{}::int8", quote(&c.name)),
         _ => format!("{alias}.{}::text", quote(&c.name)),
     }
 }
 
-/// Counts the rows in scope and finds the first and last keys.
-pub async fn scope(pool: &PgPool, layout: &Layout) -> Result<Scope, sqlx::Error> {
-    let key = key_expr("s", &layout.key);
-    let sql = format!(
-        "SELECT count(*), min({key}), max({key}) FROM {} AS s WHERE {}",
-        layout.source.quoted(),
-        layout.scope_sql()
-    );
-    let row = sqlx::query(super::built(sql)).fetch_one(pool).await?;
-    let rows: i64 = row.try_get(0)?;
-    let (first, last) = match layout.key_type {
-        KeyType::Integer => (
-            row.try_get::<Option<i64>, _>(1)?.map(Key::Int),
-            row.try_get::<Option<i64>, _>(2)?.map(Key::Int),
-        ),
-        KeyType::Text => (
-            row.try_get::<Option<String>, _>(1)?.map(Key::Text),
-            row.try_get::<Option<String>, _>(2)?.map(Key::Text),
-        ),
-    };
-    Ok(Scope {
-        rows: u64::try_from(rows).unwrap_or(0),
-        first,
-        high_watermark: last,
-    })
+/// Decodes column `i` as the Rust type of its kind.
+pub(super) fn decode(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, String> {
+    typed(row, i, c).map_err(|e| crate::db::describe(&e))
 }
 
-/// Reads the rows in scope with keys in `(lo, hi]`, at most `limit`.
-pub async fn read(
-    pool: &PgPool,
-    layout: &Layout,
-    lo: Option<&Key>,
-    hi: &Key,
-    limit: Option<u64>,
-) -> Result<ChunkRows, SourceError> {
-    let sql = read_sql(layout, lo.is_some(), limit.is_some(), key_expr, column_expr);
-    let mut query = sqlx::query(super::built(sql));
-    for key in lo.into_iter().chain([hi]) {
-        query = match key {
-            Key::Int(i) => query.bind(*i),
-            Key::Text(s) => query.bind(s.as_str()),
-        };
-    }
-    if let Some(n) = limit {
-        query = query.bind(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-    let rows = query
-        .fetch_all(pool)
-        .await
-        .map_err(|source| SourceError::Query {
-            what: "reading a chunk",
-            table: layout.source.quoted(),
-            source,
-        })?;
-    let mut out = ChunkRows::default();
-    let n_in = layout.inputs.len();
-    let n_out = layout.outputs.len();
-    for row in &rows {
-        let key = match layout.key_type {
-            KeyType::Integer => Key::Int(
-                row.try_get(0)
-                    .map_err(|e| decode_error(layout, &layout.key.name, "?", &e))?,
-            ),
-            KeyType::Text => Key::Text(
-                row.try_get(0)
-                    .map_err(|e| decode_error(layout, &layout.key.name, "?", &e))?,
-            ),
-        };
-        let mut inputs = Vec::with_capacity(n_in);
-        for (i, c) in layout.inputs.iter().enumerate() {
-            inputs.push(
-                decode(row, 1 + i, c)
-                    .map_err(|e| decode_error(layout, &c.name, &key.to_string(), &e))?,
-            );
-        }
-        let mut current = Vec::with_capacity(n_out);
-        for (i, c) in layout.outputs.iter().enumerate() {
-            current.push(
-                decode(row, 1 + n_in + i, c)
-                    .map_err(|e| decode_error(layout, &c.name, &key.to_string(), &e))?,
-            );
-        }
-        let present =
-            layout.same_table() || row.try_get::<bool, _>(1 + n_in + n_out).unwrap_or(false);
-        out.push(key, inputs, present.then_some(current));
-    }
-    Ok(out)
-}
-
-fn decode_error(layout: &Layout, column: &str, key: &str, e: &sqlx::Error) -> SourceError {
-    SourceError::Decode {
-        table: layout.source.quoted(),
-        column: column.to_string(),
-        key: key.to_string(),
-        message: e.to_string(),
-    }
-}
-
-fn decode(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
-    Ok(match &c.kind {
+fn typed(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
+    let value = match &c.kind {
         ColumnKind::Integer => row
             .try_get::<Option<i64>, _>(i)?
             .map_or(Value::Null, Value::Integer),
@@ -241,5 +153,6 @@ fn decode(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
         ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Any => row
             .try_get::<Option<String>, _>(i)?
             .map_or(Value::Null, Value::Text),
-    })
+    };
+    Ok(value)
 }

@@ -9,10 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row as _, SqlitePool, TypeInfo as _, ValueRef as _};
 
-use super::{
-    ChunkRows, ColumnInfo, Layout, Scope, SourceError, TableInfo, TableRef, quote, read_sql,
-};
-use crate::chunk::{Key, KeyType};
+use super::{ColumnInfo, SourceError, TableInfo, TableRef, quote};
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
 
@@ -58,10 +55,10 @@ pub fn kind_of(declared: &str) -> ColumnKind {
 
 /// Looks `table` up in the catalog.
 pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
-    let query_error = |source| SourceError::Query {
+    let query_error = |error| SourceError::Query {
         what: "reading the catalog",
         table: table.quoted(),
-        source,
+        error,
     };
     let schema = table.schema.as_deref().unwrap_or("main");
     let rows = sqlx::query(
@@ -108,119 +105,14 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
     }))
 }
 
-fn column_expr(alias: &str, c: &ColumnInfo) -> String {
+/// The select-list expression reading column `c` of the table aliased `a`.
+pub(super) fn column_expr(alias: &str, c: &ColumnInfo) -> String {
     format!("{alias}.{}", quote(&c.name))
-}
-
-/// Counts the rows in scope and finds the first and last keys.
-pub async fn scope(pool: &SqlitePool, layout: &Layout) -> Result<Scope, sqlx::Error> {
-    let key = quote(&layout.key.name);
-    let sql = format!(
-        "SELECT count(*), min({key}), max({key}) FROM {} WHERE {}",
-        layout.source.quoted(),
-        layout.scope_sql()
-    );
-    let row = sqlx::query(super::built(sql)).fetch_one(pool).await?;
-    let rows: i64 = row.try_get(0)?;
-    let (first, last) = match layout.key_type {
-        KeyType::Integer => (
-            row.try_get::<Option<i64>, _>(1)?.map(Key::Int),
-            row.try_get::<Option<i64>, _>(2)?.map(Key::Int),
-        ),
-        KeyType::Text => (
-            row.try_get::<Option<String>, _>(1)?.map(Key::Text),
-            row.try_get::<Option<String>, _>(2)?.map(Key::Text),
-        ),
-    };
-    Ok(Scope {
-        rows: u64::try_from(rows).unwrap_or(0),
-        first,
-        high_watermark: last,
-    })
-}
-
-/// Reads the rows in scope with keys in `(lo, hi]`, at most `limit`.
-pub async fn read(
-    pool: &SqlitePool,
-    layout: &Layout,
-    lo: Option<&Key>,
-    hi: &Key,
-    limit: Option<u64>,
-) -> Result<ChunkRows, SourceError> {
-    let sql = read_sql(
-        layout,
-        lo.is_some(),
-        limit.is_some(),
-        column_expr,
-        column_expr,
-    );
-    let mut query = sqlx::query(super::built(sql));
-    for key in lo.into_iter().chain([hi]) {
-        query = match key {
-            Key::Int(i) => query.bind(*i),
-            Key::Text(s) => query.bind(s.clone()),
-        };
-    }
-    if let Some(n) = limit {
-        query = query.bind(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-    let rows = query
-        .fetch_all(pool)
-        .await
-        .map_err(|source| SourceError::Query {
-            what: "reading a chunk",
-            table: layout.source.quoted(),
-            source,
-        })?;
-    let decode_error = |column: &str, key: &str, message: String| SourceError::Decode {
-        table: layout.source.quoted(),
-        column: column.to_string(),
-        key: key.to_string(),
-        message,
-    };
-    let mut out = ChunkRows::default();
-    let n_in = layout.inputs.len();
-    let n_out = layout.outputs.len();
-    for row in &rows {
-        let key = match (
-            layout.key_type,
-            decode(row, 0, &ColumnKind::Any).map_err(|m| decode_error(&layout.key.name, "?", m))?,
-        ) {
-            (KeyType::Integer, Value::Integer(i)) => Key::Int(i),
-            (KeyType::Text, Value::Text(s)) => Key::Text(s),
-            (_, other) => {
-                let message = format!(
-                    "a {} key column holds a {} value",
-                    layout.key_type,
-                    value::type_name(&other)
-                );
-                return Err(decode_error(&layout.key.name, "?", message));
-            }
-        };
-        let mut inputs = Vec::with_capacity(n_in);
-        for (i, c) in layout.inputs.iter().enumerate() {
-            inputs.push(
-                decode(row, 1 + i, &c.kind)
-                    .map_err(|m| decode_error(&c.name, &key.to_string(), m))?,
-            );
-        }
-        let mut current = Vec::with_capacity(n_out);
-        for (i, c) in layout.outputs.iter().enumerate() {
-            current.push(
-                decode(row, 1 + n_in + i, &c.kind)
-                    .map_err(|m| decode_error(&c.name, &key.to_string(), m))?,
-            );
-        }
-        let present =
-            layout.same_table() || row.try_get::<bool, _>(1 + n_in + n_out).unwrap_or(false);
-        out.push(key, inputs, present.then_some(current));
-    }
-    Ok(out)
 }
 
 /// Decodes column `i` by the value's storage class, then adapts it to the
 /// column's declared kind.
-fn decode(row: &SqliteRow, i: usize, kind: &ColumnKind) -> Result<Value, String> {
+pub(super) fn decode(row: &SqliteRow, i: usize, column: &ColumnInfo) -> Result<Value, String> {
     let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
     if raw.is_null() {
         return Ok(Value::Null);
@@ -234,7 +126,7 @@ fn decode(row: &SqliteRow, i: usize, kind: &ColumnKind) -> Result<Value, String>
         "BLOB" => Value::Bytes(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(get_err)?),
         other => return Err(format!("unexpected storage class {other}")),
     };
-    Ok(match (kind, value) {
+    Ok(match (&column.kind, value) {
         (ColumnKind::Boolean, Value::Integer(i)) => Value::Boolean(i != 0),
         (ColumnKind::Json, Value::Text(t)) => Value::Json(t),
         (ColumnKind::Timestamp, Value::Text(t)) => match value::parse_timestamp_text(&t) {

@@ -25,22 +25,20 @@ use crate::db::{Backend, DbUrl};
 #[non_exhaustive]
 pub enum StateError {
     /// Could not open the store.
-    #[error("cannot open the state store {url}: {source}")]
+    #[error("cannot open the state store {url}: {}", crate::db::describe(error))]
     Open {
         /// The masked url.
         url: String,
         /// Why.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// A query failed.
-    #[error("state store: {what} failed: {source}")]
+    #[error("state store: {what} failed: {}", crate::db::describe(error))]
     Query {
         /// What was being done.
         what: &'static str,
         /// Why.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// A run id prefix matches more than one run.
     #[error("run id prefix `{0}` matches several runs; give more of it")]
@@ -368,7 +366,7 @@ pub struct StateStore {
 }
 
 fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StateError {
-    move |source| StateError::Query { what, source }
+    move |error| StateError::Query { what, error }
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -383,9 +381,9 @@ impl StateStore {
     /// Opens the store, creating it (and, for SQLite, its folder) and its
     /// tables if needed.
     pub async fn open(url: &DbUrl) -> Result<StateStore, StateError> {
-        let open_error = |source| StateError::Open {
+        let open_error = |error| StateError::Open {
             url: url.masked(),
-            source,
+            error,
         };
         if let Some(path) = url.sqlite_path()
             && let Some(dir) = path.parent()
@@ -453,9 +451,9 @@ impl StateStore {
             })
             .connect(&raw)
             .await
-            .map_err(|source| StateError::Open {
+            .map_err(|error| StateError::Open {
                 url: url.masked(),
-                source,
+                error,
             })?;
         Ok(StateStore {
             pool,
