@@ -603,3 +603,144 @@ fn describe_config_error(e: &ConfigError) -> String {
         ConfigError::Other(msg) => msg.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::bindings::refill::transform::types::Key;
+    use crate::value::Value;
+
+    /// A component built by `make plugins`.
+    fn plugin(name: &str) -> PathBuf {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
+        assert!(
+            path.exists(),
+            "{} is missing: run `make plugins`",
+            path.display()
+        );
+        path
+    }
+
+    fn evil(mode: &str, limits: Limits) -> Instance {
+        let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
+        let params = [Param {
+            name: "mode".into(),
+            value: mode.into(),
+        }];
+        runner.instance(&params).expect("evil accepts its mode")
+    }
+
+    fn rows(n: i64) -> Vec<Row> {
+        (0..n)
+            .map(|i| Row {
+                key: Key::Integer(i),
+                values: vec![Value::Text(format!("r{i}"))],
+            })
+            .collect()
+    }
+
+    fn trap(result: Result<BatchOutput, TransformError>) -> (TrapKind, Vec<String>) {
+        match result {
+            Err(TransformError::Trap { kind, logs }) => (kind, logs),
+            other => panic!("expected a trap, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn traps_are_classified_with_the_guests_logs() {
+        let small = Limits {
+            fuel: 5_000_000,
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_secs(30),
+        };
+        let (kind, logs) = trap(evil("loop", small).transform(&rows(1)));
+        assert_eq!(kind, TrapKind::Fuel { limit: 5_000_000 });
+        assert_eq!(logs, vec!["row 0: looping forever".to_string()]);
+
+        // Filling a MiB costs fuel too: give it enough to reach the limit.
+        let roomy = Limits { fuel: 5_000_000_000, ..small };
+        let (kind, _) = trap(evil("memory", roomy).transform(&rows(1)));
+        assert_eq!(kind, TrapKind::Memory { limit: 16 << 20 });
+
+        let (kind, logs) = trap(evil("panic", small).transform(&rows(1)));
+        assert_eq!(kind, TrapKind::Panic);
+        assert!(logs[0].contains("evil panics on row 0"), "{logs:?}");
+
+        let endless = Limits {
+            fuel: u64::MAX / 2,
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_millis(50),
+        };
+        let started = std::time::Instant::now();
+        let (kind, _) = trap(evil("loop", endless).transform(&rows(1)));
+        assert_eq!(
+            kind,
+            TrapKind::Deadline {
+                timeout: Duration::from_millis(50)
+            }
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the deadline took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn budgets_are_per_batch() {
+        // Each batch fits the budget on its own; together they would not.
+        let limits = Limits {
+            fuel: 50_000_000,
+            ..Limits::default()
+        };
+        let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
+        let params = [
+            Param {
+                name: "mode".into(),
+                value: "slow".into(),
+            },
+            Param {
+                name: "spin".into(),
+                value: "1000000".into(),
+            },
+        ];
+        let mut instance = runner.instance(&params).expect("configured");
+        let first = instance.transform(&rows(2)).expect("first batch fits");
+        assert!(
+            first.fuel_used > 25_000_000,
+            "a batch used {} fuel",
+            first.fuel_used
+        );
+        let second = instance
+            .transform(&rows(2))
+            .expect("second batch gets a fresh budget");
+        assert_eq!(second.outcomes.len(), 2);
+    }
+
+    #[test]
+    fn pins_imports_and_configuration_are_checked() {
+        let remap = plugin("remap");
+        let wrong = "0".repeat(64);
+        assert!(matches!(
+            Runner::load(&remap, Some(&wrong), Limits::default()),
+            Err(TransformError::DigestMismatch { expected, .. }) if expected == wrong
+        ));
+        match Runner::load(&plugin("evil-network"), None, Limits::default()) {
+            Err(TransformError::ForbiddenImports { forbidden, .. }) => {
+                assert_eq!(forbidden, vec!["refill:evil/network@0.1.0".to_string()]);
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        let runner = Runner::load(&remap, None, Limits::default()).expect("remap loads");
+        assert_eq!(runner.info().name, "remap");
+        assert_eq!(runner.compiled().imports(), ALLOWED_IMPORTS);
+        let refused = runner.instance(&[Param {
+            name: "mapp".into(),
+            value: "a=b".into(),
+        }]);
+        assert!(
+            matches!(refused, Err(TransformError::Config { error, .. }) if error.contains("`mapp`"))
+        );
+    }
+}
