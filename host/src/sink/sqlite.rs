@@ -1,5 +1,6 @@
-//! SQLite writes: consumes a chunk's updates and applies them with one
-//! prepared `UPDATE` per row inside a single transaction per chunk.
+//! SQLite writes: consumes a chunk's updates and applies them in one
+//! transaction per chunk, as `UPDATE … FROM (VALUES …)` statements of up to
+//! a thousand rows each.
 
 use sqlx::SqlitePool;
 
@@ -24,7 +25,38 @@ fn bind(query: Query<'_>, value: Value) -> Result<Query<'_>, String> {
     })
 }
 
-/// Writes a chunk's updates in one transaction.
+/// Rows per statement: SQLite allows 32,766 parameters, and shorter
+/// statements are cheaper to prepare.
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// `UPDATE target SET c = v.column2, … FROM (VALUES ($1, $2, …), …) AS v
+/// WHERE target.key = v.column1` for `rows` rows.
+pub fn update_sql(layout: &Layout, rows: usize) -> String {
+    let width = 1 + layout.outputs.len();
+    let sets: Vec<String> = layout
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = v.column{}", quote(&c.name), i + 2))
+        .collect();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "UPDATE {} SET {} FROM (VALUES {}) AS v WHERE {}.{} = v.column1",
+        layout.target.quoted(),
+        sets.join(", "),
+        tuples.join(", "),
+        layout.target.quoted(),
+        quote(&layout.target_key.name),
+    )
+}
+
+/// Writes a chunk's updates in one transaction, a thousand rows per
+/// statement.
 pub async fn write(
     pool: &SqlitePool,
     layout: &Layout,
@@ -36,37 +68,27 @@ pub async fn write(
         rows: n,
         error,
     };
-    let sets: Vec<String> = layout
-        .outputs
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ${}", quote(&c.name), i + 1))
-        .collect();
-    let sql = format!(
-        "UPDATE {} SET {} WHERE {} = ${}",
-        layout.target.quoted(),
-        sets.join(", "),
-        quote(&layout.target_key.name),
-        layout.outputs.len() + 1
-    );
-    let sql: std::sync::Arc<str> = sql.into();
     let mut tx = pool.begin().await.map_err(write_error)?;
     let mut changed = 0;
-    for update in updates {
-        let key_text = update.key.to_string();
-        let mut query = sqlx::query(crate::source::built(sql.clone()));
-        for (value, column) in update.values.into_iter().zip(&layout.outputs) {
-            query = bind(query, value).map_err(|message| SinkError::Encode {
-                table: layout.target.quoted(),
-                column: column.name.clone(),
-                key: key_text.clone(),
-                message,
-            })?;
+    let mut updates = updates.into_iter().peekable();
+    while updates.peek().is_some() {
+        let batch: Vec<Update> = updates.by_ref().take(ROWS_PER_STATEMENT).collect();
+        let mut query = sqlx::query(crate::source::built(update_sql(layout, batch.len())));
+        for update in batch {
+            let key_text = update.key.to_string();
+            query = match update.key {
+                Key::Int(i) => query.bind(i),
+                Key::Text(s) => query.bind(s),
+            };
+            for (value, column) in update.values.into_iter().zip(&layout.outputs) {
+                query = bind(query, value).map_err(|message| SinkError::Encode {
+                    table: layout.target.quoted(),
+                    column: column.name.clone(),
+                    key: key_text.clone(),
+                    message,
+                })?;
+            }
         }
-        query = match update.key {
-            Key::Int(i) => query.bind(i),
-            Key::Text(s) => query.bind(s),
-        };
         changed += query
             .execute(&mut *tx)
             .await
@@ -75,4 +97,45 @@ pub async fn write(
     }
     tx.commit().await.map_err(write_error)?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::KeyType;
+    use crate::source::{ColumnInfo, TableRef};
+    use crate::value::ColumnKind;
+
+    fn column(name: &str) -> ColumnInfo {
+        ColumnInfo {
+            name: name.into(),
+            sql_type: "TEXT".into(),
+            kind: ColumnKind::Text,
+            not_null: false,
+            unique: false,
+        }
+    }
+
+    #[test]
+    fn update_sql_joins_a_values_list_on_the_key() {
+        let table = TableRef {
+            schema: None,
+            name: "quotes".into(),
+        };
+        let layout = Layout {
+            source: table.clone(),
+            key: column("id"),
+            key_type: KeyType::Integer,
+            inputs: vec![],
+            scope: None,
+            target: table,
+            target_key: column("id"),
+            outputs: vec![column("a"), column("b")],
+        };
+        assert_eq!(
+            update_sql(&layout, 2),
+            "UPDATE \"quotes\" SET \"a\" = v.column2, \"b\" = v.column3 \
+             FROM (VALUES ($1, $2, $3), ($4, $5, $6)) AS v WHERE \"quotes\".\"id\" = v.column1"
+        );
+    }
 }

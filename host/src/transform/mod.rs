@@ -659,7 +659,10 @@ mod tests {
         assert_eq!(logs, vec!["row 0: looping forever".to_string()]);
 
         // Filling a MiB costs fuel too: give it enough to reach the limit.
-        let roomy = Limits { fuel: 5_000_000_000, ..small };
+        let roomy = Limits {
+            fuel: 5_000_000_000,
+            ..small
+        };
         let (kind, _) = trap(evil("memory", roomy).transform(&rows(1)));
         assert_eq!(kind, TrapKind::Memory { limit: 16 << 20 });
 
