@@ -46,7 +46,7 @@ const GROUP_KEYS: usize = 3;
 /// How often a session says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A session silent for this long is taken for dead.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the command line asked for.
 #[derive(Clone, Debug, Default)]
@@ -112,13 +112,13 @@ pub enum RunError {
         /// What changed.
         reason: String,
     },
-    /// Another process is working on the run.
+    /// Another process is writing the same backfill.
     #[error(
-        "run {run_id} is being worked on by pid {pid} on {host} (last heartbeat {heartbeat_at}); wait for it or stop it first"
+        "\"{name}\" is being written by pid {pid} on {host} (last heartbeat {heartbeat_at}); wait for it to finish or stop it first"
     )]
     Busy {
-        /// The run.
-        run_id: String,
+        /// The backfill.
+        name: String,
         /// The other process.
         pid: u32,
         /// Its machine.
@@ -307,26 +307,21 @@ fn pid_alive(pid: u32) -> Option<bool> {
     }
 }
 
-/// Ends sessions of `run` whose process is gone; fails if one is alive.
-async fn check_not_busy(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
-    let here = host_name();
+/// Whether the process behind a session or lock is still working: its
+/// heartbeat is recent and, on this machine, its process exists.
+fn alive(process: &SessionRecord) -> bool {
+    let fresh = parse_time(&process.heartbeat_at)
+        .is_some_and(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default() < SESSION_TIMEOUT);
+    fresh && (process.host_name != host_name() || pid_alive(process.pid).unwrap_or(true))
+}
+
+/// Marks the sessions of `run` that never ended as lost. Only called with
+/// the backfill's lock held, so none of them is still working.
+async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
     for s in state.sessions(&run.run_id).await? {
-        if s.ended_at.is_some() {
-            continue;
+        if s.ended_at.is_none() {
+            state.end_session(&s.session_id, "lost").await?;
         }
-        let fresh = parse_time(&s.heartbeat_at).is_some_and(|t| {
-            (chrono::Utc::now() - t).to_std().unwrap_or_default() < SESSION_TIMEOUT
-        });
-        let alive = fresh && (s.host_name != here || pid_alive(s.pid).unwrap_or(true));
-        if alive {
-            return Err(RunError::Busy {
-                run_id: run.run_id.clone(),
-                pid: s.pid,
-                host: s.host_name,
-                heartbeat_at: s.heartbeat_at,
-            });
-        }
-        state.end_session(&s.session_id, "lost").await?;
     }
     Ok(())
 }
@@ -344,7 +339,7 @@ async fn resumable(
     if !previous.status.resumable() {
         return Ok(None);
     }
-    check_not_busy(state, &previous).await?;
+    end_lost_sessions(state, &previous).await?;
     if options.restart {
         let note = format!("abandoned by --restart at {}", now());
         state
@@ -494,7 +489,72 @@ pub async fn run(
     let db = Database::connect(&spec.source_url, concurrency + 2).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let state = StateStore::open(&spec.state_url).await?;
+    let session = SessionRecord {
+        session_id: format!("s{}", random_hex(12)),
+        run_id: String::new(),
+        pid: std::process::id(),
+        host_name: host_name(),
+        user_name: user_name(),
+        started_at: now(),
+        heartbeat_at: now(),
+        ended_at: None,
+        outcome: None,
+    };
+    let prepared = Prepared {
+        started,
+        runner,
+        db,
+        plan,
+        state: state.clone(),
+    };
+    if !options.execute {
+        return run_session(spec, options, progress, prepared, session).await;
+    }
+    // One writer per backfill: the lock is taken before deciding what to
+    // resume, and given back however the run ends (a crash leaves it to a
+    // holder that the next run sees is gone).
+    if let Some(holder) = state
+        .acquire_lock(spec.name(), &session, |h| !alive(h))
+        .await?
+    {
+        return Err(RunError::Busy {
+            name: spec.name().to_string(),
+            pid: holder.pid,
+            host: holder.host_name,
+            heartbeat_at: holder.heartbeat_at,
+        });
+    }
+    let session_id = session.session_id.clone();
+    let result = run_session(spec, options, progress, prepared, session).await;
+    if let Err(error) = state.release_lock(spec.name(), &session_id).await {
+        warn!(%error, "Could not release the backfill's lock; the next run takes it over.");
+    }
+    result
+}
 
+/// What `run` checked and connected before a session starts.
+struct Prepared {
+    started: Instant,
+    runner: Arc<Runner>,
+    db: Database,
+    plan: Plan,
+    state: StateStore,
+}
+
+async fn run_session(
+    spec: &Spec,
+    options: &RunOptions,
+    progress: Arc<Progress>,
+    prepared: Prepared,
+    mut session: SessionRecord,
+) -> Result<RunReport, RunError> {
+    let Prepared {
+        started,
+        runner,
+        db,
+        plan,
+        state,
+    } = prepared;
     let mode = if options.execute {
         Mode::Execute
     } else {
@@ -520,17 +580,7 @@ pub async fn run(
         }
     };
 
-    let session = SessionRecord {
-        session_id: format!("{}.{}", run.run_id, random_hex(6)),
-        run_id: run.run_id.clone(),
-        pid: std::process::id(),
-        host_name: host_name(),
-        user_name: user_name(),
-        started_at: now(),
-        heartbeat_at: now(),
-        ended_at: None,
-        outcome: None,
-    };
+    session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
     let heartbeat = {
         let state = state.clone();

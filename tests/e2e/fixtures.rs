@@ -136,10 +136,12 @@ sha256 = "{sha}"
 
 [target]
 columns = ["{target}"]
-"#,
+
+{state}"#,
         url = world.url(),
         schema = world.schema_line(),
         path = path.display(),
         sha = digest(&path),
+        state = world.state_section(),
     )
 }

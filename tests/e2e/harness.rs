@@ -159,6 +159,33 @@ impl World {
         }
     }
 
+    /// The `[state]` table for specs: the default SQLite file for SQLite
+    /// worlds, the world's own PostgreSQL schema for PostgreSQL worlds (so
+    /// every PostgreSQL test also exercises a PostgreSQL state store).
+    pub fn state_section(&self) -> String {
+        match &self.schema {
+            None => String::new(),
+            Some(schema) => {
+                let url = postgres_url();
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("[state]\nurl = \"{url}{sep}options=-c%20search_path%3D{schema}\"\n")
+            }
+        }
+    }
+
+    /// Whether a state store was created.
+    pub fn state_exists(&self) -> bool {
+        match &self.schema {
+            None => self.dir.path().join(".refill").exists(),
+            Some(schema) => !self
+                .rows(&format!(
+                    "SELECT table_name FROM information_schema.tables \
+                     WHERE table_schema = '{schema}' AND table_name LIKE 'refill%'"
+                ))
+                .is_empty(),
+        }
+    }
+
     /// A `schema = "…"` line for specs ([source] and [target]), or nothing.
     pub fn schema_line(&self) -> String {
         self.schema

@@ -170,10 +170,7 @@ both!(plan_shows_the_work_and_writes_nothing, |backend, name| {
         w.snapshot("quotes", "id, status, status_v2, region"),
         before
     );
-    assert!(
-        !w.dir.path().join(".refill").exists(),
-        "plan created a state store"
-    );
+    assert!(!w.state_exists(), "plan created a state store");
 });
 
 both!(
@@ -210,11 +207,12 @@ both!(
         "spec.toml",
         &format!(
             "name = \"emails\"\n[source]\nurl = \"{}\"\n{}\ntable = \"people\"\nkey = \"handle\"\ncolumns = [\"email\"]\n\
-             [chunk]\nrows = 20\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\n[target]\ncolumns = [\"email_norm\"]\n",
+             [chunk]\nrows = 20\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\n[target]\ncolumns = [\"email_norm\"]\n{}",
             w.url(),
             w.schema_line(),
             path.display(),
-            digest(&path)
+            digest(&path),
+            w.state_section()
         ),
     );
         w.run(&["run", "spec.toml", "--execute"]).expect_code(0);

@@ -50,6 +50,10 @@ both!(
 
         let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
         wait_for_chunks(&w, &mut child, 3);
+        // A second writer is refused while the first one works.
+        let second = w.run(&["run", "spec.toml", "--execute"]);
+        second.expect_code(2);
+        assert!(second.stderr.contains("is being written by pid"), "{}", second.stderr);
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
 
@@ -215,10 +219,7 @@ both!(wrong_pin_refuses_to_start, |backend, name| {
     // The dry run refuses the mismatched component too.
     w.run(&["run", "spec.toml"]).expect_code(2);
     assert_eq!(w.snapshot("quotes", "id, status_v2"), before);
-    assert!(
-        !w.dir.path().join(".refill").exists(),
-        "a state store was created"
-    );
+    assert!(!w.state_exists(), "a state store was created");
 
     // Without a pin, a dry run works and says what to pin; --execute refuses.
     let unpinned: String = good

@@ -32,10 +32,7 @@ fn refused(w: &World, spec: &str, expected: &[&str]) {
         before,
         "rows were written"
     );
-    assert!(
-        !w.dir.path().join(".refill").exists(),
-        "a state store was created"
-    );
+    assert!(!w.state_exists(), "a state store was created");
 }
 
 both!(unknown_keys_are_refused_with_their_line, |backend, name| {

@@ -9,6 +9,7 @@ use refill::run::{ErrorGroup, RunReport};
 use refill::spec::Spec;
 use refill::state::{
     ChunkRecord, ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionRecord, chunk_summary,
+    parse_time,
 };
 use refill::transform::{ALLOWED_IMPORTS, Runner};
 use refill::value::{Info, value_type_name};
@@ -356,14 +357,27 @@ pub fn run_detail(
         println!("  finished   {f}");
     }
     for s in sessions {
+        let state = match (&s.outcome, parse_time(&s.heartbeat_at)) {
+            (Some(outcome), _) => outcome.clone(),
+            (None, Some(beat)) => {
+                let silent = (chrono::Utc::now() - beat).num_seconds().max(0);
+                if silent.unsigned_abs() < refill::run::SESSION_TIMEOUT.as_secs() {
+                    format!("working, heartbeat {silent}s ago")
+                } else {
+                    format!(
+                        "silent for {silent}s: the process is probably gone; the next run resumes"
+                    )
+                }
+            }
+            (None, None) => "working".to_string(),
+        };
         println!(
-            "  session    {} pid {} on {}, {} → {} ({})",
+            "  session    {} pid {} on {}, {} → {} ({state})",
             s.session_id,
             s.pid,
             s.host_name,
             s.started_at,
             s.ended_at.as_deref().unwrap_or("…"),
-            s.outcome.as_deref().unwrap_or("running")
         );
     }
     let troubled: Vec<&ChunkRecord> = chunks

@@ -7,7 +7,9 @@
 //! Tables: `refill_runs` (one row per run: who ran what, with which spec
 //! and component digest, over which key range), `refill_chunks` (one row per
 //! chunk: its key range, status and counts), `refill_sessions` (one row per
-//! process that worked on a run, with its heartbeat).
+//! process that worked on a run, with its heartbeat), `refill_locks` (one
+//! row per backfill name being written, so that two processes never write
+//! the same backfill at once).
 
 use std::collections::BTreeMap;
 use std::sync::Once;
@@ -356,6 +358,15 @@ const SCHEMA: &[&str] = &[
         outcome VARCHAR(32)
     )",
     "CREATE INDEX IF NOT EXISTS refill_sessions_by_run ON refill_sessions (run_id)",
+    "CREATE TABLE IF NOT EXISTS refill_locks (
+        name VARCHAR(100) NOT NULL PRIMARY KEY,
+        session_id VARCHAR(64) NOT NULL,
+        pid BIGINT NOT NULL,
+        host_name VARCHAR(200) NOT NULL,
+        user_name VARCHAR(200) NOT NULL,
+        started_at VARCHAR(40) NOT NULL,
+        heartbeat_at VARCHAR(40) NOT NULL
+    )",
 ];
 
 /// A connection to the state store.
@@ -653,20 +664,20 @@ impl StateStore {
 
     /// The counts of a run's finished chunks, summed.
     pub async fn totals(&self, run_id: &str) -> Result<(Counts, u64), StateError> {
+        // SUM is NUMERIC on PostgreSQL, which the Any driver cannot read.
         let row = sqlx::query(
-            "SELECT count(*), COALESCE(sum(rows_read), 0), COALESCE(sum(updated), 0), COALESCE(sum(unchanged), 0), \
-             COALESCE(sum(skipped), 0), COALESCE(sum(failed), 0) FROM refill_chunks WHERE run_id = $1 AND status = 'done'",
+            "SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(sum(rows_read), 0) AS BIGINT), \
+             CAST(COALESCE(sum(updated), 0) AS BIGINT), CAST(COALESCE(sum(unchanged), 0) AS BIGINT), \
+             CAST(COALESCE(sum(skipped), 0) AS BIGINT), CAST(COALESCE(sum(failed), 0) AS BIGINT) \
+             FROM refill_chunks WHERE run_id = $1 AND status = 'done'",
         )
         .bind(run_id)
         .fetch_one(&self.pool)
         .await
         .map_err(q("summing a run's chunks"))?;
         let get = |i: usize| -> Result<u64, StateError> {
-            // SUM is NUMERIC on PostgreSQL and INTEGER on SQLite: read both.
             row.try_get::<i64, _>(i)
                 .map(to_u64)
-                .or_else(|_| row.try_get::<f64, _>(i).map(|f| f as u64))
-                .or_else(|_| row.try_get::<String, _>(i).map(|s| s.parse().unwrap_or(0)))
                 .map_err(q("reading a run's totals"))
         };
         let counts = Counts {
@@ -677,6 +688,86 @@ impl StateStore {
             failed: get(5)?,
         };
         Ok((counts, get(0)?))
+    }
+
+    /// Takes the write lock of the backfill called `name` for `session`.
+    /// The lock is a row keyed by the name, so two processes cannot both
+    /// insert it; a holder that `is_dead` says is gone is replaced with a
+    /// compare-and-set on its session id. Returns the live holder if the
+    /// lock is taken.
+    pub async fn acquire_lock(
+        &self,
+        name: &str,
+        session: &SessionRecord,
+        is_dead: impl Fn(&SessionRecord) -> bool,
+    ) -> Result<Option<SessionRecord>, StateError> {
+        for _ in 0..3 {
+            let inserted = sqlx::query(
+                "INSERT INTO refill_locks (name, session_id, pid, host_name, user_name, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(name)
+            .bind(&session.session_id)
+            .bind(i64::from(session.pid))
+            .bind(&session.host_name)
+            .bind(&session.user_name)
+            .bind(&session.started_at)
+            .bind(&session.heartbeat_at)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => return Ok(None),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                Err(error) => {
+                    return Err(StateError::Query {
+                        what: "taking the run lock",
+                        error,
+                    });
+                }
+            }
+            let row = sqlx::query("SELECT * FROM refill_locks WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("reading the run lock"))?;
+            let Some(row) = row else { continue };
+            let holder = process_from_row(&row)?;
+            if !is_dead(&holder) {
+                return Ok(Some(holder));
+            }
+            let taken = sqlx::query(
+                "UPDATE refill_locks SET session_id = $1, pid = $2, host_name = $3, user_name = $4, \
+                 started_at = $5, heartbeat_at = $6 WHERE name = $7 AND session_id = $8",
+            )
+            .bind(&session.session_id)
+            .bind(i64::from(session.pid))
+            .bind(&session.host_name)
+            .bind(&session.user_name)
+            .bind(&session.started_at)
+            .bind(&session.heartbeat_at)
+            .bind(name)
+            .bind(&holder.session_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("taking over the run lock"))?;
+            if taken.rows_affected() == 1 {
+                return Ok(None);
+            }
+        }
+        Err(StateError::Corrupt(format!(
+            "the lock of \"{name}\" keeps changing hands; is another process starting it in a loop?"
+        )))
+    }
+
+    /// Gives the lock back, if `session_id` still holds it.
+    pub async fn release_lock(&self, name: &str, session_id: &str) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM refill_locks WHERE name = $1 AND session_id = $2")
+            .bind(name)
+            .bind(session_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("releasing the run lock"))?;
+        Ok(())
     }
 
     /// Records a process starting to work on a run.
@@ -700,12 +791,18 @@ impl StateStore {
 
     /// Marks a session alive now.
     pub async fn heartbeat(&self, session_id: &str) -> Result<(), StateError> {
-        sqlx::query("UPDATE refill_sessions SET heartbeat_at = $1 WHERE session_id = $2")
-            .bind(now())
-            .bind(session_id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("recording a heartbeat"))?;
+        let at = now();
+        for sql in [
+            "UPDATE refill_sessions SET heartbeat_at = $1 WHERE session_id = $2",
+            "UPDATE refill_locks SET heartbeat_at = $1 WHERE session_id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(&at)
+                .bind(session_id)
+                .execute(&self.pool)
+                .await
+                .map_err(q("recording a heartbeat"))?;
+        }
         Ok(())
     }
 
@@ -822,17 +919,27 @@ fn chunk_from_row(r: &AnyRow, key_type: KeyType) -> Result<ChunkRecord, StateErr
     })
 }
 
-fn session_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
+/// The process columns shared by sessions and locks.
+fn process_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
     Ok(SessionRecord {
         session_id: get(r, "session_id")?,
-        run_id: get(r, "run_id")?,
+        run_id: String::new(),
         pid: u32::try_from(get::<i64>(r, "pid")?).unwrap_or(0),
         host_name: get(r, "host_name")?,
         user_name: get(r, "user_name")?,
         started_at: get(r, "started_at")?,
         heartbeat_at: get(r, "heartbeat_at")?,
+        ended_at: None,
+        outcome: None,
+    })
+}
+
+fn session_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
+    Ok(SessionRecord {
+        run_id: get(r, "run_id")?,
         ended_at: get(r, "ended_at")?,
         outcome: get(r, "outcome")?,
+        ..process_from_row(r)?
     })
 }
 
