@@ -141,16 +141,14 @@ pub fn describe(error: &sqlx::Error) -> String {
 pub fn mask(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end = out[authority_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| authority_start + i);
-        if let Some(at) = out[authority_start..authority_end].rfind('@') {
-            let userinfo = &out[authority_start..authority_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = authority_start + colon + 1;
-                out.replace_range(start..authority_start + at, "***");
-            }
+        let start = scheme_end + 3;
+        // A password may hold an unencoded `/`, `?` or `@`, so the user
+        // information runs to the last `@`, wherever it is: masking too much
+        // of an odd url beats printing a password.
+        if let Some(at) = out[start..].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
         }
     }
     if let Some(q) = out.find('?') {
@@ -183,9 +181,12 @@ mod tests {
             "postgres://db/prod?user=a&password=***&sslmode=require"
         );
         assert_eq!(
-            mask("postgres://u:p@h/d?x=1@2"),
-            "postgres://u:***@h/d?x=1@2"
+            mask("postgres://postgres:sec/ret?pw@127.0.0.1:5432/test"),
+            "postgres://postgres:***@127.0.0.1:5432/test"
         );
+        assert_eq!(mask("postgres://u:p@ss@h/d"), "postgres://u:***@h/d");
+        // Over-masks rather than leaks when the query holds an `@`.
+        assert!(!mask("postgres://u:pw@h/d?x=1@2").contains("pw"));
     }
 
     #[test]

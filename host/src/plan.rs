@@ -106,6 +106,18 @@ pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, 
 /// them against what the transform declares.
 pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, PlanError> {
     let f = &spec.file;
+    if db.backend() == crate::db::Backend::Sqlite {
+        for (at, schema) in [
+            (["source", "schema"], f.source.schema.as_deref()),
+            (["target", "schema"], f.target.schema.as_deref()),
+        ] {
+            if schema.is_some_and(|s| s != "main") {
+                return Err(spec
+                    .error_at(&at, "a SQLite database has no schemas; leave `schema` out")
+                    .into());
+            }
+        }
+    }
     let source_ref = TableRef {
         schema: f.source.schema.clone(),
         name: f.source.table.clone(),

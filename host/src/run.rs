@@ -933,30 +933,28 @@ async fn process(
     }
     let transform_ms = millis(started.elapsed());
 
-    if let Some(message) = &transformed.batch_error {
-        let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.batch_failures.push((chunk.id, message.clone()));
-        samples.batch_failures.sort_by_key(|(id, _)| *id);
-        samples.batch_failures.truncate(SAMPLE_GROUPS);
-    }
-    let (updates, counts) = evaluate(ctx, &chunk, &rows, transformed.outcomes);
+    let mut evaluated = evaluate(&ctx.layout, &chunk, &rows, transformed.outcomes);
     let started = Instant::now();
     if ctx.mode == Mode::Execute {
-        let expected = updates.len() as u64;
-        let changed = sink::write(&ctx.db, &ctx.layout, updates)
+        let written = sink::write(&ctx.db, &ctx.layout, &evaluated.updates)
             .await
             .map_err(|source| RunError::Write {
                 chunk: chunk.to_string(),
                 source,
             })?;
-        if changed != expected {
+        let expected = (evaluated.updates.len() - written.rejected.len()) as u64;
+        evaluated.refused(chunk.id, written.rejected);
+        if written.changed < expected {
+            let vanished = expected - written.changed;
             warn!(
-                expected,
-                changed,
-                "Some rows were not found in the target when writing; they were deleted meanwhile."
+                vanished,
+                "Rows were deleted from the target while their chunk was processed; counted as skipped."
             );
+            evaluated.counts.updated -= vanished;
+            evaluated.counts.skipped += vanished;
         }
     }
+    let counts = evaluated.counts;
     let timings = Timings {
         read_ms,
         transform_ms,
@@ -982,6 +980,12 @@ async fn process(
     p.chunks_done.fetch_add(1, Ordering::Relaxed);
     {
         let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.merge(evaluated.diffs, evaluated.groups);
+        if let Some(message) = transformed.batch_error {
+            samples.batch_failures.push((chunk.id, message));
+            samples.batch_failures.sort_by_key(|(id, _)| *id);
+            samples.batch_failures.truncate(SAMPLE_GROUPS);
+        }
         samples.session.add(&counts);
         samples.chunks += 1;
     }
@@ -1067,27 +1071,55 @@ fn guest_log(level: Level, message: &str) {
     }
 }
 
-/// Turns outcomes into the updates to write and the chunk's counts; keeps
-/// samples of diffs and errors.
-fn evaluate(
-    ctx: &Context,
-    chunk: &Chunk,
-    rows: &ChunkRows,
-    outcomes: Vec<Outcome>,
-) -> (Vec<Update>, Counts) {
-    let layout = &ctx.layout;
-    let mut counts = Counts {
-        rows: rows.len() as u64,
-        ..Counts::default()
+/// A chunk's outcomes, checked: what to write, the counts, and samples for
+/// the report.
+#[derive(Default)]
+struct Evaluated {
+    updates: Vec<Update>,
+    counts: Counts,
+    diffs: Vec<Diff>,
+    groups: BTreeMap<String, ErrorGroup>,
+}
+
+impl Evaluated {
+    fn fail(&mut self, chunk: u64, key: &Key, message: String) {
+        self.counts.failed += 1;
+        let group = self.groups.entry(message).or_default();
+        group.count += 1;
+        if group.examples.len() < GROUP_KEYS {
+            group.examples.push(Example {
+                chunk,
+                key: key.clone(),
+            });
+        }
+    }
+
+    /// Moves the rows whose values the database refused from updated to
+    /// failed.
+    fn refused(&mut self, chunk: u64, rejected: Vec<(Key, String)>) {
+        for (key, reason) in rejected {
+            self.counts.updated -= 1;
+            self.diffs.retain(|d| d.key != key);
+            self.fail(chunk, &key, reason);
+        }
+    }
+}
+
+/// Turns outcomes into the updates to write, the chunk's counts and
+/// samples.
+fn evaluate(layout: &Layout, chunk: &Chunk, rows: &ChunkRows, outcomes: Vec<Outcome>) -> Evaluated {
+    let mut out = Evaluated {
+        counts: Counts {
+            rows: rows.len() as u64,
+            ..Counts::default()
+        },
+        ..Evaluated::default()
     };
-    let mut updates = Vec::new();
-    let mut diffs = Vec::new();
-    let mut groups: BTreeMap<String, ErrorGroup> = BTreeMap::new();
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let key = &rows.keys[i];
         let result = match outcome {
             Outcome::Skip => {
-                counts.skipped += 1;
+                out.counts.skipped += 1;
                 continue;
             }
             Outcome::Error(message) => Err(message),
@@ -1096,44 +1128,29 @@ fn evaluate(
             }
         };
         match result {
-            Err(message) => {
-                counts.failed += 1;
-                let group = groups.entry(message).or_default();
-                group.count += 1;
-                if group.examples.len() < GROUP_KEYS {
-                    group.examples.push(Example {
-                        chunk: chunk.id,
-                        key: key.clone(),
-                    });
-                }
-            }
-            Ok(None) => counts.unchanged += 1,
+            Err(message) => out.fail(chunk.id, key, message),
+            Ok(None) => out.counts.unchanged += 1,
             Ok(Some(values)) => {
-                counts.updated += 1;
-                if diffs.len() < SAMPLE_DIFFS {
-                    diffs.push(diff(
+                out.counts.updated += 1;
+                if out.diffs.len() < SAMPLE_DIFFS {
+                    let before = rows.current[i].as_deref().unwrap_or(&[]);
+                    out.diffs.push(diff(
                         layout,
                         chunk.id,
                         key,
                         &rows.rows[i].values,
-                        rows.current[i].as_deref().unwrap_or(&[]),
+                        before,
                         &values,
                     ));
                 }
-                updates.push(Update {
+                out.updates.push(Update {
                     key: key.clone(),
                     values,
                 });
             }
         }
     }
-    if !diffs.is_empty() || !groups.is_empty() {
-        ctx.samples
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .merge(diffs, groups);
-    }
-    (updates, counts)
+    out
 }
 
 /// Checks an `update` outcome against the output columns. Returns the

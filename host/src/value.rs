@@ -88,6 +88,9 @@ impl ColumnKind {
             (ColumnKind::Bytes, v @ Value::Bytes(_)) => v,
             (ColumnKind::Json, v @ Value::Json(_)) => v,
             (ColumnKind::Json, Value::Text(t)) => Value::Json(t),
+            (ColumnKind::Timestamp, Value::Timestamp(t)) if to_datetime(&t).is_none() => {
+                return Err(format!("timestamp {}s is out of range", t.seconds));
+            }
             (ColumnKind::Timestamp, v @ Value::Timestamp(_)) => v,
             (ColumnKind::TextForm(_), v @ Value::Text(_)) => v,
             (ColumnKind::TextForm(_), Value::Integer(i)) => Value::Text(i.to_string()),

@@ -67,7 +67,7 @@ pub fn in_scope(i: i64) -> bool {
 pub fn status_v2(world: &World) -> BTreeMap<i64, Option<String>> {
     world
         .rows(&format!(
-            "SELECT CAST(id AS TEXT), status_v2 FROM {} ORDER BY id",
+            "SELECT CAST(id AS TEXT), CAST(status_v2 AS TEXT) FROM {} ORDER BY id",
             world.table("quotes")
         ))
         .into_iter()

@@ -8,6 +8,7 @@ mod pipeline;
 mod resume;
 mod sandbox;
 mod spec_errors;
+mod types;
 
 /// Defines one test per backend from a body taking the backend.
 #[macro_export]

@@ -53,7 +53,11 @@ both!(
         // A second writer is refused while the first one works.
         let second = w.run(&["run", "spec.toml", "--execute"]);
         second.expect_code(2);
-        assert!(second.stderr.contains("is being written by pid"), "{}", second.stderr);
+        assert!(
+            second.stderr.contains("is being written by pid"),
+            "{}",
+            second.stderr
+        );
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
 

@@ -210,7 +210,7 @@ fn inspect_command(path: &Path, json: bool) -> Result<u8> {
         imports: compiled.imports().to_vec(),
         exports: compiled.exports().to_vec(),
         forbidden: compiled.forbidden_imports(),
-        cached: compiled.origin() == refill::transform::cache::Origin::Cached,
+        origin: compiled.origin(),
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
         info: None,
         verdict: None,

@@ -11,6 +11,7 @@ use refill::state::{
     ChunkRecord, ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionRecord, chunk_summary,
     parse_time,
 };
+use refill::transform::cache::Origin;
 use refill::transform::{ALLOWED_IMPORTS, Runner};
 use refill::value::{Info, value_type_name};
 
@@ -226,7 +227,12 @@ pub fn report(spec: &Spec, r: &RunReport) {
     }
     if let Some(failure) = &r.failure {
         println!("The run stopped: {failure}");
-        println!("Fix the cause and run the same command again: finished chunks are not redone.");
+        match run.mode {
+            Mode::Execute => println!(
+                "Fix the cause and run the same command again: it resumes, and finished chunks are not redone."
+            ),
+            Mode::DryRun => println!("Fix the cause and run it again."),
+        }
     } else if run.mode == Mode::DryRun {
         println!(
             "Nothing was written. To write: refill run {} --execute",
@@ -413,8 +419,8 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// The imports outside the policy.
     pub forbidden: Vec<String>,
-    /// Whether the compiled form came from the cache.
-    pub cached: bool,
+    /// Where the compiled form came from.
+    pub origin: Origin,
     /// Time to read and compile (or load) it.
     pub load_ms: f64,
     /// What it says about itself, if it could be asked.
@@ -437,7 +443,7 @@ pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
         });
         let doc = serde_json::json!({
             "path": i.path, "sha256": i.digest, "size": i.size, "imports": i.imports, "exports": i.exports,
-            "forbidden_imports": i.forbidden, "cached": i.cached, "load_ms": i.load_ms, "transform": info,
+            "forbidden_imports": i.forbidden, "cached": i.origin == Origin::Cached, "load_ms": i.load_ms, "transform": info,
             "allowed": i.verdict.is_none(), "refused_because": i.verdict,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -449,10 +455,10 @@ pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
     println!(
         "loaded     {:.1} ms ({})",
         i.load_ms,
-        if i.cached {
-            "compiled form from the cache"
-        } else {
-            "compiled now, cached for next time"
+        match i.origin {
+            Origin::Cached => "compiled form from the cache",
+            Origin::Compiled => "compiled now, cached for next time",
+            Origin::Uncached => "compiled now; no usable cache",
         }
     );
     if let Some(info) = &i.info {

@@ -52,14 +52,83 @@ pub enum SinkError {
     },
 }
 
-/// Writes `updates` to the target of `layout`. Returns the number of rows
-/// the database reports as changed.
-pub async fn write(db: &Database, layout: &Layout, updates: Vec<Update>) -> Result<u64, SinkError> {
-    if updates.is_empty() {
-        return Ok(0);
-    }
-    match db {
-        Database::Postgres(pool) => postgres::write(pool, layout, updates).await,
-        Database::Sqlite(pool) => sqlite::write(pool, layout, updates).await,
-    }
+/// What writing a chunk did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Written {
+    /// Rows the database reports as changed.
+    pub changed: u64,
+    /// Rows whose new values the database refused, with its reason; every
+    /// other row was written.
+    pub rejected: Vec<(Key, String)>,
+}
+
+/// Writes `updates` to the target of `layout`. When the database refuses a
+/// value (a data exception such as an unknown enum label or an integer out
+/// of range, or a constraint), the batch is split and the halves retried
+/// until the refused rows stand alone: those are returned as rejected and
+/// all other rows are written. Any other error fails the whole write.
+pub async fn write(
+    db: &Database,
+    layout: &Layout,
+    updates: &[Update],
+) -> Result<Written, SinkError> {
+    let mut written = Written::default();
+    isolate(db, layout, updates, &mut written).await?;
+    Ok(written)
+}
+
+fn isolate<'a>(
+    db: &'a Database,
+    layout: &'a Layout,
+    updates: &'a [Update],
+    written: &'a mut Written,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+    Box::pin(async move {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let attempt = match db {
+            Database::Postgres(pool) => postgres::write(pool, layout, updates.to_vec()).await,
+            Database::Sqlite(pool) => sqlite::write(pool, layout, updates.to_vec()).await,
+        };
+        match attempt {
+            Ok(changed) => {
+                written.changed += changed;
+                Ok(())
+            }
+            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => {
+                if let [update] = updates {
+                    let reason = format!(
+                        "the database refused the new values: {}",
+                        crate::db::describe(&error)
+                    );
+                    written.rejected.push((update.key.clone(), reason));
+                    return Ok(());
+                }
+                let (first, second) = updates.split_at(updates.len() / 2);
+                isolate(db, layout, first, written).await?;
+                isolate(db, layout, second, written).await
+            }
+            Err(other) => Err(other),
+        }
+    })
+}
+
+/// Whether the database refused a value rather than failing: SQLSTATE class
+/// 22 (data exception) or 23 (integrity constraint violation), or any
+/// constraint error SQLite reports.
+fn refuses_a_value(error: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    matches!(
+        db.kind(),
+        ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation
+    ) || db
+        .code()
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }

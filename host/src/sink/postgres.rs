@@ -90,7 +90,7 @@ fn assign(c: &ColumnInfo, v: &str) -> String {
     match &c.kind {
         ColumnKind::Json => format!("{v}::{}", c.sql_type),
         ColumnKind::TextForm(sql_type) => format!("{v}::{sql_type}"),
-        ColumnKind::Timestamp if c.sql_type.starts_with("timestamp without") => {
+        ColumnKind::Timestamp if c.type_name == "timestamp" => {
             format!("({v} AT TIME ZONE 'UTC')")
         }
         _ => v.to_string(),
@@ -182,10 +182,11 @@ mod tests {
     use crate::chunk::KeyType;
     use crate::source::TableRef;
 
-    fn column(name: &str, sql_type: &str, kind: ColumnKind) -> ColumnInfo {
+    fn column(name: &str, sql_type: &str, type_name: &str, kind: ColumnKind) -> ColumnInfo {
         ColumnInfo {
             name: name.into(),
             sql_type: sql_type.into(),
+            type_name: type_name.into(),
             kind,
             not_null: false,
             unique: false,
@@ -200,19 +201,25 @@ mod tests {
         };
         let layout = Layout {
             source: table.clone(),
-            key: column("id", "bigint", ColumnKind::Integer),
+            key: column("id", "bigint", "int8", ColumnKind::Integer),
             key_type: KeyType::Integer,
             inputs: vec![],
             scope: None,
             target: table,
-            target_key: column("id", "bigint", ColumnKind::Integer),
+            target_key: column("id", "bigint", "int8", ColumnKind::Integer),
             outputs: vec![
-                column("status_v2", "text", ColumnKind::Text),
-                column("doc", "jsonb", ColumnKind::Json),
-                column("at", "timestamp without time zone", ColumnKind::Timestamp),
+                column("status_v2", "text", "text", ColumnKind::Text),
+                column("doc", "jsonb", "jsonb", ColumnKind::Json),
+                column(
+                    "at",
+                    "timestamp(3) without time zone",
+                    "timestamp",
+                    ColumnKind::Timestamp,
+                ),
                 column(
                     "amount",
                     "numeric(10,2)",
+                    "numeric",
                     ColumnKind::TextForm("numeric(10,2)".into()),
                 ),
             ],

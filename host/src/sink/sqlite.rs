@@ -110,6 +110,7 @@ mod tests {
         ColumnInfo {
             name: name.into(),
             sql_type: "TEXT".into(),
+            type_name: "TEXT".into(),
             kind: ColumnKind::Text,
             not_null: false,
             unique: false,

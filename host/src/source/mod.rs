@@ -43,14 +43,14 @@ pub enum SourceError {
         error: sqlx::Error,
     },
     /// A value could not be decoded.
-    #[error("cannot read column {column} of {table} at key {key}: {message}")]
+    #[error("cannot read column {column} of {table}{}: {message}", key.as_ref().map(|k| format!(" at key {k}")).unwrap_or_default())]
     Decode {
         /// The table, quoted.
         table: String,
         /// The column.
         column: String,
-        /// The row's key.
-        key: String,
+        /// The row's key, once it could be read.
+        key: Option<String>,
         /// What went wrong.
         message: String,
     },
@@ -99,8 +99,11 @@ impl std::fmt::Display for TableRef {
 pub struct ColumnInfo {
     /// Its name.
     pub name: String,
-    /// Its SQL type as the database spells it.
+    /// Its SQL type as the database spells it (`character varying(20)`).
     pub sql_type: String,
+    /// The name of its base type (PostgreSQL's `typname`, such as
+    /// `timestamptz`; SQLite's declared type).
+    pub type_name: String,
     /// How refill reads and writes it.
     pub kind: ColumnKind,
     /// Whether it is declared NOT NULL.
@@ -342,6 +345,7 @@ impl Database {
                     layout,
                     lo.is_some(),
                     limit.is_some(),
+                    &postgres::key_cast(&layout.key),
                     postgres::key_expr,
                     postgres::column_expr,
                 );
@@ -354,6 +358,7 @@ impl Database {
                     layout,
                     lo.is_some(),
                     limit.is_some(),
+                    "",
                     sqlite::column_expr,
                     sqlite::column_expr,
                 );
@@ -375,9 +380,14 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let key = |i: usize| -> Result<Option<Key>, sqlx::Error> {
-        Ok(row
-            .try_get::<Option<String>, _>(i)?
-            .and_then(|text| Key::decode(&text, key_type)))
+        match row.try_get::<Option<String>, _>(i)? {
+            None => Ok(None),
+            Some(text) => Key::decode(&text, key_type).map(Some).ok_or_else(|| {
+                sqlx::Error::Decode(
+                    format!("the key column holds {text:?}, which is not an {key_type} key").into(),
+                )
+            }),
+        }
     };
     Ok(Scope {
         rows: u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
@@ -423,10 +433,10 @@ where
     usize: sqlx::ColumnIndex<R>,
     bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    let decode_error = |column: &str, key: &str, message: String| SourceError::Decode {
+    let decode_error = |column: &str, key: Option<&Key>, message: String| SourceError::Decode {
         table: layout.source.quoted(),
         column: column.to_string(),
-        key: key.to_string(),
+        key: key.map(ToString::to_string),
         message,
     };
     let mut out = ChunkRows::default();
@@ -442,15 +452,13 @@ where
                     layout.key_type,
                     crate::value::type_name(&other)
                 );
-                return Err(decode_error(&layout.key.name, "?", message));
+                return Err(decode_error(&layout.key.name, None, message));
             }
-            Err(message) => return Err(decode_error(&layout.key.name, "?", message)),
+            Err(message) => return Err(decode_error(&layout.key.name, None, message)),
         };
         let mut values = Vec::with_capacity(n_in + n_out);
         for (i, c) in layout.inputs.iter().chain(&layout.outputs).enumerate() {
-            values.push(
-                decode(row, 1 + i, c).map_err(|m| decode_error(&c.name, &key.to_string(), m))?,
-            );
+            values.push(decode(row, 1 + i, c).map_err(|m| decode_error(&c.name, Some(&key), m))?);
         }
         let current = values.split_off(n_in);
         let present =
@@ -460,13 +468,16 @@ where
     Ok(out)
 }
 
-/// Builds the chunk-read query shared by both backends. `key_expr`,
-/// `column_expr` render a column for the select list; placeholders are
-/// `$1` (lo, when present), then hi, then the limit.
+/// Builds the chunk-read query shared by both backends. `key_expr` and
+/// `column_expr` render a column of a table (or alias) for the select list;
+/// `key_cast` is appended to the key-bound placeholders so that they compare
+/// the way the key column sorts. Placeholders are `$1` (lo, when present),
+/// then hi, then the limit.
 fn read_sql(
     layout: &Layout,
     has_lo: bool,
     has_limit: bool,
+    key_cast: &str,
     key_expr: impl Fn(&str, &ColumnInfo) -> String,
     column_expr: impl Fn(&str, &ColumnInfo) -> String,
 ) -> String {
@@ -478,28 +489,36 @@ fn read_sql(
     };
     let mut filter = String::new();
     if has_lo {
-        filter.push_str(&format!("{key} > {} AND ", param()));
+        filter.push_str(&format!("{key} > {}{key_cast} AND ", param()));
     }
-    filter.push_str(&format!("{key} <= {}", param()));
+    filter.push_str(&format!("{key} <= {}{key_cast}", param()));
     let limit = if has_limit {
         format!(" LIMIT {}", param())
     } else {
         String::new()
     };
-    let inputs: Vec<String> = layout.inputs.iter().map(|c| column_expr("s", c)).collect();
     if layout.same_table() {
-        let outputs: Vec<String> = layout.outputs.iter().map(|c| column_expr("s", c)).collect();
+        // No alias: the `where` condition may name the table, and plan
+        // checks it against the bare table too.
+        let table = layout.source.quoted();
+        let columns: Vec<String> = layout
+            .inputs
+            .iter()
+            .chain(&layout.outputs)
+            .map(|c| column_expr(&table, c))
+            .collect();
         format!(
-            "SELECT {}, {}, {} FROM {} AS s WHERE {filter} AND {} ORDER BY {key}{limit}",
-            key_expr("s", &layout.key),
-            inputs.join(", "),
-            outputs.join(", "),
-            layout.source.quoted(),
+            // ORDER BY names the table's column: a bare name would pick the
+            // select list's cast of it, which may sort differently (citext).
+            "SELECT {}, {} FROM {table} WHERE {filter} AND {} ORDER BY {table}.{key}{limit}",
+            key_expr(&table, &layout.key),
+            columns.join(", "),
             layout.scope_sql(),
         )
     } else {
         // Read the chunk from the source first (its scope may name any
         // source column), then join the target's current values on.
+        let inputs: Vec<String> = layout.inputs.iter().map(|c| column_expr("s", c)).collect();
         let outputs: Vec<String> = layout.outputs.iter().map(|c| column_expr("t", c)).collect();
         format!(
             "SELECT {}, {}, {}, t.{} IS NOT NULL FROM \
@@ -525,6 +544,7 @@ mod tests {
         ColumnInfo {
             name: name.into(),
             sql_type: String::new(),
+            type_name: String::new(),
             kind,
             not_null: false,
             unique: false,
@@ -568,13 +588,14 @@ mod tests {
         let mut l = layout("quo\"tes");
         l.target = l.source.clone();
         let plain = |a: &str, c: &ColumnInfo| format!("{a}.{}", quote(&c.name));
-        let sql = read_sql(&l, true, true, plain, plain);
+        let sql = read_sql(&l, true, true, "::citext", plain, plain);
         assert_eq!(
             sql,
-            "SELECT s.\"id\", s.\"status\", s.\"status_v2\" FROM \"quo\"\"tes\" AS s \
-             WHERE \"id\" > $1 AND \"id\" <= $2 AND (created_at < '2024-01-01') ORDER BY \"id\" LIMIT $3"
+            "SELECT \"quo\"\"tes\".\"id\", \"quo\"\"tes\".\"status\", \"quo\"\"tes\".\"status_v2\" \
+             FROM \"quo\"\"tes\" WHERE \"id\" > $1::citext AND \"id\" <= $2::citext \
+             AND (created_at < '2024-01-01') ORDER BY \"quo\"\"tes\".\"id\" LIMIT $3"
         );
-        let first = read_sql(&l, false, false, plain, plain);
+        let first = read_sql(&l, false, false, "", plain, plain);
         assert!(first.contains("WHERE \"id\" <= $1 AND"), "{first}");
         assert!(!first.contains("LIMIT"), "{first}");
     }
@@ -583,7 +604,7 @@ mod tests {
     fn read_sql_joins_a_separate_target() {
         let l = layout("derived");
         let plain = |a: &str, c: &ColumnInfo| format!("{a}.{}", quote(&c.name));
-        let sql = read_sql(&l, false, true, plain, plain);
+        let sql = read_sql(&l, false, true, "", plain, plain);
         assert!(
             sql.contains(
                 "t.\"status_v2\", t.\"id\" IS NOT NULL FROM (SELECT * FROM \"quo\"\"tes\""

@@ -90,6 +90,7 @@ pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>,
                 name: r.get(0),
                 kind: kind_of(&type_name, &sql_type),
                 sql_type,
+                type_name,
                 not_null: r.get(3),
                 unique: r.get(4),
             }
@@ -109,11 +110,20 @@ pub(super) fn column_expr(alias: &str, c: &ColumnInfo) -> String {
         ColumnKind::Integer => format!("{col}::int8"),
         ColumnKind::Float => format!("{col}::float8"),
         ColumnKind::Boolean | ColumnKind::Bytes | ColumnKind::Any => col,
-        ColumnKind::Timestamp if c.sql_type.starts_with("timestamp without") => {
+        ColumnKind::Timestamp if c.type_name == "timestamp" => {
             format!("({col} AT TIME ZONE 'UTC')")
         }
         ColumnKind::Timestamp => col,
         ColumnKind::Text | ColumnKind::Json | ColumnKind::TextForm(_) => format!("{col}::text"),
+    }
+}
+
+/// The cast that makes a bound key compare the way the key column sorts:
+/// a text key of type `citext` must be compared as `citext`, not `text`.
+pub(super) fn key_cast(key: &ColumnInfo) -> String {
+    match key.key_type() {
+        Some(KeyType::Text) => format!("::{}", key.sql_type),
+        _ => String::new(),
     }
 }
 

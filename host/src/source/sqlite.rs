@@ -92,6 +92,7 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
             let rowid = is_pk && sql_type.eq_ignore_ascii_case("INTEGER");
             ColumnInfo {
                 kind: kind_of(&sql_type),
+                type_name: sql_type.to_ascii_uppercase(),
                 not_null: r.get::<i64, _>(2) != 0 || rowid,
                 unique: is_pk || unique.contains(&name),
                 name,

@@ -3,6 +3,11 @@
 //! compiled it before. Entries are keyed by the component's sha256 and the
 //! engine's compatibility hash, written to a temporary file and renamed into
 //! place, so concurrent processes never see a half-written entry.
+//!
+//! A cache entry is native code that runs in place of the pinned component,
+//! so the cache is only used when this user owns it and nobody else can
+//! write to it; otherwise the component is compiled from its (pinned) bytes
+//! every time.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -28,8 +33,10 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub enum Origin {
     /// Loaded from a cache entry.
     Cached,
-    /// Compiled now (and stored, if the cache is writable).
+    /// Compiled now and stored for next time.
     Compiled,
+    /// Compiled now; there is no usable cache.
+    Uncached,
 }
 
 /// The cache file for a component with this digest under this engine.
@@ -46,44 +53,95 @@ fn entry(dir: &Path, engine: &Engine, digest: &str) -> PathBuf {
 /// is compiled instead.
 pub fn load(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, Origin)> {
     let Some(dir) = cache_dir() else {
-        return Ok((Component::new(engine, bytes)?, Origin::Compiled));
+        return Ok((Component::new(engine, bytes)?, Origin::Uncached));
     };
     let path = entry(&dir, engine, digest);
+    if let Err(why) = prepare(&dir) {
+        tracing::warn!(dir = %dir.display(), "Not using the component cache: {why}.");
+        return Ok((Component::new(engine, bytes)?, Origin::Uncached));
+    }
     if path.exists() {
-        // SAFETY: the file was written by `store` below through
-        // `Engine::precompile_component` for an engine with the same
-        // compatibility hash (it is part of the file name), into the
-        // user's own cache directory, and renamed into place only when
-        // complete. Wasmtime still checks the header and refuses files
-        // from an incompatible engine, which we then recompile.
-        #[expect(
-            unsafe_code,
-            reason = "loading our own precompiled artifacts is the point of the cache"
-        )]
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
-        match loaded {
-            Ok(component) => return Ok((component, Origin::Cached)),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "Ignoring an unusable cache entry.")
+        match owned_by_us(&path) {
+            Err(why) => tracing::warn!(path = %path.display(), "Not using a cache entry: {why}."),
+            Ok(()) => {
+                // SAFETY: the file was written by `store` below through
+                // `Engine::precompile_component` for an engine with the same
+                // compatibility hash (it is part of the file name), renamed
+                // into place only when complete, in a folder and as a file
+                // that only this user can write (checked above). Wasmtime
+                // still checks the header and refuses files from an
+                // incompatible engine, which we then recompile.
+                #[expect(
+                    unsafe_code,
+                    reason = "loading our own precompiled artifacts is the point of the cache"
+                )]
+                let loaded = unsafe { Component::deserialize_file(engine, &path) };
+                match loaded {
+                    Ok(component) => return Ok((component, Origin::Cached)),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "Ignoring an unusable cache entry.");
+                    }
+                }
             }
         }
     }
     let compiled = engine.precompile_component(bytes)?;
-    if let Err(error) = store(&path, &compiled) {
-        tracing::warn!(path = %path.display(), %error, "Could not write the component cache.");
-    }
+    let origin = match store(&path, &compiled) {
+        Ok(()) => Origin::Compiled,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "Could not write the component cache.");
+            Origin::Uncached
+        }
+    };
     // SAFETY: `compiled` was produced just now by this engine.
     #[expect(
         unsafe_code,
         reason = "the bytes come from precompile_component on this engine"
     )]
     let component = unsafe { Component::deserialize(engine, &compiled)? };
-    Ok((component, Origin::Compiled))
+    Ok((component, origin))
+}
+
+/// Creates the cache folders (readable by this user only) and checks that
+/// nobody else could have written into them.
+fn prepare(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let components = dir.join("components");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&components)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    owned_by_us(dir)?;
+    owned_by_us(&components)
+}
+
+/// Fails if `path` belongs to another user or others may write to it.
+fn owned_by_us(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|e| e.to_string())?;
+    let me = fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| e.to_string())?;
+    if meta.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, not to this user",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by other users (mode {:o})",
+            path.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 fn store(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),

@@ -197,6 +197,7 @@ pub struct LogLine {
 /// What one instance's store holds.
 struct HostState {
     max_memory: usize,
+    memory_used: usize,
     memory_exceeded: bool,
     logs: Vec<LogLine>,
     dropped_logs: usize,
@@ -205,17 +206,20 @@ struct HostState {
 impl wasmtime::ResourceLimiter for HostState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        // The limit covers all the instance's memories together.
+        let total = self.memory_used - current + desired;
+        if total > self.max_memory {
             self.memory_exceeded = true;
             return Err(wasmtime::format_err!(
                 "memory limit of {} bytes reached",
                 self.max_memory
             ));
         }
+        self.memory_used = total;
         Ok(true)
     }
 
@@ -446,6 +450,7 @@ impl Runner {
             engine,
             HostState {
                 max_memory: self.limits.memory_bytes,
+                memory_used: 0,
                 memory_exceeded: false,
                 logs: Vec::new(),
                 dropped_logs: 0,

@@ -5,7 +5,9 @@
 //! - `memory`: allocates without bound (the host's memory limit must hold);
 //! - `panic`: panics (the host sees a trap, with the panic message logged);
 //! - `arity`: returns two values for its one output column;
-//! - `slow`: burns `spin` iterations of work per row, then behaves.
+//! - `slow`: burns `spin` iterations of work per row, then behaves;
+//! - `echo`: returns its input unchanged, whatever its type (for tests of
+//!   how the host reads and writes every column type).
 //!
 //! Rows that do not trigger it (see `trigger`) get their input text
 //! uppercased, so tests can tell which rows went through normally.
@@ -29,6 +31,8 @@ pub enum Mode {
     Arity,
     /// Burns CPU, then behaves.
     Slow,
+    /// Returns the input as it is.
+    Echo,
 }
 
 /// The configured hostile transform.
@@ -73,10 +77,11 @@ impl Transform for Evil {
             "panic" => Mode::Panic,
             "arity" => Mode::Arity,
             "slow" => Mode::Slow,
+            "echo" => Mode::Echo,
             other => {
                 return Err(ConfigError::invalid(
                     "mode",
-                    format!("`{other}` is not one of loop, memory, panic, arity, slow"),
+                    format!("`{other}` is not one of loop, memory, panic, arity, slow, echo"),
                 ));
             }
         };
@@ -119,6 +124,7 @@ impl Transform for Evil {
             }
             Mode::Panic => panic!("evil panics on row {}", row.key),
             Mode::Arity => Outcome::Update(vec![value.clone(), value.clone()]),
+            Mode::Echo => Outcome::set(value.clone()),
             Mode::Slow => {
                 let mut acc = 0u64;
                 for i in 0..self.spin {
@@ -177,6 +183,23 @@ mod tests {
     #[should_panic(expected = "evil panics on row 1")]
     fn panic_mode_panics() {
         evil(&[("mode", "panic")]).transform(&row("x"));
+    }
+
+    #[test]
+    fn echo_returns_any_value_unchanged() {
+        let e = evil(&[("mode", "echo")]);
+        for value in [
+            Value::Text("ab".into()),
+            Value::Json("{}".into()),
+            Value::Bytes(vec![0, 1]),
+            Value::Null,
+        ] {
+            let row = Row {
+                key: Key::Integer(1),
+                values: vec![value.clone()],
+            };
+            assert_eq!(e.transform(&row), Outcome::set(value));
+        }
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! Every column type refill reads and writes, with hostile values (NULLs,
+//! empty strings, 4-byte unicode, extremes), round-tripped through the
+//! `echo` guest into a copy column; and values the database refuses, which
+//! fail only their own rows.
+
+use crate::fixtures::*;
+use crate::harness::*;
+
+/// Runs `evil` in `echo` mode from `column` to `column_copy` of `typed`.
+fn echo(w: &World, column: &str) -> Ran {
+    let path = plugin("evil");
+    let spec = format!(
+        "name = \"copy-{column}\"\n[source]\nurl = \"{}\"\n{}\ntable = \"typed\"\nkey = \"id\"\ncolumns = [\"{column}\"]\n\
+         [chunk]\nrows = 2\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\nconfig = {{ mode = \"echo\" }}\n\
+         [target]\ncolumns = [\"{column}_copy\"]\n{}",
+        w.url(),
+        w.schema_line(),
+        path.display(),
+        digest(&path),
+        w.state_section()
+    );
+    w.write("spec.toml", &spec);
+    w.run(&["run", "spec.toml", "--execute"])
+}
+
+/// Asserts that `column` and its copy hold the same text in every row.
+#[track_caller]
+fn same(w: &World, column: &str) {
+    // SQLite's quote() shows the storage class too: 'text', X'00', 1.5.
+    let show = |c: &str| match w.backend {
+        Backend::Sqlite => format!("quote({c})"),
+        Backend::Postgres => format!("CAST({c} AS TEXT)"),
+    };
+    let rows = w.rows(&format!(
+        "SELECT CAST(id AS TEXT), {}, {} FROM {} ORDER BY id",
+        show(column),
+        show(&format!("{column}_copy")),
+        w.table("typed")
+    ));
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert_eq!(
+            row[1], row[2],
+            "{column} of row {:?} did not round-trip",
+            row[0]
+        );
+    }
+}
+
+#[test]
+fn every_postgres_type_round_trips() {
+    let w = World::new(Backend::Postgres, "types_pg");
+    let s = w.schema.clone().expect("schema");
+    let columns = [
+        ("i4", "int4"),
+        ("i8", "int8"),
+        ("f8", "float8"),
+        ("r4", "real"),
+        ("b", "boolean"),
+        ("t", "text"),
+        ("vc", "varchar(12)"),
+        ("j", "jsonb"),
+        ("js", "json"),
+        ("ts", "timestamp(3)"),
+        ("tz", "timestamptz"),
+        ("d", "date"),
+        ("n", "numeric(12,2)"),
+        ("u", "uuid"),
+        ("by", "bytea"),
+        ("m", "mood"),
+    ];
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| format!("{c} {t}, {c}_copy {t}"))
+        .collect();
+    w.exec(&format!(
+        "CREATE TYPE {s}.mood AS ENUM ('happy', 'sad');
+         SET search_path = {s};
+         CREATE TABLE {s}.typed (id int4 PRIMARY KEY, {});
+         INSERT INTO {s}.typed (id, i4, i8, f8, r4, b, t, vc, j, js, ts, tz, d, n, u, by, m) VALUES
+           (1, 2147483647, 9223372036854775807, 'NaN', 1.5, true, '', 'ünï😀de', '{{\"a\": [1, \"😀\"]}}',
+            '{{ \"kept\" :  \"as written\" }}', '2024-02-29 23:59:59.123', '1969-07-20 20:17:40+00', '0001-01-01',
+            -9999999999.99, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff00', 'sad'),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+           (3, -2147483648, -1, '-Infinity', -0.0, false, 'line\nbreak\ttab', '', '[]', 'null',
+            '1900-01-01 00:00:00', '2262-04-11 23:47:16.854775+00', '2999-12-31', 0, '00000000-0000-0000-0000-000000000000',
+            '', 'happy')",
+        defs.join(", ")
+    ));
+    for (column, _) in columns {
+        let ran = echo(&w, column);
+        ran.expect_code(0);
+        same(&w, column);
+    }
+}
+
+#[test]
+fn every_sqlite_type_round_trips() {
+    let w = World::new(Backend::Sqlite, "types_sqlite");
+    let columns = [
+        ("i", "INTEGER"),
+        ("f", "REAL"),
+        ("t", "TEXT"),
+        ("bl", "BLOB"),
+        ("b", "BOOLEAN"),
+        ("j", "JSON"),
+        ("ts", "DATETIME"),
+        ("a", ""),
+    ];
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| format!("{c} {t}, {c}_copy {t}"))
+        .collect();
+    w.exec(&format!(
+        "CREATE TABLE typed (id INTEGER PRIMARY KEY, {});
+         INSERT INTO typed (id, i, f, t, bl, b, j, ts, a) VALUES
+           (1, 9223372036854775807, 1.5, 'ünï😀de', x'00ff00', 1, '{{\"a\": [1]}}', '2024-02-29 23:59:59.123', 'any text'),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+           (3, -1, -0.25, '', x'', 0, 'not json at all', '1969-07-20 20:17:40', 42)",
+        defs.join(", ")
+    ));
+    for (column, _) in columns {
+        let ran = echo(&w, column);
+        ran.expect_code(0);
+        same(&w, column);
+    }
+}
+
+#[test]
+fn values_the_database_refuses_fail_only_their_rows() {
+    let w = World::new(Backend::Postgres, "refused_pg");
+    let s = w.schema.clone().expect("schema");
+    quotes(&w, 300, false);
+    // The new status column is an enum that lacks closed_lost.
+    w.exec(&format!(
+        "CREATE TYPE {s}.status2 AS ENUM ('active', 'closed_won');
+         ALTER TABLE {s}.quotes DROP COLUMN status_v2;
+         ALTER TABLE {s}.quotes ADD COLUMN status_v2 {s}.status2"
+    ));
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(1);
+    assert!(
+        ran.stdout
+            .contains("the database refused the new values: invalid input value for enum"),
+        "{}",
+        ran.stdout
+    );
+    for (id, v2) in status_v2(&w) {
+        let expected = match remapped(status_of(id, false)).expect("valid status") {
+            _ if !in_scope(id) => None,
+            Some(v) if v == "closed_lost" => None,
+            other => other,
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
+    let lost = (1..=300)
+        .filter(|&i| in_scope(i) && status_of(i, false) == Some("lost"))
+        .count();
+    assert_eq!(
+        w.status("spec.toml", None)[0]["totals"]["failed"],
+        lost as u64
+    );
+}
