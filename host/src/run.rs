@@ -636,6 +636,14 @@ async fn run_session(
         .end_session(&session.session_id, status.as_str())
         .await?;
     let (totals, _) = state.totals(&run.run_id).await?;
+    let mut warnings = plan.warnings;
+    if status == RunStatus::Done && totals.rows != run.rows_in_scope {
+        warnings.push(format!(
+            "the run read {} rows, but {} were in scope when it started: rows were deleted, \
+             added below the high-watermark, or moved in or out of the scope meanwhile",
+            totals.rows, run.rows_in_scope
+        ));
+    }
     let run = state.find_run(&run.run_id).await?.unwrap_or(run);
     // The workers and the reader are done: this is the last reference.
     let samples = Arc::into_inner(ctx)
@@ -652,7 +660,7 @@ async fn run_session(
         batch_failures: samples.batch_failures.into_iter().map(|(_, m)| m).collect(),
         diffs: samples.diffs,
         failure,
-        warnings: plan.warnings,
+        warnings,
     })
 }
 
