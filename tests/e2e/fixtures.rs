@@ -106,7 +106,8 @@ pub fn remap_spec(world: &World, chunk_rows: u32, extra: &str) -> String {
     )
 }
 
-/// A spec running `component` with the given `[transform]` body.
+/// A spec running `component` over [`quotes`] (status → `target`, scope
+/// `region = 'eu'`) with the given `[transform]` body.
 pub fn spec(
     world: &World,
     component: &str,
@@ -114,34 +115,85 @@ pub fn spec(
     chunk_rows: u32,
     target: &str,
 ) -> String {
-    let path = plugin(component);
-    format!(
-        r#"name = "quotes-{component}"
+    Spec {
+        name: &format!("quotes-{component}"),
+        table: "quotes",
+        key: "id",
+        column: "status",
+        scope: Some("region = 'eu'"),
+        rows: chunk_rows,
+        component,
+        transform_body,
+        target,
+    }
+    .render(world)
+}
+
+/// The parts of a one-column spec.
+pub struct Spec<'a> {
+    /// The backfill's name.
+    pub name: &'a str,
+    /// The source (and target) table.
+    pub table: &'a str,
+    /// Its key column.
+    pub key: &'a str,
+    /// The column read.
+    pub column: &'a str,
+    /// The `where` condition, if any.
+    pub scope: Option<&'a str>,
+    /// Rows per chunk.
+    pub rows: u32,
+    /// The plugin to run, pinned to its digest.
+    pub component: &'a str,
+    /// Extra lines of `[transform]`.
+    pub transform_body: &'a str,
+    /// The column written.
+    pub target: &'a str,
+}
+
+impl Spec<'_> {
+    /// The spec's text for `world` (its database, schema and state store).
+    pub fn render(&self, world: &World) -> String {
+        let path = plugin(self.component);
+        let scope = self
+            .scope
+            .map(|w| format!("where = \"{w}\""))
+            .unwrap_or_default();
+        format!(
+            r#"name = "{name}"
 
 [source]
 url = "{url}"
 {schema}
-table = "quotes"
-key = "id"
-columns = ["status"]
-where = "region = 'eu'"
+table = "{table}"
+key = "{key}"
+columns = ["{column}"]
+{scope}
 
 [chunk]
-rows = {chunk_rows}
+rows = {rows}
 
 [transform]
 component = "{path}"
 sha256 = "{sha}"
-{transform_body}
+{body}
 
 [target]
 columns = ["{target}"]
 
 {state}"#,
-        url = world.url(),
-        schema = world.schema_line(),
-        path = path.display(),
-        sha = digest(&path),
-        state = world.state_section(),
-    )
+            name = self.name,
+            url = world.url(),
+            schema = world.schema_line(),
+            table = self.table,
+            key = self.key,
+            column = self.column,
+            rows = self.rows,
+            path = path.display(),
+            sha = digest(&path),
+            body = self.transform_body,
+            target = self.target,
+            state = world.state_section(),
+        )
+    }
 }

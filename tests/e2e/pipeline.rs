@@ -5,6 +5,22 @@ use crate::both;
 use crate::fixtures::*;
 use crate::harness::*;
 
+/// `normalize-email` from `people.email` to `people.email_norm`.
+fn email_spec(w: &World, name: &str, rows: u32) -> String {
+    Spec {
+        name,
+        table: "people",
+        key: "handle",
+        column: "email",
+        scope: None,
+        rows,
+        component: "normalize-email",
+        transform_body: "",
+        target: "email_norm",
+    }
+    .render(w)
+}
+
 /// The newest run's `status --json` entry.
 fn latest(world: &World) -> serde_json::Value {
     world.status("spec.toml", None)[0].clone()
@@ -204,19 +220,7 @@ both!(
             ));
             expected.push((handle, email.map(|e| e.trim().to_lowercase())));
         }
-        let path = plugin("normalize-email");
-        w.write(
-        "spec.toml",
-        &format!(
-            "name = \"emails\"\n[source]\nurl = \"{}\"\n{}\ntable = \"people\"\nkey = \"handle\"\ncolumns = [\"email\"]\n\
-             [chunk]\nrows = 20\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\n[target]\ncolumns = [\"email_norm\"]\n{}",
-            w.url(),
-            w.schema_line(),
-            path.display(),
-            digest(&path),
-            w.state_section()
-        ),
-    );
+        w.write("spec.toml", &email_spec(&w, "emails", 20));
         w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
         let got = w.rows(&format!("SELECT handle, email_norm FROM {t}"));
         assert_eq!(got.len(), expected.len());
@@ -301,19 +305,7 @@ fn citext_keys_are_compared_the_way_they_sort() {
             "INSERT INTO {t} VALUES ('{handle}', ' {handle}@X.ORG', NULL)"
         ));
     }
-    let path = plugin("normalize-email");
-    w.write(
-        "spec.toml",
-        &format!(
-            "name = \"citext\"\n[source]\nurl = \"{}\"\n{}\ntable = \"people\"\nkey = \"handle\"\ncolumns = [\"email\"]\n\
-             [chunk]\nrows = 2\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\n[target]\ncolumns = [\"email_norm\"]\n{}",
-            w.url(),
-            w.schema_line(),
-            path.display(),
-            digest(&path),
-            w.state_section()
-        ),
-    );
+    w.write("spec.toml", &email_spec(&w, "citext", 2));
     w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
     let missing = w.rows(&format!(
         "SELECT CAST(handle AS TEXT) FROM {t} WHERE email_norm IS NULL"

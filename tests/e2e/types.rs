@@ -8,18 +8,18 @@ use crate::harness::*;
 
 /// Runs `evil` in `echo` mode from `column` to `column_copy` of `typed`.
 fn echo(w: &World, column: &str) -> Ran {
-    let path = plugin("evil");
-    let spec = format!(
-        "name = \"copy-{column}\"\n[source]\nurl = \"{}\"\n{}\ntable = \"typed\"\nkey = \"id\"\ncolumns = [\"{column}\"]\n\
-         [chunk]\nrows = 2\n[transform]\ncomponent = \"{}\"\nsha256 = \"{}\"\nconfig = {{ mode = \"echo\" }}\n\
-         [target]\ncolumns = [\"{column}_copy\"]\n{}",
-        w.url(),
-        w.schema_line(),
-        path.display(),
-        digest(&path),
-        w.state_section()
-    );
-    w.write("spec.toml", &spec);
+    let spec = Spec {
+        name: &format!("copy-{column}"),
+        table: "typed",
+        key: "id",
+        column,
+        scope: None,
+        rows: 2,
+        component: "evil",
+        transform_body: "config = { mode = \"echo\" }",
+        target: &format!("{column}_copy"),
+    };
+    w.write("spec.toml", &spec.render(w));
     w.run(&["run", "spec.toml", "--execute"])
 }
 

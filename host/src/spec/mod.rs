@@ -107,16 +107,16 @@ pub struct TransformSpec {
     #[serde(default, deserialize_with = "config")]
     pub config: BTreeMap<String, String>,
     /// Rows per call into the component.
-    #[serde(default = "default_batch_rows", deserialize_with = "positive_u32")]
+    #[serde(default = "default_batch_rows", deserialize_with = "positive")]
     pub batch_rows: u32,
     /// Fuel per batch: about one unit per wasm instruction.
-    #[serde(default = "default_fuel", deserialize_with = "positive_u64")]
+    #[serde(default = "default_fuel", deserialize_with = "positive")]
     pub fuel: u64,
     /// Memory limit per component instance, in MiB.
-    #[serde(default = "default_memory_mb", deserialize_with = "positive_u32")]
+    #[serde(default = "default_memory_mb", deserialize_with = "positive")]
     pub memory_mb: u32,
     /// Wall-clock limit per batch, in milliseconds.
-    #[serde(default = "default_timeout_ms", deserialize_with = "positive_u64")]
+    #[serde(default = "default_timeout_ms", deserialize_with = "positive")]
     pub timeout_ms: u64,
 }
 
@@ -475,39 +475,40 @@ fn opt_nonempty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     }
 }
 
-fn chunk_rows<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+fn within<'de, D: Deserializer<'de>>(
+    d: D,
+    what: &str,
+    min: u32,
+    max: u32,
+) -> Result<u32, D::Error> {
     let n = u32::deserialize(d)?;
-    if (1..=1_000_000).contains(&n) {
+    if (min..=max).contains(&n) {
         Ok(n)
     } else {
         Err(serde::de::Error::custom(format!(
-            "rows must be between 1 and 1000000, not {n}"
+            "{what} must be between {min} and {max}, not {n}"
         )))
     }
+}
+
+fn chunk_rows<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    within(d, "rows", 1, 1_000_000)
 }
 
 fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let n = u32::deserialize(d)?;
-    if (1..=64).contains(&n) {
-        Ok(n)
+    within(d, "concurrency", 1, 64)
+}
+
+fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + PartialEq + From<u8>,
+{
+    let n = T::deserialize(d)?;
+    if n == T::from(0) {
+        Err(serde::de::Error::custom("must be at least 1"))
     } else {
-        Err(serde::de::Error::custom(format!(
-            "concurrency must be between 1 and 64, not {n}"
-        )))
-    }
-}
-
-fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    match u32::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be at least 1")),
-        n => Ok(n),
-    }
-}
-
-fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match u64::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be at least 1")),
-        n => Ok(n),
+        Ok(n)
     }
 }
 
@@ -616,6 +617,8 @@ columns = ["status_v2"]
         let err = parse(&GOOD.replace("rows = 500", "rows = \"many\"")).unwrap_err();
         assert_eq!(err.location, "/specs/q.toml:10:8");
         assert!(err.message.contains("invalid type"), "{}", err.message);
+        let err = parse(&GOOD.replace("[target]", "fuel = 0\n[target]")).unwrap_err();
+        assert_eq!(err.message, "must be at least 1");
         let err = parse(&GOOD.replace("rows = 500", "rows = 0")).unwrap_err();
         assert!(
             err.message.contains("between 1 and 1000000"),
