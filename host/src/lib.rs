@@ -8,6 +8,7 @@
 //! audit trail; [`plan`] and [`run`] wire them together. The `refill` binary
 //! is a thin command line over this library.
 
+pub mod backoff;
 pub mod chunk;
 pub mod db;
 pub mod plan;

@@ -15,7 +15,7 @@ fn slow_spec(world: &World) -> String {
     spec(
         world,
         "evil",
-        "config = { mode = \"slow\", spin = \"2000000\" }\nbatch_rows = 25",
+        "config = { mode = \"slow\", spin = \"2000000\" }\nbatch_rows = 25\nfuel_per_row = 100000000",
         50,
         "status_v2",
     )

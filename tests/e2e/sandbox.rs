@@ -1,6 +1,6 @@
 //! Hostile guests from `plugins/evil`: each misbehaviour ends in a clear
-//! error naming the chunk, the host process survives and exits normally,
-//! and rows outside the failed batch are processed as usual.
+//! error naming the chunk and the key, the host process survives and exits
+//! normally, and the batch is split until only the offending row fails.
 
 use crate::fixtures::*;
 use crate::harness::*;
@@ -50,31 +50,38 @@ fn survived(ran: &Ran, code: i32) {
     );
 }
 
-/// Asserts that the first batch (the ten first in-scope rows, row 5 among
-/// them) was not written and every other in-scope row was uppercased.
+/// Asserts that only row 5 failed (it is isolated from its batch of ten)
+/// and every other in-scope row was uppercased.
 #[track_caller]
-fn only_the_first_batch_failed(w: &World) {
-    let first_batch: Vec<i64> = (1..=200).filter(|&i| in_scope(i)).take(10).collect();
-    assert!(first_batch.contains(&5));
+fn only_row_five_failed(w: &World) {
     for (id, v2) in status_v2(w) {
         if !in_scope(id) {
             assert_eq!(v2.as_deref(), Some("untouched"), "row {id} is out of scope");
-        } else if first_batch.contains(&id) {
-            assert_eq!(v2, None, "row {id} shared the failing batch");
+        } else if id == 5 {
+            assert_eq!(v2, None, "row 5 made the guest misbehave");
         } else {
-            assert_eq!(v2, status_of(id, false).map(str::to_uppercase), "row {id}");
+            assert_eq!(
+                v2,
+                status_of(id, false).map(str::to_uppercase),
+                "row {id} shared row 5's batch"
+            );
         }
     }
-    assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], 10);
+    assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], 1);
 }
 
 #[test]
 fn an_infinite_loop_runs_out_of_fuel() {
-    let (ran, w) = hostile("loop_fuel", "loop", Trigger::RowFive, "fuel = 20000000");
+    let (ran, w) = hostile(
+        "loop_fuel",
+        "loop",
+        Trigger::RowFive,
+        "fuel_per_row = 2000000",
+    );
     survived(&ran, 1);
     assert!(
         ran.all()
-            .contains("ran out of fuel (20000000 units per batch"),
+            .contains("ran out of fuel (2000000 units for 1 row"),
         "{}",
         ran.all()
     );
@@ -83,26 +90,39 @@ fn an_infinite_loop_runs_out_of_fuel() {
         "the guest's log is shown: {}",
         ran.all()
     );
-    only_the_first_batch_failed(&w);
+    only_row_five_failed(&w);
 }
 
 #[test]
-fn an_infinite_loop_everywhere_hits_the_deadline_and_stops_the_run() {
+fn an_infinite_loop_hits_the_deadline() {
     let (ran, w) = hostile(
         "loop_deadline",
         "loop",
-        Trigger::All,
-        "timeout_ms = 200\nfuel = 1000000000000",
+        Trigger::RowFive,
+        "timeout_ms = 200\nfuel_per_row = 1000000000000",
     );
-    survived(&ran, 2);
+    survived(&ran, 1);
     assert!(
         ran.all()
             .contains("ran past its deadline (200 ms per batch"),
         "{}",
         ran.all()
     );
+    only_row_five_failed(&w);
+}
+
+#[test]
+fn a_transform_that_traps_on_every_row_stops_the_run() {
+    let (ran, w) = hostile(
+        "loop_everywhere",
+        "loop",
+        Trigger::All,
+        "fuel_per_row = 100000",
+    );
+    survived(&ran, 2);
     assert!(
-        ran.all().contains("trapped on 3 batches in a row"),
+        ran.all()
+            .contains("trapped on every row of 3 batches in a row"),
         "{}",
         ran.all()
     );
@@ -117,18 +137,23 @@ fn an_infinite_loop_everywhere_hits_the_deadline_and_stops_the_run() {
 
 #[test]
 fn unbounded_memory_growth_hits_the_limit() {
-    let (ran, w) = hostile("memory", "memory", Trigger::RowFive, "memory_mb = 32");
+    let (ran, w) = hostile(
+        "memory",
+        "memory",
+        Trigger::RowFive,
+        "memory_mb = 32\nfuel_per_row = 1000000000",
+    );
     survived(&ran, 1);
     assert!(
         ran.all().contains("tried to grow its memory past 32 MiB"),
         "{}",
         ran.all()
     );
-    only_the_first_batch_failed(&w);
+    only_row_five_failed(&w);
 }
 
 #[test]
-fn a_panic_fails_its_batch_and_the_rest_goes_on() {
+fn a_panic_fails_only_its_row() {
     let (ran, w) = hostile("panic", "panic", Trigger::RowFive, "");
     survived(&ran, 1);
     assert!(ran.all().contains("panicked"), "{}", ran.all());
@@ -137,7 +162,7 @@ fn a_panic_fails_its_batch_and_the_rest_goes_on() {
         "the panic message is shown: {}",
         ran.all()
     );
-    only_the_first_batch_failed(&w);
+    only_row_five_failed(&w);
 }
 
 #[test]

@@ -117,9 +117,9 @@ pub fn plan(
     );
     let limits = runner.limits();
     println!(
-        "  limits     per batch of {} rows: {} fuel, {} ms; {} MiB memory per instance",
+        "  limits     {} fuel per row, batches of up to {} rows and {} ms; {} MiB memory per instance",
+        n(limits.fuel_per_row),
         n(u64::from(f.transform.batch_rows)),
-        n(limits.fuel),
         limits.timeout.as_millis(),
         limits.memory_bytes >> 20
     );
@@ -181,6 +181,13 @@ pub fn report(spec: &Spec, r: &RunReport) {
     println!("  {unchanged_word:<13} {:>12}", n(s.unchanged));
     println!("  {:<13} {:>12}", "skipped", n(s.skipped));
     println!("  {error_word:<13} {:>12}", n(s.failed));
+    if s.conflicts > 0 || s.retries > 0 {
+        println!(
+            "  ({} rows changed by others meanwhile were read and transformed again; {} database operations were retried)",
+            n(s.conflicts),
+            n(s.retries)
+        );
+    }
     if r.resumed || run.mode == Mode::Execute {
         let t = &r.totals;
         println!(
@@ -214,12 +221,6 @@ pub fn report(spec: &Spec, r: &RunReport) {
         println!("Failed rows by error ({} in all):", n(s.failed));
         for (message, group) in &r.error_groups {
             println!("  {:>8} × {message}  ({})", n(group.count), examples(group));
-        }
-    }
-    if !r.batch_failures.is_empty() {
-        println!("Batches that failed as a whole:");
-        for failure in &r.batch_failures {
-            println!("  {failure}");
         }
     }
     for w in &r.warnings {

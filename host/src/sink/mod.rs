@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::chunk::Key;
-use crate::source::{Database, Layout};
+use crate::source::{Database, Dialect, Layout, quote};
 use crate::value::Value;
 
 /// New values for one row of the target.
@@ -19,6 +19,58 @@ pub struct Update {
     pub key: Key,
     /// One value per output column, coerced to the column's kind.
     pub values: Vec<Value>,
+    /// The guard token the row had when it was read (see [`Guard`]).
+    pub token: Option<String>,
+}
+
+/// What a write is conditional on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Nothing: every row with the key is written.
+    None,
+    /// The source row is still in scope and its input columns still hold
+    /// the values whose token the update carries: a row the application
+    /// changed since refill read it is not overwritten with a value
+    /// computed from its old contents.
+    Inputs,
+    /// The target columns still hold the values whose token the update
+    /// carries (a rollback leaves rows changed since alone).
+    Outputs,
+}
+
+/// Names refill gives the unnested or listed values in its statements;
+/// unusual, so that they cannot capture a name in the spec's `where`.
+const KEY_NAME: &str = "\"__refill_k\"";
+const TOKEN_NAME: &str = "\"__refill_g\"";
+
+/// The condition `guard` adds to an update of the target aliased `t`,
+/// where the key and token of the update row are `key` and `token`.
+fn guard_sql(
+    layout: &Layout,
+    dialect: &Dialect,
+    guard: Guard,
+    t: &str,
+    key: &str,
+    token: &str,
+) -> String {
+    match guard {
+        Guard::None => String::new(),
+        Guard::Outputs => format!(" AND {} = {token}", (dialect.token)(t, &layout.outputs)),
+        Guard::Inputs if layout.same_table() => {
+            format!(
+                " AND {} = {token} AND {}",
+                (dialect.token)(t, &layout.inputs),
+                layout.scope_sql()
+            )
+        }
+        Guard::Inputs => format!(
+            " AND EXISTS (SELECT 1 FROM {} AS s WHERE s.{} = {key} AND {} = {token} AND {})",
+            layout.source.quoted(),
+            quote(&layout.key.name),
+            (dialect.token)("s", &layout.inputs),
+            layout.scope_sql(),
+        ),
+    }
 }
 
 /// Errors of the sink stage.
@@ -52,6 +104,12 @@ pub enum SinkError {
     },
 }
 
+impl crate::backoff::Transient for SinkError {
+    fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Write { error, .. } if crate::backoff::transient(error))
+    }
+}
+
 /// What writing a chunk did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Written {
@@ -62,7 +120,9 @@ pub struct Written {
     pub rejected: Vec<(Key, String)>,
 }
 
-/// Writes `updates` to the target of `layout`. When the database refuses a
+/// Writes `updates` to the target of `layout`, each row only if `guard`
+/// holds (rows it does not hold for are left alone and not counted as
+/// changed). When the database refuses a
 /// value (a data exception such as an unknown enum label or an integer out
 /// of range, or a constraint), the batch is split and the halves retried
 /// until the refused rows stand alone: those are returned as rejected and
@@ -71,9 +131,10 @@ pub async fn write(
     db: &Database,
     layout: &Layout,
     updates: &[Update],
+    guard: Guard,
 ) -> Result<Written, SinkError> {
     let mut written = Written::default();
-    isolate(db, layout, updates, &mut written).await?;
+    isolate(db, layout, updates, guard, &mut written).await?;
     Ok(written)
 }
 
@@ -81,6 +142,7 @@ fn isolate<'a>(
     db: &'a Database,
     layout: &'a Layout,
     updates: &'a [Update],
+    guard: Guard,
     written: &'a mut Written,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
     Box::pin(async move {
@@ -88,8 +150,10 @@ fn isolate<'a>(
             return Ok(());
         }
         let attempt = match db {
-            Database::Postgres(pool) => postgres::write(pool, layout, updates.to_vec()).await,
-            Database::Sqlite(pool) => sqlite::write(pool, layout, updates.to_vec()).await,
+            Database::Postgres(pool) => {
+                postgres::write(pool, layout, updates.to_vec(), guard).await
+            }
+            Database::Sqlite(pool) => sqlite::write(pool, layout, updates.to_vec(), guard).await,
         };
         match attempt {
             Ok(changed) => {
@@ -106,8 +170,8 @@ fn isolate<'a>(
                     return Ok(());
                 }
                 let (first, second) = updates.split_at(updates.len() / 2);
-                isolate(db, layout, first, written).await?;
-                isolate(db, layout, second, written).await
+                isolate(db, layout, first, guard, written).await?;
+                isolate(db, layout, second, guard, written).await
             }
             Err(other) => Err(other),
         }

@@ -5,8 +5,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{SinkError, Update};
-use crate::chunk::Key;
+use super::{Guard, KEY_NAME, SinkError, TOKEN_NAME, Update, guard_sql};
+use crate::chunk::{Key, KeyType};
+use crate::source::postgres::DIALECT;
 use crate::source::{ColumnInfo, Layout, quote};
 use crate::value::{self, ColumnKind, Value};
 
@@ -97,26 +98,48 @@ fn assign(c: &ColumnInfo, v: &str) -> String {
     }
 }
 
-/// The statement for a layout; the arrays are bound in order: keys, then
-/// one per output column.
-pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str]) -> String {
+/// The statement for a layout: the arrays are bound in order: keys, the
+/// guard tokens (unless `guard` is [`Guard::None`]), then one per output
+/// column.
+pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str], guard: Guard) -> String {
     let sets: Vec<String> = layout
         .outputs
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} = {}", quote(&c.name), assign(c, &format!("v.\"v{i}\""))))
+        .map(|(i, c)| {
+            format!(
+                "{} = {}",
+                quote(&c.name),
+                assign(c, &format!("v.\"__refill_v{i}\""))
+            )
+        })
         .collect();
-    let params: Vec<String> = std::iter::once(key_array)
-        .chain(arrays.iter().copied())
+    let mut types = vec![key_array];
+    let mut names = vec![KEY_NAME.to_string()];
+    if guard != Guard::None {
+        types.push("text[]");
+        names.push(TOKEN_NAME.to_string());
+    }
+    types.extend(arrays.iter().copied());
+    names.extend((0..arrays.len()).map(|i| format!("\"__refill_v{i}\"")));
+    let params: Vec<String> = types
+        .iter()
         .enumerate()
         .map(|(i, t)| format!("${}::{t}", i + 1))
         .collect();
-    let names: Vec<String> = std::iter::once("\"k\"".to_string())
-        .chain((0..arrays.len()).map(|i| format!("\"v{i}\"")))
-        .collect();
+    // No alias for the target: the spec's `where`, which the guard
+    // repeats, may name the table.
+    let target = layout.target.quoted();
+    let guard = guard_sql(
+        layout,
+        &DIALECT,
+        guard,
+        &target,
+        &format!("v.{KEY_NAME}"),
+        &format!("v.{TOKEN_NAME}"),
+    );
     format!(
-        "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE t.{} = v.\"k\"",
-        layout.target.quoted(),
+        "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {target}.{} = v.{KEY_NAME}{guard}",
         sets.join(", "),
         params.join(", "),
         names.join(", "),
@@ -125,10 +148,16 @@ pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str]) -> String {
 }
 
 /// Writes a chunk's updates in one statement.
-pub async fn write(pool: &PgPool, layout: &Layout, updates: Vec<Update>) -> Result<u64, SinkError> {
+pub async fn write(
+    pool: &PgPool,
+    layout: &Layout,
+    updates: Vec<Update>,
+    guard: Guard,
+) -> Result<u64, SinkError> {
     let n = updates.len();
     let mut int_keys = Vec::new();
     let mut text_keys = Vec::new();
+    let mut tokens = Vec::new();
     let mut arrays: Vec<Array> = layout
         .outputs
         .iter()
@@ -140,6 +169,7 @@ pub async fn write(pool: &PgPool, layout: &Layout, updates: Vec<Update>) -> Resu
             Key::Int(i) => int_keys.push(i),
             Key::Text(s) => text_keys.push(s),
         }
+        tokens.push(update.token);
         for ((array, value), column) in arrays.iter_mut().zip(update.values).zip(&layout.outputs) {
             array.push(value).map_err(|message| SinkError::Encode {
                 table: layout.target.quoted(),
@@ -149,19 +179,20 @@ pub async fn write(pool: &PgPool, layout: &Layout, updates: Vec<Update>) -> Resu
             })?;
         }
     }
-    let key_array = if text_keys.is_empty() {
-        "int8[]"
-    } else {
-        "text[]"
+    let key_array = match layout.key_type {
+        KeyType::Integer => "int8[]",
+        KeyType::Text => "text[]",
     };
     let types: Vec<&str> = arrays.iter().map(Array::sql_type).collect();
-    let sql = update_sql(layout, key_array, &types);
+    let sql = update_sql(layout, key_array, &types, guard);
     let mut query = sqlx::query(crate::source::built(sql));
-    query = if text_keys.is_empty() {
-        query.bind(int_keys)
-    } else {
-        query.bind(text_keys)
+    query = match layout.key_type {
+        KeyType::Integer => query.bind(int_keys),
+        KeyType::Text => query.bind(text_keys),
     };
+    if guard != Guard::None {
+        query = query.bind(tokens);
+    }
     for array in arrays {
         query = array.bind(query);
     }
@@ -224,17 +255,29 @@ mod tests {
                 ),
             ],
         };
-        let sql = update_sql(
-            &layout,
-            "int8[]",
-            &["text[]", "text[]", "timestamptz[]", "text[]"],
-        );
+        let arrays = ["text[]", "text[]", "timestamptz[]", "text[]"];
         assert_eq!(
-            sql,
-            "UPDATE \"app\".\"quotes\" AS t SET \"status_v2\" = v.\"v0\", \"doc\" = v.\"v1\"::jsonb, \
-             \"at\" = (v.\"v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"v3\"::numeric(10,2) \
+            update_sql(&layout, "int8[]", &arrays, Guard::None),
+            "UPDATE \"app\".\"quotes\" SET \"status_v2\" = v.\"__refill_v0\", \"doc\" = v.\"__refill_v1\"::jsonb, \
+             \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
-             AS v(\"k\", \"v0\", \"v1\", \"v2\", \"v3\") WHERE t.\"id\" = v.\"k\""
+             AS v(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\") \
+             WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\""
+        );
+        let mut guarded = layout.clone();
+        guarded.inputs = vec![column("status", "text", "text", ColumnKind::Text)];
+        guarded.scope = Some("region = 'eu'".into());
+        let sql = update_sql(&guarded, "int8[]", &arrays, Guard::Inputs);
+        assert!(
+            sql.contains("FROM unnest($1::int8[], $2::text[], $3::text[]"),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(
+                "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
+                 AND md5(ROW(\"app\".\"quotes\".\"status\")::text) = v.\"__refill_g\" AND (region = 'eu')"
+            ),
+            "{sql}"
         );
     }
 }

@@ -4,8 +4,9 @@
 
 use sqlx::SqlitePool;
 
-use super::{SinkError, Update};
+use super::{Guard, SinkError, Update, guard_sql};
 use crate::chunk::Key;
+use crate::source::sqlite::DIALECT;
 use crate::source::{Layout, quote};
 use crate::value::{self, Value};
 
@@ -29,15 +30,19 @@ fn bind(query: Query<'_>, value: Value) -> Result<Query<'_>, String> {
 /// statements are cheaper to prepare.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
-/// `UPDATE target SET c = v.column2, … FROM (VALUES ($1, $2, …), …) AS v
-/// WHERE target.key = v.column1` for `rows` rows.
-pub fn update_sql(layout: &Layout, rows: usize) -> String {
-    let width = 1 + layout.outputs.len();
+/// `UPDATE target SET c = v.columnN, … FROM (VALUES ($1, $2, …), …) AS v
+/// WHERE target.key = v.column1 [AND guard]` for `rows` rows: each tuple
+/// holds the key, the guard token (unless `guard` is [`Guard::None`]), then
+/// one value per output column.
+pub fn update_sql(layout: &Layout, rows: usize, guard: Guard) -> String {
+    let guarded = guard != Guard::None;
+    let first_value = if guarded { 3 } else { 2 };
+    let width = first_value - 1 + layout.outputs.len();
     let sets: Vec<String> = layout
         .outputs
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} = v.column{}", quote(&c.name), i + 2))
+        .map(|(i, c)| format!("{} = v.column{}", quote(&c.name), i + first_value))
         .collect();
     let tuples: Vec<String> = (0..rows)
         .map(|r| {
@@ -45,13 +50,13 @@ pub fn update_sql(layout: &Layout, rows: usize) -> String {
             format!("({})", params.join(", "))
         })
         .collect();
+    let target = layout.target.quoted();
     format!(
-        "UPDATE {} SET {} FROM (VALUES {}) AS v WHERE {}.{} = v.column1",
-        layout.target.quoted(),
+        "UPDATE {target} SET {} FROM (VALUES {}) AS v WHERE {target}.{} = v.column1{}",
         sets.join(", "),
         tuples.join(", "),
-        layout.target.quoted(),
         quote(&layout.target_key.name),
+        guard_sql(layout, &DIALECT, guard, &target, "v.column1", "v.column2"),
     )
 }
 
@@ -61,6 +66,7 @@ pub async fn write(
     pool: &SqlitePool,
     layout: &Layout,
     updates: Vec<Update>,
+    guard: Guard,
 ) -> Result<u64, SinkError> {
     let n = updates.len();
     let write_error = |error| SinkError::Write {
@@ -73,13 +79,16 @@ pub async fn write(
     let mut updates = updates.into_iter().peekable();
     while updates.peek().is_some() {
         let batch: Vec<Update> = updates.by_ref().take(ROWS_PER_STATEMENT).collect();
-        let mut query = sqlx::query(crate::source::built(update_sql(layout, batch.len())));
+        let mut query = sqlx::query(crate::source::built(update_sql(layout, batch.len(), guard)));
         for update in batch {
             let key_text = update.key.to_string();
             query = match update.key {
                 Key::Int(i) => query.bind(i),
                 Key::Text(s) => query.bind(s),
             };
+            if guard != Guard::None {
+                query = query.bind(update.token);
+            }
             for (value, column) in update.values.into_iter().zip(&layout.outputs) {
                 query = bind(query, value).map_err(|message| SinkError::Encode {
                     table: layout.target.quoted(),
@@ -134,7 +143,7 @@ mod tests {
             outputs: vec![column("a"), column("b")],
         };
         assert_eq!(
-            update_sql(&layout, 2),
+            update_sql(&layout, 2, Guard::None),
             "UPDATE \"quotes\" SET \"a\" = v.column2, \"b\" = v.column3 \
              FROM (VALUES ($1, $2, $3), ($4, $5, $6)) AS v WHERE \"quotes\".\"id\" = v.column1"
         );

@@ -56,6 +56,17 @@ pub enum SourceError {
     },
 }
 
+impl crate::backoff::Transient for SourceError {
+    fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Connect { error, .. } | SourceError::Query { error, .. } => {
+                crate::backoff::transient(error)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Quotes an SQL identifier for PostgreSQL and SQLite: wraps it in double
 /// quotes and doubles any double quote inside.
 pub fn quote(ident: &str) -> String {
@@ -175,8 +186,8 @@ impl Layout {
         self.source == self.target && self.key.name == self.target_key.name
     }
 
-    /// The source's scope condition for SQL, or `TRUE`.
-    fn scope_sql(&self) -> String {
+    /// The source's scope condition for SQL, or an always-true one.
+    pub(crate) fn scope_sql(&self) -> String {
         match &self.scope {
             Some(s) => format!("({s})"),
             None => "1 = 1".to_string(),
@@ -206,6 +217,8 @@ pub struct ChunkRows {
     /// The target columns' values now, one per key; `None` where the target
     /// table has no row with that key.
     pub current: Vec<Option<Vec<Value>>>,
+    /// The inputs' guard tokens, one per key, when they were read.
+    pub tokens: Vec<Option<String>>,
 }
 
 impl ChunkRows {
@@ -219,13 +232,37 @@ impl ChunkRows {
         self.keys.is_empty()
     }
 
-    fn push(&mut self, key: Key, inputs: Vec<Value>, current: Option<Vec<Value>>) {
+    fn push(
+        &mut self,
+        key: Key,
+        inputs: Vec<Value>,
+        current: Option<Vec<Value>>,
+        token: Option<String>,
+    ) {
         self.rows.push(Row {
             key: key.to_wit(),
             values: inputs,
         });
         self.keys.push(key);
         self.current.push(current);
+        self.tokens.push(token);
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> ChunkRows {
+        ChunkRows {
+            keys: indices.iter().map(|&i| self.keys[i].clone()).collect(),
+            rows: indices.iter().map(|&i| self.rows[i].clone()).collect(),
+            current: indices.iter().map(|&i| self.current[i].clone()).collect(),
+            tokens: indices.iter().map(|&i| self.tokens[i].clone()).collect(),
+        }
+    }
+
+    fn extend(&mut self, other: ChunkRows) {
+        self.keys.extend(other.keys);
+        self.rows.extend(other.rows);
+        self.current.extend(other.current);
+        self.tokens.extend(other.tokens);
     }
 }
 
@@ -326,46 +363,161 @@ impl Database {
     }
 
     /// Reads the rows in scope with keys in `(lo, hi]`, in key order, at
-    /// most `limit` of them.
+    /// most `limit` of them. With `tokens`, each row also carries the guard
+    /// token of its inputs (see [`Dialect::token`]).
     pub async fn read(
         &self,
         layout: &Layout,
         lo: Option<&Key>,
         hi: &Key,
         limit: Option<u64>,
+        tokens: bool,
+    ) -> Result<ChunkRows, SourceError> {
+        self.fetch(
+            layout,
+            Rows::Range { lo, hi, limit },
+            tokens,
+            "reading a chunk",
+        )
+        .await
+    }
+
+    /// Reads the rows in scope with these keys, in key order (rows deleted
+    /// or out of scope are not returned).
+    pub async fn read_keys(
+        &self,
+        layout: &Layout,
+        keys: &[Key],
+        tokens: bool,
+    ) -> Result<ChunkRows, SourceError> {
+        let mut out = ChunkRows::default();
+        // SQLite allows 32,766 parameters; PostgreSQL binds one array.
+        for part in keys.chunks(KEYS_PER_QUERY) {
+            let rows = self
+                .fetch(layout, Rows::Keys(part), tokens, "reading rows by key")
+                .await?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    async fn fetch(
+        &self,
+        layout: &Layout,
+        rows: Rows<'_>,
+        tokens: bool,
+        what: &'static str,
     ) -> Result<ChunkRows, SourceError> {
         let query_error = |error| SourceError::Query {
-            what: "reading a chunk",
+            what,
             table: layout.source.quoted(),
             error,
         };
         match self {
             Database::Postgres(pool) => {
-                let sql = read_sql(
-                    layout,
-                    lo.is_some(),
-                    limit.is_some(),
-                    &postgres::key_cast(&layout.key),
-                    postgres::key_expr,
-                    postgres::column_expr,
-                );
-                let query = bind_range(sqlx::query(built(sql)), lo, hi, limit);
-                let rows = query.fetch_all(pool).await.map_err(query_error)?;
-                assemble(&rows, layout, postgres::decode)
+                let sql = read_sql(layout, &postgres::DIALECT, &rows, tokens);
+                let query = rows.bind_pg(sqlx::query(built(sql)), layout.key_type);
+                let fetched = query.fetch_all(pool).await.map_err(query_error)?;
+                assemble(&fetched, layout, tokens, postgres::decode)
             }
             Database::Sqlite(pool) => {
-                let sql = read_sql(
-                    layout,
-                    lo.is_some(),
-                    limit.is_some(),
-                    "",
-                    sqlite::column_expr,
-                    sqlite::column_expr,
-                );
-                let query = bind_range(sqlx::query(built(sql)), lo, hi, limit);
-                let rows = query.fetch_all(pool).await.map_err(query_error)?;
-                assemble(&rows, layout, sqlite::decode)
+                let sql = read_sql(layout, &sqlite::DIALECT, &rows, tokens);
+                let query = rows.bind(sqlx::query(built(sql)));
+                let fetched = query.fetch_all(pool).await.map_err(query_error)?;
+                assemble(&fetched, layout, tokens, sqlite::decode)
             }
+        }
+    }
+}
+
+/// Keys per query when reading rows by key.
+const KEYS_PER_QUERY: usize = 1_000;
+
+/// How a backend spells the parts of the queries refill builds.
+pub struct Dialect {
+    /// The cast appended to a bound key so that it compares the way the
+    /// key column sorts.
+    pub key_cast: fn(&ColumnInfo) -> String,
+    /// The select-list expression reading a key column of a table or alias.
+    pub key_expr: fn(&str, &ColumnInfo) -> String,
+    /// The select-list expression reading any other column.
+    pub column_expr: fn(&str, &ColumnInfo) -> String,
+    /// The guard token of some columns of a table or alias: one text that
+    /// changes whenever any of the columns' values change. A write
+    /// conditional on the token writes only rows nobody changed since they
+    /// were read.
+    pub token: fn(&str, &[ColumnInfo]) -> String,
+    /// The condition selecting a list of keys, given the first placeholder
+    /// number and the count.
+    pub keys_filter: fn(&ColumnInfo, usize, usize) -> String,
+}
+
+/// Which rows a chunk query selects.
+enum Rows<'a> {
+    /// Keys in `(lo, hi]`, at most `limit`.
+    Range {
+        lo: Option<&'a Key>,
+        hi: &'a Key,
+        limit: Option<u64>,
+    },
+    /// These keys.
+    Keys(&'a [Key]),
+}
+
+impl Rows<'_> {
+    /// Binds the parameters in the order [`read_sql`] numbers them, a key
+    /// list as one parameter per key.
+    fn bind<'q, DB>(
+        &self,
+        mut query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    ) -> sqlx::query::Query<'q, DB, DB::Arguments>
+    where
+        DB: sqlx::Database,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let bind_key = |query: sqlx::query::Query<'q, DB, DB::Arguments>, key: &Key| match key {
+            Key::Int(i) => query.bind(*i),
+            Key::Text(s) => query.bind(s.clone()),
+        };
+        match self {
+            Rows::Range { lo, hi, limit } => {
+                for key in lo.iter().copied().chain([*hi]) {
+                    query = bind_key(query, key);
+                }
+                if let Some(n) = limit {
+                    query = query.bind(i64::try_from(*n).unwrap_or(i64::MAX));
+                }
+                query
+            }
+            Rows::Keys(keys) => keys.iter().fold(query, bind_key),
+        }
+    }
+
+    /// Binds the parameters for PostgreSQL, where a key list is one array.
+    fn bind_pg<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        key_type: KeyType,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match (self, key_type) {
+            (Rows::Keys(keys), KeyType::Integer) => query.bind(
+                keys.iter()
+                    .filter_map(|k| if let Key::Int(i) = k { Some(*i) } else { None })
+                    .collect::<Vec<_>>(),
+            ),
+            (Rows::Keys(keys), KeyType::Text) => query.bind(
+                keys.iter()
+                    .filter_map(|k| {
+                        if let Key::Text(s) = k {
+                            Some(s.clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            (range, _) => range.bind(query),
         }
     }
 }
@@ -396,42 +548,19 @@ where
     })
 }
 
-/// Binds a chunk query's parameters: `lo` (if any), `hi`, then `limit`
-/// (if any), in the order [`read_sql`] numbers them.
-fn bind_range<'q, DB>(
-    mut query: sqlx::query::Query<'q, DB, DB::Arguments>,
-    lo: Option<&Key>,
-    hi: &Key,
-    limit: Option<u64>,
-) -> sqlx::query::Query<'q, DB, DB::Arguments>
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    for key in lo.into_iter().chain([hi]) {
-        query = match key {
-            Key::Int(i) => query.bind(*i),
-            Key::Text(s) => query.bind(s.clone()),
-        };
-    }
-    if let Some(n) = limit {
-        query = query.bind(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-    query
-}
-
 /// Turns the rows of a chunk query into [`ChunkRows`], decoding each column
 /// with the backend's `decode`.
 fn assemble<'r, R>(
     rows: &'r [R],
     layout: &Layout,
+    tokens: bool,
     decode: impl Fn(&'r R, usize, &ColumnInfo) -> Result<Value, String>,
 ) -> Result<ChunkRows, SourceError>
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
     bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let decode_error = |column: &str, key: Option<&Key>, message: String| SourceError::Decode {
         table: layout.source.quoted(),
@@ -461,74 +590,92 @@ where
             values.push(decode(row, 1 + i, c).map_err(|m| decode_error(&c.name, Some(&key), m))?);
         }
         let current = values.split_off(n_in);
-        let present =
-            layout.same_table() || row.try_get::<bool, _>(1 + n_in + n_out).unwrap_or(false);
-        out.push(key, values, present.then_some(current));
+        let mut next = 1 + n_in + n_out;
+        let present = layout.same_table() || {
+            next += 1;
+            row.try_get::<bool, _>(next - 1).unwrap_or(false)
+        };
+        let token = if tokens {
+            row.try_get::<Option<String>, _>(next)
+                .map_err(|e| decode_error("(guard token)", Some(&key), e.to_string()))?
+        } else {
+            None
+        };
+        out.push(key, values, present.then_some(current), token);
     }
     Ok(out)
 }
 
-/// Builds the chunk-read query shared by both backends. `key_expr` and
-/// `column_expr` render a column of a table (or alias) for the select list;
-/// `key_cast` is appended to the key-bound placeholders so that they compare
-/// the way the key column sorts. Placeholders are `$1` (lo, when present),
-/// then hi, then the limit.
-fn read_sql(
-    layout: &Layout,
-    has_lo: bool,
-    has_limit: bool,
-    key_cast: &str,
-    key_expr: impl Fn(&str, &ColumnInfo) -> String,
-    column_expr: impl Fn(&str, &ColumnInfo) -> String,
-) -> String {
+/// Builds a chunk query: the key, the inputs, the target columns' current
+/// values, (for a separate target) whether the target row exists, and
+/// (with `tokens`) the inputs' guard token. Placeholders: for a range, `$1`
+/// (lo, when present), then hi, then the limit; for keys, the keys.
+fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -> String {
     let key = quote(&layout.key.name);
-    let mut n = 0;
-    let mut param = || {
-        n += 1;
-        format!("${n}")
+    let cast = (dialect.key_cast)(&layout.key);
+    let (filter, limit) = match rows {
+        Rows::Range { lo, limit, .. } => {
+            let mut n = 0;
+            let mut param = || {
+                n += 1;
+                format!("${n}")
+            };
+            let mut filter = String::new();
+            if lo.is_some() {
+                filter.push_str(&format!("{key} > {}{cast} AND ", param()));
+            }
+            filter.push_str(&format!("{key} <= {}{cast}", param()));
+            let limit = if limit.is_some() {
+                format!(" LIMIT {}", param())
+            } else {
+                String::new()
+            };
+            (filter, limit)
+        }
+        Rows::Keys(keys) => (
+            (dialect.keys_filter)(&layout.key, 1, keys.len()),
+            String::new(),
+        ),
     };
-    let mut filter = String::new();
-    if has_lo {
-        filter.push_str(&format!("{key} > {}{key_cast} AND ", param()));
-    }
-    filter.push_str(&format!("{key} <= {}{key_cast}", param()));
-    let limit = if has_limit {
-        format!(" LIMIT {}", param())
-    } else {
-        String::new()
-    };
+    let source = layout.source.quoted();
     if layout.same_table() {
         // No alias: the `where` condition may name the table, and plan
         // checks it against the bare table too.
-        let table = layout.source.quoted();
-        let columns: Vec<String> = layout
+        let mut columns: Vec<String> = layout
             .inputs
             .iter()
             .chain(&layout.outputs)
-            .map(|c| column_expr(&table, c))
+            .map(|c| (dialect.column_expr)(&source, c))
             .collect();
+        if tokens {
+            columns.push((dialect.token)(&source, &layout.inputs));
+        }
         format!(
             // ORDER BY names the table's column: a bare name would pick the
             // select list's cast of it, which may sort differently (citext).
-            "SELECT {}, {} FROM {table} WHERE {filter} AND {} ORDER BY {table}.{key}{limit}",
-            key_expr(&table, &layout.key),
+            "SELECT {}, {} FROM {source} WHERE {filter} AND {} ORDER BY {source}.{key}{limit}",
+            (dialect.key_expr)(&source, &layout.key),
             columns.join(", "),
             layout.scope_sql(),
         )
     } else {
         // Read the chunk from the source first (its scope may name any
         // source column), then join the target's current values on.
-        let inputs: Vec<String> = layout.inputs.iter().map(|c| column_expr("s", c)).collect();
-        let outputs: Vec<String> = layout.outputs.iter().map(|c| column_expr("t", c)).collect();
+        let mut columns: Vec<String> = layout
+            .inputs
+            .iter()
+            .map(|c| (dialect.column_expr)("s", c))
+            .collect();
+        columns.extend(layout.outputs.iter().map(|c| (dialect.column_expr)("t", c)));
+        columns.push(format!("t.{} IS NOT NULL", quote(&layout.target_key.name)));
+        if tokens {
+            columns.push((dialect.token)("s", &layout.inputs));
+        }
         format!(
-            "SELECT {}, {}, {}, t.{} IS NOT NULL FROM \
-             (SELECT * FROM {} WHERE {filter} AND {} ORDER BY {key}{limit}) AS s \
+            "SELECT {}, {} FROM (SELECT * FROM {source} WHERE {filter} AND {} ORDER BY {key}{limit}) AS s \
              LEFT JOIN {} AS t ON t.{} = s.{key} ORDER BY s.{key}",
-            key_expr("s", &layout.key),
-            inputs.join(", "),
-            outputs.join(", "),
-            quote(&layout.target_key.name),
-            layout.source.quoted(),
+            (dialect.key_expr)("s", &layout.key),
+            columns.join(", "),
             layout.scope_sql(),
             layout.target.quoted(),
             quote(&layout.target_key.name),
@@ -587,28 +734,62 @@ mod tests {
     fn read_sql_filters_orders_and_limits() {
         let mut l = layout("quo\"tes");
         l.target = l.source.clone();
-        let plain = |a: &str, c: &ColumnInfo| format!("{a}.{}", quote(&c.name));
-        let sql = read_sql(&l, true, true, "::citext", plain, plain);
+        l.key = column("id", ColumnKind::Text);
+        l.key.sql_type = "citext".into();
+        let (lo, hi) = (Key::Text("a".into()), Key::Text("m".into()));
+        let range = Rows::Range {
+            lo: Some(&lo),
+            hi: &hi,
+            limit: Some(10),
+        };
         assert_eq!(
-            sql,
-            "SELECT \"quo\"\"tes\".\"id\", \"quo\"\"tes\".\"status\", \"quo\"\"tes\".\"status_v2\" \
+            read_sql(&l, &postgres::DIALECT, &range, false),
+            "SELECT \"quo\"\"tes\".\"id\"::text, \"quo\"\"tes\".\"status\"::text, \"quo\"\"tes\".\"status_v2\"::text \
              FROM \"quo\"\"tes\" WHERE \"id\" > $1::citext AND \"id\" <= $2::citext \
              AND (created_at < '2024-01-01') ORDER BY \"quo\"\"tes\".\"id\" LIMIT $3"
         );
-        let first = read_sql(&l, false, false, "", plain, plain);
-        assert!(first.contains("WHERE \"id\" <= $1 AND"), "{first}");
-        assert!(!first.contains("LIMIT"), "{first}");
+        let first = Rows::Range {
+            lo: None,
+            hi: &hi,
+            limit: None,
+        };
+        let sql = read_sql(&l, &sqlite::DIALECT, &first, true);
+        assert!(sql.contains("WHERE \"id\" <= $1 AND"), "{sql}");
+        assert!(
+            sql.contains(", quote(\"quo\"\"tes\".\"status\") FROM"),
+            "{sql}"
+        );
+        assert!(!sql.contains("LIMIT"), "{sql}");
+        let keys = [Key::Text("b".into()), Key::Text("c".into())];
+        let sql = read_sql(&l, &sqlite::DIALECT, &Rows::Keys(&keys), false);
+        assert!(sql.contains("WHERE \"id\" IN ($1, $2) AND"), "{sql}");
+        let sql = read_sql(&l, &postgres::DIALECT, &Rows::Keys(&keys), true);
+        assert!(
+            sql.contains("WHERE \"id\" = ANY($1::citext[]) AND"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("md5(ROW(\"quo\"\"tes\".\"status\")::text) FROM"),
+            "{sql}"
+        );
     }
 
     #[test]
     fn read_sql_joins_a_separate_target() {
         let l = layout("derived");
-        let plain = |a: &str, c: &ColumnInfo| format!("{a}.{}", quote(&c.name));
-        let sql = read_sql(&l, false, true, "", plain, plain);
+        let hi = Key::Int(5);
+        let sql = read_sql(
+            &l,
+            &sqlite::DIALECT,
+            &Rows::Range {
+                lo: None,
+                hi: &hi,
+                limit: Some(3),
+            },
+            true,
+        );
         assert!(
-            sql.contains(
-                "t.\"status_v2\", t.\"id\" IS NOT NULL FROM (SELECT * FROM \"quo\"\"tes\""
-            ),
+            sql.contains("t.\"status_v2\", t.\"id\" IS NOT NULL, quote(s.\"status\") FROM (SELECT * FROM \"quo\"\"tes\""),
             "{sql}"
         );
         assert!(

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool, Row as _};
 
-use super::{ColumnInfo, SourceError, TableInfo, TableRef, quote};
+use super::{ColumnInfo, Dialect, SourceError, TableInfo, TableRef, quote};
 use crate::chunk::KeyType;
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
@@ -116,6 +116,35 @@ pub(super) fn column_expr(alias: &str, c: &ColumnInfo) -> String {
         ColumnKind::Timestamp => col,
         ColumnKind::Text | ColumnKind::Json | ColumnKind::TextForm(_) => format!("{col}::text"),
     }
+}
+
+/// How PostgreSQL spells refill's queries.
+pub const DIALECT: Dialect = Dialect {
+    key_cast,
+    key_expr,
+    column_expr,
+    token,
+    keys_filter,
+};
+
+/// `md5(ROW(cols)::text)`: the record's text form covers every value
+/// exactly (NULL and the empty string differ), and the hash keeps the token
+/// small however big the values are.
+pub(super) fn token(alias: &str, columns: &[ColumnInfo]) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{alias}.{}", quote(&c.name)))
+        .collect();
+    format!("md5(ROW({})::text)", cols.join(", "))
+}
+
+/// `key = ANY($n::type[])`: one array parameter holds every key.
+fn keys_filter(key: &ColumnInfo, first: usize, _count: usize) -> String {
+    let element = match key.key_type() {
+        Some(KeyType::Integer) => "int8",
+        _ => &key.sql_type,
+    };
+    format!("{} = ANY(${first}::{element}[])", quote(&key.name))
 }
 
 /// The cast that makes a bound key compare the way the key column sorts:

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row as _, SqlitePool, TypeInfo as _, ValueRef as _};
 
-use super::{ColumnInfo, SourceError, TableInfo, TableRef, quote};
+use super::{ColumnInfo, Dialect, SourceError, TableInfo, TableRef, quote};
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
 
@@ -104,6 +104,31 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
         table: table.clone(),
         columns,
     }))
+}
+
+/// How SQLite spells refill's queries.
+pub const DIALECT: Dialect = Dialect {
+    key_cast: |_| String::new(),
+    key_expr: column_expr,
+    column_expr,
+    token,
+    keys_filter,
+};
+
+/// `quote(a) || ',' || quote(b)`: SQLite's quote() is an exact literal of
+/// the value with its storage class.
+pub(super) fn token(alias: &str, columns: &[ColumnInfo]) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| format!("quote({alias}.{})", quote(&c.name)))
+        .collect();
+    cols.join(" || ',' || ")
+}
+
+/// `key IN ($n, $n+1, …)`.
+fn keys_filter(key: &ColumnInfo, first: usize, count: usize) -> String {
+    let params: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+    format!("{} IN ({})", quote(&key.name), params.join(", "))
 }
 
 /// The select-list expression reading column `c` of the table aliased `a`.

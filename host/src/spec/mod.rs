@@ -18,12 +18,21 @@ pub const DEFAULT_CHUNK_ROWS: u32 = 10_000;
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 /// Default rows per call into the transform.
 pub const DEFAULT_BATCH_ROWS: u32 = 1_000;
-/// Default fuel (roughly, wasm instructions) per batch.
-pub const DEFAULT_FUEL: u64 = 20_000_000_000;
+/// Default fuel (roughly, wasm instructions) per row; a batch gets this
+/// times its rows.
+pub const DEFAULT_FUEL_PER_ROW: u64 = 10_000_000;
 /// Default memory limit of a transform instance, in MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 256;
 /// Default wall-clock limit per batch, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default cap on the bytes of input values in one batch.
+pub const DEFAULT_BATCH_BYTES: u64 = 16 << 20;
+/// Default attempts at a database operation that fails transiently.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 10;
+/// Default longest delay between two attempts, in milliseconds.
+pub const DEFAULT_RETRY_MAX_DELAY_MS: u64 = 5_000;
+/// Default attempts at a row that keeps being changed meanwhile.
+pub const DEFAULT_CONFLICT_ATTEMPTS: u32 = 3;
 /// Default state store, relative to the spec file.
 pub const DEFAULT_STATE_URL: &str = "sqlite://.refill/state.db";
 
@@ -46,6 +55,53 @@ pub struct SpecFile {
     /// Where checkpoints and the audit trail live.
     #[serde(default)]
     pub state: StateSpec,
+    /// How many failed rows a run tolerates.
+    #[serde(default)]
+    pub errors: ErrorsSpec,
+    /// How database errors and concurrent changes are retried.
+    #[serde(default)]
+    pub retry: RetrySpec,
+}
+
+/// `[errors]`: the error budget. A run that exceeds it stops, resumably.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsSpec {
+    /// Stop once more than this many rows have failed.
+    #[serde(default)]
+    pub max_errors: Option<u64>,
+    /// Stop once more than this fraction of the rows read have failed
+    /// (checked from the first thousand rows on).
+    #[serde(default, deserialize_with = "rate")]
+    pub max_error_rate: Option<f64>,
+}
+
+/// `[retry]`: patience with the database and with concurrent writers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts at a database operation that fails transiently (lost
+    /// connection, restart, deadlock, serialization failure, lock timeout,
+    /// too many connections), the first included.
+    #[serde(default = "default_retry_attempts", deserialize_with = "positive")]
+    pub attempts: u32,
+    /// The longest delay between two attempts, in milliseconds.
+    #[serde(default = "default_retry_max_delay_ms", deserialize_with = "positive")]
+    pub max_delay_ms: u64,
+    /// Attempts at a row whose inputs keep changing between refill's read
+    /// and its write; after the last it is a dead letter.
+    #[serde(default = "default_conflict_attempts", deserialize_with = "positive")]
+    pub conflict_attempts: u32,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            max_delay_ms: DEFAULT_RETRY_MAX_DELAY_MS,
+            conflict_attempts: DEFAULT_CONFLICT_ATTEMPTS,
+        }
+    }
 }
 
 /// `[source]`: the table to read.
@@ -109,9 +165,15 @@ pub struct TransformSpec {
     /// Rows per call into the component.
     #[serde(default = "default_batch_rows", deserialize_with = "positive")]
     pub batch_rows: u32,
-    /// Fuel per batch: about one unit per wasm instruction.
-    #[serde(default = "default_fuel", deserialize_with = "positive")]
-    pub fuel: u64,
+    /// Bytes of input values per call into the component: a batch ends
+    /// early when its rows' values reach this size (a huge value travels
+    /// alone).
+    #[serde(default = "default_batch_bytes", deserialize_with = "positive")]
+    pub batch_bytes: u64,
+    /// Fuel per row, about one unit per wasm instruction; a batch gets this
+    /// times its rows.
+    #[serde(default = "default_fuel_per_row", deserialize_with = "positive")]
+    pub fuel_per_row: u64,
     /// Memory limit per component instance, in MiB.
     #[serde(default = "default_memory_mb", deserialize_with = "positive")]
     pub memory_mb: u32,
@@ -407,8 +469,20 @@ fn default_concurrency() -> u32 {
 fn default_batch_rows() -> u32 {
     DEFAULT_BATCH_ROWS
 }
-fn default_fuel() -> u64 {
-    DEFAULT_FUEL
+fn default_batch_bytes() -> u64 {
+    DEFAULT_BATCH_BYTES
+}
+fn default_retry_attempts() -> u32 {
+    DEFAULT_RETRY_ATTEMPTS
+}
+fn default_retry_max_delay_ms() -> u64 {
+    DEFAULT_RETRY_MAX_DELAY_MS
+}
+fn default_conflict_attempts() -> u32 {
+    DEFAULT_CONFLICT_ATTEMPTS
+}
+fn default_fuel_per_row() -> u64 {
+    DEFAULT_FUEL_PER_ROW
 }
 fn default_memory_mb() -> u32 {
     DEFAULT_MEMORY_MB
@@ -509,6 +583,17 @@ where
         Err(serde::de::Error::custom("must be at least 1"))
     } else {
         Ok(n)
+    }
+}
+
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let r = f64::deserialize(d)?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(Some(r))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "a rate is between 0 and 1, not {r}"
+        )))
     }
 }
 
@@ -617,7 +702,7 @@ columns = ["status_v2"]
         let err = parse(&GOOD.replace("rows = 500", "rows = \"many\"")).unwrap_err();
         assert_eq!(err.location, "/specs/q.toml:10:8");
         assert!(err.message.contains("invalid type"), "{}", err.message);
-        let err = parse(&GOOD.replace("[target]", "fuel = 0\n[target]")).unwrap_err();
+        let err = parse(&GOOD.replace("[target]", "fuel_per_row = 0\n[target]")).unwrap_err();
         assert_eq!(err.message, "must be at least 1");
         let err = parse(&GOOD.replace("rows = 500", "rows = 0")).unwrap_err();
         assert!(

@@ -19,6 +19,14 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
 
+mod audit;
+mod dead;
+mod images;
+
+pub use audit::{AuditRecord, RetryRecord, RollbackRecord, VerificationRecord};
+pub use dead::DeadLetter;
+pub use images::Image;
+
 use crate::chunk::{Chunk, Key, KeyType};
 use crate::db::{Backend, DbUrl};
 
@@ -48,6 +56,17 @@ pub enum StateError {
     /// The store holds something this version cannot read.
     #[error("state store: {0}")]
     Corrupt(String),
+}
+
+impl crate::backoff::Transient for StateError {
+    fn is_transient(&self) -> bool {
+        match self {
+            StateError::Open { error, .. } | StateError::Query { error, .. } => {
+                crate::backoff::transient(error)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// How a run writes.
@@ -187,8 +206,13 @@ pub struct Counts {
     pub unchanged: u64,
     /// Rows the transform skipped.
     pub skipped: u64,
-    /// Rows that failed.
+    /// Rows that failed (and are dead letters).
     pub failed: u64,
+    /// Rows changed by someone else between refill's read and its write,
+    /// read and transformed again.
+    pub conflicts: u64,
+    /// Database operations retried after a transient error.
+    pub retries: u64,
 }
 
 impl Counts {
@@ -199,6 +223,8 @@ impl Counts {
         self.unchanged += other.unchanged;
         self.skipped += other.skipped;
         self.failed += other.failed;
+        self.conflicts += other.conflicts;
+        self.retries += other.retries;
     }
 }
 
@@ -297,7 +323,48 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The version of the tables below; a store written by a newer refill is
+/// refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS refill_meta (
+        name VARCHAR(64) NOT NULL PRIMARY KEY,
+        value TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS refill_dead_letters (
+        run_id VARCHAR(64) NOT NULL,
+        key_hash VARCHAR(64) NOT NULL,
+        row_key TEXT NOT NULL,
+        chunk_id BIGINT NOT NULL,
+        error TEXT NOT NULL,
+        input_hash VARCHAR(64) NOT NULL,
+        component_digest VARCHAR(64) NOT NULL,
+        attempts BIGINT NOT NULL,
+        first_seen_at VARCHAR(40) NOT NULL,
+        last_seen_at VARCHAR(40) NOT NULL,
+        resolved_at VARCHAR(40),
+        resolved_by VARCHAR(64),
+        PRIMARY KEY (run_id, key_hash)
+    )",
+    "CREATE INDEX IF NOT EXISTS refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)",
+    "CREATE TABLE IF NOT EXISTS refill_images (
+        run_id VARCHAR(64) NOT NULL,
+        chunk_id BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        rows_count BIGINT NOT NULL,
+        data TEXT NOT NULL,
+        created_at VARCHAR(40) NOT NULL,
+        PRIMARY KEY (run_id, chunk_id, seq)
+    )",
+    "CREATE TABLE IF NOT EXISTS refill_audit (
+        record_id VARCHAR(64) NOT NULL PRIMARY KEY,
+        run_id VARCHAR(64),
+        kind VARCHAR(16) NOT NULL,
+        started_at VARCHAR(40) NOT NULL,
+        data TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS refill_audit_by_run ON refill_audit (run_id, kind)",
     "CREATE TABLE IF NOT EXISTS refill_runs (
         run_id VARCHAR(64) NOT NULL PRIMARY KEY,
         name VARCHAR(100) NOT NULL,
@@ -338,6 +405,8 @@ const SCHEMA: &[&str] = &[
         unchanged BIGINT NOT NULL DEFAULT 0,
         skipped BIGINT NOT NULL DEFAULT 0,
         failed BIGINT NOT NULL DEFAULT 0,
+        conflicts BIGINT NOT NULL DEFAULT 0,
+        retries BIGINT NOT NULL DEFAULT 0,
         read_ms BIGINT NOT NULL DEFAULT 0,
         transform_ms BIGINT NOT NULL DEFAULT 0,
         write_ms BIGINT NOT NULL DEFAULT 0,
@@ -408,6 +477,7 @@ impl StateStore {
                 .await
                 .map_err(open_error)?;
         }
+        store.check_version().await?;
         Ok(store)
     }
 
@@ -470,6 +540,36 @@ impl StateStore {
             pool,
             url: url.clone(),
         })
+    }
+
+    /// Records the schema version, or refuses a store written by a newer
+    /// refill.
+    async fn check_version(&self) -> Result<(), StateError> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT value FROM refill_meta WHERE name = 'schema_version'")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("reading the schema version"))?;
+        match found.map(|v| v.parse::<i64>()) {
+            None => {
+                let inserted = sqlx::query(
+                    "INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)",
+                )
+                .bind(SCHEMA_VERSION.to_string())
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    // Another process created the store at the same time.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+                    other => other.map(drop).map_err(q("recording the schema version")),
+                }
+            }
+            Some(Ok(v)) if v <= SCHEMA_VERSION => Ok(()),
+            Some(v) => Err(StateError::Corrupt(format!(
+                "the state store {} has schema version {v:?}, newer than this refill knows ({SCHEMA_VERSION}); use a newer refill",
+                self.url
+            ))),
+        }
     }
 
     /// The store's url.
@@ -618,7 +718,8 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records that a chunk is written: the checkpoint a resumed run skips.
+    /// Records that a chunk is written, with the rows that failed in it, in
+    /// one transaction: the checkpoint a resumed run skips.
     pub async fn chunk_done(
         &self,
         run_id: &str,
@@ -626,17 +727,25 @@ impl StateStore {
         counts: &Counts,
         timings: &Timings,
         error: Option<&str>,
+        dead: &[DeadLetter],
     ) -> Result<(), StateError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("checkpointing a finished chunk"))?;
         sqlx::query(
             "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
-             failed = $5, read_ms = $6, transform_ms = $7, write_ms = $8, finished_at = $9, error = $10 \
-             WHERE run_id = $11 AND chunk_id = $12",
+             failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
+             finished_at = $11, error = $12 WHERE run_id = $13 AND chunk_id = $14",
         )
         .bind(to_i64(counts.rows))
         .bind(to_i64(counts.updated))
         .bind(to_i64(counts.unchanged))
         .bind(to_i64(counts.skipped))
         .bind(to_i64(counts.failed))
+        .bind(to_i64(counts.conflicts))
+        .bind(to_i64(counts.retries))
         .bind(to_i64(timings.read_ms))
         .bind(to_i64(timings.transform_ms))
         .bind(to_i64(timings.write_ms))
@@ -644,9 +753,13 @@ impl StateStore {
         .bind(error)
         .bind(run_id)
         .bind(to_i64(chunk_id))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("checkpointing a finished chunk"))?;
+        dead::insert(&mut tx, run_id, dead).await?;
+        tx.commit()
+            .await
+            .map_err(q("checkpointing a finished chunk"))?;
         Ok(())
     }
 
@@ -668,7 +781,8 @@ impl StateStore {
         let row = sqlx::query(
             "SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(sum(rows_read), 0) AS BIGINT), \
              CAST(COALESCE(sum(updated), 0) AS BIGINT), CAST(COALESCE(sum(unchanged), 0) AS BIGINT), \
-             CAST(COALESCE(sum(skipped), 0) AS BIGINT), CAST(COALESCE(sum(failed), 0) AS BIGINT) \
+             CAST(COALESCE(sum(skipped), 0) AS BIGINT), CAST(COALESCE(sum(failed), 0) AS BIGINT), \
+             CAST(COALESCE(sum(conflicts), 0) AS BIGINT), CAST(COALESCE(sum(retries), 0) AS BIGINT) \
              FROM refill_chunks WHERE run_id = $1 AND status = 'done'",
         )
         .bind(run_id)
@@ -686,6 +800,8 @@ impl StateStore {
             unchanged: get(3)?,
             skipped: get(4)?,
             failed: get(5)?,
+            conflicts: get(6)?,
+            retries: get(7)?,
         };
         Ok((counts, get(0)?))
     }
@@ -907,6 +1023,8 @@ fn chunk_from_row(r: &AnyRow, key_type: KeyType) -> Result<ChunkRecord, StateErr
             unchanged: to_u64(get(r, "unchanged")?),
             skipped: to_u64(get(r, "skipped")?),
             failed: to_u64(get(r, "failed")?),
+            conflicts: to_u64(get(r, "conflicts")?),
+            retries: to_u64(get(r, "retries")?),
         },
         timings: Timings {
             read_ms: to_u64(get(r, "read_ms")?),
@@ -1038,11 +1156,42 @@ mod tests {
             unchanged: 1,
             skipped: 0,
             failed: 1,
+            conflicts: 2,
+            retries: 1,
         };
+        let dead = DeadLetter::new(Key::Text("k".into()), 1, "boom".into(), "h".into(), "d");
         store
-            .chunk_done(&found.run_id, 1, &counts, &Timings::default(), None)
+            .chunk_done(
+                &found.run_id,
+                1,
+                &counts,
+                &Timings::default(),
+                None,
+                std::slice::from_ref(&dead),
+            )
             .await
             .expect("done");
+        let letters = store
+            .dead_letters(&found.run_id, KeyType::Text, true)
+            .await
+            .expect("dead letters");
+        assert_eq!(letters, vec![dead.clone()]);
+        let groups = store
+            .dead_letter_groups(&found.run_id, 10)
+            .await
+            .expect("groups");
+        assert_eq!(groups, vec![("boom".to_string(), 1, vec!["k".to_string()])]);
+        store
+            .resolve_dead_letters(&found.run_id, &[dead.key.clone()], "r1", "d2")
+            .await
+            .expect("resolve");
+        assert!(
+            store
+                .dead_letters(&found.run_id, KeyType::Text, true)
+                .await
+                .expect("dead letters")
+                .is_empty()
+        );
         let chunks = store.chunks(&found).await.expect("chunks");
         assert_eq!(chunks.len(), 1);
         assert_eq!(

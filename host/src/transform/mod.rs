@@ -38,11 +38,16 @@ const MAX_LOG_LINES: usize = 100;
 /// Bytes kept per log line.
 const MAX_LOG_LINE: usize = 2_048;
 
+/// Rows' worth of fuel granted to instantiation, `describe` and
+/// `configure`.
+const SETUP_ROWS: u64 = 1_000;
+
 /// Limits applied to every batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Fuel per batch.
-    pub fuel: u64,
+    /// Fuel per row: a batch of n rows gets n times this much, so a smaller
+    /// batch (as when a trapping batch is split) costs proportionally less.
+    pub fuel_per_row: u64,
     /// Bytes of linear memory an instance may grow to.
     pub memory_bytes: usize,
     /// Wall-clock time per batch.
@@ -52,9 +57,9 @@ pub struct Limits {
 impl Default for Limits {
     /// The limits a spec gets when it sets none.
     fn default() -> Self {
-        use crate::spec::{DEFAULT_FUEL, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS};
+        use crate::spec::{DEFAULT_FUEL_PER_ROW, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS};
         Limits {
-            fuel: DEFAULT_FUEL,
+            fuel_per_row: DEFAULT_FUEL_PER_ROW,
             memory_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         }
@@ -69,6 +74,8 @@ pub enum TrapKind {
     Fuel {
         /// The budget it had.
         limit: u64,
+        /// The rows it was for.
+        rows: u64,
     },
     /// The batch ran past its deadline.
     Deadline {
@@ -90,9 +97,10 @@ pub enum TrapKind {
 impl std::fmt::Display for TrapKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TrapKind::Fuel { limit } => write!(
+            TrapKind::Fuel { limit, rows } => write!(
                 f,
-                "ran out of fuel ({limit} units per batch; raise [transform] fuel if the work is legitimate)"
+                "ran out of fuel ({limit} units for {rows} row{}; raise [transform] fuel_per_row if the work is legitimate)",
+                if *rows == 1 { "" } else { "s" }
             ),
             TrapKind::Deadline { timeout } => write!(
                 f,
@@ -199,6 +207,8 @@ struct HostState {
     max_memory: usize,
     memory_used: usize,
     memory_exceeded: bool,
+    /// The fuel and rows of the call in progress, for trap reports.
+    armed: (u64, u64),
     logs: Vec<LogLine>,
     dropped_logs: usize,
 }
@@ -452,12 +462,13 @@ impl Runner {
                 max_memory: self.limits.memory_bytes,
                 memory_used: 0,
                 memory_exceeded: false,
+                armed: (0, 0),
                 logs: Vec::new(),
                 dropped_logs: 0,
             },
         );
         store.limiter(|s| s);
-        arm(&mut store, &self.limits);
+        arm(&mut store, &self.limits, SETUP_ROWS);
         let bindings = trapping(&mut store, &self.limits, |s| self.pre.instantiate(s))?;
         Ok((store, bindings))
     }
@@ -525,14 +536,14 @@ impl Instance {
     /// trapped (the instance is then unusable), and with
     /// [`TransformError::Contract`] if it did not return one outcome per row.
     pub fn transform(&mut self, rows: &[Row]) -> Result<BatchOutput, TransformError> {
-        arm(&mut self.store, &self.limits);
+        arm(&mut self.store, &self.limits, rows.len() as u64);
         let bindings = &self.bindings;
         let outcomes = trapping(&mut self.store, &self.limits, |s| {
             bindings
                 .refill_transform_transform()
                 .call_transform_batch(s, rows)
         })?;
-        let fuel_used = self.limits.fuel - self.store.get_fuel().unwrap_or(0);
+        let fuel_used = self.store.data().armed.0 - self.store.get_fuel().unwrap_or(0);
         let state = self.store.data_mut();
         let logs = std::mem::take(&mut state.logs);
         let dropped_logs = std::mem::take(&mut state.dropped_logs);
@@ -552,13 +563,72 @@ impl Instance {
     }
 }
 
-/// Resets the per-batch budgets.
-fn arm(store: &mut Store<HostState>, limits: &Limits) {
+/// What running a batch with trap isolation produced.
+#[derive(Debug, Default)]
+pub struct Isolated {
+    /// One result per row, in order: the row's outcome, or the trap (or
+    /// broken contract) that the row caused when run on its own.
+    pub results: Vec<Result<Outcome, TransformError>>,
+    /// What the guest logged in the calls that succeeded.
+    pub logs: Vec<LogLine>,
+    /// Log lines dropped past the per-batch limit.
+    pub dropped_logs: usize,
+    /// Calls that trapped on the way to isolating the failing rows.
+    pub traps: usize,
+}
+
+/// Runs `rows` through the instance in `slot` (creating one from `runner`
+/// and `params` when empty). When the batch traps or breaks the contract,
+/// the instance is replaced and the two halves are run again, down to
+/// single rows, so that only the rows that cause the trap fail and every
+/// other row gets its outcome. Fails only on errors that are not the
+/// rows' fault (the transform refusing its configuration on a new
+/// instance).
+pub fn run_isolating(
+    runner: &Runner,
+    params: &[Param],
+    slot: &mut Option<Instance>,
+    rows: &[Row],
+    out: &mut Isolated,
+) -> Result<(), TransformError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let instance = match slot {
+        Some(instance) => instance,
+        None => slot.insert(runner.instance(params)?),
+    };
+    match instance.transform(rows) {
+        Ok(batch) => {
+            out.logs.extend(batch.logs);
+            out.dropped_logs += batch.dropped_logs;
+            out.results.extend(batch.outcomes.into_iter().map(Ok));
+            Ok(())
+        }
+        Err(error @ (TransformError::Trap { .. } | TransformError::Contract(_))) => {
+            *slot = None;
+            out.traps += 1;
+            if rows.len() == 1 {
+                out.results.push(Err(error));
+                return Ok(());
+            }
+            let (first, second) = rows.split_at(rows.len() / 2);
+            run_isolating(runner, params, slot, first, out)?;
+            run_isolating(runner, params, slot, second, out)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Resets the budgets for a call covering `rows` rows.
+fn arm(store: &mut Store<HostState>, limits: &Limits, rows: u64) {
     let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()).max(1);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    let fuel = limits.fuel_per_row.saturating_mul(rows.max(1));
     // Fuel is on for every store of our engine, so this cannot fail.
-    let _ = store.set_fuel(limits.fuel);
+    let _ = store.set_fuel(fuel);
     let state = store.data_mut();
+    state.armed = (fuel, rows);
     state.logs.clear();
     state.dropped_logs = 0;
     state.memory_exceeded = false;
@@ -582,7 +652,10 @@ fn trapping<T>(
                 }
             } else {
                 match error.downcast_ref::<Trap>() {
-                    Some(Trap::OutOfFuel) => TrapKind::Fuel { limit: limits.fuel },
+                    Some(Trap::OutOfFuel) => TrapKind::Fuel {
+                        limit: state.armed.0,
+                        rows: state.armed.1,
+                    },
                     Some(Trap::Interrupt) => TrapKind::Deadline {
                         timeout: limits.timeout,
                     },
@@ -655,17 +728,23 @@ mod tests {
     #[test]
     fn traps_are_classified_with_the_guests_logs() {
         let small = Limits {
-            fuel: 5_000_000,
+            fuel_per_row: 5_000_000,
             memory_bytes: 16 << 20,
             timeout: Duration::from_secs(30),
         };
         let (kind, logs) = trap(evil("loop", small).transform(&rows(1)));
-        assert_eq!(kind, TrapKind::Fuel { limit: 5_000_000 });
+        assert_eq!(
+            kind,
+            TrapKind::Fuel {
+                limit: 5_000_000,
+                rows: 1
+            }
+        );
         assert_eq!(logs, vec!["row 0: looping forever".to_string()]);
 
         // Filling a MiB costs fuel too: give it enough to reach the limit.
         let roomy = Limits {
-            fuel: 5_000_000_000,
+            fuel_per_row: 5_000_000_000,
             ..small
         };
         let (kind, _) = trap(evil("memory", roomy).transform(&rows(1)));
@@ -676,7 +755,7 @@ mod tests {
         assert!(logs[0].contains("evil panics on row 0"), "{logs:?}");
 
         let endless = Limits {
-            fuel: u64::MAX / 2,
+            fuel_per_row: u64::MAX / 2,
             memory_bytes: 16 << 20,
             timeout: Duration::from_millis(50),
         };
@@ -699,7 +778,7 @@ mod tests {
     fn budgets_are_per_batch() {
         // Each batch fits the budget on its own; together they would not.
         let limits = Limits {
-            fuel: 50_000_000,
+            fuel_per_row: 25_000_000,
             ..Limits::default()
         };
         let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
@@ -724,6 +803,54 @@ mod tests {
             .transform(&rows(2))
             .expect("second batch gets a fresh budget");
         assert_eq!(second.outcomes.len(), 2);
+    }
+
+    #[test]
+    fn isolation_fails_only_the_rows_that_trap() {
+        let limits = Limits {
+            fuel_per_row: 2_000_000,
+            ..Limits::default()
+        };
+        let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
+        for mode in ["panic", "loop", "arity"] {
+            let params = [
+                Param {
+                    name: "mode".into(),
+                    value: mode.into(),
+                },
+                Param {
+                    name: "trigger".into(),
+                    value: "r6".into(),
+                },
+            ];
+            let mut slot = None;
+            let mut out = Isolated::default();
+            run_isolating(&runner, &params, &mut slot, &rows(10), &mut out).expect("isolates");
+            assert_eq!(out.results.len(), 10, "{mode}");
+            for (i, result) in out.results.iter().enumerate() {
+                match (i, result) {
+                    (6, Err(_)) if mode != "arity" => {}
+                    (6, Ok(Outcome::Update(values))) if mode == "arity" => {
+                        assert_eq!(values.len(), 2)
+                    }
+                    (_, Ok(Outcome::Update(values))) => {
+                        assert_eq!(
+                            values,
+                            &vec![Value::Text(format!("R{i}"))],
+                            "{mode} row {i}"
+                        );
+                    }
+                    other => panic!("{mode}: unexpected {other:?}"),
+                }
+            }
+            if mode != "arity" {
+                assert!(
+                    out.traps >= 4,
+                    "{mode}: {} traps to isolate one row of ten",
+                    out.traps
+                );
+            }
+        }
     }
 
     #[test]

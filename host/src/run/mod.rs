@@ -1,0 +1,662 @@
+//! Runs: consumes a spec and the run options; produces a run. It loads and
+//! pins the transform, plans, takes the backfill's lock, finds the
+//! unfinished run to resume (or records a new one), then feeds the
+//! [`pipeline`] its chunks: those left in flight by an earlier session, then
+//! new ones in key order up to the high-watermark. Returns a [`RunReport`].
+
+pub(crate) mod pipeline;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{Instrument, info, info_span, warn};
+
+use self::pipeline::{Context, Feed, MAX_TRAPPED_BATCHES, Purpose, Samples};
+use crate::backoff;
+use crate::chunk::{Chunk, Key};
+use crate::plan::{self, Plan, PlanError};
+use crate::sink::SinkError;
+use crate::source::{Database, Layout, SourceError};
+use crate::spec::Spec;
+use crate::state::{
+    ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionRecord, StateError, StateStore, now,
+    parse_time,
+};
+use crate::transform::{self, Limits, Runner, TransformError};
+
+/// How often a session says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A session silent for this long is taken for dead.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the command line asked for.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Write to the target (otherwise a dry run).
+    pub execute: bool,
+    /// Stop after this many rows (a canary).
+    pub limit: Option<u64>,
+    /// Abandon an unfinished run of this spec and start over.
+    pub restart: bool,
+}
+
+/// Errors that stop a run before or while it works.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The spec could not be planned.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The transform could not be loaded.
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    /// The source could not be reached.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// `--execute` without a pin.
+    #[error(
+        "--execute needs the component pinned: review it, then add `sha256 = \"{digest}\"` to [transform] in {spec}"
+    )]
+    PinRequired {
+        /// The spec file.
+        spec: String,
+        /// The component's digest now.
+        digest: String,
+    },
+    /// The component file cannot be read.
+    #[error("cannot read component {path}: {source}")]
+    Component {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An unfinished run of the spec exists and cannot be resumed as is.
+    #[error(
+        "run {run_id} of \"{name}\" is unfinished ({status}, started {started_at} by {who}) and cannot be resumed: {reason}. Run again with --restart to abandon it and start over"
+    )]
+    ResumeRefused {
+        /// The unfinished run.
+        run_id: String,
+        /// The spec's name.
+        name: String,
+        /// Its status.
+        status: RunStatus,
+        /// When it started.
+        started_at: String,
+        /// Who started it.
+        who: String,
+        /// What changed.
+        reason: String,
+    },
+    /// Another process is writing the same backfill.
+    #[error(
+        "\"{name}\" is being written by pid {pid} on {host} (last heartbeat {heartbeat_at}); wait for it to finish or stop it first"
+    )]
+    Busy {
+        /// The backfill.
+        name: String,
+        /// The other process.
+        pid: u32,
+        /// Its machine.
+        host: String,
+        /// Its last heartbeat.
+        heartbeat_at: String,
+    },
+    /// Reading a chunk failed.
+    #[error("{chunk}: {source}")]
+    Read {
+        /// The chunk.
+        chunk: String,
+        /// Why.
+        #[source]
+        source: SourceError,
+    },
+    /// Writing a chunk failed.
+    #[error("{chunk}: {source}")]
+    Write {
+        /// The chunk.
+        chunk: String,
+        /// Why.
+        #[source]
+        source: SinkError,
+    },
+    /// Checkpointing a chunk failed.
+    #[error("{chunk}: {source}")]
+    Checkpoint {
+        /// The chunk.
+        chunk: String,
+        /// Why.
+        #[source]
+        source: StateError,
+    },
+    /// A bug in refill itself.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// More rows failed than the spec's `[errors]` budget allows.
+    #[error(
+        "error budget exceeded: {0}; the run stopped and can be resumed after a fix (see `refill report`)"
+    )]
+    ErrorBudget(String),
+    /// Every row of several batches in a row trapped.
+    #[error(
+        "{chunk}: the transform trapped on every row of {MAX_TRAPPED_BATCHES} batches in a row, stopping; the last trap: {source}"
+    )]
+    TooManyTraps {
+        /// The chunk of the last trap.
+        chunk: String,
+        /// The last trap.
+        #[source]
+        source: TransformError,
+    },
+}
+
+/// Live counters of a run, for progress displays. Rows count from the start
+/// of the run, including chunks done by earlier sessions.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Rows the run covers.
+    pub total_rows: AtomicU64,
+    /// Rows processed.
+    pub done_rows: AtomicU64,
+    /// Rows with per-row errors.
+    pub failed_rows: AtomicU64,
+    /// Chunks finished.
+    pub chunks_done: AtomicU64,
+}
+
+/// A before → after sample for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Diff {
+    /// The row's key.
+    pub key: Key,
+    /// The chunk it was in.
+    pub chunk: u64,
+    /// Input column names and values.
+    pub inputs: Vec<(String, String)>,
+    /// Output column, value before, value after.
+    pub changes: Vec<(String, String, String)>,
+}
+
+/// Rows that failed with the same message.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ErrorGroup {
+    /// How many rows.
+    pub count: u64,
+    /// A few of them, from the lowest chunks.
+    pub examples: Vec<Example>,
+}
+
+/// A row that failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Example {
+    /// The chunk it was in.
+    pub chunk: u64,
+    /// Its key.
+    pub key: Key,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The run, as recorded at the end.
+    pub run: RunRecord,
+    /// Whether this session resumed an earlier one.
+    pub resumed: bool,
+    /// Chunks this session finished.
+    pub chunks: u64,
+    /// Counts of this session.
+    pub session: Counts,
+    /// Counts of the whole run.
+    pub totals: Counts,
+    /// Wall time of this session.
+    pub elapsed: Duration,
+    /// Before → after samples.
+    pub diffs: Vec<Diff>,
+    /// Failed rows by message, most frequent first.
+    pub error_groups: Vec<(String, ErrorGroup)>,
+    /// Why the run stopped early, if it did.
+    pub failure: Option<String>,
+    /// Things the plan warned about.
+    pub warnings: Vec<String>,
+}
+
+/// The limits a spec asks for.
+pub fn limits(spec: &Spec) -> Limits {
+    let t = &spec.file.transform;
+    Limits {
+        fuel_per_row: t.fuel_per_row,
+        memory_bytes: usize::try_from(u64::from(t.memory_mb) << 20).unwrap_or(usize::MAX),
+        timeout: Duration::from_millis(t.timeout_ms),
+    }
+}
+
+/// Loads the spec's component, refusing it if the pin does not match. With
+/// `require_pin`, a missing pin is refused too.
+pub fn load_transform(spec: &Spec, require_pin: bool) -> Result<Runner, RunError> {
+    let pin = spec.file.transform.sha256.as_deref();
+    if require_pin && pin.is_none() {
+        let bytes = std::fs::read(&spec.component).map_err(|source| RunError::Component {
+            path: spec.component.display().to_string(),
+            source,
+        })?;
+        return Err(RunError::PinRequired {
+            spec: spec.path.display().to_string(),
+            digest: transform::digest(&bytes),
+        });
+    }
+    Ok(Runner::load(&spec.component, pin, limits(spec))?)
+}
+
+/// A short random id part.
+fn random_hex(digits: usize) -> String {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())[..digits].to_string()
+}
+
+/// The user running this process.
+pub fn user_name() -> String {
+    whoami::username().unwrap_or_else(|_| "unknown".into())
+}
+
+/// The machine running this process.
+pub fn host_name() -> String {
+    whoami::hostname().unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether process `pid` on this machine is alive (and not a zombie).
+fn pid_alive(pid: u32) -> Option<bool> {
+    let proc = std::path::Path::new("/proc");
+    if !proc.exists() {
+        return None;
+    }
+    match std::fs::read_to_string(proc.join(pid.to_string()).join("stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => Some(
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        ),
+        Err(_) => Some(false),
+    }
+}
+
+/// Whether the process behind a session or lock is still working: its
+/// heartbeat is recent and, on this machine, its process exists.
+fn alive(process: &SessionRecord) -> bool {
+    let fresh = parse_time(&process.heartbeat_at)
+        .is_some_and(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default() < SESSION_TIMEOUT);
+    fresh && (process.host_name != host_name() || pid_alive(process.pid).unwrap_or(true))
+}
+
+/// Marks the sessions of `run` that never ended as lost. Only called with
+/// the backfill's lock held, so none of them is still working.
+async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
+    for s in state.sessions(&run.run_id).await? {
+        if s.ended_at.is_none() {
+            state.end_session(&s.session_id, "lost").await?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds the unfinished run this spec resumes, or says why it cannot.
+async fn resumable(
+    state: &StateStore,
+    spec: &Spec,
+    runner: &Runner,
+    options: &RunOptions,
+) -> Result<Option<RunRecord>, RunError> {
+    let Some(previous) = state.latest_execute_run(spec.name()).await? else {
+        return Ok(None);
+    };
+    if !previous.status.resumable() {
+        return Ok(None);
+    }
+    end_lost_sessions(state, &previous).await?;
+    if options.restart {
+        let note = format!("abandoned by --restart at {}", now());
+        state
+            .set_run_status(&previous.run_id, RunStatus::Abandoned, Some(&note))
+            .await?;
+        warn!(run = %previous.run_id, "Abandoned the unfinished run; starting over.");
+        return Ok(None);
+    }
+    let reason = if previous.component_digest != runner.digest() {
+        Some(format!(
+            "it ran component sha256 {}, the spec now runs {}; resuming would mix the outputs of two transforms",
+            previous.component_digest,
+            runner.digest()
+        ))
+    } else if previous.work_hash != spec.work_hash() {
+        Some(
+            "the spec changed since it started (source, scope, target or transform config differ)"
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(RunError::ResumeRefused {
+            run_id: previous.run_id,
+            name: previous.name,
+            status: previous.status,
+            started_at: previous.started_at,
+            who: format!("{}@{}", previous.user_name, previous.host_name),
+            reason,
+        }),
+        None => Ok(Some(previous)),
+    }
+}
+
+fn new_run(spec: &Spec, runner: &Runner, plan: &Plan, mode: Mode) -> RunRecord {
+    let started = chrono::Utc::now();
+    RunRecord {
+        run_id: format!("{}-{}", started.format("%Y%m%d-%H%M%S"), random_hex(4)),
+        name: spec.name().to_string(),
+        mode,
+        status: RunStatus::Running,
+        work_hash: spec.work_hash(),
+        spec: spec.audit_json(),
+        spec_path: spec
+            .path
+            .canonicalize()
+            .unwrap_or_else(|_| spec.path.clone())
+            .display()
+            .to_string(),
+        component_digest: runner.digest().to_string(),
+        transform_name: runner.info().name.clone(),
+        transform_version: runner.info().version.clone(),
+        host_version: crate::HOST_VERSION.to_string(),
+        user_name: user_name(),
+        host_name: host_name(),
+        source_url: spec.source_url.masked(),
+        source_table: plan.layout.source.quoted(),
+        target_table: plan.layout.target.quoted(),
+        key_type: plan.layout.key_type,
+        first_key: plan.scope.first.clone(),
+        high_watermark: plan.scope.high_watermark.clone(),
+        rows_in_scope: plan.scope.rows,
+        chunk_rows: u64::from(spec.file.chunk.rows),
+        started_at: now(),
+        finished_at: None,
+        message: None,
+    }
+}
+
+/// Runs a spec: a dry run, or with `options.execute` a real one, resuming
+/// the spec's unfinished run if there is one.
+pub async fn run(
+    spec: &Spec,
+    options: &RunOptions,
+    progress: Arc<Progress>,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let runner = Arc::new(load_transform(spec, options.execute)?);
+    let concurrency = spec.file.chunk.concurrency;
+    let db = Database::connect(&spec.source_url, concurrency + 2).await?;
+    let plan = plan::build(spec, &db, &runner).await?;
+    let state = StateStore::open(&spec.state_url).await?;
+    let session = SessionRecord {
+        session_id: format!("s{}", random_hex(12)),
+        run_id: String::new(),
+        pid: std::process::id(),
+        host_name: host_name(),
+        user_name: user_name(),
+        started_at: now(),
+        heartbeat_at: now(),
+        ended_at: None,
+        outcome: None,
+    };
+    let prepared = Prepared {
+        started,
+        runner,
+        db,
+        plan,
+        state: state.clone(),
+    };
+    if !options.execute {
+        return run_session(spec, options, progress, prepared, session).await;
+    }
+    // One writer per backfill: the lock is taken before deciding what to
+    // resume, and given back however the run ends (a crash leaves it to a
+    // holder that the next run sees is gone).
+    if let Some(holder) = state
+        .acquire_lock(spec.name(), &session, |h| !alive(h))
+        .await?
+    {
+        return Err(RunError::Busy {
+            name: spec.name().to_string(),
+            pid: holder.pid,
+            host: holder.host_name,
+            heartbeat_at: holder.heartbeat_at,
+        });
+    }
+    let session_id = session.session_id.clone();
+    let result = run_session(spec, options, progress, prepared, session).await;
+    if let Err(error) = state.release_lock(spec.name(), &session_id).await {
+        warn!(%error, "Could not release the backfill's lock; the next run takes it over.");
+    }
+    result
+}
+
+/// The pipeline context for a spec.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each purpose passes its own parts; one constructor keeps the settings in one place"
+)]
+pub(crate) fn context(
+    spec: &Spec,
+    purpose: Purpose,
+    run_id: &str,
+    db: Database,
+    state: Option<StateStore>,
+    layout: Layout,
+    runner: Arc<Runner>,
+    progress: Arc<Progress>,
+) -> Context {
+    let t = &spec.file.transform;
+    Context {
+        purpose,
+        run_id: run_id.to_string(),
+        db,
+        state,
+        layout,
+        runner,
+        params: Arc::new(plan::params(spec)),
+        batch_rows: usize::try_from(t.batch_rows).unwrap_or(1000),
+        batch_bytes: t.batch_bytes,
+        policy: policy(spec),
+        conflict_attempts: spec.file.retry.conflict_attempts,
+        budget: spec.file.errors.clone(),
+        progress,
+        stop: AtomicBool::new(false),
+        trapped_batches: AtomicU32::new(0),
+        samples: Mutex::new(Samples::default()),
+    }
+}
+
+/// The retry policy a spec asks for.
+pub fn policy(spec: &Spec) -> backoff::Policy {
+    backoff::Policy {
+        attempts: spec.file.retry.attempts,
+        max_delay: Duration::from_millis(spec.file.retry.max_delay_ms),
+        ..backoff::Policy::default()
+    }
+}
+
+/// What `run` checked and connected before a session starts.
+struct Prepared {
+    started: Instant,
+    runner: Arc<Runner>,
+    db: Database,
+    plan: Plan,
+    state: StateStore,
+}
+
+async fn run_session(
+    spec: &Spec,
+    options: &RunOptions,
+    progress: Arc<Progress>,
+    prepared: Prepared,
+    mut session: SessionRecord,
+) -> Result<RunReport, RunError> {
+    let Prepared {
+        started,
+        runner,
+        db,
+        plan,
+        state,
+    } = prepared;
+    let mode = if options.execute {
+        Mode::Execute
+    } else {
+        Mode::DryRun
+    };
+    let previous = if options.execute {
+        resumable(&state, spec, &runner, options).await?
+    } else {
+        None
+    };
+    let resumed = previous.is_some();
+    let run = match previous {
+        Some(run) => {
+            state
+                .set_run_status(&run.run_id, RunStatus::Running, None)
+                .await?;
+            run
+        }
+        None => {
+            let run = new_run(spec, &runner, &plan, mode);
+            state.create_run(&run).await?;
+            run
+        }
+    };
+
+    session.run_id = run.run_id.clone();
+    state.start_session(&session).await?;
+    let heartbeat = {
+        let state = state.clone();
+        let id = session.session_id.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                if let Err(error) = state.heartbeat(&id).await {
+                    warn!(%error, "Could not record a heartbeat.");
+                }
+            }
+        })
+    };
+
+    let chunks = state.chunks(&run).await?;
+    let done = chunks.iter().filter(|c| c.status == ChunkStatus::Done);
+    let done_rows: u64 = done.clone().map(|c| c.counts.rows).sum();
+    let done_failed: u64 = done.map(|c| c.counts.failed).sum();
+    let pending: Vec<Chunk> = chunks
+        .iter()
+        .filter(|c| c.status == ChunkStatus::Pending)
+        .map(|c| c.chunk())
+        .collect();
+    if !pending.is_empty() {
+        info!(
+            chunks = pending.len(),
+            "Redoing chunks that were in flight when the last session stopped."
+        );
+    }
+    let scope_rows = run.rows_in_scope.max(done_rows);
+    let target_rows = options
+        .limit
+        .map_or(scope_rows, |limit| (done_rows + limit).min(scope_rows));
+    progress.total_rows.store(target_rows, Ordering::Relaxed);
+    progress.done_rows.store(done_rows, Ordering::Relaxed);
+    progress.failed_rows.store(done_failed, Ordering::Relaxed);
+    let feed = Feed::Ranges {
+        known: pending,
+        next: Some(
+            chunks
+                .last()
+                .map_or((1, None), |c| (c.chunk_id + 1, Some(c.hi.clone()))),
+        ),
+        high_watermark: run.high_watermark.clone(),
+        chunk_rows: u64::from(spec.file.chunk.rows),
+        limit: options.limit,
+    };
+    let ctx = Arc::new(context(
+        spec,
+        Purpose::Run {
+            execute: options.execute,
+            session_id: session.session_id.clone(),
+        },
+        &run.run_id,
+        db,
+        Some(state.clone()),
+        plan.layout.clone(),
+        runner,
+        progress,
+    ));
+    let span = info_span!("run", run = %run.run_id);
+    let outcome = pipeline::execute(ctx.clone(), feed, spec.file.chunk.concurrency)
+        .instrument(span)
+        .await;
+    heartbeat.abort();
+
+    let (status, failure) = match outcome {
+        Ok(true) => (RunStatus::Done, None),
+        Ok(false) => (RunStatus::Incomplete, None),
+        Err(error) => (RunStatus::Failed, Some(error.to_string())),
+    };
+    let message = match (status, &failure) {
+        (RunStatus::Incomplete, _) => Some(format!(
+            "stopped after --limit {}",
+            options.limit.unwrap_or(0)
+        )),
+        (_, Some(f)) => Some(f.clone()),
+        _ => None,
+    };
+    state
+        .set_run_status(&run.run_id, status, message.as_deref())
+        .await?;
+    state
+        .end_session(&session.session_id, status.as_str())
+        .await?;
+    let (totals, _) = state.totals(&run.run_id).await?;
+    let mut warnings = plan.warnings;
+    if status == RunStatus::Done && totals.rows != run.rows_in_scope {
+        warnings.push(format!(
+            "the run read {} rows, but {} were in scope when it started: rows were deleted, \
+             added below the high-watermark, or moved in or out of the scope meanwhile",
+            totals.rows, run.rows_in_scope
+        ));
+    }
+    let run = state.find_run(&run.run_id).await?.unwrap_or(run);
+    // The workers and the reader are done: this is the last reference.
+    let samples = Arc::into_inner(ctx)
+        .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or_default();
+    Ok(RunReport {
+        run,
+        resumed,
+        chunks: samples.chunks,
+        session: samples.session,
+        totals,
+        elapsed: started.elapsed(),
+        error_groups: samples.top_groups(),
+        diffs: samples.diffs,
+        failure,
+        warnings,
+    })
+}

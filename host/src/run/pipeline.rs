@@ -1,0 +1,1069 @@
+//! The chunk pipeline shared by runs, retries and verifications: consumes a
+//! [`Feed`] of chunks (key ranges, or lists of keys), produces for each the
+//! transform's outcomes, checked against the target columns, and then, by
+//! [`Purpose`]: guarded writes with before-images and conflict handling,
+//! checkpoints with dead letters, dead-letter resolutions, or comparisons.
+//!
+//! One reader feeds `concurrency` workers through a one-chunk queue, so the
+//! next chunk is read while earlier ones are transformed and written. Each
+//! worker owns a transform instance. Transient database errors are retried
+//! with backoff; a batch that traps is split until the rows that cause the
+//! trap stand alone.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::{Diff, ErrorGroup, Example, Progress, RunError};
+use crate::backoff::{self, Policy};
+use crate::chunk::{Chunk, Key};
+use crate::sink::{self, Guard, Update};
+use crate::source::{ChunkRows, Database, Layout};
+use crate::spec::ErrorsSpec;
+use crate::state::{Counts, DeadLetter, Image, StateStore, Timings};
+use crate::transform::bindings::refill::transform::host::Level;
+use crate::transform::{Instance, Isolated, Runner, TransformError, run_isolating};
+use crate::value::{self, Outcome, Param, Row, Value};
+
+/// How many top-level batches in a row may fail entirely by trapping before
+/// the run stops: a transform that traps on every row would otherwise
+/// isolate, row by row, the whole table.
+pub(crate) const MAX_TRAPPED_BATCHES: u32 = 3;
+/// Diffs kept for the report.
+const SAMPLE_DIFFS: usize = 10;
+/// Error messages shown in the report.
+pub(crate) const SAMPLE_GROUPS: usize = 10;
+/// Distinct error messages counted; the rest are counted together.
+const MAX_ERROR_GROUPS: usize = 1_000;
+/// The group past `MAX_ERROR_GROUPS`.
+const OTHER_ERRORS: &str = "(other messages)";
+/// Example keys kept per error message.
+const GROUP_KEYS: usize = 3;
+/// Keys a verification lists.
+const LISTED_KEYS: usize = 1_000;
+/// Rows read before the error rate counts.
+const RATE_FLOOR: u64 = 1_000;
+
+/// What the pipeline is for.
+pub(crate) enum Purpose {
+    /// A run: transforms every chunk and checkpoints it with its dead
+    /// letters; with `execute`, writes first.
+    Run {
+        /// Write to the target.
+        execute: bool,
+        /// The session recording chunks as they start.
+        session_id: String,
+    },
+    /// A retry of a run's dead letters: resolves those that now succeed.
+    Retry {
+        /// Write to the target.
+        execute: bool,
+        /// The retry's id, recorded on the dead letters it resolves.
+        retry_id: String,
+    },
+    /// A verification: recomputes and compares, writes nothing.
+    Verify {
+        /// The run's unresolved dead letters, reported apart.
+        dead: HashSet<Key>,
+    },
+}
+
+impl Purpose {
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Purpose::Run { execute: true, .. } | Purpose::Retry { execute: true, .. }
+        )
+    }
+}
+
+/// Everything the workers share.
+pub(crate) struct Context {
+    /// What the chunks are for.
+    pub purpose: Purpose,
+    /// The run the chunks belong to (empty for a verification of a spec).
+    pub run_id: String,
+    /// The source and target database.
+    pub db: Database,
+    /// The state store, if there is one.
+    pub state: Option<StateStore>,
+    /// What is read and written.
+    pub layout: Layout,
+    /// The transform.
+    pub runner: Arc<Runner>,
+    /// Its configuration.
+    pub params: Arc<Vec<Param>>,
+    /// Rows per call into the transform.
+    pub batch_rows: usize,
+    /// Bytes of input values per call into the transform.
+    pub batch_bytes: u64,
+    /// Patience with transient database errors.
+    pub policy: Policy,
+    /// Attempts at rows that keep changing meanwhile.
+    pub conflict_attempts: u32,
+    /// The error budget (runs only).
+    pub budget: ErrorsSpec,
+    /// Live counters.
+    pub progress: Arc<Progress>,
+    /// Set to stop reading and taking chunks.
+    pub stop: AtomicBool,
+    /// Top-level batches in a row that failed entirely by trapping.
+    pub trapped_batches: AtomicU32,
+    /// Samples and tallies for the report.
+    pub samples: Mutex<Samples>,
+}
+
+impl Context {
+    fn state(&self) -> Result<&StateStore, RunError> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| RunError::Internal("this purpose needs a state store".into()))
+    }
+}
+
+/// Samples and tallies gathered across chunks.
+#[derive(Default)]
+pub(crate) struct Samples {
+    /// Before → after samples, from the lowest chunks.
+    pub diffs: Vec<Diff>,
+    /// Failed rows by message.
+    pub groups: BTreeMap<String, ErrorGroup>,
+    /// Counts of this session.
+    pub session: Counts,
+    /// Chunks finished by this session.
+    pub chunks: u64,
+    /// Verification: chunks whose checksums differed.
+    pub differing_chunks: u64,
+    /// Verification: the keys that differ.
+    pub differing_keys: Vec<Key>,
+    /// Verification: failed rows that are dead letters.
+    pub dead_lettered: u64,
+    /// Verification: failed keys that are not dead letters.
+    pub failed_keys: Vec<Key>,
+    /// Retry: rows no longer in scope.
+    pub gone: u64,
+}
+
+impl Samples {
+    /// Adds a chunk's samples, keeping those of the lowest chunks so the
+    /// report does not depend on which worker finished first.
+    fn merge(&mut self, diffs: Vec<Diff>, groups: BTreeMap<String, ErrorGroup>) {
+        self.diffs.extend(diffs);
+        self.diffs.sort_by_key(|d| d.chunk);
+        self.diffs.truncate(SAMPLE_DIFFS);
+        for (message, group) in groups {
+            let distinct = self.groups.len();
+            let slot = match self.groups.get_mut(&message) {
+                Some(slot) => slot,
+                None if distinct < MAX_ERROR_GROUPS => self.groups.entry(message).or_default(),
+                None => self.groups.entry(OTHER_ERRORS.to_string()).or_default(),
+            };
+            slot.count += group.count;
+            slot.examples.extend(group.examples);
+            slot.examples.sort_by_key(|e| e.chunk);
+            slot.examples.truncate(GROUP_KEYS);
+        }
+    }
+
+    /// The error groups, most frequent first.
+    pub fn top_groups(&self) -> Vec<(String, ErrorGroup)> {
+        let mut groups: Vec<(String, ErrorGroup)> = self
+            .groups
+            .iter()
+            .map(|(m, g)| (m.clone(), g.clone()))
+            .collect();
+        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(&b.0)));
+        groups.truncate(SAMPLE_GROUPS);
+        groups
+    }
+}
+
+/// Where the chunks come from.
+pub(crate) enum Feed {
+    /// Key ranges: `known` chunks first (re-read by their exact range),
+    /// then, if `next` is set, new keyset chunks after its cursor up to
+    /// `high_watermark`, numbered from its id.
+    Ranges {
+        /// Chunks with known ranges.
+        known: Vec<Chunk>,
+        /// The next chunk's id and the key it starts after.
+        next: Option<(u64, Option<Key>)>,
+        /// The last key in scope.
+        high_watermark: Option<Key>,
+        /// Rows per new chunk.
+        chunk_rows: u64,
+        /// Stop after this many rows.
+        limit: Option<u64>,
+    },
+    /// Lists of keys, each with the chunk they belong to.
+    Keys(Vec<(Chunk, Vec<Key>)>),
+}
+
+/// A chunk read, on its way to a worker.
+struct Work {
+    chunk: Chunk,
+    rows: ChunkRows,
+    read_ms: u64,
+    retries: u64,
+    /// For key lists: the keys asked for (some may be gone).
+    asked: Vec<Key>,
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs the feed through `concurrency` workers. Returns whether a range
+/// feed was read to its end (key-list feeds always are).
+pub(crate) async fn execute(
+    ctx: Arc<Context>,
+    feed: Feed,
+    concurrency: u32,
+) -> Result<bool, RunError> {
+    let (tx, rx) = mpsc::channel::<Work>(1);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let ctx = ctx.clone();
+        let rx = rx.clone();
+        workers.push(tokio::spawn(
+            async move { worker(ctx, rx).await }.in_current_span(),
+        ));
+    }
+    drop(rx);
+    let read_result = read_all(&ctx, feed, tx).await;
+    // A worker's error is the cause; the reader then only saw the stop.
+    let mut worker_error = None;
+    for handle in workers {
+        let result = handle
+            .await
+            .unwrap_or_else(|join| Err(RunError::Internal(format!("a worker panicked: {join}"))));
+        if let Err(e) = result {
+            worker_error.get_or_insert(e);
+        }
+    }
+    match (read_result, worker_error) {
+        (_, Some(e)) | (Err(e), None) => Err(e),
+        (Ok(exhausted), None) => Ok(exhausted),
+    }
+}
+
+/// Reads the feed's chunks in order and hands them on. Returns whether the
+/// feed was read to its end.
+async fn read_all(
+    ctx: &Arc<Context>,
+    feed: Feed,
+    tx: mpsc::Sender<Work>,
+) -> Result<bool, RunError> {
+    let stopped = || ctx.stop.load(Ordering::Relaxed);
+    let tokens = ctx.purpose.writes();
+    match feed {
+        Feed::Keys(groups) => {
+            for (chunk, keys) in groups {
+                if stopped() {
+                    return Ok(false);
+                }
+                let started = Instant::now();
+                let counter = AtomicU64::new(0);
+                let rows = backoff::retry(&ctx.policy, "reading rows by key", &counter, || {
+                    ctx.db.read_keys(&ctx.layout, &keys, tokens)
+                })
+                .await
+                .map_err(|source| RunError::Read {
+                    chunk: chunk.to_string(),
+                    source,
+                })?;
+                let work = Work {
+                    chunk,
+                    rows,
+                    read_ms: millis(started.elapsed()),
+                    retries: counter.into_inner(),
+                    asked: keys,
+                };
+                if tx.send(work).await.is_err() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Feed::Ranges {
+            known,
+            next,
+            high_watermark,
+            chunk_rows,
+            mut limit,
+        } => {
+            for chunk in known {
+                if stopped() || limit == Some(0) {
+                    return Ok(false);
+                }
+                let started = Instant::now();
+                let counter = AtomicU64::new(0);
+                let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
+                    ctx.db
+                        .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
+                })
+                .await
+                .map_err(|source| RunError::Read {
+                    chunk: chunk.to_string(),
+                    source,
+                })?;
+                if !hand_on(
+                    ctx,
+                    chunk,
+                    rows,
+                    started,
+                    counter.into_inner(),
+                    &mut limit,
+                    &tx,
+                )
+                .await?
+                {
+                    return Ok(false);
+                }
+            }
+            let (Some((mut next_id, mut cursor)), Some(high_watermark)) = (next, high_watermark)
+            else {
+                return Ok(true);
+            };
+            loop {
+                if stopped() {
+                    return Ok(false);
+                }
+                let want = limit.map_or(chunk_rows, |r| r.min(chunk_rows));
+                if want == 0 {
+                    return Ok(false);
+                }
+                let started = Instant::now();
+                let counter = AtomicU64::new(0);
+                let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
+                    ctx.db.read(
+                        &ctx.layout,
+                        cursor.as_ref(),
+                        &high_watermark,
+                        Some(want),
+                        tokens,
+                    )
+                })
+                .await
+                .map_err(|source| {
+                    let chunk = Chunk {
+                        id: next_id,
+                        lo: cursor.clone(),
+                        hi: high_watermark.clone(),
+                    };
+                    RunError::Read {
+                        chunk: chunk.to_string(),
+                        source,
+                    }
+                })?;
+                let Some(hi) = rows.keys.last().cloned() else {
+                    return Ok(true);
+                };
+                let short = (rows.len() as u64) < want;
+                let chunk = Chunk {
+                    id: next_id,
+                    lo: cursor.take(),
+                    hi: hi.clone(),
+                };
+                next_id += 1;
+                cursor = Some(hi);
+                if !hand_on(
+                    ctx,
+                    chunk,
+                    rows,
+                    started,
+                    counter.into_inner(),
+                    &mut limit,
+                    &tx,
+                )
+                .await?
+                {
+                    return Ok(false);
+                }
+                if short {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+/// Records a range chunk as started (for runs) and sends it to a worker.
+/// Returns false if no worker is left to take it.
+async fn hand_on(
+    ctx: &Arc<Context>,
+    chunk: Chunk,
+    rows: ChunkRows,
+    started: Instant,
+    mut retries: u64,
+    limit: &mut Option<u64>,
+    tx: &mpsc::Sender<Work>,
+) -> Result<bool, RunError> {
+    let read_ms = millis(started.elapsed());
+    if let Purpose::Run { session_id, .. } = &ctx.purpose {
+        let counter = AtomicU64::new(0);
+        let state = ctx.state()?;
+        backoff::retry(
+            &ctx.policy,
+            "checkpointing a chunk's start",
+            &counter,
+            || state.chunk_started(&ctx.run_id, &chunk, session_id),
+        )
+        .await
+        .map_err(|source| RunError::Checkpoint {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+        retries += counter.into_inner();
+    }
+    if let Some(r) = limit.as_mut() {
+        *r = r.saturating_sub(rows.len() as u64);
+    }
+    debug!(chunk = chunk.id, rows = rows.len(), read_ms, "Chunk read.");
+    Ok(tx
+        .send(Work {
+            chunk,
+            rows,
+            read_ms,
+            retries,
+            asked: Vec::new(),
+        })
+        .await
+        .is_ok())
+}
+
+async fn worker(
+    ctx: Arc<Context>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>,
+) -> Result<(), RunError> {
+    let mut instance: Option<Instance> = None;
+    loop {
+        let next = rx.lock().await.recv().await;
+        let Some(work) = next else { return Ok(()) };
+        if ctx.stop.load(Ordering::Relaxed) {
+            // Leave the chunk unfinished: a later run redoes it.
+            return Ok(());
+        }
+        let span = info_span!("chunk", chunk = work.chunk.id);
+        let result = process(&ctx, &mut instance, work).instrument(span).await;
+        if let Err(e) = result {
+            ctx.stop.store(true, Ordering::Relaxed);
+            error!(error = %e, "Stopping.");
+            return Err(e);
+        }
+    }
+}
+
+/// Runs rows through the transform on a blocking thread, batch by batch,
+/// isolating the rows that trap. Returns one result per row.
+async fn transform(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    instance: &mut Option<Instance>,
+    rows: ChunkRows,
+) -> Result<(ChunkRows, Vec<Result<Outcome, TransformError>>), RunError> {
+    let (returned, rows, results) = {
+        let ctx = ctx.clone();
+        let mut taken = instance.take();
+        let span = tracing::Span::current();
+        let chunk = chunk.clone();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let results = transform_rows(&ctx, &chunk, &mut taken, &rows.rows);
+            (taken, rows, results)
+        })
+        .await
+        .map_err(|e| RunError::Internal(format!("a transform thread panicked: {e}")))?
+    };
+    *instance = returned;
+    Ok((rows, results?))
+}
+
+/// The rows' input size in bytes, roughly.
+fn size(row: &Row) -> u64 {
+    row.values
+        .iter()
+        .map(|v| match v {
+            Value::Text(s) | Value::Json(s) => s.len() as u64,
+            Value::Bytes(b) => b.len() as u64,
+            _ => 8,
+        })
+        .sum()
+}
+
+fn transform_rows(
+    ctx: &Context,
+    chunk: &Chunk,
+    instance: &mut Option<Instance>,
+    rows: &[Row],
+) -> Result<Vec<Result<Outcome, TransformError>>, RunError> {
+    let mut results = Vec::with_capacity(rows.len());
+    let mut start = 0;
+    while start < rows.len() {
+        // A batch ends at `batch_rows` rows or `batch_bytes` bytes; a huge
+        // row travels alone.
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len()
+            && end - start < ctx.batch_rows
+            && (end == start || bytes + size(&rows[end]) <= ctx.batch_bytes)
+        {
+            bytes += size(&rows[end]);
+            end += 1;
+        }
+        let batch = &rows[start..end];
+        let mut out = Isolated::default();
+        run_isolating(&ctx.runner, &ctx.params, instance, batch, &mut out)?;
+        for line in &out.logs {
+            guest_log(line.level, &line.message);
+        }
+        if out.dropped_logs > 0 {
+            warn!(
+                dropped = out.dropped_logs,
+                "The transform logged too much; lines were dropped."
+            );
+        }
+        let trapped = out
+            .results
+            .iter()
+            .filter(|r| matches!(r, Err(TransformError::Trap { .. })))
+            .count();
+        if trapped > 0 {
+            warn!(
+                rows = trapped,
+                traps = out.traps,
+                "The transform trapped; the rows that caused it were isolated."
+            );
+        }
+        if trapped == batch.len() {
+            if ctx.trapped_batches.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_TRAPPED_BATCHES {
+                let source = out
+                    .results
+                    .into_iter()
+                    .find_map(Result::err)
+                    .unwrap_or(TransformError::Contract("every row trapped".into()));
+                return Err(RunError::TooManyTraps {
+                    chunk: chunk.to_string(),
+                    source,
+                });
+            }
+        } else {
+            ctx.trapped_batches.store(0, Ordering::Relaxed);
+        }
+        results.extend(out.results);
+        start = end;
+    }
+    Ok(results)
+}
+
+fn guest_log(level: Level, message: &str) {
+    match level {
+        Level::Debug => debug!(target: "refill::guest", "{message}"),
+        Level::Info => info!(target: "refill::guest", "{message}"),
+        Level::Warn => warn!(target: "refill::guest", "{message}"),
+        Level::Error => error!(target: "refill::guest", "{message}"),
+    }
+}
+
+/// A chunk's outcomes, checked: what to write, the counts, the failures and
+/// samples for the report.
+#[derive(Default)]
+struct Evaluated {
+    updates: Vec<Update>,
+    /// The row of `ChunkRows` each update came from.
+    sources: Vec<usize>,
+    counts: Counts,
+    diffs: Vec<Diff>,
+    groups: BTreeMap<String, ErrorGroup>,
+    dead: Vec<DeadLetter>,
+    /// Checksums of the computed and the current values of rows with an
+    /// `update` outcome, for verification.
+    expected: Sha256,
+    actual: Sha256,
+}
+
+impl Evaluated {
+    fn fail(&mut self, chunk: u64, key: &Key, message: String, inputs: &[Value], digest: &str) {
+        self.counts.failed += 1;
+        let group = self.groups.entry(message.clone()).or_default();
+        group.count += 1;
+        if group.examples.len() < GROUP_KEYS {
+            group.examples.push(Example {
+                chunk,
+                key: key.clone(),
+            });
+        }
+        self.dead.push(DeadLetter::new(
+            key.clone(),
+            chunk,
+            message,
+            value::fingerprint(inputs),
+            digest,
+        ));
+    }
+
+    /// Adds the evaluation of rows redone after a conflict (their rows were
+    /// already counted once).
+    fn absorb(&mut self, redo: Evaluated) {
+        self.counts.updated += redo.counts.updated;
+        self.counts.unchanged += redo.counts.unchanged;
+        self.counts.skipped += redo.counts.skipped;
+        self.counts.failed += redo.counts.failed;
+        for (message, group) in redo.groups {
+            let slot = self.groups.entry(message).or_default();
+            slot.count += group.count;
+            slot.examples.extend(group.examples);
+            slot.examples.truncate(GROUP_KEYS);
+        }
+        self.dead.extend(redo.dead);
+    }
+}
+
+/// Turns outcomes into the updates to write, the chunk's counts, failures
+/// and samples.
+fn evaluate(
+    layout: &Layout,
+    chunk: &Chunk,
+    rows: &ChunkRows,
+    results: Vec<Result<Outcome, TransformError>>,
+    digest: &str,
+    checksums: bool,
+) -> Evaluated {
+    let mut out = Evaluated {
+        counts: Counts {
+            rows: rows.len() as u64,
+            ..Counts::default()
+        },
+        ..Evaluated::default()
+    };
+    for (i, result) in results.into_iter().enumerate() {
+        let key = &rows.keys[i];
+        let inputs = &rows.rows[i].values;
+        let checked = match result {
+            Ok(Outcome::Skip) => {
+                out.counts.skipped += 1;
+                continue;
+            }
+            Ok(Outcome::Error(message)) => Err(message),
+            Err(error) => Err(format!("{error} (the row was run on its own)")),
+            Ok(Outcome::Update(values)) => {
+                check_update(layout, key, values, rows.current[i].as_deref())
+            }
+        };
+        match checked {
+            Err(message) => out.fail(chunk.id, key, message, inputs, digest),
+            Ok((values, changed)) => {
+                let current = rows.current[i].as_deref().unwrap_or(&[]);
+                if checksums {
+                    checksum(&mut out.expected, key, &values);
+                    checksum(&mut out.actual, key, current);
+                }
+                if !changed {
+                    out.counts.unchanged += 1;
+                    continue;
+                }
+                out.counts.updated += 1;
+                if out.diffs.len() < SAMPLE_DIFFS {
+                    out.diffs
+                        .push(diff(layout, chunk.id, key, inputs, current, &values));
+                }
+                out.updates.push(Update {
+                    key: key.clone(),
+                    values,
+                    token: rows.tokens[i].clone(),
+                });
+                out.sources.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// Feeds a row into a chunk checksum.
+fn checksum(hash: &mut Sha256, key: &Key, values: &[Value]) {
+    let row = serde_json::json!([key, values.iter().map(value::to_json).collect::<Vec<_>>()]);
+    hash.update(row.to_string().as_bytes());
+    hash.update(b"\n");
+}
+
+/// Checks an `update` outcome against the output columns. Returns the
+/// coerced values and whether they change the row, or why the row fails.
+fn check_update(
+    layout: &Layout,
+    key: &Key,
+    values: Vec<Value>,
+    current: Option<&[Value]>,
+) -> Result<(Vec<Value>, bool), String> {
+    if values.len() != layout.outputs.len() {
+        let names: Vec<&str> = layout.outputs.iter().map(|c| c.name.as_str()).collect();
+        return Err(format!(
+            "the transform returned {} values for {} output column{} ({})",
+            values.len(),
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        ));
+    }
+    let Some(current) = current else {
+        return Err(format!(
+            "no row with key {key} in the target table {}",
+            layout.target
+        ));
+    };
+    let mut coerced = Vec::with_capacity(values.len());
+    for (value, column) in values.into_iter().zip(&layout.outputs) {
+        let v = column
+            .kind
+            .coerce(value)
+            .map_err(|e| format!("output column \"{}\": {e}", column.name))?;
+        if v == Value::Null && column.not_null {
+            return Err(format!(
+                "output column \"{}\" is NOT NULL, but the transform returned NULL",
+                column.name
+            ));
+        }
+        coerced.push(v);
+    }
+    let unchanged = coerced
+        .iter()
+        .zip(current)
+        .all(|(new, old)| value::same(old, new));
+    Ok((coerced, !unchanged))
+}
+
+fn diff(
+    layout: &Layout,
+    chunk: u64,
+    key: &Key,
+    inputs: &[Value],
+    before: &[Value],
+    after: &[Value],
+) -> Diff {
+    Diff {
+        key: key.clone(),
+        chunk,
+        inputs: layout
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(c, v)| (c.name.clone(), value::Short(v).to_string()))
+            .collect(),
+        changes: layout
+            .outputs
+            .iter()
+            .zip(before.iter().zip(after))
+            .filter(|(_, (b, a))| !value::same(b, a))
+            .map(|(c, (b, a))| {
+                (
+                    c.name.clone(),
+                    value::Short(b).to_string(),
+                    value::Short(a).to_string(),
+                )
+            })
+            .collect(),
+    }
+}
+
+async fn process(
+    ctx: &Arc<Context>,
+    instance: &mut Option<Instance>,
+    work: Work,
+) -> Result<(), RunError> {
+    let Work {
+        chunk,
+        rows,
+        read_ms,
+        retries,
+        asked,
+    } = work;
+    let started = Instant::now();
+    let (rows, results) = transform(ctx, &chunk, instance, rows).await?;
+    let transform_ms = millis(started.elapsed());
+    let digest = ctx.runner.digest().to_string();
+    let verifying = matches!(ctx.purpose, Purpose::Verify { .. });
+    let mut evaluated = evaluate(&ctx.layout, &chunk, &rows, results, &digest, verifying);
+    evaluated.counts.retries += retries;
+
+    let started = Instant::now();
+    if ctx.purpose.writes() {
+        write_guarded(ctx, &chunk, instance, &rows, &mut evaluated).await?;
+    }
+    let counts = evaluated.counts;
+    let timings = Timings {
+        read_ms,
+        transform_ms,
+        write_ms: millis(started.elapsed()),
+    };
+    let verdict = match &ctx.purpose {
+        Purpose::Run { .. } => {
+            let state = ctx.state()?;
+            let trapped = evaluated
+                .dead
+                .iter()
+                .find(|d| d.error.contains("transform trapped"));
+            let note = trapped.map(|d| format!("key {}: {}", d.key, d.error));
+            let dead = &evaluated.dead;
+            let counter = AtomicU64::new(0);
+            backoff::retry(
+                &ctx.policy,
+                "checkpointing a finished chunk",
+                &counter,
+                || {
+                    state.chunk_done(
+                        &ctx.run_id,
+                        chunk.id,
+                        &counts,
+                        &timings,
+                        note.as_deref(),
+                        dead,
+                    )
+                },
+            )
+            .await
+            .map_err(|source| RunError::Checkpoint {
+                chunk: chunk.to_string(),
+                source,
+            })?;
+            None
+        }
+        Purpose::Retry { execute, retry_id } => {
+            let state = ctx.state()?;
+            let present: HashSet<&Key> = rows.keys.iter().collect();
+            let failed: HashSet<&Key> = evaluated.dead.iter().map(|d| &d.key).collect();
+            let gone = asked.iter().filter(|k| !present.contains(k)).count() as u64;
+            if *execute {
+                let resolved: Vec<Key> = asked
+                    .iter()
+                    .filter(|k| !failed.contains(k))
+                    .cloned()
+                    .collect();
+                let (resolved, dead) = (&resolved, &evaluated.dead);
+                let counter = AtomicU64::new(0);
+                backoff::retry(&ctx.policy, "resolving dead letters", &counter, || async {
+                    state
+                        .resolve_dead_letters(&ctx.run_id, resolved, retry_id, &digest)
+                        .await?;
+                    state.fail_again(&ctx.run_id, dead).await
+                })
+                .await
+                .map_err(|source| RunError::Checkpoint {
+                    chunk: chunk.to_string(),
+                    source,
+                })?;
+            }
+            Some(gone)
+        }
+        Purpose::Verify { dead } => {
+            let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
+            let differs =
+                evaluated.expected.clone().finalize() != evaluated.actual.clone().finalize();
+            if differs {
+                samples.differing_chunks += 1;
+                for update in &evaluated.updates {
+                    if samples.differing_keys.len() < LISTED_KEYS {
+                        samples.differing_keys.push(update.key.clone());
+                    }
+                }
+            }
+            for d in &evaluated.dead {
+                if dead.contains(&d.key) {
+                    samples.dead_lettered += 1;
+                } else if samples.failed_keys.len() < LISTED_KEYS {
+                    samples.failed_keys.push(d.key.clone());
+                }
+            }
+            None
+        }
+    };
+
+    let p = &ctx.progress;
+    p.done_rows.fetch_add(counts.rows, Ordering::Relaxed);
+    p.failed_rows.fetch_add(counts.failed, Ordering::Relaxed);
+    p.chunks_done.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.merge(evaluated.diffs, evaluated.groups);
+        samples.session.add(&counts);
+        samples.chunks += 1;
+        samples.gone += verdict.unwrap_or(0);
+    }
+    debug!(
+        rows = counts.rows,
+        updated = counts.updated,
+        unchanged = counts.unchanged,
+        skipped = counts.skipped,
+        failed = counts.failed,
+        conflicts = counts.conflicts,
+        retries = counts.retries,
+        read_ms = timings.read_ms,
+        transform_ms = timings.transform_ms,
+        write_ms = timings.write_ms,
+        "Chunk done."
+    );
+    if matches!(ctx.purpose, Purpose::Run { .. }) {
+        check_budget(ctx)?;
+    }
+    Ok(())
+}
+
+/// Stops the run once its failed rows exceed the error budget.
+fn check_budget(ctx: &Context) -> Result<(), RunError> {
+    let failed = ctx.progress.failed_rows.load(Ordering::Relaxed);
+    let rows = ctx.progress.done_rows.load(Ordering::Relaxed);
+    let over = match (ctx.budget.max_errors, ctx.budget.max_error_rate) {
+        (Some(max), _) if failed > max => Some(format!(
+            "{failed} rows failed, more than [errors] max_errors = {max}"
+        )),
+        (_, Some(rate)) if rows >= RATE_FLOOR && failed as f64 > rate * rows as f64 => {
+            Some(format!(
+                "{failed} of {rows} rows failed ({:.2}%), more than [errors] max_error_rate = {rate}",
+                100.0 * failed as f64 / rows as f64
+            ))
+        }
+        _ => None,
+    };
+    match over {
+        Some(reason) => Err(RunError::ErrorBudget(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Writes a chunk's updates conditionally on their inputs being unchanged,
+/// with before-images first. Rows the application changed meanwhile are
+/// read, transformed and written again, up to `conflict_attempts` times;
+/// rows that left the scope or were deleted are skipped; rows the database
+/// refuses fail. Updates `evaluated`'s counts and failures.
+async fn write_guarded(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    instance: &mut Option<Instance>,
+    rows: &ChunkRows,
+    evaluated: &mut Evaluated,
+) -> Result<(), RunError> {
+    let state = ctx.state()?;
+    let digest = ctx.runner.digest().to_string();
+    let retries = AtomicU64::new(0);
+    let mut pending = std::mem::take(&mut evaluated.updates);
+    let mut sources = std::mem::take(&mut evaluated.sources);
+    let mut from: ChunkRows = ChunkRows::default();
+    let mut first = true;
+    for attempt in 1..=ctx.conflict_attempts {
+        if pending.is_empty() {
+            break;
+        }
+        let rows_now = if first { rows } else { &from };
+        let images: Vec<Image> = pending
+            .iter()
+            .zip(&sources)
+            .map(|(u, &i)| Image {
+                key: u.key.clone(),
+                before: rows_now.current[i].clone().unwrap_or_default(),
+                after: u.values.clone(),
+            })
+            .collect();
+        backoff::retry(&ctx.policy, "recording before-images", &retries, || {
+            state.save_images(&ctx.run_id, chunk.id, &images)
+        })
+        .await
+        .map_err(|source| RunError::Checkpoint {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+        let written = backoff::retry(&ctx.policy, "writing a chunk", &retries, || {
+            sink::write(&ctx.db, &ctx.layout, &pending, Guard::Inputs)
+        })
+        .await
+        .map_err(|source| RunError::Write {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+
+        let rejected: HashMap<Key, String> = written.rejected.into_iter().collect();
+        for (update, &i) in pending.iter().zip(&sources) {
+            if let Some(reason) = rejected.get(&update.key) {
+                evaluated.counts.updated -= 1;
+                evaluated.diffs.retain(|d| d.key != update.key);
+                evaluated.fail(
+                    chunk.id,
+                    &update.key,
+                    reason.clone(),
+                    &rows_now.rows[i].values,
+                    &digest,
+                );
+            }
+        }
+        let attempted = (pending.len() - rejected.len()) as u64;
+        if written.changed >= attempted {
+            break;
+        }
+        // Some rows were not written: find out which, and why.
+        let keys: Vec<Key> = pending
+            .iter()
+            .filter(|u| !rejected.contains_key(&u.key))
+            .map(|u| u.key.clone())
+            .collect();
+        let tokens: HashMap<&Key, &Option<String>> =
+            pending.iter().map(|u| (&u.key, &u.token)).collect();
+        let reread = backoff::retry(&ctx.policy, "reading rows again", &retries, || {
+            ctx.db.read_keys(&ctx.layout, &keys, true)
+        })
+        .await
+        .map_err(|source| RunError::Read {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+        let present: HashSet<&Key> = reread.keys.iter().collect();
+        let gone = keys.iter().filter(|k| !present.contains(k)).count() as u64;
+        evaluated.counts.updated -= gone;
+        evaluated.counts.skipped += gone;
+        let changed: Vec<usize> = (0..reread.len())
+            .filter(|&i| {
+                tokens
+                    .get(&reread.keys[i])
+                    .is_some_and(|t| **t != reread.tokens[i])
+            })
+            .collect();
+        if changed.is_empty() {
+            break;
+        }
+        evaluated.counts.updated -= changed.len() as u64;
+        evaluated.counts.conflicts += changed.len() as u64;
+        let redo_rows = reread.select(&changed);
+        if attempt == ctx.conflict_attempts {
+            let reason = format!(
+                "the row changed between refill's read and its write on each of {} attempts",
+                ctx.conflict_attempts
+            );
+            for i in 0..redo_rows.len() {
+                evaluated.fail(
+                    chunk.id,
+                    &redo_rows.keys[i],
+                    reason.clone(),
+                    &redo_rows.rows[i].values,
+                    &digest,
+                );
+            }
+            break;
+        }
+        debug!(
+            rows = changed.len(),
+            attempt, "Rows changed meanwhile; transforming them again."
+        );
+        let (redo_rows, results) = transform(ctx, chunk, instance, redo_rows).await?;
+        let mut redo = evaluate(&ctx.layout, chunk, &redo_rows, results, &digest, false);
+        redo.counts.rows = 0;
+        pending = std::mem::take(&mut redo.updates);
+        sources = std::mem::take(&mut redo.sources);
+        evaluated.absorb(redo);
+        from = redo_rows;
+        first = false;
+    }
+    evaluated.counts.retries += retries.into_inner();
+    Ok(())
+}

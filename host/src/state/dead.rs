@@ -1,0 +1,250 @@
+//! Dead letters: the rows of a run that failed, each with its key, chunk,
+//! error, a fingerprint of its inputs and the digest of the component that
+//! failed on it; retries resolve them or record them failing again.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row as _, Transaction};
+
+use super::{StateError, StateStore, get, now, q, to_i64, to_u64};
+use crate::chunk::{Key, KeyType};
+
+/// Rows per INSERT statement.
+const ROWS_PER_INSERT: usize = 100;
+
+/// A row that failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// Its key.
+    pub key: Key,
+    /// The chunk it belongs to.
+    pub chunk_id: u64,
+    /// Why it failed (the last time).
+    pub error: String,
+    /// The fingerprint of its input values when it failed.
+    pub input_hash: String,
+    /// The component that failed on it (the last time).
+    pub component_digest: String,
+    /// How many times it was tried.
+    pub attempts: u64,
+    /// When it first failed.
+    pub first_seen_at: String,
+    /// When it last failed.
+    pub last_seen_at: String,
+    /// When a retry made it right, if one did.
+    pub resolved_at: Option<String>,
+    /// The retry that did.
+    pub resolved_by: Option<String>,
+}
+
+impl DeadLetter {
+    /// A row failing for the first time.
+    pub fn new(
+        key: Key,
+        chunk_id: u64,
+        error: String,
+        input_hash: String,
+        component_digest: &str,
+    ) -> DeadLetter {
+        let at = now();
+        DeadLetter {
+            key,
+            chunk_id,
+            error,
+            input_hash,
+            component_digest: component_digest.to_string(),
+            attempts: 1,
+            first_seen_at: at.clone(),
+            last_seen_at: at,
+            resolved_at: None,
+            resolved_by: None,
+        }
+    }
+}
+
+/// The primary-key hash of a row key: keys can be long texts, which some
+/// databases cannot index whole.
+fn key_hash(key: &Key) -> String {
+    hex::encode(Sha256::digest(key.encode().as_bytes()))
+}
+
+/// Inserts dead letters inside a chunk's checkpoint transaction.
+pub(super) async fn insert(
+    tx: &mut Transaction<'_, Any>,
+    run_id: &str,
+    dead: &[DeadLetter],
+) -> Result<(), StateError> {
+    for batch in dead.chunks(ROWS_PER_INSERT) {
+        let tuples: Vec<String> = (0..batch.len())
+            .map(|r| {
+                let p: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO refill_dead_letters (run_id, key_hash, row_key, chunk_id, error, input_hash, \
+             component_digest, attempts, first_seen_at, last_seen_at, resolved_at) VALUES {}",
+            tuples.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in batch {
+            query = query
+                .bind(run_id)
+                .bind(key_hash(&d.key))
+                .bind(d.key.encode())
+                .bind(to_i64(d.chunk_id))
+                .bind(&d.error)
+                .bind(&d.input_hash)
+                .bind(&d.component_digest)
+                .bind(to_i64(d.attempts))
+                .bind(&d.first_seen_at)
+                .bind(&d.last_seen_at)
+                .bind(&d.resolved_at);
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(q("recording dead letters"))?;
+    }
+    Ok(())
+}
+
+fn from_row(r: &AnyRow, key_type: KeyType) -> Result<DeadLetter, StateError> {
+    let key: String = get(r, "row_key")?;
+    Ok(DeadLetter {
+        key: Key::decode(&key, key_type)
+            .ok_or_else(|| StateError::Corrupt(format!("dead letter key `{key}`")))?,
+        chunk_id: to_u64(get(r, "chunk_id")?),
+        error: get(r, "error")?,
+        input_hash: get(r, "input_hash")?,
+        component_digest: get(r, "component_digest")?,
+        attempts: to_u64(get(r, "attempts")?),
+        first_seen_at: get(r, "first_seen_at")?,
+        last_seen_at: get(r, "last_seen_at")?,
+        resolved_at: get(r, "resolved_at")?,
+        resolved_by: get(r, "resolved_by")?,
+    })
+}
+
+impl StateStore {
+    /// A run's dead letters, by chunk; only the unresolved ones if
+    /// `unresolved`.
+    pub async fn dead_letters(
+        &self,
+        run_id: &str,
+        key_type: KeyType,
+        unresolved: bool,
+    ) -> Result<Vec<DeadLetter>, StateError> {
+        let sql = if unresolved {
+            "SELECT * FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL ORDER BY chunk_id, first_seen_at"
+        } else {
+            "SELECT * FROM refill_dead_letters WHERE run_id = $1 ORDER BY chunk_id, first_seen_at"
+        };
+        let rows = sqlx::query(sql)
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading dead letters"))?;
+        rows.iter().map(|r| from_row(r, key_type)).collect()
+    }
+
+    /// Unresolved dead letters grouped by error, most frequent first: the
+    /// error, how many rows, and a few keys.
+    pub async fn dead_letter_groups(
+        &self,
+        run_id: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, u64, Vec<String>)>, StateError> {
+        let rows = sqlx::query(
+            "SELECT error, CAST(count(*) AS BIGINT) AS n FROM refill_dead_letters \
+             WHERE run_id = $1 AND resolved_at IS NULL GROUP BY error ORDER BY n DESC, error LIMIT $2",
+        )
+        .bind(run_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("grouping dead letters"))?;
+        let mut groups = Vec::new();
+        for r in rows {
+            let error: String = get(&r, "error")?;
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT row_key FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL AND error = $2 \
+                 ORDER BY chunk_id LIMIT 3",
+            )
+            .bind(run_id)
+            .bind(&error)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("grouping dead letters"))?;
+            groups.push((
+                error,
+                to_u64(
+                    r.try_get::<i64, _>("n")
+                        .map_err(q("grouping dead letters"))?,
+                ),
+                keys,
+            ));
+        }
+        Ok(groups)
+    }
+
+    /// Marks dead letters as made right by `resolved_by` with `digest`.
+    pub async fn resolve_dead_letters(
+        &self,
+        run_id: &str,
+        keys: &[Key],
+        resolved_by: &str,
+        digest: &str,
+    ) -> Result<(), StateError> {
+        let at = now();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("resolving dead letters"))?;
+        for key in keys {
+            sqlx::query(
+                "UPDATE refill_dead_letters SET resolved_at = $1, resolved_by = $2, component_digest = $3, \
+                 attempts = attempts + 1 WHERE run_id = $4 AND key_hash = $5",
+            )
+            .bind(&at)
+            .bind(resolved_by)
+            .bind(digest)
+            .bind(run_id)
+            .bind(key_hash(key))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("resolving dead letters"))?;
+        }
+        tx.commit().await.map_err(q("resolving dead letters"))?;
+        Ok(())
+    }
+
+    /// Records dead letters failing again, with their new error and digest.
+    pub async fn fail_again(&self, run_id: &str, dead: &[DeadLetter]) -> Result<(), StateError> {
+        let at = now();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("updating dead letters"))?;
+        for d in dead {
+            sqlx::query(
+                "UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
+                 attempts = attempts + 1, last_seen_at = $4 WHERE run_id = $5 AND key_hash = $6",
+            )
+            .bind(&d.error)
+            .bind(&d.input_hash)
+            .bind(&d.component_digest)
+            .bind(&at)
+            .bind(run_id)
+            .bind(key_hash(&d.key))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("updating dead letters"))?;
+        }
+        tx.commit().await.map_err(q("updating dead letters"))?;
+        Ok(())
+    }
+}

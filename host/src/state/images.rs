@@ -1,0 +1,173 @@
+//! Before-images: for every row a run changes, the values its target
+//! columns held before and the values the run wrote, kept per chunk so that
+//! `refill rollback` can restore them, and only where nobody changed the
+//! row since.
+
+use std::collections::HashMap;
+
+use sqlx::Row as _;
+
+use super::{StateError, StateStore, now, q, to_i64, to_u64};
+use crate::chunk::{Key, KeyType};
+use crate::value::{self, Value};
+
+/// One row's values before and after a run wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    /// The row's key.
+    pub key: Key,
+    /// The target columns' values before the write.
+    pub before: Vec<Value>,
+    /// The values written.
+    pub after: Vec<Value>,
+}
+
+fn encode(images: &[Image]) -> String {
+    let rows: Vec<serde_json::Value> = images
+        .iter()
+        .map(|i| {
+            serde_json::json!([
+                i.key,
+                i.before.iter().map(value::to_json).collect::<Vec<_>>(),
+                i.after.iter().map(value::to_json).collect::<Vec<_>>(),
+            ])
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+fn decode(text: &str, key_type: KeyType) -> Option<Vec<Image>> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+    let values = |v: &serde_json::Value| -> Option<Vec<Value>> {
+        v.as_array()?.iter().map(value::from_json).collect()
+    };
+    rows.iter()
+        .map(|row| {
+            let key = match (&row[0], key_type) {
+                (serde_json::Value::Number(n), KeyType::Integer) => Key::Int(n.as_i64()?),
+                (serde_json::Value::String(s), KeyType::Text) => Key::Text(s.clone()),
+                _ => return None,
+            };
+            Some(Image {
+                key,
+                before: values(&row[1])?,
+                after: values(&row[2])?,
+            })
+        })
+        .collect()
+}
+
+impl StateStore {
+    /// Records the before-images of a chunk's write. Called before the
+    /// write, so a crash never leaves written rows without an image.
+    pub async fn save_images(
+        &self,
+        run_id: &str,
+        chunk_id: u64,
+        images: &[Image],
+    ) -> Result<(), StateError> {
+        if images.is_empty() {
+            return Ok(());
+        }
+        let next: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(max(seq), 0) + 1 AS BIGINT) FROM refill_images WHERE run_id = $1 AND chunk_id = $2",
+        )
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("recording before-images"))?;
+        sqlx::query(
+            "INSERT INTO refill_images (run_id, chunk_id, seq, rows_count, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .bind(next)
+        .bind(to_i64(images.len() as u64))
+        .bind(encode(images))
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording before-images"))?;
+        Ok(())
+    }
+
+    /// The chunks of a run that have before-images, in order.
+    pub async fn image_chunks(&self, run_id: &str) -> Result<Vec<u64>, StateError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT chunk_id FROM refill_images WHERE run_id = $1 ORDER BY chunk_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading before-images"))?;
+        Ok(ids.into_iter().map(to_u64).collect())
+    }
+
+    /// A chunk's before-images, one per key: where a row was written more
+    /// than once (a conflict redone after the application changed the
+    /// row), the latest image, whose before-value is what the row held
+    /// just before refill's effective write.
+    pub async fn images(
+        &self,
+        run_id: &str,
+        chunk_id: u64,
+        key_type: KeyType,
+    ) -> Result<Vec<Image>, StateError> {
+        let rows = sqlx::query(
+            "SELECT data FROM refill_images WHERE run_id = $1 AND chunk_id = $2 ORDER BY seq",
+        )
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading before-images"))?;
+        let mut merged: Vec<Image> = Vec::new();
+        let mut index: HashMap<Key, usize> = HashMap::new();
+        for row in rows {
+            let text: String = row.try_get("data").map_err(q("reading before-images"))?;
+            let images = decode(&text, key_type).ok_or_else(|| {
+                StateError::Corrupt(format!("unreadable before-image of chunk {chunk_id}"))
+            })?;
+            for image in images {
+                match index.get(&image.key) {
+                    Some(&i) => merged[i] = image,
+                    None => {
+                        index.insert(image.key.clone(), merged.len());
+                        merged.push(image);
+                    }
+                }
+            }
+        }
+        Ok(merged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_round_trip() {
+        let images = vec![
+            Image {
+                key: Key::Int(7),
+                before: vec![Value::Null],
+                after: vec![Value::Text("a".into())],
+            },
+            Image {
+                key: Key::Int(-1),
+                before: vec![Value::Float(f64::NAN)],
+                after: vec![Value::Float(1.0)],
+            },
+        ];
+        let back = decode(&encode(&images), KeyType::Integer).expect("decodes");
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0], images[0]);
+        assert!(matches!(back[1].before[0], Value::Float(f) if f.is_nan()));
+        assert!(
+            decode(&encode(&images), KeyType::Text).is_none(),
+            "key types are checked"
+        );
+    }
+}
