@@ -167,13 +167,14 @@ fn refill(
     cache: &Path,
     component: &Path,
     digest: &str,
+    conditional: bool,
 ) -> (Duration, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
     let spec = format!(
         "name = \"bench\"\n[source]\nurl = \"{url}\"\nschema = \"{SCHEMA}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
          [chunk]\nrows = {CHUNK}\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
-         [target]\ncolumns = [\"status_v2\"]\n",
+         [target]\ncolumns = [\"status_v2\"]\nconditional = {conditional}\n",
         component.display(),
         map.join(",")
     );
@@ -298,7 +299,8 @@ async fn main() {
 
     let alone = transform_only(&component, &digest, rows);
 
-    let mut best = [Duration::MAX; 3];
+    // single statement, batched script, refill, refill without the guard
+    let mut best = [Duration::MAX; 4];
     let mut profile = (0.0, 0.0, 0.0, 0);
     for round in 1..=rounds {
         fresh(&pool).await;
@@ -308,18 +310,22 @@ async fn main() {
         let script = batched_script(&pool).await;
         verify(&pool, "the batched script").await;
         fresh(&pool).await;
-        let (ours, state, _dir) = refill(&url, &cache, &component, &digest);
+        let (ours, state, _dir) = refill(&url, &cache, &component, &digest, true);
         verify(&pool, "refill").await;
         if ours < best[2] {
             profile = chunk_profile(&state).await;
         }
+        fresh(&pool).await;
+        let (unguarded, _, _dir) = refill(&url, &cache, &component, &digest, false);
+        verify(&pool, "refill without conditional writes").await;
         println!(
-            "round {round}: single UPDATE {:.2} s, batched script {:.2} s, refill {:.2} s",
+            "round {round}: single UPDATE {:.2} s, batched script {:.2} s, refill {:.2} s, refill unconditional {:.2} s",
             single.as_secs_f64(),
             script.as_secs_f64(),
-            ours.as_secs_f64()
+            ours.as_secs_f64(),
+            unguarded.as_secs_f64()
         );
-        for (slot, d) in best.iter_mut().zip([single, script, ours]) {
+        for (slot, d) in best.iter_mut().zip([single, script, ours, unguarded]) {
             *slot = (*slot).min(d);
         }
     }
@@ -339,6 +345,7 @@ async fn main() {
         ("single UPDATE … SET status_v2 = CASE …", best[0]),
         ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
         ("refill run --execute (remap component)", best[2]),
+        ("  … with [target] conditional = false", best[3]),
     ] {
         println!(
             "  {name:<44} {:>9.2} {:>12} {:>18.2}",
@@ -352,6 +359,10 @@ async fn main() {
         "remap transform alone (1 thread, batches of 1000)",
         alone.as_secs_f64(),
         rate(rows, alone)
+    );
+    println!(
+        "conditional writes cost {:.0}% of refill's unconditional speed",
+        100.0 * (1.0 - best[3].as_secs_f64() / best[2].as_secs_f64())
     );
     let (read, transform, write, chunks) = profile;
     println!(

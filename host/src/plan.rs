@@ -55,19 +55,7 @@ pub fn params(spec: &Spec) -> Vec<Param> {
 /// rows in scope.
 pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, PlanError> {
     let layout = resolve(spec, db, runner.info()).await?;
-    // Bad configuration is refused before any row is read.
-    match runner.instance(&params(spec)) {
-        Ok(_) => {}
-        Err(TransformError::Config { error, .. }) => {
-            return Err(spec
-                .error_at(
-                    &["transform", "config"],
-                    format!("{} refuses it: {error}", runner.info().name),
-                )
-                .into());
-        }
-        Err(other) => return Err(other.into()),
-    }
+    check_config(spec, runner)?;
     let scope = db.scope(&layout).await?;
     let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
     let mut warnings = Vec::new();
@@ -100,6 +88,21 @@ pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, 
         chunks,
         warnings,
     })
+}
+
+/// Hands the spec's configuration to a fresh instance of the transform, so
+/// that a configuration it refuses stops everything before any row is read.
+pub fn check_config(spec: &Spec, runner: &Runner) -> Result<(), PlanError> {
+    match runner.instance(&params(spec)) {
+        Ok(_) => Ok(()),
+        Err(TransformError::Config { error, .. }) => Err(spec
+            .error_at(
+                &["transform", "config"],
+                format!("{} refuses it: {error}", runner.info().name),
+            )
+            .into()),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// Resolves the spec's tables and columns against the catalog, checking

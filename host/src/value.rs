@@ -204,25 +204,61 @@ pub fn timestamp_text(t: &Timestamp) -> Option<String> {
     Some(text)
 }
 
-/// A value as JSON, losslessly, for the state store: `null`, `true`,
-/// `["i", 5]`, `["f", bits]` (the float's bits, so NaN survives),
-/// `["t", "text"]`, `["x", "00ff"]` (bytes in hex), `["j", "{}"]`,
-/// `["ts", seconds, nanoseconds]`.
-pub fn to_json(value: &Value) -> serde_json::Value {
-    use serde_json::json;
+/// Appends a value as JSON, losslessly, to `out`: `null`, `true`,
+/// `["i",5]`, `["f",bits]` (the float's bits, so NaN survives),
+/// `["t","text"]`, `["x","00ff"]` (bytes in hex), `["j","{}"]`,
+/// `["ts",seconds,nanoseconds]`. It writes text directly, without a JSON
+/// tree: before-images hold one per changed row and column.
+pub fn write_json(out: &mut String, value: &Value) {
+    use std::fmt::Write as _;
     match value {
-        Value::Null => serde_json::Value::Null,
-        Value::Boolean(b) => json!(b),
-        Value::Integer(i) => json!(["i", i]),
-        Value::Float(f) => json!(["f", f.to_bits()]),
-        Value::Text(s) => json!(["t", s]),
-        Value::Bytes(b) => json!(["x", hex::encode(b)]),
-        Value::Json(s) => json!(["j", s]),
-        Value::Timestamp(t) => json!(["ts", t.seconds, t.nanoseconds]),
+        Value::Null => out.push_str("null"),
+        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Integer(i) => {
+            let _ = write!(out, "[\"i\",{i}]");
+        }
+        Value::Float(f) => {
+            let _ = write!(out, "[\"f\",{}]", f.to_bits());
+        }
+        Value::Text(s) => {
+            out.push_str("[\"t\",");
+            write_json_string(out, s);
+            out.push(']');
+        }
+        Value::Bytes(b) => {
+            out.push_str("[\"x\",\"");
+            out.push_str(&hex::encode(b));
+            out.push_str("\"]");
+        }
+        Value::Json(s) => {
+            out.push_str("[\"j\",");
+            write_json_string(out, s);
+            out.push(']');
+        }
+        Value::Timestamp(t) => {
+            let _ = write!(out, "[\"ts\",{},{}]", t.seconds, t.nanoseconds);
+        }
     }
 }
 
-/// Reads a value written by [`to_json`].
+/// Appends `s` as a JSON string literal.
+fn write_json_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Reads a value written by [`write_json`].
 pub fn from_json(json: &serde_json::Value) -> Option<Value> {
     use serde_json::Value as J;
     Some(match json {
@@ -249,8 +285,15 @@ pub fn from_json(json: &serde_json::Value) -> Option<Value> {
 /// row's inputs changed since it failed.
 pub fn fingerprint(values: &[Value]) -> String {
     use sha2::{Digest, Sha256};
-    let json = serde_json::Value::Array(values.iter().map(to_json).collect());
-    hex::encode(Sha256::digest(json.to_string().as_bytes()))
+    let mut json = String::from("[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        write_json(&mut json, v);
+    }
+    json.push(']');
+    hex::encode(Sha256::digest(json.as_bytes()))
 }
 
 /// A short, one-line rendering of a value for diffs and samples.
@@ -372,7 +415,7 @@ mod tests {
             Value::Integer(i64::MIN),
             Value::Float(f64::NAN),
             Value::Float(-0.0),
-            Value::Text("ünï😀".into()),
+            Value::Text("ünï😀 \"quoted\" back\\slash\n\u{1}".into()),
             Value::Bytes(vec![0, 255]),
             Value::Json("{\"a\": 1}".into()),
             Value::Timestamp(Timestamp {
@@ -381,7 +424,10 @@ mod tests {
             }),
         ];
         for v in &values {
-            let back = from_json(&to_json(v)).expect("decodes");
+            let mut text = String::new();
+            write_json(&mut text, v);
+            let parsed: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+            let back = from_json(&parsed).expect("decodes");
             assert!(same(v, &back), "{v:?} became {back:?}");
         }
         assert_eq!(fingerprint(&values), fingerprint(&values.clone()));

@@ -19,10 +19,10 @@ pub fn remapped(status: Option<&str>) -> Result<Option<String>, ()> {
 }
 
 /// The status of row `i` in [`quotes`]: one in four NULL, and, if `bad` is
-/// set, every 50th an unmapped `Won ` instead.
+/// set, one in a hundred an unmapped `WON` instead.
 pub fn status_of(i: i64, bad: bool) -> Option<&'static str> {
-    if bad && i % 50 == 7 {
-        return Some("Won ");
+    if bad && i % 100 == 7 {
+        return Some("WON");
     }
     match i % 4 {
         0 => Some("open"),
@@ -42,7 +42,7 @@ pub fn quotes(world: &World, n: i64, bad: bool) {
     };
     let t = world.table("quotes");
     let bad_case = if bad {
-        "WHEN i % 50 = 7 THEN 'Won '"
+        "WHEN i % 100 = 7 THEN 'WON'"
     } else {
         ""
     };

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
+use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -99,11 +99,36 @@ pub struct World {
     pub schema: Option<String>,
     rt: tokio::runtime::Runtime,
     pool: AnyPool,
+    /// Shared use of the PostgreSQL server, or the exclusive use a test that
+    /// restarts it needs. Dropped last.
+    _server: Option<ServerUse>,
+}
+
+/// Every PostgreSQL world shares the server; a test that restarts it takes
+/// it for itself, after the others finish.
+static SERVER: RwLock<()> = RwLock::new(());
+
+enum ServerUse {
+    Shared(#[expect(dead_code, reason = "held for its Drop")] RwLockReadGuard<'static, ()>),
+    Exclusive(#[expect(dead_code, reason = "held for its Drop")] RwLockWriteGuard<'static, ()>),
 }
 
 impl World {
     /// A fresh world named after the test.
     pub fn new(backend: Backend, name: &str) -> World {
+        let server = (backend == Backend::Postgres)
+            .then(|| ServerUse::Shared(SERVER.read().unwrap_or_else(|e| e.into_inner())));
+        World::with_server(backend, name, server)
+    }
+
+    /// A PostgreSQL world that has the server to itself: no other test
+    /// uses it until this world is dropped.
+    pub fn exclusive(name: &str) -> World {
+        let server = ServerUse::Exclusive(SERVER.write().unwrap_or_else(|e| e.into_inner()));
+        World::with_server(Backend::Postgres, name, Some(server))
+    }
+
+    fn with_server(backend: Backend, name: &str, server: Option<ServerUse>) -> World {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let dir = tempfile::Builder::new()
@@ -148,6 +173,7 @@ impl World {
             schema,
             rt,
             pool,
+            _server: server,
         }
     }
 
@@ -183,6 +209,35 @@ impl World {
                      WHERE table_schema = '{schema}' AND table_name LIKE 'refill%'"
                 ))
                 .is_empty(),
+        }
+    }
+
+    /// Runs a text-only query on the state store (the world's PostgreSQL
+    /// schema, or its SQLite file).
+    pub fn state_rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match &self.schema {
+            Some(schema) => self.rows(&sql.replace("refill_", &format!("{schema}.refill_"))),
+            None => {
+                let url = format!(
+                    "sqlite://{}",
+                    self.dir.path().join(".refill/state.db").display()
+                );
+                let pool = self
+                    .rt
+                    .block_on(AnyPoolOptions::new().max_connections(1).connect(&url))
+                    .expect("open the state store");
+                let rows = self
+                    .rt
+                    .block_on(sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&pool))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.try_get::<Option<String>, _>(i).expect("text column"))
+                            .collect()
+                    })
+                    .collect()
+            }
         }
     }
 
@@ -275,6 +330,31 @@ impl World {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn refill")
+    }
+
+    /// Polls `refill status` until the newest run of `spec.toml` has at
+    /// least `n` chunks done (a condition, checked every 20 ms, for two
+    /// minutes at most). Fails if the run ends first.
+    pub fn wait_for_chunks(&self, child: &mut Child, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            assert!(
+                child.try_wait().expect("poll child").is_none(),
+                "the run ended before it could be interrupted"
+            );
+            let ran = self.run(&["status", "--json", "--spec", "spec.toml"]);
+            if ran.code == Some(0) {
+                let list: serde_json::Value = serde_json::from_str(&ran.stdout).expect("json");
+                if list[0]["chunks_done"].as_u64().unwrap_or(0) >= n {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress within two minutes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// `refill status RUN --json` for the spec, parsed.

@@ -5,6 +5,7 @@
 mod fixtures;
 mod harness;
 mod pipeline;
+mod recovery;
 mod resume;
 mod sandbox;
 mod spec_errors;

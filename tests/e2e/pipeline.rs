@@ -118,9 +118,8 @@ both!(per_row_errors_are_counted_and_exit_1, |backend, name| {
     let (updated, _, failed) = in_scope_counts(1000, true);
     assert!(failed > 0);
     assert!(
-        ran.stdout.contains(&format!(
-            "{failed} × no mapping for \"Won \" and no default"
-        )),
+        ran.stdout
+            .contains(&format!("{failed} × no mapping for \"WON\" and no default")),
         "{}",
         ran.stdout
     );

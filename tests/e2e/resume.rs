@@ -2,8 +2,6 @@
 //! without redoing finished chunks; a changed component or spec refuses to
 //! resume; a wrong or missing pin refuses to start.
 
-use std::time::{Duration, Instant};
-
 use crate::both;
 use crate::fixtures::*;
 use crate::harness::*;
@@ -21,26 +19,6 @@ fn slow_spec(world: &World) -> String {
     )
 }
 
-/// Polls `refill status` until the newest run has at least `n` chunks done.
-fn wait_for_chunks(world: &World, child: &mut std::process::Child, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            child.try_wait().expect("poll child").is_none(),
-            "the run ended before it could be killed"
-        );
-        let ran = world.run(&["status", "--json", "--spec", "spec.toml"]);
-        if ran.code == Some(0) {
-            let list: serde_json::Value = serde_json::from_str(&ran.stdout).expect("json");
-            if list[0]["chunks_done"].as_u64().unwrap_or(0) >= n {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "no progress within two minutes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 both!(
     sigkill_mid_run_resumes_without_redoing_chunks,
     |backend, name| {
@@ -49,7 +27,7 @@ both!(
         w.write("spec.toml", &slow_spec(&w));
 
         let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
-        wait_for_chunks(&w, &mut child, 3);
+        w.wait_for_chunks(&mut child, 3);
         // A second writer is refused while the first one works.
         let second = w.run(&["run", "spec.toml", "--execute"]);
         second.expect_code(2);

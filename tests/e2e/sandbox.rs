@@ -68,6 +68,15 @@ fn only_row_five_failed(w: &World) {
         }
     }
     assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], 1);
+    let dead = w.state_rows("SELECT row_key, error FROM refill_dead_letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0][0].as_deref(), Some("5"));
+    assert!(
+        dead[0][1]
+            .as_deref()
+            .is_some_and(|e| e.contains("transform trapped")),
+        "{dead:?}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Every column type refill reads and writes, with hostile values (NULLs,
-//! empty strings, 4-byte unicode, extremes), round-tripped through the
+//! empty strings, 4-byte unicode, extremes, 10 MB values, keys with
+//! gaps), round-tripped through the
 //! `echo` guest into a copy column; and values the database refuses, which
 //! fail only their own rows.
 
@@ -84,7 +85,10 @@ fn every_postgres_type_round_trips() {
            (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
            (3, -2147483648, -1, '-Infinity', -0.0, false, 'line\nbreak\ttab', '', '[]', 'null',
             '1900-01-01 00:00:00', '2262-04-11 23:47:16.854775+00', '2999-12-31', 0, '00000000-0000-0000-0000-000000000000',
-            '', 'happy')",
+            '', 'happy');
+         INSERT INTO {s}.typed (id, t, j, by) VALUES
+           (1000000, repeat('x', 10485760), jsonb_build_object('big', repeat('z', 10485760)),
+            convert_to(repeat('y', 10485760), 'UTF8'))",
         defs.join(", ")
     ));
     for (column, _) in columns {
@@ -116,7 +120,10 @@ fn every_sqlite_type_round_trips() {
          INSERT INTO typed (id, i, f, t, bl, b, j, ts, a) VALUES
            (1, 9223372036854775807, 1.5, 'ünï😀de', x'00ff00', 1, '{{\"a\": [1]}}', '2024-02-29 23:59:59.123', 'any text'),
            (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
-           (3, -1, -0.25, '', x'', 0, 'not json at all', '1969-07-20 20:17:40', 42)",
+           (3, -1, -0.25, '', x'', 0, 'not json at all', '1969-07-20 20:17:40', 42);
+         INSERT INTO typed (id, t, bl, j) VALUES
+           (1000000, replace(hex(zeroblob(5242880)), '0', 'x'), zeroblob(10485760),
+            '{{\"big\": \"' || replace(hex(zeroblob(5242880)), '0', 'z') || '\"}}')",
         defs.join(", ")
     ));
     for (column, _) in columns {

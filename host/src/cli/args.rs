@@ -60,6 +60,51 @@ pub enum Command {
         #[arg(long, value_name = "SPEC")]
         spec: Option<PathBuf>,
     },
+    /// Run a run's dead-lettered rows again, for example after fixing the
+    /// transform. Without --execute nothing is written.
+    Retry {
+        /// A run id, or a unique prefix of one.
+        run: String,
+        /// Write to the target. Needs the component pinned in the spec.
+        #[arg(long)]
+        execute: bool,
+        #[command(flatten)]
+        at: RunAt,
+    },
+    /// Recompute the transform over a run's rows (or, with only --spec,
+    /// over the spec's scope) and compare with what the target holds.
+    /// Writes nothing; exits 1 if any row differs.
+    Verify {
+        /// A run id, or a unique prefix of one.
+        run: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: RunAt,
+    },
+    /// Everything about a run: what ran, chunks, failures, retries,
+    /// verifications and rollbacks.
+    Report {
+        /// A run id, or a unique prefix of one.
+        run: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: RunAt,
+    },
+    /// Put back the values a run overwrote, where nobody changed the row
+    /// since. Without --execute nothing is written.
+    Rollback {
+        /// A run id, or a unique prefix of one.
+        run: String,
+        /// Write to the target.
+        #[arg(long)]
+        execute: bool,
+        #[command(flatten)]
+        at: RunAt,
+    },
     /// Describe a component: digest, size, imports, exports, what it says
     /// about itself, and whether refill would run it.
     Inspect {
@@ -69,6 +114,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a run is recorded, and the spec it ran.
+#[derive(Debug, clap::Args)]
+pub struct RunAt {
+    /// The spec (default: the file the run recorded), whose state store
+    /// holds the run.
+    #[arg(long, value_name = "SPEC")]
+    pub spec: Option<PathBuf>,
+    /// The state store, when no spec is given.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "spec",
+        env = "REFILL_STATE"
+    )]
+    pub state: Option<String>,
 }
 
 /// Parses the process arguments; exits with usage help on errors (code 2).

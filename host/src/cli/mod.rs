@@ -17,7 +17,7 @@ use refill::plan;
 use refill::run::{self, Progress, RunOptions};
 use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
-use refill::state::StateStore;
+use refill::state::{RunRecord, StateStore};
 use refill::transform::{Compiled, Limits, Runner};
 use tracing_subscriber::EnvFilter;
 
@@ -105,6 +105,10 @@ async fn dispatch(command: Command) -> Result<u8> {
             spec,
         } => status_command(run.as_deref(), json, state.as_deref(), spec.as_deref()).await,
         Command::Inspect { component, json } => inspect_command(&component, json),
+        Command::Retry { run, execute, at } => retry_command(&run, execute, &at).await,
+        Command::Verify { run, json, at } => verify_command(run.as_deref(), json, &at).await,
+        Command::Report { run, json, at } => report_command(&run, json, &at).await,
+        Command::Rollback { run, execute, at } => rollback_command(&run, execute, &at).await,
     }
 }
 
@@ -155,14 +159,8 @@ async fn status_command(
     state: Option<&str>,
     spec: Option<&Path>,
 ) -> Result<u8> {
-    let url = match (state, spec) {
-        (_, Some(spec)) => Spec::load(spec)?.state_url,
-        (Some(url), None) => DbUrl::parse(url, Path::new("."))?,
-        (None, None) => DbUrl::parse(DEFAULT_STATE_URL, Path::new("."))?,
-    };
-    let Some(store) = StateStore::open_existing(&url).await? else {
-        bail!("no state store at {url}; pass --spec SPEC or --state URL to read another one");
-    };
+    let url = state_url(state, spec.map(Spec::load).transpose()?.as_ref())?;
+    let store = open_state(&url).await?;
     match run {
         None => {
             let runs = store.recent_runs(20).await?;
@@ -198,6 +196,123 @@ async fn status_command(
         }
     }
     Ok(0)
+}
+
+/// The state store a command reads: the spec's, `--state`, or the default
+/// one in the current folder.
+fn state_url(state: Option<&str>, spec: Option<&Spec>) -> Result<DbUrl> {
+    Ok(match (state, spec) {
+        (_, Some(spec)) => spec.state_url.clone(),
+        (Some(url), None) => DbUrl::parse(url, Path::new("."))?,
+        (None, None) => DbUrl::parse(DEFAULT_STATE_URL, Path::new("."))?,
+    })
+}
+
+async fn open_state(url: &DbUrl) -> Result<StateStore> {
+    match StateStore::open_existing(url).await? {
+        Some(store) => Ok(store),
+        None => {
+            bail!("no state store at {url}; pass --spec SPEC or --state URL to read another one")
+        }
+    }
+}
+
+/// A recorded run, its state store, and the spec it ran (`--spec`, or the
+/// file the run recorded).
+async fn locate(id: &str, at: &args::RunAt) -> Result<(Spec, StateStore, RunRecord)> {
+    let given = at.spec.as_deref().map(Spec::load).transpose()?;
+    let store = open_state(&state_url(at.state.as_deref(), given.as_ref())?).await?;
+    let run = store
+        .find_run(id)
+        .await?
+        .with_context(|| format!("no run `{id}` in {}", store.url()))?;
+    let spec = match given {
+        Some(spec) => spec,
+        None => Spec::load(Path::new(&run.spec_path)).with_context(|| {
+            format!(
+                "run {} recorded its spec at {}; pass --spec SPEC if it moved",
+                run.run_id, run.spec_path
+            )
+        })?,
+    };
+    Ok((spec, store, run))
+}
+
+async fn retry_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> {
+    let (spec, store, run) = locate(id, at).await?;
+    let progress = Arc::new(Progress::default());
+    let display = progress::start(progress.clone());
+    let result = refill::retry::retry(&spec, &store, &run, execute, progress).await;
+    display.finish().await;
+    let report = result?;
+    show::retry(&report);
+    Ok(if report.record.failed > 0 {
+        FAILED_ROWS
+    } else {
+        0
+    })
+}
+
+async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Result<u8> {
+    let progress = Arc::new(Progress::default());
+    let record = match id {
+        Some(id) => {
+            let (spec, store, run) = locate(id, at).await?;
+            let display = progress::start(progress.clone());
+            let result = refill::verify::verify(&spec, Some((&run, &store)), progress).await;
+            display.finish().await;
+            result?
+        }
+        None => {
+            let Some(path) = &at.spec else {
+                bail!(
+                    "give a run to verify, or --spec SPEC to verify the spec's scope as it is now"
+                );
+            };
+            let spec = Spec::load(path)?;
+            let display = progress::start(progress.clone());
+            let result = refill::verify::verify(&spec, None, progress).await;
+            display.finish().await;
+            result?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        show::verification(&record);
+    }
+    Ok(if record.passed { 0 } else { FAILED_ROWS })
+}
+
+async fn report_command(id: &str, json: bool, at: &args::RunAt) -> Result<u8> {
+    let given = at.spec.as_deref().map(Spec::load).transpose()?;
+    let store = open_state(&state_url(at.state.as_deref(), given.as_ref())?).await?;
+    let run = store
+        .find_run(id)
+        .await?
+        .with_context(|| format!("no run `{id}` in {}", store.url()))?;
+    let report = refill::report::report(&store, run).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        show::report_full(&report);
+    }
+    Ok(0)
+}
+
+async fn rollback_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> {
+    let (spec, store, run) = locate(id, at).await?;
+    let progress = Arc::new(Progress::default());
+    let display = progress::start(progress.clone());
+    let result = refill::rollback::rollback(&spec, &store, &run, execute, progress).await;
+    display.finish().await;
+    let record = result?;
+    show::rollback(&record);
+    Ok(if record.changed_since > 0 {
+        FAILED_ROWS
+    } else {
+        0
+    })
 }
 
 fn inspect_command(path: &Path, json: bool) -> Result<u8> {

@@ -501,3 +501,279 @@ pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Keys, comma-separated, the first `max` of them.
+fn keys(keys: &[refill::chunk::Key], max: usize) -> String {
+    let mut text: Vec<String> = keys.iter().take(max).map(ToString::to_string).collect();
+    if keys.len() > max {
+        text.push(format!("… ({} more)", keys.len() - max));
+    }
+    text.join(", ")
+}
+
+/// Prints how a retry of dead letters went.
+pub fn retry(r: &refill::retry::RetryReport) {
+    let rec = &r.record;
+    let verb = if rec.execute { "Retry" } else { "Dry retry" };
+    println!(
+        "{verb} {} of run {}: {} dead-lettered rows with component sha256 {} (the run used {}), {:.1} s.",
+        rec.retry_id,
+        rec.run_id,
+        n(rec.rows),
+        rec.component_digest,
+        r.previous_digests.join(", then "),
+        r.elapsed.as_secs_f64()
+    );
+    let c = &r.counts;
+    let resolve = if rec.execute {
+        "resolved"
+    } else {
+        "would resolve"
+    };
+    println!(
+        "  {resolve:<15} {:>10}  ({} updated, {} already right, {} skipped)",
+        n(rec.resolved),
+        n(c.updated),
+        n(c.unchanged),
+        n(c.skipped)
+    );
+    println!("  {:<15} {:>10}", "still failing", n(rec.failed));
+    println!(
+        "  {:<15} {:>10}  (deleted or no longer in scope)",
+        "gone",
+        n(rec.gone)
+    );
+    if c.conflicts > 0 || c.retries > 0 {
+        println!(
+            "  ({} conflicts redone, {} database retries)",
+            n(c.conflicts),
+            n(c.retries)
+        );
+    }
+    if !r.error_groups.is_empty() {
+        println!("Still failing, by error:");
+        for (message, group) in &r.error_groups {
+            println!("  {:>8} × {message}  ({})", n(group.count), examples(group));
+        }
+    }
+    if !rec.execute {
+        println!("Nothing was written. To write: add --execute.");
+    }
+}
+
+/// Prints a verification.
+pub fn verification(v: &refill::state::VerificationRecord) {
+    let what = match &v.run_id {
+        Some(run) => format!("run {run}"),
+        None => "the spec's scope".to_string(),
+    };
+    let verdict = if v.passed {
+        "everything matches"
+    } else {
+        "DIFFERENCES FOUND"
+    };
+    println!(
+        "Verification of {what} with component sha256 {}: {verdict}.",
+        v.component_digest
+    );
+    println!(
+        "  {:<18} {:>10}  in {} chunks",
+        "rows checked",
+        n(v.rows),
+        n(v.chunks)
+    );
+    println!("  {:<18} {:>10}", "matching", n(v.matching));
+    println!(
+        "  {:<18} {:>10}  in {} chunks",
+        "differing",
+        n(v.differing),
+        n(v.differing_chunks)
+    );
+    println!("  {:<18} {:>10}", "skipped", n(v.skipped));
+    println!(
+        "  {:<18} {:>10}  (the run's dead letters, reported apart)",
+        "dead-lettered",
+        n(v.dead_lettered)
+    );
+    println!(
+        "  {:<18} {:>10}  (failed, but not dead letters)",
+        "failed",
+        n(v.failed)
+    );
+    if !v.differing_keys.is_empty() {
+        println!(
+            "Keys whose target differs from what the transform computes: {}",
+            keys(&v.differing_keys, 50)
+        );
+    }
+    if !v.failed_keys.is_empty() {
+        println!(
+            "Keys the transform fails on that are not dead letters: {}",
+            keys(&v.failed_keys, 50)
+        );
+    }
+}
+
+/// Prints a rollback.
+pub fn rollback(r: &refill::state::RollbackRecord) {
+    let verb = if r.execute {
+        "Rollback"
+    } else {
+        "Dry rollback"
+    };
+    println!("{verb} {} of run {}:", r.rollback_id, r.run_id);
+    let restore = if r.execute {
+        "restored"
+    } else {
+        "would restore"
+    };
+    println!("  {restore:<17} {:>10}", n(r.restored));
+    println!(
+        "  {:<17} {:>10}  (already held their previous values)",
+        "unchanged",
+        n(r.already_previous)
+    );
+    println!("  {:<17} {:>10}  (deleted since)", "gone", n(r.gone));
+    println!(
+        "  {:<17} {:>10}  (changed since the run wrote them; left alone)",
+        "changed since",
+        n(r.changed_since)
+    );
+    if !r.changed_keys.is_empty() {
+        println!(
+            "Rows changed since the run, left alone: {}",
+            keys(&r.changed_keys, 50)
+        );
+    }
+    if !r.execute {
+        println!("Nothing was written. To write: add --execute.");
+    }
+}
+
+/// Prints everything known about a run.
+pub fn report_full(r: &refill::report::Report) {
+    let run = &r.run;
+    println!(
+        "Report of run {} of \"{}\" ({:?}, {})",
+        run.run_id, run.name, run.mode, run.status
+    );
+    println!("What ran");
+    println!(
+        "  spec           {} (work hash {}, data hash {})",
+        run.spec_path, run.work_hash, run.data_hash
+    );
+    println!(
+        "  component      {} {}, sha256 {}",
+        run.transform_name, run.transform_version, run.component_digest
+    );
+    println!("  refill         {}", run.host_version);
+    println!("  by             {}@{}", run.user_name, run.host_name);
+    println!("  started        {}", run.started_at);
+    println!(
+        "  finished       {}",
+        run.finished_at.as_deref().unwrap_or("-")
+    );
+    if let Some(message) = &run.message {
+        println!("  message        {message}");
+    }
+    println!(
+        "  source         {} {} → {}",
+        run.source_url, run.source_table, run.target_table
+    );
+    let t = &r.totals;
+    println!("Rows");
+    println!(
+        "  {} of {} in scope: {} updated, {} already right, {} skipped, {} failed",
+        n(t.rows),
+        n(run.rows_in_scope),
+        n(t.updated),
+        n(t.unchanged),
+        n(t.skipped),
+        n(t.failed)
+    );
+    println!(
+        "  {} rows changed by others meanwhile (redone), {} database operations retried",
+        n(t.conflicts),
+        n(t.retries)
+    );
+    println!("Chunks ({})", r.chunks.len());
+    println!(
+        "  {:>6} {:>8} {:>8} {:>6} {:>8} {:>9} {:>10} {:>10}",
+        "chunk", "rows", "updated", "failed", "read ms", "xform ms", "write ms", "rows/s"
+    );
+    for line in &r.chunks {
+        let c = &line.chunk;
+        println!(
+            "  {:>6} {:>8} {:>8} {:>6} {:>8} {:>9} {:>10} {:>10}{}",
+            c.chunk_id,
+            n(c.counts.rows),
+            n(c.counts.updated),
+            n(c.counts.failed),
+            n(c.timings.read_ms),
+            n(c.timings.transform_ms),
+            n(c.timings.write_ms),
+            n(line.rows_per_sec.round() as u64),
+            if c.status == ChunkStatus::Pending {
+                "  (unfinished)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "Failures: {} dead letters, {} unresolved",
+        n(r.dead_letters),
+        n(r.unresolved)
+    );
+    for f in &r.failures {
+        println!(
+            "  {:>8} × {}  (keys {})",
+            n(f.rows),
+            f.error,
+            f.keys.join(", ")
+        );
+    }
+    println!("Retries ({})", r.retries.len());
+    for x in &r.retries {
+        println!(
+            "  {} {} by {}@{}: component {}; {} rows, {} resolved, {} still failing, {} gone{}",
+            x.retry_id,
+            if x.execute { "executed" } else { "dry run" },
+            x.user_name,
+            x.host_name,
+            x.component_digest,
+            n(x.rows),
+            n(x.resolved),
+            n(x.failed),
+            n(x.gone),
+            x.message
+                .as_ref()
+                .map(|m| format!("; stopped: {m}"))
+                .unwrap_or_default()
+        );
+    }
+    println!("Verifications ({})", r.verifications.len());
+    for v in &r.verifications {
+        println!(
+            "  {} at {}: {}; {} rows, {} differing, {} dead-lettered, {} failed",
+            v.verification_id,
+            v.started_at,
+            if v.passed { "passed" } else { "FAILED" },
+            n(v.rows),
+            n(v.differing),
+            n(v.dead_lettered),
+            n(v.failed)
+        );
+    }
+    println!("Rollbacks ({})", r.rollbacks.len());
+    for b in &r.rollbacks {
+        println!(
+            "  {} {}: {} restored, {} changed since (left alone), {} gone",
+            b.rollback_id,
+            if b.execute { "executed" } else { "dry run" },
+            n(b.restored),
+            n(b.changed_since),
+            n(b.gone)
+        );
+    }
+}

@@ -141,6 +141,9 @@ pub enum RunError {
     /// A bug in refill itself.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The spec does not describe the run's data.
+    #[error("{0}")]
+    WrongSpec(String),
     /// More rows failed than the spec's `[errors]` budget allows.
     #[error(
         "error budget exceeded: {0}; the run stopped and can be resumed after a fix (see `refill report`)"
@@ -257,7 +260,7 @@ pub fn load_transform(spec: &Spec, require_pin: bool) -> Result<Runner, RunError
 }
 
 /// A short random id part.
-fn random_hex(digits: usize) -> String {
+pub(crate) fn random_hex(digits: usize) -> String {
     let mut h = RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
@@ -370,6 +373,7 @@ fn new_run(spec: &Spec, runner: &Runner, plan: &Plan, mode: Mode) -> RunRecord {
         mode,
         status: RunStatus::Running,
         work_hash: spec.work_hash(),
+        data_hash: spec.data_hash(),
         spec: spec.audit_json(),
         spec_path: spec
             .path
@@ -410,17 +414,7 @@ pub async fn run(
     let db = Database::connect(&spec.source_url, concurrency + 2).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let state = StateStore::open(&spec.state_url).await?;
-    let session = SessionRecord {
-        session_id: format!("s{}", random_hex(12)),
-        run_id: String::new(),
-        pid: std::process::id(),
-        host_name: host_name(),
-        user_name: user_name(),
-        started_at: now(),
-        heartbeat_at: now(),
-        ended_at: None,
-        outcome: None,
-    };
+    let session = new_session();
     let prepared = Prepared {
         started,
         runner,
@@ -431,24 +425,70 @@ pub async fn run(
     if !options.execute {
         return run_session(spec, options, progress, prepared, session).await;
     }
-    // One writer per backfill: the lock is taken before deciding what to
-    // resume, and given back however the run ends (a crash leaves it to a
-    // holder that the next run sees is gone).
-    if let Some(holder) = state
-        .acquire_lock(spec.name(), &session, |h| !alive(h))
-        .await?
-    {
+    let lock_session = session.clone();
+    with_lock(
+        &state,
+        spec.name(),
+        &lock_session,
+        run_session(spec, options, progress, prepared, session),
+    )
+    .await
+}
+
+/// A session record for this process, not yet tied to a run.
+pub(crate) fn new_session() -> SessionRecord {
+    SessionRecord {
+        session_id: format!("s{}", random_hex(12)),
+        run_id: String::new(),
+        pid: std::process::id(),
+        host_name: host_name(),
+        user_name: user_name(),
+        started_at: now(),
+        heartbeat_at: now(),
+        ended_at: None,
+        outcome: None,
+    }
+}
+
+/// Keeps a session (and the lock it holds, if any) marked alive until the
+/// returned task is aborted.
+fn heartbeat(state: &StateStore, session_id: &str) -> tokio::task::JoinHandle<()> {
+    let state = state.clone();
+    let id = session_id.to_string();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tick.tick().await;
+            if let Err(error) = state.heartbeat(&id).await {
+                warn!(%error, "Could not record a heartbeat.");
+            }
+        }
+    })
+}
+
+/// Runs `work` holding the write lock of the backfill `name`: one writer
+/// per backfill. The lock is taken before `work` decides anything, kept
+/// alive by a heartbeat, and given back however `work` ends; a crash leaves
+/// it to a holder that the next process sees is gone.
+pub(crate) async fn with_lock<T>(
+    state: &StateStore,
+    name: &str,
+    session: &SessionRecord,
+    work: impl std::future::Future<Output = Result<T, RunError>>,
+) -> Result<T, RunError> {
+    if let Some(holder) = state.acquire_lock(name, session, |h| !alive(h)).await? {
         return Err(RunError::Busy {
-            name: spec.name().to_string(),
+            name: name.to_string(),
             pid: holder.pid,
             host: holder.host_name,
             heartbeat_at: holder.heartbeat_at,
         });
     }
-    let session_id = session.session_id.clone();
-    let result = run_session(spec, options, progress, prepared, session).await;
-    if let Err(error) = state.release_lock(spec.name(), &session_id).await {
-        warn!(%error, "Could not release the backfill's lock; the next run takes it over.");
+    let heartbeat = heartbeat(state, &session.session_id);
+    let result = work.await;
+    heartbeat.abort();
+    if let Err(error) = state.release_lock(name, &session.session_id).await {
+        warn!(%error, "Could not release the backfill's lock; the next process takes it over.");
     }
     result
 }
@@ -481,6 +521,7 @@ pub(crate) fn context(
         batch_bytes: t.batch_bytes,
         policy: policy(spec),
         conflict_attempts: spec.file.retry.conflict_attempts,
+        conditional: spec.file.target.conditional,
         budget: spec.file.errors.clone(),
         progress,
         stop: AtomicBool::new(false),
@@ -548,20 +589,8 @@ async fn run_session(
 
     session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
-    let heartbeat = {
-        let state = state.clone();
-        let id = session.session_id.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
-            loop {
-                tick.tick().await;
-                if let Err(error) = state.heartbeat(&id).await {
-                    warn!(%error, "Could not record a heartbeat.");
-                }
-            }
-        })
-    };
-
+    // A locked (execute) session's heartbeat is kept by `with_lock`.
+    let dry_heartbeat = (!options.execute).then(|| heartbeat(&state, &session.session_id));
     let chunks = state.chunks(&run).await?;
     let done = chunks.iter().filter(|c| c.status == ChunkStatus::Done);
     let done_rows: u64 = done.clone().map(|c| c.counts.rows).sum();
@@ -612,7 +641,9 @@ async fn run_session(
     let outcome = pipeline::execute(ctx.clone(), feed, spec.file.chunk.concurrency)
         .instrument(span)
         .await;
-    heartbeat.abort();
+    if let Some(beat) = dry_heartbeat {
+        beat.abort();
+    }
 
     let (status, failure) = match outcome {
         Ok(true) => (RunStatus::Done, None),

@@ -106,6 +106,8 @@ pub(crate) struct Context {
     pub policy: Policy,
     /// Attempts at rows that keep changing meanwhile.
     pub conflict_attempts: u32,
+    /// Whether writes are conditional on the inputs being unchanged.
+    pub conditional: bool,
     /// The error budget (runs only).
     pub budget: ErrorsSpec,
     /// Live counters.
@@ -139,12 +141,13 @@ pub(crate) struct Samples {
     pub chunks: u64,
     /// Verification: chunks whose checksums differed.
     pub differing_chunks: u64,
-    /// Verification: the keys that differ.
-    pub differing_keys: Vec<Key>,
+    /// Verification: the keys that differ, with their chunk.
+    pub differing_keys: Vec<(u64, Key)>,
     /// Verification: failed rows that are dead letters.
     pub dead_lettered: u64,
-    /// Verification: failed keys that are not dead letters.
-    pub failed_keys: Vec<Key>,
+    /// Verification: failed keys that are not dead letters, with their
+    /// chunk.
+    pub failed_keys: Vec<(u64, Key)>,
     /// Retry: rows no longer in scope.
     pub gone: u64,
 }
@@ -261,7 +264,7 @@ async fn read_all(
     tx: mpsc::Sender<Work>,
 ) -> Result<bool, RunError> {
     let stopped = || ctx.stop.load(Ordering::Relaxed);
-    let tokens = ctx.purpose.writes();
+    let tokens = ctx.purpose.writes() && ctx.conditional;
     match feed {
         Feed::Keys(groups) => {
             for (chunk, keys) in groups {
@@ -634,6 +637,7 @@ fn evaluate(
     results: Vec<Result<Outcome, TransformError>>,
     digest: &str,
     checksums: bool,
+    guarded: bool,
 ) -> Evaluated {
     let mut out = Evaluated {
         counts: Counts {
@@ -673,10 +677,12 @@ fn evaluate(
                     out.diffs
                         .push(diff(layout, chunk.id, key, inputs, current, &values));
                 }
+                let expected = if guarded { inputs.clone() } else { Vec::new() };
                 out.updates.push(Update {
                     key: key.clone(),
                     values,
                     token: rows.tokens[i].clone(),
+                    expected,
                 });
                 out.sources.push(i);
             }
@@ -687,8 +693,12 @@ fn evaluate(
 
 /// Feeds a row into a chunk checksum.
 fn checksum(hash: &mut Sha256, key: &Key, values: &[Value]) {
-    let row = serde_json::json!([key, values.iter().map(value::to_json).collect::<Vec<_>>()]);
-    hash.update(row.to_string().as_bytes());
+    let mut row = serde_json::to_string(key).unwrap_or_default();
+    for v in values {
+        row.push(',');
+        value::write_json(&mut row, v);
+    }
+    hash.update(row.as_bytes());
     hash.update(b"\n");
 }
 
@@ -787,7 +797,16 @@ async fn process(
     let transform_ms = millis(started.elapsed());
     let digest = ctx.runner.digest().to_string();
     let verifying = matches!(ctx.purpose, Purpose::Verify { .. });
-    let mut evaluated = evaluate(&ctx.layout, &chunk, &rows, results, &digest, verifying);
+    let guarded = ctx.purpose.writes() && ctx.conditional;
+    let mut evaluated = evaluate(
+        &ctx.layout,
+        &chunk,
+        &rows,
+        results,
+        &digest,
+        verifying,
+        guarded,
+    );
     evaluated.counts.retries += retries;
 
     let started = Instant::now();
@@ -867,7 +886,7 @@ async fn process(
                 samples.differing_chunks += 1;
                 for update in &evaluated.updates {
                     if samples.differing_keys.len() < LISTED_KEYS {
-                        samples.differing_keys.push(update.key.clone());
+                        samples.differing_keys.push((chunk.id, update.key.clone()));
                     }
                 }
             }
@@ -875,7 +894,7 @@ async fn process(
                 if dead.contains(&d.key) {
                     samples.dead_lettered += 1;
                 } else if samples.failed_keys.len() < LISTED_KEYS {
-                    samples.failed_keys.push(d.key.clone());
+                    samples.failed_keys.push((chunk.id, d.key.clone()));
                 }
             }
             None
@@ -975,8 +994,13 @@ async fn write_guarded(
             chunk: chunk.to_string(),
             source,
         })?;
+        let guard = if ctx.conditional {
+            Guard::Inputs
+        } else {
+            Guard::None
+        };
         let written = backoff::retry(&ctx.policy, "writing a chunk", &retries, || {
-            sink::write(&ctx.db, &ctx.layout, &pending, Guard::Inputs)
+            sink::write(&ctx.db, &ctx.layout, &pending, guard)
         })
         .await
         .map_err(|source| RunError::Write {
@@ -1008,10 +1032,9 @@ async fn write_guarded(
             .filter(|u| !rejected.contains_key(&u.key))
             .map(|u| u.key.clone())
             .collect();
-        let tokens: HashMap<&Key, &Option<String>> =
-            pending.iter().map(|u| (&u.key, &u.token)).collect();
+        let guarded: HashMap<&Key, &Update> = pending.iter().map(|u| (&u.key, u)).collect();
         let reread = backoff::retry(&ctx.policy, "reading rows again", &retries, || {
-            ctx.db.read_keys(&ctx.layout, &keys, true)
+            ctx.db.read_keys(&ctx.layout, &keys, ctx.conditional)
         })
         .await
         .map_err(|source| RunError::Read {
@@ -1022,11 +1045,19 @@ async fn write_guarded(
         let gone = keys.iter().filter(|k| !present.contains(k)).count() as u64;
         evaluated.counts.updated -= gone;
         evaluated.counts.skipped += gone;
+        // Changed: the token differs, or (without tokens) an input value.
         let changed: Vec<usize> = (0..reread.len())
             .filter(|&i| {
-                tokens
+                guarded
                     .get(&reread.keys[i])
-                    .is_some_and(|t| **t != reread.tokens[i])
+                    .is_some_and(|u| match &reread.tokens[i] {
+                        Some(token) => u.token.as_ref() != Some(token),
+                        None => !u
+                            .expected
+                            .iter()
+                            .zip(&reread.rows[i].values)
+                            .all(|(a, b)| value::same(a, b)),
+                    })
             })
             .collect();
         if changed.is_empty() {
@@ -1056,7 +1087,15 @@ async fn write_guarded(
             attempt, "Rows changed meanwhile; transforming them again."
         );
         let (redo_rows, results) = transform(ctx, chunk, instance, redo_rows).await?;
-        let mut redo = evaluate(&ctx.layout, chunk, &redo_rows, results, &digest, false);
+        let mut redo = evaluate(
+            &ctx.layout,
+            chunk,
+            &redo_rows,
+            results,
+            &digest,
+            false,
+            ctx.conditional,
+        );
         redo.counts.rows = 0;
         pending = std::mem::take(&mut redo.updates);
         sources = std::mem::take(&mut redo.sources);

@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::chunk::Key;
-use crate::source::{Database, Dialect, Layout, quote};
+use crate::source::{ColumnInfo, Database, Dialect, Layout, quote};
 use crate::value::Value;
 
 /// New values for one row of the target.
@@ -19,8 +19,12 @@ pub struct Update {
     pub key: Key,
     /// One value per output column, coerced to the column's kind.
     pub values: Vec<Value>,
-    /// The guard token the row had when it was read (see [`Guard`]).
+    /// The guard token the row had when it was read (see [`Guard`]), for
+    /// backends that guard with tokens.
     pub token: Option<String>,
+    /// The values the guarded columns held when the row was read, for
+    /// backends that compare values.
+    pub expected: Vec<Value>,
 }
 
 /// What a write is conditional on.
@@ -41,35 +45,87 @@ pub enum Guard {
 /// Names refill gives the unnested or listed values in its statements;
 /// unusual, so that they cannot capture a name in the spec's `where`.
 const KEY_NAME: &str = "\"__refill_k\"";
-const TOKEN_NAME: &str = "\"__refill_g\"";
 
-/// The condition `guard` adds to an update of the target aliased `t`,
-/// where the key and token of the update row are `key` and `token`.
+/// The name of the value an update row expects guarded column `i` to hold.
+fn expected_name(i: usize) -> String {
+    format!("\"__refill_e{i}\"")
+}
+
+/// Where an update row carries what its guarded columns should hold: a
+/// token, or one expected value per column.
+pub(crate) struct Expected<'a> {
+    /// The expression of the row's token (backends with tokens).
+    pub token: &'a str,
+    /// The expression of the row's expected value for column `i`.
+    pub value: &'a dyn Fn(usize) -> String,
+}
+
+/// The condition that `columns` of table `t` still hold what the update row
+/// expects: their token, where the backend has tokens, else each column,
+/// through the same expression a read uses, compared with the expected
+/// value.
+fn unchanged_sql(
+    dialect: &Dialect,
+    t: &str,
+    columns: &[ColumnInfo],
+    expected: &Expected<'_>,
+) -> String {
+    match dialect.token {
+        Some(token) => format!("{} = {}", token(t, columns), expected.token),
+        None => columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "{} IS NOT DISTINCT FROM {}",
+                    (dialect.column_expr)(t, c),
+                    (expected.value)(i)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND "),
+    }
+}
+
+/// The condition `guard` adds to an update of the target `t`, whose update
+/// row has key `key`.
 fn guard_sql(
     layout: &Layout,
     dialect: &Dialect,
     guard: Guard,
     t: &str,
     key: &str,
-    token: &str,
+    expected: &Expected<'_>,
 ) -> String {
     match guard {
         Guard::None => String::new(),
-        Guard::Outputs => format!(" AND {} = {token}", (dialect.token)(t, &layout.outputs)),
+        Guard::Outputs => format!(
+            " AND {}",
+            unchanged_sql(dialect, t, &layout.outputs, expected)
+        ),
         Guard::Inputs if layout.same_table() => {
             format!(
-                " AND {} = {token} AND {}",
-                (dialect.token)(t, &layout.inputs),
+                " AND {} AND {}",
+                unchanged_sql(dialect, t, &layout.inputs, expected),
                 layout.scope_sql()
             )
         }
         Guard::Inputs => format!(
-            " AND EXISTS (SELECT 1 FROM {} AS s WHERE s.{} = {key} AND {} = {token} AND {})",
+            " AND EXISTS (SELECT 1 FROM {} AS s WHERE s.{} = {key} AND {} AND {})",
             layout.source.quoted(),
             quote(&layout.key.name),
-            (dialect.token)("s", &layout.inputs),
+            unchanged_sql(dialect, "s", &layout.inputs, expected),
             layout.scope_sql(),
         ),
+    }
+}
+
+/// The columns a guard compares.
+fn guarded(layout: &Layout, guard: Guard) -> &[ColumnInfo] {
+    match guard {
+        Guard::None => &[],
+        Guard::Inputs => &layout.inputs,
+        Guard::Outputs => &layout.outputs,
     }
 }
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{Guard, KEY_NAME, SinkError, TOKEN_NAME, Update, guard_sql};
+use super::{Expected, Guard, KEY_NAME, SinkError, Update, expected_name, guard_sql, guarded};
 use crate::chunk::{Key, KeyType};
 use crate::source::postgres::DIALECT;
 use crate::source::{ColumnInfo, Layout, quote};
@@ -98,10 +98,16 @@ fn assign(c: &ColumnInfo, v: &str) -> String {
     }
 }
 
-/// The statement for a layout: the arrays are bound in order: keys, the
-/// guard tokens (unless `guard` is [`Guard::None`]), then one per output
-/// column.
-pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str], guard: Guard) -> String {
+/// The statement for a layout. The arrays are bound in order: keys, one
+/// per output column, then (unless `guard` is [`Guard::None`]) one per
+/// guarded column with the value it should still hold.
+pub fn update_sql(
+    layout: &Layout,
+    key_array: &str,
+    arrays: &[&str],
+    guarded: &[&str],
+    guard: Guard,
+) -> String {
     let sets: Vec<String> = layout
         .outputs
         .iter()
@@ -116,12 +122,12 @@ pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str], guard: Guar
         .collect();
     let mut types = vec![key_array];
     let mut names = vec![KEY_NAME.to_string()];
-    if guard != Guard::None {
-        types.push("text[]");
-        names.push(TOKEN_NAME.to_string());
-    }
     types.extend(arrays.iter().copied());
     names.extend((0..arrays.len()).map(|i| format!("\"__refill_v{i}\"")));
+    if guard != Guard::None {
+        types.extend(guarded.iter().copied());
+        names.extend((0..guarded.len()).map(expected_name));
+    }
     let params: Vec<String> = types
         .iter()
         .enumerate()
@@ -130,13 +136,18 @@ pub fn update_sql(layout: &Layout, key_array: &str, arrays: &[&str], guard: Guar
     // No alias for the target: the spec's `where`, which the guard
     // repeats, may name the table.
     let target = layout.target.quoted();
+    let value = |i: usize| format!("v.{}", expected_name(i));
+    let expected = Expected {
+        token: "NULL",
+        value: &value,
+    };
     let guard = guard_sql(
         layout,
         &DIALECT,
         guard,
         &target,
         &format!("v.{KEY_NAME}"),
-        &format!("v.{TOKEN_NAME}"),
+        &expected,
     );
     format!(
         "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {target}.{} = v.{KEY_NAME}{guard}",
@@ -157,26 +168,50 @@ pub async fn write(
     let n = updates.len();
     let mut int_keys = Vec::new();
     let mut text_keys = Vec::new();
-    let mut tokens = Vec::new();
     let mut arrays: Vec<Array> = layout
         .outputs
         .iter()
         .map(|c| Array::for_kind(&c.kind, n))
         .collect();
+    let guarded_columns = guarded(layout, guard);
+    let mut expected: Vec<Array> = guarded_columns
+        .iter()
+        .map(|c| Array::for_kind(&c.kind, n))
+        .collect();
+    let encode_error = |column: &ColumnInfo, key: &str, message: String| SinkError::Encode {
+        table: layout.target.quoted(),
+        column: column.name.clone(),
+        key: key.to_string(),
+        message,
+    };
     for update in updates {
         let key_text = update.key.to_string();
         match update.key {
             Key::Int(i) => int_keys.push(i),
             Key::Text(s) => text_keys.push(s),
         }
-        tokens.push(update.token);
         for ((array, value), column) in arrays.iter_mut().zip(update.values).zip(&layout.outputs) {
-            array.push(value).map_err(|message| SinkError::Encode {
-                table: layout.target.quoted(),
-                column: column.name.clone(),
-                key: key_text.clone(),
-                message,
-            })?;
+            array
+                .push(value)
+                .map_err(|m| encode_error(column, &key_text, m))?;
+        }
+        if guard != Guard::None {
+            if update.expected.len() != guarded_columns.len() {
+                return Err(encode_error(
+                    &guarded_columns[0],
+                    &key_text,
+                    "no expected values to guard on".into(),
+                ));
+            }
+            for ((array, value), column) in expected
+                .iter_mut()
+                .zip(update.expected)
+                .zip(guarded_columns)
+            {
+                array
+                    .push(value)
+                    .map_err(|m| encode_error(column, &key_text, m))?;
+            }
         }
     }
     let key_array = match layout.key_type {
@@ -184,17 +219,20 @@ pub async fn write(
         KeyType::Text => "text[]",
     };
     let types: Vec<&str> = arrays.iter().map(Array::sql_type).collect();
-    let sql = update_sql(layout, key_array, &types, guard);
+    let guarded_types: Vec<&str> = expected.iter().map(Array::sql_type).collect();
+    let sql = update_sql(layout, key_array, &types, &guarded_types, guard);
     let mut query = sqlx::query(crate::source::built(sql));
     query = match layout.key_type {
         KeyType::Integer => query.bind(int_keys),
         KeyType::Text => query.bind(text_keys),
     };
-    if guard != Guard::None {
-        query = query.bind(tokens);
-    }
     for array in arrays {
         query = array.bind(query);
+    }
+    if guard != Guard::None {
+        for array in expected {
+            query = array.bind(query);
+        }
     }
     let done = query
         .execute(pool)
@@ -257,7 +295,7 @@ mod tests {
         };
         let arrays = ["text[]", "text[]", "timestamptz[]", "text[]"];
         assert_eq!(
-            update_sql(&layout, "int8[]", &arrays, Guard::None),
+            update_sql(&layout, "int8[]", &arrays, &[], Guard::None),
             "UPDATE \"app\".\"quotes\" SET \"status_v2\" = v.\"__refill_v0\", \"doc\" = v.\"__refill_v1\"::jsonb, \
              \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
@@ -267,15 +305,12 @@ mod tests {
         let mut guarded = layout.clone();
         guarded.inputs = vec![column("status", "text", "text", ColumnKind::Text)];
         guarded.scope = Some("region = 'eu'".into());
-        let sql = update_sql(&guarded, "int8[]", &arrays, Guard::Inputs);
-        assert!(
-            sql.contains("FROM unnest($1::int8[], $2::text[], $3::text[]"),
-            "{sql}"
-        );
+        let sql = update_sql(&guarded, "int8[]", &arrays, &["text[]"], Guard::Inputs);
+        assert!(sql.contains("$5::text[], $6::text[]) AS v("), "{sql}");
         assert!(
             sql.ends_with(
                 "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
-                 AND md5(ROW(\"app\".\"quotes\".\"status\")::text) = v.\"__refill_g\" AND (region = 'eu')"
+                 AND \"app\".\"quotes\".\"status\"::text IS NOT DISTINCT FROM v.\"__refill_e0\" AND (region = 'eu')"
             ),
             "{sql}"
         );

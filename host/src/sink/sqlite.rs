@@ -4,7 +4,7 @@
 
 use sqlx::SqlitePool;
 
-use super::{Guard, SinkError, Update, guard_sql};
+use super::{Expected, Guard, SinkError, Update, guard_sql};
 use crate::chunk::Key;
 use crate::source::sqlite::DIALECT;
 use crate::source::{Layout, quote};
@@ -56,7 +56,17 @@ pub fn update_sql(layout: &Layout, rows: usize, guard: Guard) -> String {
         sets.join(", "),
         tuples.join(", "),
         quote(&layout.target_key.name),
-        guard_sql(layout, &DIALECT, guard, &target, "v.column1", "v.column2"),
+        guard_sql(
+            layout,
+            &DIALECT,
+            guard,
+            &target,
+            "v.column1",
+            &Expected {
+                token: "v.column2",
+                value: &|_| String::new()
+            }
+        ),
     )
 }
 

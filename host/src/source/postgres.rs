@@ -118,25 +118,17 @@ pub(super) fn column_expr(alias: &str, c: &ColumnInfo) -> String {
     }
 }
 
-/// How PostgreSQL spells refill's queries.
+/// How PostgreSQL spells refill's queries. It has no guard token: a
+/// conditional write compares each column with the value read, through the
+/// same expression the read used, so the comparison is exact and nothing is
+/// hashed.
 pub const DIALECT: Dialect = Dialect {
     key_cast,
     key_expr,
     column_expr,
-    token,
+    token: None,
     keys_filter,
 };
-
-/// `md5(ROW(cols)::text)`: the record's text form covers every value
-/// exactly (NULL and the empty string differ), and the hash keeps the token
-/// small however big the values are.
-pub(super) fn token(alias: &str, columns: &[ColumnInfo]) -> String {
-    let cols: Vec<String> = columns
-        .iter()
-        .map(|c| format!("{alias}.{}", quote(&c.name)))
-        .collect();
-    format!("md5(ROW({})::text)", cols.join(", "))
-}
 
 /// `key = ANY($n::type[])`: one array parameter holds every key.
 fn keys_filter(key: &ColumnInfo, first: usize, _count: usize) -> String {

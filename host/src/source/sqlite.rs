@@ -111,7 +111,7 @@ pub const DIALECT: Dialect = Dialect {
     key_cast: |_| String::new(),
     key_expr: column_expr,
     column_expr,
-    token,
+    token: Some(token),
     keys_filter,
 };
 

@@ -199,6 +199,11 @@ pub struct TargetSpec {
     /// The columns written, in the order the transform declares its outputs.
     #[serde(deserialize_with = "idents")]
     pub columns: Vec<String>,
+    /// Write a row only if its inputs still hold what the transform saw
+    /// and it is still in scope. Turn it off only when nothing else writes
+    /// the source rows during the run: it saves the guard's cost.
+    #[serde(default = "yes")]
+    pub conditional: bool,
 }
 
 /// `[state]`: the state store.
@@ -365,15 +370,17 @@ impl Spec {
             && self.target_key() == self.file.source.key
     }
 
-    /// The hash that identifies the work this spec describes: the source
-    /// (url without password, table, key, columns, scope), the target, and
-    /// the transform's configuration. Changing any of these while a run is
-    /// unfinished means its finished chunks were computed differently, so a
-    /// resume is refused. Chunk sizes, concurrency and limits are left out:
-    /// they change how the work is done, not what it is.
-    pub fn work_hash(&self) -> String {
+    /// The hash of the data this spec touches: the source (url without
+    /// password, table, key, columns, scope) and the target. A retry or a
+    /// rollback of a run needs a spec with the same data hash; its
+    /// transform may differ.
+    pub fn data_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.data_identity().to_string().as_bytes()))
+    }
+
+    fn data_identity(&self) -> serde_json::Value {
         let f = &self.file;
-        let identity = serde_json::json!({
+        serde_json::json!({
             "name": f.name,
             "source": {
                 "url": self.source_url.masked(),
@@ -389,7 +396,19 @@ impl Spec {
                 "key": self.target_key(),
                 "columns": f.target.columns,
             },
-            "config": f.transform.config,
+        })
+    }
+
+    /// The hash that identifies the work this spec describes: its
+    /// [`data_hash`](Spec::data_hash) parts and the transform's
+    /// configuration. Changing any of these while a run is unfinished means
+    /// its finished chunks were computed differently, so a resume is
+    /// refused. Chunk sizes, concurrency, limits and retry settings are
+    /// left out: they change how the work is done, not what it is.
+    pub fn work_hash(&self) -> String {
+        let identity = serde_json::json!({
+            "data": self.data_identity(),
+            "config": self.file.transform.config,
         });
         hex::encode(Sha256::digest(identity.to_string().as_bytes()))
     }
@@ -468,6 +487,9 @@ fn default_concurrency() -> u32 {
 }
 fn default_batch_rows() -> u32 {
     DEFAULT_BATCH_ROWS
+}
+fn yes() -> bool {
+    true
 }
 fn default_batch_bytes() -> u64 {
     DEFAULT_BATCH_BYTES
@@ -760,5 +782,15 @@ columns = ["status_v2"]
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
+        let data = |t: &str| parse(t).expect("valid").data_hash();
+        assert_eq!(
+            data(GOOD),
+            data(&GOOD.replace("won=closed_won", "won=won")),
+            "config is not data"
+        );
+        assert_ne!(
+            data(GOOD),
+            data(&GOOD.replace("< '2024-01-01'", "< '2025-01-01'"))
+        );
     }
 }

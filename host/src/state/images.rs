@@ -23,17 +23,32 @@ pub struct Image {
 }
 
 fn encode(images: &[Image]) -> String {
-    let rows: Vec<serde_json::Value> = images
-        .iter()
-        .map(|i| {
-            serde_json::json!([
-                i.key,
-                i.before.iter().map(value::to_json).collect::<Vec<_>>(),
-                i.after.iter().map(value::to_json).collect::<Vec<_>>(),
-            ])
-        })
-        .collect();
-    serde_json::Value::Array(rows).to_string()
+    let mut out = String::with_capacity(images.len() * 48);
+    let values = |out: &mut String, values: &[Value]| {
+        out.push('[');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            value::write_json(out, v);
+        }
+        out.push(']');
+    };
+    out.push('[');
+    for (n, image) in images.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        out.push_str(&serde_json::to_string(&image.key).unwrap_or_default());
+        out.push(',');
+        values(&mut out, &image.before);
+        out.push(',');
+        values(&mut out, &image.after);
+        out.push(']');
+    }
+    out.push(']');
+    out
 }
 
 fn decode(text: &str, key_type: KeyType) -> Option<Vec<Image>> {

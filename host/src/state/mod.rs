@@ -102,6 +102,8 @@ pub enum RunStatus {
     Failed,
     /// Given up with `--restart`; never resumed.
     Abandoned,
+    /// Undone by `refill rollback --execute`; never resumed.
+    RolledBack,
 }
 
 impl RunStatus {
@@ -113,6 +115,7 @@ impl RunStatus {
             RunStatus::Incomplete => "incomplete",
             RunStatus::Failed => "failed",
             RunStatus::Abandoned => "abandoned",
+            RunStatus::RolledBack => "rolled-back",
         }
     }
 
@@ -123,6 +126,7 @@ impl RunStatus {
             "incomplete" => RunStatus::Incomplete,
             "failed" => RunStatus::Failed,
             "abandoned" => RunStatus::Abandoned,
+            "rolled-back" => RunStatus::RolledBack,
             _ => return None,
         })
     }
@@ -155,6 +159,8 @@ pub struct RunRecord {
     pub status: RunStatus,
     /// The hash of the work the spec describes (see `Spec::work_hash`).
     pub work_hash: String,
+    /// The hash of the data the spec touches (see `Spec::data_hash`).
+    pub data_hash: String,
     /// The spec, urls masked.
     pub spec: serde_json::Value,
     /// Where the spec file was.
@@ -371,6 +377,7 @@ const SCHEMA: &[&str] = &[
         mode VARCHAR(16) NOT NULL,
         status VARCHAR(16) NOT NULL,
         work_hash VARCHAR(64) NOT NULL,
+        data_hash VARCHAR(64) NOT NULL,
         spec TEXT NOT NULL,
         spec_path TEXT NOT NULL,
         component_digest VARCHAR(64) NOT NULL,
@@ -580,16 +587,17 @@ impl StateStore {
     /// Records a new run.
     pub async fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO refill_runs (run_id, name, mode, status, work_hash, spec, spec_path, component_digest, \
+            "INSERT INTO refill_runs (run_id, name, mode, status, work_hash, data_hash, spec, spec_path, component_digest, \
              transform_name, transform_version, host_version, user_name, host_name, source_url, source_table, \
              target_table, key_type, first_key, high_watermark, rows_in_scope, chunk_rows, started_at, finished_at, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
         )
         .bind(&run.run_id)
         .bind(&run.name)
         .bind(run.mode.as_str())
         .bind(run.status.as_str())
         .bind(&run.work_hash)
+        .bind(&run.data_hash)
         .bind(run.spec.to_string())
         .bind(&run.spec_path)
         .bind(&run.component_digest)
@@ -981,6 +989,7 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StateError> {
         status: RunStatus::parse(&status)
             .ok_or_else(|| StateError::Corrupt(format!("unknown run status `{status}`")))?,
         work_hash: get(r, "work_hash")?,
+        data_hash: get(r, "data_hash")?,
         spec: serde_json::from_str(&spec).unwrap_or(serde_json::Value::String(spec)),
         spec_path: get(r, "spec_path")?,
         component_digest: get(r, "component_digest")?,
@@ -1085,6 +1094,7 @@ mod tests {
             mode: Mode::Execute,
             status,
             work_hash: "h".into(),
+            data_hash: "dh".into(),
             spec: serde_json::json!({"name": "n"}),
             spec_path: "/x.toml".into(),
             component_digest: "d".into(),
@@ -1182,7 +1192,7 @@ mod tests {
             .expect("groups");
         assert_eq!(groups, vec![("boom".to_string(), 1, vec!["k".to_string()])]);
         store
-            .resolve_dead_letters(&found.run_id, &[dead.key.clone()], "r1", "d2")
+            .resolve_dead_letters(&found.run_id, std::slice::from_ref(&dead.key), "r1", "d2")
             .await
             .expect("resolve");
         assert!(

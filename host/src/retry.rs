@@ -1,0 +1,151 @@
+//! `refill retry`: consumes a run's unresolved dead letters and a spec for
+//! the same data (its transform may be a fixed version, or configured
+//! differently); produces the dead-lettered rows run again through the
+//! [`pipeline`](crate::run) by key. Rows that now succeed are written (with
+//! `--execute`, conditionally and with before-images, like a run) and their
+//! dead letters resolved; rows that fail again keep theirs, with the new
+//! error. The retry, with its component digest, is recorded next to the run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{Instrument, info_span};
+
+use crate::chunk::{Chunk, Key};
+use crate::plan;
+use crate::run::pipeline::{self, Feed, Purpose};
+use crate::run::{self, Diff, ErrorGroup, Progress, RunError};
+use crate::source::Database;
+use crate::spec::Spec;
+use crate::state::{Counts, RetryRecord, RunRecord, RunStatus, StateStore, now};
+
+/// How a retry went.
+#[derive(Debug, Serialize)]
+pub struct RetryReport {
+    /// The retry, as recorded.
+    pub record: RetryRecord,
+    /// The digest the run (or its last retry) used before.
+    pub previous_digests: Vec<String>,
+    /// Counts of the rows retried.
+    pub counts: Counts,
+    /// Before → after samples.
+    pub diffs: Vec<Diff>,
+    /// Rows failing again, by error.
+    pub error_groups: Vec<(String, ErrorGroup)>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Re-runs the unresolved dead letters of `run` with `spec`'s transform.
+/// Writes only with `execute` (which needs the component pinned).
+pub async fn retry(
+    spec: &Spec,
+    state: &StateStore,
+    run: &RunRecord,
+    execute: bool,
+    progress: Arc<Progress>,
+) -> Result<RetryReport, RunError> {
+    let started = Instant::now();
+    if run.data_hash != spec.data_hash() {
+        return Err(RunError::WrongSpec(format!(
+            "run {} read and wrote other tables or columns than {} describes; retry it with the spec it ran",
+            run.run_id,
+            spec.path.display()
+        )));
+    }
+    if run.status == RunStatus::RolledBack {
+        return Err(RunError::WrongSpec(format!(
+            "run {} was rolled back; there is nothing to retry",
+            run.run_id
+        )));
+    }
+    let runner = Arc::new(run::load_transform(spec, execute)?);
+    let db = Database::connect(&spec.source_url, spec.file.chunk.concurrency + 2).await?;
+    let layout = plan::resolve(spec, &db, runner.info()).await?;
+    plan::check_config(spec, &runner)?;
+
+    let dead = state.dead_letters(&run.run_id, run.key_type, true).await?;
+    let chunks = state.chunks(run).await?;
+    let ranges: BTreeMap<u64, Chunk> = chunks.iter().map(|c| (c.chunk_id, c.chunk())).collect();
+    let mut groups: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
+    for d in &dead {
+        groups.entry(d.chunk_id).or_default().push(d.key.clone());
+    }
+    let feed: Vec<(Chunk, Vec<Key>)> = groups
+        .into_iter()
+        .map(|(id, keys)| {
+            let chunk = ranges.get(&id).cloned().unwrap_or(Chunk {
+                id,
+                lo: None,
+                hi: keys[keys.len() - 1].clone(),
+            });
+            (chunk, keys)
+        })
+        .collect();
+    let mut previous: Vec<String> = vec![run.component_digest.clone()];
+    for r in state.records::<RetryRecord>(&run.run_id).await? {
+        if !previous.contains(&r.component_digest) {
+            previous.push(r.component_digest);
+        }
+    }
+    let mut record = RetryRecord {
+        retry_id: format!("{}.retry-{}", run.run_id, run::random_hex(6)),
+        run_id: run.run_id.clone(),
+        execute,
+        component_digest: runner.digest().to_string(),
+        work_hash: spec.work_hash(),
+        user_name: run::user_name(),
+        host_name: run::host_name(),
+        started_at: now(),
+        rows: dead.len() as u64,
+        ..RetryRecord::default()
+    };
+    progress
+        .total_rows
+        .store(record.rows, std::sync::atomic::Ordering::Relaxed);
+    let ctx = Arc::new(run::context(
+        spec,
+        Purpose::Retry {
+            execute,
+            retry_id: record.retry_id.clone(),
+        },
+        &run.run_id,
+        db,
+        Some(state.clone()),
+        layout,
+        runner,
+        progress,
+    ));
+    let work = async {
+        state.record(&record).await?;
+        let span = info_span!("retry", run = %run.run_id);
+        pipeline::execute(ctx.clone(), Feed::Keys(feed), spec.file.chunk.concurrency)
+            .instrument(span)
+            .await
+    };
+    let outcome = if execute {
+        run::with_lock(state, spec.name(), &run::new_session(), work).await
+    } else {
+        work.await
+    };
+    let samples = Arc::into_inner(ctx)
+        .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or_default();
+    record.finished_at = Some(now());
+    record.failed = samples.session.failed;
+    record.gone = samples.gone;
+    record.resolved = record.rows.saturating_sub(record.failed + record.gone);
+    record.message = outcome.as_ref().err().map(ToString::to_string);
+    state.record(&record).await?;
+    outcome?;
+    Ok(RetryReport {
+        error_groups: samples.top_groups(),
+        record,
+        previous_digests: previous,
+        counts: samples.session,
+        diffs: samples.diffs,
+        elapsed: started.elapsed(),
+    })
+}

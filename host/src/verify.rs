@@ -1,0 +1,156 @@
+//! `refill verify`: consumes a spec (and, optionally, a run of it); produces
+//! a [`VerificationRecord`]: every row in scope re-read, the transform
+//! recomputed with the run's component and configuration, and the result
+//! compared with what the target holds, chunk by chunk (checksums of the
+//! computed and the current values first, the rows of a chunk only where
+//! they differ). It writes nothing to the data. With a run it checks the
+//! run's finished chunks, reports the run's dead letters apart, and records
+//! the verification in the state store; with only a spec (a backfill done
+//! by someone else's script) it checks the whole current scope.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::{Instrument, info_span};
+
+use crate::plan;
+use crate::run::pipeline::{self, Feed, Purpose};
+use crate::run::{self, Progress, RunError};
+use crate::source::Database;
+use crate::spec::Spec;
+use crate::state::{ChunkStatus, RetryRecord, RunRecord, StateStore, VerificationRecord, now};
+
+/// Verifies `spec`'s target, against `run` if given.
+pub async fn verify(
+    spec: &Spec,
+    run: Option<(&RunRecord, &StateStore)>,
+    progress: Arc<Progress>,
+) -> Result<VerificationRecord, RunError> {
+    let runner = Arc::new(run::load_transform(spec, false)?);
+    if let Some((run, state)) = run {
+        if run.data_hash != spec.data_hash() {
+            return Err(RunError::WrongSpec(format!(
+                "run {} read and wrote other tables or columns than {} describes; verify it with the spec it ran",
+                run.run_id,
+                spec.path.display()
+            )));
+        }
+        // The run's rows were computed by its component or by a retry's.
+        let mut digests = vec![run.component_digest.clone()];
+        digests.extend(
+            state
+                .records::<RetryRecord>(&run.run_id)
+                .await?
+                .into_iter()
+                .map(|r| r.component_digest),
+        );
+        if !digests.iter().any(|d| d == runner.digest()) {
+            return Err(RunError::WrongSpec(format!(
+                "run {} was computed with component sha256 {}, but {} now runs {}; verify with the component the run used",
+                run.run_id,
+                digests.join(" or "),
+                spec.path.display(),
+                runner.digest()
+            )));
+        }
+    }
+    let db = Database::connect(&spec.source_url, spec.file.chunk.concurrency + 2).await?;
+    let plan = plan::build(spec, &db, &runner).await?;
+
+    let (feed, dead) = match run {
+        Some((run, state)) => {
+            let chunks = state.chunks(run).await?;
+            let known = chunks
+                .iter()
+                .filter(|c| c.status == ChunkStatus::Done)
+                .map(|c| c.chunk())
+                .collect();
+            let dead = state
+                .dead_letters(&run.run_id, run.key_type, true)
+                .await?
+                .into_iter()
+                .map(|d| d.key)
+                .collect();
+            let rows = chunks
+                .iter()
+                .filter(|c| c.status == ChunkStatus::Done)
+                .map(|c| c.counts.rows)
+                .sum();
+            progress.total_rows.store(rows, Ordering::Relaxed);
+            let feed = Feed::Ranges {
+                known,
+                next: None,
+                high_watermark: None,
+                chunk_rows: u64::from(spec.file.chunk.rows),
+                limit: None,
+            };
+            (feed, dead)
+        }
+        None => {
+            progress
+                .total_rows
+                .store(plan.scope.rows, Ordering::Relaxed);
+            let feed = Feed::Ranges {
+                known: Vec::new(),
+                next: Some((1, None)),
+                high_watermark: plan.scope.high_watermark.clone(),
+                chunk_rows: u64::from(spec.file.chunk.rows),
+                limit: None,
+            };
+            (feed, HashSet::new())
+        }
+    };
+    let mut record = VerificationRecord {
+        verification_id: format!(
+            "verify-{}-{}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+            run::random_hex(6)
+        ),
+        run_id: run.map(|(r, _)| r.run_id.clone()),
+        component_digest: runner.digest().to_string(),
+        user_name: run::user_name(),
+        host_name: run::host_name(),
+        started_at: now(),
+        ..VerificationRecord::default()
+    };
+    let ctx = Arc::new(run::context(
+        spec,
+        Purpose::Verify { dead },
+        record.run_id.as_deref().unwrap_or(""),
+        db,
+        None,
+        plan.layout,
+        runner,
+        progress,
+    ));
+    let span = info_span!("verify", run = record.run_id.as_deref().unwrap_or("-"));
+    pipeline::execute(ctx.clone(), feed, spec.file.chunk.concurrency)
+        .instrument(span)
+        .await?;
+    let samples = Arc::into_inner(ctx)
+        .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .unwrap_or_default();
+    let counts = samples.session;
+    record.finished_at = Some(now());
+    record.rows = counts.rows;
+    record.matching = counts.unchanged;
+    record.differing = counts.updated;
+    record.skipped = counts.skipped;
+    record.dead_lettered = samples.dead_lettered;
+    record.failed = counts.failed - samples.dead_lettered;
+    record.chunks = samples.chunks;
+    record.differing_chunks = samples.differing_chunks;
+    // In key order: chunks finish in any order, rows within one in order.
+    let in_order = |mut keys: Vec<(u64, crate::chunk::Key)>| {
+        keys.sort_by_key(|(chunk, _)| *chunk);
+        keys.into_iter().map(|(_, key)| key).collect()
+    };
+    record.differing_keys = in_order(samples.differing_keys);
+    record.failed_keys = in_order(samples.failed_keys);
+    record.passed = record.differing == 0 && record.failed == 0;
+    if let Some((_, state)) = run {
+        state.record(&record).await?;
+    }
+    Ok(record)
+}

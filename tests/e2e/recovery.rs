@@ -1,0 +1,380 @@
+//! Nothing lost, nothing wrong: dead letters and `refill retry`, a
+//! PostgreSQL restart in the middle of a run, a concurrent writer,
+//! `refill verify` catching a hand edit, and `refill rollback`.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::both;
+use crate::fixtures::*;
+use crate::harness::*;
+
+/// The newest run's id.
+fn latest_run(w: &World) -> String {
+    w.status("spec.toml", None)[0]["run"]["run_id"]
+        .as_str()
+        .expect("a run")
+        .to_string()
+}
+
+/// `refill report RUN --json`.
+fn report(w: &World, run: &str) -> serde_json::Value {
+    let ran = w.run(&["report", run, "--json", "--spec", "spec.toml"]);
+    ran.expect_code(0);
+    serde_json::from_str(&ran.stdout).expect("report is JSON")
+}
+
+/// The keys of the unresolved dead letters, as numbers.
+fn dead_keys(w: &World) -> BTreeSet<i64> {
+    w.state_rows("SELECT row_key FROM refill_dead_letters WHERE resolved_at IS NULL")
+        .into_iter()
+        .map(|r| r[0].as_deref().expect("key").parse().expect("numeric key"))
+        .collect()
+}
+
+both!(
+    failed_rows_are_dead_letters_that_a_retry_makes_right,
+    |backend, name| {
+        let w = World::new(backend, name);
+        quotes(&w, 2000, true);
+        w.write("spec.toml", &remap_spec(&w, 200, ""));
+        w.run(&["run", "spec.toml", "--execute"]).expect_code(1);
+
+        // Exactly the 1% of rows the transform refuses are dead letters; the
+        // others are right.
+        let bad: BTreeSet<i64> = (1..=2000)
+            .filter(|&i| in_scope(i) && status_of(i, true) == Some("WON"))
+            .collect();
+        assert!(!bad.is_empty());
+        assert_eq!(dead_keys(&w), bad);
+        let letters = w.state_rows("SELECT error, input_hash, component_digest, CAST(chunk_id AS TEXT) FROM refill_dead_letters");
+        for letter in &letters {
+            assert_eq!(
+                letter[0].as_deref(),
+                Some("no mapping for \"WON\" and no default")
+            );
+            assert_eq!(
+                letter[1].as_ref().map(String::len),
+                Some(64),
+                "an input fingerprint"
+            );
+            assert_eq!(
+                letter[2].as_deref(),
+                Some(digest(&plugin("remap")).as_str())
+            );
+        }
+        assert_remapped(&w, true);
+        let run = latest_run(&w);
+
+        // Fix the transform's configuration and retry only the dead letters.
+        let fixed = remap_spec(&w, 200, "").replace(MAP, &format!("{MAP},WON=closed_won"));
+        w.write("spec.toml", &fixed);
+        let dry = w.run(&["retry", &run, "--spec", "spec.toml"]);
+        dry.expect_code(0);
+        assert!(dry.stdout.contains("Nothing was written"), "{}", dry.stdout);
+        assert_eq!(dead_keys(&w), bad, "a dry retry resolves nothing");
+        let retried = w.run(&["retry", &run, "--execute", "--spec", "spec.toml"]);
+        retried.expect_code(0);
+        assert!(
+            retried.stdout.contains(&format!(
+                "{}  ({} updated, 0 already right",
+                bad.len(),
+                bad.len()
+            )),
+            "{}",
+            retried.stdout
+        );
+        assert!(dead_keys(&w).is_empty());
+        for (id, v2) in status_v2(&w) {
+            let expected = match status_of(id, true) {
+                _ if !in_scope(id) => Some("untouched".to_string()),
+                Some("WON") => Some("closed_won".to_string()),
+                other => remapped(other).expect("mapped"),
+            };
+            assert_eq!(v2, expected, "row {id}");
+        }
+        let verified = w.run(&["verify", &run, "--spec", "spec.toml"]);
+        verified.expect_code(0);
+        assert!(
+            verified.stdout.contains("everything matches"),
+            "{}",
+            verified.stdout
+        );
+
+        let report = report(&w, &run);
+        assert_eq!(report["unresolved"], 0);
+        assert_eq!(report["dead_letters"], bad.len());
+        assert_eq!(
+            report["retries"][1]["resolved"],
+            bad.len(),
+            "the executed retry, after the dry one"
+        );
+        assert_ne!(
+            report["retries"][1]["work_hash"], report["run"]["work_hash"],
+            "the retry's configuration is recorded"
+        );
+        assert_eq!(report["verifications"][0]["passed"], true);
+    }
+);
+
+both!(verify_names_rows_changed_by_hand, |backend, name| {
+    let w = World::new(backend, name);
+    quotes(&w, 600, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    let run = latest_run(&w);
+    w.run(&["verify", &run, "--spec", "spec.toml"])
+        .expect_code(0);
+    w.run(&["verify", "--spec", "spec.toml"]).expect_code(0);
+
+    w.exec(&format!(
+        "UPDATE {} SET status_v2 = 'edited' WHERE id IN (4, 401)",
+        w.table("quotes")
+    ));
+    for args in [
+        vec!["verify", run.as_str(), "--spec", "spec.toml"],
+        vec!["verify", "--spec", "spec.toml"],
+    ] {
+        let ran = w.run(&args);
+        ran.expect_code(1);
+        assert!(ran.stdout.contains("DIFFERENCES FOUND"), "{}", ran.stdout);
+        assert!(
+            ran.stdout
+                .contains("differs from what the transform computes: 4, 401"),
+            "{}",
+            ran.stdout
+        );
+        assert!(ran.stdout.contains("in 2 chunks"), "{}", ran.stdout);
+    }
+    let json = w.run(&["verify", &run, "--json", "--spec", "spec.toml"]);
+    let record: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(record["differing_keys"], serde_json::json!([4, 401]));
+    assert_eq!(record["passed"], false);
+});
+
+both!(
+    rollback_restores_what_the_run_overwrote_except_rows_changed_since,
+    |backend, name| {
+        let w = World::new(backend, name);
+        quotes(&w, 600, false);
+        let t = w.table("quotes");
+        // Some in-scope rows start with a value the run overwrites.
+        w.exec(&format!(
+            "UPDATE {t} SET status_v2 = 'legacy-' || CAST(id AS TEXT) WHERE id % 3 = 1"
+        ));
+        let before = w.snapshot("quotes", "id, status, status_v2, region");
+        w.write("spec.toml", &remap_spec(&w, 100, ""));
+        w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+        let run = latest_run(&w);
+        w.exec(&format!(
+            "UPDATE {t} SET status_v2 = 'edited after the run' WHERE id IN (2, 302)"
+        ));
+
+        let dry = w.run(&["rollback", &run, "--spec", "spec.toml"]);
+        dry.expect_code(1);
+        assert!(dry.stdout.contains("Nothing was written"), "{}", dry.stdout);
+        let ran = w.run(&["rollback", &run, "--execute", "--spec", "spec.toml"]);
+        ran.expect_code(1);
+        assert!(
+            ran.stdout
+                .contains("Rows changed since the run, left alone: 2, 302"),
+            "{}",
+            ran.stdout
+        );
+        let after = w.snapshot("quotes", "id, status, status_v2, region");
+        for (old, new) in before.iter().zip(&after) {
+            let id = old[0].as_deref().expect("id");
+            if id == "2" || id == "302" {
+                assert_eq!(
+                    new[2].as_deref(),
+                    Some("edited after the run"),
+                    "row {id} was changed since and left alone"
+                );
+            } else {
+                assert_eq!(old, new, "row {id} is back to what it held before the run");
+            }
+        }
+        let report = report(&w, &run);
+        assert_eq!(report["run"]["status"], "rolled-back");
+        assert_eq!(report["rollbacks"][1]["changed_since"], 2);
+        // A rolled-back run is not resumed: the next run starts over.
+        w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+        assert_ne!(latest_run(&w), run);
+    }
+);
+
+#[test]
+fn a_postgres_restart_mid_run_is_survived() {
+    let w = World::exclusive("restart");
+    quotes(&w, 3000, false);
+    let spec = spec(
+        &w,
+        "evil",
+        "config = { mode = \"slow\", spin = \"2000000\" }\nbatch_rows = 25\nfuel_per_row = 100000000",
+        50,
+        "status_v2",
+    );
+    w.write("spec.toml", &spec);
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    // The run's log, line by line, to see it retry while the server is down.
+    let (lines, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    w.wait_for_chunks(&mut child, 3);
+
+    let cluster = std::fs::read_dir("/etc/postgresql")
+        .expect("a Debian PostgreSQL cluster (/etc/postgresql)")
+        .next()
+        .expect("a cluster version")
+        .expect("readable")
+        .file_name()
+        .to_string_lossy()
+        .to_string();
+    let ctl = |args: &[&str]| {
+        let status = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &cluster, "main"])
+            .args(args)
+            .status()
+            .expect("run pg_ctlcluster");
+        assert!(status.success(), "pg_ctlcluster {args:?} failed");
+    };
+    ctl(&["stop", "-m", "fast"]);
+    let down = Command::new("pg_isready")
+        .args(["-q", "-h", "127.0.0.1"])
+        .status()
+        .expect("pg_isready");
+    assert!(!down.success(), "PostgreSQL is still up");
+    // Keep it down until the run has failed an operation and is retrying.
+    let retrying = loop {
+        match log.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains("failed; retrying") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("the run never retried while PostgreSQL was down ({e})"),
+        }
+    };
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "the run gave up while PostgreSQL was down: {retrying}"
+    );
+    ctl(&["start"]);
+
+    let status = child.wait().expect("wait");
+    let stderr = reader.join().expect("log reader");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the run did not survive the restart:\n{stderr}"
+    );
+    // The World's pool pings its connection before use and replaces the one
+    // the restart killed.
+    for (id, v2) in status_v2(&w) {
+        let expected = if in_scope(id) {
+            status_of(id, false).map(str::to_uppercase)
+        } else {
+            Some("untouched".into())
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
+    let run = latest_run(&w);
+    let report = report(&w, &run);
+    assert_eq!(report["run"]["status"], "done");
+    assert!(
+        report["totals"]["retries"].as_u64().expect("retries") > 0,
+        "{report}"
+    );
+    for chunk in report["chunks"].as_array().expect("chunks") {
+        assert_eq!(
+            chunk["attempts"], 1,
+            "chunk {} was started twice",
+            chunk["chunk_id"]
+        );
+        assert_eq!(chunk["status"], "done");
+    }
+    assert_eq!(report["totals"]["rows"], report["run"]["rows_in_scope"]);
+    assert_eq!(
+        report["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "one session did it all"
+    );
+}
+
+#[test]
+fn a_concurrent_writer_never_gets_a_stale_value() {
+    let w = World::new(Backend::Postgres, "concurrent");
+    quotes(&w, 3000, false);
+    // The application's new code path writes status and its uppercased
+    // copy together; the backfill computes the same copy for old rows.
+    let spec = spec(
+        &w,
+        "evil",
+        "config = { mode = \"slow\", spin = \"400000\" }\nbatch_rows = 25\nfuel_per_row = 100000000",
+        50,
+        "status_v2",
+    );
+    w.write("spec.toml", &spec);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, writes) = (stop.clone(), writes.clone());
+        let table = w.table("quotes");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let pool = rt
+                .block_on(sqlx::PgPool::connect(&postgres_url()))
+                .expect("connect");
+            let statuses = ["open", "won", "lost", "stale"];
+            while !stop.load(Ordering::Relaxed) {
+                let ids: Vec<i64> = (0..20)
+                    .map(|_| fastrand::i64(1..=3000))
+                    .filter(|&i| in_scope(i))
+                    .collect();
+                let status = statuses[fastrand::usize(..statuses.len())];
+                let sql = format!(
+                    "UPDATE {table} SET status = $1, status_v2 = upper($1) WHERE id = ANY($2)"
+                );
+                rt.block_on(
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(status)
+                        .bind(&ids)
+                        .execute(&pool),
+                )
+                .expect("write");
+                writes.fetch_add(1, Ordering::Relaxed);
+                // Pacing of the simulated application, not synchronization.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    ran.expect_code(0);
+    assert!(writes.load(Ordering::Relaxed) > 50, "the writer barely ran");
+
+    let run = latest_run(&w);
+    let verified = w.run(&["verify", &run, "--spec", "spec.toml"]);
+    verified.expect_code(0);
+    let report = report(&w, &run);
+    assert!(
+        report["totals"]["conflicts"].as_u64().expect("conflicts") > 0,
+        "the writer raced no write: {report}"
+    );
+}
