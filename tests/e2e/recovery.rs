@@ -378,3 +378,37 @@ fn a_concurrent_writer_never_gets_a_stale_value() {
         "the writer raced no write: {report}"
     );
 }
+
+#[test]
+fn an_error_budget_stops_the_run_cleanly() {
+    let w = World::new(Backend::Sqlite, "budget");
+    quotes(&w, 3000, true);
+    let spec = remap_spec(&w, 100, "").replace("[target]", "[errors]\nmax_errors = 5\n\n[target]");
+    w.write("spec.toml", &spec);
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(2);
+    assert!(ran.all().contains("error budget exceeded"), "{}", ran.all());
+    assert!(
+        ran.all().contains("more than [errors] max_errors = 5"),
+        "{}",
+        ran.all()
+    );
+    let run = &w.status("spec.toml", None)[0];
+    assert_eq!(run["run"]["status"], "failed");
+    let failed = run["totals"]["failed"].as_u64().expect("failed");
+    assert!(failed > 5, "stopped once over the budget: {failed}");
+    assert!(
+        run["totals"]["rows"].as_u64().expect("rows")
+            < run["run"]["rows_in_scope"].as_u64().expect("scope"),
+        "stopped before the end"
+    );
+    // Raising the budget and running again resumes the same run.
+    w.write(
+        "spec.toml",
+        &spec.replace("max_errors = 5", "max_errors = 1000"),
+    );
+    let resumed = w.run(&["run", "spec.toml", "--execute"]);
+    resumed.expect_code(1);
+    assert!(resumed.stdout.contains("(resumed)"), "{}", resumed.stdout);
+    assert_remapped(&w, true);
+}
