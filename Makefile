@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help
 help:
-	@echo "make demo      build, then plan, dry-run, execute and show a backfill on demo/demo.db"
+	@echo "make demo      build, then plan, dry-run, execute, show and verify a backfill on demo/demo.db"
 	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL)"
 	@echo "make plugins   build every transform under plugins/ into plugins/dist/*.wasm"
 	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table"
@@ -64,6 +64,8 @@ demo: plugins build
 	$(REFILL_DEBUG) run demo/quotes.toml --execute
 	@echo; echo "### refill status --spec demo/quotes.toml"
 	$(REFILL_DEBUG) status --spec demo/quotes.toml
+	@echo; echo "### refill verify --spec demo/quotes.toml   (recompute and compare; writes nothing)"
+	$(REFILL_DEBUG) verify --spec demo/quotes.toml
 
 .PHONY: test
 test: plugins services
