@@ -136,6 +136,7 @@ pub async fn retry(
     record.finished_at = Some(now());
     record.failed = samples.session.failed;
     record.gone = samples.gone;
+    record.skipped = samples.skipped;
     record.resolved = record.rows.saturating_sub(record.failed + record.gone);
     record.message = outcome.as_ref().err().map(ToString::to_string);
     state.record(&record).await?;

@@ -5,7 +5,7 @@
 //! target columns' token); a row changed since is left alone and named.
 //! Without `--execute` it only counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +25,9 @@ use crate::value;
 const LISTED_KEYS: usize = 1_000;
 
 /// Restores what `run` changed (with `execute`), or counts what would be.
+/// Once chunks are being restored, an error stops the rollback but is
+/// returned in the record's `message`, with the counts so far: running the
+/// rollback again finishes it (rows already restored count as unchanged).
 pub async fn rollback(
     spec: &Spec,
     state: &StateStore,
@@ -55,6 +58,17 @@ pub async fn rollback(
     let chunks = state.image_chunks(&run.run_id).await?;
     let work = async {
         state.record(&record).await?;
+        if execute {
+            // From here on the run must not resume: it would write again
+            // what is being put back.
+            let note = format!(
+                "being rolled back by {} since {}; if that stopped, run the rollback again",
+                record.rollback_id, record.started_at
+            );
+            state
+                .set_run_status(&run.run_id, RunStatus::RolledBack, Some(&note))
+                .await?;
+        }
         let retries = AtomicU64::new(0);
         for chunk in chunks {
             let images = state.images(&run.run_id, chunk, run.key_type).await?;
@@ -109,37 +123,14 @@ pub async fn rollback(
                     warn!(%key, %reason, "The database refused a previous value; the row was left alone.");
                     changed(&mut record, key);
                 }
-                let attempted = (restore.len() - written.rejected.len()) as u64;
-                record.restored += written.changed;
-                if written.changed < attempted {
-                    // Rows changed between the read above and the write.
-                    let rejected: Vec<&Key> = written.rejected.iter().map(|(k, _)| k).collect();
-                    let keys: Vec<Key> = restore
-                        .iter()
-                        .filter(|u| !rejected.contains(&&u.key))
-                        .map(|u| u.key.clone())
-                        .collect();
-                    let after = backoff::retry(&policy, "reading target rows", &retries, || {
-                        db.read_targets(&layout, &keys)
-                    })
-                    .await
-                    .map_err(|source| RunError::Read {
-                        chunk: format!("chunk {chunk}"),
-                        source,
-                    })?;
-                    for row in after {
-                        let wanted = &restore
-                            .iter()
-                            .find(|u| u.key == row.key)
-                            .map(|u| u.values.clone())
-                            .unwrap_or_default();
-                        if !wanted
-                            .iter()
-                            .zip(&row.values)
-                            .all(|(a, b)| value::same(a, b))
-                        {
-                            changed(&mut record, &row.key);
-                        }
+                record.restored += written.written.len() as u64;
+                // The guard stopped the others: they changed between the read
+                // above and the write.
+                let done: HashSet<&Key> = written.written.iter().collect();
+                let refused: HashSet<&Key> = written.rejected.iter().map(|(k, _)| k).collect();
+                for update in &restore {
+                    if !done.contains(&update.key) && !refused.contains(&update.key) {
+                        changed(&mut record, &update.key);
                     }
                 }
             } else {
@@ -163,10 +154,9 @@ pub async fn rollback(
         work.await
     };
     record.finished_at = Some(now());
-    record.message = outcome.as_ref().err().map(ToString::to_string);
+    record.message = outcome.err().map(|e| e.to_string());
     state.record(&record).await?;
-    outcome?;
-    if execute {
+    if execute && record.message.is_none() {
         let note = format!("rolled back by {} at {}", record.rollback_id, now());
         state
             .set_run_status(&run.run_id, RunStatus::RolledBack, Some(&note))

@@ -36,22 +36,30 @@ pub async fn verify(
                 spec.path.display()
             )));
         }
-        // The run's rows were computed by its component or by a retry's.
-        let mut digests = vec![run.component_digest.clone()];
-        digests.extend(
+        // The run's rows were computed by its component and configuration,
+        // or by a retry's.
+        let mut computed = vec![(run.component_digest.clone(), run.work_hash.clone())];
+        computed.extend(
             state
                 .records::<RetryRecord>(&run.run_id)
                 .await?
                 .into_iter()
-                .map(|r| r.component_digest),
+                .filter(|r| r.execute)
+                .map(|r| (r.component_digest, r.work_hash)),
         );
-        if !digests.iter().any(|d| d == runner.digest()) {
+        let now = (runner.digest().to_string(), spec.work_hash());
+        if !computed.contains(&now) {
+            let used: Vec<String> = computed
+                .iter()
+                .map(|(digest, work)| format!("component sha256 {digest} with work hash {work}"))
+                .collect();
             return Err(RunError::WrongSpec(format!(
-                "run {} was computed with component sha256 {}, but {} now runs {}; verify with the component the run used",
+                "run {} was computed with {}, but {} now describes component sha256 {} with work hash {} (the transform's config is part of it); verify with the component and spec the run used",
                 run.run_id,
-                digests.join(" or "),
+                used.join(" or "),
                 spec.path.display(),
-                runner.digest()
+                now.0,
+                now.1
             )));
         }
     }

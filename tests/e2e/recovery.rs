@@ -76,18 +76,39 @@ both!(
         dry.expect_code(0);
         assert!(dry.stdout.contains("Nothing was written"), "{}", dry.stdout);
         assert_eq!(dead_keys(&w), bad, "a dry retry resolves nothing");
+        // One failed row is deleted before the retry: it is resolved as gone.
+        let deleted = *bad.first().expect("a bad row");
+        w.exec(&format!(
+            "DELETE FROM {} WHERE id = {deleted}",
+            w.table("quotes")
+        ));
         let retried = w.run(&["retry", &run, "--execute", "--spec", "spec.toml"]);
         retried.expect_code(0);
+        let fixed = bad.len() - 1;
         assert!(
             retried.stdout.contains(&format!(
-                "{}  ({} updated, 0 already right",
-                bad.len(),
-                bad.len()
+                "{fixed}  ({fixed} updated, 0 already right, 0 skipped)"
             )),
             "{}",
             retried.stdout
         );
         assert!(dead_keys(&w).is_empty());
+        let resolutions = w.state_rows(
+            "SELECT row_key, resolution FROM refill_dead_letters ORDER BY resolution, row_key",
+        );
+        let gone: Vec<_> = resolutions
+            .iter()
+            .filter(|r| r[1].as_deref() == Some("gone"))
+            .map(|r| r[0].clone())
+            .collect();
+        assert_eq!(gone, vec![Some(deleted.to_string())]);
+        assert_eq!(
+            resolutions
+                .iter()
+                .filter(|r| r[1].as_deref() == Some("fixed"))
+                .count(),
+            fixed
+        );
         for (id, v2) in status_v2(&w) {
             let expected = match status_of(id, true) {
                 _ if !in_scope(id) => Some("untouched".to_string()),
@@ -108,8 +129,11 @@ both!(
         assert_eq!(report["unresolved"], 0);
         assert_eq!(report["dead_letters"], bad.len());
         assert_eq!(
-            report["retries"][1]["resolved"],
-            bad.len(),
+            (
+                &report["retries"][1]["resolved"],
+                &report["retries"][1]["gone"]
+            ),
+            (&serde_json::json!(fixed), &serde_json::json!(1)),
             "the executed retry, after the dry one"
         );
         assert_ne!(
@@ -129,6 +153,21 @@ both!(verify_names_rows_changed_by_hand, |backend, name| {
     w.run(&["verify", &run, "--spec", "spec.toml"])
         .expect_code(0);
     w.run(&["verify", "--spec", "spec.toml"]).expect_code(0);
+    // Another configuration did not compute the run: verifying the run with
+    // it is refused, not reported as differences.
+    w.write(
+        "other.toml",
+        &remap_spec(&w, 100, "").replace(MAP, &format!("{MAP},extra=x")),
+    );
+    let refused = w.run(&["verify", &run, "--spec", "other.toml"]);
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("verify with the component and spec the run used"),
+        "{}",
+        refused.stderr
+    );
 
     w.exec(&format!(
         "UPDATE {} SET status_v2 = 'edited' WHERE id IN (4, 401)",

@@ -308,6 +308,11 @@ async fn rollback_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u
     display.finish().await;
     let record = result?;
     show::rollback(&record);
+    if let Some(message) = &record.message {
+        anyhow::bail!(
+            "the rollback stopped: {message}. Run it again to finish; rows it already restored count as unchanged"
+        );
+    }
     Ok(if record.changed_since > 0 {
         FAILED_ROWS
     } else {

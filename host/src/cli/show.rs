@@ -535,7 +535,7 @@ pub fn retry(r: &refill::retry::RetryReport) {
         n(rec.resolved),
         n(c.updated),
         n(c.unchanged),
-        n(c.skipped)
+        n(rec.skipped)
     );
     println!("  {:<15} {:>10}", "still failing", n(rec.failed));
     println!(
@@ -621,7 +621,12 @@ pub fn rollback(r: &refill::state::RollbackRecord) {
     } else {
         "Dry rollback"
     };
-    println!("{verb} {} of run {}:", r.rollback_id, r.run_id);
+    let so_far = if r.message.is_some() {
+        " (stopped; so far)"
+    } else {
+        ""
+    };
+    println!("{verb} {} of run {}{so_far}:", r.rollback_id, r.run_id);
     let restore = if r.execute {
         "restored"
     } else {

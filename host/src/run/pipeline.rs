@@ -25,7 +25,7 @@ use crate::chunk::{Chunk, Key};
 use crate::sink::{self, Guard, Update};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
-use crate::state::{Counts, DeadLetter, Image, StateStore, Timings};
+use crate::state::{Counts, DeadLetter, Image, Resolution, StateStore, Timings};
 use crate::transform::bindings::refill::transform::host::Level;
 use crate::transform::{Instance, Isolated, Runner, TransformError, run_isolating};
 use crate::value::{self, Outcome, Param, Row, Value};
@@ -150,6 +150,8 @@ pub(crate) struct Samples {
     pub failed_keys: Vec<(u64, Key)>,
     /// Retry: rows no longer in scope.
     pub gone: u64,
+    /// Retry: rows the transform skipped.
+    pub skipped: u64,
 }
 
 impl Samples {
@@ -585,6 +587,10 @@ struct Evaluated {
     diffs: Vec<Diff>,
     groups: BTreeMap<String, ErrorGroup>,
     dead: Vec<DeadLetter>,
+    /// The rows the transform skipped.
+    skipped_keys: Vec<Key>,
+    /// The rows deleted or out of scope by the time they were written.
+    gone_keys: Vec<Key>,
     /// Checksums of the computed and the current values of rows with an
     /// `update` outcome, for verification.
     expected: Sha256,
@@ -625,16 +631,99 @@ impl Evaluated {
             slot.examples.truncate(GROUP_KEYS);
         }
         self.dead.extend(redo.dead);
+        self.skipped_keys.extend(redo.skipped_keys);
+        self.gone_keys.extend(redo.gone_keys);
     }
 }
 
-/// Turns outcomes into the updates to write, the chunk's counts, failures
-/// and samples.
+/// A row's outcome, checked against the output columns.
+enum Checked {
+    Skip,
+    Fail(String),
+    /// The new values, coerced to the output columns' kinds.
+    Values(Vec<Value>),
+}
+
+/// Checks outcomes against the output columns, then puts the new values in
+/// the form the target stores them in, and turns them into the updates to
+/// write, the chunk's counts, failures and samples.
+async fn assess(
+    ctx: &Context,
+    chunk: &Chunk,
+    rows: &ChunkRows,
+    results: Vec<Result<Outcome, TransformError>>,
+    checksums: bool,
+) -> Result<Evaluated, RunError> {
+    let mut checked: Vec<Checked> = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, result)| match result {
+            Ok(Outcome::Skip) => Checked::Skip,
+            Ok(Outcome::Error(message)) => Checked::Fail(message),
+            Err(error) => Checked::Fail(format!("{error} (the row was run on its own)")),
+            Ok(Outcome::Update(values)) => {
+                match check_update(
+                    &ctx.layout,
+                    &rows.keys[i],
+                    values,
+                    rows.current[i].is_some(),
+                ) {
+                    Ok(values) => Checked::Values(values),
+                    Err(message) => Checked::Fail(message),
+                }
+            }
+        })
+        .collect();
+    let computed: Vec<Vec<Value>> = checked
+        .iter()
+        .filter_map(|c| match c {
+            Checked::Values(v) => Some(v.clone()),
+            _ => None,
+        })
+        .collect();
+    let retries = AtomicU64::new(0);
+    let stored = backoff::retry(
+        &ctx.policy,
+        "checking how values are stored",
+        &retries,
+        || sink::stored_form(&ctx.db, &ctx.layout, &computed),
+    )
+    .await
+    .map_err(|source| RunError::Write {
+        chunk: chunk.to_string(),
+        source,
+    })?;
+    if let Some(stored) = stored {
+        let slots = checked.iter_mut().filter_map(|c| match c {
+            Checked::Values(v) => Some(v),
+            _ => None,
+        });
+        for (slot, values) in slots.zip(stored) {
+            *slot = values;
+        }
+    }
+    let guarded = ctx.purpose.writes() && ctx.conditional;
+    let digest = ctx.runner.digest();
+    let mut evaluated = evaluate(
+        &ctx.layout,
+        chunk,
+        rows,
+        checked,
+        digest,
+        checksums,
+        guarded,
+    );
+    evaluated.counts.retries += retries.into_inner();
+    Ok(evaluated)
+}
+
+/// Turns checked outcomes into the updates to write, the chunk's counts,
+/// failures and samples.
 fn evaluate(
     layout: &Layout,
     chunk: &Chunk,
     rows: &ChunkRows,
-    results: Vec<Result<Outcome, TransformError>>,
+    checked: Vec<Checked>,
     digest: &str,
     checksums: bool,
     guarded: bool,
@@ -646,47 +735,47 @@ fn evaluate(
         },
         ..Evaluated::default()
     };
-    for (i, result) in results.into_iter().enumerate() {
+    for (i, checked) in checked.into_iter().enumerate() {
         let key = &rows.keys[i];
         let inputs = &rows.rows[i].values;
-        let checked = match result {
-            Ok(Outcome::Skip) => {
+        let values = match checked {
+            Checked::Skip => {
                 out.counts.skipped += 1;
+                out.skipped_keys.push(key.clone());
                 continue;
             }
-            Ok(Outcome::Error(message)) => Err(message),
-            Err(error) => Err(format!("{error} (the row was run on its own)")),
-            Ok(Outcome::Update(values)) => {
-                check_update(layout, key, values, rows.current[i].as_deref())
+            Checked::Fail(message) => {
+                out.fail(chunk.id, key, message, inputs, digest);
+                continue;
             }
+            Checked::Values(values) => values,
         };
-        match checked {
-            Err(message) => out.fail(chunk.id, key, message, inputs, digest),
-            Ok((values, changed)) => {
-                let current = rows.current[i].as_deref().unwrap_or(&[]);
-                if checksums {
-                    checksum(&mut out.expected, key, &values);
-                    checksum(&mut out.actual, key, current);
-                }
-                if !changed {
-                    out.counts.unchanged += 1;
-                    continue;
-                }
-                out.counts.updated += 1;
-                if out.diffs.len() < SAMPLE_DIFFS {
-                    out.diffs
-                        .push(diff(layout, chunk.id, key, inputs, current, &values));
-                }
-                let expected = if guarded { inputs.clone() } else { Vec::new() };
-                out.updates.push(Update {
-                    key: key.clone(),
-                    values,
-                    token: rows.tokens[i].clone(),
-                    expected,
-                });
-                out.sources.push(i);
-            }
+        let current = rows.current[i].as_deref().unwrap_or(&[]);
+        if checksums {
+            checksum(&mut out.expected, key, &values);
+            checksum(&mut out.actual, key, current);
         }
+        let unchanged = values
+            .iter()
+            .zip(current)
+            .all(|(new, old)| value::same(old, new));
+        if unchanged {
+            out.counts.unchanged += 1;
+            continue;
+        }
+        out.counts.updated += 1;
+        if out.diffs.len() < SAMPLE_DIFFS {
+            out.diffs
+                .push(diff(layout, chunk.id, key, inputs, current, &values));
+        }
+        let expected = if guarded { inputs.clone() } else { Vec::new() };
+        out.updates.push(Update {
+            key: key.clone(),
+            values,
+            token: rows.tokens[i].clone(),
+            expected,
+        });
+        out.sources.push(i);
     }
     out
 }
@@ -702,14 +791,15 @@ fn checksum(hash: &mut Sha256, key: &Key, values: &[Value]) {
     hash.update(b"\n");
 }
 
-/// Checks an `update` outcome against the output columns. Returns the
-/// coerced values and whether they change the row, or why the row fails.
+/// Checks an `update` outcome against the output columns and the target
+/// row (`present`). Returns the values coerced to the columns' kinds, or
+/// why the row fails.
 fn check_update(
     layout: &Layout,
     key: &Key,
     values: Vec<Value>,
-    current: Option<&[Value]>,
-) -> Result<(Vec<Value>, bool), String> {
+    present: bool,
+) -> Result<Vec<Value>, String> {
     if values.len() != layout.outputs.len() {
         let names: Vec<&str> = layout.outputs.iter().map(|c| c.name.as_str()).collect();
         return Err(format!(
@@ -720,12 +810,12 @@ fn check_update(
             names.join(", ")
         ));
     }
-    let Some(current) = current else {
+    if !present {
         return Err(format!(
             "no row with key {key} in the target table {}",
             layout.target
         ));
-    };
+    }
     let mut coerced = Vec::with_capacity(values.len());
     for (value, column) in values.into_iter().zip(&layout.outputs) {
         let v = column
@@ -740,11 +830,7 @@ fn check_update(
         }
         coerced.push(v);
     }
-    let unchanged = coerced
-        .iter()
-        .zip(current)
-        .all(|(new, old)| value::same(old, new));
-    Ok((coerced, !unchanged))
+    Ok(coerced)
 }
 
 fn diff(
@@ -797,16 +883,7 @@ async fn process(
     let transform_ms = millis(started.elapsed());
     let digest = ctx.runner.digest().to_string();
     let verifying = matches!(ctx.purpose, Purpose::Verify { .. });
-    let guarded = ctx.purpose.writes() && ctx.conditional;
-    let mut evaluated = evaluate(
-        &ctx.layout,
-        &chunk,
-        &rows,
-        results,
-        &digest,
-        verifying,
-        guarded,
-    );
+    let mut evaluated = assess(ctx, &chunk, &rows, results, verifying).await?;
     evaluated.counts.retries += retries;
 
     let started = Instant::now();
@@ -852,23 +929,30 @@ async fn process(
             None
         }
         Purpose::Retry { execute, retry_id } => {
-            let state = ctx.state()?;
             let present: HashSet<&Key> = rows.keys.iter().collect();
             let failed: HashSet<&Key> = evaluated.dead.iter().map(|d| &d.key).collect();
-            let gone = asked.iter().filter(|k| !present.contains(k)).count() as u64;
+            let skipped: HashSet<&Key> = evaluated.skipped_keys.iter().collect();
+            let gone_now: HashSet<&Key> = evaluated.gone_keys.iter().collect();
+            let resolved: Vec<(Key, Resolution)> = asked
+                .iter()
+                .filter(|k| !failed.contains(k))
+                .map(|k| {
+                    let how = if !present.contains(k) || gone_now.contains(k) {
+                        Resolution::Gone
+                    } else if skipped.contains(k) {
+                        Resolution::Skipped
+                    } else {
+                        Resolution::Fixed
+                    };
+                    (k.clone(), how)
+                })
+                .collect();
             if *execute {
-                let resolved: Vec<Key> = asked
-                    .iter()
-                    .filter(|k| !failed.contains(k))
-                    .cloned()
-                    .collect();
+                let state = ctx.state()?;
                 let (resolved, dead) = (&resolved, &evaluated.dead);
                 let counter = AtomicU64::new(0);
-                backoff::retry(&ctx.policy, "resolving dead letters", &counter, || async {
-                    state
-                        .resolve_dead_letters(&ctx.run_id, resolved, retry_id, &digest)
-                        .await?;
-                    state.fail_again(&ctx.run_id, dead).await
+                backoff::retry(&ctx.policy, "settling dead letters", &counter, || {
+                    state.settle_dead_letters(&ctx.run_id, resolved, dead, retry_id, &digest)
                 })
                 .await
                 .map_err(|source| RunError::Checkpoint {
@@ -876,7 +960,8 @@ async fn process(
                     source,
                 })?;
             }
-            Some(gone)
+            let count = |how| resolved.iter().filter(|(_, r)| *r == how).count() as u64;
+            Some((count(Resolution::Gone), count(Resolution::Skipped)))
         }
         Purpose::Verify { dead } => {
             let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
@@ -910,7 +995,10 @@ async fn process(
         samples.merge(evaluated.diffs, evaluated.groups);
         samples.session.add(&counts);
         samples.chunks += 1;
-        samples.gone += verdict.unwrap_or(0);
+        if let Some((gone, skipped)) = verdict {
+            samples.gone += gone;
+            samples.skipped += skipped;
+        }
     }
     debug!(
         rows = counts.rows,
@@ -1022,17 +1110,17 @@ async fn write_guarded(
                 );
             }
         }
-        let attempted = (pending.len() - rejected.len()) as u64;
-        if written.changed >= attempted {
-            break;
-        }
-        // Some rows were not written: find out which, and why.
+        // The rows neither written nor refused: the guard stopped them (or
+        // the row is gone). Only they are read again.
+        let done: HashSet<&Key> = written.written.iter().collect();
         let keys: Vec<Key> = pending
             .iter()
-            .filter(|u| !rejected.contains_key(&u.key))
+            .filter(|u| !rejected.contains_key(&u.key) && !done.contains(&u.key))
             .map(|u| u.key.clone())
             .collect();
-        let guarded: HashMap<&Key, &Update> = pending.iter().map(|u| (&u.key, u)).collect();
+        if keys.is_empty() {
+            break;
+        }
         let reread = backoff::retry(&ctx.policy, "reading rows again", &retries, || {
             ctx.db.read_keys(&ctx.layout, &keys, ctx.conditional)
         })
@@ -1041,31 +1129,24 @@ async fn write_guarded(
             chunk: chunk.to_string(),
             source,
         })?;
+        // Rows no longer there or no longer in scope are skipped; the others
+        // changed since they were read (or changed and changed back): they
+        // are transformed again from what they hold now.
         let present: HashSet<&Key> = reread.keys.iter().collect();
-        let gone = keys.iter().filter(|k| !present.contains(k)).count() as u64;
-        evaluated.counts.updated -= gone;
-        evaluated.counts.skipped += gone;
-        // Changed: the token differs, or (without tokens) an input value.
-        let changed: Vec<usize> = (0..reread.len())
-            .filter(|&i| {
-                guarded
-                    .get(&reread.keys[i])
-                    .is_some_and(|u| match &reread.tokens[i] {
-                        Some(token) => u.token.as_ref() != Some(token),
-                        None => !u
-                            .expected
-                            .iter()
-                            .zip(&reread.rows[i].values)
-                            .all(|(a, b)| value::same(a, b)),
-                    })
-            })
+        let gone: Vec<Key> = keys
+            .iter()
+            .filter(|k| !present.contains(k))
+            .cloned()
             .collect();
-        if changed.is_empty() {
+        evaluated.counts.updated -= gone.len() as u64;
+        evaluated.counts.skipped += gone.len() as u64;
+        evaluated.gone_keys.extend(gone);
+        if reread.is_empty() {
             break;
         }
-        evaluated.counts.updated -= changed.len() as u64;
-        evaluated.counts.conflicts += changed.len() as u64;
-        let redo_rows = reread.select(&changed);
+        let redo_rows = reread;
+        evaluated.counts.updated -= redo_rows.len() as u64;
+        evaluated.counts.conflicts += redo_rows.len() as u64;
         if attempt == ctx.conflict_attempts {
             let reason = format!(
                 "the row changed between refill's read and its write on each of {} attempts",
@@ -1083,19 +1164,11 @@ async fn write_guarded(
             break;
         }
         debug!(
-            rows = changed.len(),
+            rows = redo_rows.len(),
             attempt, "Rows changed meanwhile; transforming them again."
         );
         let (redo_rows, results) = transform(ctx, chunk, instance, redo_rows).await?;
-        let mut redo = evaluate(
-            &ctx.layout,
-            chunk,
-            &redo_rows,
-            results,
-            &digest,
-            false,
-            ctx.conditional,
-        );
+        let mut redo = assess(ctx, chunk, &redo_rows, results, false).await?;
         redo.counts.rows = 0;
         pending = std::mem::take(&mut redo.updates);
         sources = std::mem::take(&mut redo.sources);

@@ -10,7 +10,7 @@ pub mod sqlite;
 
 use crate::chunk::Key;
 use crate::source::{ColumnInfo, Database, Dialect, Layout, quote};
-use crate::value::Value;
+use crate::value::{ColumnKind, Value};
 
 /// New values for one row of the target.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,8 +62,8 @@ pub(crate) struct Expected<'a> {
 
 /// The condition that `columns` of table `t` still hold what the update row
 /// expects: their token, where the backend has tokens, else each column,
-/// through the same expression a read uses, compared with the expected
-/// value.
+/// through the same expression a read uses, compared byte for byte with
+/// the expected value.
 fn unchanged_sql(
     dialect: &Dialect,
     t: &str,
@@ -76,8 +76,16 @@ fn unchanged_sql(
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                // Byte for byte: a case- or accent-insensitive collation
+                // would let a changed text pass as unchanged.
+                let exact = match c.kind {
+                    ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Json => {
+                        " COLLATE \"C\""
+                    }
+                    _ => "",
+                };
                 format!(
-                    "{} IS NOT DISTINCT FROM {}",
+                    "{}{exact} IS NOT DISTINCT FROM {}",
                     (dialect.column_expr)(t, c),
                     (expected.value)(i)
                 )
@@ -169,8 +177,8 @@ impl crate::backoff::Transient for SinkError {
 /// What writing a chunk did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Written {
-    /// Rows the database reports as changed.
-    pub changed: u64,
+    /// The keys of the rows written.
+    pub written: Vec<Key>,
     /// Rows whose new values the database refused, with its reason; every
     /// other row was written.
     pub rejected: Vec<(Key, String)>,
@@ -212,8 +220,8 @@ fn isolate<'a>(
             Database::Sqlite(pool) => sqlite::write(pool, layout, updates.to_vec(), guard).await,
         };
         match attempt {
-            Ok(changed) => {
-                written.changed += changed;
+            Ok(keys) => {
+                written.written.extend(keys);
                 Ok(())
             }
             Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => {
@@ -230,6 +238,47 @@ fn isolate<'a>(
                 isolate(db, layout, second, guard, written).await
             }
             Err(other) => Err(other),
+        }
+    })
+}
+
+/// Replaces computed output values with the form the target will store
+/// them in (PostgreSQL rounds a numeric to its scale, reorders jsonb keys,
+/// keeps microseconds), so that comparing them with what a row holds says
+/// whether writing would change it. Values the database refuses are left as
+/// they are, for the write to refuse and report; the batch is split until
+/// they stand alone, as [`write`] does. `None` when no output column is
+/// stored in another form than the one sent.
+pub async fn stored_form(
+    db: &Database,
+    layout: &Layout,
+    rows: &[Vec<Value>],
+) -> Result<Option<Vec<Vec<Value>>>, SinkError> {
+    match db {
+        Database::Postgres(pool) if layout.outputs.iter().any(postgres::reshapes) => {
+            let mut rows = rows.to_vec();
+            reshape(pool, layout, &mut rows).await?;
+            Ok(Some(rows))
+        }
+        // SQLite stores a value of the kind refill coerced it to as is.
+        _ => Ok(None),
+    }
+}
+
+fn reshape<'a>(
+    pool: &'a sqlx::PgPool,
+    layout: &'a Layout,
+    rows: &'a mut [Vec<Value>],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+    Box::pin(async move {
+        match postgres::stored_form(pool, layout, rows).await {
+            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) && rows.len() > 1 => {
+                let (first, second) = rows.split_at_mut(rows.len() / 2);
+                reshape(pool, layout, first).await?;
+                reshape(pool, layout, second).await
+            }
+            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => Ok(()),
+            other => other,
         }
     })
 }

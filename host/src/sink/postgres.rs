@@ -3,7 +3,7 @@
 //! with one typed array per column.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row as _};
 
 use super::{Expected, Guard, KEY_NAME, SinkError, Update, expected_name, guard_sql, guarded};
 use crate::chunk::{Key, KeyType};
@@ -149,12 +149,18 @@ pub fn update_sql(
         &format!("v.{KEY_NAME}"),
         &expected,
     );
+    // The keys of the rows written come back: the rows a guard stopped are
+    // the others.
+    let key = format!("{target}.{}", quote(&layout.target_key.name));
+    let returned = match layout.key_type {
+        KeyType::Integer => format!("{key}::int8"),
+        KeyType::Text => format!("{key}::text"),
+    };
     format!(
-        "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {target}.{} = v.{KEY_NAME}{guard}",
+        "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {key} = v.{KEY_NAME}{guard} RETURNING {returned}",
         sets.join(", "),
         params.join(", "),
         names.join(", "),
-        quote(&layout.target_key.name),
     )
 }
 
@@ -164,7 +170,7 @@ pub async fn write(
     layout: &Layout,
     updates: Vec<Update>,
     guard: Guard,
-) -> Result<u64, SinkError> {
+) -> Result<Vec<Key>, SinkError> {
     let n = updates.len();
     let mut int_keys = Vec::new();
     let mut text_keys = Vec::new();
@@ -234,15 +240,124 @@ pub async fn write(
             query = array.bind(query);
         }
     }
-    let done = query
-        .execute(pool)
+    let rows = query
+        .fetch_all(pool)
         .await
         .map_err(|error| SinkError::Write {
             table: layout.target.quoted(),
             rows: n,
             error,
         })?;
-    Ok(done.rows_affected())
+    rows.iter()
+        .map(|row| match layout.key_type {
+            KeyType::Integer => row.try_get::<i64, _>(0).map(Key::Int),
+            KeyType::Text => row.try_get::<String, _>(0).map(Key::Text),
+        })
+        .collect::<Result<Vec<Key>, _>>()
+        .map_err(|error| SinkError::Write {
+            table: layout.target.quoted(),
+            rows: n,
+            error,
+        })
+}
+
+/// Whether PostgreSQL may store a value of column `c` in another form than
+/// the one sent: through a cast to another type (numeric scale, uuid case,
+/// date styles), as jsonb (key order, spacing), as float4 (precision), or
+/// as a timestamp (microseconds, declared precision).
+pub fn reshapes(c: &ColumnInfo) -> bool {
+    match &c.kind {
+        ColumnKind::TextForm(_) | ColumnKind::Timestamp => true,
+        ColumnKind::Json => c.type_name == "jsonb",
+        ColumnKind::Float => c.type_name == "float4",
+        _ => false,
+    }
+}
+
+/// The statement returning, row by row, unnested values as `columns` would
+/// store them, read back the way a read reads them.
+pub fn stored_form_sql(columns: &[&ColumnInfo], arrays: &[&str]) -> String {
+    let exprs: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let stored = format!(
+                "CAST({} AS {})",
+                assign(c, &format!("n.\"__refill_v{i}\"")),
+                c.sql_type
+            );
+            crate::source::postgres::read_expr(&stored, c)
+        })
+        .collect();
+    let params: Vec<String> = arrays
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect();
+    let names: Vec<String> = (0..arrays.len())
+        .map(|i| format!("\"__refill_v{i}\""))
+        .collect();
+    format!(
+        "SELECT {} FROM unnest({}) WITH ORDINALITY AS n({}, \"__refill_o\") ORDER BY \"__refill_o\"",
+        exprs.join(", "),
+        params.join(", "),
+        names.join(", ")
+    )
+}
+
+/// Replaces each value of the output columns that [`reshapes`] with the
+/// form the target would store it in, in one round trip.
+pub async fn stored_form(
+    pool: &PgPool,
+    layout: &Layout,
+    rows: &mut [Vec<Value>],
+) -> Result<(), SinkError> {
+    let reshaped: Vec<usize> = (0..layout.outputs.len())
+        .filter(|&i| reshapes(&layout.outputs[i]))
+        .collect();
+    if reshaped.is_empty() || rows.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<&ColumnInfo> = reshaped.iter().map(|&i| &layout.outputs[i]).collect();
+    let encode_error = |column: &ColumnInfo, row: usize, message: String| SinkError::Encode {
+        table: layout.target.quoted(),
+        column: column.name.clone(),
+        key: format!("(row {} of the batch)", row + 1),
+        message,
+    };
+    let mut arrays: Vec<Array> = columns
+        .iter()
+        .map(|c| Array::for_kind(&c.kind, rows.len()))
+        .collect();
+    for (r, row) in rows.iter().enumerate() {
+        for ((array, &i), column) in arrays.iter_mut().zip(&reshaped).zip(&columns) {
+            let value = row.get(i).cloned().unwrap_or(Value::Null);
+            array.push(value).map_err(|m| encode_error(column, r, m))?;
+        }
+    }
+    let types: Vec<&str> = arrays.iter().map(Array::sql_type).collect();
+    let mut query = sqlx::query(crate::source::built(stored_form_sql(&columns, &types)));
+    for array in arrays {
+        query = array.bind(query);
+    }
+    let fetched = query
+        .fetch_all(pool)
+        .await
+        .map_err(|error| SinkError::Write {
+            table: layout.target.quoted(),
+            rows: rows.len(),
+            error,
+        })?;
+    for (r, (row, stored)) in rows.iter_mut().zip(&fetched).enumerate() {
+        for (j, (&i, column)) in reshaped.iter().zip(&columns).enumerate() {
+            let value = crate::source::postgres::decode(stored, j, column)
+                .map_err(|m| encode_error(column, r, m))?;
+            if let Some(slot) = row.get_mut(i) {
+                *slot = value;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -300,7 +415,7 @@ mod tests {
              \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
              AS v(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\") \
-             WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\""
+             WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" RETURNING \"app\".\"quotes\".\"id\"::int8"
         );
         let mut guarded = layout.clone();
         guarded.inputs = vec![column("status", "text", "text", ColumnKind::Text)];
@@ -310,7 +425,8 @@ mod tests {
         assert!(
             sql.ends_with(
                 "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
-                 AND \"app\".\"quotes\".\"status\"::text IS NOT DISTINCT FROM v.\"__refill_e0\" AND (region = 'eu')"
+                 AND \"app\".\"quotes\".\"status\"::text COLLATE \"C\" IS NOT DISTINCT FROM v.\"__refill_e0\" AND (region = 'eu') \
+                 RETURNING \"app\".\"quotes\".\"id\"::int8"
             ),
             "{sql}"
         );

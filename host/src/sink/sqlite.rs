@@ -2,10 +2,10 @@
 //! transaction per chunk, as `UPDATE … FROM (VALUES …)` statements of up to
 //! a thousand rows each.
 
-use sqlx::SqlitePool;
+use sqlx::{Row as _, SqlitePool};
 
 use super::{Expected, Guard, SinkError, Update, guard_sql};
-use crate::chunk::Key;
+use crate::chunk::{Key, KeyType};
 use crate::source::sqlite::DIALECT;
 use crate::source::{Layout, quote};
 use crate::value::{self, Value};
@@ -51,22 +51,18 @@ pub fn update_sql(layout: &Layout, rows: usize, guard: Guard) -> String {
         })
         .collect();
     let target = layout.target.quoted();
+    let key = quote(&layout.target_key.name);
+    let expected = Expected {
+        token: "v.column2",
+        value: &|_| String::new(),
+    };
+    let guard = guard_sql(layout, &DIALECT, guard, &target, "v.column1", &expected);
+    // The keys of the rows written come back: the rows a guard stopped are
+    // the others.
     format!(
-        "UPDATE {target} SET {} FROM (VALUES {}) AS v WHERE {target}.{} = v.column1{}",
+        "UPDATE {target} SET {} FROM (VALUES {}) AS v WHERE {target}.{key} = v.column1{guard} RETURNING {target}.{key}",
         sets.join(", "),
         tuples.join(", "),
-        quote(&layout.target_key.name),
-        guard_sql(
-            layout,
-            &DIALECT,
-            guard,
-            &target,
-            "v.column1",
-            &Expected {
-                token: "v.column2",
-                value: &|_| String::new()
-            }
-        ),
     )
 }
 
@@ -77,7 +73,7 @@ pub async fn write(
     layout: &Layout,
     updates: Vec<Update>,
     guard: Guard,
-) -> Result<u64, SinkError> {
+) -> Result<Vec<Key>, SinkError> {
     let n = updates.len();
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -85,7 +81,7 @@ pub async fn write(
         error,
     };
     let mut tx = pool.begin().await.map_err(write_error)?;
-    let mut changed = 0;
+    let mut written = Vec::with_capacity(n);
     let mut updates = updates.into_iter().peekable();
     while updates.peek().is_some() {
         let batch: Vec<Update> = updates.by_ref().take(ROWS_PER_STATEMENT).collect();
@@ -108,14 +104,15 @@ pub async fn write(
                 })?;
             }
         }
-        changed += query
-            .execute(&mut *tx)
-            .await
-            .map_err(write_error)?
-            .rows_affected();
+        for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
+            written.push(match layout.key_type {
+                KeyType::Integer => Key::Int(row.try_get(0).map_err(write_error)?),
+                KeyType::Text => Key::Text(row.try_get(0).map_err(write_error)?),
+            });
+        }
     }
     tx.commit().await.map_err(write_error)?;
-    Ok(changed)
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -155,7 +152,8 @@ mod tests {
         assert_eq!(
             update_sql(&layout, 2, Guard::None),
             "UPDATE \"quotes\" SET \"a\" = v.column2, \"b\" = v.column3 \
-             FROM (VALUES ($1, $2, $3), ($4, $5, $6)) AS v WHERE \"quotes\".\"id\" = v.column1"
+             FROM (VALUES ($1, $2, $3), ($4, $5, $6)) AS v WHERE \"quotes\".\"id\" = v.column1 \
+             RETURNING \"quotes\".\"id\""
         );
     }
 }

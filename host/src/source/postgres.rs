@@ -105,15 +105,20 @@ pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>,
 /// The select-list expression reading column `c` of the table aliased `a`,
 /// so that it decodes as the Rust type of its kind.
 pub(super) fn column_expr(alias: &str, c: &ColumnInfo) -> String {
-    let col = format!("{alias}.{}", quote(&c.name));
+    read_expr(&format!("{alias}.{}", quote(&c.name)), c)
+}
+
+/// The expression reading `col`, a value of column `c`'s type, so that it
+/// decodes as the Rust type of `c`'s kind.
+pub(crate) fn read_expr(col: &str, c: &ColumnInfo) -> String {
     match &c.kind {
         ColumnKind::Integer => format!("{col}::int8"),
         ColumnKind::Float => format!("{col}::float8"),
-        ColumnKind::Boolean | ColumnKind::Bytes | ColumnKind::Any => col,
+        ColumnKind::Boolean | ColumnKind::Bytes | ColumnKind::Any => col.to_string(),
         ColumnKind::Timestamp if c.type_name == "timestamp" => {
             format!("({col} AT TIME ZONE 'UTC')")
         }
-        ColumnKind::Timestamp => col,
+        ColumnKind::Timestamp => col.to_string(),
         ColumnKind::Text | ColumnKind::Json | ColumnKind::TextForm(_) => format!("{col}::text"),
     }
 }
@@ -157,7 +162,7 @@ pub(super) fn key_expr(alias: &str, c: &ColumnInfo) -> String {
 }
 
 /// Decodes column `i` as the Rust type of its kind.
-pub(super) fn decode(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, String> {
+pub(crate) fn decode(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, String> {
     typed(row, i, c).map_err(|e| crate::db::describe(&e))
 }
 

@@ -33,8 +33,12 @@ pub struct RetryRecord {
     pub finished_at: Option<String>,
     /// Dead letters it took up.
     pub rows: u64,
-    /// Rows it made right (written, already right, or skipped).
+    /// Rows it resolved: made right (written, or already right) or
+    /// skipped by the transform.
     pub resolved: u64,
+    /// Of those, the rows skipped.
+    #[serde(default)]
+    pub skipped: u64,
     /// Rows that failed again.
     pub failed: u64,
     /// Rows no longer in scope or deleted.

@@ -36,6 +36,38 @@ pub struct DeadLetter {
     pub resolved_at: Option<String>,
     /// The retry that did.
     pub resolved_by: Option<String>,
+    /// How it was resolved.
+    pub resolution: Option<Resolution>,
+}
+
+/// How a retry resolved a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolution {
+    /// The row now holds what the transform computes (written, or it
+    /// already did).
+    Fixed,
+    /// The transform skipped the row.
+    Skipped,
+    /// The row was deleted or left the scope.
+    Gone,
+}
+
+impl Resolution {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Fixed => "fixed",
+            Resolution::Skipped => "skipped",
+            Resolution::Gone => "gone",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Resolution> {
+        [Resolution::Fixed, Resolution::Skipped, Resolution::Gone]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
 }
 
 impl DeadLetter {
@@ -59,6 +91,7 @@ impl DeadLetter {
             last_seen_at: at,
             resolved_at: None,
             resolved_by: None,
+            resolution: None,
         }
     }
 }
@@ -124,6 +157,12 @@ fn from_row(r: &AnyRow, key_type: KeyType) -> Result<DeadLetter, StateError> {
         last_seen_at: get(r, "last_seen_at")?,
         resolved_at: get(r, "resolved_at")?,
         resolved_by: get(r, "resolved_by")?,
+        resolution: get::<Option<String>>(r, "resolution")?
+            .map(|s| {
+                Resolution::parse(&s)
+                    .ok_or_else(|| StateError::Corrupt(format!("dead letter resolution `{s}`")))
+            })
+            .transpose()?,
     })
 }
 
@@ -189,11 +228,14 @@ impl StateStore {
         Ok(groups)
     }
 
-    /// Marks dead letters as made right by `resolved_by` with `digest`.
-    pub async fn resolve_dead_letters(
+    /// Records what a retry (`resolved_by`, running `digest`) found, in
+    /// one transaction: the dead letters it resolved, each with how, and
+    /// those failing again, with their new error.
+    pub async fn settle_dead_letters(
         &self,
         run_id: &str,
-        keys: &[Key],
+        resolved: &[(Key, Resolution)],
+        failed: &[DeadLetter],
         resolved_by: &str,
         digest: &str,
     ) -> Result<(), StateError> {
@@ -202,14 +244,15 @@ impl StateStore {
             .pool
             .begin()
             .await
-            .map_err(q("resolving dead letters"))?;
-        for key in keys {
+            .map_err(q("settling dead letters"))?;
+        for (key, resolution) in resolved {
             sqlx::query(
-                "UPDATE refill_dead_letters SET resolved_at = $1, resolved_by = $2, component_digest = $3, \
-                 attempts = attempts + 1 WHERE run_id = $4 AND key_hash = $5",
+                "UPDATE refill_dead_letters SET resolved_at = $1, resolved_by = $2, resolution = $3, \
+                 component_digest = $4, attempts = attempts + 1 WHERE run_id = $5 AND key_hash = $6",
             )
             .bind(&at)
             .bind(resolved_by)
+            .bind(resolution.as_str())
             .bind(digest)
             .bind(run_id)
             .bind(key_hash(key))
@@ -217,19 +260,7 @@ impl StateStore {
             .await
             .map_err(q("resolving dead letters"))?;
         }
-        tx.commit().await.map_err(q("resolving dead letters"))?;
-        Ok(())
-    }
-
-    /// Records dead letters failing again, with their new error and digest.
-    pub async fn fail_again(&self, run_id: &str, dead: &[DeadLetter]) -> Result<(), StateError> {
-        let at = now();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(q("updating dead letters"))?;
-        for d in dead {
+        for d in failed {
             sqlx::query(
                 "UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
                  attempts = attempts + 1, last_seen_at = $4 WHERE run_id = $5 AND key_hash = $6",
@@ -244,7 +275,7 @@ impl StateStore {
             .await
             .map_err(q("updating dead letters"))?;
         }
-        tx.commit().await.map_err(q("updating dead letters"))?;
+        tx.commit().await.map_err(q("settling dead letters"))?;
         Ok(())
     }
 }

@@ -119,10 +119,12 @@ impl StateStore {
         Ok(ids.into_iter().map(to_u64).collect())
     }
 
-    /// A chunk's before-images, one per key: where a row was written more
-    /// than once (a conflict redone after the application changed the
-    /// row), the latest image, whose before-value is what the row held
-    /// just before refill's effective write.
+    /// A chunk's before-images, one per key. Where a row was imaged more
+    /// than once, the latest image wins (a conflict redone after the
+    /// application changed the row: its before-value is what the row held
+    /// just before refill's effective write), unless its before-value is
+    /// the earlier image's after-value: then refill wrote that value
+    /// itself, and the earlier before-value is the row's original.
     pub async fn images(
         &self,
         run_id: &str,
@@ -137,25 +139,42 @@ impl StateStore {
         .fetch_all(&self.pool)
         .await
         .map_err(q("reading before-images"))?;
-        let mut merged: Vec<Image> = Vec::new();
-        let mut index: HashMap<Key, usize> = HashMap::new();
+        let mut batches = Vec::with_capacity(rows.len());
         for row in rows {
             let text: String = row.try_get("data").map_err(q("reading before-images"))?;
-            let images = decode(&text, key_type).ok_or_else(|| {
+            batches.push(decode(&text, key_type).ok_or_else(|| {
                 StateError::Corrupt(format!("unreadable before-image of chunk {chunk_id}"))
-            })?;
-            for image in images {
-                match index.get(&image.key) {
-                    Some(&i) => merged[i] = image,
-                    None => {
-                        index.insert(image.key.clone(), merged.len());
-                        merged.push(image);
-                    }
-                }
+            })?);
+        }
+        Ok(merge(batches.into_iter().flatten()))
+    }
+}
+
+/// One image per key, in the order keys were first imaged (see
+/// [`StateStore::images`]).
+fn merge(images: impl Iterator<Item = Image>) -> Vec<Image> {
+    let mut merged: Vec<Image> = Vec::new();
+    let mut index: HashMap<Key, usize> = HashMap::new();
+    for image in images {
+        match index.get(&image.key) {
+            // The row held what refill wrote earlier: its value before
+            // refill is the earlier image's.
+            Some(&i) if same_values(&image.before, &merged[i].after) => {
+                merged[i].after = image.after;
+            }
+            Some(&i) => merged[i] = image,
+            None => {
+                index.insert(image.key.clone(), merged.len());
+                merged.push(image);
             }
         }
-        Ok(merged)
     }
+    merged
+}
+
+/// Whether two rows of values are the same, floats by bits.
+fn same_values(a: &[Value], b: &[Value]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| crate::value::same(x, y))
 }
 
 #[cfg(test)]
@@ -184,5 +203,28 @@ mod tests {
             decode(&encode(&images), KeyType::Text).is_none(),
             "key types are checked"
         );
+    }
+
+    #[test]
+    fn merged_images_keep_the_value_before_refill() {
+        let text = |s: &str| vec![Value::Text(s.into())];
+        let image = |key, before: &str, after: &str| Image {
+            key: Key::Int(key),
+            before: text(before),
+            after: text(after),
+        };
+        let merged = merge(
+            [
+                image(1, "a", "x"),
+                image(2, "b", "y"),
+                // The application changed row 1 before refill's write: the
+                // redo's before-value is what the row held.
+                image(1, "app", "x2"),
+                // Refill wrote row 2, then wrote it again.
+                image(2, "y", "z"),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(merged, vec![image(1, "app", "x2"), image(2, "b", "z")]);
     }
 }

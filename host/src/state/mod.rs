@@ -24,7 +24,7 @@ mod dead;
 mod images;
 
 pub use audit::{AuditRecord, RetryRecord, RollbackRecord, VerificationRecord};
-pub use dead::DeadLetter;
+pub use dead::{DeadLetter, Resolution};
 pub use images::Image;
 
 use crate::chunk::{Chunk, Key, KeyType};
@@ -330,8 +330,21 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The version of the tables below; a store written by a newer refill is
-/// refused rather than misread.
+/// refused rather than misread. Version 0 is the first release's, which
+/// recorded no version.
 const SCHEMA_VERSION: i64 = 1;
+
+/// Columns added to tables of an older version: table, column, definition.
+/// Opening a store that lacks them adds them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    (
+        "refill_runs",
+        "data_hash",
+        "VARCHAR(64) NOT NULL DEFAULT ''",
+    ),
+    ("refill_chunks", "conflicts", "BIGINT NOT NULL DEFAULT 0"),
+    ("refill_chunks", "retries", "BIGINT NOT NULL DEFAULT 0"),
+];
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS refill_meta (
@@ -351,6 +364,7 @@ const SCHEMA: &[&str] = &[
         last_seen_at VARCHAR(40) NOT NULL,
         resolved_at VARCHAR(40),
         resolved_by VARCHAR(64),
+        resolution VARCHAR(16),
         PRIMARY KEY (run_id, key_hash)
     )",
     "CREATE INDEX IF NOT EXISTS refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)",
@@ -478,18 +492,60 @@ impl StateStore {
             std::fs::create_dir_all(dir).map_err(|e| open_error(sqlx::Error::Io(e)))?;
         }
         let store = StateStore::connect(url, true).await?;
-        for ddl in SCHEMA {
-            sqlx::query(*ddl)
-                .execute(&store.pool)
-                .await
-                .map_err(open_error)?;
-        }
-        store.check_version().await?;
+        store.ensure_schema().await?;
         Ok(store)
     }
 
+    /// Creates the tables that are missing and upgrades a store written by
+    /// an older refill.
+    async fn ensure_schema(&self) -> Result<(), StateError> {
+        for ddl in SCHEMA {
+            sqlx::query(*ddl)
+                .execute(&self.pool)
+                .await
+                .map_err(|error| StateError::Open {
+                    url: self.url.masked(),
+                    error,
+                })?;
+        }
+        self.check_version().await
+    }
+
+    /// Adds the columns of [`ADDED_COLUMNS`] a store lacks.
+    async fn add_columns(&self) -> Result<(), StateError> {
+        for (table, column, definition) in ADDED_COLUMNS {
+            if self.has_column(table, column).await {
+                continue;
+            }
+            let alter = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
+            let added = sqlx::query(sqlx::AssertSqlSafe(alter))
+                .execute(&self.pool)
+                .await;
+            // Another refill may have added it meanwhile.
+            if let Err(error) = added
+                && !self.has_column(table, column).await
+            {
+                return Err(StateError::Query {
+                    what: "upgrading the state store",
+                    error,
+                });
+            }
+            tracing::info!(table, column, "Upgraded the state store: added a column.");
+        }
+        Ok(())
+    }
+
+    async fn has_column(&self, table: &str, column: &str) -> bool {
+        let probe = format!("SELECT {column} FROM {table} WHERE 1 = 0");
+        sqlx::query(sqlx::AssertSqlSafe(probe))
+            .fetch_optional(&self.pool)
+            .await
+            .is_ok()
+    }
+
     /// Opens the store only if it exists (reading commands must not create
-    /// one). Returns `None` for a SQLite file that is not there.
+    /// one; they do upgrade one written by an older refill). Returns `None`
+    /// for a SQLite file that is not there.
     pub async fn open_existing(url: &DbUrl) -> Result<Option<StateStore>, StateError> {
         if let Some(path) = url.sqlite_path()
             && !path.exists()
@@ -507,7 +563,11 @@ impl StateStore {
             .fetch_one(&store.pool)
             .await
             .map_err(q("looking for the tables"))?;
-        Ok((n > 0).then_some(store))
+        if n == 0 {
+            return Ok(None);
+        }
+        store.ensure_schema().await?;
+        Ok(Some(store))
     }
 
     async fn connect(url: &DbUrl, create: bool) -> Result<StateStore, StateError> {
@@ -559,6 +619,8 @@ impl StateStore {
                 .map_err(q("reading the schema version"))?;
         match found.map(|v| v.parse::<i64>()) {
             None => {
+                // A new store, or one from before versions were recorded.
+                self.add_columns().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)",
                 )
@@ -708,22 +770,26 @@ impl StateStore {
         .execute(&self.pool)
         .await
         .map_err(q("checkpointing a chunk's start"))?;
-        if updated.rows_affected() == 0 {
-            sqlx::query(
-                "INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6)",
-            )
-            .bind(run_id)
-            .bind(to_i64(chunk.id))
-            .bind(chunk.lo.as_ref().map(Key::encode))
-            .bind(chunk.hi.encode())
-            .bind(session_id)
-            .bind(&at)
-            .execute(&self.pool)
-            .await
-            .map_err(q("checkpointing a chunk's start"))?;
+        if updated.rows_affected() > 0 {
+            return Ok(());
         }
-        Ok(())
+        let inserted = sqlx::query(
+            "INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
+             VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6)",
+        )
+        .bind(run_id)
+        .bind(to_i64(chunk.id))
+        .bind(chunk.lo.as_ref().map(Key::encode))
+        .bind(chunk.hi.encode())
+        .bind(session_id)
+        .bind(&at)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            // Inserted meanwhile (a retried insert whose reply was lost).
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+            other => other.map(drop).map_err(q("checkpointing a chunk's start")),
+        }
     }
 
     /// Records that a chunk is written, with the rows that failed in it, in
@@ -764,6 +830,14 @@ impl StateStore {
         .execute(&mut *tx)
         .await
         .map_err(q("checkpointing a finished chunk"))?;
+        // A checkpoint retried after its commit went through but its reply
+        // was lost records the same rows again.
+        sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
+            .bind(run_id)
+            .bind(to_i64(chunk_id))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording dead letters"))?;
         dead::insert(&mut tx, run_id, dead).await?;
         tx.commit()
             .await
@@ -1170,17 +1244,20 @@ mod tests {
             retries: 1,
         };
         let dead = DeadLetter::new(Key::Text("k".into()), 1, "boom".into(), "h".into(), "d");
-        store
-            .chunk_done(
-                &found.run_id,
-                1,
-                &counts,
-                &Timings::default(),
-                None,
-                std::slice::from_ref(&dead),
-            )
-            .await
-            .expect("done");
+        // Twice: a checkpoint retried after its commit went through.
+        for _ in 0..2 {
+            store
+                .chunk_done(
+                    &found.run_id,
+                    1,
+                    &counts,
+                    &Timings::default(),
+                    None,
+                    std::slice::from_ref(&dead),
+                )
+                .await
+                .expect("done");
+        }
         let letters = store
             .dead_letters(&found.run_id, KeyType::Text, true)
             .await
@@ -1192,7 +1269,13 @@ mod tests {
             .expect("groups");
         assert_eq!(groups, vec![("boom".to_string(), 1, vec!["k".to_string()])]);
         store
-            .resolve_dead_letters(&found.run_id, std::slice::from_ref(&dead.key), "r1", "d2")
+            .settle_dead_letters(
+                &found.run_id,
+                &[(dead.key.clone(), Resolution::Skipped)],
+                &[],
+                "r1",
+                "d2",
+            )
             .await
             .expect("resolve");
         assert!(
@@ -1201,6 +1284,18 @@ mod tests {
                 .await
                 .expect("dead letters")
                 .is_empty()
+        );
+        let all = store
+            .dead_letters(&found.run_id, KeyType::Text, false)
+            .await
+            .expect("dead letters");
+        assert_eq!(
+            (
+                all[0].resolution,
+                all[0].resolved_by.as_deref(),
+                all[0].attempts
+            ),
+            (Some(Resolution::Skipped), Some("r1"), 2)
         );
         let chunks = store.chunks(&found).await.expect("chunks");
         assert_eq!(chunks.len(), 1);
@@ -1231,5 +1326,72 @@ mod tests {
                 .expect("no error")
                 .is_some()
         );
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_first_release_is_upgraded_when_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = DbUrl::parse("sqlite://state.db", dir.path()).expect("url");
+        let store = StateStore::open(&url).await.expect("open");
+        store
+            .create_run(&run("20260101-000000-abcd", RunStatus::Failed))
+            .await
+            .expect("create");
+        // Back to the first release's layout: no versions, no added columns.
+        sqlx::query("DROP TABLE refill_meta")
+            .execute(&store.pool)
+            .await
+            .expect("drop");
+        for (table, column, _) in ADDED_COLUMNS {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {table} DROP COLUMN {column}"
+            )))
+            .execute(&store.pool)
+            .await
+            .expect("drop column");
+        }
+        store.pool.close().await;
+        assert!(
+            StateStore::connect(&url, false)
+                .await
+                .expect("connect")
+                .find_run("20260101")
+                .await
+                .is_err(),
+            "the old layout lacks data_hash"
+        );
+
+        // A reading command upgrades it; the old run reads back.
+        let store = StateStore::open_existing(&url)
+            .await
+            .expect("upgraded")
+            .expect("exists");
+        let found = store
+            .find_run("20260101")
+            .await
+            .expect("query")
+            .expect("the run");
+        assert_eq!(found.data_hash, "");
+        assert_eq!(found.status, RunStatus::Failed);
+        let chunk = Chunk {
+            id: 1,
+            lo: None,
+            hi: Key::Text("m".into()),
+        };
+        store
+            .chunk_started(&found.run_id, &chunk, "s1")
+            .await
+            .expect("start");
+        let counts = Counts {
+            rows: 1,
+            conflicts: 1,
+            ..Counts::default()
+        };
+        store
+            .chunk_done(&found.run_id, 1, &counts, &Timings::default(), None, &[])
+            .await
+            .expect("a checkpoint with the added columns");
+        // Opening again finds nothing to add.
+        StateStore::open(&url).await.expect("reopen");
     }
 }

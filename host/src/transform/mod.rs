@@ -448,7 +448,7 @@ impl Runner {
             pre,
         };
         let (mut store, bindings) = runner.instantiate()?;
-        runner.info = trapping(&mut store, &runner.limits, |s| {
+        runner.info = trapping(&mut store, runner.limits.timeout, |s| {
             bindings.refill_transform_transform().call_describe(s)
         })?;
         Ok(runner)
@@ -468,8 +468,8 @@ impl Runner {
             },
         );
         store.limiter(|s| s);
-        arm(&mut store, &self.limits, SETUP_ROWS);
-        let bindings = trapping(&mut store, &self.limits, |s| self.pre.instantiate(s))?;
+        arm(&mut store, &self.limits, SETUP_ROWS, self.limits.timeout);
+        let bindings = trapping(&mut store, self.limits.timeout, |s| self.pre.instantiate(s))?;
         Ok((store, bindings))
     }
 
@@ -477,7 +477,7 @@ impl Runner {
     /// [`TransformError::Config`] if the transform refuses them.
     pub fn instance(&self, params: &[Param]) -> Result<Instance, TransformError> {
         let (mut store, bindings) = self.instantiate()?;
-        let configured = trapping(&mut store, &self.limits, |s| {
+        let configured = trapping(&mut store, self.limits.timeout, |s| {
             bindings
                 .refill_transform_transform()
                 .call_configure(s, params)
@@ -536,9 +536,19 @@ impl Instance {
     /// trapped (the instance is then unusable), and with
     /// [`TransformError::Contract`] if it did not return one outcome per row.
     pub fn transform(&mut self, rows: &[Row]) -> Result<BatchOutput, TransformError> {
-        arm(&mut self.store, &self.limits, rows.len() as u64);
+        self.transform_within(rows, self.limits.timeout)
+    }
+
+    /// Runs one batch, as [`transform`](Instance::transform), with its own
+    /// wall-clock deadline.
+    pub fn transform_within(
+        &mut self,
+        rows: &[Row],
+        timeout: Duration,
+    ) -> Result<BatchOutput, TransformError> {
+        arm(&mut self.store, &self.limits, rows.len() as u64, timeout);
         let bindings = &self.bindings;
-        let outcomes = trapping(&mut self.store, &self.limits, |s| {
+        let outcomes = trapping(&mut self.store, timeout, |s| {
             bindings
                 .refill_transform_transform()
                 .call_transform_batch(s, rows)
@@ -581,7 +591,10 @@ pub struct Isolated {
 /// and `params` when empty). When the batch traps or breaks the contract,
 /// the instance is replaced and the two halves are run again, down to
 /// single rows, so that only the rows that cause the trap fail and every
-/// other row gets its outcome. Fails only on errors that are not the
+/// other row gets its outcome. A half gets its share of the deadline (but
+/// never less than [`MIN_SPLIT_DEADLINE`] or the deadline itself), so that
+/// isolating a row that never returns costs about twice the deadline, not
+/// the deadline once per level. Fails only on errors that are not the
 /// rows' fault (the transform refusing its configuration on a new
 /// instance).
 pub fn run_isolating(
@@ -591,6 +604,28 @@ pub fn run_isolating(
     rows: &[Row],
     out: &mut Isolated,
 ) -> Result<(), TransformError> {
+    isolate(runner, params, slot, rows, runner.limits.timeout, out)
+}
+
+/// The least wall-clock time a part of a split batch gets.
+pub const MIN_SPLIT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The deadline of `part` rows split from a batch of `whole` rows that had
+/// `deadline`.
+fn share(deadline: Duration, part: usize, whole: usize, timeout: Duration) -> Duration {
+    let floor = timeout.min(MIN_SPLIT_DEADLINE);
+    let scaled = deadline.mul_f64(part as f64 / whole.max(1) as f64);
+    scaled.max(floor)
+}
+
+fn isolate(
+    runner: &Runner,
+    params: &[Param],
+    slot: &mut Option<Instance>,
+    rows: &[Row],
+    deadline: Duration,
+    out: &mut Isolated,
+) -> Result<(), TransformError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -598,7 +633,7 @@ pub fn run_isolating(
         Some(instance) => instance,
         None => slot.insert(runner.instance(params)?),
     };
-    match instance.transform(rows) {
+    match instance.transform_within(rows, deadline) {
         Ok(batch) => {
             out.logs.extend(batch.logs);
             out.dropped_logs += batch.dropped_logs;
@@ -613,16 +648,18 @@ pub fn run_isolating(
                 return Ok(());
             }
             let (first, second) = rows.split_at(rows.len() / 2);
-            run_isolating(runner, params, slot, first, out)?;
-            run_isolating(runner, params, slot, second, out)
+            let timeout = runner.limits.timeout;
+            let part = |half: &[Row]| share(deadline, half.len(), rows.len(), timeout);
+            isolate(runner, params, slot, first, part(first), out)?;
+            isolate(runner, params, slot, second, part(second), out)
         }
         Err(other) => Err(other),
     }
 }
 
 /// Resets the budgets for a call covering `rows` rows.
-fn arm(store: &mut Store<HostState>, limits: &Limits, rows: u64) {
-    let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()).max(1);
+fn arm(store: &mut Store<HostState>, limits: &Limits, rows: u64, timeout: Duration) {
+    let ticks = timeout.as_millis().div_ceil(TICK.as_millis()).max(1);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
     let fuel = limits.fuel_per_row.saturating_mul(rows.max(1));
     // Fuel is on for every store of our engine, so this cannot fail.
@@ -638,7 +675,7 @@ fn arm(store: &mut Store<HostState>, limits: &Limits, rows: u64) {
 /// guest's log lines.
 fn trapping<T>(
     store: &mut Store<HostState>,
-    limits: &Limits,
+    timeout: Duration,
     call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
 ) -> Result<T, TransformError> {
     match call(store) {
@@ -656,9 +693,7 @@ fn trapping<T>(
                         limit: state.armed.0,
                         rows: state.armed.1,
                     },
-                    Some(Trap::Interrupt) => TrapKind::Deadline {
-                        timeout: limits.timeout,
-                    },
+                    Some(Trap::Interrupt) => TrapKind::Deadline { timeout },
                     Some(Trap::UnreachableCodeReached)
                         if logs.iter().any(|l| l.starts_with("panic")) =>
                     {
@@ -877,5 +912,29 @@ mod tests {
         assert!(
             matches!(refused, Err(TransformError::Config { error, .. }) if error.contains("`mapp`"))
         );
+    }
+
+    #[test]
+    fn split_batches_share_the_deadline_down_to_a_floor() {
+        let t = Duration::from_secs(10);
+        assert_eq!(share(t, 500, 1000, t), Duration::from_secs(5));
+        assert_eq!(
+            share(Duration::from_secs(5), 250, 500, t),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(share(Duration::from_secs(2), 1, 2, t), MIN_SPLIT_DEADLINE);
+        // A deadline below the floor is never cut.
+        let short = Duration::from_millis(50);
+        assert_eq!(share(short, 1, 2, short), short);
+        // Isolating a row that never returns from 1,000 costs about two
+        // deadlines plus a floor per level.
+        let (mut deadline, mut rows, mut total) = (t, 1000_usize, t);
+        while rows > 1 {
+            let half = rows / 2;
+            deadline = share(deadline, half, rows, t);
+            total += deadline;
+            rows = half;
+        }
+        assert!(total < Duration::from_secs(30), "{total:?}");
     }
 }
