@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
@@ -25,9 +25,10 @@ use crate::value;
 const LISTED_KEYS: usize = 1_000;
 
 /// Restores what `run` changed (with `execute`), or counts what would be.
-/// Once chunks are being restored, an error stops the rollback but is
-/// returned in the record's `message`, with the counts so far: running the
-/// rollback again finishes it (rows already restored count as unchanged).
+/// Once restoring began, an error stops the rollback but is returned in
+/// the record's `message`, with the counts so far: running the rollback
+/// again finishes it (rows already restored count as unchanged). An error
+/// before (another process holds the lock) is returned as such.
 pub async fn rollback(
     spec: &Spec,
     state: &StateStore,
@@ -56,6 +57,8 @@ pub async fn rollback(
         ..RollbackRecord::default()
     };
     let chunks = state.image_chunks(&run.run_id).await?;
+    // Whether restoring began: an error before it is returned as such.
+    let begun = AtomicBool::new(false);
     let work = async {
         state.record(&record).await?;
         if execute {
@@ -69,6 +72,7 @@ pub async fn rollback(
                 .set_run_status(&run.run_id, RunStatus::RolledBack, Some(&note))
                 .await?;
         }
+        begun.store(true, Ordering::Relaxed);
         let retries = AtomicU64::new(0);
         for chunk in chunks {
             let images = state.images(&run.run_id, chunk, run.key_type).await?;
@@ -154,8 +158,13 @@ pub async fn rollback(
         work.await
     };
     record.finished_at = Some(now());
-    record.message = outcome.err().map(|e| e.to_string());
+    record.message = outcome.as_ref().err().map(ToString::to_string);
     state.record(&record).await?;
+    if let Err(error) = outcome
+        && !begun.load(Ordering::Relaxed)
+    {
+        return Err(error);
+    }
     if execute && record.message.is_none() {
         let note = format!("rolled back by {} at {}", record.rollback_id, now());
         state

@@ -176,20 +176,22 @@ fn values_postgres_stores_in_another_form_settle_after_one_run() {
     let s = w.schema.clone().expect("schema");
     // Each source column holds a value its target column stores in another
     // form: rounded to a scale, keys reordered, fewer float bits, whole
-    // seconds.
+    // seconds, padded with spaces that read back trimmed.
     let pairs = [
         ("n_src", "n"),
         ("j_src", "j"),
         ("f_src", "f"),
         ("ts_src", "ts"),
+        ("c_src", "c"),
     ];
     w.exec(&format!(
         "CREATE TABLE {s}.typed (id int4 PRIMARY KEY,
            n_src text, n numeric(10,2), j_src text, j jsonb,
-           f_src float8, f real, ts_src timestamptz, ts timestamp(0));
-         INSERT INTO {s}.typed (id, n_src, j_src, f_src, ts_src)
+           f_src float8, f real, ts_src timestamptz, ts timestamp(0), c_src text, c char(4));
+         INSERT INTO {s}.typed (id, n_src, j_src, f_src, ts_src, c_src)
            SELECT i, (i * 1.5)::text, '{{\"b\":  ' || i || ', \"a\": [1]}}', i * 0.1,
-                  timestamptz '2024-01-01 00:00:00.123456+00' + i * interval '1.25 second'
+                  timestamptz '2024-01-01 00:00:00.123456+00' + i * interval '1.25 second',
+                  'x' || repeat(' ', i % 3)
            FROM generate_series(1, 50) AS i;
          INSERT INTO {s}.typed (id) VALUES (51)"
     ));
@@ -222,14 +224,16 @@ fn values_postgres_stores_in_another_form_settle_after_one_run() {
     }
     // The stored forms really differ from what the transform returned.
     let rows = w.rows(&format!(
-        "SELECT n::text, j::text, ts::text FROM {s}.typed WHERE id = 1"
+        "SELECT n::text, j::text, ts::text, c::text, c_src FROM {s}.typed WHERE id = 1"
     ));
     assert_eq!(
         rows[0],
         vec![
             Some("1.50".to_string()),
             Some("{\"a\": [1], \"b\": 1}".to_string()),
-            Some("2024-01-01 00:00:01".to_string())
+            Some("2024-01-01 00:00:01".to_string()),
+            Some("x".to_string()),
+            Some("x ".to_string())
         ]
     );
 }

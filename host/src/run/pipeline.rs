@@ -633,6 +633,8 @@ impl Evaluated {
         self.dead.extend(redo.dead);
         self.skipped_keys.extend(redo.skipped_keys);
         self.gone_keys.extend(redo.gone_keys);
+        self.diffs.extend(redo.diffs);
+        self.diffs.truncate(SAMPLE_DIFFS);
     }
 }
 
@@ -1129,10 +1131,15 @@ async fn write_guarded(
             chunk: chunk.to_string(),
             source,
         })?;
-        // Rows no longer there or no longer in scope are skipped; the others
+        // Rows no longer there, no longer in scope, or (with a separate
+        // target) whose target row was deleted are skipped; the others
         // changed since they were read (or changed and changed back): they
         // are transformed again from what they hold now.
-        let present: HashSet<&Key> = reread.keys.iter().collect();
+        let kept: Vec<usize> = (0..reread.len())
+            .filter(|&i| reread.current[i].is_some())
+            .collect();
+        let redo_rows = reread.select(&kept);
+        let present: HashSet<&Key> = redo_rows.keys.iter().collect();
         let gone: Vec<Key> = keys
             .iter()
             .filter(|k| !present.contains(k))
@@ -1140,11 +1147,12 @@ async fn write_guarded(
             .collect();
         evaluated.counts.updated -= gone.len() as u64;
         evaluated.counts.skipped += gone.len() as u64;
+        let stale: HashSet<&Key> = keys.iter().collect();
+        evaluated.diffs.retain(|d| !stale.contains(&d.key));
         evaluated.gone_keys.extend(gone);
-        if reread.is_empty() {
+        if redo_rows.is_empty() {
             break;
         }
-        let redo_rows = reread;
         evaluated.counts.updated -= redo_rows.len() as u64;
         evaluated.counts.conflicts += redo_rows.len() as u64;
         if attempt == ctx.conflict_attempts {

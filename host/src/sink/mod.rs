@@ -271,15 +271,19 @@ fn reshape<'a>(
     rows: &'a mut [Vec<Value>],
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
     Box::pin(async move {
-        match postgres::stored_form(pool, layout, rows).await {
-            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) && rows.len() > 1 => {
-                let (first, second) = rows.split_at_mut(rows.len() / 2);
-                reshape(pool, layout, first).await?;
-                reshape(pool, layout, second).await
-            }
-            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => Ok(()),
-            other => other,
+        let refused = match postgres::stored_form(pool, layout, rows).await {
+            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => true,
+            // A value that cannot be sent or read back (a timestamp out of
+            // range) is left for the write to report too.
+            Err(SinkError::Encode { .. }) => true,
+            other => return other,
+        };
+        if refused && rows.len() > 1 {
+            let (first, second) = rows.split_at_mut(rows.len() / 2);
+            reshape(pool, layout, first).await?;
+            reshape(pool, layout, second).await?;
         }
+        Ok(())
     })
 }
 

@@ -149,15 +149,12 @@ pub fn update_sql(
         &format!("v.{KEY_NAME}"),
         &expected,
     );
-    // The keys of the rows written come back: the rows a guard stopped are
-    // the others.
+    // The keys of the rows written come back, as they were sent (a key
+    // that compares equal may be spelled otherwise in the table): the rows
+    // a guard stopped are the others.
     let key = format!("{target}.{}", quote(&layout.target_key.name));
-    let returned = match layout.key_type {
-        KeyType::Integer => format!("{key}::int8"),
-        KeyType::Text => format!("{key}::text"),
-    };
     format!(
-        "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {key} = v.{KEY_NAME}{guard} RETURNING {returned}",
+        "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {key} = v.{KEY_NAME}{guard} RETURNING v.{KEY_NAME}",
         sets.join(", "),
         params.join(", "),
         names.join(", "),
@@ -266,12 +263,25 @@ pub async fn write(
 /// date styles), as jsonb (key order, spacing), as float4 (precision), or
 /// as a timestamp (microseconds, declared precision).
 pub fn reshapes(c: &ColumnInfo) -> bool {
+    cast_reshapes(c) || pads(c)
+}
+
+/// Whether a value of `c` is reshaped by the cast to its type.
+fn cast_reshapes(c: &ColumnInfo) -> bool {
     match &c.kind {
         ColumnKind::TextForm(_) | ColumnKind::Timestamp => true,
         ColumnKind::Json => c.type_name == "jsonb",
         ColumnKind::Float => c.type_name == "float4",
         _ => false,
     }
+}
+
+/// Whether `c` is `char(n)`: stored padded with spaces, read back (as
+/// text) without trailing spaces. An explicit cast would truncate a value
+/// that is too long where the write refuses it, so this one is reshaped in
+/// the host.
+fn pads(c: &ColumnInfo) -> bool {
+    c.kind == ColumnKind::Text && c.type_name == "bpchar"
 }
 
 /// The statement returning, row by row, unnested values as `columns` would
@@ -312,8 +322,15 @@ pub async fn stored_form(
     layout: &Layout,
     rows: &mut [Vec<Value>],
 ) -> Result<(), SinkError> {
+    for (i, _) in layout.outputs.iter().enumerate().filter(|(_, c)| pads(c)) {
+        for row in rows.iter_mut() {
+            if let Some(Value::Text(text)) = row.get_mut(i) {
+                text.truncate(text.trim_end_matches(' ').len());
+            }
+        }
+    }
     let reshaped: Vec<usize> = (0..layout.outputs.len())
-        .filter(|&i| reshapes(&layout.outputs[i]))
+        .filter(|&i| cast_reshapes(&layout.outputs[i]))
         .collect();
     if reshaped.is_empty() || rows.is_empty() {
         return Ok(());
@@ -415,7 +432,7 @@ mod tests {
              \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
              AS v(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\") \
-             WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" RETURNING \"app\".\"quotes\".\"id\"::int8"
+             WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" RETURNING v.\"__refill_k\""
         );
         let mut guarded = layout.clone();
         guarded.inputs = vec![column("status", "text", "text", ColumnKind::Text)];
@@ -426,7 +443,7 @@ mod tests {
             sql.ends_with(
                 "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
                  AND \"app\".\"quotes\".\"status\"::text COLLATE \"C\" IS NOT DISTINCT FROM v.\"__refill_e0\" AND (region = 'eu') \
-                 RETURNING \"app\".\"quotes\".\"id\"::int8"
+                 RETURNING v.\"__refill_k\""
             ),
             "{sql}"
         );

@@ -332,10 +332,10 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The version of the tables below; a store written by a newer refill is
 /// refused rather than misread. Version 0 is the first release's, which
 /// recorded no version.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Columns added to tables of an older version: table, column, definition.
-/// Opening a store that lacks them adds them.
+/// Opening a store of an older version adds those it lacks.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     (
         "refill_runs",
@@ -344,6 +344,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
     ("refill_chunks", "conflicts", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_chunks", "retries", "BIGINT NOT NULL DEFAULT 0"),
+    ("refill_dead_letters", "resolution", "VARCHAR(16)"),
 ];
 
 const SCHEMA: &[&str] = &[
@@ -497,8 +498,14 @@ impl StateStore {
     }
 
     /// Creates the tables that are missing and upgrades a store written by
-    /// an older refill.
+    /// an older refill. A store of this version is left alone: no DDL, so
+    /// a role that may only read and write the tables can use it.
     async fn ensure_schema(&self) -> Result<(), StateError> {
+        if let Ok(Some(v)) = self.version().await
+            && v == SCHEMA_VERSION.to_string()
+        {
+            return Ok(());
+        }
         for ddl in SCHEMA {
             sqlx::query(*ddl)
                 .execute(&self.pool)
@@ -609,35 +616,51 @@ impl StateStore {
         })
     }
 
-    /// Records the schema version, or refuses a store written by a newer
-    /// refill.
+    /// The recorded schema version (fails when there is no `refill_meta`).
+    async fn version(&self) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT value FROM refill_meta WHERE name = 'schema_version'")
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Upgrades a store of an older version and records this one, or
+    /// refuses a store written by a newer refill.
     async fn check_version(&self) -> Result<(), StateError> {
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT value FROM refill_meta WHERE name = 'schema_version'")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(q("reading the schema version"))?;
-        match found.map(|v| v.parse::<i64>()) {
-            None => {
-                // A new store, or one from before versions were recorded.
-                self.add_columns().await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)",
-                )
+        let found = self
+            .version()
+            .await
+            .map_err(q("reading the schema version"))?;
+        let version = match found.as_deref().map(str::parse::<i64>) {
+            // A new store, or one from before versions were recorded.
+            None => 0,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => -1,
+        };
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if !(0..SCHEMA_VERSION).contains(&version) {
+            return Err(StateError::Corrupt(format!(
+                "the state store {} has schema version {found:?}, newer than this refill knows ({SCHEMA_VERSION}); use a newer refill",
+                self.url
+            )));
+        }
+        self.add_columns().await?;
+        let recorded = if found.is_none() {
+            sqlx::query("INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)")
                 .bind(SCHEMA_VERSION.to_string())
                 .execute(&self.pool)
-                .await;
-                match inserted {
-                    // Another process created the store at the same time.
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
-                    other => other.map(drop).map_err(q("recording the schema version")),
-                }
-            }
-            Some(Ok(v)) if v <= SCHEMA_VERSION => Ok(()),
-            Some(v) => Err(StateError::Corrupt(format!(
-                "the state store {} has schema version {v:?}, newer than this refill knows ({SCHEMA_VERSION}); use a newer refill",
-                self.url
-            ))),
+                .await
+        } else {
+            sqlx::query("UPDATE refill_meta SET value = $1 WHERE name = 'schema_version'")
+                .bind(SCHEMA_VERSION.to_string())
+                .execute(&self.pool)
+                .await
+        };
+        match recorded {
+            // Another process created the store at the same time.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+            other => other.map(drop).map_err(q("recording the schema version")),
         }
     }
 
@@ -1393,5 +1416,31 @@ mod tests {
             .expect("a checkpoint with the added columns");
         // Opening again finds nothing to add.
         StateStore::open(&url).await.expect("reopen");
+
+        // A version-1 store lacks the dead letters' resolution.
+        sqlx::query("UPDATE refill_meta SET value = '1'")
+            .execute(&store.pool)
+            .await
+            .expect("version 1");
+        sqlx::query("ALTER TABLE refill_dead_letters DROP COLUMN resolution")
+            .execute(&store.pool)
+            .await
+            .expect("drop column");
+        store.pool.close().await;
+        let store = StateStore::open_existing(&url)
+            .await
+            .expect("upgraded")
+            .expect("exists");
+        assert!(
+            store
+                .dead_letters(&found.run_id, KeyType::Text, false)
+                .await
+                .expect("dead letters read")
+                .is_empty()
+        );
+        assert_eq!(
+            store.version().await.expect("version"),
+            Some(SCHEMA_VERSION.to_string())
+        );
     }
 }

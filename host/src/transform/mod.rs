@@ -591,10 +591,12 @@ pub struct Isolated {
 /// and `params` when empty). When the batch traps or breaks the contract,
 /// the instance is replaced and the two halves are run again, down to
 /// single rows, so that only the rows that cause the trap fail and every
-/// other row gets its outcome. A half gets its share of the deadline (but
-/// never less than [`MIN_SPLIT_DEADLINE`] or the deadline itself), so that
-/// isolating a row that never returns costs about twice the deadline, not
-/// the deadline once per level. Fails only on errors that are not the
+/// other row gets its outcome. When the batch ran out of time, each half
+/// gets its share of the deadline (but never less than
+/// [`MIN_SPLIT_DEADLINE`] or the deadline itself), and a single row that
+/// runs out of its share is run once more with the whole deadline before it
+/// is blamed: isolating a row that never returns costs about three
+/// deadlines, not one per level. Fails only on errors that are not the
 /// rows' fault (the transform refusing its configuration on a new
 /// instance).
 pub fn run_isolating(
@@ -643,13 +645,32 @@ fn isolate(
         Err(error @ (TransformError::Trap { .. } | TransformError::Contract(_))) => {
             *slot = None;
             out.traps += 1;
+            let timeout = runner.limits.timeout;
+            let out_of_time = matches!(
+                error,
+                TransformError::Trap {
+                    kind: TrapKind::Deadline { .. },
+                    ..
+                }
+            );
             if rows.len() == 1 {
+                if out_of_time && deadline < timeout {
+                    // A row is blamed for its time only on the full deadline.
+                    return isolate(runner, params, slot, rows, timeout, out);
+                }
                 out.results.push(Err(error));
                 return Ok(());
             }
             let (first, second) = rows.split_at(rows.len() / 2);
-            let timeout = runner.limits.timeout;
-            let part = |half: &[Row]| share(deadline, half.len(), rows.len(), timeout);
+            // Time is shared out only when time ran out; otherwise each half
+            // gets the deadline the batch had.
+            let part = |half: &[Row]| {
+                if out_of_time {
+                    share(deadline, half.len(), rows.len(), timeout)
+                } else {
+                    deadline
+                }
+            };
             isolate(runner, params, slot, first, part(first), out)?;
             isolate(runner, params, slot, second, part(second), out)
         }
@@ -927,7 +948,8 @@ mod tests {
         let short = Duration::from_millis(50);
         assert_eq!(share(short, 1, 2, short), short);
         // Isolating a row that never returns from 1,000 costs about two
-        // deadlines plus a floor per level.
+        // deadlines plus a floor per level, plus the whole deadline for the
+        // row alone.
         let (mut deadline, mut rows, mut total) = (t, 1000_usize, t);
         while rows > 1 {
             let half = rows / 2;
@@ -935,6 +957,42 @@ mod tests {
             total += deadline;
             rows = half;
         }
-        assert!(total < Duration::from_secs(30), "{total:?}");
+        total += t;
+        assert!(total < Duration::from_secs(40), "{total:?}");
+    }
+
+    #[test]
+    fn a_row_out_of_time_is_blamed_on_the_whole_deadline() {
+        let limits = Limits {
+            fuel_per_row: u64::MAX / 8,
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_millis(1500),
+        };
+        let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
+        let params = [
+            Param {
+                name: "mode".into(),
+                value: "loop".into(),
+            },
+            Param {
+                name: "trigger".into(),
+                value: "r2".into(),
+            },
+        ];
+        let (mut slot, mut out) = (None, Isolated::default());
+        run_isolating(&runner, &params, &mut slot, &rows(4), &mut out).expect("isolates");
+        for (i, result) in out.results.iter().enumerate() {
+            match (i, result) {
+                (2, Err(TransformError::Trap { kind, .. })) => assert_eq!(
+                    kind,
+                    &TrapKind::Deadline {
+                        timeout: limits.timeout
+                    },
+                    "the row had the whole deadline, not its share"
+                ),
+                (_, Ok(Outcome::Update(_))) if i != 2 => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 }
