@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod chunk;
 pub mod db;
+pub mod metrics;
 pub mod plan;
 pub mod report;
 pub mod retry;
@@ -23,6 +24,7 @@ pub mod sink;
 pub mod source;
 pub mod spec;
 pub mod state;
+pub mod throttle;
 pub mod transform;
 pub mod value;
 pub mod verify;

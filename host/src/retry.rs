@@ -62,7 +62,7 @@ pub async fn retry(
         )));
     }
     let runner = Arc::new(run::load_transform(spec, execute)?);
-    let db = Database::connect(&spec.source_url, spec.file.chunk.concurrency + 2).await?;
+    let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
     let layout = plan::resolve(spec, &db, runner.info()).await?;
     plan::check_config(spec, &runner)?;
 
@@ -105,6 +105,7 @@ pub async fn retry(
     progress
         .total_rows
         .store(record.rows, std::sync::atomic::Ordering::Relaxed);
+    let (throttle, _watching) = run::start_throttle(spec, &db, progress.clone(), None, None)?;
     let ctx = Arc::new(run::context(
         spec,
         Purpose::Retry {
@@ -117,13 +118,18 @@ pub async fn retry(
         layout,
         runner,
         progress,
+        throttle,
     ));
     let work = async {
         state.record(&record).await?;
         let span = info_span!("retry", run = %run.run_id);
-        pipeline::execute(ctx.clone(), Feed::Keys(feed), spec.file.chunk.concurrency)
+        match pipeline::execute(ctx.clone(), Feed::Keys(feed), spec.concurrency())
             .instrument(span)
-            .await
+            .await?
+        {
+            pipeline::Ended::Stopped(stop) => Err(RunError::Stopped(stop)),
+            _ => Ok(()),
+        }
     };
     let outcome = if execute {
         run::with_lock(state, spec.name(), &run::new_session(), work).await

@@ -63,7 +63,7 @@ pub async fn verify(
             )));
         }
     }
-    let db = Database::connect(&spec.source_url, spec.file.chunk.concurrency + 2).await?;
+    let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
     let plan = plan::build(spec, &db, &runner).await?;
 
     let (feed, dead) = match run {
@@ -90,7 +90,6 @@ pub async fn verify(
                 known,
                 next: None,
                 high_watermark: None,
-                chunk_rows: u64::from(spec.file.chunk.rows),
                 limit: None,
             };
             (feed, dead)
@@ -103,7 +102,6 @@ pub async fn verify(
                 known: Vec::new(),
                 next: Some((1, None)),
                 high_watermark: plan.scope.high_watermark.clone(),
-                chunk_rows: u64::from(spec.file.chunk.rows),
                 limit: None,
             };
             (feed, HashSet::new())
@@ -122,6 +120,7 @@ pub async fn verify(
         started_at: now(),
         ..VerificationRecord::default()
     };
+    let (throttle, watching) = run::start_throttle(spec, &db, progress.clone(), None, None)?;
     let ctx = Arc::new(run::context(
         spec,
         Purpose::Verify { dead },
@@ -131,11 +130,16 @@ pub async fn verify(
         plan.layout,
         runner,
         progress,
+        throttle,
     ));
     let span = info_span!("verify", run = record.run_id.as_deref().unwrap_or("-"));
-    pipeline::execute(ctx.clone(), feed, spec.file.chunk.concurrency)
+    let ended = pipeline::execute(ctx.clone(), feed, spec.concurrency())
         .instrument(span)
         .await?;
+    drop(watching);
+    if let pipeline::Ended::Stopped(stop) = ended {
+        return Err(RunError::Stopped(stop));
+    }
     let samples = Arc::into_inner(ctx)
         .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
         .unwrap_or_default();

@@ -141,7 +141,8 @@ pub struct Spec<'a> {
     pub column: &'a str,
     /// The `where` condition, if any.
     pub scope: Option<&'a str>,
-    /// Rows per chunk.
+    /// Rows per chunk (fixed: chunk sizes do not adapt unless a test
+    /// replaces `chunk_time = 0`).
     pub rows: u32,
     /// The plugin to run, pinned to its digest.
     pub component: &'a str,
@@ -172,6 +173,7 @@ columns = ["{column}"]
 
 [chunk]
 rows = {rows}
+chunk_time = 0
 
 [transform]
 component = "{path}"

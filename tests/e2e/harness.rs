@@ -53,7 +53,7 @@ pub struct Ran {
 }
 
 impl Ran {
-    fn from(output: Output) -> Ran {
+    pub fn from(output: Output) -> Ran {
         Ran {
             code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

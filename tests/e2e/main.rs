@@ -9,6 +9,7 @@ mod recovery;
 mod resume;
 mod sandbox;
 mod spec_errors;
+mod throttle;
 mod types;
 
 /// Defines one test per backend from a body taking the backend.

@@ -1,8 +1,19 @@
 //! Raw command-line arguments, parsed by clap. Nothing here does work.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Run data backfills safely: chunked, resumable, with sandboxed
 /// WebAssembly transforms.
@@ -12,6 +23,9 @@ pub struct Args {
     /// More log output (-v: debug, -vv: trace). `REFILL_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,6 +54,41 @@ pub enum Command {
         /// Abandon the spec's unfinished run and start over.
         #[arg(long)]
         restart: bool,
+        /// Stop taking chunks after this long (such as 30m or 2h); run
+        /// again to go on.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_runtime: Option<Duration>,
+        /// Stop after the chunk that reaches this key; run again to go on.
+        #[arg(long, value_name = "KEY")]
+        until_key: Option<String>,
+        /// Serve Prometheus metrics on this address (such as 127.0.0.1:9187;
+        /// port 0 picks one and prints it).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Ask every process working on a run to stop taking chunks and wait
+    /// (within a second), holding no transaction open.
+    Pause {
+        /// A run id, or a unique prefix of one.
+        run: String,
+        #[command(flatten)]
+        at: RunAt,
+    },
+    /// Let a paused run go on.
+    Resume {
+        /// A run id, or a unique prefix of one.
+        run: String,
+        #[command(flatten)]
+        at: RunAt,
+    },
+    /// Ask every process working on a run to finish or leave its chunk and
+    /// exit; the run is marked aborted, and the next `refill run` of the
+    /// spec resumes it.
+    Abort {
+        /// A run id, or a unique prefix of one.
+        run: String,
+        #[command(flatten)]
+        at: RunAt,
     },
     /// Show recent runs, or one run in detail.
     Status {

@@ -1,11 +1,13 @@
 //! The command line: turns parsed arguments into library calls, prints what
 //! they return, and maps the result to an exit code: 0 all good, 1 the run
-//! finished with failed rows, 2 could not run (or stopped on an error).
+//! finished with failed rows, 2 could not run (or stopped on an error), 3
+//! aborted on request, 130 interrupted by Ctrl-C.
 
 pub mod args;
 mod progress;
 mod show;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,20 +19,25 @@ use refill::plan;
 use refill::run::{self, Progress, RunOptions};
 use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
-use refill::state::{RunRecord, StateStore};
+use refill::state::{ControlAction, RunRecord, RunStatus, StateStore};
+use refill::throttle::Stop;
 use refill::transform::{Compiled, Limits, Runner};
 use tracing_subscriber::EnvFilter;
 
-use self::args::{Args, Command};
+use self::args::{Args, Command, LogFormat};
 
 /// Exit code: the run finished with rows that failed.
 const FAILED_ROWS: u8 = 1;
 /// Exit code: the command could not run, or stopped on an error.
 const COULD_NOT_RUN: u8 = 2;
+/// Exit code: stopped by `refill abort` (resumable).
+const ABORTED: u8 = 3;
+/// Exit code: stopped by Ctrl-C (resumable).
+const INTERRUPTED: u8 = 130;
 
 /// Runs the command line and returns its exit code.
 pub fn run(args: Args) -> ExitCode {
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +52,12 @@ pub fn run(args: Args) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("refill: error: {}", one_line(&error));
-            ExitCode::from(COULD_NOT_RUN)
+            let code = match error.downcast_ref::<run::RunError>() {
+                Some(run::RunError::Stopped(Stop::Interrupted)) => INTERRUPTED,
+                Some(run::RunError::Stopped(Stop::Aborted { .. })) => ABORTED,
+                _ => COULD_NOT_RUN,
+            };
+            ExitCode::from(code)
         }
     }
 }
@@ -64,7 +76,7 @@ fn one_line(error: &anyhow::Error) -> String {
     text.replace('\n', " ")
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 if progress::interactive() => "refill=warn",
         0 => "refill=info",
@@ -72,11 +84,14 @@ fn init_logging(verbose: u8) {
         _ => "refill=trace,info",
     };
     let filter = EnvFilter::try_from_env("REFILL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| progress::LogWriter)
-        .with_ansi(progress::interactive())
-        .init();
+        .with_writer(|| progress::LogWriter);
+    match format {
+        LogFormat::Text => logs.with_ansi(progress::interactive()).init(),
+        // One object per line, with the span fields (run, chunk) in it.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 async fn dispatch(command: Command) -> Result<u8> {
@@ -87,6 +102,9 @@ async fn dispatch(command: Command) -> Result<u8> {
             execute,
             limit,
             restart,
+            max_runtime,
+            until_key,
+            metrics_addr,
         } => {
             run_command(
                 &spec,
@@ -94,10 +112,16 @@ async fn dispatch(command: Command) -> Result<u8> {
                     execute,
                     limit,
                     restart,
+                    max_runtime,
+                    until_key,
                 },
+                metrics_addr,
             )
             .await
         }
+        Command::Pause { run, at } => control_command(&run, Some(ControlAction::Pause), &at).await,
+        Command::Resume { run, at } => control_command(&run, None, &at).await,
+        Command::Abort { run, at } => control_command(&run, Some(ControlAction::Abort), &at).await,
         Command::Status {
             run,
             json,
@@ -136,21 +160,184 @@ async fn plan_command(path: &Path) -> Result<u8> {
     Ok(0)
 }
 
-async fn run_command(path: &Path, options: RunOptions) -> Result<u8> {
+async fn run_command(
+    path: &Path,
+    options: RunOptions,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<u8> {
     let spec = Spec::load(path)?;
     let progress = Arc::new(Progress::default());
+    let _metrics = match metrics_addr {
+        Some(addr) => {
+            let (bound, task) = refill::metrics::serve(addr, progress.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            eprintln!("refill: serving metrics on http://{bound}/metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
+    let _interrupts = on_ctrl_c(progress.clone());
     let display = progress::start(progress.clone());
     let result = run::run(&spec, &options, progress).await;
     display.finish().await;
     let report = result?;
     show::report(&spec, &report);
-    Ok(if report.failure.is_some() {
-        COULD_NOT_RUN
-    } else if report.totals.failed > 0 {
-        FAILED_ROWS
-    } else {
-        0
+    Ok(match &report.stop {
+        _ if report.failure.is_some() => COULD_NOT_RUN,
+        Some(Stop::Interrupted) => INTERRUPTED,
+        Some(Stop::Aborted { .. }) => ABORTED,
+        _ if report.totals.failed > 0 => FAILED_ROWS,
+        _ => 0,
     })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Ctrl-C once: stop taking chunks, finish those in flight, exit
+/// resumably. Twice: exit now; the chunks in flight are not checkpointed
+/// and the next run redoes them.
+fn on_ctrl_c(progress: Arc<Progress>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        progress
+            .interrupted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "refill: stopping after the chunks in flight (Ctrl-C again to stop now; the run stays resumable)"
+        );
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("refill: stopping now; the chunks in flight are redone by the next run");
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+    }))
+}
+
+/// `refill pause`, `resume` (`action` is `None`) and `abort`: records the
+/// request, then waits a little for the processes working on the run to
+/// acknowledge it, and says what they do.
+async fn control_command(id: &str, action: Option<ControlAction>, at: &args::RunAt) -> Result<u8> {
+    let (_, store, record) = locate(id, at).await?;
+    let who = format!("{}@{}", run::user_name(), run::host_name());
+    if action.is_none() && record.status == RunStatus::Aborted {
+        bail!(
+            "run {} was aborted; `refill run {} --execute` resumes it",
+            record.run_id,
+            record.spec_path
+        );
+    }
+    if action.is_some() && !record.status.resumable() {
+        bail!(
+            "run {} is {}: there is nothing to {}",
+            record.run_id,
+            record.status,
+            action.map_or("resume", ControlAction::as_str)
+        );
+    }
+    store.set_control(&record.run_id, action, &who).await?;
+    let look = || async {
+        let control = store.control(&record.run_id).await?;
+        let sessions = store.sessions(&record.run_id).await?;
+        anyhow::Ok(run::live(&record, control, &sessions, &[]))
+    };
+    let working = look().await?.sessions.len();
+    // The processes check every half second; give them a few seconds (an
+    // abort, the time to finish their chunks).
+    let patience = match action {
+        Some(ControlAction::Abort) => std::time::Duration::from_secs(30),
+        _ => std::time::Duration::from_secs(5),
+    };
+    let started = Instant::now();
+    let live = loop {
+        let live = look().await?;
+        let settled = match action {
+            _ if live.sessions.is_empty() => true,
+            Some(ControlAction::Pause) => live.state == "paused",
+            Some(ControlAction::Abort) => false,
+            None => live.state != "paused" && live.state != "pausing",
+        };
+        if settled || started.elapsed() > patience {
+            break live;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let n = live.sessions.len();
+    let processes = |n: usize| {
+        if n == 1 {
+            "1 process".to_string()
+        } else {
+            format!("{n} processes")
+        }
+    };
+    match action {
+        Some(ControlAction::Pause) if n == 0 => println!(
+            "Run {} is paused; no process is working on it now. A `refill run` of it waits until `refill resume {}`.",
+            record.run_id, record.run_id
+        ),
+        Some(ControlAction::Pause) => println!(
+            "Run {} is {}: {} took no new chunk and hold no transaction. `refill resume {}` goes on.",
+            record.run_id,
+            live.state,
+            processes(n),
+            record.run_id
+        ),
+        Some(ControlAction::Abort) if working == 0 => {
+            store
+                .set_run_status(
+                    &record.run_id,
+                    RunStatus::Aborted,
+                    Some(&format!(
+                        "aborted by {who}; the next `refill run` resumes it"
+                    )),
+                )
+                .await?;
+            println!(
+                "Run {} is aborted; no process was working on it. The next `refill run` of its spec resumes it.",
+                record.run_id
+            );
+        }
+        Some(ControlAction::Abort) if n == 0 => println!(
+            "Run {} is aborted: {} finished or left the chunks in hand and exited. The next `refill run` of its spec resumes it.",
+            record.run_id,
+            processes(working)
+        ),
+        Some(ControlAction::Abort) => println!(
+            "Run {} is aborting: {} still finishing the chunks in hand. The next `refill run` of its spec resumes it.",
+            record.run_id,
+            processes(n)
+        ),
+        None => println!(
+            "Run {} goes on ({} working on it).",
+            record.run_id,
+            processes(n)
+        ),
+    }
+    Ok(0)
+}
+
+/// What a run is doing now (see [`run::live`]); the rate and ETA only
+/// when `chunks` are given.
+async fn live_of(
+    store: &StateStore,
+    record: &RunRecord,
+    chunks: Option<&[refill::state::ChunkRecord]>,
+) -> Result<run::Live> {
+    let control = store.control(&record.run_id).await?;
+    let sessions = if record.status == RunStatus::Running || control.is_some() {
+        store.sessions(&record.run_id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(run::live(record, control, &sessions, chunks.unwrap_or(&[])))
 }
 
 async fn status_command(
@@ -167,12 +354,15 @@ async fn status_command(
             let mut rows = Vec::new();
             for r in runs {
                 let (totals, done_chunks) = store.totals(&r.run_id).await?;
-                rows.push((r, totals, done_chunks));
+                let live = live_of(&store, &r, None).await?;
+                rows.push((r, totals, done_chunks, live));
             }
             if json {
                 let list: Vec<_> = rows
                     .iter()
-                    .map(|(r, t, c)| serde_json::json!({"run": r, "totals": t, "chunks_done": c}))
+                    .map(|(r, t, c, l)| {
+                        serde_json::json!({"run": r, "totals": t, "chunks_done": c, "live": l})
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -187,11 +377,12 @@ async fn status_command(
             let (totals, _) = store.totals(&record.run_id).await?;
             let chunks = store.chunks(&record).await?;
             let sessions = store.sessions(&record.run_id).await?;
+            let live = live_of(&store, &record, Some(&chunks)).await?;
             if json {
-                let doc = serde_json::json!({"run": record, "totals": totals, "chunks": chunks, "sessions": sessions});
+                let doc = serde_json::json!({"run": record, "totals": totals, "chunks": chunks, "sessions": sessions, "live": live});
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                show::run_detail(&record, &totals, &chunks, &sessions);
+                show::run_detail(&record, &totals, &chunks, &sessions, &live);
             }
         }
     }
@@ -241,6 +432,7 @@ async fn locate(id: &str, at: &args::RunAt) -> Result<(Spec, StateStore, RunReco
 async fn retry_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> {
     let (spec, store, run) = locate(id, at).await?;
     let progress = Arc::new(Progress::default());
+    let _interrupts = on_ctrl_c(progress.clone());
     let display = progress::start(progress.clone());
     let result = refill::retry::retry(&spec, &store, &run, execute, progress).await;
     display.finish().await;
@@ -255,6 +447,7 @@ async fn retry_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> 
 
 async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Result<u8> {
     let progress = Arc::new(Progress::default());
+    let _interrupts = on_ctrl_c(progress.clone());
     let record = match id {
         Some(id) => {
             let (spec, store, run) = locate(id, at).await?;

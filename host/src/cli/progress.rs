@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use refill::run::Progress;
+use refill::run::{Phase, Progress};
 
 static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
@@ -50,23 +50,33 @@ pub fn start(progress: Arc<Progress>) -> Display {
         *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut window = Window::default();
+            let mut tick = 0_u32;
             while !stop.load(Ordering::Relaxed) {
                 let total = progress.total_rows.load(Ordering::Relaxed);
                 let done = progress.done_rows.load(Ordering::Relaxed);
                 bar.set_length(total.max(done));
                 bar.set_position(done);
-                let (rate, eta) = window.observe(done, total);
+                if tick.is_multiple_of(5) {
+                    progress.sample();
+                }
+                tick = tick.wrapping_add(1);
+                let (rate, eta) = pace(&progress);
                 let failed = progress.failed_rows.load(Ordering::Relaxed);
                 let failed = if failed > 0 {
                     format!("  {failed} failed")
                 } else {
                     String::new()
                 };
+                let status = progress.status();
+                let doing = match (status.phase, status.reason) {
+                    (Phase::Running, _) => String::new(),
+                    (phase, Some(reason)) => format!("  {}: {reason}", phase.as_str()),
+                    (phase, None) => format!("  {}", phase.as_str()),
+                };
                 if total == 0 && done == 0 {
-                    bar.set_message("planning…");
+                    bar.set_message(format!("planning…{doing}"));
                 } else {
-                    bar.set_message(format!("{rate} rows/s  ETA {eta}{failed}"));
+                    bar.set_message(format!("{rate} rows/s  ETA {eta}{failed}{doing}"));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -77,21 +87,26 @@ pub fn start(progress: Arc<Progress>) -> Display {
         let stop = stop.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut window = Window::default();
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            tick.tick().await;
-            window.observe(progress.done_rows.load(Ordering::Relaxed), 0);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut seconds = 0_u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let total = progress.total_rows.load(Ordering::Relaxed);
-                let done = progress.done_rows.load(Ordering::Relaxed);
-                let (rate, eta) = window.observe(done, total);
+                progress.sample();
+                seconds += 1;
+                if !seconds.is_multiple_of(5) {
+                    continue;
+                }
+                let (rate, eta) = pace(&progress);
+                let status = progress.status();
                 tracing::info!(
-                    done,
-                    total,
+                    done = progress.done_rows.load(Ordering::Relaxed),
+                    total = progress.total_rows.load(Ordering::Relaxed),
                     failed = progress.failed_rows.load(Ordering::Relaxed),
                     rows_per_sec = %rate,
                     eta = %eta,
+                    state = status.phase.as_str(),
+                    reason = status.reason.as_deref().unwrap_or(""),
+                    chunk_rows = progress.chunk_rows.load(Ordering::Relaxed),
                     elapsed_s = started.elapsed().as_secs(),
                     "Progress."
                 );
@@ -104,40 +119,17 @@ pub fn start(progress: Arc<Progress>) -> Display {
     }
 }
 
-/// The recent rate: rows per second over the last ten seconds, and the
-/// time the remaining rows take at that rate. A resumed run's first count
-/// (rows done by earlier sessions) is not mistaken for speed, since only
-/// differences between observations count.
-#[derive(Default)]
-struct Window {
-    samples: std::collections::VecDeque<(Instant, u64)>,
-}
-
-impl Window {
-    const SPAN: Duration = Duration::from_secs(10);
-
-    fn observe(&mut self, done: u64, total: u64) -> (String, String) {
-        let now = Instant::now();
-        self.samples.push_back((now, done));
-        while self.samples.len() > 2
-            && self
-                .samples
-                .front()
-                .is_some_and(|(t, _)| now - *t > Self::SPAN)
-        {
-            self.samples.pop_front();
-        }
-        let Some(&(t0, d0)) = self.samples.front() else {
-            return ("-".into(), "-".into());
-        };
-        let secs = (now - t0).as_secs_f64();
-        if secs < 0.5 || done <= d0 {
-            return ("-".into(), "-".into());
-        }
-        let rate = (done - d0) as f64 / secs;
-        let eta = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
-        (crate::cli::show::n(rate.round() as u64), format_eta(eta))
-    }
+/// The recent rate and the ETA at it, for display.
+fn pace(progress: &Progress) -> (String, String) {
+    let rate = progress.rate().map_or_else(
+        || "-".to_string(),
+        |r| crate::cli::show::n(r.round() as u64),
+    );
+    let eta = match progress.status().phase {
+        Phase::Paused => "paused".to_string(),
+        _ => progress.eta().map_or_else(|| "-".to_string(), format_eta),
+    };
+    (rate, eta)
 }
 
 fn format_eta(d: Duration) -> String {

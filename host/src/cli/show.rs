@@ -86,12 +86,27 @@ pub fn plan(
         ),
         _ => println!("  rows       none in scope"),
     }
-    println!(
-        "  chunks     {} of up to {} rows, {} in flight",
-        n(plan.chunks),
-        n(u64::from(f.chunk.rows)),
-        f.chunk.concurrency
-    );
+    let c = &f.chunk;
+    if c.chunk_time.is_zero() {
+        println!(
+            "  chunks     {} of up to {} rows, {} in flight",
+            n(plan.chunks),
+            n(u64::from(c.rows)),
+            spec.concurrency()
+        );
+    } else {
+        println!(
+            "  chunks     {} rows first, then sized to take {} each ({} to {} rows), {} in flight",
+            n(u64::from(c.rows.clamp(c.min_rows, c.max_rows))),
+            humantime::format_duration(c.chunk_time),
+            n(u64::from(c.min_rows)),
+            n(u64::from(c.max_rows)),
+            spec.concurrency()
+        );
+    }
+    for line in refill::throttle::describe(spec) {
+        println!("  throttle   {line}");
+    }
     println!(
         "  transform  {} {}: {}",
         info.name, info.version, info.description
@@ -272,7 +287,7 @@ fn examples(group: &ErrorGroup) -> String {
 }
 
 /// Prints a list of runs.
-pub fn run_list(url: &DbUrl, runs: &[(RunRecord, Counts, u64)]) {
+pub fn run_list(url: &DbUrl, runs: &[(RunRecord, Counts, u64, refill::run::Live)]) {
     if runs.is_empty() {
         println!("No runs recorded in {url}.");
         return;
@@ -281,7 +296,7 @@ pub fn run_list(url: &DbUrl, runs: &[(RunRecord, Counts, u64)]) {
         "{:<22} {:<24} {:<8} {:<11} {:>21} {:>8}  {:<24} BY",
         "RUN", "NAME", "MODE", "STATUS", "ROWS", "FAILED", "STARTED"
     );
-    for (run, totals, _) in runs {
+    for (run, totals, _, live) in runs {
         let mode = match run.mode {
             Mode::DryRun => "dry-run",
             Mode::Execute => "execute",
@@ -291,7 +306,7 @@ pub fn run_list(url: &DbUrl, runs: &[(RunRecord, Counts, u64)]) {
             run.run_id,
             run.name,
             mode,
-            run.status,
+            live.state,
             format!("{}/{}", n(totals.rows), n(run.rows_in_scope)),
             n(totals.failed),
             run.started_at,
@@ -307,6 +322,7 @@ pub fn run_detail(
     totals: &Counts,
     chunks: &[ChunkRecord],
     sessions: &[SessionRecord],
+    live: &refill::run::Live,
 ) {
     let mode = match run.mode {
         Mode::DryRun => "dry run",
@@ -314,8 +330,20 @@ pub fn run_detail(
     };
     println!(
         "Run {} of \"{}\": {mode}, {}",
-        run.run_id, run.name, run.status
+        run.run_id, run.name, live.state
     );
+    if let Some(reason) = &live.reason
+        && Some(reason) != run.message.as_ref()
+    {
+        println!("  why        {reason}");
+    }
+    if let (Some(rate), Some(eta)) = (live.rows_per_sec, live.eta_seconds) {
+        println!(
+            "  pace       {} rows/s over the last minute; ETA {}",
+            n(rate.round() as u64),
+            humantime::format_duration(std::time::Duration::from_secs(eta))
+        );
+    }
     if let Some(message) = &run.message {
         println!("  message    {message}");
     }
@@ -369,7 +397,12 @@ pub fn run_detail(
             (None, Some(beat)) => {
                 let silent = (chrono::Utc::now() - beat).num_seconds().max(0);
                 if silent.unsigned_abs() < refill::run::SESSION_TIMEOUT.as_secs() {
-                    format!("working, heartbeat {silent}s ago")
+                    let doing = match (&s.state, &s.reason) {
+                        (Some(state), Some(reason)) => format!("{state}: {reason}"),
+                        (Some(state), None) => state.clone(),
+                        _ => "working".to_string(),
+                    };
+                    format!("{doing}, heartbeat {silent}s ago")
                 } else {
                     format!(
                         "silent for {silent}s: the process is probably gone; the next run resumes"

@@ -5,17 +5,20 @@
 //! new ones in key order up to the high-watermark. Returns a [`RunReport`].
 
 pub(crate) mod pipeline;
+mod progress;
+
+pub use progress::{Phase, Progress, RecentRate, Status};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{Instrument, info, info_span, warn};
 
-use self::pipeline::{Context, Feed, MAX_TRAPPED_BATCHES, Purpose, Samples};
+use self::pipeline::{Context, Ended, Feed, MAX_TRAPPED_BATCHES, Purpose, Samples};
 use crate::backoff;
 use crate::chunk::{Chunk, Key};
 use crate::plan::{self, Plan, PlanError};
@@ -23,9 +26,10 @@ use crate::sink::SinkError;
 use crate::source::{Database, Layout, SourceError};
 use crate::spec::Spec;
 use crate::state::{
-    ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionRecord, StateError, StateStore, now,
-    parse_time,
+    ChunkStatus, Control, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionRecord,
+    StateError, StateStore, now, parse_time,
 };
+use crate::throttle::{ControlSource, Stop, Throttle, Watching, signals::Signals};
 use crate::transform::{self, Limits, Runner, TransformError};
 
 /// How often a session says it is alive.
@@ -42,6 +46,10 @@ pub struct RunOptions {
     pub limit: Option<u64>,
     /// Abandon an unfinished run of this spec and start over.
     pub restart: bool,
+    /// Stop taking chunks after this long (the run stays resumable).
+    pub max_runtime: Option<Duration>,
+    /// Stop after the chunk holding this key (the run stays resumable).
+    pub until_key: Option<String>,
 }
 
 /// Errors that stop a run before or while it works.
@@ -144,6 +152,16 @@ pub enum RunError {
     /// The spec does not describe the run's data.
     #[error("{0}")]
     WrongSpec(String),
+    /// The spec's throttle cannot work as written.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// A command-line option cannot be used as given.
+    #[error("{0}")]
+    Usage(String),
+    /// Stopped on request before the end (Ctrl-C, `refill abort`,
+    /// `--max-runtime`).
+    #[error("{0}")]
+    Stopped(Stop),
     /// More rows failed than the spec's `[errors]` budget allows.
     #[error(
         "error budget exceeded: {0}; the run stopped and can be resumed after a fix (see `refill report`)"
@@ -160,20 +178,6 @@ pub enum RunError {
         #[source]
         source: TransformError,
     },
-}
-
-/// Live counters of a run, for progress displays. Rows count from the start
-/// of the run, including chunks done by earlier sessions.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Rows the run covers.
-    pub total_rows: AtomicU64,
-    /// Rows processed.
-    pub done_rows: AtomicU64,
-    /// Rows with per-row errors.
-    pub failed_rows: AtomicU64,
-    /// Chunks finished.
-    pub chunks_done: AtomicU64,
 }
 
 /// A before → after sample for the report.
@@ -228,6 +232,9 @@ pub struct RunReport {
     pub error_groups: Vec<(String, ErrorGroup)>,
     /// Why the run stopped early, if it did.
     pub failure: Option<String>,
+    /// Why it stopped before its end on request, if it did (abort,
+    /// Ctrl-C, `--max-runtime`).
+    pub stop: Option<Stop>,
     /// Things the plan warned about.
     pub warnings: Vec<String>,
 }
@@ -303,6 +310,112 @@ fn alive(process: &SessionRecord) -> bool {
     let fresh = parse_time(&process.heartbeat_at)
         .is_some_and(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default() < SESSION_TIMEOUT);
     fresh && (process.host_name != host_name() || pid_alive(process.pid).unwrap_or(true))
+}
+
+/// What a run is doing now, as seen from the state store.
+#[derive(Clone, Debug, Serialize)]
+pub struct Live {
+    /// `running`, `throttled`, `paused`, `pausing`, `aborting` or
+    /// `stopping` while a process works on the run; otherwise the run's
+    /// status (`paused` if a pause stands on a run nobody works on).
+    pub state: String,
+    /// Why, where there is a reason.
+    pub reason: Option<String>,
+    /// The request standing on the run.
+    pub control: Option<Control>,
+    /// The processes working on it (alive, not ended).
+    pub sessions: Vec<SessionRecord>,
+    /// Rows per second over the chunks finished in the last minute.
+    pub rows_per_sec: Option<f64>,
+    /// The time the rows left take at that rate.
+    pub eta_seconds: Option<u64>,
+}
+
+/// What `run` is doing now: its control, its live sessions' phases, and a
+/// rate and ETA from its recently finished chunks. A process that died
+/// counts for nothing, so a run is never stuck "pausing".
+pub fn live(
+    run: &RunRecord,
+    control: Option<Control>,
+    sessions: &[SessionRecord],
+    chunks: &[crate::state::ChunkRecord],
+) -> Live {
+    let working: Vec<SessionRecord> = sessions
+        .iter()
+        .filter(|s| s.ended_at.is_none() && alive(s))
+        .cloned()
+        .collect();
+    let phases: Vec<&str> = working
+        .iter()
+        .map(|s| s.state.as_deref().unwrap_or("running"))
+        .collect();
+    let reason = || working.iter().find_map(|s| s.reason.clone());
+    let (state, reason) = match (&control, working.is_empty()) {
+        (Some(c), true) if c.action == ControlAction::Pause => (
+            "paused".to_string(),
+            Some(format!(
+                "paused by {} at {}; no process is working on it",
+                c.by, c.at
+            )),
+        ),
+        (Some(c), false) if c.action == ControlAction::Pause => {
+            let all = phases.iter().all(|p| *p == "paused" || *p == "stopping");
+            let state = if all { "paused" } else { "pausing" };
+            (
+                state.to_string(),
+                Some(format!("paused by {} at {}", c.by, c.at)),
+            )
+        }
+        (Some(c), false) if c.action == ControlAction::Abort => (
+            "aborting".to_string(),
+            Some(format!("aborted by {} at {}", c.by, c.at)),
+        ),
+        (_, false) => {
+            let state = ["stopping", "paused", "throttled"]
+                .into_iter()
+                .find(|p| phases.contains(p))
+                .unwrap_or("running");
+            (state.to_string(), reason())
+        }
+        (_, true) => (run.status.as_str().to_string(), run.message.clone()),
+    };
+    // The rate over the chunks finished in the last minute.
+    let now = chrono::Utc::now();
+    let recent: Vec<_> = chunks
+        .iter()
+        .filter(|c| c.status == ChunkStatus::Done)
+        .filter_map(|c| {
+            let done = parse_time(c.finished_at.as_deref()?)?;
+            ((now - done).num_seconds() < 60).then_some((parse_time(&c.started_at)?, c.counts.rows))
+        })
+        .collect();
+    let rows_per_sec = recent.iter().map(|(t, _)| *t).min().and_then(|first| {
+        let secs = (now - first).to_std().ok()?.as_secs_f64();
+        (secs >= 1.0 && !working.is_empty())
+            .then(|| recent.iter().map(|(_, n)| *n).sum::<u64>() as f64 / secs)
+    });
+    let done: u64 = chunks
+        .iter()
+        .filter(|c| c.status == ChunkStatus::Done)
+        .map(|c| c.counts.rows)
+        .sum();
+    let left = run.rows_in_scope.saturating_sub(done);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive number of seconds"
+    )]
+    let eta_seconds = rows_per_sec
+        .filter(|r| *r > 0.0)
+        .map(|r| (left as f64 / r).round() as u64);
+    Live {
+        state,
+        reason,
+        control,
+        sessions: working,
+        rows_per_sec,
+        eta_seconds,
+    }
 }
 
 /// Marks the sessions of `run` that never ended as lost. Only called with
@@ -410,7 +523,7 @@ pub async fn run(
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let runner = Arc::new(load_transform(spec, options.execute)?);
-    let concurrency = spec.file.chunk.concurrency;
+    let concurrency = spec.concurrency();
     let db = Database::connect(&spec.source_url, concurrency + 2).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let state = StateStore::open(&spec.state_url).await?;
@@ -447,6 +560,8 @@ pub(crate) fn new_session() -> SessionRecord {
         heartbeat_at: now(),
         ended_at: None,
         outcome: None,
+        state: None,
+        reason: None,
     }
 }
 
@@ -507,6 +622,7 @@ pub(crate) fn context(
     layout: Layout,
     runner: Arc<Runner>,
     progress: Arc<Progress>,
+    throttle: Arc<Throttle>,
 ) -> Context {
     let t = &spec.file.transform;
     Context {
@@ -527,7 +643,24 @@ pub(crate) fn context(
         stop: AtomicBool::new(false),
         trapped_batches: AtomicU32::new(0),
         samples: Mutex::new(Samples::default()),
+        throttle,
+        abandoned: Mutex::new(None),
     }
+}
+
+/// The spec's throttle, watching its signals and (with `control`) the
+/// run's control requests until the returned [`Watching`] is dropped.
+pub(crate) fn start_throttle(
+    spec: &Spec,
+    db: &Database,
+    progress: Arc<Progress>,
+    max_runtime: Option<Duration>,
+    control: Option<ControlSource>,
+) -> Result<(Arc<Throttle>, Watching), RunError> {
+    let signals = Signals::of(spec, db)?;
+    let throttle = Arc::new(Throttle::new(spec, progress, max_runtime));
+    let watching = throttle.watch(signals, control);
+    Ok((throttle, watching))
 }
 
 /// The retry policy a spec asks for.
@@ -578,6 +711,14 @@ async fn run_session(
             state
                 .set_run_status(&run.run_id, RunStatus::Running, None)
                 .await?;
+            // Running it again is the answer to an abort; a pause stands.
+            if state
+                .control(&run.run_id)
+                .await?
+                .is_some_and(|c| c.action == ControlAction::Abort)
+            {
+                state.set_control(&run.run_id, None, "").await?;
+            }
             run
         }
         None => {
@@ -589,6 +730,7 @@ async fn run_session(
 
     session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
+    progress.set_run(&run.run_id, &run.name);
     // A locked (execute) session's heartbeat is kept by `with_lock`.
     let dry_heartbeat = (!options.execute).then(|| heartbeat(&state, &session.session_id));
     let chunks = state.chunks(&run).await?;
@@ -613,6 +755,29 @@ async fn run_session(
     progress.total_rows.store(target_rows, Ordering::Relaxed);
     progress.done_rows.store(done_rows, Ordering::Relaxed);
     progress.failed_rows.store(done_failed, Ordering::Relaxed);
+    // --until-key: this session reads up to the last key in scope at or
+    // before it.
+    let mut high_watermark = run.high_watermark.clone();
+    let mut until = None;
+    if let (Some(text), Some(hwm)) = (&options.until_key, &run.high_watermark) {
+        let key = Key::decode(text, run.key_type).ok_or_else(|| {
+            RunError::Usage(format!(
+                "--until-key {text:?} is not an {} key",
+                run.key_type
+            ))
+        })?;
+        let bound = db
+            .last_key_within(&plan.layout, &key, hwm)
+            .await
+            .map_err(|source| RunError::Read {
+                chunk: "--until-key".into(),
+                source,
+            })?;
+        if bound.as_ref() != Some(hwm) {
+            high_watermark = bound;
+            until = Some(key);
+        }
+    }
     let feed = Feed::Ranges {
         known: pending,
         next: Some(
@@ -620,10 +785,20 @@ async fn run_session(
                 .last()
                 .map_or((1, None), |c| (c.chunk_id + 1, Some(c.hi.clone()))),
         ),
-        high_watermark: run.high_watermark.clone(),
-        chunk_rows: u64::from(spec.file.chunk.rows),
+        high_watermark,
         limit: options.limit,
     };
+    let (throttle, watching) = start_throttle(
+        spec,
+        &db,
+        progress.clone(),
+        options.max_runtime,
+        Some(ControlSource {
+            state: state.clone(),
+            run_id: run.run_id.clone(),
+            session_id: session.session_id.clone(),
+        }),
+    )?;
     let ctx = Arc::new(context(
         spec,
         Purpose::Run {
@@ -636,27 +811,49 @@ async fn run_session(
         plan.layout.clone(),
         runner,
         progress,
+        throttle,
     ));
     let span = info_span!("run", run = %run.run_id);
-    let outcome = pipeline::execute(ctx.clone(), feed, spec.file.chunk.concurrency)
+    let outcome = pipeline::execute(ctx.clone(), feed, spec.concurrency())
         .instrument(span)
         .await;
+    drop(watching);
     if let Some(beat) = dry_heartbeat {
         beat.abort();
     }
 
-    let (status, failure) = match outcome {
-        Ok(true) => (RunStatus::Done, None),
-        Ok(false) => (RunStatus::Incomplete, None),
-        Err(error) => (RunStatus::Failed, Some(error.to_string())),
-    };
-    let message = match (status, &failure) {
-        (RunStatus::Incomplete, _) => Some(format!(
-            "stopped after --limit {}",
-            options.limit.unwrap_or(0)
-        )),
-        (_, Some(f)) => Some(f.clone()),
-        _ => None,
+    let mut stop = None;
+    let (status, message, failure) = match outcome {
+        Ok(Ended::Done) => match &until {
+            None => (RunStatus::Done, None, None),
+            Some(key) => (
+                RunStatus::Incomplete,
+                Some(format!("stopped at --until-key {key}")),
+                None,
+            ),
+        },
+        Ok(Ended::Limit) => (
+            RunStatus::Incomplete,
+            Some(format!(
+                "stopped after --limit {}",
+                options.limit.unwrap_or(0)
+            )),
+            None,
+        ),
+        Ok(Ended::Stopped(why)) => {
+            let status = match why {
+                Stop::Aborted { .. } => RunStatus::Aborted,
+                Stop::Interrupted | Stop::MaxRuntime(_) => RunStatus::Incomplete,
+            };
+            let message = format!("{why}; the next `refill run` resumes it");
+            stop = Some(why);
+            (status, Some(message), None)
+        }
+        Err(error) => (
+            RunStatus::Failed,
+            Some(error.to_string()),
+            Some(error.to_string()),
+        ),
     };
     state
         .set_run_status(&run.run_id, status, message.as_deref())
@@ -688,6 +885,7 @@ async fn run_session(
         error_groups: samples.top_groups(),
         diffs: samples.diffs,
         failure,
+        stop,
         warnings,
     })
 }

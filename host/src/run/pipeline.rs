@@ -26,6 +26,7 @@ use crate::sink::{self, Guard, Update};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
 use crate::state::{Counts, DeadLetter, Image, Resolution, StateStore, Timings};
+use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
 use crate::transform::{Instance, Isolated, Runner, TransformError, run_isolating};
 use crate::value::{self, Outcome, Param, Row, Value};
@@ -118,6 +119,22 @@ pub(crate) struct Context {
     pub trapped_batches: AtomicU32,
     /// Samples and tallies for the report.
     pub samples: Mutex<Samples>,
+    /// The pace, the pauses and the stops.
+    pub throttle: Arc<Throttle>,
+    /// Why a worker left a chunk it was handed, if one did.
+    pub abandoned: Mutex<Option<Stop>>,
+}
+
+/// How a feed ended without an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Read to its end, every chunk done.
+    Done,
+    /// `--limit` reached.
+    Limit,
+    /// Stopped on request (abort, Ctrl-C, `--max-runtime`); chunks in
+    /// flight were finished or left for a later session.
+    Stopped(Stop),
 }
 
 impl Context {
@@ -198,10 +215,8 @@ pub(crate) enum Feed {
         known: Vec<Chunk>,
         /// The next chunk's id and the key it starts after.
         next: Option<(u64, Option<Key>)>,
-        /// The last key in scope.
+        /// The last key to read.
         high_watermark: Option<Key>,
-        /// Rows per new chunk.
-        chunk_rows: u64,
         /// Stop after this many rows.
         limit: Option<u64>,
     },
@@ -223,13 +238,12 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs the feed through `concurrency` workers. Returns whether a range
-/// feed was read to its end (key-list feeds always are).
+/// Runs the feed through `concurrency` workers. Returns how it ended.
 pub(crate) async fn execute(
     ctx: Arc<Context>,
     feed: Feed,
     concurrency: u32,
-) -> Result<bool, RunError> {
+) -> Result<Ended, RunError> {
     let (tx, rx) = mpsc::channel::<Work>(1);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = Vec::new();
@@ -252,26 +266,38 @@ pub(crate) async fn execute(
             worker_error.get_or_insert(e);
         }
     }
-    match (read_result, worker_error) {
-        (_, Some(e)) | (Err(e), None) => Err(e),
-        (Ok(exhausted), None) => Ok(exhausted),
+    let abandoned = ctx
+        .abandoned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match (read_result, worker_error, abandoned) {
+        (_, Some(e), _) | (Err(e), None, _) => Err(e),
+        // Read to the end, but a worker left its chunk: not done.
+        (Ok(Ended::Done | Ended::Limit), None, Some(stop)) => Ok(Ended::Stopped(stop)),
+        (Ok(ended), None, _) => Ok(ended),
     }
 }
 
-/// Reads the feed's chunks in order and hands them on. Returns whether the
-/// feed was read to its end.
+/// Reads the feed's chunks in order, each when the throttle admits it,
+/// and hands them on. Returns how the feed ended (an error in a worker
+/// ends it too: the caller reports that error).
 async fn read_all(
     ctx: &Arc<Context>,
     feed: Feed,
     tx: mpsc::Sender<Work>,
-) -> Result<bool, RunError> {
-    let stopped = || ctx.stop.load(Ordering::Relaxed);
+) -> Result<Ended, RunError> {
+    let failed = || ctx.stop.load(Ordering::Relaxed);
     let tokens = ctx.purpose.writes() && ctx.conditional;
+    let throttle = &ctx.throttle;
     match feed {
         Feed::Keys(groups) => {
             for (chunk, keys) in groups {
-                if stopped() {
-                    return Ok(false);
+                if failed() {
+                    return Ok(Ended::Done);
+                }
+                if let Err(stop) = throttle.admit(None).await {
+                    return Ok(Ended::Stopped(stop));
                 }
                 let started = Instant::now();
                 let counter = AtomicU64::new(0);
@@ -283,29 +309,36 @@ async fn read_all(
                     chunk: chunk.to_string(),
                     source,
                 })?;
+                let read_ms = millis(started.elapsed());
+                throttle.pace(rows.len() as u64).await;
                 let work = Work {
                     chunk,
                     rows,
-                    read_ms: millis(started.elapsed()),
+                    read_ms,
                     retries: counter.into_inner(),
                     asked: keys,
                 };
                 if tx.send(work).await.is_err() {
-                    return Ok(false);
+                    return Ok(Ended::Done);
                 }
             }
-            Ok(true)
+            Ok(Ended::Done)
         }
         Feed::Ranges {
             known,
             next,
             high_watermark,
-            chunk_rows,
             mut limit,
         } => {
             for chunk in known {
-                if stopped() || limit == Some(0) {
-                    return Ok(false);
+                if failed() {
+                    return Ok(Ended::Done);
+                }
+                if limit == Some(0) {
+                    return Ok(Ended::Limit);
+                }
+                if let Err(stop) = throttle.admit(None).await {
+                    return Ok(Ended::Stopped(stop));
                 }
                 let started = Instant::now();
                 let counter = AtomicU64::new(0);
@@ -329,21 +362,24 @@ async fn read_all(
                 )
                 .await?
                 {
-                    return Ok(false);
+                    return Ok(Ended::Done);
                 }
             }
             let (Some((mut next_id, mut cursor)), Some(high_watermark)) = (next, high_watermark)
             else {
-                return Ok(true);
+                return Ok(Ended::Done);
             };
             loop {
-                if stopped() {
-                    return Ok(false);
+                if failed() {
+                    return Ok(Ended::Done);
                 }
-                let want = limit.map_or(chunk_rows, |r| r.min(chunk_rows));
-                if want == 0 {
-                    return Ok(false);
+                if limit == Some(0) {
+                    return Ok(Ended::Limit);
                 }
+                let want = match throttle.admit(limit).await {
+                    Ok(want) => want,
+                    Err(stop) => return Ok(Ended::Stopped(stop)),
+                };
                 let started = Instant::now();
                 let counter = AtomicU64::new(0);
                 let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
@@ -368,7 +404,7 @@ async fn read_all(
                     }
                 })?;
                 let Some(hi) = rows.keys.last().cloned() else {
-                    return Ok(true);
+                    return Ok(Ended::Done);
                 };
                 let short = (rows.len() as u64) < want;
                 let chunk = Chunk {
@@ -389,10 +425,10 @@ async fn read_all(
                 )
                 .await?
                 {
-                    return Ok(false);
+                    return Ok(Ended::Done);
                 }
                 if short {
-                    return Ok(true);
+                    return Ok(Ended::Done);
                 }
             }
         }
@@ -411,6 +447,7 @@ async fn hand_on(
     tx: &mpsc::Sender<Work>,
 ) -> Result<bool, RunError> {
     let read_ms = millis(started.elapsed());
+    ctx.throttle.pace(rows.len() as u64).await;
     if let Purpose::Run { session_id, .. } = &ctx.purpose {
         let counter = AtomicU64::new(0);
         let state = ctx.state()?;
@@ -453,6 +490,14 @@ async fn worker(
         let Some(work) = next else { return Ok(()) };
         if ctx.stop.load(Ordering::Relaxed) {
             // Leave the chunk unfinished: a later run redoes it.
+            return Ok(());
+        }
+        if let Err(stop) = ctx.throttle.hold().await {
+            debug!(chunk = work.chunk.id, %stop, "Leaving a chunk for a later session.");
+            ctx.abandoned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(stop);
             return Ok(());
         }
         let span = info_span!("chunk", chunk = work.chunk.id);
@@ -991,7 +1036,17 @@ async fn process(
     let p = &ctx.progress;
     p.done_rows.fetch_add(counts.rows, Ordering::Relaxed);
     p.failed_rows.fetch_add(counts.failed, Ordering::Relaxed);
+    p.updated_rows.fetch_add(counts.updated, Ordering::Relaxed);
+    p.unchanged_rows
+        .fetch_add(counts.unchanged, Ordering::Relaxed);
+    p.skipped_rows.fetch_add(counts.skipped, Ordering::Relaxed);
+    p.conflicts.fetch_add(counts.conflicts, Ordering::Relaxed);
     p.chunks_done.fetch_add(1, Ordering::Relaxed);
+    ctx.throttle.chunk_done(
+        counts.rows,
+        std::time::Duration::from_millis(timings.read_ms + timings.transform_ms + timings.write_ms),
+        std::time::Duration::from_millis(timings.write_ms),
+    );
     {
         let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.merge(evaluated.diffs, evaluated.groups);

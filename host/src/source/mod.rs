@@ -11,7 +11,7 @@ pub mod sqlite;
 
 use std::time::Duration;
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{PgPool, Row as _, SqlitePool};
 
 use crate::chunk::{Key, KeyType};
 use crate::db::{Backend, DbUrl};
@@ -335,6 +335,70 @@ impl Database {
                 .execute(pool)
                 .await
                 .map(drop),
+        }
+    }
+
+    /// Runs `query`, which returns one number (a user's probe), and reads
+    /// it as a float; `None` if it returned NULL.
+    pub async fn number(&self, query: &str) -> Result<Option<f64>, sqlx::Error> {
+        // A scalar subquery: one column and at most one row, or an error
+        // that says so.
+        let sql = format!("SELECT CAST(({query}) AS DOUBLE PRECISION)");
+        match self {
+            Database::Postgres(pool) => sqlx::query_scalar(built(sql)).fetch_one(pool).await,
+            Database::Sqlite(pool) => sqlx::query_scalar(built(sql)).fetch_one(pool).await,
+        }
+    }
+
+    /// The last key in scope at or before both `a` and `b`, in the key's
+    /// own order (its collation), or `None` if there is none.
+    pub async fn last_key_within(
+        &self,
+        layout: &Layout,
+        a: &Key,
+        b: &Key,
+    ) -> Result<Option<Key>, SourceError> {
+        let key = quote(&layout.key.name);
+        let cast = match self {
+            Database::Postgres(_) => postgres::key_cast(&layout.key),
+            Database::Sqlite(_) => String::new(),
+        };
+        let sql = format!(
+            "SELECT CAST(max({key}) AS TEXT) FROM {} WHERE {key} <= $1{cast} AND {key} <= $2{cast} AND {}",
+            layout.source.quoted(),
+            layout.scope_sql()
+        );
+        let bounds = Rows::Range {
+            lo: Some(a),
+            hi: b,
+            limit: None,
+        };
+        let text: Result<Option<String>, sqlx::Error> = match self {
+            Database::Postgres(pool) => bounds
+                .bind(sqlx::query(built(sql)))
+                .fetch_one(pool)
+                .await
+                .and_then(|row| row.try_get(0)),
+            Database::Sqlite(pool) => bounds
+                .bind(sqlx::query(built(sql)))
+                .fetch_one(pool)
+                .await
+                .and_then(|row| row.try_get(0)),
+        };
+        let query_error = |error| SourceError::Query {
+            what: "finding the last key before --until-key",
+            table: layout.source.quoted(),
+            error,
+        };
+        match text.map_err(query_error)? {
+            None => Ok(None),
+            Some(text) => Key::decode(&text, layout.key_type)
+                .map(Some)
+                .ok_or_else(|| {
+                    query_error(sqlx::Error::Decode(
+                        format!("the key column holds {text:?}").into(),
+                    ))
+                }),
         }
     }
 

@@ -6,14 +6,22 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::db::{DbUrl, UrlError};
 
-/// Default rows per chunk.
+/// Default rows of the first chunk (and of every chunk when chunk sizes
+/// do not adapt).
 pub const DEFAULT_CHUNK_ROWS: u32 = 10_000;
+/// Default time each chunk aims at.
+pub const DEFAULT_CHUNK_TIME: Duration = Duration::from_millis(500);
+/// Default fewest rows of an adaptive chunk.
+pub const DEFAULT_MIN_ROWS: u32 = 100;
+/// Default most rows of an adaptive chunk.
+pub const DEFAULT_MAX_ROWS: u32 = 100_000;
 /// Default number of chunks in flight.
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 /// Default rows per call into the transform.
@@ -61,6 +69,72 @@ pub struct SpecFile {
     /// How database errors and concurrent changes are retried.
     #[serde(default)]
     pub retry: RetrySpec,
+    /// How hard the run may push the database, and when it must wait.
+    #[serde(default)]
+    pub throttle: ThrottleSpec,
+}
+
+/// `[throttle]`: limits on the run's pace, and the health signals that slow
+/// it down or pause it. Every signal fails closed: one that cannot be
+/// measured pauses the run and says why.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSpec {
+    /// Rows per second the run as a whole may not exceed.
+    #[serde(default, deserialize_with = "opt_positive")]
+    pub max_rows_per_sec: Option<u32>,
+    /// Chunks in flight at once (also accepted as `[chunk] concurrency`).
+    #[serde(default, deserialize_with = "opt_concurrency")]
+    pub concurrency: Option<u32>,
+    /// A pause before each chunk after the first.
+    #[serde(default, with = "duration")]
+    pub pause_between_chunks: Duration,
+    /// Times of day chunks may start, as `"HH:MM-HH:MM"` in `timezone`
+    /// (a window may cross midnight). Empty: any time.
+    #[serde(default, deserialize_with = "windows")]
+    pub windows: Vec<String>,
+    /// The IANA time zone of `windows`, such as `"Europe/Paris"`.
+    #[serde(default = "default_timezone", deserialize_with = "timezone")]
+    pub timezone: String,
+    /// Pause while a replica replays more than this far behind.
+    #[serde(default, with = "opt_duration")]
+    pub max_replica_lag: Option<Duration>,
+    /// The replica to measure lag on (PostgreSQL); without it, the lag
+    /// the source reports in `pg_stat_replication`.
+    #[serde(default)]
+    pub replica_url: Option<String>,
+    /// Slow down while the mean time of the last chunks' writes exceeds
+    /// this.
+    #[serde(default, with = "opt_duration")]
+    pub max_write_latency: Option<Duration>,
+    /// A query returning one number, run every half second; the run pauses
+    /// while it exceeds `probe_max`.
+    #[serde(default, deserialize_with = "opt_nonempty")]
+    pub probe: Option<String>,
+    /// The highest value of `probe` at which the run goes on.
+    #[serde(default)]
+    pub probe_max: Option<f64>,
+    /// Where to run `probe`; defaults to the source database.
+    #[serde(default)]
+    pub probe_url: Option<String>,
+}
+
+impl Default for ThrottleSpec {
+    fn default() -> Self {
+        ThrottleSpec {
+            max_rows_per_sec: None,
+            concurrency: None,
+            pause_between_chunks: Duration::ZERO,
+            windows: Vec::new(),
+            timezone: default_timezone(),
+            max_replica_lag: None,
+            replica_url: None,
+            max_write_latency: None,
+            probe: None,
+            probe_max: None,
+            probe_url: None,
+        }
+    }
 }
 
 /// `[errors]`: the error budget. A run that exceeds it stops, resumably.
@@ -132,20 +206,34 @@ pub struct SourceSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkSpec {
-    /// Rows per chunk.
+    /// Rows of the first chunk; of every chunk when `chunk_time` is 0.
     #[serde(default = "default_rows", deserialize_with = "chunk_rows")]
     pub rows: u32,
     /// Chunks in flight at once (each transformed and written by its own
-    /// worker while the next chunk is read).
-    #[serde(default = "default_concurrency", deserialize_with = "concurrency")]
-    pub concurrency: u32,
+    /// worker while the next chunk is read). Also `[throttle] concurrency`.
+    #[serde(default, deserialize_with = "opt_concurrency")]
+    pub concurrency: Option<u32>,
+    /// The time each chunk aims at (read, transform and write): chunk
+    /// sizes follow the recent rows per second to meet it. 0 keeps every
+    /// chunk at `rows`.
+    #[serde(default = "default_chunk_time", with = "duration")]
+    pub chunk_time: Duration,
+    /// The fewest rows an adaptive chunk has.
+    #[serde(default = "default_min_rows", deserialize_with = "chunk_rows")]
+    pub min_rows: u32,
+    /// The most rows an adaptive chunk has.
+    #[serde(default = "default_max_rows", deserialize_with = "chunk_rows")]
+    pub max_rows: u32,
 }
 
 impl Default for ChunkSpec {
     fn default() -> Self {
         ChunkSpec {
             rows: DEFAULT_CHUNK_ROWS,
-            concurrency: DEFAULT_CONCURRENCY,
+            concurrency: None,
+            chunk_time: DEFAULT_CHUNK_TIME,
+            min_rows: DEFAULT_MIN_ROWS,
+            max_rows: DEFAULT_MAX_ROWS,
         }
     }
 }
@@ -321,6 +409,44 @@ impl Spec {
                 format!("column \"{dup}\" is listed twice"),
             ));
         }
+        if let (Some(a), Some(b)) = (f.chunk.concurrency, f.throttle.concurrency)
+            && a != b
+        {
+            return Err(self.error_at(
+                &["throttle", "concurrency"],
+                format!("[chunk] concurrency says {a}: set it in one place"),
+            ));
+        }
+        if f.chunk.min_rows > f.chunk.max_rows {
+            return Err(self.error_at(
+                &["chunk", "min_rows"],
+                format!(
+                    "min_rows ({}) is above max_rows ({})",
+                    f.chunk.min_rows, f.chunk.max_rows
+                ),
+            ));
+        }
+        let t = &f.throttle;
+        if t.probe.is_some() != t.probe_max.is_some() {
+            let at = if t.probe.is_some() {
+                "probe"
+            } else {
+                "probe_max"
+            };
+            return Err(self.error_at(
+                &["throttle", at],
+                "set both probe (the query) and probe_max (its highest acceptable value)",
+            ));
+        }
+        if t.probe_url.is_some() && t.probe.is_none() {
+            return Err(self.error_at(&["throttle", "probe_url"], "probe_url without a probe"));
+        }
+        if t.replica_url.is_some() && t.max_replica_lag.is_none() {
+            return Err(self.error_at(
+                &["throttle", "replica_url"],
+                "replica_url without max_replica_lag: say how much lag is too much",
+            ));
+        }
         let target_key = f.target.key.as_deref().unwrap_or(&f.source.key);
         if f.target.columns.iter().any(|c| c == target_key) {
             return Err(self.error_at(
@@ -329,6 +455,15 @@ impl Spec {
             ));
         }
         Ok(())
+    }
+
+    /// Chunks in flight at once.
+    pub fn concurrency(&self) -> u32 {
+        self.file
+            .throttle
+            .concurrency
+            .or(self.file.chunk.concurrency)
+            .unwrap_or(DEFAULT_CONCURRENCY)
     }
 
     /// The name of the backfill.
@@ -482,8 +617,17 @@ fn first_duplicate(items: &[String]) -> Option<&str> {
 fn default_rows() -> u32 {
     DEFAULT_CHUNK_ROWS
 }
-fn default_concurrency() -> u32 {
-    DEFAULT_CONCURRENCY
+fn default_chunk_time() -> Duration {
+    DEFAULT_CHUNK_TIME
+}
+fn default_min_rows() -> u32 {
+    DEFAULT_MIN_ROWS
+}
+fn default_max_rows() -> u32 {
+    DEFAULT_MAX_ROWS
+}
+fn default_timezone() -> String {
+    "UTC".to_string()
 }
 fn default_batch_rows() -> u32 {
     DEFAULT_BATCH_ROWS
@@ -591,8 +735,98 @@ fn chunk_rows<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     within(d, "rows", 1, 1_000_000)
 }
 
-fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    within(d, "concurrency", 1, 64)
+fn opt_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    within(d, "concurrency", 1, 64).map(Some)
+}
+
+fn opt_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    positive(d).map(Some)
+}
+
+/// A time of day as minutes after midnight, from `HH:MM`.
+fn minutes(text: &str) -> Option<u32> {
+    let (h, m) = text.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && text.trim().len() == 5).then_some(h * 60 + m)
+}
+
+/// An allowed window `HH:MM-HH:MM` as minutes after midnight, start and
+/// end; the end may be earlier than the start (the window crosses
+/// midnight), `24:00` is not needed: `22:00-00:00` ends at midnight.
+pub fn parse_window(text: &str) -> Option<(u32, u32)> {
+    let (start, end) = text.split_once('-')?;
+    let (start, end) = (minutes(start)?, minutes(end)?);
+    (start != end).then_some((start, end))
+}
+
+fn windows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for w in &list {
+        if parse_window(w).is_none() {
+            return Err(serde::de::Error::custom(format!(
+                "window {w:?} is not HH:MM-HH:MM (such as \"01:00-06:00\"; start and end differ)"
+            )));
+        }
+    }
+    Ok(list)
+}
+
+fn timezone<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    match name.parse::<chrono_tz::Tz>() {
+        Ok(_) => Ok(name),
+        Err(_) => Err(serde::de::Error::custom(format!(
+            "{name:?} is not an IANA time zone (such as \"UTC\" or \"Europe/Paris\")"
+        ))),
+    }
+}
+
+/// Durations: `"500ms"`, `"2s"`, `"1m 30s"`, or a number of milliseconds.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Millis(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Written::deserialize(d)? {
+            Written::Millis(ms) => Ok(Duration::from_millis(ms)),
+            Written::Text(t) if t.trim() == "0" => Ok(Duration::ZERO),
+            Written::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration ({e}); write it as \"500ms\", \"2s\" or \"1m\""
+                ))
+            }),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// Optional durations, written as [`duration`]s.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -684,7 +918,7 @@ columns = ["status_v2"]
         let spec = parse(GOOD).expect("valid spec");
         assert_eq!(spec.name(), "quote-status-v2");
         assert_eq!(spec.file.chunk.rows, 500);
-        assert_eq!(spec.file.chunk.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(spec.concurrency(), DEFAULT_CONCURRENCY);
         assert_eq!(spec.file.transform.batch_rows, DEFAULT_BATCH_ROWS);
         assert_eq!(spec.file.transform.config["retries"], "3");
         assert_eq!(

@@ -20,10 +20,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
 
 mod audit;
+mod control;
 mod dead;
 mod images;
 
 pub use audit::{AuditRecord, RetryRecord, RollbackRecord, VerificationRecord};
+pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, Resolution};
 pub use images::Image;
 
@@ -104,6 +106,8 @@ pub enum RunStatus {
     Abandoned,
     /// Undone by `refill rollback --execute`; never resumed.
     RolledBack,
+    /// Stopped by `refill abort`; the next run of the spec resumes it.
+    Aborted,
 }
 
 impl RunStatus {
@@ -116,6 +120,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Abandoned => "abandoned",
             RunStatus::RolledBack => "rolled-back",
+            RunStatus::Aborted => "aborted",
         }
     }
 
@@ -127,6 +132,7 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "abandoned" => RunStatus::Abandoned,
             "rolled-back" => RunStatus::RolledBack,
+            "aborted" => RunStatus::Aborted,
             _ => return None,
         })
     }
@@ -135,7 +141,7 @@ impl RunStatus {
     pub fn resumable(self) -> bool {
         matches!(
             self,
-            RunStatus::Running | RunStatus::Incomplete | RunStatus::Failed
+            RunStatus::Running | RunStatus::Incomplete | RunStatus::Failed | RunStatus::Aborted
         )
     }
 }
@@ -314,6 +320,11 @@ pub struct SessionRecord {
     pub ended_at: Option<String>,
     /// How it ended.
     pub outcome: Option<String>,
+    /// What it was doing about its pace at its last report (`running`,
+    /// `throttled`, `paused`, `stopping`).
+    pub state: Option<String>,
+    /// Why it was waiting or stopping.
+    pub reason: Option<String>,
 }
 
 /// The current time as stored: RFC 3339 with milliseconds, UTC, which
@@ -332,7 +343,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The version of the tables below; a store written by a newer refill is
 /// refused rather than misread. Version 0 is the first release's, which
 /// recorded no version.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Columns added to tables of an older version: table, column, definition.
 /// Opening a store of an older version adds those it lacks.
@@ -345,6 +356,11 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("refill_chunks", "conflicts", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_chunks", "retries", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_dead_letters", "resolution", "VARCHAR(16)"),
+    ("refill_runs", "control", "VARCHAR(16)"),
+    ("refill_runs", "control_by", "VARCHAR(200)"),
+    ("refill_runs", "control_at", "VARCHAR(40)"),
+    ("refill_sessions", "state", "VARCHAR(16)"),
+    ("refill_sessions", "reason", "TEXT"),
 ];
 
 const SCHEMA: &[&str] = &[
@@ -411,7 +427,10 @@ const SCHEMA: &[&str] = &[
         chunk_rows BIGINT NOT NULL,
         started_at VARCHAR(40) NOT NULL,
         finished_at VARCHAR(40),
-        message TEXT
+        message TEXT,
+        control VARCHAR(16),
+        control_by VARCHAR(200),
+        control_at VARCHAR(40)
     )",
     "CREATE INDEX IF NOT EXISTS refill_runs_by_name ON refill_runs (name, started_at)",
     "CREATE TABLE IF NOT EXISTS refill_chunks (
@@ -446,7 +465,9 @@ const SCHEMA: &[&str] = &[
         started_at VARCHAR(40) NOT NULL,
         heartbeat_at VARCHAR(40) NOT NULL,
         ended_at VARCHAR(40),
-        outcome VARCHAR(32)
+        outcome VARCHAR(32),
+        state VARCHAR(16),
+        reason TEXT
     )",
     "CREATE INDEX IF NOT EXISTS refill_sessions_by_run ON refill_sessions (run_id)",
     "CREATE TABLE IF NOT EXISTS refill_locks (
@@ -1155,6 +1176,8 @@ fn process_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
         heartbeat_at: get(r, "heartbeat_at")?,
         ended_at: None,
         outcome: None,
+        state: None,
+        reason: None,
     })
 }
 
@@ -1163,6 +1186,8 @@ fn session_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
         run_id: get(r, "run_id")?,
         ended_at: get(r, "ended_at")?,
         outcome: get(r, "outcome")?,
+        state: get(r, "state")?,
+        reason: get(r, "reason")?,
         ..process_from_row(r)?
     })
 }

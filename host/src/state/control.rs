@@ -1,0 +1,110 @@
+//! Live control: consumes `refill pause`, `resume` and `abort` from any
+//! terminal that reaches the state store, and the phase each working
+//! process reports; produces the control a run's processes poll (a column
+//! of the run's row) and the per-session phase and reason `refill status`
+//! shows. Nothing here holds a transaction open.
+
+use serde::Serialize;
+
+use super::{StateError, StateStore, now, q};
+
+/// What a run's processes were asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControlAction {
+    /// Stop taking chunks and wait.
+    Pause,
+    /// Finish or abandon the chunks in hand, mark the run aborted, exit.
+    Abort,
+}
+
+impl ControlAction {
+    /// The name stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlAction::Pause => "pause",
+            ControlAction::Abort => "abort",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ControlAction> {
+        match s {
+            "pause" => Some(ControlAction::Pause),
+            "abort" => Some(ControlAction::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// A request standing on a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Control {
+    /// What was asked.
+    pub action: ControlAction,
+    /// Who asked (`user@host`).
+    pub by: String,
+    /// When.
+    pub at: String,
+}
+
+impl StateStore {
+    /// Sets the request on a run, or clears it with `None`.
+    pub async fn set_control(
+        &self,
+        run_id: &str,
+        action: Option<ControlAction>,
+        by: &str,
+    ) -> Result<(), StateError> {
+        let (action, by, at) = match action {
+            Some(a) => (Some(a.as_str()), Some(by), Some(now())),
+            None => (None, None, None),
+        };
+        sqlx::query(
+            "UPDATE refill_runs SET control = $1, control_by = $2, control_at = $3 WHERE run_id = $4",
+        )
+        .bind(action)
+        .bind(by)
+        .bind(at)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a control request"))?;
+        Ok(())
+    }
+
+    /// The request standing on a run, if any.
+    pub async fn control(&self, run_id: &str) -> Result<Option<Control>, StateError> {
+        let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT control, control_by, control_at FROM refill_runs WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading a run's control"))?;
+        Ok(match row {
+            Some((Some(action), by, at)) => ControlAction::parse(&action).map(|action| Control {
+                action,
+                by: by.unwrap_or_default(),
+                at: at.unwrap_or_default(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Records what a session is doing about its pace, and why.
+    pub async fn set_session_state(
+        &self,
+        session_id: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StateError> {
+        sqlx::query("UPDATE refill_sessions SET state = $1, reason = $2 WHERE session_id = $3")
+            .bind(state)
+            .bind(reason)
+            .bind(session_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("recording a session's state"))?;
+        Ok(())
+    }
+}

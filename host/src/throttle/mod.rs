@@ -1,0 +1,563 @@
+//! The run's one controller. Consumes the spec's `[chunk]` sizing and
+//! `[throttle]` limits, the health signals, the run's live control
+//! (`refill pause`, `resume` and `abort` through the state store, Ctrl-C,
+//! `--max-runtime`) and each finished chunk's timings; produces, before
+//! each chunk, a decision: go with so many rows, wait (saying why, in the
+//! progress line, in `refill status` and in the metrics), or stop.
+//!
+//! The reader asks [`Throttle::admit`] before reading a chunk and
+//! [`Throttle::pace`] once it knows its rows; a worker asks
+//! [`Throttle::hold`] before it starts a chunk it was handed. A monitor
+//! task ([`Throttle::watch`]) checks the signals and the control every
+//! half second. Nothing waits with a transaction open.
+
+pub mod signals;
+pub mod size;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use self::signals::{Signals, Windows};
+use self::size::Sizer;
+use crate::run::{Phase, Progress, Status};
+use crate::spec::Spec;
+use crate::state::{Control, ControlAction, StateStore};
+
+/// How often the monitor checks the signals and the control.
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// Chunk writes whose mean latency is compared with `max_write_latency`.
+const LATENCY_WINDOW: usize = 3;
+/// The longest a slow write holds the next chunk back.
+const MAX_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Why a run stops taking chunks before its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// `refill abort`, by whom and when.
+    Aborted {
+        /// `user@host`.
+        by: String,
+        /// When.
+        at: String,
+    },
+    /// Ctrl-C.
+    Interrupted,
+    /// `--max-runtime` ran out.
+    MaxRuntime(Duration),
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::Aborted { by, at } => write!(f, "aborted by {by} at {at}"),
+            Stop::Interrupted => f.write_str("interrupted (Ctrl-C)"),
+            Stop::MaxRuntime(d) => write!(
+                f,
+                "stopped after --max-runtime {}",
+                humantime::format_duration(*d)
+            ),
+        }
+    }
+}
+
+impl serde::Serialize for Stop {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// What the monitor saw last.
+#[derive(Clone, Debug, Default)]
+struct View {
+    /// Whether the monitor has checked once (until then, nothing starts:
+    /// a pause requested before this process started must hold).
+    checked: bool,
+    control: Option<Control>,
+    /// The first health problem, if any.
+    problem: Option<String>,
+}
+
+/// Where the monitor reads the run's control and reports this session.
+pub struct ControlSource {
+    /// The state store.
+    pub state: StateStore,
+    /// The run.
+    pub run_id: String,
+    /// This process's session, to report its phase on.
+    pub session_id: String,
+}
+
+/// The running monitor; dropping it stops it.
+pub struct Watching(tokio::task::JoinHandle<()>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The controller. Shared by the reader, the workers and the monitor.
+pub struct Throttle {
+    /// The limiter, the rate and the burst (one chunk's worth).
+    limiter: Option<(DefaultDirectRateLimiter, NonZeroU32, NonZeroU32)>,
+    pause_between: Duration,
+    windows: Option<Windows>,
+    sizer: Mutex<Sizer>,
+    view: watch::Sender<View>,
+    last_start: Mutex<Option<Instant>>,
+    deadline: Option<(Instant, Duration)>,
+    progress: Arc<Progress>,
+    max_write_latency: Option<Duration>,
+    writes: Mutex<VecDeque<Duration>>,
+    cooldown: Mutex<Option<(Instant, String)>>,
+}
+
+impl Throttle {
+    /// A controller for `spec`. `max_runtime` stops taking chunks once it
+    /// has passed.
+    pub fn new(spec: &Spec, progress: Arc<Progress>, max_runtime: Option<Duration>) -> Throttle {
+        let c = &spec.file.chunk;
+        let t = &spec.file.throttle;
+        let mut sizer = Sizer::new(
+            u64::from(c.rows),
+            c.chunk_time,
+            u64::from(c.min_rows),
+            u64::from(c.max_rows),
+        );
+        let limiter = t.max_rows_per_sec.and_then(NonZeroU32::new).map(|rate| {
+            // A chunk never has more than a second's worth of rows, nor
+            // more than its target time's worth; and no more than one
+            // chunk's worth goes at once (the burst), so the limit holds
+            // over any stretch of time, the first second included.
+            let per_chunk = if c.chunk_time.is_zero() {
+                f64::from(rate.get())
+            } else {
+                f64::from(rate.get()) * c.chunk_time.as_secs_f64().min(1.0)
+            };
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a positive row count no larger than the rate"
+            )]
+            let per_chunk = per_chunk.clamp(1.0, f64::from(rate.get())) as u32;
+            sizer.cap(u64::from(per_chunk));
+            let burst = NonZeroU32::new(per_chunk).unwrap_or(rate);
+            let quota = Quota::per_second(rate).allow_burst(burst);
+            (RateLimiter::direct(quota), rate, burst)
+        });
+        progress.chunk_rows.store(sizer.rows(), Ordering::Relaxed);
+        Throttle {
+            limiter,
+            pause_between: t.pause_between_chunks,
+            windows: Windows::of(spec),
+            sizer: Mutex::new(sizer),
+            view: watch::Sender::new(View::default()),
+            last_start: Mutex::new(None),
+            deadline: max_runtime.map(|d| (Instant::now() + d, d)),
+            progress,
+            max_write_latency: t.max_write_latency,
+            writes: Mutex::new(VecDeque::new()),
+            cooldown: Mutex::new(None),
+        }
+    }
+
+    /// Starts the monitor: every [`CHECK_EVERY`] it reads the run's
+    /// control (if `control` is given), measures `signals`, samples the
+    /// progress for the recent rate, and reports this session's phase when
+    /// it changes. Runs until the returned [`Watching`] is dropped.
+    pub fn watch(self: &Arc<Self>, signals: Signals, control: Option<ControlSource>) -> Watching {
+        let me = self.clone();
+        Watching(tokio::spawn(async move {
+            let mut reported: Option<Status> = None;
+            let mut tick = tokio::time::interval(CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut problem = None;
+                let mut standing = me.view.borrow().control.clone();
+                if let Some(c) = &control {
+                    match c.state.control(&c.run_id).await {
+                        Ok(now) => standing = now,
+                        Err(e) => {
+                            problem = Some(format!(
+                                "cannot read the run's control from the state store: {e}"
+                            ));
+                        }
+                    }
+                }
+                if problem.is_none() {
+                    problem = signals.check().await;
+                }
+                let was = me.view.borrow().clone();
+                if was.problem != problem {
+                    match &problem {
+                        Some(p) => warn!(reason = %p, "Throttled: waiting before the next chunk."),
+                        None if was.checked => {
+                            info!("Health signals are back under their thresholds.")
+                        }
+                        None => {}
+                    }
+                }
+                if was.control != standing
+                    && let Some(c) = &standing
+                {
+                    info!(by = %c.by, "Asked to {} the run.", c.action.as_str());
+                }
+                me.view.send_replace(View {
+                    checked: true,
+                    control: standing,
+                    problem,
+                });
+                me.progress.sample();
+                if let Some(c) = &control {
+                    let status = me.progress.status();
+                    if reported.as_ref() != Some(&status) {
+                        let stored = c
+                            .state
+                            .set_session_state(
+                                &c.session_id,
+                                status.phase.as_str(),
+                                status.reason.as_deref(),
+                            )
+                            .await;
+                        if stored.is_ok() {
+                            reported = Some(status);
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Whether the run must stop taking chunks, and why.
+    pub fn stopping(&self) -> Option<Stop> {
+        if self.progress.interrupted.load(Ordering::Relaxed) {
+            return Some(Stop::Interrupted);
+        }
+        if let Some((at, d)) = self.deadline
+            && Instant::now() >= at
+        {
+            return Some(Stop::MaxRuntime(d));
+        }
+        match &self.view.borrow().control {
+            Some(Control {
+                action: ControlAction::Abort,
+                by,
+                at,
+            }) => Some(Stop::Aborted {
+                by: by.clone(),
+                at: at.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// What keeps the next chunk from starting, if anything.
+    fn hindrance(&self) -> Option<Status> {
+        let view = self.view.borrow().clone();
+        let throttled = |reason: String| Status {
+            phase: Phase::Throttled,
+            reason: Some(reason),
+        };
+        if let Some(Control {
+            action: ControlAction::Pause,
+            by,
+            at,
+        }) = &view.control
+        {
+            return Some(Status {
+                phase: Phase::Paused,
+                reason: Some(format!("paused by {by} at {at}; `refill resume` goes on")),
+            });
+        }
+        if !view.checked {
+            return Some(throttled("checking the controls and health signals".into()));
+        }
+        if let Some(reason) = self
+            .windows
+            .as_ref()
+            .and_then(|w| w.closed(chrono::Utc::now()))
+        {
+            return Some(throttled(reason));
+        }
+        if let Some(problem) = view.problem {
+            return Some(throttled(problem));
+        }
+        let cooldown = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
+        match cooldown.as_ref() {
+            Some((until, reason)) if Instant::now() < *until => Some(throttled(reason.clone())),
+            _ => None,
+        }
+    }
+
+    fn set(&self, phase: Phase, reason: Option<String>) {
+        self.progress.set_status(Status { phase, reason });
+    }
+
+    /// Waits until a chunk may start, then says how many rows it gets (at
+    /// most `most`). Fails with the reason to stop instead.
+    pub async fn admit(&self, most: Option<u64>) -> Result<u64, Stop> {
+        let mut changes = self.view.subscribe();
+        loop {
+            if let Some(stop) = self.stopping() {
+                self.set(Phase::Stopping, Some(stop.to_string()));
+                return Err(stop);
+            }
+            if let Some(status) = self.hindrance() {
+                self.progress.set_status(status);
+                wait(&mut changes, CHECK_EVERY).await;
+                continue;
+            }
+            let last = *self.last_start.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = last {
+                let ready = last + self.pause_between;
+                let now = Instant::now();
+                if now < ready {
+                    wait(&mut changes, ready - now).await;
+                    continue;
+                }
+            }
+            break;
+        }
+        *self.last_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.set(Phase::Running, None);
+        let rows = self.sizer.lock().unwrap_or_else(|e| e.into_inner()).rows();
+        self.progress.chunk_rows.store(rows, Ordering::Relaxed);
+        Ok(most.map_or(rows, |m| m.min(rows)))
+    }
+
+    /// Waits until `rows` more rows fit the rows-per-second limit.
+    pub async fn pace(&self, rows: u64) {
+        let Some((limiter, rate, burst)) = &self.limiter else {
+            return;
+        };
+        let mut left = rows;
+        while left > 0 {
+            let n = u32::try_from(left.min(u64::from(burst.get()))).unwrap_or(burst.get());
+            let Some(cells) = NonZeroU32::new(n) else {
+                break;
+            };
+            if !matches!(limiter.check_n(cells), Ok(Ok(()))) {
+                let waiting = Status {
+                    phase: Phase::Throttled,
+                    reason: Some(format!("max_rows_per_sec = {rate}")),
+                };
+                self.progress.set_status(waiting.clone());
+                // `cells` never exceeds the burst, so this cannot fail.
+                let _ = limiter.until_n_ready(cells).await;
+                // Back to running, unless a pause or a stop came meanwhile.
+                if self.progress.status() == waiting {
+                    self.set(Phase::Running, None);
+                }
+            }
+            left -= u64::from(n);
+        }
+    }
+
+    /// Waits while the run is paused, before a worker starts a chunk it was
+    /// handed. Fails with the reason to stop instead: the chunk is then
+    /// left for a later session.
+    pub async fn hold(&self) -> Result<(), Stop> {
+        let mut changes = self.view.subscribe();
+        loop {
+            if let Some(stop) = self.stopping() {
+                return Err(stop);
+            }
+            match self.hindrance() {
+                Some(status) if status.phase == Phase::Paused => {
+                    self.progress.set_status(status);
+                    wait(&mut changes, CHECK_EVERY).await;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Takes in a finished chunk: `rows` in `elapsed`, of which `write` in
+    /// its write. Sizes the next chunks, and slows down while writes are
+    /// slower than `max_write_latency`.
+    pub fn chunk_done(&self, rows: u64, elapsed: Duration, write: Duration) {
+        self.progress.chunk_seconds.observe(elapsed.as_secs_f64());
+        let mut sizer = self.sizer.lock().unwrap_or_else(|e| e.into_inner());
+        sizer.observe(rows, elapsed);
+        let Some(max) = self.max_write_latency else {
+            self.progress
+                .chunk_rows
+                .store(sizer.rows(), Ordering::Relaxed);
+            return;
+        };
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.push_back(write);
+        if writes.len() > LATENCY_WINDOW {
+            writes.pop_front();
+        }
+        let mean = writes.iter().sum::<Duration>() / u32::try_from(writes.len()).unwrap_or(1);
+        if writes.len() == LATENCY_WINDOW && mean > max {
+            // Give the database as long as the writes took, with smaller
+            // chunks after.
+            let reason = format!(
+                "write latency {} ms (mean of the last {LATENCY_WINDOW} chunks) is over max_write_latency {}",
+                mean.as_millis(),
+                humantime::format_duration(max)
+            );
+            warn!(%reason, "Slowing down.");
+            *self.cooldown.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now() + mean.min(MAX_COOLDOWN), reason));
+            sizer.shrink();
+            writes.clear();
+        }
+        self.progress
+            .chunk_rows
+            .store(sizer.rows(), Ordering::Relaxed);
+    }
+}
+
+/// Waits for the monitor's next view, or `most`.
+async fn wait(changes: &mut watch::Receiver<View>, most: Duration) {
+    let _ = tokio::time::timeout(most, changes.changed()).await;
+}
+
+/// The spec's throttle settings, one line each, for `refill plan`.
+pub fn describe(spec: &Spec) -> Vec<String> {
+    let t = &spec.file.throttle;
+    let d = |d: &Duration| humantime::format_duration(*d).to_string();
+    let mut lines = Vec::new();
+    if let Some(r) = t.max_rows_per_sec {
+        lines.push(format!("at most {r} rows/s"));
+    }
+    if !t.pause_between_chunks.is_zero() {
+        lines.push(format!("{} between chunks", d(&t.pause_between_chunks)));
+    }
+    if !t.windows.is_empty() {
+        lines.push(format!(
+            "chunks start only within {} ({})",
+            t.windows.join(", "),
+            t.timezone
+        ));
+    }
+    if let Some(max) = &t.max_replica_lag {
+        let on = match &t.replica_url {
+            Some(_) => "on replica_url".to_string(),
+            None => "in the source's pg_stat_replication".to_string(),
+        };
+        lines.push(format!("pause while replica lag {on} is over {}", d(max)));
+    }
+    if let Some(max) = &t.max_write_latency {
+        lines.push(format!(
+            "slow down while chunk writes take over {} (mean of {LATENCY_WINDOW})",
+            d(max)
+        ));
+    }
+    if let (Some(probe), Some(max)) = (&t.probe, t.probe_max) {
+        lines.push(format!("pause while `{probe}` returns more than {max}"));
+    }
+    if lines.is_empty() {
+        lines.push("no limits; `refill pause` and `refill abort` work from any terminal".into());
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(throttle: &str) -> Spec {
+        let text = format!(
+            "name = \"t\"\n[source]\nurl = \"sqlite://x.db\"\ntable = \"t\"\nkey = \"id\"\ncolumns = [\"a\"]\n\
+             [chunk]\nrows = 1000\n[transform]\ncomponent = \"x.wasm\"\n[target]\ncolumns = [\"b\"]\n\
+             [throttle]\n{throttle}\n"
+        );
+        Spec::parse(std::path::Path::new("/tmp/t.toml"), text).expect("a spec")
+    }
+
+    fn checked(throttle: &Throttle, control: Option<ControlAction>) {
+        throttle.view.send_replace(View {
+            checked: true,
+            control: control.map(|action| Control {
+                action,
+                by: "ann@host".into(),
+                at: "now".into(),
+            }),
+            problem: None,
+        });
+    }
+
+    #[tokio::test]
+    async fn slow_writes_hold_the_next_chunk_and_shrink_it() {
+        let progress = Arc::new(Progress::default());
+        let t = Throttle::new(
+            &spec("max_write_latency = \"50ms\""),
+            progress.clone(),
+            None,
+        );
+        checked(&t, None);
+        assert_eq!(t.admit(None).await, Ok(1000));
+        for _ in 0..LATENCY_WINDOW {
+            t.chunk_done(1000, Duration::from_millis(500), Duration::from_millis(200));
+        }
+        let held = t.hindrance().expect("held back");
+        assert_eq!(held.phase, Phase::Throttled);
+        assert!(
+            held.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("write latency 200 ms")),
+            "{held:?}"
+        );
+        // After the cooldown, a smaller chunk.
+        assert_eq!(t.admit(None).await, Ok(500));
+        assert_eq!(progress.status().phase, Phase::Running);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_until_an_abort_stops() {
+        let progress = Arc::new(Progress::default());
+        let t = Arc::new(Throttle::new(&spec(""), progress.clone(), None));
+        checked(&t, Some(ControlAction::Pause));
+        let waiting = tokio::time::timeout(Duration::from_millis(200), t.hold()).await;
+        assert!(waiting.is_err(), "a paused worker waits");
+        assert_eq!(progress.status().phase, Phase::Paused);
+        let held = {
+            let t = t.clone();
+            tokio::spawn(async move { t.admit(None).await })
+        };
+        checked(&t, Some(ControlAction::Abort));
+        let stopped = held.await.expect("join");
+        assert_eq!(
+            stopped,
+            Err(Stop::Aborted {
+                by: "ann@host".into(),
+                at: "now".into()
+            })
+        );
+        assert_eq!(progress.status().phase, Phase::Stopping);
+        progress.interrupted.store(true, Ordering::Relaxed);
+        assert_eq!(t.hold().await, Err(Stop::Interrupted));
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_before_the_first_check_or_after_max_runtime() {
+        let progress = Arc::new(Progress::default());
+        let t = Throttle::new(
+            &spec(""),
+            progress.clone(),
+            Some(Duration::from_millis(300)),
+        );
+        let before = tokio::time::timeout(Duration::from_millis(100), t.admit(None)).await;
+        assert!(before.is_err(), "waits for the monitor's first check");
+        checked(&t, None);
+        assert_eq!(t.admit(Some(10)).await, Ok(10));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            t.admit(None).await,
+            Err(Stop::MaxRuntime(Duration::from_millis(300)))
+        );
+    }
+}

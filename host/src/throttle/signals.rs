@@ -1,0 +1,333 @@
+//! Health signals and time windows: consumes the spec's `[throttle]`
+//! thresholds, the source database and the optional replica and probe
+//! databases; produces, on each check, the reason the run must wait, if
+//! there is one. A signal that cannot be measured (an unreachable replica,
+//! a failing probe, no replica to report lag) is such a reason: the run
+//! fails closed.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use chrono_tz::Tz;
+use tokio::sync::Mutex;
+
+use crate::db::{Backend, DbUrl};
+use crate::source::Database;
+use crate::spec::{Spec, SpecError, parse_window};
+
+/// The longest a measurement may take before it counts as failed.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The allowed times of day.
+#[derive(Clone, Debug)]
+pub struct Windows {
+    spans: Vec<(u32, u32)>,
+    zone: Tz,
+    text: String,
+}
+
+impl Windows {
+    /// The spec's windows, or `None` when any time is allowed.
+    pub fn of(spec: &Spec) -> Option<Windows> {
+        let t = &spec.file.throttle;
+        let spans: Vec<(u32, u32)> = t.windows.iter().filter_map(|w| parse_window(w)).collect();
+        if spans.is_empty() {
+            return None;
+        }
+        Some(Windows {
+            spans,
+            zone: t.timezone.parse().unwrap_or(Tz::UTC),
+            text: format!("{} {}", t.windows.join(", "), t.timezone),
+        })
+    }
+
+    /// Minutes after local midnight at `at`.
+    fn minute(&self, at: DateTime<Utc>) -> u32 {
+        let local = at.with_timezone(&self.zone);
+        local.hour() * 60 + local.minute()
+    }
+
+    /// Whether chunks may start at `at`.
+    pub fn open_at(&self, at: DateTime<Utc>) -> bool {
+        let m = self.minute(at);
+        self.spans.iter().any(|&(start, end)| {
+            if start < end {
+                (start..end).contains(&m)
+            } else {
+                m >= start || m < end
+            }
+        })
+    }
+
+    /// Why chunks may not start at `at`, if they may not.
+    pub fn closed(&self, at: DateTime<Utc>) -> Option<String> {
+        if self.open_at(at) {
+            return None;
+        }
+        let m = self.minute(at);
+        let wait = self
+            .spans
+            .iter()
+            .map(|&(start, _)| (start + 24 * 60 - m) % (24 * 60))
+            .min()
+            .unwrap_or(0);
+        Some(format!(
+            "outside the allowed windows ({}; now {:02}:{:02}); the next opens in {}h{:02}m",
+            self.text,
+            m / 60,
+            m % 60,
+            wait / 60,
+            wait % 60
+        ))
+    }
+}
+
+/// A database measured lazily: connected on the first check, and again
+/// after a failure.
+struct Lazy {
+    url: DbUrl,
+    db: Mutex<Option<Database>>,
+}
+
+impl Lazy {
+    fn new(url: DbUrl) -> Lazy {
+        Lazy {
+            url,
+            db: Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> Result<Database, String> {
+        let mut slot = self.db.lock().await;
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Database::connect(&self.url, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    async fn forget(&self) {
+        *self.db.lock().await = None;
+    }
+}
+
+/// Where the probe runs.
+enum On {
+    Source(Database),
+    Other(Lazy),
+}
+
+impl On {
+    async fn get(&self) -> Result<Database, String> {
+        match self {
+            On::Source(db) => Ok(db.clone()),
+            On::Other(lazy) => lazy.get().await,
+        }
+    }
+
+    async fn forget(&self) {
+        if let On::Other(lazy) = self {
+            lazy.forget().await;
+        }
+    }
+}
+
+/// The health signals a spec configures.
+pub struct Signals {
+    probe: Option<(On, String, f64)>,
+    lag: Option<(On, bool, Duration)>,
+}
+
+impl Signals {
+    /// The spec's signals over `source`. Fails on a signal that can never
+    /// be measured (replica lag of a SQLite source), or a bad url.
+    pub fn of(spec: &Spec, source: &Database) -> Result<Signals, SpecError> {
+        let t = &spec.file.throttle;
+        let dir = spec
+            .path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let url = |at: &str, text: &str| {
+            DbUrl::parse(text, &dir).map_err(|e| spec.error_at(&["throttle", at], e.to_string()))
+        };
+        let probe = match (&t.probe, t.probe_max) {
+            (Some(sql), Some(max)) => {
+                let on = match &t.probe_url {
+                    Some(u) => On::Other(Lazy::new(url("probe_url", u)?)),
+                    None => On::Source(source.clone()),
+                };
+                Some((on, sql.clone(), max))
+            }
+            _ => None,
+        };
+        let lag = match t.max_replica_lag {
+            None => None,
+            Some(max) => {
+                let (on, replica) = match &t.replica_url {
+                    Some(u) => {
+                        let u = url("replica_url", u)?;
+                        if u.backend() != Backend::Postgres {
+                            return Err(spec.error_at(
+                                &["throttle", "replica_url"],
+                                "replica lag is measured on PostgreSQL replicas only",
+                            ));
+                        }
+                        (On::Other(Lazy::new(u)), true)
+                    }
+                    None => (On::Source(source.clone()), false),
+                };
+                if source.backend() != Backend::Postgres && !replica {
+                    return Err(spec.error_at(
+                        &["throttle", "max_replica_lag"],
+                        "a SQLite source has no replicas; remove max_replica_lag",
+                    ));
+                }
+                Some((on, replica, max))
+            }
+        };
+        Ok(Signals { probe, lag })
+    }
+
+    /// Whether any signal is configured.
+    pub fn any(&self) -> bool {
+        self.probe.is_some() || self.lag.is_some()
+    }
+
+    /// Measures every signal; returns why the run must wait, if it must.
+    pub async fn check(&self) -> Option<String> {
+        if let Some((on, max, replica)) = self.lag.as_ref().map(|(on, r, max)| (on, max, *r)) {
+            let measured = within(async {
+                let db = on.get().await?;
+                replica_lag(&db, replica).await
+            })
+            .await;
+            match measured {
+                Ok(lag) if lag > *max => {
+                    return Some(format!(
+                        "replica lag {:.1} s is over max_replica_lag {}",
+                        lag.as_secs_f64(),
+                        humantime::format_duration(*max)
+                    ));
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    on.forget().await;
+                    return Some(format!("cannot measure replica lag: {why}"));
+                }
+            }
+        }
+        if let Some((on, sql, max)) = &self.probe {
+            let measured = within(async {
+                let db = on.get().await?;
+                db.number(sql)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?
+                    .ok_or_else(|| "it returned NULL".to_string())
+            })
+            .await;
+            match measured {
+                Ok(v) if v > *max => {
+                    return Some(format!("probe returned {v}, over probe_max {max}"));
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    on.forget().await;
+                    return Some(format!("cannot measure the probe: {why}"));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Runs a measurement with [`MEASURE_TIMEOUT`].
+async fn within<T>(
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(MEASURE_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", MEASURE_TIMEOUT.as_secs())))
+}
+
+/// Replication lag: on a replica, how far its replay is behind (zero when
+/// it replayed all it received); on a primary, the largest `replay_lag` in
+/// `pg_stat_replication`.
+async fn replica_lag(db: &Database, replica: bool) -> Result<Duration, String> {
+    let Database::Postgres(pool) = db else {
+        return Err("not a PostgreSQL database".into());
+    };
+    let describe = |e: sqlx::Error| crate::db::describe(&e);
+    let seconds: f64 = if replica {
+        let (recovering, lag): (bool, Option<f64>) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), \
+                    CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                         ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(describe)?;
+        if !recovering {
+            return Err("replica_url is not a replica (pg_is_in_recovery() is false)".into());
+        }
+        lag.ok_or("the replica has replayed nothing yet")?
+    } else {
+        let (replicas, lag): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), max(EXTRACT(EPOCH FROM replay_lag))::float8 FROM pg_stat_replication",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(describe)?;
+        if replicas == 0 {
+            return Err(
+                "no replica is connected to the source (pg_stat_replication is empty); \
+                 set [throttle] replica_url, or remove max_replica_lag"
+                    .into(),
+            );
+        }
+        // No lag reported: the replicas are idle and caught up.
+        lag.unwrap_or(0.0)
+    };
+    Ok(Duration::from_secs_f64(seconds.max(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(list: &[&str], zone: &str) -> Windows {
+        Windows {
+            spans: list.iter().filter_map(|w| parse_window(w)).collect(),
+            zone: zone.parse().expect("zone"),
+            text: list.join(", "),
+        }
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn windows_follow_their_time_zone_and_cross_midnight() {
+        let night = windows(&["01:00-06:00"], "Europe/Paris");
+        // 00:30 UTC in January is 01:30 in Paris.
+        assert!(night.open_at(at("2026-01-10T00:30:00Z")));
+        assert!(!night.open_at(at("2026-01-10T05:30:00Z")), "06:30 in Paris");
+        let reason = night.closed(at("2026-01-10T12:00:00Z")).expect("closed");
+        assert!(
+            reason.contains("now 13:00") && reason.contains("next opens in 12h00m"),
+            "{reason}"
+        );
+        let late = windows(&["22:00-02:00", "12:00-12:30"], "UTC");
+        assert!(late.open_at(at("2026-01-10T23:59:00Z")));
+        assert!(late.open_at(at("2026-01-10T01:59:00Z")));
+        assert!(!late.open_at(at("2026-01-10T02:00:00Z")));
+        assert!(late.open_at(at("2026-01-10T12:10:00Z")));
+        assert!(late.closed(at("2026-01-10T12:10:00Z")).is_none());
+    }
+}

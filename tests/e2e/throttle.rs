@@ -1,0 +1,541 @@
+//! Protecting production, on the real PostgreSQL: a rows-per-second limit,
+//! a probe that pauses the run and lets it go on, a signal that cannot be
+//! measured, `refill pause`/`resume`/`abort` from another process, Ctrl-C,
+//! bounded slices (`--max-runtime`, `--until-key`), chunk sizes that adapt
+//! to a slow transform, and the metrics endpoint.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::fixtures::*;
+use crate::harness::*;
+
+/// `remap` over 15,000 quotes (10,000 in scope), with `[chunk]` settings
+/// replacing the fixed size and a `[throttle]` table.
+fn throttled(w: &World, chunk: &str, throttle: &str) -> String {
+    remap_spec(w, 1000, "").replace("chunk_time = 0", chunk) + "\n[throttle]\n" + throttle + "\n"
+}
+
+/// Polls `probe` every 50 ms until it returns something, for `limit` at
+/// most; returns it and how long it took.
+#[track_caller]
+fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return (v, started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What `refill status` says the newest run of `spec` is doing, and why
+/// (nothing before the run is recorded).
+fn live(w: &World, spec: &str) -> Option<(String, String)> {
+    let ran = w.run(&["status", "--json", "--spec", spec]);
+    let list: serde_json::Value = serde_json::from_str(&ran.stdout).ok()?;
+    let live = &list.get(0)?["live"];
+    Some((
+        live["state"].as_str()?.to_string(),
+        live["reason"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Chunks done so far in the state store.
+fn chunks_done(w: &World) -> u64 {
+    w.state_rows("SELECT CAST(count(*) AS TEXT) FROM refill_chunks WHERE status = 'done'")[0][0]
+        .as_deref()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The newest run's id and status.
+fn newest(w: &World) -> (String, String) {
+    let list = w.status("spec.toml", None);
+    (
+        list[0]["run"]["run_id"]
+            .as_str()
+            .expect("run id")
+            .to_string(),
+        list[0]["run"]["status"]
+            .as_str()
+            .expect("status")
+            .to_string(),
+    )
+}
+
+/// Waits for the child to exit; returns what it printed and its code.
+fn finish(child: Child) -> Ran {
+    Ran::from(child.wait_with_output().expect("wait for refill"))
+}
+
+#[test]
+fn a_rows_per_second_limit_holds() {
+    // Alone on the server: the bound is on wall time.
+    let w = World::exclusive("rate_limit");
+    quotes(&w, 15_000, false);
+    w.write(
+        "spec.toml",
+        &throttled(&w, "chunk_time = \"500ms\"", "max_rows_per_sec = 2000"),
+    );
+    let started = Instant::now();
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..=Duration::from_secs(7)).contains(&took),
+        "10,000 rows at 2,000 rows/s took {took:?}"
+    );
+    assert_remapped(&w, false);
+    // Chunks were cut to the limit: half a second's worth.
+    let run = w.status("spec.toml", Some(&newest(&w).0));
+    let chunks = run["chunks"].as_array().expect("chunks");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["counts"]["rows"].as_u64().expect("rows") <= 1000),
+        "{chunks:?}"
+    );
+}
+
+#[test]
+fn a_probe_pauses_the_run_within_two_seconds_and_lets_it_go_on() {
+    let w = World::new(Backend::Postgres, "probe_flip");
+    quotes(&w, 15_000, false);
+    let probe = w.table("probe");
+    w.exec(&format!("CREATE TABLE {probe} (v int)"));
+    w.exec(&format!("INSERT INTO {probe} VALUES (0)"));
+    w.write(
+        "spec.toml",
+        &throttled(
+            &w,
+            "chunk_time = \"500ms\"",
+            &format!("max_rows_per_sec = 2000\nprobe = \"SELECT v FROM {probe}\"\nprobe_max = 0"),
+        ),
+    );
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    w.wait_for_chunks(&mut child, 1);
+    w.exec(&format!("UPDATE {probe} SET v = 1"));
+    let (reason, took) = until(
+        "the probe throttles the run",
+        Duration::from_secs(10),
+        || {
+            live(&w, "spec.toml")
+                .filter(|(state, reason)| state == "throttled" && reason.contains("probe"))
+                .map(|(_, reason)| reason)
+        },
+    );
+    assert!(took <= Duration::from_secs(2), "paused after {took:?}");
+    assert_eq!(reason, "probe returned 1, over probe_max 0");
+    // No new chunk starts: at most the chunks in flight (two) finish.
+    let held = chunks_done(&w);
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            chunks_done(&w) <= held + 2,
+            "chunks went on while throttled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = w.run(&["status", "--spec", "spec.toml"]);
+    assert!(status.stdout.contains("throttled"), "{}", status.stdout);
+    w.exec(&format!("UPDATE {probe} SET v = 0"));
+    finish(child).expect_code(0);
+    assert_remapped(&w, false);
+}
+
+#[test]
+fn a_signal_that_cannot_be_measured_pauses_the_run() {
+    let w = World::new(Backend::Postgres, "unmeasurable");
+    quotes(&w, 3_000, false);
+    let probe = w.table("probe");
+    // The probe's table does not exist yet.
+    w.write(
+        "spec.toml",
+        &throttled(
+            &w,
+            "chunk_time = 0",
+            &format!("probe = \"SELECT v FROM {probe}\"\nprobe_max = 0"),
+        ),
+    );
+    let child = w.spawn(&["run", "spec.toml", "--execute"]);
+    let (reason, _) = until(
+        "the run waits on the probe",
+        Duration::from_secs(30),
+        || {
+            live(&w, "spec.toml")
+                .filter(|(state, reason)| state == "throttled" && reason.contains("probe"))
+                .map(|(_, reason)| reason)
+        },
+    );
+    assert!(
+        reason.starts_with("cannot measure the probe:") && reason.contains("does not exist"),
+        "{reason}"
+    );
+    assert_eq!(chunks_done(&w), 0, "fail closed: nothing ran");
+    w.exec(&format!("CREATE TABLE {probe} (v int)"));
+    w.exec(&format!("INSERT INTO {probe} VALUES (0)"));
+    finish(child).expect_code(0);
+    assert_remapped(&w, false);
+
+    // Replica lag on a primary with no replica cannot be measured either.
+    w.write(
+        "lag.toml",
+        &throttled(&w, "chunk_time = 0", "max_replica_lag = \"5s\"")
+            .replace("quotes-remap", "quotes-lag"),
+    );
+    let child = w.spawn(&["run", "lag.toml", "--execute"]);
+    let (reason, _) = until(
+        "the run waits on replica lag",
+        Duration::from_secs(30),
+        || {
+            live(&w, "lag.toml")
+                .filter(|(state, reason)| state == "throttled" && reason.contains("replica"))
+                .map(|(_, reason)| reason)
+        },
+    );
+    assert!(reason.contains("no replica is connected"), "{reason}");
+    let run = w.status("lag.toml", None)[0]["run"]["run_id"]
+        .as_str()
+        .expect("run")
+        .to_string();
+    w.run(&["abort", &run, "--spec", "lag.toml"]).expect_code(0);
+    finish(child).expect_code(3);
+}
+
+#[test]
+fn pause_resume_and_abort_work_from_another_process() {
+    let w = World::new(Backend::Postgres, "control");
+    quotes(&w, 15_000, false);
+    w.write(
+        "spec.toml",
+        &throttled(&w, "chunk_time = \"500ms\"", "max_rows_per_sec = 2000"),
+    );
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    w.wait_for_chunks(&mut child, 1);
+    let (run, _) = newest(&w);
+
+    let asked = Instant::now();
+    let paused = w.run(&["pause", &run, "--spec", "spec.toml"]);
+    paused.expect_code(0);
+    assert!(paused.stdout.contains("is paused"), "{}", paused.stdout);
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "pause took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        live(&w, "spec.toml").map(|l| l.0).as_deref(),
+        Some("paused")
+    );
+    let held = chunks_done(&w);
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_millis(1500) {
+        assert!(chunks_done(&w) <= held + 2, "chunks went on while paused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = w.run(&["status", &run, "--spec", "spec.toml"]);
+    assert!(
+        status.stdout.contains("execute, paused"),
+        "{}",
+        status.stdout
+    );
+    assert!(child.try_wait().expect("poll").is_none(), "still there");
+
+    w.run(&["resume", &run, "--spec", "spec.toml"])
+        .expect_code(0);
+    let resumed_at = chunks_done(&w);
+    w.wait_for_chunks(&mut child, resumed_at + 1);
+
+    let aborted = w.run(&["abort", &run, "--spec", "spec.toml"]);
+    aborted.expect_code(0);
+    assert!(aborted.stdout.contains("is aborted"), "{}", aborted.stdout);
+    let ran = finish(child);
+    ran.expect_code(3);
+    assert_eq!(newest(&w), (run.clone(), "aborted".to_string()));
+    // No chunk is left half-done: each is done or was never started.
+    let pending =
+        w.state_rows("SELECT CAST(chunk_id AS TEXT) FROM refill_chunks WHERE status <> 'done'");
+    assert!(pending.len() <= 1, "{pending:?}");
+
+    // The next run resumes the aborted one and finishes it.
+    let again = w.run(&["run", "spec.toml", "--execute"]);
+    again.expect_code(0);
+    assert!(again.stdout.contains("(resumed)"), "{}", again.stdout);
+    assert_eq!(newest(&w), (run, "done".to_string()));
+    assert_remapped(&w, false);
+}
+
+#[test]
+fn ctrl_c_stops_at_a_chunk_boundary_and_twice_stops_now() {
+    let w = World::new(Backend::Postgres, "ctrl_c");
+    quotes(&w, 15_000, false);
+    w.write(
+        "spec.toml",
+        &throttled(&w, "chunk_time = \"500ms\"", "max_rows_per_sec = 2000"),
+    );
+    let interrupt = |child: &Child| {
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    };
+
+    // Once: the chunks in flight finish and are checkpointed.
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    w.wait_for_chunks(&mut child, 1);
+    interrupt(&child);
+    let ran = finish(child);
+    ran.expect_code(130);
+    assert!(
+        ran.stderr.contains("stopping after the chunks in flight"),
+        "{}",
+        ran.stderr
+    );
+    let (run, status) = newest(&w);
+    assert_eq!(status, "incomplete");
+    let pending =
+        w.state_rows("SELECT CAST(chunk_id AS TEXT) FROM refill_chunks WHERE status <> 'done'");
+    assert!(
+        pending.len() <= 1,
+        "at most the chunk read but not started is left: {pending:?}"
+    );
+
+    // Twice: it stops now, without recording an end; the next run resumes
+    // it and redoes what was in flight.
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    w.wait_for_chunks(&mut child, chunks_done(&w) + 1);
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    interrupt(&child);
+    let mut line = String::new();
+    while !line.contains("stopping after the chunks in flight") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "no acknowledgement"
+        );
+    }
+    interrupt(&child);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("read stderr");
+    assert!(rest.contains("stopping now"), "{rest}");
+    assert_eq!(child.wait().expect("wait").code(), Some(130));
+    assert_eq!(newest(&w), (run.clone(), "running".to_string()));
+
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    assert_eq!(newest(&w), (run, "done".to_string()));
+    assert_remapped(&w, false);
+}
+
+#[test]
+fn max_runtime_and_until_key_do_a_bounded_slice() {
+    let w = World::new(Backend::Postgres, "slices");
+    quotes(&w, 3_000, false);
+    w.write(
+        "spec.toml",
+        &throttled(&w, "chunk_time = 0", "max_rows_per_sec = 500"),
+    );
+    // 2,000 rows at 500 rows/s take four seconds: one is not enough.
+    let ran = w.run(&["run", "spec.toml", "--execute", "--max-runtime", "1s"]);
+    ran.expect_code(0);
+    let (run, status) = newest(&w);
+    assert_eq!(status, "incomplete");
+    let message = &w.status("spec.toml", Some(&run))["run"]["message"];
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("--max-runtime 1s")),
+        "{message}"
+    );
+    let done = chunks_done(&w);
+    assert!(
+        (1..4).contains(&done),
+        "{done} chunks of 500 in about a second"
+    );
+
+    // Up to key 2000 only: rows above it stay as they were.
+    let ran = w.run(&["run", "spec.toml", "--execute", "--until-key", "2000"]);
+    ran.expect_code(0);
+    assert_eq!(newest(&w), (run.clone(), "incomplete".to_string()));
+    for (id, v2) in status_v2(&w) {
+        let expected = match (in_scope(id), id <= 2000) {
+            (false, _) => Some("untouched".to_string()),
+            (true, true) => remapped(status_of(id, false)).expect("mapped"),
+            (true, false) => None,
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    assert_eq!(newest(&w), (run, "done".to_string()));
+    assert_remapped(&w, false);
+}
+
+#[test]
+fn chunk_sizes_adapt_toward_the_target_time() {
+    let w = World::new(Backend::Postgres, "adaptive");
+    quotes(&w, 4_500, false);
+    // `slow` burns CPU on every row: a 500-row chunk takes far longer than
+    // the 200 ms target.
+    let spec = spec(
+        &w,
+        "evil",
+        "config = { mode = \"slow\", spin = \"3000000\" }\nfuel_per_row = 1000000000",
+        500,
+        "status_v2",
+    )
+    .replace(
+        "chunk_time = 0",
+        "chunk_time = \"200ms\"\nmin_rows = 10\nconcurrency = 1",
+    );
+    w.write("spec.toml", &spec);
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    let run = w.status("spec.toml", Some(&newest(&w).0));
+    let chunks = run["chunks"].as_array().expect("chunks");
+    let rows = |c: &serde_json::Value| c["counts"]["rows"].as_u64().expect("rows");
+    let ms = |c: &serde_json::Value| {
+        ["read_ms", "transform_ms", "write_ms"]
+            .iter()
+            .map(|k| c["timings"][k].as_u64().expect("timing"))
+            .sum::<u64>()
+            .max(1) as f64
+    };
+    assert_eq!(rows(&chunks[0]), 500, "the first chunk has [chunk] rows");
+    let sizes: Vec<u64> = chunks.iter().map(rows).collect();
+    let times: Vec<f64> = chunks.iter().map(ms).collect();
+    assert!(chunks.len() >= 4, "sizes {sizes:?}, times {times:?}");
+    // The chunks before the last (which may be short) shrink, and their
+    // time comes closer to the target than the first chunk's.
+    let settled = &chunks[chunks.len() - 2];
+    assert!(
+        rows(settled) * 3 <= rows(&chunks[0]),
+        "sizes: {:?}",
+        chunks.iter().map(rows).collect::<Vec<_>>()
+    );
+    let off = |c: &serde_json::Value| (ms(c) / 200.0).ln().abs();
+    assert!(
+        off(settled) < off(&chunks[0]),
+        "first chunk {} ms, settled {} ms, target 200 ms",
+        ms(&chunks[0]),
+        ms(settled)
+    );
+    assert!(w
+        .rows(&format!(
+            "SELECT CAST(count(*) AS TEXT) FROM {} WHERE region = 'eu' AND status_v2 IS DISTINCT FROM upper(status)",
+            w.table("quotes")
+        ))[0][0]
+        .as_deref()
+        == Some("0"));
+}
+
+#[test]
+fn the_metrics_endpoint_is_scraped_and_parsed() {
+    let w = World::new(Backend::Postgres, "metrics");
+    quotes(&w, 15_000, false);
+    w.write(
+        "spec.toml",
+        &throttled(&w, "chunk_time = \"500ms\"", "max_rows_per_sec = 2000"),
+    );
+    let mut child = w.spawn(&[
+        "run",
+        "spec.toml",
+        "--execute",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    // The address comes first on stderr; the rest is drained meanwhile.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "no address"
+        );
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("refill: serving metrics on http://")
+        {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    w.wait_for_chunks(&mut child, 2);
+    let text = scrape(&addr);
+    let samples = parse(&text);
+    let value = |name: &str, label: &str| -> f64 {
+        samples
+            .iter()
+            .find(|(n, labels, _)| n == name && labels.contains(label))
+            .unwrap_or_else(|| panic!("no {name} {{{label}}} in:\n{text}"))
+            .2
+    };
+    let (run, _) = newest(&w);
+    let processed = value("refill_rows_total", "outcome=\"processed\"");
+    assert!((1000.0..=10_000.0).contains(&processed), "{processed}");
+    assert_eq!(
+        value("refill_rows_in_scope", &format!("run=\"{run}\"")),
+        10_000.0
+    );
+    assert!(
+        value(
+            "refill_chunk_duration_seconds_count",
+            "name=\"quotes-remap\""
+        ) >= 2.0
+    );
+    assert!(value("refill_chunk_rows", "run=") <= 1000.0);
+    let states: Vec<_> = samples
+        .iter()
+        .filter(|(n, _, v)| n == "refill_throttle_state" && *v == 1.0)
+        .collect();
+    assert_eq!(states.len(), 1, "one state at a time: {states:?}");
+    assert!(value("refill_eta_seconds", "run=") >= -1.0);
+    assert!(text.ends_with("# EOF\n"));
+    let ran = child.wait().expect("wait");
+    assert_eq!(ran.code(), Some(0), "{}", drain.join().unwrap_or_default());
+    assert_remapped(&w, false);
+}
+
+/// `GET /metrics` over a plain TCP connection; returns the body.
+fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The samples of an exposition: name, labels as written, value.
+fn parse(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("a number: {l}")),
+            };
+            (name.to_string(), labels.to_string(), value)
+        })
+        .collect()
+}
