@@ -20,7 +20,8 @@ help:
 	@echo "make demo      build, then plan, dry-run, execute, show and verify a backfill on demo/demo.db"
 	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL)"
 	@echo "make plugins   build every transform under plugins/ into plugins/dist/*.wasm"
-	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table"
+	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table,"
+	@echo "               and pgbench's latency with no backfill, an unthrottled one and a throttled one"
 	@echo "make lint      rustfmt and clippy"
 
 .PHONY: toolchain
@@ -76,6 +77,9 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
+# pgbench ships with the PostgreSQL server; its wrapper and psql with the
+# client packages.
 .PHONY: bench
 bench: plugins services
+	@command -v pgbench >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-client postgresql-contrib; }
 	$(CARGO) bench --locked -p refill --bench backfill

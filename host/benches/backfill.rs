@@ -6,9 +6,14 @@
 //! measured in one run on a freshly copied table each time. Prints the
 //! ratios to the single statement, and what bounds refill.
 //!
+//! Then pgbench (TPC-B, scale 10, a steady `-R` rate) runs alone, during an
+//! unthrottled refill and during one throttled on write latency, and its
+//! mean and 95th-percentile latencies are printed side by side.
+//!
 //! Settings (environment): `REFILL_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), `REFILL_BENCH_ROWS`
-//! (1000000), `REFILL_BENCH_ROUNDS` (2; the best round counts).
+//! (1000000), `REFILL_BENCH_ROUNDS` (2; the best round counts),
+//! `REFILL_BENCH_PGBENCH_TPS` (300).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -168,15 +173,18 @@ fn refill(
     component: &Path,
     digest: &str,
     conditional: bool,
+    tuning: &Tuning,
 ) -> (Duration, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
     let spec = format!(
         "name = \"bench\"\n[source]\nurl = \"{url}\"\nschema = \"{SCHEMA}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
-         [chunk]\nrows = {CHUNK}\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
-         [target]\ncolumns = [\"status_v2\"]\nconditional = {conditional}\n",
+         [chunk]\nrows = {CHUNK}\n{}\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
+         [target]\ncolumns = [\"status_v2\"]\nconditional = {conditional}\n[throttle]\n{}\n",
+        tuning.chunk,
         component.display(),
-        map.join(",")
+        map.join(","),
+        tuning.throttle,
     );
     let spec_path = dir.path().join("bench.toml");
     std::fs::write(&spec_path, spec).expect("write spec");
@@ -194,6 +202,165 @@ fn refill(
         String::from_utf8_lossy(&out.stderr)
     );
     (elapsed, dir.path().join(".refill/state.db"), dir)
+}
+
+/// Extra `[chunk]` and `[throttle]` lines of a refill run.
+struct Tuning {
+    chunk: &'static str,
+    throttle: &'static str,
+}
+
+/// Fixed chunks of [`CHUNK`] rows, like the batched script's.
+const FIXED: Tuning = Tuning {
+    chunk: "chunk_time = 0",
+    throttle: "",
+};
+/// The defaults: chunks sized to take 500 ms.
+const ADAPTIVE: Tuning = Tuning {
+    chunk: "",
+    throttle: "",
+};
+/// Throttled on write latency: short chunks, and a pause whenever the
+/// last writes took over 50 ms.
+const GENTLE: Tuning = Tuning {
+    chunk: "chunk_time = \"100ms\"",
+    throttle: "max_write_latency = \"50ms\"\npause_between_chunks = \"20ms\"\nconcurrency = 1",
+};
+
+/// pgbench's latencies in one window: transactions, mean, 95th
+/// percentile (ms) and transactions per second.
+struct Latency {
+    n: usize,
+    mean: f64,
+    p95: f64,
+    tps: f64,
+}
+
+/// A TPC-B load from pgbench, `tps` transactions per second over 4
+/// clients, run in slices of 2 s until `work` returns; returns what `work`
+/// returned and the latencies of the transactions that started while it
+/// ran.
+fn under_load<T>(pgbench_url: &str, tps: u32, work: impl FnOnce() -> T) -> (T, Latency) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let prefix = dir.path().join("pgbench");
+        let url = pgbench_url.to_string();
+        std::thread::spawn(move || {
+            let mut slice = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                slice += 1;
+                let out = Command::new("pgbench")
+                    .args([
+                        "-n",
+                        "-c",
+                        "4",
+                        "-j",
+                        "2",
+                        "-T",
+                        "2",
+                        "-R",
+                        &tps.to_string(),
+                        "-l",
+                    ])
+                    .arg(format!("--log-prefix={}-{slice}", prefix.display()))
+                    .arg(&url)
+                    .output()
+                    .expect("run pgbench");
+                assert!(
+                    out.status.success(),
+                    "pgbench failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        })
+    };
+    // Let the load settle first.
+    std::thread::sleep(Duration::from_secs(2));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+    };
+    let (from, started) = (now(), Instant::now());
+    let result = work();
+    let (to, took) = (now(), started.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("pgbench thread");
+    // Log lines: client, transaction, latency (us), script, epoch s, us.
+    let mut latencies: Vec<f64> = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("logs") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("log");
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(lat), Some(s), Some(us)) = (f.get(2), f.get(4), f.get(5)) else {
+                continue;
+            };
+            let (Ok(lat), Ok(s), Ok(us)) =
+                (lat.parse::<f64>(), s.parse::<f64>(), us.parse::<f64>())
+            else {
+                continue;
+            };
+            let at = s + us / 1e6;
+            if (from..=to).contains(&at) {
+                latencies.push(lat / 1000.0);
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let n = latencies.len();
+    let mean = latencies.iter().sum::<f64>() / n.max(1) as f64;
+    let p95 = latencies
+        .get((n * 95 / 100).min(n.saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
+    let latency = Latency {
+        n,
+        mean,
+        p95,
+        tps: n as f64 / took.as_secs_f64(),
+    };
+    (result, latency)
+}
+
+/// Creates the pgbench database (scale 10) once, in the server of `url`;
+/// returns its url, or `None` when pgbench is not installed.
+async fn pgbench_database(pool: &PgPool, url: &str) -> Option<String> {
+    if Command::new("pgbench").arg("--version").output().is_err() {
+        println!("pgbench is not installed: skipping the latency comparison");
+        return None;
+    }
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'refill_pgbench')",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_database");
+    if !exists {
+        exec(pool, "CREATE DATABASE refill_pgbench").await;
+    }
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    let db = format!("{base}/refill_pgbench");
+    let ready = Command::new("psql")
+        .args(["-Atc", "SELECT count(*) FROM pgbench_branches"])
+        .arg(&db)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "10");
+    if !ready {
+        let init = Command::new("pgbench")
+            .args(["-i", "-s", "10", "-q"])
+            .arg(&db)
+            .output()
+            .expect("pgbench -i");
+        assert!(
+            init.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    Some(db)
 }
 
 /// Average per-chunk read, transform and write times of the last refill run.
@@ -299,8 +466,9 @@ async fn main() {
 
     let alone = transform_only(&component, &digest, rows);
 
-    // single statement, batched script, refill, refill without the guard
-    let mut best = [Duration::MAX; 4];
+    // single statement, batched script, refill, refill without the guard,
+    // refill with adaptive chunks
+    let mut best = [Duration::MAX; 5];
     let mut profile = (0.0, 0.0, 0.0, 0);
     for round in 1..=rounds {
         fresh(&pool).await;
@@ -310,24 +478,54 @@ async fn main() {
         let script = batched_script(&pool).await;
         verify(&pool, "the batched script").await;
         fresh(&pool).await;
-        let (ours, state, _dir) = refill(&url, &cache, &component, &digest, true);
+        let (ours, state, _dir) = refill(&url, &cache, &component, &digest, true, &FIXED);
         verify(&pool, "refill").await;
         if ours < best[2] {
             profile = chunk_profile(&state).await;
         }
         fresh(&pool).await;
-        let (unguarded, _, _dir) = refill(&url, &cache, &component, &digest, false);
+        let (unguarded, _, _dir) = refill(&url, &cache, &component, &digest, false, &FIXED);
         verify(&pool, "refill without conditional writes").await;
+        fresh(&pool).await;
+        let (adaptive, _, _dir) = refill(&url, &cache, &component, &digest, true, &ADAPTIVE);
+        verify(&pool, "refill with adaptive chunks").await;
         println!(
-            "round {round}: single UPDATE {:.2} s, batched script {:.2} s, refill {:.2} s, refill unconditional {:.2} s",
+            "round {round}: single UPDATE {:.2} s, batched script {:.2} s, refill {:.2} s, refill unconditional {:.2} s, refill adaptive {:.2} s",
             single.as_secs_f64(),
             script.as_secs_f64(),
             ours.as_secs_f64(),
-            unguarded.as_secs_f64()
+            unguarded.as_secs_f64(),
+            adaptive.as_secs_f64()
         );
-        for (slot, d) in best.iter_mut().zip([single, script, ours, unguarded]) {
+        for (slot, d) in best
+            .iter_mut()
+            .zip([single, script, ours, unguarded, adaptive])
+        {
             *slot = (*slot).min(d);
         }
+    }
+
+    // pgbench's latency with no backfill, an unthrottled one and a
+    // throttled one, in one run.
+    let tps: u32 = env_or("REFILL_BENCH_PGBENCH_TPS", "300")
+        .parse()
+        .expect("REFILL_BENCH_PGBENCH_TPS is a number");
+    let mut loaded = Vec::new();
+    if let Some(db) = pgbench_database(&pool, &url).await {
+        let ((), quiet) = under_load(&db, tps, || std::thread::sleep(Duration::from_secs(8)));
+        loaded.push(("no backfill", None, quiet));
+        fresh(&pool).await;
+        let ((d, _, _dir), busy) = under_load(&db, tps, || {
+            refill(&url, &cache, &component, &digest, true, &ADAPTIVE)
+        });
+        verify(&pool, "refill under load").await;
+        loaded.push(("refill, unthrottled (defaults)", Some(d), busy));
+        fresh(&pool).await;
+        let ((d, _, _dir), gentle) = under_load(&db, tps, || {
+            refill(&url, &cache, &component, &digest, true, &GENTLE)
+        });
+        verify(&pool, "throttled refill under load").await;
+        loaded.push(("refill, throttled on write latency", Some(d), gentle));
     }
     exec(&pool, &format!("DROP TABLE IF EXISTS {SCHEMA}.quotes")).await;
 
@@ -346,6 +544,7 @@ async fn main() {
         ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
         ("refill run --execute (remap component)", best[2]),
         ("  … with [target] conditional = false", best[3]),
+        ("  … with adaptive chunks (chunk_time 500ms)", best[4]),
     ] {
         println!(
             "  {name:<44} {:>9.2} {:>12} {:>18.2}",
@@ -370,4 +569,27 @@ async fn main() {
          {} chunks in flight",
         refill::spec::DEFAULT_CONCURRENCY
     );
+    if !loaded.is_empty() {
+        println!();
+        println!(
+            "pgbench TPC-B (scale 10, 4 clients, -R {tps} tps) while refill backfills {rows} rows:"
+        );
+        println!(
+            "  {:<36} {:>9} {:>12} {:>12} {:>9} {:>8}",
+            "backfill", "seconds", "rows/s", "latency ms", "p95 ms", "tps"
+        );
+        for (name, took, l) in &loaded {
+            let (secs, per_sec) = match took {
+                Some(d) => (format!("{:.2}", d.as_secs_f64()), rate(rows, *d)),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "  {name:<36} {secs:>9} {per_sec:>12} {:>12.2} {:>9.2} {:>8.0}  ({} transactions)",
+                l.mean, l.p95, l.tps, l.n
+            );
+        }
+        println!(
+            "  throttled: [chunk] chunk_time = \"100ms\"; [throttle] max_write_latency = \"50ms\", pause_between_chunks = \"20ms\", concurrency = 1"
+        );
+    }
 }
