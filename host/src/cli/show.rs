@@ -365,7 +365,7 @@ pub fn run_detail(
         _ => "no keys".into(),
     };
     println!(
-        "  scope      {} rows, {range}, chunks of {}",
+        "  scope      {} rows, {range}, first chunk {} rows",
         n(run.rows_in_scope),
         n(run.chunk_rows)
     );

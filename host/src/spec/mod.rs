@@ -1027,4 +1027,66 @@ columns = ["status_v2"]
             data(&GOOD.replace("< '2024-01-01'", "< '2025-01-01'"))
         );
     }
+
+    #[test]
+    fn throttle_settings_parse_and_bad_ones_are_located() {
+        let spec = parse(&format!(
+            "{GOOD}[throttle]\nmax_rows_per_sec = 2000\npause_between_chunks = \"1m 30s\"\n\
+             windows = [\"22:00-02:00\"]\ntimezone = \"Europe/Paris\"\nmax_write_latency = 250\n\
+             probe = \"SELECT 1\"\nprobe_max = 0.5\nconcurrency = 3\n"
+        ))
+        .expect("valid");
+        let t = &spec.file.throttle;
+        assert_eq!(t.max_rows_per_sec, Some(2000));
+        assert_eq!(t.pause_between_chunks, Duration::from_secs(90));
+        assert_eq!(t.max_write_latency, Some(Duration::from_millis(250)));
+        assert_eq!(spec.concurrency(), 3);
+        assert_eq!(spec.file.chunk.chunk_time, DEFAULT_CHUNK_TIME);
+        assert_eq!(parse_window("22:00-02:00"), Some((22 * 60, 2 * 60)));
+        assert_eq!(parse_window("1:00-6:00"), None, "HH:MM");
+        assert_eq!(parse_window("06:00-06:00"), None, "empty");
+
+        let bad = |extra: &str| parse(&format!("{GOOD}{extra}")).unwrap_err();
+        let err = bad("[throttle]\nwindows = [\"25:00-06:00\"]\n");
+        assert_eq!(err.location, "/specs/q.toml:18:11");
+        assert!(
+            err.message.contains("is not HH:MM-HH:MM"),
+            "{}",
+            err.message
+        );
+        let err = bad("[throttle]\ntimezone = \"Mars/Olympus\"\n");
+        assert!(
+            err.message.contains("not an IANA time zone"),
+            "{}",
+            err.message
+        );
+        let err = bad("[throttle]\npause_between_chunks = \"soon\"\n");
+        assert!(err.message.contains("is not a duration"), "{}", err.message);
+        let err = bad("[throttle]\nprobe = \"SELECT 1\"\n");
+        assert!(err.message.contains("set both probe"), "{}", err.message);
+        let err = bad("[throttle]\nreplica_url = \"postgres://r/db\"\n");
+        assert!(
+            err.message.contains("without max_replica_lag"),
+            "{}",
+            err.message
+        );
+        let err = parse(&format!(
+            "{}[throttle]\nconcurrency = 4\n",
+            GOOD.replace("rows = 500", "rows = 500\nconcurrency = 2")
+        ))
+        .unwrap_err();
+        assert!(
+            err.message.contains("set it in one place"),
+            "{}",
+            err.message
+        );
+        let err = parse(&GOOD.replace("rows = 500", "rows = 500\nmin_rows = 900\nmax_rows = 800"))
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("min_rows (900) is above max_rows (800)"),
+            "{}",
+            err.message
+        );
+    }
 }
