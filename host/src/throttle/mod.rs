@@ -362,9 +362,11 @@ impl Throttle {
         }
     }
 
-    /// Waits while the run is paused, before a worker starts a chunk it was
-    /// handed. Fails with the reason to stop instead: the chunk is then
-    /// left for a later session.
+    /// Waits while the run is paused or held back (a signal, a window, a
+    /// slow write), before a worker starts a chunk it was handed: the chunk
+    /// was read, but nothing of it is written until the run may go on.
+    /// Fails with the reason to stop instead: the chunk is then left for a
+    /// later session.
     pub async fn hold(&self) -> Result<(), Stop> {
         let mut changes = self.view.subscribe();
         loop {
@@ -372,11 +374,11 @@ impl Throttle {
                 return Err(stop);
             }
             match self.hindrance() {
-                Some(status) if status.phase == Phase::Paused => {
+                Some(status) => {
                     self.progress.set_status(status);
                     wait(&mut changes, CHECK_EVERY).await;
                 }
-                _ => return Ok(()),
+                None => return Ok(()),
             }
         }
     }
