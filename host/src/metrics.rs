@@ -1,7 +1,7 @@
 //! Metrics: consumes a run's live [`Progress`]; produces, on each scrape
 //! of `GET /metrics`, the Prometheus (OpenMetrics) text exposition: rows by
 //! outcome, chunk durations, the current chunk size, the throttle's state
-//! and reason, the recent rate and the ETA, labelled with the run.
+//! and what holds it, the recent rate and the ETA, labelled with the run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,12 +99,15 @@ pub fn render(progress: &Progress) -> String {
     for phase in [
         Phase::Running,
         Phase::Throttled,
+        Phase::Pausing,
         Phase::Paused,
         Phase::Stopping,
     ] {
         let current = phase == status.phase;
+        // A word from a fixed set, so series do not multiply; the full
+        // reason is in the logs and `refill status`.
         let reason = if current {
-            status.reason.clone().unwrap_or_default()
+            status.cause.unwrap_or_default().to_string()
         } else {
             String::new()
         };
@@ -117,7 +120,7 @@ pub fn render(progress: &Progress) -> String {
     }
     registry.register(
         "refill_throttle_state",
-        "1 for the state the run is in (running, throttled, paused, stopping), with the reason",
+        "1 for the state the run is in (running, throttled, pausing, paused, stopping), with what holds it (rate, probe, replica-lag, write-latency, window, paused, state-store, starting, stop)",
         state,
     );
     let float = |v: f64| {
@@ -155,6 +158,7 @@ mod tests {
         p.chunk_seconds.observe(0.3);
         p.set_status(Status {
             phase: Phase::Throttled,
+            cause: Some("probe"),
             reason: Some("probe returned 3, over probe_max 1".into()),
         });
         let text = render(&p);
@@ -163,9 +167,7 @@ mod tests {
             format!("refill_rows_total{{{labels},outcome=\"processed\"}} 1500"),
             format!("refill_rows_total{{{labels},outcome=\"updated\"}} 1200"),
             format!("refill_chunk_duration_seconds_count{{{labels}}} 1"),
-            format!(
-                "refill_throttle_state{{{labels},state=\"throttled\",reason=\"probe returned 3, over probe_max 1\"}} 1"
-            ),
+            format!("refill_throttle_state{{{labels},state=\"throttled\",reason=\"probe\"}} 1"),
             format!("refill_throttle_state{{{labels},state=\"running\",reason=\"\"}} 0"),
         ] {
             assert!(text.contains(&line), "no `{line}` in:\n{text}");

@@ -43,6 +43,28 @@ fn live(w: &World, spec: &str) -> Option<(String, String)> {
     ))
 }
 
+/// The state and reason each working session reports (once the run has
+/// started: the state store's tables exist).
+fn session_states(w: &World) -> Vec<(String, String)> {
+    w.state_rows("SELECT state, reason FROM refill_sessions WHERE ended_at IS NULL")
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The connections of process `pid` to the source that are not idle
+/// (running a statement, or inside a transaction).
+fn busy_connections(w: &World, pid: u32) -> Vec<Vec<Option<String>>> {
+    w.rows(&format!(
+        "SELECT state, query FROM pg_stat_activity WHERE application_name = 'refill pid {pid}' AND state <> 'idle'"
+    ))
+}
+
 /// Chunks done so far in the state store.
 fn chunks_done(w: &World) -> u64 {
     w.state_rows("SELECT CAST(count(*) AS TEXT) FROM refill_chunks WHERE status = 'done'")[0][0]
@@ -121,8 +143,9 @@ fn a_probe_pauses_the_run_within_two_seconds_and_lets_it_go_on() {
         "the probe throttles the run",
         Duration::from_secs(10),
         || {
-            live(&w, "spec.toml")
-                .filter(|(state, reason)| state == "throttled" && reason.contains("probe"))
+            session_states(&w)
+                .into_iter()
+                .find(|(state, reason)| state == "throttled" && reason.contains("probe"))
                 .map(|(_, reason)| reason)
         },
     );
@@ -229,10 +252,15 @@ fn pause_resume_and_abort_work_from_another_process() {
         live(&w, "spec.toml").map(|l| l.0).as_deref(),
         Some("paused")
     );
+    // Paused means nothing in flight: no statement, no open transaction.
+    assert_eq!(
+        busy_connections(&w, child.id()),
+        Vec::<Vec<Option<String>>>::new()
+    );
     let held = chunks_done(&w);
     let window = Instant::now();
     while window.elapsed() < Duration::from_millis(1500) {
-        assert!(chunks_done(&w) <= held + 2, "chunks went on while paused");
+        assert_eq!(chunks_done(&w), held, "a chunk was written while paused");
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = w.run(&["status", &run, "--spec", "spec.toml"]);
@@ -303,11 +331,34 @@ fn ctrl_c_stops_at_a_chunk_boundary_and_twice_stops_now() {
         "at most the chunk read but not started is left: {pending:?}"
     );
 
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    assert_eq!(newest(&w), (run, "done".to_string()));
+    assert_remapped(&w, false);
+
     // Twice: it stops now, without recording an end; the next run resumes
-    // it and redoes what was in flight.
-    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
-    w.wait_for_chunks(&mut child, chunks_done(&w) + 1);
+    // it and redoes what was in flight. A slow transform keeps a chunk in
+    // flight long enough for the second Ctrl-C to find it there.
+    let slow = spec(
+        &w,
+        "evil",
+        "config = { mode = \"slow\", spin = \"3000000\" }\nfuel_per_row = 1000000000",
+        1000,
+        "status_v2",
+    );
+    w.write("slow.toml", &slow);
+    let mut child = w.spawn(&["run", "slow.toml", "--execute"]);
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (slow_run, _) = until("a chunk is in flight", Duration::from_secs(60), || {
+        let list = w.run(&["status", "--json", "--spec", "slow.toml"]);
+        let list: serde_json::Value = serde_json::from_str(&list.stdout).ok()?;
+        let id = list.get(0)?["run"]["run_id"].as_str()?.to_string();
+        let detail = w.status("slow.toml", Some(&id));
+        let pending = detail["chunks"]
+            .as_array()?
+            .iter()
+            .any(|c| c["status"] == "pending");
+        pending.then_some(id)
+    });
     interrupt(&child);
     let mut line = String::new();
     while !line.contains("stopping after the chunks in flight") {
@@ -322,11 +373,22 @@ fn ctrl_c_stops_at_a_chunk_boundary_and_twice_stops_now() {
     stderr.read_to_string(&mut rest).expect("read stderr");
     assert!(rest.contains("stopping now"), "{rest}");
     assert_eq!(child.wait().expect("wait").code(), Some(130));
-    assert_eq!(newest(&w), (run.clone(), "running".to_string()));
-
-    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
-    assert_eq!(newest(&w), (run, "done".to_string()));
-    assert_remapped(&w, false);
+    let detail = w.status("slow.toml", Some(&slow_run));
+    assert_eq!(
+        detail["run"]["status"], "running",
+        "no orderly end was recorded"
+    );
+    assert!(
+        detail["chunks"]
+            .as_array()
+            .expect("chunks")
+            .iter()
+            .any(|c| c["status"] == "pending"),
+        "the chunk in flight was not checkpointed"
+    );
+    let again = w.run(&["run", "slow.toml", "--execute"]);
+    again.expect_code(0);
+    assert!(again.stdout.contains("(resumed)"), "{}", again.stdout);
 }
 
 #[test]

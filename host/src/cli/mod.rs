@@ -51,7 +51,7 @@ pub fn run(args: Args) -> ExitCode {
     match runtime.block_on(dispatch(args.command)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("refill: error: {}", one_line(&error));
+            say(Level::Error, &format!("error: {}", one_line(&error)));
             let code = match error.downcast_ref::<run::RunError>() {
                 Some(run::RunError::Stopped(Stop::Interrupted)) => INTERRUPTED,
                 Some(run::RunError::Stopped(Stop::Aborted { .. })) => ABORTED,
@@ -76,7 +76,35 @@ fn one_line(error: &anyhow::Error) -> String {
     text.replace('\n', " ")
 }
 
+/// Whether logs are JSON lines.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How important a message to the user is.
+enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Tells the user something on stderr: a `refill: …` line, or with
+/// `--log-format json` a JSON log line, so that stderr stays one format.
+fn say(level: Level, message: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        match level {
+            Level::Info => tracing::info!("{message}"),
+            Level::Warn => tracing::warn!("{message}"),
+            Level::Error => tracing::error!("{message}"),
+        }
+    } else {
+        eprintln!("refill: {message}");
+    }
+}
+
 fn init_logging(verbose: u8, format: LogFormat) {
+    JSON_LOGS.store(
+        format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let default = match verbose {
         0 if progress::interactive() => "refill=warn",
         0 => "refill=info",
@@ -157,6 +185,14 @@ async fn plan_command(path: &Path) -> Result<u8> {
         previous.as_ref(),
         previous_chunks.as_deref(),
     );
+    // The health signals, measured once, so a broken probe shows here.
+    let signals = refill::throttle::signals::Signals::of(&spec, &db)?;
+    if signals.any() {
+        match signals.check().await {
+            None => println!("  signals    under their thresholds now"),
+            Some((_, reason)) => println!("  signals    {reason} (a run would wait)"),
+        }
+    }
     Ok(0)
 }
 
@@ -172,7 +208,10 @@ async fn run_command(
             let (bound, task) = refill::metrics::serve(addr, progress.clone())
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            eprintln!("refill: serving metrics on http://{bound}/metrics");
+            say(
+                Level::Info,
+                &format!("serving metrics on http://{bound}/metrics"),
+            );
             Some(AbortOnDrop(task))
         }
         None => None,
@@ -212,11 +251,15 @@ fn on_ctrl_c(progress: Arc<Progress>) -> AbortOnDrop {
         progress
             .interrupted
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        eprintln!(
-            "refill: stopping after the chunks in flight (Ctrl-C again to stop now; the run stays resumable)"
+        say(
+            Level::Warn,
+            "stopping after the chunks in flight (Ctrl-C again to stop now; the run stays resumable)",
         );
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("refill: stopping now; the chunks in flight are redone by the next run");
+            say(
+                Level::Warn,
+                "stopping now; the chunks in flight are redone by the next run",
+            );
             std::process::exit(i32::from(INTERRUPTED));
         }
     }))
@@ -291,19 +334,16 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
             record.run_id
         ),
         Some(ControlAction::Abort) if working == 0 => {
-            store
-                .set_run_status(
-                    &record.run_id,
-                    RunStatus::Aborted,
-                    Some(&format!(
-                        "aborted by {who}; the next `refill run` resumes it"
-                    )),
-                )
-                .await?;
-            println!(
-                "Run {} is aborted; no process was working on it. The next `refill run` of its spec resumes it.",
-                record.run_id
-            );
+            let message = format!("aborted by {who}; the next `refill run` resumes it");
+            if store.abort_idle(&record.run_id, &message).await? {
+                println!(
+                    "Run {} is aborted; no process was working on it. The next `refill run` of its spec resumes it.",
+                    record.run_id
+                );
+            } else {
+                store.set_control(&record.run_id, None, &who).await?;
+                bail!("run {} ended meanwhile; nothing to abort", record.run_id);
+            }
         }
         Some(ControlAction::Abort) if n == 0 => println!(
             "Run {} is aborted: {} finished or left the chunks in hand and exited. The next `refill run` of its spec resumes it.",

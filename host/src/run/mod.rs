@@ -753,7 +753,7 @@ async fn run_session(
         .limit
         .map_or(scope_rows, |limit| (done_rows + limit).min(scope_rows));
     progress.total_rows.store(target_rows, Ordering::Relaxed);
-    progress.done_rows.store(done_rows, Ordering::Relaxed);
+    progress.start_at(done_rows);
     progress.failed_rows.store(done_failed, Ordering::Relaxed);
     // --until-key: this session reads up to the last key in scope at or
     // before it.

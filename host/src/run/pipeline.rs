@@ -310,7 +310,9 @@ async fn read_all(
                     source,
                 })?;
                 let read_ms = millis(started.elapsed());
-                throttle.pace(rows.len() as u64).await;
+                if let Err(stop) = throttle.pace(rows.len() as u64).await {
+                    return Ok(Ended::Stopped(stop));
+                }
                 let work = Work {
                     chunk,
                     rows,
@@ -351,6 +353,9 @@ async fn read_all(
                     chunk: chunk.to_string(),
                     source,
                 })?;
+                if let Err(stop) = throttle.pace(rows.len() as u64).await {
+                    return Ok(Ended::Stopped(stop));
+                }
                 if !hand_on(
                     ctx,
                     chunk,
@@ -414,6 +419,9 @@ async fn read_all(
                 };
                 next_id += 1;
                 cursor = Some(hi);
+                if let Err(stop) = throttle.pace(rows.len() as u64).await {
+                    return Ok(Ended::Stopped(stop));
+                }
                 if !hand_on(
                     ctx,
                     chunk,
@@ -447,7 +455,6 @@ async fn hand_on(
     tx: &mpsc::Sender<Work>,
 ) -> Result<bool, RunError> {
     let read_ms = millis(started.elapsed());
-    ctx.throttle.pace(rows.len() as u64).await;
     if let Purpose::Run { session_id, .. } = &ctx.purpose {
         let counter = AtomicU64::new(0);
         let state = ctx.state()?;
@@ -492,22 +499,70 @@ async fn worker(
             // Leave the chunk unfinished: a later run redoes it.
             return Ok(());
         }
-        if let Err(stop) = ctx.throttle.hold().await {
-            debug!(chunk = work.chunk.id, %stop, "Leaving a chunk for a later session.");
-            ctx.abandoned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(stop);
-            return Ok(());
-        }
+        let held = match ctx.throttle.hold().await {
+            Ok(held) => held,
+            Err(stop) => {
+                debug!(chunk = work.chunk.id, %stop, "Leaving a chunk for a later session.");
+                ctx.abandoned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(stop);
+                return Ok(());
+            }
+        };
         let span = info_span!("chunk", chunk = work.chunk.id);
-        let result = process(&ctx, &mut instance, work).instrument(span).await;
+        let result = async {
+            // Rows read before a long wait are read again: what they hold
+            // now is what gets transformed and guarded.
+            let work = if held > REREAD_AFTER {
+                reread(&ctx, work).await?
+            } else {
+                work
+            };
+            process(&ctx, &mut instance, work).await
+        }
+        .instrument(span)
+        .await;
+        ctx.throttle.released();
         if let Err(e) = result {
             ctx.stop.store(true, Ordering::Relaxed);
             error!(error = %e, "Stopping.");
             return Err(e);
         }
     }
+}
+
+/// A chunk held back longer than this before its turn is read again.
+const REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads a chunk's rows again: a range by its exact bounds, a key list by
+/// its keys.
+async fn reread(ctx: &Arc<Context>, work: Work) -> Result<Work, RunError> {
+    let tokens = ctx.purpose.writes() && ctx.conditional;
+    let started = Instant::now();
+    let counter = AtomicU64::new(0);
+    let chunk = &work.chunk;
+    let rows = backoff::retry(&ctx.policy, "reading a chunk again", &counter, || async {
+        if work.asked.is_empty() {
+            ctx.db
+                .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
+                .await
+        } else {
+            ctx.db.read_keys(&ctx.layout, &work.asked, tokens).await
+        }
+    })
+    .await
+    .map_err(|source| RunError::Read {
+        chunk: chunk.to_string(),
+        source,
+    })?;
+    debug!(rows = rows.len(), "Read the chunk again after waiting.");
+    Ok(Work {
+        rows,
+        read_ms: work.read_ms + millis(started.elapsed()),
+        retries: work.retries + counter.into_inner(),
+        ..work
+    })
 }
 
 /// Runs rows through the transform on a blocking thread, batch by batch,

@@ -19,8 +19,10 @@ pub enum Phase {
     Running,
     /// Waiting on a limit or a health signal.
     Throttled,
-    /// Paused on request (`refill pause`).
+    /// Paused on request (`refill pause`), and no chunk is being written.
     Paused,
+    /// Paused on request, while the chunks already taken finish.
+    Pausing,
     /// Finishing the chunks in flight, then stopping.
     Stopping,
 }
@@ -32,6 +34,7 @@ impl Phase {
             Phase::Running => "running",
             Phase::Throttled => "throttled",
             Phase::Paused => "paused",
+            Phase::Pausing => "pausing",
             Phase::Stopping => "stopping",
         }
     }
@@ -42,6 +45,7 @@ impl Phase {
             Phase::Running,
             Phase::Throttled,
             Phase::Paused,
+            Phase::Pausing,
             Phase::Stopping,
         ]
         .into_iter()
@@ -54,7 +58,11 @@ impl Phase {
 pub struct Status {
     /// What the run is doing.
     pub phase: Phase,
-    /// Why it waits or stops, if it does.
+    /// What holds it, in one word from a fixed set (`rate`, `probe`,
+    /// `replica-lag`, `write-latency`, `window`, `paused`, `state-store`,
+    /// `starting`, `stop`): a metrics label.
+    pub cause: Option<&'static str>,
+    /// Why it waits or stops, in full.
     pub reason: Option<String>,
 }
 
@@ -62,6 +70,7 @@ impl Default for Status {
     fn default() -> Self {
         Status {
             phase: Phase::Running,
+            cause: None,
             reason: None,
         }
     }
@@ -91,6 +100,8 @@ pub struct Progress {
     pub chunk_rows: AtomicU64,
     /// Set by Ctrl-C: stop taking chunks, finish those in flight.
     pub interrupted: AtomicBool,
+    /// Chunks a worker is transforming or writing now.
+    pub in_flight: AtomicU64,
     /// Chunk durations (read, transform and write), in seconds.
     pub chunk_seconds: Histogram,
     status: Mutex<Status>,
@@ -111,6 +122,7 @@ impl Default for Progress {
             conflicts: AtomicU64::new(0),
             chunk_rows: AtomicU64::new(0),
             interrupted: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
             chunk_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             status: Mutex::new(Status::default()),
             recent: Mutex::new(RecentRate::default()),
@@ -130,12 +142,25 @@ impl Progress {
         self.run.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The current phase and reason.
+    /// The current phase and reason. A pause is `pausing` until the chunks
+    /// already taken are written.
     pub fn status(&self) -> Status {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        if status.phase == Phase::Paused && self.in_flight.load(Ordering::Relaxed) > 0 {
+            status.phase = Phase::Pausing;
+        }
+        status
+    }
+
+    /// Sets how many rows earlier sessions did: the starting point, which
+    /// the recent rate must not take for speed.
+    pub fn start_at(&self, done_rows: u64) {
+        self.done_rows.store(done_rows, Ordering::Relaxed);
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = RecentRate::default();
     }
 
     /// Sets the phase and reason; returns whether they changed.

@@ -14,14 +14,15 @@ use crate::chunk::KeyType;
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
 
-/// Opens a pool. Sessions announce themselves as `refill` in
+/// Opens a pool. Sessions announce themselves as `refill pid N` in
 /// `pg_stat_activity`.
 pub async fn connect(
     url: &DbUrl,
     connections: u32,
     timeout: Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url.expose())?.application_name("refill");
+    let name = format!("refill pid {}", std::process::id());
+    let options = PgConnectOptions::from_str(url.expose())?.application_name(&name);
     // One direct connection first: a pool that cannot connect only reports
     // that it timed out, this says why (refused, unknown database, password).
     let probe = tokio::time::timeout(timeout, options.connect())

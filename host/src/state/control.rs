@@ -91,6 +91,23 @@ impl StateStore {
         })
     }
 
+    /// Marks a run that no process works on as aborted, if it is still
+    /// resumable (a run that ended meanwhile keeps its status). Returns
+    /// whether it did.
+    pub async fn abort_idle(&self, run_id: &str, message: &str) -> Result<bool, StateError> {
+        let done = sqlx::query(
+            "UPDATE refill_runs SET status = 'aborted', message = $1, finished_at = $2 \
+             WHERE run_id = $3 AND status IN ('running', 'incomplete', 'failed')",
+        )
+        .bind(message)
+        .bind(now())
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("aborting a run"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Records what a session is doing about its pace, and why.
     pub async fn set_session_state(
         &self,

@@ -7,9 +7,10 @@
 //!
 //! The reader asks [`Throttle::admit`] before reading a chunk and
 //! [`Throttle::pace`] once it knows its rows; a worker asks
-//! [`Throttle::hold`] before it starts a chunk it was handed. A monitor
-//! task ([`Throttle::watch`]) checks the signals and the control every
-//! half second. Nothing waits with a transaction open.
+//! [`Throttle::hold`] before it starts a chunk it was handed. The monitor
+//! ([`Throttle::watch`]) reads the control and measures the signals every
+//! half second, in two tasks so a slow signal never delays a pause or an
+//! abort. Nothing waits with a transaction open.
 
 pub mod signals;
 pub mod size;
@@ -37,6 +38,8 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 const LATENCY_WINDOW: usize = 3;
 /// The longest a slow write holds the next chunk back.
 const MAX_COOLDOWN: Duration = Duration::from_secs(10);
+/// The longest the monitor waits for the state store.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a run stops taking chunks before its end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,12 +80,16 @@ impl serde::Serialize for Stop {
 /// What the monitor saw last.
 #[derive(Clone, Debug, Default)]
 struct View {
-    /// Whether the monitor has checked once (until then, nothing starts:
-    /// a pause requested before this process started must hold).
-    checked: bool,
+    /// Whether the control was read once (until then nothing starts: a
+    /// pause requested before this process started must hold).
+    control_read: bool,
     control: Option<Control>,
-    /// The first health problem, if any.
-    problem: Option<String>,
+    /// Why the control could not be read, if it could not.
+    control_problem: Option<String>,
+    /// Whether the signals were measured once.
+    measured: bool,
+    /// The first health problem: its cause and the reason.
+    problem: Option<(&'static str, String)>,
 }
 
 /// Where the monitor reads the run's control and reports this session.
@@ -96,11 +103,13 @@ pub struct ControlSource {
 }
 
 /// The running monitor; dropping it stops it.
-pub struct Watching(tokio::task::JoinHandle<()>);
+pub struct Watching(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -112,7 +121,7 @@ pub struct Throttle {
     windows: Option<Windows>,
     sizer: Mutex<Sizer>,
     view: watch::Sender<View>,
-    last_start: Mutex<Option<Instant>>,
+    last_done: Mutex<Option<Instant>>,
     deadline: Option<(Instant, Duration)>,
     progress: Arc<Progress>,
     max_write_latency: Option<Duration>,
@@ -133,15 +142,11 @@ impl Throttle {
             u64::from(c.max_rows),
         );
         let limiter = t.max_rows_per_sec.and_then(NonZeroU32::new).map(|rate| {
-            // A chunk never has more than a second's worth of rows, nor
-            // more than its target time's worth; and no more than one
-            // chunk's worth goes at once (the burst), so the limit holds
-            // over any stretch of time, the first second included.
-            let per_chunk = if c.chunk_time.is_zero() {
-                f64::from(rate.get())
-            } else {
-                f64::from(rate.get()) * c.chunk_time.as_secs_f64().min(1.0)
-            };
+            // No chunk has more rows than the bucket holds: `chunk_time`'s
+            // worth, and at most a second's. The bucket holds one chunk, so
+            // the limit holds over any stretch of time, the first second
+            // included.
+            let per_chunk = f64::from(rate.get()) * chunk_share(c.chunk_time);
             #[expect(
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,
@@ -160,7 +165,7 @@ impl Throttle {
             windows: Windows::of(spec),
             sizer: Mutex::new(sizer),
             view: watch::Sender::new(View::default()),
-            last_start: Mutex::new(None),
+            last_done: Mutex::new(None),
             deadline: max_runtime.map(|d| (Instant::now() + d, d)),
             progress,
             max_write_latency: t.max_write_latency,
@@ -169,72 +174,107 @@ impl Throttle {
         }
     }
 
-    /// Starts the monitor: every [`CHECK_EVERY`] it reads the run's
-    /// control (if `control` is given), measures `signals`, samples the
-    /// progress for the recent rate, and reports this session's phase when
-    /// it changes. Runs until the returned [`Watching`] is dropped.
+    /// Starts the monitor, two tasks that run until the returned
+    /// [`Watching`] is dropped. One reads the run's control every
+    /// [`CHECK_EVERY`] (if `control` is given), reports this session's
+    /// phase when it changes, and samples the progress for the recent
+    /// rate; a slow signal never delays a pause or an abort. The other
+    /// measures `signals` every [`CHECK_EVERY`].
     pub fn watch(self: &Arc<Self>, signals: Signals, control: Option<ControlSource>) -> Watching {
         let me = self.clone();
-        Watching(tokio::spawn(async move {
+        let controls = tokio::spawn(async move {
             let mut reported: Option<Status> = None;
             let mut tick = tokio::time::interval(CHECK_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let mut problem = None;
-                let mut standing = me.view.borrow().control.clone();
-                if let Some(c) = &control {
-                    match c.state.control(&c.run_id).await {
-                        Ok(now) => standing = now,
-                        Err(e) => {
-                            problem = Some(format!(
-                                "cannot read the run's control from the state store: {e}"
-                            ));
-                        }
-                    }
-                }
-                if problem.is_none() {
-                    problem = signals.check().await;
-                }
-                let was = me.view.borrow().clone();
-                if was.problem != problem {
-                    match &problem {
-                        Some(p) => warn!(reason = %p, "Throttled: waiting before the next chunk."),
-                        None if was.checked => {
-                            info!("Health signals are back under their thresholds.")
-                        }
-                        None => {}
-                    }
-                }
-                if was.control != standing
-                    && let Some(c) = &standing
-                {
-                    info!(by = %c.by, "Asked to {} the run.", c.action.as_str());
-                }
-                me.view.send_replace(View {
-                    checked: true,
-                    control: standing,
-                    problem,
-                });
                 me.progress.sample();
-                if let Some(c) = &control {
-                    let status = me.progress.status();
-                    if reported.as_ref() != Some(&status) {
-                        let stored = c
-                            .state
-                            .set_session_state(
-                                &c.session_id,
-                                status.phase.as_str(),
-                                status.reason.as_deref(),
-                            )
-                            .await;
-                        if stored.is_ok() {
-                            reported = Some(status);
+                let Some(c) = &control else {
+                    me.view
+                        .send_if_modified(|v| !std::mem::replace(&mut v.control_read, true));
+                    continue;
+                };
+                let read = tokio::time::timeout(STORE_TIMEOUT, c.state.control(&c.run_id)).await;
+                let (standing, problem) = match read {
+                    Ok(Ok(standing)) => (Some(standing), None),
+                    Ok(Err(e)) => (
+                        None,
+                        Some(format!(
+                            "cannot read the run's control from the state store: {e}"
+                        )),
+                    ),
+                    Err(_) => (
+                        None,
+                        Some(format!(
+                            "the state store did not answer within {} s",
+                            STORE_TIMEOUT.as_secs()
+                        )),
+                    ),
+                };
+                me.view.send_modify(|v| {
+                    if let Some(standing) = standing {
+                        if v.control != standing
+                            && let Some(c) = &standing
+                        {
+                            info!(by = %c.by, "Asked to {} the run.", c.action.as_str());
                         }
+                        v.control = standing;
+                    }
+                    if v.control_problem != problem
+                        && let Some(p) = &problem
+                    {
+                        warn!(reason = %p, "Waiting: the run's control cannot be read.");
+                    }
+                    v.control_problem = problem;
+                    v.control_read = true;
+                });
+                let status = me.progress.status();
+                if reported.as_ref() != Some(&status) {
+                    let stored = tokio::time::timeout(
+                        STORE_TIMEOUT,
+                        c.state.set_session_state(
+                            &c.session_id,
+                            status.phase.as_str(),
+                            status.reason.as_deref(),
+                        ),
+                    )
+                    .await;
+                    if matches!(stored, Ok(Ok(()))) {
+                        reported = Some(status);
                     }
                 }
             }
-        }))
+        });
+        let me = self.clone();
+        let health = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let problem = signals.check().await;
+                me.view.send_if_modified(|v| {
+                    let changed = v.problem != problem || !v.measured;
+                    if v.problem != problem {
+                        match &problem {
+                            Some((_, p)) => {
+                                warn!(reason = %p, "Throttled: waiting before the next chunk.");
+                            }
+                            None if v.measured => {
+                                info!("Health signals are back under their thresholds.");
+                            }
+                            None => {}
+                        }
+                    }
+                    v.problem = problem;
+                    v.measured = true;
+                    changed
+                });
+                if !signals.any() {
+                    return;
+                }
+            }
+        });
+        Watching(vec![controls, health])
     }
 
     /// Whether the run must stop taking chunks, and why.
@@ -263,8 +303,9 @@ impl Throttle {
     /// What keeps the next chunk from starting, if anything.
     fn hindrance(&self) -> Option<Status> {
         let view = self.view.borrow().clone();
-        let throttled = |reason: String| Status {
+        let throttled = |cause: &'static str, reason: String| Status {
             phase: Phase::Throttled,
+            cause: Some(cause),
             reason: Some(reason),
         };
         if let Some(Control {
@@ -275,70 +316,91 @@ impl Throttle {
         {
             return Some(Status {
                 phase: Phase::Paused,
+                cause: Some("paused"),
                 reason: Some(format!("paused by {by} at {at}; `refill resume` goes on")),
             });
         }
-        if !view.checked {
-            return Some(throttled("checking the controls and health signals".into()));
+        if let Some(problem) = view.control_problem {
+            return Some(throttled("state-store", problem));
+        }
+        if !view.control_read || !view.measured {
+            return Some(throttled(
+                "starting",
+                "checking the controls and health signals".into(),
+            ));
         }
         if let Some(reason) = self
             .windows
             .as_ref()
             .and_then(|w| w.closed(chrono::Utc::now()))
         {
-            return Some(throttled(reason));
+            return Some(throttled("window", reason));
         }
-        if let Some(problem) = view.problem {
-            return Some(throttled(problem));
+        if let Some((cause, problem)) = view.problem {
+            return Some(throttled(cause, problem));
         }
         let cooldown = self.cooldown.lock().unwrap_or_else(|e| e.into_inner());
         match cooldown.as_ref() {
-            Some((until, reason)) if Instant::now() < *until => Some(throttled(reason.clone())),
+            Some((until, reason)) if Instant::now() < *until => {
+                Some(throttled("write-latency", reason.clone()))
+            }
             _ => None,
         }
     }
 
-    fn set(&self, phase: Phase, reason: Option<String>) {
-        self.progress.set_status(Status { phase, reason });
+    fn set(&self, phase: Phase, cause: Option<&'static str>, reason: Option<String>) {
+        self.progress.set_status(Status {
+            phase,
+            cause,
+            reason,
+        });
     }
 
-    /// Waits until a chunk may start, then says how many rows it gets (at
-    /// most `most`). Fails with the reason to stop instead.
-    pub async fn admit(&self, most: Option<u64>) -> Result<u64, Stop> {
+    /// Waits while something holds the run back; fails with the reason to
+    /// stop instead. Returns how long it waited.
+    async fn clear(&self) -> Result<Duration, Stop> {
+        let started = Instant::now();
         let mut changes = self.view.subscribe();
         loop {
             if let Some(stop) = self.stopping() {
-                self.set(Phase::Stopping, Some(stop.to_string()));
+                self.set(Phase::Stopping, Some("stop"), Some(stop.to_string()));
                 return Err(stop);
             }
-            if let Some(status) = self.hindrance() {
-                self.progress.set_status(status);
-                wait(&mut changes, CHECK_EVERY).await;
-                continue;
-            }
-            let last = *self.last_start.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(last) = last {
-                let ready = last + self.pause_between;
-                let now = Instant::now();
-                if now < ready {
-                    wait(&mut changes, ready - now).await;
-                    continue;
+            match self.hindrance() {
+                Some(status) => {
+                    self.progress.set_status(status);
+                    wait(&mut changes, CHECK_EVERY).await;
                 }
+                None => return Ok(started.elapsed()),
             }
-            break;
         }
-        *self.last_start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        self.set(Phase::Running, None);
+    }
+
+    /// Waits until a chunk may be read, then says how many rows it gets (at
+    /// most `most`). Fails with the reason to stop instead.
+    pub async fn admit(&self, most: Option<u64>) -> Result<u64, Stop> {
+        self.clear().await?;
+        self.resume_running();
         let rows = self.sizer.lock().unwrap_or_else(|e| e.into_inner()).rows();
         self.progress.chunk_rows.store(rows, Ordering::Relaxed);
         Ok(most.map_or(rows, |m| m.min(rows)))
     }
 
-    /// Waits until `rows` more rows fit the rows-per-second limit.
-    pub async fn pace(&self, rows: u64) {
+    /// Shows the run as running again, if it was shown waiting.
+    fn resume_running(&self) {
+        let now = self.progress.status();
+        if matches!(now.phase, Phase::Paused | Phase::Throttled) {
+            self.set(Phase::Running, None, None);
+        }
+    }
+
+    /// Waits until `rows` more rows fit the rows-per-second limit. Fails
+    /// with the reason to stop instead (the wait is cut short).
+    pub async fn pace(&self, rows: u64) -> Result<(), Stop> {
         let Some((limiter, rate, burst)) = &self.limiter else {
-            return;
+            return Ok(());
         };
+        let mut changes = self.view.subscribe();
         let mut left = rows;
         while left > 0 {
             let n = u32::try_from(left.min(u64::from(burst.get()))).unwrap_or(burst.get());
@@ -348,45 +410,62 @@ impl Throttle {
             if !matches!(limiter.check_n(cells), Ok(Ok(()))) {
                 let waiting = Status {
                     phase: Phase::Throttled,
+                    cause: Some("rate"),
                     reason: Some(format!("max_rows_per_sec = {rate}")),
                 };
-                self.progress.set_status(waiting.clone());
-                // `cells` never exceeds the burst, so this cannot fail.
-                let _ = limiter.until_n_ready(cells).await;
+                if self.progress.status().phase == Phase::Running {
+                    self.progress.set_status(waiting.clone());
+                }
+                loop {
+                    if let Some(stop) = self.stopping() {
+                        return Err(stop);
+                    }
+                    tokio::select! {
+                        // `cells` never exceeds the burst, so this cannot
+                        // fail; cancelled, it takes nothing.
+                        _ = limiter.until_n_ready(cells) => break,
+                        () = wait(&mut changes, CHECK_EVERY) => {}
+                    }
+                }
                 // Back to running, unless a pause or a stop came meanwhile.
                 if self.progress.status() == waiting {
-                    self.set(Phase::Running, None);
+                    self.set(Phase::Running, None, None);
                 }
             }
             left -= u64::from(n);
         }
+        Ok(())
     }
 
-    /// Waits while the run is paused or held back (a signal, a window, a
-    /// slow write), before a worker starts a chunk it was handed: the chunk
-    /// was read, but nothing of it is written until the run may go on.
-    /// Fails with the reason to stop instead: the chunk is then left for a
-    /// later session.
-    pub async fn hold(&self) -> Result<(), Stop> {
-        let mut changes = self.view.subscribe();
+    /// Before a worker starts a chunk it was handed: waits while the run is
+    /// paused or held back (a signal, a window, a slow write, the pause
+    /// between chunks), so nothing of the chunk is written until the run
+    /// may go on. Returns how long it waited: a chunk held for a while is
+    /// read again before it is transformed. Fails with the reason to stop
+    /// instead; the chunk is then left for a later session.
+    pub async fn hold(&self) -> Result<Duration, Stop> {
+        let started = Instant::now();
         loop {
-            if let Some(stop) = self.stopping() {
-                return Err(stop);
-            }
-            match self.hindrance() {
-                Some(status) => {
-                    self.progress.set_status(status);
-                    wait(&mut changes, CHECK_EVERY).await;
+            self.clear().await?;
+            let last = *self.last_done.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = last.map(|t| t + self.pause_between);
+            match ready {
+                Some(ready) if Instant::now() < ready => {
+                    tokio::time::sleep(ready - Instant::now()).await;
                 }
-                None => return Ok(()),
+                _ => break,
             }
         }
+        self.resume_running();
+        self.progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(started.elapsed())
     }
 
     /// Takes in a finished chunk: `rows` in `elapsed`, of which `write` in
     /// its write. Sizes the next chunks, and slows down while writes are
     /// slower than `max_write_latency`.
     pub fn chunk_done(&self, rows: u64, elapsed: Duration, write: Duration) {
+        *self.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.progress.chunk_seconds.observe(elapsed.as_secs_f64());
         let mut sizer = self.sizer.lock().unwrap_or_else(|e| e.into_inner());
         sizer.observe(rows, elapsed);
@@ -419,6 +498,20 @@ impl Throttle {
         self.progress
             .chunk_rows
             .store(sizer.rows(), Ordering::Relaxed);
+    }
+
+    /// A worker let go of a chunk it held (done, failed or left).
+    pub fn released(&self) {
+        self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The share of a second a chunk under a rows-per-second limit may take.
+fn chunk_share(chunk_time: Duration) -> f64 {
+    if chunk_time.is_zero() {
+        1.0
+    } else {
+        chunk_time.as_secs_f64().min(1.0)
     }
 }
 
@@ -482,13 +575,14 @@ mod tests {
 
     fn checked(throttle: &Throttle, control: Option<ControlAction>) {
         throttle.view.send_replace(View {
-            checked: true,
+            control_read: true,
+            measured: true,
             control: control.map(|action| Control {
                 action,
                 by: "ann@host".into(),
                 at: "now".into(),
             }),
-            problem: None,
+            ..View::default()
         });
     }
 

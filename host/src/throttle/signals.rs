@@ -17,6 +17,9 @@ use crate::spec::{Spec, SpecError, parse_window};
 
 /// The longest a measurement may take before it counts as failed.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A replica that heard nothing from its primary for this long is not
+/// known to be caught up (primaries send keepalives well within it).
+const RECEIVER_SILENCE: Duration = Duration::from_secs(60);
 
 /// The allowed times of day.
 #[derive(Clone, Debug)]
@@ -156,11 +159,14 @@ impl Signals {
         };
         let probe = match (&t.probe, t.probe_max) {
             (Some(sql), Some(max)) => {
+                // A query pasted from a console often ends with `;`, which
+                // cannot stand inside the scalar subquery it runs as.
+                let sql = sql.trim().trim_end_matches(';').trim_end().to_string();
                 let on = match &t.probe_url {
                     Some(u) => On::Other(Lazy::new(url("probe_url", u)?)),
                     None => On::Source(source.clone()),
                 };
-                Some((on, sql.clone(), max))
+                Some((on, sql, max))
             }
             _ => None,
         };
@@ -197,8 +203,9 @@ impl Signals {
         self.probe.is_some() || self.lag.is_some()
     }
 
-    /// Measures every signal; returns why the run must wait, if it must.
-    pub async fn check(&self) -> Option<String> {
+    /// Measures every signal; returns why the run must wait, if it must:
+    /// the signal (`replica-lag`, `probe`) and the reason.
+    pub async fn check(&self) -> Option<(&'static str, String)> {
         if let Some((on, max, replica)) = self.lag.as_ref().map(|(on, r, max)| (on, max, *r)) {
             let measured = within(async {
                 let db = on.get().await?;
@@ -207,16 +214,19 @@ impl Signals {
             .await;
             match measured {
                 Ok(lag) if lag > *max => {
-                    return Some(format!(
-                        "replica lag {:.1} s is over max_replica_lag {}",
-                        lag.as_secs_f64(),
-                        humantime::format_duration(*max)
+                    return Some((
+                        "replica-lag",
+                        format!(
+                            "replica lag {:.1} s is over max_replica_lag {}",
+                            lag.as_secs_f64(),
+                            humantime::format_duration(*max)
+                        ),
                     ));
                 }
                 Ok(_) => {}
                 Err(why) => {
                     on.forget().await;
-                    return Some(format!("cannot measure replica lag: {why}"));
+                    return Some(("replica-lag", format!("cannot measure replica lag: {why}")));
                 }
             }
         }
@@ -231,12 +241,12 @@ impl Signals {
             .await;
             match measured {
                 Ok(v) if v > *max => {
-                    return Some(format!("probe returned {v}, over probe_max {max}"));
+                    return Some(("probe", format!("probe returned {v}, over probe_max {max}")));
                 }
                 Ok(_) => {}
                 Err(why) => {
                     on.forget().await;
-                    return Some(format!("cannot measure the probe: {why}"));
+                    return Some(("probe", format!("cannot measure the probe: {why}")));
                 }
             }
         }
@@ -253,30 +263,55 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(format!("no answer within {} s", MEASURE_TIMEOUT.as_secs())))
 }
 
-/// Replication lag: on a replica, how far its replay is behind (zero when
-/// it replayed all it received); on a primary, the largest `replay_lag` in
-/// `pg_stat_replication`.
+/// Replication lag. On a replica: how far its replay is behind what it
+/// received (zero when it replayed everything), provided its WAL receiver
+/// is streaming and heard from the primary recently. On a primary: the
+/// largest `replay_lag` in `pg_stat_replication`, provided the role may see
+/// the replicas' positions (`pg_read_all_stats`, or `pg_monitor`).
 async fn replica_lag(db: &Database, replica: bool) -> Result<Duration, String> {
     let Database::Postgres(pool) = db else {
         return Err("not a PostgreSQL database".into());
     };
     let describe = |e: sqlx::Error| crate::db::describe(&e);
     let seconds: f64 = if replica {
-        let (recovering, lag): (bool, Option<f64>) = sqlx::query_as(
-            "SELECT pg_is_in_recovery(), \
-                    CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                         ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END",
-        )
-        .fetch_one(pool)
-        .await
-        .map_err(describe)?;
+        let (recovering, receiver, silent, lag): (bool, Option<String>, Option<f64>, Option<f64>) =
+            sqlx::query_as(
+                "SELECT pg_is_in_recovery(), \
+                        (SELECT status FROM pg_stat_wal_receiver), \
+                        (SELECT EXTRACT(EPOCH FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver), \
+                        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                             ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END",
+            )
+            .fetch_one(pool)
+            .await
+            .map_err(describe)?;
         if !recovering {
             return Err("replica_url is not a replica (pg_is_in_recovery() is false)".into());
         }
+        match receiver.as_deref() {
+            Some("streaming") => {}
+            Some(other) => {
+                return Err(format!(
+                    "the replica's WAL receiver is {other}, not streaming"
+                ));
+            }
+            None => {
+                return Err(
+                    "the replica has no WAL receiver: it is not streaming from a primary".into(),
+                );
+            }
+        }
+        if silent.is_some_and(|s| s > RECEIVER_SILENCE.as_secs_f64()) {
+            return Err(format!(
+                "the replica heard nothing from its primary for {:.0} s",
+                silent.unwrap_or_default()
+            ));
+        }
         lag.ok_or("the replica has replayed nothing yet")?
     } else {
-        let (replicas, lag): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), max(EXTRACT(EPOCH FROM replay_lag))::float8 FROM pg_stat_replication",
+        let (replicas, visible, lag): (i64, i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), count(replay_lsn), max(EXTRACT(EPOCH FROM replay_lag))::float8 \
+             FROM pg_stat_replication",
         )
         .fetch_one(pool)
         .await
@@ -288,7 +323,15 @@ async fn replica_lag(db: &Database, replica: bool) -> Result<Duration, String> {
                     .into(),
             );
         }
-        // No lag reported: the replicas are idle and caught up.
+        if visible < replicas {
+            return Err(
+                "this role cannot see the replicas' positions in pg_stat_replication; \
+                 grant it pg_monitor (or pg_read_all_stats)"
+                    .into(),
+            );
+        }
+        // Positions visible but no lag reported: the replicas are idle and
+        // caught up.
         lag.unwrap_or(0.0)
     };
     Ok(Duration::from_secs_f64(seconds.max(0.0)))

@@ -56,10 +56,13 @@ impl Sizer {
         self.rate
     }
 
-    /// Lowers the most a chunk may have (a rows-per-second limit caps it).
+    /// Lowers the most a chunk may have (a rows-per-second limit caps it),
+    /// and the fewest if they were more.
     pub fn cap(&mut self, most: u64) {
-        self.max = self.max.min(most.max(self.min));
-        self.rows = self.rows.min(self.max);
+        let most = most.max(1);
+        self.min = self.min.min(most);
+        self.max = self.max.min(most);
+        self.rows = self.rows.clamp(self.min, self.max);
     }
 
     /// Takes in a finished chunk: `rows` in `elapsed`.
