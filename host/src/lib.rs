@@ -14,6 +14,8 @@
 pub mod backoff;
 pub mod chunk;
 pub mod db;
+pub mod local;
+pub mod lookup;
 pub mod metrics;
 pub mod plan;
 pub mod report;

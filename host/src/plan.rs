@@ -4,10 +4,14 @@
 //! the transform's configuration accepted, the rows in scope and the number
 //! of chunks. Planning reads the catalog and counts rows; it writes nothing.
 
+use std::sync::Arc;
+
 use crate::chunk::chunk_count;
+use crate::lookup::{self, LookupError, Lookups};
 use crate::source::{ColumnInfo, Database, Layout, Scope, SourceError, TableInfo, TableRef};
 use crate::spec::{Spec, SpecError};
-use crate::transform::{Runner, TransformError};
+use crate::transform::wasi::GuestEnv;
+use crate::transform::{Runner, Setup, TransformError};
 use crate::value::{Column, Info, Param, value_type_name};
 
 /// Why a spec cannot be planned.
@@ -23,6 +27,9 @@ pub enum PlanError {
     /// The transform could not be set up.
     #[error(transparent)]
     Transform(#[from] TransformError),
+    /// A lookup table could not be loaded.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 }
 
 /// What a run of a spec would do.
@@ -36,6 +43,8 @@ pub struct Plan {
     pub chunks: u64,
     /// Things a reviewer should know.
     pub warnings: Vec<String>,
+    /// The spec's lookup tables, loaded.
+    pub lookups: Arc<Lookups>,
 }
 
 /// The spec's `[transform] config` as the component receives it.
@@ -55,7 +64,8 @@ pub fn params(spec: &Spec) -> Vec<Param> {
 /// rows in scope.
 pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, PlanError> {
     let layout = resolve(spec, db, runner.info()).await?;
-    check_config(spec, runner)?;
+    let lookups = Arc::new(lookup::load(spec, Some(db)).await?);
+    check_config(spec, runner, &lookups)?;
     let scope = db.scope(&layout).await?;
     let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
     let mut warnings = Vec::new();
@@ -87,13 +97,19 @@ pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, 
         scope,
         chunks,
         warnings,
+        lookups,
     })
 }
 
 /// Hands the spec's configuration to a fresh instance of the transform, so
 /// that a configuration it refuses stops everything before any row is read.
-pub fn check_config(spec: &Spec, runner: &Runner) -> Result<(), PlanError> {
-    match runner.instance(&params(spec)) {
+pub fn check_config(spec: &Spec, runner: &Runner, lookups: &Arc<Lookups>) -> Result<(), PlanError> {
+    let setup = Setup {
+        params: params(spec),
+        env: GuestEnv::current(&[spec.name(), runner.digest()]),
+        lookups: lookups.clone(),
+    };
+    match runner.instance(&setup) {
         Ok(_) => Ok(()),
         Err(TransformError::Config { error, .. }) => Err(spec
             .error_at(

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tracing::{Instrument, info_span};
 
 use crate::chunk::{Chunk, Key};
-use crate::plan;
+use crate::plan::{self, PlanError};
 use crate::run::pipeline::{self, Feed, Purpose};
 use crate::run::{self, Diff, ErrorGroup, Progress, RunError};
 use crate::source::Database;
@@ -64,7 +64,13 @@ pub async fn retry(
     let runner = Arc::new(run::load_transform(spec, execute)?);
     let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
     let layout = plan::resolve(spec, &db, runner.info()).await?;
-    plan::check_config(spec, &runner)?;
+    let lookups = Arc::new(
+        crate::lookup::load(spec, Some(&db))
+            .await
+            .map_err(PlanError::from)?,
+    );
+    plan::check_config(spec, &runner, &lookups)?;
+    let env = run::guest_env(Some(state), spec, &runner).await?;
 
     let dead = state.dead_letters(&run.run_id, run.key_type, true).await?;
     let chunks = state.chunks(run).await?;
@@ -117,6 +123,7 @@ pub async fn retry(
         Some(state.clone()),
         layout,
         runner,
+        run::setup(spec, env, lookups),
         progress,
         throttle,
     ));

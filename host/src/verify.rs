@@ -65,6 +65,14 @@ pub async fn verify(
     }
     let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
     let plan = plan::build(spec, &db, &runner).await?;
+    // Recompute with the clock and seed the run's guests had.
+    let env = match run {
+        Some((_, state)) => run::guest_env(Some(state), spec, &runner).await?,
+        None => {
+            let state = StateStore::open_existing(&spec.state_url).await?;
+            run::guest_env(state.as_ref(), spec, &runner).await?
+        }
+    };
 
     let (feed, dead) = match run {
         Some((run, state)) => {
@@ -129,6 +137,7 @@ pub async fn verify(
         None,
         plan.layout,
         runner,
+        run::setup(spec, env, plan.lookups.clone()),
         progress,
         throttle,
     ));

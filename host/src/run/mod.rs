@@ -21,16 +21,19 @@ use tracing::{Instrument, info, info_span, warn};
 use self::pipeline::{Context, Ended, Feed, MAX_TRAPPED_BATCHES, Purpose, Samples};
 use crate::backoff;
 use crate::chunk::{Chunk, Key};
+use crate::lookup::Lookups;
 use crate::plan::{self, Plan, PlanError};
 use crate::sink::SinkError;
 use crate::source::{Database, Layout, SourceError};
 use crate::spec::Spec;
+use crate::state::LookupRecord;
 use crate::state::{
     ChunkStatus, Control, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionRecord,
     StateError, StateStore, now, parse_time,
 };
 use crate::throttle::{ControlSource, Stop, Throttle, Watching, signals::Signals};
-use crate::transform::{self, Limits, Runner, TransformError};
+use crate::transform::wasi::GuestEnv;
+use crate::transform::{self, Limits, Runner, Setup, TransformError};
 
 /// How often a session says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -264,6 +267,86 @@ pub fn load_transform(spec: &Spec, require_pin: bool) -> Result<Runner, RunError
         });
     }
     Ok(Runner::load(&spec.component, pin, limits(spec))?)
+}
+
+/// The clock and seed of a spec's guests. The clock reads the start of the
+/// first run (dry or not) of the spec's name with this component, so that
+/// dry runs, the run that executes, its resumptions, retries and
+/// verifications all compute the same outputs. Without a state store, or
+/// before any run, it reads the current time.
+pub async fn guest_env(
+    state: Option<&StateStore>,
+    spec: &Spec,
+    runner: &Runner,
+) -> Result<GuestEnv, RunError> {
+    let first = match state {
+        Some(state) => state.first_started(spec.name(), runner.digest()).await?,
+        None => None,
+    };
+    let identity = [spec.name(), runner.digest()];
+    Ok(match first.as_deref().and_then(parse_time) {
+        Some(t) => GuestEnv::new(
+            Duration::from_millis(u64::try_from(t.timestamp_millis()).unwrap_or(0)),
+            &identity,
+        ),
+        None => GuestEnv::current(&identity),
+    })
+}
+
+/// What a spec's instances are set up with.
+pub fn setup(spec: &Spec, env: GuestEnv, lookups: Arc<Lookups>) -> Setup {
+    Setup {
+        params: plan::params(spec),
+        env,
+        lookups,
+    }
+}
+
+/// Records the lookup tables a new run reads, or, for a resumed one,
+/// refuses to go on if they changed since it started.
+async fn check_lookups(
+    state: &StateStore,
+    run: &RunRecord,
+    lookups: &Lookups,
+    resumed: bool,
+) -> Result<(), RunError> {
+    let tables = lookups.digests();
+    if resumed {
+        for earlier in state.records::<LookupRecord>(&run.run_id).await? {
+            if earlier.tables != tables {
+                let changed: Vec<String> = earlier
+                    .tables
+                    .iter()
+                    .filter(|t| !tables.contains(t))
+                    .map(|t| format!("\"{}\" (sha256 {} then)", t.name, t.sha256))
+                    .collect();
+                return Err(RunError::ResumeRefused {
+                    run_id: run.run_id.clone(),
+                    name: run.name.clone(),
+                    status: run.status,
+                    started_at: run.started_at.clone(),
+                    who: format!("{}@{}", run.user_name, run.host_name),
+                    reason: format!(
+                        "its lookup tables changed since it started: {}; resuming would mix two mappings",
+                        changed.join(", ")
+                    ),
+                });
+            }
+        }
+        return Ok(());
+    }
+    if tables.is_empty() {
+        return Ok(());
+    }
+    state
+        .record(&LookupRecord {
+            record_id: format!("{}.lookup", run.run_id),
+            run_id: run.run_id.clone(),
+            started_at: now(),
+            tables,
+        })
+        .await?;
+    Ok(())
 }
 
 /// A short random id part.
@@ -621,6 +704,7 @@ pub(crate) fn context(
     state: Option<StateStore>,
     layout: Layout,
     runner: Arc<Runner>,
+    setup: Setup,
     progress: Arc<Progress>,
     throttle: Arc<Throttle>,
 ) -> Context {
@@ -632,7 +716,7 @@ pub(crate) fn context(
         state,
         layout,
         runner,
-        params: Arc::new(plan::params(spec)),
+        setup: Arc::new(setup),
         batch_rows: usize::try_from(t.batch_rows).unwrap_or(1000),
         batch_bytes: t.batch_bytes,
         policy: policy(spec),
@@ -728,6 +812,8 @@ async fn run_session(
         }
     };
 
+    check_lookups(&state, &run, &plan.lookups, resumed).await?;
+    let env = guest_env(Some(&state), spec, &runner).await?;
     session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
     progress.set_run(&run.run_id, &run.name);
@@ -810,6 +896,7 @@ async fn run_session(
         Some(state.clone()),
         plan.layout.clone(),
         runner,
+        setup(spec, env, plan.lookups.clone()),
         progress,
         throttle,
     ));

@@ -28,8 +28,8 @@ use crate::spec::ErrorsSpec;
 use crate::state::{Counts, DeadLetter, Image, Resolution, StateStore, Timings};
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
-use crate::transform::{Instance, Isolated, Runner, TransformError, run_isolating};
-use crate::value::{self, Outcome, Param, Row, Value};
+use crate::transform::{Instance, Isolated, Runner, Setup, TransformError, run_isolating};
+use crate::value::{self, Outcome, Row, Value};
 
 /// How many top-level batches in a row may fail entirely by trapping before
 /// the run stops: a transform that traps on every row would otherwise
@@ -97,8 +97,8 @@ pub(crate) struct Context {
     pub layout: Layout,
     /// The transform.
     pub runner: Arc<Runner>,
-    /// Its configuration.
-    pub params: Arc<Vec<Param>>,
+    /// Its configuration, clock and seed, and lookup tables.
+    pub setup: Arc<Setup>,
     /// Rows per call into the transform.
     pub batch_rows: usize,
     /// Bytes of input values per call into the transform.
@@ -624,7 +624,7 @@ fn transform_rows(
         }
         let batch = &rows[start..end];
         let mut out = Isolated::default();
-        run_isolating(&ctx.runner, &ctx.params, instance, batch, &mut out)?;
+        run_isolating(&ctx.runner, &ctx.setup, instance, batch, &mut out)?;
         for line in &out.logs {
             guest_log(line.level, &line.message);
         }

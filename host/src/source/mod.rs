@@ -350,6 +350,64 @@ impl Database {
         }
     }
 
+    /// Runs `query` (a lookup table's) and reads every column of every row
+    /// as text: text as it is, integers, floats and booleans in their text
+    /// form, NULL as `None`. Fails on any other column type, saying to cast
+    /// it to text.
+    pub async fn fetch_texts(&self, query: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        fn texts<R>(row: &R) -> Result<Vec<Option<String>>, String>
+        where
+            R: sqlx::Row,
+            usize: sqlx::ColumnIndex<R>,
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            for<'r> Option<i32>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            (0..row.len())
+                .map(|i| {
+                    if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+                        return Ok(v);
+                    }
+                    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+                        return Ok(v.map(|v| v.to_string()));
+                    }
+                    if let Ok(v) = row.try_get::<Option<i32>, _>(i) {
+                        return Ok(v.map(|v| v.to_string()));
+                    }
+                    if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+                        return Ok(v.map(|v| v.to_string()));
+                    }
+                    if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
+                        return Ok(v.map(|v| v.to_string()));
+                    }
+                    Err(format!(
+                        "column {} is neither text nor a number nor a boolean; cast it to text in the query",
+                        i + 1
+                    ))
+                })
+                .collect()
+        }
+        let sql = query.to_string();
+        match self {
+            Database::Postgres(pool) => {
+                let rows = sqlx::query(built(sql))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?;
+                rows.iter().map(texts).collect()
+            }
+            Database::Sqlite(pool) => {
+                let rows = sqlx::query(built(sql))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?;
+                rows.iter().map(texts).collect()
+            }
+        }
+    }
+
     /// The last key in scope at or before both `a` and `b`, in the key's
     /// own order (its collation), or `None` if there is none.
     pub async fn last_key_within(

@@ -72,6 +72,35 @@ pub struct SpecFile {
     /// How hard the run may push the database, and when it must wait.
     #[serde(default)]
     pub throttle: ThrottleSpec,
+    /// Read-only tables the transform may look keys up in.
+    #[serde(default)]
+    pub lookup: Vec<LookupSpec>,
+}
+
+/// `[[lookup]]`: a read-only key → value table, loaded once before any row
+/// is read, that the transform reads through the host's `lookup` import.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupSpec {
+    /// The name the transform asks for.
+    #[serde(deserialize_with = "name")]
+    pub name: String,
+    /// A CSV file with a header, or a JSON-lines file (`.jsonl`,
+    /// `.ndjson`), relative to the spec.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A query on the source database whose first column is the key and
+    /// second the value; run once, at plan time.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// The file's key column or field (default: the first CSV column, or
+    /// the `key` field).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The file's value column or field (default: the second CSV column,
+    /// or the `value` field).
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 /// `[throttle]`: limits on the run's pace, and the health signals that slow
@@ -447,6 +476,49 @@ impl Spec {
                 "replica_url without max_replica_lag: say how much lag is too much",
             ));
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, l) in f.lookup.iter().enumerate() {
+            let at = |key: &'static str| vec!["lookup".to_string(), i.to_string(), key.into()];
+            let err = |key: &'static str, message: String| {
+                let at = at(key);
+                let at: Vec<&str> = at.iter().map(String::as_str).collect();
+                self.error_at(&at, message)
+            };
+            if !names.insert(l.name.as_str()) {
+                return Err(err(
+                    "name",
+                    format!("lookup table \"{}\" is declared twice", l.name),
+                ));
+            }
+            match (&l.file, &l.query) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "query",
+                        format!("lookup table \"{}\": set file or query, not both", l.name),
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        "name",
+                        format!(
+                            "lookup table \"{}\": set file (CSV or JSON lines) or query",
+                            l.name
+                        ),
+                    ));
+                }
+                (None, Some(_)) if l.key.is_some() || l.value.is_some() => {
+                    let at = if l.key.is_some() { "key" } else { "value" };
+                    return Err(err(
+                        at,
+                        format!(
+                            "lookup table \"{}\": key and value name a file's columns; a query's first column is the key and its second the value",
+                            l.name
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
         let target_key = f.target.key.as_deref().unwrap_or(&f.source.key);
         if f.target.columns.iter().any(|c| c == target_key) {
             return Err(self.error_at(
@@ -541,10 +613,18 @@ impl Spec {
     /// refused. Chunk sizes, concurrency, limits and retry settings are
     /// left out: they change how the work is done, not what it is.
     pub fn work_hash(&self) -> String {
-        let identity = serde_json::json!({
-            "data": self.data_identity(),
-            "config": self.file.transform.config,
-        });
+        let identity = if self.file.lookup.is_empty() {
+            serde_json::json!({
+                "data": self.data_identity(),
+                "config": self.file.transform.config,
+            })
+        } else {
+            serde_json::json!({
+                "data": self.data_identity(),
+                "config": self.file.transform.config,
+                "lookup": self.file.lookup,
+            })
+        };
         hex::encode(Sha256::digest(identity.to_string().as_bytes()))
     }
 
@@ -583,10 +663,20 @@ fn locate(text: &str, at: &[&str]) -> Option<usize> {
     let root = DeTable::parse(text).ok()?;
     let mut table = root.get_ref();
     let mut span = None;
-    for (i, key) in at.iter().enumerate() {
-        let (_, value) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+    let mut keys = at.iter().peekable();
+    while let Some(key) = keys.next() {
+        let (_, mut value) = table.iter().find(|(k, _)| k.get_ref() == key)?;
         span = Some(value.span().start);
-        if i + 1 < at.len() {
+        // An array of tables (`[[lookup]]`) is stepped into by index.
+        if let (DeValue::Array(items), Some(index)) = (
+            value.get_ref(),
+            keys.peek().and_then(|k| k.parse::<usize>().ok()),
+        ) {
+            keys.next();
+            value = items.get(index)?;
+            span = Some(value.span().start);
+        }
+        if keys.peek().is_some() {
             match value.get_ref() {
                 DeValue::Table(t) => table = t,
                 _ => return span,

@@ -1,5 +1,6 @@
-//! The audit records of what was done to a run after it: retries of its
-//! dead letters, verifications, rollbacks. Each is a JSON document in
+//! The audit records of what a run joined in and of what was done to it
+//! after: the lookup tables it read, retries of its dead letters,
+//! verifications, rollbacks. Each is a JSON document in
 //! `refill_audit`, recorded when it starts and updated when it ends.
 
 use serde::de::DeserializeOwned;
@@ -117,6 +118,33 @@ pub struct RollbackRecord {
     pub gone: u64,
     /// Why it stopped early, if it did.
     pub message: Option<String>,
+}
+
+/// The lookup tables a run read, with the digests of their contents,
+/// recorded when it starts; a resumed run must read the same.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LookupRecord {
+    /// Its id.
+    pub record_id: String,
+    /// The run.
+    pub run_id: String,
+    /// When it was recorded.
+    pub started_at: String,
+    /// Every table, by name.
+    pub tables: Vec<crate::lookup::Digested>,
+}
+
+impl AuditRecord for LookupRecord {
+    const KIND: &'static str = "lookup";
+    fn id(&self) -> &str {
+        &self.record_id
+    }
+    fn run(&self) -> Option<&str> {
+        Some(&self.run_id)
+    }
+    fn started(&self) -> &str {
+        &self.started_at
+    }
 }
 
 /// What an audit record is.

@@ -24,7 +24,7 @@ mod control;
 mod dead;
 mod images;
 
-pub use audit::{AuditRecord, RetryRecord, RollbackRecord, VerificationRecord};
+pub use audit::{AuditRecord, LookupRecord, RetryRecord, RollbackRecord, VerificationRecord};
 pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, Resolution};
 pub use images::Image;
@@ -759,6 +759,23 @@ impl StateStore {
             .await
             .map_err(q("looking up earlier runs"))?;
         row.map(|r| run_from_row(&r)).transpose()
+    }
+
+    /// When the first run (of any mode) of the spec called `name` with the
+    /// component `digest` started: the instant its guests' clocks read.
+    pub async fn first_started(
+        &self,
+        name: &str,
+        digest: &str,
+    ) -> Result<Option<String>, StateError> {
+        sqlx::query_scalar(
+            "SELECT MIN(started_at) FROM refill_runs WHERE name = $1 AND component_digest = $2",
+        )
+        .bind(name)
+        .bind(digest)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("looking up earlier runs"))
     }
 
     /// The run whose id is `id`, or the only one whose id starts with it.

@@ -52,11 +52,21 @@ fn entry(dir: &Path, engine: &Engine, digest: &str) -> PathBuf {
 /// from the cache. Cache problems are logged and never fatal: the component
 /// is compiled instead.
 pub fn load(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, Origin)> {
-    let Some(dir) = cache_dir() else {
+    load_in(cache_dir().as_deref(), engine, bytes, digest)
+}
+
+/// [`load`] with the cache in `dir` (none: compile every time).
+fn load_in(
+    dir: Option<&Path>,
+    engine: &Engine,
+    bytes: &[u8],
+    digest: &str,
+) -> wasmtime::Result<(Component, Origin)> {
+    let Some(dir) = dir else {
         return Ok((Component::new(engine, bytes)?, Origin::Uncached));
     };
-    let path = entry(&dir, engine, digest);
-    if let Err(why) = prepare(&dir) {
+    let path = entry(dir, engine, digest);
+    if let Err(why) = prepare(dir) {
         tracing::warn!(dir = %dir.display(), "Not using the component cache: {why}.");
         return Ok((Component::new(engine, bytes)?, Origin::Uncached));
     }
@@ -85,6 +95,11 @@ pub fn load(engine: &Engine, bytes: &[u8], digest: &str) -> wasmtime::Result<(Co
             }
         }
     }
+    tracing::info!(
+        digest,
+        bytes = bytes.len(),
+        "Compiling the component (first use on this machine; cached for next time)."
+    );
     let compiled = engine.precompile_component(bytes)?;
     let origin = match store(&path, &compiled) {
         Ok(()) => Origin::Compiled,
@@ -141,12 +156,60 @@ fn owned_by_us(path: &Path) -> Result<(), String> {
 }
 
 fn store(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique per process and per call, so that two writers (processes or
+    // threads) never share a temporary file: each renames a whole one.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
     ));
     fs::write(&tmp, compiled)?;
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_loads_share_one_whole_entry() {
+        let engine = crate::transform::engine().expect("engine");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/remap.wasm");
+        let bytes = fs::read(&path).expect("remap.wasm: run `make plugins`");
+        let digest = crate::transform::digest(&bytes);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let origins: Vec<Origin> = std::thread::scope(|s| {
+            let loaders: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| load_in(Some(dir.path()), engine, &bytes, &digest)))
+                .collect();
+            loaders
+                .into_iter()
+                .map(|l| l.join().expect("thread").expect("loads").1)
+                .collect()
+        });
+        assert!(
+            origins.iter().all(|o| *o != Origin::Uncached),
+            "{origins:?}"
+        );
+        let entries: Vec<_> = fs::read_dir(dir.path().join("components"))
+            .expect("entries")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            entries.len(),
+            1,
+            "one entry, no temporary file left: {entries:?}"
+        );
+        let (_, origin) = load_in(Some(dir.path()), engine, &bytes, &digest).expect("loads");
+        assert_eq!(origin, Origin::Cached);
+        // Another digest is another entry: a changed component is never
+        // taken for the cached one.
+        let (_, origin) =
+            load_in(Some(dir.path()), engine, &bytes, &"0".repeat(64)).expect("loads");
+        assert_eq!(origin, Origin::Compiled);
+    }
 }

@@ -1,35 +1,66 @@
 //! The wasmtime side: consumes a component file (checked against its pin and
-//! the import policy) plus a configuration, produces [`Instance`]s that turn
-//! batches of rows into one [`Outcome`] each. Every batch runs under a fuel
-//! budget, a wall-clock deadline and a memory limit; a guest that breaks one
-//! traps, and the trap is reported as its own kind of error with the
-//! guest's log lines.
+//! the import policy) plus a [`Setup`] (configuration, clock and seed,
+//! lookup tables), produces [`Instance`]s that turn batches of rows into one
+//! [`Outcome`] each. Every batch runs under a fuel budget, a wall-clock
+//! deadline and a memory limit; a guest that breaks one traps, and the trap
+//! is reported as its own kind of error with the guest's log lines. Guests
+//! that import WASI get the inert WASI of [`wasi`].
 
 pub mod bindings;
 pub mod cache;
+pub mod inspect;
+pub mod wasi;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, Linker, types::ComponentItem};
+use wasmtime::component::{HasSelf, Linker, ResourceTable, types::ComponentItem};
 use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::refill::transform::host::{self as wit_host, Level};
+use self::bindings::refill::transform::host::{self as wit_host, Level, LookupError};
 use self::bindings::{Transformer, TransformerPre};
 use self::cache::Origin;
+use self::wasi::{Capability, CappedPipe, GuestEnv};
+use crate::lookup::Lookups;
 use crate::value::{ConfigError, Info, Outcome, Param, Row};
 
-/// The only interfaces a component may import: the refill host interface
-/// and the type-only interface it shares with the host.
+/// The refill interfaces a component may import: the host interface and
+/// the type-only interface it shares with the host. The WASI 0.2
+/// interfaces of [`wasi`] are allowed too, linked inertly.
 pub const ALLOWED_IMPORTS: &[&str] = &[
-    "refill:transform/host@0.1.0",
-    "refill:transform/types@0.1.0",
+    "refill:transform/host@0.2.0",
+    "refill:transform/types@0.2.0",
 ];
 
 /// The export every transform provides.
-pub const TRANSFORM_EXPORT: &str = "refill:transform/transform@0.1.0";
+pub const TRANSFORM_EXPORT: &str = "refill:transform/transform@0.2.0";
+
+/// What an instance is set up with besides its component: the spec's
+/// configuration, the environment its clocks and random numbers come from,
+/// and the lookup tables it may read.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Handed to the transform's `configure`.
+    pub params: Vec<Param>,
+    /// The guest's clock and seed.
+    pub env: GuestEnv,
+    /// The spec's lookup tables.
+    pub lookups: Arc<Lookups>,
+}
+
+impl Setup {
+    /// A setup with no lookup tables.
+    pub fn new(params: Vec<Param>, env: GuestEnv) -> Setup {
+        Setup {
+            params,
+            env,
+            lookups: Arc::new(Lookups::none()),
+        }
+    }
+}
 
 /// How often the deadline clock ticks.
 const TICK: Duration = Duration::from_millis(10);
@@ -149,8 +180,9 @@ pub enum TransformError {
         /// What wasmtime said.
         message: String,
     },
-    /// The component imports something beyond the refill host interface.
-    #[error("component {} imports {}, beyond what a transform may use ({}); refusing to run it", path.display(), forbidden.join(", "), ALLOWED_IMPORTS.join(", "))]
+    /// The component imports something beyond the refill host interface
+    /// and the WASI 0.2 interfaces the host links inertly.
+    #[error("component {} imports {}, beyond what a transform may use (the refill host interface {} and WASI 0.2 io, clocks, random, cli, filesystem and sockets, linked with nothing granted); refusing to run it. `refill inspect` lists its imports", path.display(), forbidden.join(", "), ALLOWED_IMPORTS.join(", "))]
     ForbiddenImports {
         /// The file.
         path: PathBuf,
@@ -173,7 +205,8 @@ pub enum TransformError {
         /// Its reason.
         error: String,
     },
-    /// The guest trapped.
+    /// The guest trapped: it ran out of fuel, time or memory, panicked,
+    /// called `exit`, or hit a wasm trap.
     #[error("transform trapped: it {kind}{}", format_logs(logs))]
     Trap {
         /// Why.
@@ -211,6 +244,45 @@ struct HostState {
     armed: (u64, u64),
     logs: Vec<LogLine>,
     dropped_logs: usize,
+    lookups: Arc<Lookups>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
+}
+
+impl HostState {
+    /// Moves what the guest wrote to stdout and stderr into its log lines.
+    fn collect_output(&mut self) {
+        for (stream, pipe, level) in [
+            ("stdout", self.stdout.clone(), Level::Info),
+            ("stderr", self.stderr.clone(), Level::Warn),
+        ] {
+            let (text, dropped) = pipe.take();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                wit_host::Host::log(self, level, format!("{stream}: {line}"));
+            }
+            if dropped > 0 {
+                // Past the line limit too: this one says what was lost.
+                self.logs.push(LogLine {
+                    level: Level::Warn,
+                    message: format!(
+                        "{stream}: {dropped} more bytes dropped (the host keeps {} KiB per batch)",
+                        wasi::OUTPUT_CAP >> 10
+                    ),
+                });
+            }
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl wasmtime::ResourceLimiter for HostState {
@@ -259,12 +331,19 @@ impl wit_host::Host for HostState {
         }
         self.logs.push(LogLine { level, message });
     }
+
+    fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, LookupError> {
+        match self.lookups.get(&table, &key) {
+            Ok(value) => Ok(value.map(str::to_string)),
+            Err(_) => Err(LookupError::UnknownTable(table)),
+        }
+    }
 }
 
 impl bindings::refill::transform::types::Host for HostState {}
 
 /// The process-wide engine, with its deadline clock.
-fn engine() -> Result<&'static Engine, String> {
+pub(crate) fn engine() -> Result<&'static Engine, String> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
@@ -359,11 +438,12 @@ impl Compiled {
         })
     }
 
-    /// The imports outside [`ALLOWED_IMPORTS`].
+    /// The imports outside the policy: not the refill host interface and
+    /// not a WASI 0.2 interface the host links inertly.
     pub fn forbidden_imports(&self) -> Vec<String> {
         self.imports
             .iter()
-            .filter(|i| !ALLOWED_IMPORTS.contains(&i.as_str()))
+            .filter(|i| wasi::capability(i) == Capability::Refused)
             .cloned()
             .collect()
     }
@@ -409,9 +489,9 @@ impl Runner {
         Runner::new(Compiled::read(path, pin)?, limits)
     }
 
-    /// Refuses a component that imports anything outside
-    /// [`ALLOWED_IMPORTS`] or does not export the transform interface, then
-    /// asks it to describe itself.
+    /// Refuses a component that imports anything outside the policy (see
+    /// [`wasi::capability`]) or does not export the transform interface,
+    /// then asks it to describe itself.
     pub fn new(compiled: Compiled, limits: Limits) -> Result<Runner, TransformError> {
         let path = compiled.path.clone();
         let forbidden = compiled.forbidden_imports();
@@ -420,12 +500,13 @@ impl Runner {
         }
         let engine = compiled.component.engine();
         let mut linker = Linker::<HostState>::new(engine);
-        Transformer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(
-            |e| TransformError::Compile {
-                path: path.clone(),
-                message: format!("{e:#}"),
-            },
-        )?;
+        let link_error = |e: wasmtime::Error| TransformError::Compile {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        };
+        Transformer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(link_error)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
         let not_a_transform = |e: wasmtime::Error| TransformError::NotATransform {
             path: path.clone(),
             message: format!("{e:#}"),
@@ -447,15 +528,20 @@ impl Runner {
             limits,
             pre,
         };
-        let (mut store, bindings) = runner.instantiate()?;
+        let describing = Setup::new(Vec::new(), GuestEnv::current(&[runner.digest()]));
+        let (mut store, bindings) = runner.instantiate(&describing)?;
         runner.info = trapping(&mut store, runner.limits.timeout, |s| {
             bindings.refill_transform_transform().call_describe(s)
         })?;
         Ok(runner)
     }
 
-    fn instantiate(&self) -> Result<(Store<HostState>, Transformer), TransformError> {
+    fn instantiate(
+        &self,
+        setup: &Setup,
+    ) -> Result<(Store<HostState>, Transformer), TransformError> {
         let engine = self.pre.engine();
+        let (stdout, stderr) = (CappedPipe::default(), CappedPipe::default());
         let mut store = Store::new(
             engine,
             HostState {
@@ -465,6 +551,11 @@ impl Runner {
                 armed: (0, 0),
                 logs: Vec::new(),
                 dropped_logs: 0,
+                lookups: setup.lookups.clone(),
+                wasi: wasi::context(&setup.env, &stdout, &stderr),
+                table: ResourceTable::new(),
+                stdout,
+                stderr,
             },
         );
         store.limiter(|s| s);
@@ -473,14 +564,15 @@ impl Runner {
         Ok((store, bindings))
     }
 
-    /// A fresh instance, configured with `params`. Fails with
-    /// [`TransformError::Config`] if the transform refuses them.
-    pub fn instance(&self, params: &[Param]) -> Result<Instance, TransformError> {
-        let (mut store, bindings) = self.instantiate()?;
+    /// A fresh instance, set up with `setup` and configured with its
+    /// parameters. Fails with [`TransformError::Config`] if the transform
+    /// refuses them.
+    pub fn instance(&self, setup: &Setup) -> Result<Instance, TransformError> {
+        let (mut store, bindings) = self.instantiate(setup)?;
         let configured = trapping(&mut store, self.limits.timeout, |s| {
             bindings
                 .refill_transform_transform()
-                .call_configure(s, params)
+                .call_configure(s, &setup.params)
         })?;
         configured.map_err(|e| TransformError::Config {
             name: self.info.name.clone(),
@@ -588,7 +680,7 @@ pub struct Isolated {
 }
 
 /// Runs `rows` through the instance in `slot` (creating one from `runner`
-/// and `params` when empty). When the batch traps or breaks the contract,
+/// and `setup` when empty). When the batch traps or breaks the contract,
 /// the instance is replaced and the two halves are run again, down to
 /// single rows, so that only the rows that cause the trap fail and every
 /// other row gets its outcome. When the batch ran out of time, each half
@@ -601,12 +693,12 @@ pub struct Isolated {
 /// instance).
 pub fn run_isolating(
     runner: &Runner,
-    params: &[Param],
+    setup: &Setup,
     slot: &mut Option<Instance>,
     rows: &[Row],
     out: &mut Isolated,
 ) -> Result<(), TransformError> {
-    isolate(runner, params, slot, rows, runner.limits.timeout, out)
+    isolate(runner, setup, slot, rows, runner.limits.timeout, out)
 }
 
 /// The least wall-clock time a part of a split batch gets.
@@ -622,7 +714,7 @@ fn share(deadline: Duration, part: usize, whole: usize, timeout: Duration) -> Du
 
 fn isolate(
     runner: &Runner,
-    params: &[Param],
+    setup: &Setup,
     slot: &mut Option<Instance>,
     rows: &[Row],
     deadline: Duration,
@@ -633,7 +725,7 @@ fn isolate(
     }
     let instance = match slot {
         Some(instance) => instance,
-        None => slot.insert(runner.instance(params)?),
+        None => slot.insert(runner.instance(setup)?),
     };
     match instance.transform_within(rows, deadline) {
         Ok(batch) => {
@@ -656,7 +748,7 @@ fn isolate(
             if rows.len() == 1 {
                 if out_of_time && deadline < timeout {
                     // A row is blamed for its time only on the full deadline.
-                    return isolate(runner, params, slot, rows, timeout, out);
+                    return isolate(runner, setup, slot, rows, timeout, out);
                 }
                 out.results.push(Err(error));
                 return Ok(());
@@ -671,8 +763,8 @@ fn isolate(
                     deadline
                 }
             };
-            isolate(runner, params, slot, first, part(first), out)?;
-            isolate(runner, params, slot, second, part(second), out)
+            isolate(runner, setup, slot, first, part(first), out)?;
+            isolate(runner, setup, slot, second, part(second), out)
         }
         Err(other) => Err(other),
     }
@@ -699,7 +791,9 @@ fn trapping<T>(
     timeout: Duration,
     call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
 ) -> Result<T, TransformError> {
-    match call(store) {
+    let result = call(store);
+    store.data_mut().collect_output();
+    match result {
         Ok(v) => Ok(v),
         Err(error) => {
             let state = store.data_mut();
@@ -721,7 +815,10 @@ fn trapping<T>(
                         TrapKind::Panic
                     }
                     Some(trap) => TrapKind::Other(trap.to_string()),
-                    None => TrapKind::Other(format!("{error:#}")),
+                    None => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                        Some(exit) => TrapKind::Other(format!("called exit({})", exit.0)),
+                        None => TrapKind::Other(format!("{error:#}")),
+                    },
                 }
             };
             Err(TransformError::Trap { kind, logs })
@@ -762,7 +859,13 @@ mod tests {
             name: "mode".into(),
             value: mode.into(),
         }];
-        runner.instance(&params).expect("evil accepts its mode")
+        runner
+            .instance(&setup(&params))
+            .expect("evil accepts its mode")
+    }
+
+    fn setup(params: &[Param]) -> Setup {
+        Setup::new(params.to_vec(), GuestEnv::current(&["test"]))
     }
 
     fn rows(n: i64) -> Vec<Row> {
@@ -848,7 +951,7 @@ mod tests {
                 value: "1000000".into(),
             },
         ];
-        let mut instance = runner.instance(&params).expect("configured");
+        let mut instance = runner.instance(&setup(&params)).expect("configured");
         let first = instance.transform(&rows(2)).expect("first batch fits");
         assert!(
             first.fuel_used > 25_000_000,
@@ -881,7 +984,8 @@ mod tests {
             ];
             let mut slot = None;
             let mut out = Isolated::default();
-            run_isolating(&runner, &params, &mut slot, &rows(10), &mut out).expect("isolates");
+            run_isolating(&runner, &setup(&params), &mut slot, &rows(10), &mut out)
+                .expect("isolates");
             assert_eq!(out.results.len(), 10, "{mode}");
             for (i, result) in out.results.iter().enumerate() {
                 match (i, result) {
@@ -926,10 +1030,10 @@ mod tests {
         let runner = Runner::load(&remap, None, Limits::default()).expect("remap loads");
         assert_eq!(runner.info().name, "remap");
         assert_eq!(runner.compiled().imports(), ALLOWED_IMPORTS);
-        let refused = runner.instance(&[Param {
+        let refused = runner.instance(&setup(&[Param {
             name: "mapp".into(),
             value: "a=b".into(),
-        }]);
+        }]));
         assert!(
             matches!(refused, Err(TransformError::Config { error, .. }) if error.contains("`mapp`"))
         );
@@ -980,7 +1084,7 @@ mod tests {
             },
         ];
         let (mut slot, mut out) = (None, Isolated::default());
-        run_isolating(&runner, &params, &mut slot, &rows(4), &mut out).expect("isolates");
+        run_isolating(&runner, &setup(&params), &mut slot, &rows(4), &mut out).expect("isolates");
         for (i, result) in out.results.iter().enumerate() {
             match (i, result) {
                 (2, Err(TransformError::Trap { kind, .. })) => assert_eq!(

@@ -1,15 +1,23 @@
 //! `remap`: consumes one text column, produces one text column by looking
-//! each value up in a fixed mapping (`map = "open=active,won=closed_won"`,
-//! optional `default`). NULL stays NULL; a value with no mapping and no
+//! each value up in a fixed mapping (`map = "open=active,won=closed_won"`),
+//! then in the spec's lookup table `table` if one is named, then falling
+//! back to `default`. NULL stays NULL; a value with no mapping and no
 //! default is a per-row error.
+//!
+//! The Python (`plugins/remap-py`) and JavaScript (`plugins/remap-js`)
+//! versions implement exactly this behaviour, messages included: the
+//! end-to-end tests compare their outcomes row by row.
 
 use std::collections::BTreeMap;
 
-use refill_sdk::{Config, ConfigError, Info, Outcome, Row, Transform, Value, ValueType};
+use refill_sdk::{
+    Config, ConfigError, Info, LookupError, Outcome, Row, Transform, Value, ValueType,
+};
 
 /// A parsed mapping.
 pub struct Remap {
     map: BTreeMap<String, String>,
+    table: Option<String>,
     default: Option<String>,
 }
 
@@ -31,9 +39,6 @@ impl Remap {
                 ));
             }
         }
-        if map.is_empty() {
-            return Err(ConfigError::invalid("map", "the mapping is empty"));
-        }
         Ok(map)
     }
 }
@@ -50,10 +55,27 @@ impl Transform for Remap {
     }
 
     fn configure(config: &Config) -> Result<Self, ConfigError> {
-        config.only(&["map", "default"])?;
-        let map = Self::parse_map(config.require("map")?)?;
+        config.only(&["map", "table", "default"])?;
+        let table = config.get("table").map(str::to_string);
+        let map = match (config.get("map"), &table) {
+            (Some(text), _) => Self::parse_map(text)?,
+            (None, Some(_)) => BTreeMap::new(),
+            (None, None) => return Err(ConfigError::Missing("map".into())),
+        };
+        if map.is_empty() && table.is_none() {
+            return Err(ConfigError::invalid("map", "the mapping is empty"));
+        }
+        if let Some(name) = &table
+            && let Err(error) = refill_sdk::lookup(name, "")
+        {
+            return Err(ConfigError::invalid("table", lookup_failure(name, &error)));
+        }
         let default = config.get("default").map(str::to_string);
-        Ok(Remap { map, default })
+        Ok(Remap {
+            map,
+            table,
+            default,
+        })
     }
 
     fn transform(&self, row: &Row) -> Outcome {
@@ -62,10 +84,27 @@ impl Transform for Remap {
             Value::Text(text) => text,
             other => return Outcome::Error(format!("expected text, got {}", other.type_name())),
         };
-        match self.map.get(text).or(self.default.as_ref()) {
-            Some(mapped) => Outcome::set(Value::Text(mapped.clone())),
-            None => Outcome::Error(format!("no mapping for {text:?} and no default")),
+        if let Some(mapped) = self.map.get(text) {
+            return Outcome::set(Value::Text(mapped.clone()));
         }
+        if let Some(name) = &self.table {
+            match refill_sdk::lookup(name, text) {
+                Ok(Some(mapped)) => return Outcome::set(Value::Text(mapped)),
+                Ok(None) => {}
+                Err(error) => return Outcome::Error(lookup_failure(name, &error)),
+            }
+        }
+        match &self.default {
+            Some(mapped) => Outcome::set(Value::Text(mapped.clone())),
+            None => Outcome::Error(format!("no mapping for \"{text}\" and no default")),
+        }
+    }
+}
+
+fn lookup_failure(table: &str, error: &LookupError) -> String {
+    match error {
+        LookupError::UnknownTable(_) => format!("the spec declares no lookup table \"{table}\""),
+        LookupError::Other(why) => format!("lookup table \"{table}\": {why}"),
     }
 }
 
@@ -105,6 +144,22 @@ mod tests {
         assert!(matches!(run(&strict, text("Open")), Outcome::Error(m) if m.contains("\"Open\"")));
         let lenient = remap(&[("map", "open=active"), ("default", "other")]).expect("valid");
         assert_eq!(run(&lenient, text("Open")), Outcome::set(text("other")));
+    }
+
+    #[test]
+    fn the_lookup_table_comes_after_the_map_and_before_the_default() {
+        refill_sdk::testing::set_lookup("plans", [("gold", "premium"), ("open", "ignored")]);
+        let r = remap(&[("map", "open=active"), ("table", "plans")]).expect("valid");
+        assert_eq!(run(&r, text("open")), Outcome::set(text("active")));
+        assert_eq!(run(&r, text("gold")), Outcome::set(text("premium")));
+        assert!(
+            matches!(run(&r, text("tin")), Outcome::Error(m) if m == "no mapping for \"tin\" and no default")
+        );
+        let only_table = remap(&[("table", "plans"), ("default", "basic")]).expect("valid");
+        assert_eq!(run(&only_table, text("tin")), Outcome::set(text("basic")));
+        assert!(
+            matches!(remap(&[("table", "nope")]), Err(ConfigError::Invalid(p)) if p.name == "table" && p.reason.contains("\"nope\""))
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 
-pub use bindings::refill::transform::host::Level;
+pub use bindings::refill::transform::host::{Level, LookupError};
 pub use bindings::refill::transform::types::{
     Column, ConfigError, Info, InvalidParam, Key, Outcome, Param, Row, Timestamp, Value, ValueType,
 };
@@ -207,6 +207,50 @@ pub fn log(level: Level, message: &str) {
     bindings::refill::transform::host::log(level, message);
     #[cfg(not(target_arch = "wasm32"))]
     eprintln!("[{level:?}] {message}");
+}
+
+/// Looks `key` up in the read-only table `table` that the spec declares in
+/// a `[[lookup]]` section. Returns `Ok(None)` if the table has no such key.
+/// Fails with [`LookupError::UnknownTable`] if the spec declares no table of
+/// that name. On a native build (unit tests) it reads the tables set with
+/// [`testing::set_lookup`].
+pub fn lookup(table: &str, key: &str) -> Result<Option<String>, LookupError> {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::refill::transform::host::lookup(table, key);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::lookup(table, key)
+}
+
+/// Stand-ins for the host in native unit tests.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use super::LookupError;
+
+    thread_local! {
+        static TABLES: RefCell<BTreeMap<String, BTreeMap<String, String>>> =
+            const { RefCell::new(BTreeMap::new()) };
+    }
+
+    /// Declares the lookup table `table` with these key/value pairs for
+    /// [`lookup`](super::lookup) on this thread, replacing any table of that
+    /// name.
+    pub fn set_lookup<'a>(table: &str, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let pairs = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TABLES.with(|t| t.borrow_mut().insert(table.to_string(), pairs));
+    }
+
+    pub(super) fn lookup(table: &str, key: &str) -> Result<Option<String>, LookupError> {
+        TABLES.with(|t| match t.borrow().get(table) {
+            Some(pairs) => Ok(pairs.get(key).cloned()),
+            None => Err(LookupError::UnknownTable(table.to_string())),
+        })
+    }
 }
 
 thread_local! {
