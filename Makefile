@@ -14,18 +14,27 @@ export REFILL_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 # target (rustup cannot download here); see ../shared/TOOLCHAIN.md.
 GUEST_PACKAGES := rustc-web cargo-web rust-web-src lld-16
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
+
+# The Python and JavaScript guests' compilers, pinned: componentize-py in a
+# venv of its own (plugins/requirements-guests.txt), componentize-js from
+# npm (plugins/js-toolchain/package-lock.json). The builder finds them here.
+PY_TOOLS := target/tools/py
+JS_TOOLS := plugins/js-toolchain
+export REFILL_COMPONENTIZE_PY ?= $(abspath $(PY_TOOLS)/bin/componentize-py)
+export REFILL_COMPONENTIZE_JS ?= $(abspath $(JS_TOOLS)/node_modules/.bin/componentize-js)
 
 .PHONY: help
 help:
 	@echo "make demo      build, then plan, dry-run, execute, show and verify a backfill on demo/demo.db"
 	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL)"
-	@echo "make plugins   build every transform under plugins/ into plugins/dist/*.wasm"
+	@echo "make plugins   build every transform under plugins/ (Rust, Python, JavaScript) into plugins/dist/*.wasm"
 	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table,"
 	@echo "               and pgbench's latency with no backfill, an unthrottled one and a throttled one"
 	@echo "make lint      rustfmt and clippy"
 
 .PHONY: toolchain
-toolchain:
+toolchain: $(PY_TOOLS)/.installed $(JS_TOOLS)/node_modules/.installed
 	@if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then \
 		echo "toolchain: using rustup's wasm32-unknown-unknown target"; \
 	elif [ -x /usr/bin/cargo ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -f /usr/lib/rustlib/src/rust/library/Cargo.lock ]; then \
@@ -34,7 +43,24 @@ toolchain:
 		echo "toolchain: installing $(GUEST_PACKAGES) from Debian"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(GUEST_PACKAGES); \
 	fi
-	@command -v python3 >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3; }
+	@command -v python3 >/dev/null || { $(APT_INSTALL) python3; }
+
+# Redone when the requirements change; the marker is written last, so an
+# interrupted install is redone too.
+$(PY_TOOLS)/.installed: plugins/requirements-guests.txt
+	@command -v python3 >/dev/null || { $(APT_INSTALL) python3; }
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || { $(APT_INSTALL) python3-venv; }
+	@echo "toolchain: installing $$(grep -v '^#' $<) into $(PY_TOOLS)"
+	@rm -rf $(PY_TOOLS)
+	@python3 -m venv $(PY_TOOLS)
+	@$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+$(JS_TOOLS)/node_modules/.installed: $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json
+	@command -v npm >/dev/null || { $(APT_INSTALL) nodejs npm; }
+	@echo "toolchain: installing $(JS_TOOLS)/package-lock.json with npm ci"
+	@cd $(JS_TOOLS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 .PHONY: plugins
 plugins: toolchain

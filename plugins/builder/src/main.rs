@@ -1,13 +1,23 @@
-//! Builds every plugin crate under `plugins/` (those whose `Cargo.toml` has
-//! `[package.metadata.refill] component = true`, in `plugins/*/` or
-//! `plugins/*/*/`) for wasm32, turns each core
-//! module into a component, writes it to `plugins/dist/<name>.wasm`, and
-//! prints its sha256 (also written to `plugins/dist/SHA256SUMS`).
+//! Builds every plugin under `plugins/` (in `plugins/*/` or `plugins/*/*/`)
+//! into a component, writes it to `plugins/dist/<name>.wasm`, and prints its
+//! sha256 (also written to `plugins/dist/SHA256SUMS`, one line per plugin,
+//! sorted by name).
 //!
-//! It uses rustup's `wasm32-unknown-unknown` target when installed, and
-//! otherwise Debian's second toolchain with `-Zbuild-std` (see
-//! `../shared/TOOLCHAIN.md`). `make toolchain` installs the latter.
+//! A Rust plugin is a crate whose `Cargo.toml` has
+//! `[package.metadata.refill] component = true`. The builder compiles it for
+//! wasm32 and turns each core module into a component. It uses rustup's
+//! `wasm32-unknown-unknown` target when installed, and otherwise Debian's
+//! second toolchain with `-Zbuild-std` (see `../shared/TOOLCHAIN.md`).
+//!
+//! A Python or JavaScript plugin is a folder with a `plugin.toml`; see
+//! [`guests`]. componentize-py and componentize-js build those, found
+//! through `REFILL_COMPONENTIZE_PY` and `REFILL_COMPONENTIZE_JS`.
+//!
+//! `make toolchain` installs all of these; `make plugins` runs it first.
 
+mod guests;
+
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,33 +52,46 @@ fn run() -> Result<()> {
         .join("../..")
         .canonicalize()
         .context("finding the workspace root")?;
-    let plugins = discover(&root.join("plugins"))?;
-    if plugins.is_empty() {
-        bail!(
-            "no plugin crates found under {}",
-            root.join("plugins").display()
-        );
+    let Plugins { crates, guests } = discover(&root.join("plugins"))?;
+    if crates.is_empty() && guests.is_empty() {
+        bail!("no plugins found under {}", root.join("plugins").display());
     }
-    let toolchain = detect_toolchain()?;
+    let mut seen = BTreeSet::new();
+    for name in crates.iter().chain(guests.iter().map(|g| &g.name)) {
+        if !seen.insert(name) {
+            bail!("two plugins are named `{name}`");
+        }
+    }
+
     let target_dir = root.join("target/guest");
-    compile(&root, &target_dir, &toolchain, &plugins)?;
+    let mut components = Vec::new();
+    if !crates.is_empty() {
+        let toolchain = detect_toolchain()?;
+        compile(&root, &target_dir, &toolchain, &crates)?;
+        for name in &crates {
+            let core = target_dir
+                .join(TARGET)
+                .join("guest")
+                .join(format!("{}.wasm", name.replace('-', "_")));
+            let module = fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+            let component = wit_component::ComponentEncoder::default()
+                .module(&module)
+                .and_then(|e| e.validate(true).encode())
+                .with_context(|| format!("turning {} into a component", core.display()))?;
+            components.push((name.clone(), component));
+        }
+    }
+    let built = guests::build(&root, &target_dir.join("components"), &guests)?;
+    components.extend(guests.into_iter().map(|g| g.name).zip(built));
+    components.sort_by(|a, b| a.0.cmp(&b.0));
 
     let dist = root.join("plugins/dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
     let mut sums = String::new();
-    for name in &plugins {
-        let core = target_dir
-            .join(TARGET)
-            .join("guest")
-            .join(format!("{}.wasm", name.replace('-', "_")));
-        let module = fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-        let component = wit_component::ComponentEncoder::default()
-            .module(&module)
-            .and_then(|e| e.validate(true).encode())
-            .with_context(|| format!("turning {} into a component", core.display()))?;
+    for (name, component) in &components {
         let out = dist.join(format!("{name}.wasm"));
-        write_atomically(&out, &component)?;
-        let digest = hex::encode(Sha256::digest(&component));
+        write_atomically(&out, component)?;
+        let digest = hex::encode(Sha256::digest(component));
         let shown = out
             .strip_prefix(&root)
             .unwrap_or(&out)
@@ -81,9 +104,17 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// The package names of the plugin crates, two folder levels deep (hostile
-/// guests live in `plugins/evil/…`), sorted.
-fn discover(plugins_dir: &Path) -> Result<Vec<String>> {
+/// The plugins found under `plugins/`.
+struct Plugins {
+    /// The package names of the Rust plugin crates, sorted.
+    crates: Vec<String>,
+    /// The plugins with a `plugin.toml`, sorted by name.
+    guests: Vec<guests::Guest>,
+}
+
+/// The plugins one or two folder levels under `plugins/` (hostile guests
+/// live in `plugins/evil/…`).
+fn discover(plugins_dir: &Path) -> Result<Plugins> {
     let mut dirs = Vec::new();
     for entry in fs::read_dir(plugins_dir)? {
         let dir = entry?.path();
@@ -97,6 +128,11 @@ fn discover(plugins_dir: &Path) -> Result<Vec<String>> {
             dirs.push(dir);
         }
     }
+    let mut guests = Vec::new();
+    for dir in &dirs {
+        guests.extend(guests::read_manifest(dir)?);
+    }
+    guests.sort_by(|a, b| a.name.cmp(&b.name));
     let mut names = Vec::new();
     for dir in dirs {
         let manifest = dir.join("Cargo.toml");
@@ -120,7 +156,10 @@ fn discover(plugins_dir: &Path) -> Result<Vec<String>> {
         }
     }
     names.sort();
-    Ok(names)
+    Ok(Plugins {
+        crates: names,
+        guests,
+    })
 }
 
 fn detect_toolchain() -> Result<Toolchain> {
