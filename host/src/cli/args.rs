@@ -65,6 +65,48 @@ pub enum Command {
         /// port 0 picks one and prints it).
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<SocketAddr>,
+        /// Run the spec's transform over the rows of this JSON-lines file
+        /// instead of the database, and print each outcome (see `refill
+        /// try`). Touches no database and no state store.
+        #[arg(long, value_name = "ROWS.jsonl", conflicts_with_all = ["execute", "limit", "restart", "max_runtime", "until_key", "metrics_addr"])]
+        input: Option<PathBuf>,
+        /// With --input: print one JSON object per row.
+        #[arg(long, requires = "input")]
+        json: bool,
+    },
+    /// Run a component over rows from a JSON-lines file and print each
+    /// outcome: develop and test a transform with no database at all. Each
+    /// line is an object with the row's `key` and one field per input
+    /// column the transform declares.
+    Try {
+        /// The component file.
+        component: PathBuf,
+        /// The rows, one JSON object per line.
+        #[arg(long, value_name = "ROWS.jsonl")]
+        input: PathBuf,
+        /// A configuration parameter, as `[transform] config` would give it.
+        #[arg(long = "config", value_name = "NAME=VALUE", value_parser = name_value)]
+        config: Vec<(String, String)>,
+        /// A lookup table from a CSV or JSON-lines file, as `[[lookup]]`
+        /// would declare it (key and value are the first two CSV columns,
+        /// or the `key` and `value` fields).
+        #[arg(long = "lookup", value_name = "NAME=FILE", value_parser = name_value)]
+        lookup: Vec<(String, String)>,
+        /// What the guest's clock reads (RFC 3339); default: now.
+        #[arg(long, value_name = "TIME")]
+        clock: Option<String>,
+        /// Fuel per row.
+        #[arg(long, value_name = "UNITS")]
+        fuel_per_row: Option<u64>,
+        /// Memory limit per instance, in MiB.
+        #[arg(long, value_name = "MiB")]
+        memory_mb: Option<u32>,
+        /// Rows per call into the component.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        batch_rows: usize,
+        /// Print one JSON object per row.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask every process working on a run to stop taking chunks and wait
     /// (within a second), holding no transaction open.
@@ -180,6 +222,13 @@ pub struct RunAt {
         env = "REFILL_STATE"
     )]
     pub state: Option<String>,
+}
+
+fn name_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 /// Parses the process arguments; exits with usage help on errors (code 2).

@@ -21,6 +21,7 @@ use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
 use refill::state::{ControlAction, RunRecord, RunStatus, StateStore};
 use refill::throttle::Stop;
+use refill::transform::wasi::GuestEnv;
 use refill::transform::{Compiled, Limits, Runner};
 use tracing_subscriber::EnvFilter;
 
@@ -127,12 +128,49 @@ async fn dispatch(command: Command) -> Result<u8> {
         Command::Plan { spec } => plan_command(&spec).await,
         Command::Run {
             spec,
+            input: Some(input),
+            json,
+            ..
+        } => run_input_command(&spec, &input, json).await,
+        Command::Try {
+            component,
+            input,
+            config,
+            lookup,
+            clock,
+            fuel_per_row,
+            memory_mb,
+            batch_rows,
+            json,
+        } => {
+            let mut limits = Limits::default();
+            if let Some(fuel) = fuel_per_row {
+                limits.fuel_per_row = fuel;
+            }
+            if let Some(mb) = memory_mb {
+                limits.memory_bytes = (mb as usize) << 20;
+            }
+            try_command(
+                &component,
+                &input,
+                config,
+                &lookup,
+                clock.as_deref(),
+                limits,
+                batch_rows,
+                json,
+            )
+        }
+        Command::Run {
+            spec,
             execute,
             limit,
             restart,
             max_runtime,
             until_key,
             metrics_addr,
+            input: None,
+            json: _,
         } => {
             run_command(
                 &spec,
@@ -194,6 +232,115 @@ async fn plan_command(path: &Path) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `refill run SPEC --input ROWS`: the spec's transform, configuration,
+/// limits and file lookups over rows from a file.
+async fn run_input_command(path: &Path, input: &Path, json: bool) -> Result<u8> {
+    let spec = Spec::load(path)?;
+    let runner = run::load_transform(&spec, false)?;
+    let lookups = Arc::new(refill::lookup::load(&spec, None).await?);
+    let setup = run::setup(
+        &spec,
+        GuestEnv::current(&[spec.name(), runner.digest()]),
+        lookups,
+    );
+    let batch = usize::try_from(spec.file.transform.batch_rows).unwrap_or(1000);
+    print_tried(&runner, &setup, input, batch, json)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per command-line option"
+)]
+fn try_command(
+    component: &Path,
+    input: &Path,
+    config: Vec<(String, String)>,
+    lookup: &[(String, String)],
+    clock: Option<&str>,
+    limits: Limits,
+    batch_rows: usize,
+    json: bool,
+) -> Result<u8> {
+    let runner = Runner::load(component, None, limits)?;
+    let mut lookups = refill::lookup::Lookups::none();
+    for (name, file) in lookup {
+        lookups.load_file(name, Path::new(file))?;
+    }
+    let identity = [runner.digest()];
+    let env = match clock {
+        Some(text) => {
+            let t = refill::state::parse_time(text)
+                .with_context(|| format!("--clock {text:?} is not an RFC 3339 time"))?;
+            GuestEnv::new(
+                std::time::Duration::from_millis(u64::try_from(t.timestamp_millis()).unwrap_or(0)),
+                &identity,
+            )
+        }
+        None => GuestEnv::current(&identity),
+    };
+    let setup = refill::transform::Setup {
+        params: config
+            .into_iter()
+            .map(|(name, value)| refill::value::Param { name, value })
+            .collect(),
+        env,
+        lookups: Arc::new(lookups),
+    };
+    print_tried(&runner, &setup, input, batch_rows, json)
+}
+
+/// Runs the rows of `input` and prints each outcome, then a summary; exit
+/// code 1 if any row failed.
+fn print_tried(
+    runner: &Runner,
+    setup: &refill::transform::Setup,
+    input: &Path,
+    batch_rows: usize,
+    json: bool,
+) -> Result<u8> {
+    use refill::local;
+    // Refuse a configuration before reading any row.
+    if let Err(e) = runner.instance(setup) {
+        bail!(e);
+    }
+    let info = runner.info().clone();
+    let rows = local::read_rows(input, &info)?;
+    let total = rows.len();
+    let (mut updated, mut skipped, mut failed) = (0, 0, 0);
+    local::run_rows(runner, setup, rows, batch_rows, |tried, logs| {
+        for line in logs {
+            say(Level::Info, &format!("[{}] {}", info.name, line.message));
+        }
+        match &tried.result {
+            _ if tried.failed() => failed += 1,
+            Ok(refill::value::Outcome::Skip) => skipped += 1,
+            _ => updated += 1,
+        }
+        let doc = tried.to_json(&info);
+        if json {
+            println!("{doc}");
+        } else {
+            let key = &doc["key"];
+            match doc["outcome"].as_str().unwrap_or("") {
+                "update" => println!("{key}  update  {}", doc["values"]),
+                "skip" => println!("{key}  skip"),
+                other => println!(
+                    "{key}  {}  {}",
+                    other.to_uppercase(),
+                    doc["error"].as_str().unwrap_or("")
+                ),
+            }
+        }
+    })?;
+    eprintln!(
+        "{total} rows: {updated} to update, {skipped} skipped, {failed} failed ({} {}, sha256 {})",
+        info.name,
+        info.version,
+        runner.digest()
+    );
+    Ok(if failed > 0 { FAILED_ROWS } else { 0 })
 }
 
 async fn run_command(
@@ -567,6 +714,7 @@ fn inspect_command(path: &Path, json: bool) -> Result<u8> {
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
         info: None,
         verdict: None,
+        producers: refill::transform::inspect::producers(&std::fs::read(path)?),
     };
     match Runner::new(compiled, Limits::default()) {
         Ok(runner) => inspection.info = Some(runner.info().clone()),

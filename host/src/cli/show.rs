@@ -12,7 +12,9 @@ use refill::state::{
     parse_time,
 };
 use refill::transform::cache::Origin;
-use refill::transform::{ALLOWED_IMPORTS, Runner};
+use refill::transform::inspect::Producer;
+use refill::transform::wasi::{self, Capability};
+use refill::transform::{ALLOWED_IMPORTS, Runner, TRANSFORM_EXPORT};
 use refill::value::{Info, value_type_name};
 
 /// `1234567` as `1,234,567`.
@@ -126,10 +128,26 @@ pub fn plan(
         None => "NOT PINNED",
     };
     println!("             sha256 {} ({pin})", runner.digest());
-    println!(
-        "             imports {}",
-        runner.compiled().imports().join(", ")
-    );
+    for (k, (cap, list)) in capabilities(runner.compiled().imports())
+        .into_iter()
+        .enumerate()
+    {
+        println!(
+            "             {} {}: {}",
+            if k == 0 { "imports" } else { "       " },
+            cap.label(),
+            list.join(", ")
+        );
+    }
+    for t in plan.lookups.digests() {
+        println!(
+            "  lookup     \"{}\" from {}: {} keys, sha256 {}",
+            t.name,
+            t.source,
+            n(t.rows),
+            t.sha256
+        );
+    }
     let limits = runner.limits();
     println!(
         "  limits     {} fuel per row, batches of up to {} rows and {} ms; {} MiB memory per instance",
@@ -461,6 +479,31 @@ pub struct Inspection {
     pub info: Option<Info>,
     /// Why refill would refuse it, if it would.
     pub verdict: Option<String>,
+    /// Its producers sections: the languages and tools that built it.
+    pub producers: Vec<Producer>,
+}
+
+/// The imports by what they give the component, in policy order.
+fn capabilities(imports: &[String]) -> Vec<(Capability, Vec<&str>)> {
+    let mut groups: Vec<(Capability, Vec<&str>)> = Vec::new();
+    for import in imports {
+        let cap = wasi::capability(import);
+        match groups.iter_mut().find(|(c, _)| *c == cap) {
+            Some((_, list)) => list.push(import),
+            None => groups.push((cap, vec![import])),
+        }
+    }
+    groups.sort_by_key(|(c, _)| *c);
+    groups
+}
+
+/// The world a component implements, judged by its exports.
+fn world(exports: &[String]) -> &'static str {
+    if exports.iter().any(|e| e == TRANSFORM_EXPORT) {
+        "refill:transform/transformer@0.2.0"
+    } else {
+        "unknown (it does not export refill:transform/transform@0.2.0)"
+    }
 }
 
 /// Prints an inspection.
@@ -475,8 +518,28 @@ pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
                 "outputs": info.outputs.iter().map(|c| serde_json::json!({"name": c.name, "type": value_type_name(c.type_)})).collect::<Vec<_>>(),
             })
         });
+        let groups: serde_json::Map<String, serde_json::Value> = capabilities(&i.imports)
+            .into_iter()
+            .map(|(cap, list)| (format!("{cap:?}").to_lowercase(), serde_json::json!(list)))
+            .collect();
+        let producers: serde_json::Map<String, serde_json::Value> = i
+            .producers
+            .iter()
+            .map(|p| {
+                (
+                    p.field.clone(),
+                    serde_json::json!(
+                        p.values
+                            .iter()
+                            .map(|(n, v)| serde_json::json!({"name": n, "version": v}))
+                            .collect::<Vec<_>>()
+                    ),
+                )
+            })
+            .collect();
         let doc = serde_json::json!({
-            "path": i.path, "sha256": i.digest, "size": i.size, "imports": i.imports, "exports": i.exports,
+            "path": i.path, "sha256": i.digest, "size": i.size, "world": world(&i.exports), "imports": i.imports,
+            "capabilities": groups, "exports": i.exports, "producers": producers,
             "forbidden_imports": i.forbidden, "cached": i.origin == Origin::Cached, "load_ms": i.load_ms, "transform": info,
             "allowed": i.verdict.is_none(), "refused_because": i.verdict,
         });
@@ -503,21 +566,24 @@ pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
         println!("inputs     {}", columns(&info.inputs));
         println!("outputs    {}", columns(&info.outputs));
     }
-    for (k, import) in i.imports.iter().enumerate() {
-        let what = if i.forbidden.contains(import) {
-            "NOT ALLOWED"
-        } else if import.starts_with("refill:transform/host@") {
-            "log lines to the run log"
-        } else {
-            "types only"
-        };
-        println!(
-            "{}  {import}  ({what})",
-            if k == 0 { "imports  " } else { "         " }
-        );
-    }
+    println!("world      {}", world(&i.exports));
     if i.imports.is_empty() {
         println!("imports    none");
+    }
+    for (k, (cap, list)) in capabilities(&i.imports).into_iter().enumerate() {
+        println!(
+            "{}  {}",
+            if k == 0 { "imports  " } else { "         " },
+            cap.label()
+        );
+        for import in list {
+            let refused = if cap == Capability::Refused {
+                "  (NOT ALLOWED)"
+            } else {
+                ""
+            };
+            println!("             {import}{refused}");
+        }
     }
     for (k, export) in i.exports.iter().enumerate() {
         println!(
@@ -525,10 +591,23 @@ pub fn inspect(i: &Inspection, json: bool) -> anyhow::Result<()> {
             if k == 0 { "exports  " } else { "         " }
         );
     }
+    for (k, p) in i.producers.iter().enumerate() {
+        let values: Vec<String> = p
+            .values
+            .iter()
+            .map(|(name, version)| format!("{name} {version}").trim().to_string())
+            .collect();
+        println!(
+            "{}  {}: {}",
+            if k == 0 { "built by " } else { "         " },
+            p.field,
+            values.join(", ")
+        );
+    }
     match &i.verdict {
         None => println!(
-            "verdict    allowed: it can reach nothing but {}",
-            ALLOWED_IMPORTS.join(" and ")
+            "verdict    allowed: it can reach nothing but the refill host ({}) and WASI linked inertly (no files, no sockets, fixed clock, seeded random)",
+            ALLOWED_IMPORTS.join(", ")
         ),
         Some(why) => println!("verdict    REFUSED: {why}"),
     }
