@@ -89,6 +89,40 @@ pub enum Backend {
     Postgres,
 }
 
+/// Waits for `child` to end and returns what it printed with its peak
+/// resident memory in KiB, as the kernel accounted it for that process.
+pub fn wait_with_peak_rss(mut child: std::process::Child) -> (Ran, u64) {
+    use std::io::Read as _;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let _ = stderr.read_to_end(&mut err);
+        err
+    });
+    let _ = stdout.read_to_end(&mut out);
+    let err = reader.join().expect("stderr reader");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    #[expect(
+        unsafe_code,
+        reason = "wait4 is the only way to read one child's peak RSS"
+    )]
+    let (pid, usage) = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        (pid, usage)
+    };
+    assert!(pid > 0, "wait4 failed: {}", std::io::Error::last_os_error());
+    use std::os::unix::process::ExitStatusExt as _;
+    let ran = Ran::from(std::process::Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: out,
+        stderr: err,
+    });
+    (ran, u64::try_from(usage.ru_maxrss).unwrap_or(0))
+}
+
 /// One test's world: a directory, a database, and the refill binary.
 pub struct World {
     /// The test's directory; specs and the default state store live here.

@@ -4,6 +4,7 @@
 
 mod fixtures;
 mod harness;
+mod languages;
 mod pipeline;
 mod recovery;
 mod resume;

@@ -174,7 +174,7 @@ both!(plan_shows_the_work_and_writes_nothing, |backend, name| {
         format!("chunks     {} of up to 100 rows", rows.div_ceil(100)),
         "remap 0.1.0".to_string(),
         digest(&plugin("remap")),
-        "imports refill:transform/host@0.1.0".to_string(),
+        "imports refill host (log, lookup): refill:transform/host@0.2.0".to_string(),
         "region = 'eu'".to_string(),
     ] {
         assert!(

@@ -1,0 +1,363 @@
+//! Transforms in Python and JavaScript, and the capability sandbox around
+//! the WASI they import: the same `remap` in three languages, a Python
+//! guest that reads the clock and random numbers, tries files and sockets,
+//! and prints without end, and a JavaScript guest that imports wasi:http.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use crate::fixtures::{self, MAP, Spec, quotes};
+use crate::harness::{Backend, World, plugin};
+
+/// Compiles the large components into the shared cache once, so that tests
+/// running side by side do not each spend seconds compiling them.
+fn warm() {
+    static WARM: OnceLock<()> = OnceLock::new();
+    WARM.get_or_init(|| {
+        let w = World::new(Backend::Sqlite, "warm");
+        for name in ["remap-py", "remap-js", "evil-py"] {
+            let path = plugin(name).display().to_string();
+            w.run(&["inspect", &path]).expect_code(0);
+        }
+    });
+}
+
+/// The rows of the run called `name`: its dead letters as (key, error).
+fn dead_letters(w: &World, name: &str) -> Vec<(String, String)> {
+    w.state_rows(&format!(
+        "SELECT d.row_key, d.error FROM refill_dead_letters d JOIN refill_runs r ON r.run_id = d.run_id \
+         WHERE r.name = '{name}' ORDER BY d.row_key"
+    ))
+    .into_iter()
+    .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+    .collect()
+}
+
+#[test]
+fn remap_in_rust_python_and_javascript_writes_the_same_values_and_dead_letters() {
+    warm();
+    let w = World::new(Backend::Postgres, "three_languages");
+    quotes(&w, 600, true);
+    let t = w.table("quotes");
+    w.exec(&format!(
+        "ALTER TABLE {t} ADD COLUMN v_rs TEXT, ADD COLUMN v_py TEXT, ADD COLUMN v_js TEXT"
+    ));
+    // `lost` is left out of the map: it comes from the lookup table.
+    w.write("plans.csv", "status,mapped\nlost,closed_lost\n");
+    let map = MAP.replace(",lost=closed_lost", "");
+    let mut columns: BTreeMap<&str, BTreeMap<i64, Option<String>>> = BTreeMap::new();
+    for (component, column) in [
+        ("remap", "v_rs"),
+        ("remap-py", "v_py"),
+        ("remap-js", "v_js"),
+    ] {
+        let name = format!("quotes-{component}");
+        let spec = Spec {
+            name: &name,
+            table: "quotes",
+            key: "id",
+            column: "status",
+            scope: Some("region = 'eu'"),
+            rows: 100,
+            component,
+            transform_body: &format!("config = {{ map = \"{map}\", table = \"plans\" }}"),
+            target: column,
+        }
+        .render(&w);
+        w.write(
+            &format!("{component}.toml"),
+            &format!("{spec}\n[[lookup]]\nname = \"plans\"\nfile = \"plans.csv\"\n"),
+        );
+        let plan = w.run(&["plan", &format!("{component}.toml")]);
+        plan.expect_code(0);
+        assert!(
+            plan.stdout
+                .contains("lookup     \"plans\" from plans.csv: 1 keys"),
+            "{}",
+            plan.stdout
+        );
+        // Rows with the unmapped `WON` fail: exit code 1.
+        w.run(&["run", &format!("{component}.toml"), "--execute"])
+            .expect_code(1);
+        let values = w
+            .rows(&format!(
+                "SELECT CAST(id AS TEXT), {column} FROM {t} ORDER BY id"
+            ))
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].as_deref().expect("id").parse().expect("id"),
+                    r[1].clone(),
+                )
+            })
+            .collect();
+        columns.insert(column, values);
+    }
+    // Every language wrote what the fixture says, row by row.
+    for (column, values) in &columns {
+        for (id, value) in values {
+            let expected = if fixtures::in_scope(*id) {
+                fixtures::remapped(fixtures::status_of(*id, true)).unwrap_or(None)
+            } else {
+                None
+            };
+            assert_eq!(value, &expected, "{column} of row {id}");
+        }
+    }
+    let rust = dead_letters(&w, "quotes-remap");
+    assert!(!rust.is_empty(), "the bad rows are dead letters");
+    assert!(
+        rust.iter()
+            .all(|(_, e)| e == "no mapping for \"WON\" and no default"),
+        "{rust:?}"
+    );
+    assert_eq!(rust, dead_letters(&w, "quotes-remap-py"), "Python");
+    assert_eq!(rust, dead_letters(&w, "quotes-remap-js"), "JavaScript");
+    // The lookup table's digest is in each run's audit trail.
+    let recorded: Vec<serde_json::Value> = w
+        .state_rows("SELECT data FROM refill_audit WHERE kind = 'lookup'")
+        .into_iter()
+        .map(|r| serde_json::from_str(r[0].as_deref().expect("data")).expect("json"))
+        .collect();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    let tables = &recorded[0]["tables"];
+    assert_eq!(tables[0]["name"], "plans", "{recorded:?}");
+    assert_eq!(tables[0]["sha256"].as_str().map(str::len), Some(64));
+    assert!(
+        recorded.iter().all(|r| &r["tables"] == tables),
+        "{recorded:?}"
+    );
+    // The same pairs from a query on the source database, at plan time,
+    // digest the same.
+    let map_table = w.table("plan_map");
+    w.exec(&format!(
+        "CREATE TABLE {map_table} (status TEXT PRIMARY KEY, mapped TEXT NOT NULL);
+         INSERT INTO {map_table} VALUES ('lost', 'closed_lost')"
+    ));
+    let rust = std::fs::read_to_string(w.dir.path().join("remap.toml")).expect("spec");
+    let from_query = rust.replace(
+        "file = \"plans.csv\"",
+        &format!("query = \"SELECT status, mapped FROM {map_table}\""),
+    );
+    w.write("query.toml", &from_query);
+    let plan = w.run(&["plan", "query.toml"]);
+    plan.expect_code(0);
+    let sha = tables[0]["sha256"].as_str().expect("sha256");
+    assert!(
+        plan.stdout.contains(&format!(
+            "lookup     \"plans\" from query: 1 keys, sha256 {sha}"
+        )),
+        "{}",
+        plan.stdout
+    );
+}
+
+/// An `evil-py` spec over a small SQLite table of `n` rows.
+fn evil_py(w: &World, name: &str, body: &str, n: i64) {
+    if w.rows("SELECT name FROM sqlite_master WHERE name = 'quotes'")
+        .is_empty()
+    {
+        quotes(w, n, false);
+    }
+    let spec = Spec {
+        name,
+        table: "quotes",
+        key: "id",
+        column: "status",
+        scope: None,
+        rows: 100,
+        component: "evil-py",
+        transform_body: body,
+        target: "status_v2",
+    }
+    .render(w);
+    w.write(&format!("{name}.toml"), &spec);
+}
+
+/// The sample changes a dry run printed.
+fn samples(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("key ") && l.contains(" → "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_python_guest_reads_the_same_clock_and_random_numbers_on_every_dry_run() {
+    warm();
+    let w = World::new(Backend::Sqlite, "entropy");
+    evil_py(&w, "entropy", "config = { mode = \"entropy\" }", 30);
+    let first = w.run(&["run", "entropy.toml"]);
+    first.expect_code(0);
+    let second = w.run(&["run", "entropy.toml"]);
+    second.expect_code(0);
+    let (a, b) = (samples(&first.stdout), samples(&second.stdout));
+    assert_eq!(a.len(), 10, "{}", first.stdout);
+    assert_eq!(
+        a, b,
+        "two dry runs of the same spec computed different values"
+    );
+    // The clock reads the start of the first run, not the time of the call.
+    let started = w.state_rows("SELECT MIN(started_at) FROM refill_runs WHERE name = 'entropy'");
+    let started = chrono::DateTime::parse_from_rfc3339(started[0][0].as_deref().expect("a run"))
+        .expect("rfc 3339")
+        .timestamp();
+    assert!(
+        a[0].contains(&format!("NULL → \"{started}.")),
+        "the guest's clock should read {started}: {}",
+        a[0]
+    );
+    // Random numbers differ between rows: the generator is seeded, not
+    // constant.
+    let values: std::collections::BTreeSet<_> =
+        a.iter().filter_map(|l| l.split(" → ").nth(1)).collect();
+    assert_eq!(values.len(), a.len(), "{a:?}");
+    // Another backfill (another name) gets another seed.
+    evil_py(&w, "entropy-2", "config = { mode = \"entropy\" }", 30);
+    let other = w.run(&["run", "entropy-2.toml"]);
+    other.expect_code(0);
+    assert_ne!(samples(&other.stdout), a);
+}
+
+#[test]
+fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
+    warm();
+    let w = World::new(Backend::Sqlite, "capabilities");
+    w.write("one.jsonl", "{\"key\": 1, \"value\": \"x\"}\n");
+    let component = plugin("evil-py").display().to_string();
+    for (mode, expected) in [
+        ("open", "ERROR  "),
+        ("preopens", "ERROR  "),
+        ("socket", "ERROR  "),
+        ("tcp", "ERROR  "),
+    ] {
+        let ran = w.run(&[
+            "try",
+            &component,
+            "--input",
+            "one.jsonl",
+            "--config",
+            &format!("mode={mode}"),
+        ]);
+        ran.expect_code(1);
+        assert!(
+            ran.stdout.starts_with(&format!("1  {expected}")),
+            "{mode}: {}",
+            ran.all()
+        );
+        assert!(!ran.stdout.contains("ACCESS"), "{mode}: {}", ran.all());
+        // The guest's own exception, by its Python type name.
+        assert!(
+            ran.stdout.to_lowercase().contains("error:"),
+            "{mode}: a Python exception: {}",
+            ran.stdout
+        );
+    }
+    let env = w.run(&[
+        "try",
+        &component,
+        "--input",
+        "one.jsonl",
+        "--config",
+        "mode=env",
+    ]);
+    env.expect_code(0);
+    assert!(
+        env.stdout.contains("environ={} argv=[]"),
+        "no environment, no arguments: {}",
+        env.stdout
+    );
+}
+
+#[test]
+fn run_with_input_uses_the_specs_transform_and_config_without_a_database() {
+    let w = World::new(Backend::Sqlite, "input");
+    // No table exists: the spec's database is never opened.
+    w.write("spec.toml", &fixtures::remap_spec(&w, 100, ""));
+    w.write(
+        "rows.jsonl",
+        "{\"key\": 1, \"value\": \"open\"}\n{\"key\": 2, \"value\": \"WON\"}\n{\"key\": 3, \"value\": null}\n",
+    );
+    let ran = w.run(&["run", "spec.toml", "--input", "rows.jsonl", "--json"]);
+    ran.expect_code(1);
+    let lines: Vec<serde_json::Value> = ran
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", ran.stdout);
+    assert_eq!(lines[0]["values"]["mapped"], "active");
+    assert_eq!(lines[1]["outcome"], "error");
+    assert_eq!(lines[1]["error"], "no mapping for \"WON\" and no default");
+    assert_eq!(lines[2]["values"]["mapped"], serde_json::Value::Null);
+    assert!(!w.state_exists(), "no state store was created");
+    // A line that does not fit the transform is refused, naming its line.
+    w.write("bad.jsonl", "{\"key\": 1, \"stauts\": \"open\"}\n");
+    let bad = w.run(&["run", "spec.toml", "--input", "bad.jsonl"]);
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("bad.jsonl:1: field \"stauts\""),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn a_guest_printing_100_mb_costs_no_host_memory_and_its_output_is_capped_in_the_log() {
+    warm();
+    let w = World::new(Backend::Sqlite, "print");
+    let body = |mb: u32| {
+        format!(
+            "config = {{ mode = \"print\", mb = \"{mb}\" }}\nfuel_per_row = 100000000000\ntimeout_ms = 120000"
+        )
+    };
+    evil_py(&w, "print-1", &body(1), 2);
+    evil_py(&w, "print-100", &body(100), 2);
+    let peak = |spec: &str| {
+        let child = w.spawn(&["run", spec, "--limit", "1"]);
+        crate::harness::wait_with_peak_rss(child)
+    };
+    let (small, small_kib) = peak("print-1.toml");
+    small.expect_code(0);
+    let (big, big_kib) = peak("print-100.toml");
+    big.expect_code(0);
+    assert!(
+        big.stderr.contains("stdout: evil-py prints 100 MiB"),
+        "{}",
+        big.stderr
+    );
+    assert!(big.stderr.contains("more bytes dropped"), "{}", big.stderr);
+    // Printing 100 times as much may not cost the host more than a few
+    // MiB of noise.
+    assert!(
+        big_kib < small_kib + 32 * 1024,
+        "peak RSS {big_kib} KiB printing 100 MiB against {small_kib} KiB printing 1 MiB"
+    );
+}
+
+#[test]
+fn a_component_importing_wasi_http_is_refused_at_plan_naming_the_import() {
+    let w = World::new(Backend::Sqlite, "http");
+    quotes(&w, 10, false);
+    w.write(
+        "spec.toml",
+        &fixtures::spec(&w, "evil-fetch-js", "", 100, "status_v2"),
+    );
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(2);
+    assert!(
+        ran.stderr.contains("wasi:http/outgoing-handler@0.2.")
+            && ran.stderr.contains("refusing to run it"),
+        "{}",
+        ran.stderr
+    );
+    let inspected = w.run(&["inspect", &plugin("evil-fetch-js").display().to_string()]);
+    inspected.expect_code(2);
+    assert!(
+        inspected.stdout.contains("wasi:http/outgoing-handler@0.2")
+            && inspected.stdout.contains("(NOT ALLOWED)"),
+        "{}",
+        inspected.stdout
+    );
+}
