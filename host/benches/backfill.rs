@@ -390,24 +390,33 @@ fn rate(rows: i64, d: Duration) -> String {
     out
 }
 
-/// The transform alone, on one thread: 1,000,000 status values through
-/// `remap` in batches of 1,000, as the pipeline hands them over.
-fn transform_only(component: &Path, digest: &str, rows: i64) -> Duration {
+/// The transform alone, on one thread: `rows` status values through a
+/// `remap` component in batches of 1,000, as the pipeline hands them over.
+/// Also returns how long a fresh instance takes to start (instantiate and
+/// configure), the best of five.
+fn transform_only(component: &Path, rows: i64) -> (Duration, Duration) {
     use refill::transform::bindings::refill::transform::types::Key;
+    use refill::transform::wasi::GuestEnv;
     use refill::value::{Param, Row, Value};
-    let runner = refill::transform::Runner::load(
-        component,
-        Some(digest),
-        refill::transform::Limits::default(),
-    )
-    .expect("load remap");
+    let runner =
+        refill::transform::Runner::load(component, None, refill::transform::Limits::default())
+            .expect("load remap");
     let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
-    let mut instance = runner
-        .instance(&[Param {
+    let setup = refill::transform::Setup::new(
+        vec![Param {
             name: "map".into(),
             value: map.join(","),
-        }])
-        .expect("configure remap");
+        }],
+        GuestEnv::current(&["bench"]),
+    );
+    let mut start = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let instance = runner.instance(&setup).expect("configure remap");
+        start = start.min(t.elapsed());
+        drop(instance);
+    }
+    let mut instance = runner.instance(&setup).expect("configure remap");
     let statuses = ["open", "won", "lost", "stale"];
     let batch: Vec<Row> = (0..1000)
         .map(|i| Row {
@@ -420,7 +429,30 @@ fn transform_only(component: &Path, digest: &str, rows: i64) -> Duration {
         let out = instance.transform(&batch).expect("transform");
         assert_eq!(out.outcomes.len(), batch.len());
     }
-    started.elapsed()
+    (started.elapsed(), start)
+}
+
+/// `refill inspect`'s time to read and compile a component into an empty
+/// cache, then to load it from that cache, in milliseconds.
+fn load_times(component: &Path) -> (f64, f64) {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let load = || {
+        let out = refill_cmd(cache.path())
+            .args(["inspect", "--json"])
+            .arg(component)
+            .output()
+            .expect("refill inspect");
+        assert!(
+            out.status.success(),
+            "refill inspect {} failed",
+            component.display()
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
+        doc["load_ms"].as_f64().expect("load_ms")
+    };
+    let cold = load();
+    let cached = (0..3).map(|_| load()).fold(f64::MAX, f64::min);
+    (cold, cached)
 }
 
 #[tokio::main]
@@ -464,7 +496,19 @@ async fn main() {
         .expect("refill inspect");
     assert!(warm.status.success(), "refill inspect failed");
 
-    let alone = transform_only(&component, &digest, rows);
+    let (alone, _) = transform_only(&component, rows);
+    // The same transform in three languages: rows/s of the transform alone
+    // (fewer rows for the slower interpreters; rows/s is what compares),
+    // the time to compile and to load from the cache, and to start an
+    // instance.
+    let mut languages = Vec::new();
+    for (name, share) in [("remap", 1), ("remap-py", 10), ("remap-js", 100)] {
+        let path = root.join(format!("plugins/dist/{name}.wasm"));
+        let (cold, cached) = load_times(&path);
+        let n = (rows / share).max(1000);
+        let (took, start) = transform_only(&path, n);
+        languages.push((name, n, took, cold, cached, start));
+    }
 
     // single statement, batched script, refill, refill without the guard,
     // refill with adaptive chunks
@@ -568,6 +612,27 @@ async fn main() {
         "refill per chunk (mean of {chunks}): read {read:.1} ms, transform {transform:.1} ms, write {write:.1} ms; \
          {} chunks in flight",
         refill::spec::DEFAULT_CONCURRENCY
+    );
+    println!();
+    println!(
+        "the remap transform in three languages (transform alone, 1 thread, batches of 1000):"
+    );
+    println!(
+        "  {:<10} {:>9} {:>12} {:>14} {:>14} {:>16} {:>14}",
+        "component", "rows", "rows/s", "compile ms", "cached ms", "instance ms", "vs Rust"
+    );
+    let rust_rate = languages[0].1 as f64 / languages[0].2.as_secs_f64();
+    for (name, n, took, cold, cached, start) in &languages {
+        let per_sec = *n as f64 / took.as_secs_f64();
+        println!(
+            "  {name:<10} {n:>9} {:>12} {cold:>14.1} {cached:>14.1} {:>16.1} {:>14.3}",
+            rate(*n, *took),
+            start.as_secs_f64() * 1000.0,
+            per_sec / rust_rate
+        );
+    }
+    println!(
+        "  a cached start is `cached ms` (read, check the pin, load the compiled form) plus `instance ms` (instantiate and configure)"
     );
     if !loaded.is_empty() {
         println!();
