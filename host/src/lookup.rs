@@ -140,6 +140,12 @@ impl Lookups {
     /// Loads the table `name` from a CSV or JSON-lines file with the
     /// default key and value columns, as `refill try --lookup` does.
     pub fn load_file(&mut self, name: &str, path: &Path) -> Result<(), LookupError> {
+        if self.tables.contains_key(name) {
+            return Err(LookupError::Query {
+                table: name.to_string(),
+                message: "declared twice".into(),
+            });
+        }
         let spec = LookupSpec {
             name: name.to_string(),
             file: Some(path.to_path_buf()),
@@ -218,6 +224,9 @@ fn read_file(l: &LookupSpec, path: &Path) -> Result<Vec<(String, String, String)
         path: path.to_path_buf(),
         source,
     })?;
+    // Spreadsheets save CSV with a byte-order mark; it is not part of the
+    // first column's name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let parse = |line: u64, message: String| LookupError::Parse {
         table: l.name.clone(),
         path: path.to_path_buf(),
@@ -225,7 +234,13 @@ fn read_file(l: &LookupSpec, path: &Path) -> Result<Vec<(String, String, String)
         message,
     };
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if matches!(ext, "jsonl" | "ndjson" | "json") {
+    if !matches!(ext, "csv" | "jsonl" | "ndjson") {
+        return Err(parse(
+            0,
+            "a lookup file is CSV (.csv, with a header) or JSON lines (.jsonl, .ndjson)".into(),
+        ));
+    }
+    if ext != "csv" {
         let (key, value) = (
             l.key.as_deref().unwrap_or("key"),
             l.value.as_deref().unwrap_or("value"),

@@ -70,7 +70,8 @@ pub async fn retry(
             .map_err(PlanError::from)?,
     );
     plan::check_config(spec, &runner, &lookups)?;
-    let env = run::guest_env(Some(state), spec, &runner).await?;
+    // The clock and seed the run's rows were first computed with.
+    let env = run::guest_env(Some(state), spec.name(), &run.component_digest).await?;
 
     let dead = state.dead_letters(&run.run_id, run.key_type, true).await?;
     let chunks = state.chunks(run).await?;
@@ -106,6 +107,7 @@ pub async fn retry(
         host_name: run::host_name(),
         started_at: now(),
         rows: dead.len() as u64,
+        lookups: lookups.digests(),
         ..RetryRecord::default()
     };
     progress

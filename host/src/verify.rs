@@ -67,10 +67,14 @@ pub async fn verify(
     let plan = plan::build(spec, &db, &runner).await?;
     // Recompute with the clock and seed the run's guests had.
     let env = match run {
-        Some((_, state)) => run::guest_env(Some(state), spec, &runner).await?,
+        // The clock and seed of the run's first computation, even when a
+        // retry's component is verifying it.
+        Some((run, state)) => {
+            run::guest_env(Some(state), spec.name(), &run.component_digest).await?
+        }
         None => {
             let state = StateStore::open_existing(&spec.state_url).await?;
-            run::guest_env(state.as_ref(), spec, &runner).await?
+            run::guest_env(state.as_ref(), spec.name(), runner.digest()).await?
         }
     };
 
@@ -126,6 +130,7 @@ pub async fn verify(
         user_name: run::user_name(),
         host_name: run::host_name(),
         started_at: now(),
+        lookups: plan.lookups.digests(),
         ..VerificationRecord::default()
     };
     let (throttle, watching) = run::start_throttle(spec, &db, progress.clone(), None, None)?;

@@ -372,10 +372,14 @@ impl World {
     pub fn wait_for_chunks(&self, child: &mut Child, n: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
-            assert!(
-                child.try_wait().expect("poll child").is_none(),
-                "the run ended before it could be interrupted"
-            );
+            if let Some(status) = child.try_wait().expect("poll child") {
+                use std::io::Read as _;
+                let mut out = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut out);
+                }
+                panic!("the run ended ({status}) before it could be interrupted:\n{out}");
+            }
             let ran = self.run(&["status", "--json", "--spec", "spec.toml"]);
             if ran.code == Some(0) {
                 let list: serde_json::Value = serde_json::from_str(&ran.stdout).expect("json");

@@ -208,16 +208,16 @@ fn a_python_guest_reads_the_same_clock_and_random_numbers_on_every_dry_run() {
         "the guest's clock should read {started}: {}",
         a[0]
     );
-    // Random numbers differ between rows: the generator is seeded, not
-    // constant.
-    let values: std::collections::BTreeSet<_> =
-        a.iter().filter_map(|l| l.split(" → ").nth(1)).collect();
-    assert_eq!(values.len(), a.len(), "{a:?}");
-    // Another backfill (another name) gets another seed.
-    evil_py(&w, "entropy-2", "config = { mode = \"entropy\" }", 30);
-    let other = w.run(&["run", "entropy-2.toml"]);
-    other.expect_code(0);
-    assert_ne!(samples(&other.stdout), a);
+    // random.random() and os.urandom differ from row to row: the
+    // generators are seeded, not constant.
+    let field = |i: usize| -> std::collections::BTreeSet<String> {
+        a.iter()
+            .filter_map(|l| l.split(" → \"").nth(1))
+            .filter_map(|v| v.split(' ').nth(i).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(field(1).len(), a.len(), "random.random(): {a:?}");
+    assert_eq!(field(2).len(), a.len(), "os.urandom(8): {a:?}");
 }
 
 #[test]
@@ -226,11 +226,13 @@ fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
     let w = World::new(Backend::Sqlite, "capabilities");
     w.write("one.jsonl", "{\"key\": 1, \"value\": \"x\"}\n");
     let component = plugin("evil-py").display().to_string();
+    // Each attempt fails inside the guest with the error a program sees
+    // when the thing does not exist or is not allowed.
     for (mode, expected) in [
-        ("open", "ERROR  "),
-        ("preopens", "ERROR  "),
-        ("socket", "ERROR  "),
-        ("tcp", "ERROR  "),
+        ("open", "1  ERROR  FileNotFoundError: "),
+        ("preopens", "1  ERROR  FileNotFoundError: "),
+        ("socket", "1  ERROR  gaierror: "),
+        ("tcp", "1  ERROR  PermissionError: "),
     ] {
         let ran = w.run(&[
             "try",
@@ -241,19 +243,46 @@ fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
             &format!("mode={mode}"),
         ]);
         ran.expect_code(1);
-        assert!(
-            ran.stdout.starts_with(&format!("1  {expected}")),
-            "{mode}: {}",
-            ran.all()
-        );
+        assert!(ran.stdout.starts_with(expected), "{mode}: {}", ran.all());
         assert!(!ran.stdout.contains("ACCESS"), "{mode}: {}", ran.all());
-        // The guest's own exception, by its Python type name.
-        assert!(
-            ran.stdout.to_lowercase().contains("error:"),
-            "{mode}: a Python exception: {}",
-            ran.stdout
-        );
     }
+    // A guest that sleeps for an hour is done at once, and its monotonic
+    // clock moved by the hour: no real wait the deadline cannot stop.
+    let slept = w.run(&[
+        "try",
+        &component,
+        "--input",
+        "one.jsonl",
+        "--config",
+        "mode=sleep",
+    ]);
+    slept.expect_code(0);
+    let after: f64 = slept
+        .stdout
+        .split("slept ")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no clock reading: {}", slept.all()));
+    assert!((3600.0..3601.0).contains(&after), "{}", slept.stdout);
+    // stdout reaches the log of `try` too.
+    let printed = w.run(&[
+        "try",
+        &component,
+        "--input",
+        "one.jsonl",
+        "--config",
+        "mode=print",
+        "--config",
+        "mb=1",
+    ]);
+    printed.expect_code(0);
+    assert!(
+        printed.stderr.contains("stdout: evil-py prints 1 MiB")
+            && printed.stderr.contains("more bytes dropped"),
+        "{}",
+        printed.stderr
+    );
     let env = w.run(&[
         "try",
         &component,
@@ -360,4 +389,41 @@ fn a_component_importing_wasi_http_is_refused_at_plan_naming_the_import() {
         "{}",
         inspected.stdout
     );
+}
+
+#[test]
+fn a_run_does_not_resume_over_a_changed_lookup_table() {
+    let w = World::new(Backend::Sqlite, "lookup_resume");
+    quotes(&w, 300, false);
+    w.write("plans.csv", "status,mapped\nlost,closed_lost\n");
+    let map = MAP.replace(",lost=closed_lost", "");
+    let body = format!("config = {{ map = \"{map}\", table = \"plans\" }}");
+    let spec = fixtures::spec(&w, "remap", &body, 50, "status_v2");
+    w.write(
+        "spec.toml",
+        &format!("{spec}\n[[lookup]]\nname = \"plans\"\nfile = \"plans.csv\"\n"),
+    );
+    w.run(&["run", "spec.toml", "--execute", "--limit", "60"])
+        .expect_code(0);
+    let status = || w.state_rows("SELECT status FROM refill_runs WHERE mode = 'execute'");
+    assert_eq!(status(), vec![vec![Some("incomplete".to_string())]]);
+    w.write("plans.csv", "status,mapped\nlost,closed_lost_v2\n");
+    let refused = w.run(&["run", "spec.toml", "--execute"]);
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("its lookup tables changed since it started: \"plans\""),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        status(),
+        vec![vec![Some("incomplete".to_string())]],
+        "a refused resume leaves the run as it was"
+    );
+    // Put back, it resumes and finishes.
+    w.write("plans.csv", "status,mapped\nlost,closed_lost\n");
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    fixtures::assert_remapped(&w, false);
 }

@@ -270,14 +270,11 @@ fn try_command(
     }
     let identity = [runner.digest()];
     let env = match clock {
-        Some(text) => {
-            let t = refill::state::parse_time(text)
-                .with_context(|| format!("--clock {text:?} is not an RFC 3339 time"))?;
-            GuestEnv::new(
-                std::time::Duration::from_millis(u64::try_from(t.timestamp_millis()).unwrap_or(0)),
-                &identity,
-            )
-        }
+        Some(text) => GuestEnv::at(
+            refill::state::parse_time(text)
+                .with_context(|| format!("--clock {text:?} is not an RFC 3339 time"))?,
+            &identity,
+        ),
         None => GuestEnv::current(&identity),
     };
     let setup = refill::transform::Setup {

@@ -269,26 +269,24 @@ pub fn load_transform(spec: &Spec, require_pin: bool) -> Result<Runner, RunError
     Ok(Runner::load(&spec.component, pin, limits(spec))?)
 }
 
-/// The clock and seed of a spec's guests. The clock reads the start of the
-/// first run (dry or not) of the spec's name with this component, so that
-/// dry runs, the run that executes, its resumptions, retries and
-/// verifications all compute the same outputs. Without a state store, or
+/// The clock and seed of a backfill's guests, for the component `digest`
+/// it ran (or runs). The clock reads the start of the first run (dry or
+/// not) of the spec's name with that component, so that dry runs, the run
+/// that executes, its resumptions, and the retries and verifications of
+/// its rows all see the same time and seed. Without a state store, or
 /// before any run, it reads the current time.
 pub async fn guest_env(
     state: Option<&StateStore>,
-    spec: &Spec,
-    runner: &Runner,
+    name: &str,
+    digest: &str,
 ) -> Result<GuestEnv, RunError> {
     let first = match state {
-        Some(state) => state.first_started(spec.name(), runner.digest()).await?,
+        Some(state) => state.first_started(name, digest).await?,
         None => None,
     };
-    let identity = [spec.name(), runner.digest()];
+    let identity = [name, digest];
     Ok(match first.as_deref().and_then(parse_time) {
-        Some(t) => GuestEnv::new(
-            Duration::from_millis(u64::try_from(t.timestamp_millis()).unwrap_or(0)),
-            &identity,
-        ),
+        Some(t) => GuestEnv::at(t, &identity),
         None => GuestEnv::current(&identity),
     })
 }
@@ -792,6 +790,8 @@ async fn run_session(
     let resumed = previous.is_some();
     let run = match previous {
         Some(run) => {
+            // Refused before the run is touched: it stays as it was.
+            check_lookups(&state, &run, &plan.lookups, true).await?;
             state
                 .set_run_status(&run.run_id, RunStatus::Running, None)
                 .await?;
@@ -812,8 +812,10 @@ async fn run_session(
         }
     };
 
-    check_lookups(&state, &run, &plan.lookups, resumed).await?;
-    let env = guest_env(Some(&state), spec, &runner).await?;
+    if !resumed {
+        check_lookups(&state, &run, &plan.lookups, false).await?;
+    }
+    let env = guest_env(Some(&state), spec.name(), runner.digest()).await?;
     session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
     progress.set_run(&run.run_id, &run.name);

@@ -46,6 +46,9 @@ pub struct RetryRecord {
     pub gone: u64,
     /// Why it stopped early, if it did.
     pub message: Option<String>,
+    /// The lookup tables it read (a fixed mapping is a reason to retry).
+    #[serde(default)]
+    pub lookups: Vec<crate::lookup::Digested>,
 }
 
 /// A `refill verify`.
@@ -87,6 +90,9 @@ pub struct VerificationRecord {
     pub failed_keys: Vec<Key>,
     /// Whether everything matched.
     pub passed: bool,
+    /// The lookup tables it recomputed with.
+    #[serde(default)]
+    pub lookups: Vec<crate::lookup::Digested>,
 }
 
 /// A `refill rollback`.

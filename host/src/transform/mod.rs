@@ -23,7 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use self::bindings::refill::transform::host::{self as wit_host, Level, LookupError};
 use self::bindings::{Transformer, TransformerPre};
 use self::cache::Origin;
-use self::wasi::{Capability, CappedPipe, GuestEnv};
+use self::wasi::{Capability, CappedPipe, GuestEnv, SteppingClock};
 use crate::lookup::Lookups;
 use crate::value::{ConfigError, Info, Outcome, Param, Row};
 
@@ -189,6 +189,15 @@ pub enum TransformError {
         /// The imports outside the policy.
         forbidden: Vec<String>,
     },
+    /// An import the policy allows cannot be satisfied, such as a function
+    /// of a WASI release newer than the host's.
+    #[error("component {} cannot be linked: {message}; refill links the refill host interface and WASI 0.2 up to 0.2.12 (rebuild it with an older toolchain, or upgrade refill)", path.display())]
+    Link {
+        /// The file.
+        path: PathBuf,
+        /// What wasmtime said.
+        message: String,
+    },
     /// The component does not implement the refill transform world.
     #[error("component {} does not implement {TRANSFORM_EXPORT}: {message}", path.display())]
     NotATransform {
@@ -249,7 +258,12 @@ struct HostState {
     table: ResourceTable,
     stdout: CappedPipe,
     stderr: CappedPipe,
+    clock: SteppingClock,
 }
+
+/// Resources (streams, pollables…) one instance may hold at once; a guest
+/// that leaks them traps instead of growing host memory.
+const MAX_RESOURCES: usize = 10_000;
 
 impl HostState {
     /// Moves what the guest wrote to stdout and stderr into its log lines.
@@ -507,13 +521,19 @@ impl Runner {
         Transformer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(link_error)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
+        wasi::link_sleep(&mut linker, |s: &mut HostState| (&mut s.table, &s.clock))
+            .map_err(link_error)?;
         let not_a_transform = |e: wasmtime::Error| TransformError::NotATransform {
             path: path.clone(),
             message: format!("{e:#}"),
         };
-        let pre = linker
-            .instantiate_pre(&compiled.component)
-            .map_err(not_a_transform)?;
+        let pre =
+            linker
+                .instantiate_pre(&compiled.component)
+                .map_err(|e| TransformError::Link {
+                    path: path.clone(),
+                    message: format!("{e:#}"),
+                })?;
         let pre = TransformerPre::new(pre).map_err(not_a_transform)?;
         let empty = Info {
             name: String::new(),
@@ -542,6 +562,9 @@ impl Runner {
     ) -> Result<(Store<HostState>, Transformer), TransformError> {
         let engine = self.pre.engine();
         let (stdout, stderr) = (CappedPipe::default(), CappedPipe::default());
+        let clock = SteppingClock::default();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let mut store = Store::new(
             engine,
             HostState {
@@ -552,10 +575,11 @@ impl Runner {
                 logs: Vec::new(),
                 dropped_logs: 0,
                 lookups: setup.lookups.clone(),
-                wasi: wasi::context(&setup.env, &stdout, &stderr),
-                table: ResourceTable::new(),
+                wasi: wasi::context(&setup.env, &stdout, &stderr, &clock),
+                table,
                 stdout,
                 stderr,
+                clock,
             },
         );
         store.limiter(|s| s);
@@ -784,6 +808,19 @@ fn arm(store: &mut Store<HostState>, limits: &Limits, rows: u64, timeout: Durati
     state.memory_exceeded = false;
 }
 
+/// Runs `f`, which calls into a guest, off tokio's scheduler when on a
+/// worker of a multi-threaded runtime: wasmtime-wasi's blocking calls (a
+/// guest writing to stdout, polling) enter the runtime themselves, which
+/// tokio refuses on a thread that is running async tasks.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Runs `call`, turning a trap into [`TransformError::Trap`] with the
 /// guest's log lines.
 fn trapping<T>(
@@ -791,7 +828,7 @@ fn trapping<T>(
     timeout: Duration,
     call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
 ) -> Result<T, TransformError> {
-    let result = call(store);
+    let result = off_the_runtime(|| call(store));
     store.data_mut().collect_output();
     match result {
         Ok(v) => Ok(v),

@@ -55,6 +55,12 @@ impl GuestEnv {
         }
     }
 
+    /// The environment of a backfill whose clock reads `at`.
+    pub fn at(at: chrono::DateTime<chrono::Utc>, identity: &[&str]) -> GuestEnv {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        GuestEnv::new(Duration::from_millis(millis), identity)
+    }
+
     /// The environment for work that belongs to no run (`refill plan`,
     /// `refill try` without `--clock`): the clock reads the current time.
     pub fn current(identity: &[&str]) -> GuestEnv {
@@ -84,11 +90,12 @@ impl HostWallClock for FixedWallClock {
     }
 }
 
-/// A monotonic clock that advances one microsecond per reading, so that it
-/// depends only on the calls made and a guest that waits for it to move
-/// does not wait forever.
-#[derive(Default)]
-struct SteppingClock(AtomicU64);
+/// A monotonic clock that advances one microsecond per reading, and by
+/// the whole wait when the guest sleeps (see [`sleep`]), so that it depends
+/// only on the calls made and a guest that waits for it to move does not
+/// wait forever. Clones share the reading.
+#[derive(Clone, Debug, Default)]
+pub struct SteppingClock(Arc<AtomicU64>);
 
 impl HostMonotonicClock for SteppingClock {
     fn resolution(&self) -> u64 {
@@ -97,6 +104,48 @@ impl HostMonotonicClock for SteppingClock {
     fn now(&self) -> u64 {
         self.0.fetch_add(1_000, Ordering::Relaxed)
     }
+}
+
+/// A pollable that is ready at once.
+struct Ready;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+/// Replaces wasmtime-wasi's `subscribe-duration` and `subscribe-instant`
+/// of `wasi:clocks/monotonic-clock`, which wait in real time inside a host
+/// call, where no deadline can interrupt them (a guest sleeping for a year
+/// would hold its worker for a year) and from where a guest could measure
+/// real time. Here a sleep is over at once and moves the guest's
+/// [`SteppingClock`] forward by the time it asked to sleep.
+pub fn link_sleep<T: 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    parts: fn(&mut T) -> (&mut wasmtime::component::ResourceTable, &SteppingClock),
+) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    fn ready(
+        table: &mut wasmtime::component::ResourceTable,
+    ) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let ready = table.push(Ready)?;
+        Ok((wasmtime_wasi::p2::subscribe(table, ready)?,))
+    }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("subscribe-duration", move |mut store, (nanos,): (u64,)| {
+        let (table, clock) = parts(store.data_mut());
+        clock.0.fetch_add(nanos, Ordering::Relaxed);
+        ready(table)
+    })?;
+    clock.func_wrap("subscribe-instant", move |mut store, (when,): (u64,)| {
+        let (table, clock) = parts(store.data_mut());
+        clock.0.fetch_max(when, Ordering::Relaxed);
+        ready(table)
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// What a guest wrote to one stream during the current batch.
@@ -184,7 +233,12 @@ impl tokio::io::AsyncWrite for CappedPipe {
 
 /// A WASI context that grants nothing, with clocks and random numbers from
 /// `env` and stdout/stderr going to the given pipes.
-pub fn context(env: &GuestEnv, stdout: &CappedPipe, stderr: &CappedPipe) -> WasiCtx {
+pub fn context(
+    env: &GuestEnv,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+    clock: &SteppingClock,
+) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
     // The builder starts with no preopens, environment or arguments, and
     // stdin closed; say the rest explicitly rather than rely on defaults.
@@ -195,7 +249,7 @@ pub fn context(env: &GuestEnv, stdout: &CappedPipe, stderr: &CappedPipe) -> Wasi
         .allow_ip_name_lookup(false)
         .socket_addr_check(|_, _| Box::pin(async { false }))
         .wall_clock(FixedWallClock(env.now))
-        .monotonic_clock(SteppingClock::default())
+        .monotonic_clock(clock.clone())
         .secure_random(env.rng(1))
         .insecure_random(env.rng(2))
         .insecure_random_seed(u128::from_le_bytes(

@@ -322,6 +322,18 @@ fn stamp(root: &Path, tool: &Tool, guest: &Guest) -> Result<String> {
     writeln!(text, "world {WORLD}")?;
     writeln!(text, "entry {}", guest.entry)?;
     writeln!(text, "disable {}", guest.disable.join(" "))?;
+    // The pins of the tools and of what they pull in (a lockfile bump of a
+    // dependency of componentize-js changes the output without changing
+    // its version).
+    for pin in [
+        "plugins/requirements-guests.txt",
+        "plugins/js-toolchain/package-lock.json",
+    ] {
+        let path = root.join(pin);
+        if let Ok(bytes) = fs::read(&path) {
+            writeln!(text, "pin {} {pin}", hex::encode(Sha256::digest(&bytes)))?;
+        }
+    }
     for (label, dir) in [("source", &guest.dir), ("wit", &root.join("wit"))] {
         for file in files_under(dir)? {
             let bytes = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -14,6 +14,10 @@ what happened, so a test can tell what the sandbox let through:
   looks the address up first);
 - `tcp`: opens a TCP socket and connects it to 127.0.0.1:5432 directly,
   with no name lookup;
+- `sleep`: sleeps for an hour (`time.sleep(3600)`), then writes
+  `slept {time.monotonic()}`: the host's sleep is over at once and moves the
+  guest's monotonic clock forward instead, so this must return quickly
+  with a clock past 3600;
 - `env`: writes `environ={...} argv=[...]`, the `repr` of the environment
   and of `sys.argv` (the host grants neither, so both should be empty);
 - `print`: writes `mb` MiB to stdout, a first line `evil-py prints {mb} MiB`
@@ -48,7 +52,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import types as t
 
-MODES = ("entropy", "open", "preopens", "socket", "tcp", "env", "print")
+MODES = ("entropy", "open", "preopens", "socket", "tcp", "sleep", "env", "print")
 MIB = 1024 * 1024
 
 # Set by `configure`.
@@ -82,6 +86,11 @@ def tcp() -> str:
         return f"ACCESS: connected to {conn.getpeername()!r}"
 
 
+def sleep() -> str:
+    time.sleep(3600)
+    return f"slept {time.monotonic()}"
+
+
 def env() -> str:
     return f"environ={dict(os.environ)!r} argv={sys.argv!r}"
 
@@ -110,6 +119,7 @@ ACTIONS = {
     "preopens": preopens,
     "socket": connect,
     "tcp": tcp,
+    "sleep": sleep,
     "env": env,
     "print": flood,
 }
