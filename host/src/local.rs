@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as J, json};
 
 use crate::transform::bindings::refill::transform::types::Key as WitKey;
-use crate::transform::{Isolated, Runner, Setup, TransformError, run_isolating};
+use crate::transform::{Instance, Isolated, Runner, Setup, TransformError, run_isolating};
 use crate::value::{self, Info, Outcome, Row, Value, ValueType};
 
 /// Why rows could not be read.
@@ -198,17 +198,19 @@ impl Tried {
     }
 }
 
-/// Runs `rows` through the transform in batches of `batch_rows`, isolating
-/// rows that trap, and calls `each` with every row's outcome and the guest's
-/// log lines of its batch, in order.
+/// Runs `rows` through `instance` (made by `runner` with `setup`, which
+/// make its replacements) in batches of `batch_rows`, isolating rows that
+/// trap, and calls `each` with every row's outcome and the guest's log
+/// lines of its batch, in order.
 pub fn run_rows(
     runner: &Runner,
     setup: &Setup,
+    instance: Instance,
     rows: Vec<Row>,
     batch_rows: usize,
     mut each: impl FnMut(Tried, &[crate::transform::LogLine]),
 ) -> Result<(), LocalError> {
-    let mut slot = None;
+    let mut slot = Some(instance);
     for batch in rows.chunks(batch_rows.max(1)) {
         let mut out = Isolated::default();
         run_isolating(runner, setup, &mut slot, batch, &mut out)?;

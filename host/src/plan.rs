@@ -64,8 +64,7 @@ pub fn params(spec: &Spec) -> Vec<Param> {
 /// rows in scope.
 pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, PlanError> {
     let layout = resolve(spec, db, runner.info()).await?;
-    let lookups = Arc::new(lookup::load(spec, Some(db)).await?);
-    check_config(spec, runner, &lookups)?;
+    let lookups = load_and_check(spec, db, runner).await?;
     let scope = db.scope(&layout).await?;
     let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
     let mut warnings = Vec::new();
@@ -101,15 +100,33 @@ pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, 
     })
 }
 
+/// What a spec's instances are set up with: its configuration, the guest
+/// environment `env`, and its loaded lookup tables.
+pub fn setup(spec: &Spec, env: GuestEnv, lookups: Arc<Lookups>) -> Setup {
+    Setup {
+        params: params(spec),
+        env,
+        lookups,
+    }
+}
+
+/// Loads the spec's lookup tables (running their queries on `db`) and
+/// checks the configuration with them: both happen before any row is read.
+pub async fn load_and_check(
+    spec: &Spec,
+    db: &Database,
+    runner: &Runner,
+) -> Result<Arc<Lookups>, PlanError> {
+    let lookups = Arc::new(lookup::load(spec, Some(db)).await?);
+    check_config(spec, runner, &lookups)?;
+    Ok(lookups)
+}
+
 /// Hands the spec's configuration to a fresh instance of the transform, so
 /// that a configuration it refuses stops everything before any row is read.
 pub fn check_config(spec: &Spec, runner: &Runner, lookups: &Arc<Lookups>) -> Result<(), PlanError> {
-    let setup = Setup {
-        params: params(spec),
-        env: GuestEnv::current(&[spec.name(), runner.digest()]),
-        lookups: lookups.clone(),
-    };
-    match runner.instance(&setup) {
+    let env = GuestEnv::current(&[spec.name(), runner.digest()]);
+    match runner.instance(&setup(spec, env, lookups.clone())) {
         Ok(_) => Ok(()),
         Err(TransformError::Config { error, .. }) => Err(spec
             .error_at(

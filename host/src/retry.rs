@@ -14,7 +14,7 @@ use serde::Serialize;
 use tracing::{Instrument, info_span};
 
 use crate::chunk::{Chunk, Key};
-use crate::plan::{self, PlanError};
+use crate::plan;
 use crate::run::pipeline::{self, Feed, Purpose};
 use crate::run::{self, Diff, ErrorGroup, Progress, RunError};
 use crate::source::Database;
@@ -64,12 +64,7 @@ pub async fn retry(
     let runner = Arc::new(run::load_transform(spec, execute)?);
     let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
     let layout = plan::resolve(spec, &db, runner.info()).await?;
-    let lookups = Arc::new(
-        crate::lookup::load(spec, Some(&db))
-            .await
-            .map_err(PlanError::from)?,
-    );
-    plan::check_config(spec, &runner, &lookups)?;
+    let lookups = plan::load_and_check(spec, &db, &runner).await?;
     // The clock and seed the run's rows were first computed with.
     let env = run::guest_env(Some(state), spec.name(), &run.component_digest).await?;
 
@@ -125,7 +120,7 @@ pub async fn retry(
         Some(state.clone()),
         layout,
         runner,
-        run::setup(spec, env, lookups),
+        plan::setup(spec, env, lookups),
         progress,
         throttle,
     ));

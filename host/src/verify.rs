@@ -142,7 +142,7 @@ pub async fn verify(
         None,
         plan.layout,
         runner,
-        run::setup(spec, env, plan.lookups.clone()),
+        plan::setup(spec, env, plan.lookups.clone()),
         progress,
         throttle,
     ));

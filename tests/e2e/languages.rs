@@ -226,6 +226,14 @@ fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
     let w = World::new(Backend::Sqlite, "capabilities");
     w.write("one.jsonl", "{\"key\": 1, \"value\": \"x\"}\n");
     let component = plugin("evil-py").display().to_string();
+    // `refill try evil-py` on one row with these `--config` pairs.
+    let try_with = |config: &[&str]| {
+        let mut args = vec!["try", &component, "--input", "one.jsonl"];
+        for pair in config {
+            args.extend(["--config", pair]);
+        }
+        w.run(&args)
+    };
     // Each attempt fails inside the guest with the error a program sees
     // when the thing does not exist or is not allowed.
     for (mode, expected) in [
@@ -234,28 +242,14 @@ fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
         ("socket", "1  ERROR  gaierror: "),
         ("tcp", "1  ERROR  PermissionError: "),
     ] {
-        let ran = w.run(&[
-            "try",
-            &component,
-            "--input",
-            "one.jsonl",
-            "--config",
-            &format!("mode={mode}"),
-        ]);
+        let ran = try_with(&[&format!("mode={mode}")]);
         ran.expect_code(1);
         assert!(ran.stdout.starts_with(expected), "{mode}: {}", ran.all());
         assert!(!ran.stdout.contains("ACCESS"), "{mode}: {}", ran.all());
     }
     // A guest that sleeps for an hour is done at once, and its monotonic
     // clock moved by the hour: no real wait the deadline cannot stop.
-    let slept = w.run(&[
-        "try",
-        &component,
-        "--input",
-        "one.jsonl",
-        "--config",
-        "mode=sleep",
-    ]);
+    let slept = try_with(&["mode=sleep"]);
     slept.expect_code(0);
     let after: f64 = slept
         .stdout
@@ -266,16 +260,7 @@ fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
         .unwrap_or_else(|| panic!("no clock reading: {}", slept.all()));
     assert!((3600.0..3601.0).contains(&after), "{}", slept.stdout);
     // stdout reaches the log of `try` too.
-    let printed = w.run(&[
-        "try",
-        &component,
-        "--input",
-        "one.jsonl",
-        "--config",
-        "mode=print",
-        "--config",
-        "mb=1",
-    ]);
+    let printed = try_with(&["mode=print", "mb=1"]);
     printed.expect_code(0);
     assert!(
         printed.stderr.contains("stdout: evil-py prints 1 MiB")
@@ -283,14 +268,7 @@ fn a_python_guest_gets_no_file_no_directory_no_socket_and_no_environment() {
         "{}",
         printed.stderr
     );
-    let env = w.run(&[
-        "try",
-        &component,
-        "--input",
-        "one.jsonl",
-        "--config",
-        "mode=env",
-    ]);
+    let env = try_with(&["mode=env"]);
     env.expect_code(0);
     assert!(
         env.stdout.contains("environ={} argv=[]"),

@@ -240,7 +240,7 @@ async fn run_input_command(path: &Path, input: &Path, json: bool) -> Result<u8> 
     let spec = Spec::load(path)?;
     let runner = run::load_transform(&spec, false)?;
     let lookups = Arc::new(refill::lookup::load(&spec, None).await?);
-    let setup = run::setup(
+    let setup = plan::setup(
         &spec,
         GuestEnv::current(&[spec.name(), runner.digest()]),
         lookups,
@@ -298,15 +298,14 @@ fn print_tried(
     json: bool,
 ) -> Result<u8> {
     use refill::local;
-    // Refuse a configuration before reading any row.
-    if let Err(e) = runner.instance(setup) {
-        bail!(e);
-    }
+    // A configuration the transform refuses stops here, before any row is
+    // read; the instance then serves the rows.
+    let instance = runner.instance(setup)?;
     let info = runner.info().clone();
     let rows = local::read_rows(input, &info)?;
     let total = rows.len();
     let (mut updated, mut skipped, mut failed) = (0, 0, 0);
-    local::run_rows(runner, setup, rows, batch_rows, |tried, logs| {
+    local::run_rows(runner, setup, instance, rows, batch_rows, |tried, logs| {
         for line in logs {
             say(Level::Info, &format!("[{}] {}", info.name, line.message));
         }
@@ -699,7 +698,8 @@ async fn rollback_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u
 
 fn inspect_command(path: &Path, json: bool) -> Result<u8> {
     let started = Instant::now();
-    let compiled = Compiled::read(path, None)?;
+    let bytes = Compiled::read_bytes(path)?;
+    let compiled = Compiled::from_bytes(path, &bytes, None)?;
     let mut inspection = show::Inspection {
         path: path.display().to_string(),
         digest: compiled.digest().to_string(),
@@ -711,7 +711,7 @@ fn inspect_command(path: &Path, json: bool) -> Result<u8> {
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
         info: None,
         verdict: None,
-        producers: refill::transform::inspect::producers(&std::fs::read(path)?),
+        producers: refill::transform::inspect::producers(&bytes),
     };
     match Runner::new(compiled, Limits::default()) {
         Ok(runner) => inspection.info = Some(runner.info().clone()),

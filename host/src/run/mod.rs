@@ -291,48 +291,45 @@ pub async fn guest_env(
     })
 }
 
-/// What a spec's instances are set up with.
-pub fn setup(spec: &Spec, env: GuestEnv, lookups: Arc<Lookups>) -> Setup {
-    Setup {
-        params: plan::params(spec),
-        env,
-        lookups,
-    }
-}
-
-/// Records the lookup tables a new run reads, or, for a resumed one,
-/// refuses to go on if they changed since it started.
-async fn check_lookups(
+/// Refuses to resume `run` if the lookup tables it started with changed
+/// since.
+async fn refuse_changed_lookups(
     state: &StateStore,
     run: &RunRecord,
     lookups: &Lookups,
-    resumed: bool,
 ) -> Result<(), RunError> {
     let tables = lookups.digests();
-    if resumed {
-        for earlier in state.records::<LookupRecord>(&run.run_id).await? {
-            if earlier.tables != tables {
-                let changed: Vec<String> = earlier
-                    .tables
-                    .iter()
-                    .filter(|t| !tables.contains(t))
-                    .map(|t| format!("\"{}\" (sha256 {} then)", t.name, t.sha256))
-                    .collect();
-                return Err(RunError::ResumeRefused {
-                    run_id: run.run_id.clone(),
-                    name: run.name.clone(),
-                    status: run.status,
-                    started_at: run.started_at.clone(),
-                    who: format!("{}@{}", run.user_name, run.host_name),
-                    reason: format!(
-                        "its lookup tables changed since it started: {}; resuming would mix two mappings",
-                        changed.join(", ")
-                    ),
-                });
-            }
+    for earlier in state.records::<LookupRecord>(&run.run_id).await? {
+        if earlier.tables != tables {
+            let changed: Vec<String> = earlier
+                .tables
+                .iter()
+                .filter(|t| !tables.contains(t))
+                .map(|t| format!("\"{}\" (sha256 {} then)", t.name, t.sha256))
+                .collect();
+            return Err(RunError::ResumeRefused {
+                run_id: run.run_id.clone(),
+                name: run.name.clone(),
+                status: run.status,
+                started_at: run.started_at.clone(),
+                who: format!("{}@{}", run.user_name, run.host_name),
+                reason: format!(
+                    "its lookup tables changed since it started: {}; resuming would mix two mappings",
+                    changed.join(", ")
+                ),
+            });
         }
-        return Ok(());
     }
+    Ok(())
+}
+
+/// Records the lookup tables a new run reads, if it reads any.
+async fn record_lookups(
+    state: &StateStore,
+    run: &RunRecord,
+    lookups: &Lookups,
+) -> Result<(), RunError> {
+    let tables = lookups.digests();
     if tables.is_empty() {
         return Ok(());
     }
@@ -791,7 +788,7 @@ async fn run_session(
     let run = match previous {
         Some(run) => {
             // Refused before the run is touched: it stays as it was.
-            check_lookups(&state, &run, &plan.lookups, true).await?;
+            refuse_changed_lookups(&state, &run, &plan.lookups).await?;
             state
                 .set_run_status(&run.run_id, RunStatus::Running, None)
                 .await?;
@@ -808,13 +805,11 @@ async fn run_session(
         None => {
             let run = new_run(spec, &runner, &plan, mode);
             state.create_run(&run).await?;
+            record_lookups(&state, &run, &plan.lookups).await?;
             run
         }
     };
 
-    if !resumed {
-        check_lookups(&state, &run, &plan.lookups, false).await?;
-    }
     let env = guest_env(Some(&state), spec.name(), runner.digest()).await?;
     session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
@@ -898,7 +893,7 @@ async fn run_session(
         Some(state.clone()),
         plan.layout.clone(),
         runner,
-        setup(spec, env, plan.lookups.clone()),
+        plan::setup(spec, env, plan.lookups.clone()),
         progress,
         throttle,
     ));

@@ -478,12 +478,8 @@ impl Spec {
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, l) in f.lookup.iter().enumerate() {
-            let at = |key: &'static str| vec!["lookup".to_string(), i.to_string(), key.into()];
-            let err = |key: &'static str, message: String| {
-                let at = at(key);
-                let at: Vec<&str> = at.iter().map(String::as_str).collect();
-                self.error_at(&at, message)
-            };
+            let index = i.to_string();
+            let err = |key: &str, message: String| self.error_at(&["lookup", &index, key], message);
             if !names.insert(l.name.as_str()) {
                 return Err(err(
                     "name",
@@ -613,18 +609,15 @@ impl Spec {
     /// refused. Chunk sizes, concurrency, limits and retry settings are
     /// left out: they change how the work is done, not what it is.
     pub fn work_hash(&self) -> String {
-        let identity = if self.file.lookup.is_empty() {
-            serde_json::json!({
-                "data": self.data_identity(),
-                "config": self.file.transform.config,
-            })
-        } else {
-            serde_json::json!({
-                "data": self.data_identity(),
-                "config": self.file.transform.config,
-                "lookup": self.file.lookup,
-            })
-        };
+        let mut identity = serde_json::json!({
+            "data": self.data_identity(),
+            "config": self.file.transform.config,
+        });
+        // Only when there are lookups, so that a spec without them hashes
+        // as it did before lookups existed and its unfinished runs resume.
+        if !self.file.lookup.is_empty() {
+            identity["lookup"] = serde_json::json!(self.file.lookup);
+        }
         hex::encode(Sha256::digest(identity.to_string().as_bytes()))
     }
 
@@ -1075,6 +1068,36 @@ columns = ["status_v2"]
         );
         let err = parse(&GOOD.replace("[\"status\"]", "[\"a\", \"a\"]")).unwrap_err();
         assert!(err.message.contains("\"a\" is listed twice"));
+    }
+
+    #[test]
+    fn lookup_errors_point_at_the_table() {
+        let two = "\n[[lookup]]\nname = \"plans\"\nfile = \"a.csv\"\n\n[[lookup]]\nname = \"plans\"\nquery = \"SELECT 1, 2\"\n";
+        let text = format!("{GOOD}{two}");
+        let err = parse(&text).unwrap_err();
+        // The second table's name.
+        let second = text.rfind("name = \"plans\"").expect("there");
+        let line = text[..second].matches('\n').count() + 1;
+        assert_eq!(err.location, format!("/specs/q.toml:{line}:8"));
+        assert!(
+            err.message.contains("\"plans\" is declared twice"),
+            "{}",
+            err.message
+        );
+        let both = "\n[[lookup]]\nname = \"p\"\nfile = \"a.csv\"\nquery = \"SELECT 1, 2\"\n";
+        let err = parse(&format!("{GOOD}{both}")).unwrap_err();
+        assert!(
+            err.message.contains("set file or query, not both"),
+            "{}",
+            err.message
+        );
+        let keyed = "\n[[lookup]]\nname = \"p\"\nquery = \"SELECT 1, 2\"\nkey = \"k\"\n";
+        let err = parse(&format!("{GOOD}{keyed}")).unwrap_err();
+        assert!(
+            err.message.contains("key and value name a file's columns"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -408,11 +408,24 @@ impl Compiled {
     /// Reads the component at `path`, refuses it if `pin` is given and does
     /// not match its sha256, and compiles it (or loads it from the cache).
     pub fn read(path: &Path, pin: Option<&str>) -> Result<Compiled, TransformError> {
-        let bytes = std::fs::read(path).map_err(|source| TransformError::Read {
+        Compiled::from_bytes(path, &Compiled::read_bytes(path)?, pin)
+    }
+
+    /// The bytes of the component file at `path`.
+    pub fn read_bytes(path: &Path) -> Result<Vec<u8>, TransformError> {
+        std::fs::read(path).map_err(|source| TransformError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        let digest = digest(&bytes);
+        })
+    }
+
+    /// As [`Compiled::read`], for the bytes of the file at `path`.
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        pin: Option<&str>,
+    ) -> Result<Compiled, TransformError> {
+        let digest = digest(bytes);
         if let Some(expected) = pin
             && expected != digest
         {
@@ -428,7 +441,7 @@ impl Compiled {
         };
         let engine = engine().map_err(compile_error)?;
         let (component, origin) =
-            cache::load(engine, &bytes, &digest).map_err(|e| compile_error(format!("{e:#}")))?;
+            cache::load(engine, bytes, &digest).map_err(|e| compile_error(format!("{e:#}")))?;
         let ty = component.component_type();
         let imports = ty
             .imports(engine)
@@ -514,15 +527,18 @@ impl Runner {
         }
         let engine = compiled.component.engine();
         let mut linker = Linker::<HostState>::new(engine);
-        let link_error = |e: wasmtime::Error| TransformError::Compile {
+        // The host's own interfaces failing to register is the host's
+        // problem, reported like a compile failure; the component's imports
+        // not resolving is a `Link` error below.
+        let host_error = |e: wasmtime::Error| TransformError::Compile {
             path: path.clone(),
             message: format!("{e:#}"),
         };
         Transformer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(link_error)?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
+            .map_err(host_error)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(host_error)?;
         wasi::link_sleep(&mut linker, |s: &mut HostState| (&mut s.table, &s.clock))
-            .map_err(link_error)?;
+            .map_err(host_error)?;
         let not_a_transform = |e: wasmtime::Error| TransformError::NotATransform {
             path: path.clone(),
             message: format!("{e:#}"),
