@@ -223,14 +223,19 @@ impl World {
     /// worlds, the world's own PostgreSQL schema for PostgreSQL worlds (so
     /// every PostgreSQL test also exercises a PostgreSQL state store).
     pub fn state_section(&self) -> String {
-        match &self.schema {
+        match self.state_url() {
             None => String::new(),
-            Some(schema) => {
-                let url = postgres_url();
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("[state]\nurl = \"{url}{sep}options=-c%20search_path%3D{schema}\"\n")
-            }
+            Some(url) => format!("[state]\nurl = \"{url}\"\n"),
         }
+    }
+
+    /// The url of a PostgreSQL world's state store: the server, with the
+    /// world's schema first on the search path.
+    pub fn state_url(&self) -> Option<String> {
+        let schema = self.schema.as_ref()?;
+        let url = postgres_url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
     }
 
     /// Whether a state store was created.

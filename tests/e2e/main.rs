@@ -12,6 +12,7 @@ mod sandbox;
 mod spec_errors;
 mod throttle;
 mod types;
+mod workers;
 
 /// Defines one test per backend from a body taking the backend.
 #[macro_export]

@@ -73,6 +73,38 @@ pub enum Command {
         /// With --input: print one JSON object per row.
         #[arg(long, requires = "input")]
         json: bool,
+        /// Plan the run for distributed workers and exit: `--workers 0`
+        /// records every chunk in the (PostgreSQL) state store, prints the
+        /// run's id, and leaves the work to `refill worker` processes.
+        #[arg(long, value_name = "0", requires = "execute", conflicts_with_all = ["limit", "until_key", "max_runtime", "metrics_addr"])]
+        workers: Option<u32>,
+    },
+    /// Join a run planned with `refill run SPEC --execute --workers 0` and
+    /// work on its chunks until all are done. Start as many as you like, on
+    /// any host: they claim chunks under leases in the PostgreSQL state
+    /// store, and take over the chunks of a worker that dies.
+    Worker {
+        /// The PostgreSQL state store holding the run.
+        #[arg(long, value_name = "URL", env = "REFILL_STATE")]
+        state: String,
+        /// The run to join (an id or a unique prefix); by default the most
+        /// recent running run planned for workers.
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
+        /// The source database url, when the spec's url holds a password
+        /// (refill does not store passwords).
+        #[arg(long, value_name = "URL", env = "REFILL_SOURCE_URL")]
+        source_url: Option<String>,
+        /// How long a claimed chunk stays this worker's without a renewal;
+        /// a dead worker's chunks are taken over after this long.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        lease: Duration,
+        /// Stop taking chunks after this long (such as 30m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_runtime: Option<Duration>,
+        /// Serve Prometheus metrics on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
     },
     /// Run a component over rows from a JSON-lines file and print each
     /// outcome: develop and test a transform with no database at all. Each

@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use refill::db::DbUrl;
 use refill::plan;
+use refill::run::worker::WorkerOptions;
 use refill::run::{self, Progress, RunOptions};
 use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
@@ -163,6 +164,33 @@ async fn dispatch(command: Command) -> Result<u8> {
         }
         Command::Run {
             spec,
+            restart,
+            input: None,
+            workers: Some(workers),
+            ..
+        } => plan_workers_command(&spec, workers, restart).await,
+        Command::Worker {
+            state,
+            run,
+            source_url,
+            lease,
+            max_runtime,
+            metrics_addr,
+        } => {
+            worker_command(
+                WorkerOptions {
+                    state: DbUrl::parse(&state, Path::new("."))?,
+                    run,
+                    source_url,
+                    lease,
+                    max_runtime,
+                },
+                metrics_addr,
+            )
+            .await
+        }
+        Command::Run {
+            spec,
             execute,
             limit,
             restart,
@@ -171,6 +199,7 @@ async fn dispatch(command: Command) -> Result<u8> {
             metrics_addr,
             input: None,
             json: _,
+            workers: None,
         } => {
             run_command(
                 &spec,
@@ -370,6 +399,54 @@ async fn run_command(
         Some(Stop::Interrupted) => INTERRUPTED,
         Some(Stop::Aborted { .. }) => ABORTED,
         _ if report.totals.failed > 0 => FAILED_ROWS,
+        _ => 0,
+    })
+}
+
+/// `refill run SPEC --execute --workers 0`: plans the run for workers,
+/// prints its id and how to start them, and exits.
+async fn plan_workers_command(path: &Path, workers: u32, restart: bool) -> Result<u8> {
+    if workers != 0 {
+        anyhow::bail!(
+            "--workers {workers}: only --workers 0 is supported (plan, then start `refill worker` processes yourself, on any hosts)"
+        );
+    }
+    let spec = Spec::load(path)?;
+    let options = RunOptions {
+        execute: true,
+        restart,
+        ..RunOptions::default()
+    };
+    let planned = refill::run::worker::plan(&spec, &options).await?;
+    show::planned(&spec, &planned);
+    Ok(0)
+}
+
+/// `refill worker`: joins a run planned for workers and works on it.
+async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>) -> Result<u8> {
+    let progress = Arc::new(Progress::default());
+    let _metrics = match metrics_addr {
+        Some(addr) => {
+            let (bound, task) = refill::metrics::serve(addr, progress.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            say(
+                Level::Info,
+                &format!("serving metrics on http://{bound}/metrics"),
+            );
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
+    let _interrupts = on_ctrl_c(progress.clone());
+    let display = progress::start(progress.clone());
+    let result = refill::run::worker::work(&options, progress).await;
+    display.finish().await;
+    let report = result?;
+    show::worker(&report);
+    Ok(match &report.stop {
+        Some(Stop::Interrupted) => INTERRUPTED,
+        Some(Stop::Aborted { .. }) => ABORTED,
         _ => 0,
     })
 }

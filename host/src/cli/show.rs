@@ -188,6 +188,79 @@ pub fn plan(
 }
 
 /// Prints how a run went.
+/// What `refill run --execute --workers 0` planned.
+pub fn planned(spec: &Spec, p: &refill::run::worker::Planned) {
+    let run = &p.run;
+    let verb = if p.existing {
+        "is already planned"
+    } else {
+        "planned"
+    };
+    println!(
+        "Run {} of \"{}\" {verb} for workers: {} rows in {} chunks of up to {} rows.",
+        run.run_id,
+        run.name,
+        n(run.rows_in_scope),
+        n(p.chunks),
+        n(run.chunk_rows)
+    );
+    println!(
+        "  transform  {} {}, sha256 {} (stored with the run)",
+        run.transform_name, run.transform_version, run.component_digest
+    );
+    let source = if p.needs_source_url {
+        " --source-url URL"
+    } else {
+        ""
+    };
+    println!("Start workers, on any hosts, with:");
+    println!(
+        "  refill worker --state {} --run {}{source}",
+        spec.state_url, run.run_id
+    );
+    println!(
+        "and follow the run with: refill status --state {} {}",
+        spec.state_url, run.run_id
+    );
+    if p.needs_source_url {
+        println!(
+            "The spec's source url holds a password, which refill did not store: give it to each worker with --source-url or REFILL_SOURCE_URL, or write the url as env:VAR."
+        );
+    }
+}
+
+/// How a worker ended.
+pub fn worker(r: &refill::run::worker::WorkerReport) {
+    let s = &r.session;
+    println!(
+        "Worker {} on run {} of \"{}\": {}; {} rows in {} chunks, {:.1} s ({}).",
+        r.session_id,
+        r.run.run_id,
+        r.run.name,
+        r.outcome,
+        n(s.rows),
+        n(r.chunks),
+        r.elapsed.as_secs_f64(),
+        per_sec(s.rows, r.elapsed)
+    );
+    println!(
+        "  this worker  {} updated, {} already right, {} skipped, {} failed",
+        n(s.updated),
+        n(s.unchanged),
+        n(s.skipped),
+        n(s.failed)
+    );
+    let t = &r.totals;
+    println!(
+        "  the run      {}: {} of {} rows; {} updated, {} failed",
+        r.run.status,
+        n(t.rows),
+        n(r.run.rows_in_scope),
+        n(t.updated),
+        n(t.failed)
+    );
+}
+
 pub fn report(spec: &Spec, r: &RunReport) {
     let run = &r.run;
     let s = &r.session;
@@ -388,8 +461,12 @@ pub fn run_detail(
         n(run.chunk_rows)
     );
     let summary = chunk_summary(chunks);
+    let waiting = match summary.get("planned") {
+        Some(planned) => format!(", {planned} waiting for a worker"),
+        None => String::new(),
+    };
     println!(
-        "  progress   {} rows ({}); chunks: {} done, {} in flight or interrupted",
+        "  progress   {} rows ({}); chunks: {} done, {} in flight or interrupted{waiting}",
         n(totals.rows),
         percent(totals.rows, run.rows_in_scope),
         summary.get("done").copied().unwrap_or(0),
@@ -429,13 +506,28 @@ pub fn run_detail(
             }
             (None, None) => "working".to_string(),
         };
+        let mine = chunks.iter().filter(|c| c.session_id == s.session_id);
+        let done = mine
+            .clone()
+            .filter(|c| c.status == ChunkStatus::Done)
+            .count();
+        let held: Vec<String> = mine
+            .filter(|c| c.status == ChunkStatus::Pending)
+            .map(|c| c.chunk_id.to_string())
+            .collect();
+        let held = match held.len() {
+            0 => String::new(),
+            1 => format!(", chunk {} in flight", held[0]),
+            _ => format!(", chunks {} in flight", held.join(", ")),
+        };
         println!(
-            "  session    {} pid {} on {}, {} → {} ({state})",
+            "  session    {} pid {} on {}, {} → {} ({state}); {done} chunk{} done{held}",
             s.session_id,
             s.pid,
             s.host_name,
             s.started_at,
             s.ended_at.as_deref().unwrap_or("…"),
+            if done == 1 { "" } else { "s" },
         );
     }
     let troubled: Vec<&ChunkRecord> = chunks

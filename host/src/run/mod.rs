@@ -6,6 +6,7 @@
 
 pub(crate) mod pipeline;
 mod progress;
+pub mod worker;
 
 pub use progress::{Phase, Progress, RecentRate, Status};
 
@@ -513,6 +514,7 @@ async fn resumable(
     spec: &Spec,
     runner: &Runner,
     options: &RunOptions,
+    workers: bool,
 ) -> Result<Option<RunRecord>, RunError> {
     let Some(previous) = state.latest_execute_run(spec.name()).await? else {
         return Ok(None);
@@ -529,7 +531,15 @@ async fn resumable(
         warn!(run = %previous.run_id, "Abandoned the unfinished run; starting over.");
         return Ok(None);
     }
-    let reason = if previous.component_digest != runner.digest() {
+    let reason = if previous.workers && !workers {
+        Some(format!(
+            "it is planned for distributed workers: join it with `refill worker --state {} --run {}`",
+            state.url(),
+            previous.run_id
+        ))
+    } else if !previous.workers && workers {
+        Some("it runs in a single process: finish it with `refill run --execute` first".to_string())
+    } else if previous.component_digest != runner.digest() {
         Some(format!(
             "it ran component sha256 {}, the spec now runs {}; resuming would mix the outputs of two transforms",
             previous.component_digest,
@@ -589,6 +599,7 @@ fn new_run(spec: &Spec, runner: &Runner, plan: &Plan, mode: Mode) -> RunRecord {
         started_at: now(),
         finished_at: None,
         message: None,
+        workers: false,
     }
 }
 
@@ -707,8 +718,6 @@ pub(crate) fn context(
     Context {
         purpose,
         run_id: run_id.to_string(),
-        db,
-        state,
         layout,
         runner,
         setup: Arc::new(setup),
@@ -722,8 +731,23 @@ pub(crate) fn context(
         stop: AtomicBool::new(false),
         trapped_batches: AtomicU32::new(0),
         samples: Mutex::new(Samples::default()),
+        atomic: atomic_pool(spec, &db, state.as_ref()),
+        db,
+        state,
         throttle,
         abandoned: Mutex::new(None),
+    }
+}
+
+/// The target's pool when the state store is the same PostgreSQL database
+/// (the same url): a chunk's writes and its checkpoint then commit in one
+/// transaction.
+fn atomic_pool(spec: &Spec, db: &Database, state: Option<&StateStore>) -> Option<sqlx::PgPool> {
+    match (db, state) {
+        (Database::Postgres(pool), Some(state)) if *state.url() == spec.source_url => {
+            Some(pool.clone())
+        }
+        _ => None,
     }
 }
 
@@ -780,7 +804,7 @@ async fn run_session(
         Mode::DryRun
     };
     let previous = if options.execute {
-        resumable(&state, spec, &runner, options).await?
+        resumable(&state, spec, &runner, options, false).await?
     } else {
         None
     };
@@ -932,6 +956,12 @@ async fn run_session(
             let message = format!("{why}; the next `refill run` resumes it");
             stop = Some(why);
             (status, Some(message), None)
+        }
+        // Only workers' feeds end this way.
+        Ok(Ended::Left(status)) => {
+            return Err(RunError::Internal(format!(
+                "the run's status changed to {status} under its own process"
+            )));
         }
         Err(error) => (
             RunStatus::Failed,

@@ -25,7 +25,7 @@ use crate::chunk::{Chunk, Key};
 use crate::sink::{self, Guard, Update};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
-use crate::state::{Counts, DeadLetter, Image, Resolution, StateStore, Timings};
+use crate::state::{Claim, Counts, DeadLetter, Image, Lease, Resolution, StateStore, Timings};
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
 use crate::transform::{Instance, Isolated, Runner, Setup, TransformError, run_isolating};
@@ -123,6 +123,10 @@ pub(crate) struct Context {
     pub throttle: Arc<Throttle>,
     /// Why a worker left a chunk it was handed, if one did.
     pub abandoned: Mutex<Option<Stop>>,
+    /// When the state store is the target's PostgreSQL database: its pool,
+    /// on which a run's chunk writes and checkpoint commit in one
+    /// transaction.
+    pub atomic: Option<sqlx::PgPool>,
 }
 
 /// How a feed ended without an error.
@@ -135,6 +139,9 @@ pub(crate) enum Ended {
     /// Stopped on request (abort, Ctrl-C, `--max-runtime`); chunks in
     /// flight were finished or left for a later session.
     Stopped(Stop),
+    /// A worker's run was ended elsewhere (aborted, abandoned, failed):
+    /// its status.
+    Left(String),
 }
 
 impl Context {
@@ -222,6 +229,14 @@ pub(crate) enum Feed {
     },
     /// Lists of keys, each with the chunk they belong to.
     Keys(Vec<(Chunk, Vec<Key>)>),
+    /// Chunks claimed one at a time from a run planned for workers, each
+    /// under a lease of this length.
+    Claims {
+        /// How long a claim holds without renewal.
+        lease: std::time::Duration,
+        /// How long to wait before asking again when nothing is free.
+        poll: std::time::Duration,
+    },
 }
 
 /// A chunk read, on its way to a worker.
@@ -232,6 +247,8 @@ struct Work {
     retries: u64,
     /// For key lists: the keys asked for (some may be gone).
     asked: Vec<Key>,
+    /// For claimed chunks: the claim.
+    lease: Option<Lease>,
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -291,6 +308,79 @@ async fn read_all(
     let tokens = ctx.purpose.writes() && ctx.conditional;
     let throttle = &ctx.throttle;
     match feed {
+        Feed::Claims { lease, poll } => {
+            let (state, session_id) = match &ctx.purpose {
+                Purpose::Run { session_id, .. } => (ctx.state()?, session_id.as_str()),
+                _ => return Err(RunError::Internal("only runs claim chunks".into())),
+            };
+            let mut limit = None;
+            loop {
+                if failed() {
+                    return Ok(Ended::Done);
+                }
+                if let Err(stop) = throttle.admit(None).await {
+                    return Ok(Ended::Stopped(stop));
+                }
+                let counter = AtomicU64::new(0);
+                let claim = backoff::retry(&ctx.policy, "claiming a chunk", &counter, || {
+                    state.claim(&ctx.run_id, ctx.layout.key_type, session_id, lease)
+                })
+                .await
+                .map_err(|source| RunError::Checkpoint {
+                    chunk: format!("run {}", ctx.run_id),
+                    source,
+                })?;
+                let lease = match claim {
+                    Claim::Got(lease) => lease,
+                    Claim::Finished => return Ok(Ended::Done),
+                    Claim::Stopped(status) => return Ok(Ended::Left(status)),
+                    Claim::Busy | Claim::Waiting => {
+                        // Polling the shared store is the only way to learn
+                        // that a lease expired or a slot freed.
+                        tokio::time::sleep(poll).await;
+                        continue;
+                    }
+                };
+                let chunk = lease.chunk.clone();
+                match &lease.taken_from {
+                    Some(from) => info!(
+                        chunk = chunk.id,
+                        attempt = lease.attempt,
+                        from = %from,
+                        "Took over a chunk whose lease expired."
+                    ),
+                    None => debug!(chunk = chunk.id, "Claimed a chunk."),
+                }
+                let started = Instant::now();
+                let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
+                    ctx.db
+                        .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
+                })
+                .await
+                .map_err(|source| RunError::Read {
+                    chunk: chunk.to_string(),
+                    source,
+                })?;
+                if let Err(stop) = throttle.pace(rows.len() as u64).await {
+                    give_back(ctx, state, &lease).await;
+                    return Ok(Ended::Stopped(stop));
+                }
+                if !hand_on(
+                    ctx,
+                    chunk,
+                    rows,
+                    started,
+                    counter.into_inner(),
+                    &mut limit,
+                    Some(lease),
+                    &tx,
+                )
+                .await?
+                {
+                    return Ok(Ended::Done);
+                }
+            }
+        }
         Feed::Keys(groups) => {
             for (chunk, keys) in groups {
                 if failed() {
@@ -319,6 +409,7 @@ async fn read_all(
                     read_ms,
                     retries: counter.into_inner(),
                     asked: keys,
+                    lease: None,
                 };
                 if tx.send(work).await.is_err() {
                     return Ok(Ended::Done);
@@ -363,6 +454,7 @@ async fn read_all(
                     started,
                     counter.into_inner(),
                     &mut limit,
+                    None,
                     &tx,
                 )
                 .await?
@@ -429,6 +521,7 @@ async fn read_all(
                     started,
                     counter.into_inner(),
                     &mut limit,
+                    None,
                     &tx,
                 )
                 .await?
@@ -443,8 +536,20 @@ async fn read_all(
     }
 }
 
+/// Gives a claim back on the way out, so that another worker need not wait
+/// for its lease to expire; a failure only delays the takeover.
+async fn give_back(ctx: &Context, state: &StateStore, lease: &Lease) {
+    if let Err(error) = state.release_lease(&ctx.run_id, lease).await {
+        warn!(chunk = lease.chunk.id, %error, "Could not give a claimed chunk back; it is taken over when its lease expires.");
+    }
+}
+
 /// Records a range chunk as started (for runs) and sends it to a worker.
 /// Returns false if no worker is left to take it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a chunk read, with what it took and where it goes"
+)]
 async fn hand_on(
     ctx: &Arc<Context>,
     chunk: Chunk,
@@ -452,10 +557,12 @@ async fn hand_on(
     started: Instant,
     mut retries: u64,
     limit: &mut Option<u64>,
+    lease: Option<Lease>,
     tx: &mpsc::Sender<Work>,
 ) -> Result<bool, RunError> {
     let read_ms = millis(started.elapsed());
-    if let Purpose::Run { session_id, .. } = &ctx.purpose {
+    // A claimed chunk was recorded as started by its claim.
+    if let (Purpose::Run { session_id, .. }, None) = (&ctx.purpose, &lease) {
         let counter = AtomicU64::new(0);
         let state = ctx.state()?;
         backoff::retry(
@@ -482,6 +589,7 @@ async fn hand_on(
             read_ms,
             retries,
             asked: Vec::new(),
+            lease,
         })
         .await
         .is_ok())
@@ -503,6 +611,9 @@ async fn worker(
             Ok(held) => held,
             Err(stop) => {
                 debug!(chunk = work.chunk.id, %stop, "Leaving a chunk for a later session.");
+                if let (Some(lease), Some(state)) = (&work.lease, &ctx.state) {
+                    give_back(&ctx, state, lease).await;
+                }
                 ctx.abandoned
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -979,6 +1090,7 @@ async fn process(
         read_ms,
         retries,
         asked,
+        lease,
     } = work;
     let started = Instant::now();
     let (rows, results) = transform(ctx, &chunk, instance, rows).await?;
@@ -989,8 +1101,31 @@ async fn process(
     evaluated.counts.retries += retries;
 
     let started = Instant::now();
+    // A run's writes and checkpoint commit together when the state store
+    // is the target's database.
+    let mut atomic = match (&ctx.atomic, &ctx.purpose) {
+        (Some(pool), Purpose::Run { execute: true, .. }) => {
+            Some(pool.begin().await.map_err(|error| RunError::Write {
+                chunk: chunk.to_string(),
+                source: sink::SinkError::Write {
+                    table: ctx.layout.target.quoted(),
+                    rows: rows.len(),
+                    error,
+                },
+            })?)
+        }
+        _ => None,
+    };
     if ctx.purpose.writes() {
-        write_guarded(ctx, &chunk, instance, &rows, &mut evaluated).await?;
+        write_guarded(
+            ctx,
+            &chunk,
+            instance,
+            &rows,
+            &mut evaluated,
+            atomic.as_deref_mut(),
+        )
+        .await?;
     }
     let counts = evaluated.counts;
     let timings = Timings {
@@ -1008,26 +1143,72 @@ async fn process(
             let note = trapped.map(|d| format!("key {}: {}", d.key, d.error));
             let dead = &evaluated.dead;
             let counter = AtomicU64::new(0);
-            backoff::retry(
-                &ctx.policy,
-                "checkpointing a finished chunk",
-                &counter,
-                || {
-                    state.chunk_done(
+            let checkpoint_error = |source| RunError::Checkpoint {
+                chunk: chunk.to_string(),
+                source,
+            };
+            let marked = match atomic.take() {
+                Some(mut tx) => {
+                    backoff::retry(&ctx.policy, "recording dead letters", &counter, || {
+                        state.record_dead_letters(&ctx.run_id, chunk.id, dead)
+                    })
+                    .await
+                    .map_err(checkpoint_error)?;
+                    let marked = crate::state::checkpoint_in(
+                        &mut tx,
                         &ctx.run_id,
                         chunk.id,
                         &counts,
                         &timings,
                         note.as_deref(),
-                        dead,
+                        lease.as_ref(),
                     )
-                },
-            )
-            .await
-            .map_err(|source| RunError::Checkpoint {
-                chunk: chunk.to_string(),
-                source,
-            })?;
+                    .await
+                    .map_err(checkpoint_error)?;
+                    let end = if marked {
+                        tx.commit().await
+                    } else {
+                        tx.rollback().await
+                    };
+                    end.map_err(|error| {
+                        checkpoint_error(crate::state::StateError::Query {
+                            what: "committing a chunk's writes with its checkpoint",
+                            error,
+                        })
+                    })?;
+                    marked
+                }
+                None => backoff::retry(
+                    &ctx.policy,
+                    "checkpointing a finished chunk",
+                    &counter,
+                    || {
+                        state.chunk_done(
+                            &ctx.run_id,
+                            chunk.id,
+                            &counts,
+                            &timings,
+                            note.as_deref(),
+                            dead,
+                            lease.as_ref(),
+                        )
+                    },
+                )
+                .await
+                .map_err(checkpoint_error)?,
+            };
+            if !marked {
+                warn!(
+                    chunk = chunk.id,
+                    "Another worker took this chunk over after this worker's lease expired; its result is theirs{}.",
+                    if ctx.atomic.is_some() {
+                        " and this worker's writes were rolled back"
+                    } else {
+                        " (this worker's writes set the same values)"
+                    }
+                );
+                return Ok(());
+            }
             None
         }
         Purpose::Retry { execute, retry_id } => {
@@ -1164,6 +1345,7 @@ async fn write_guarded(
     instance: &mut Option<Instance>,
     rows: &ChunkRows,
     evaluated: &mut Evaluated,
+    mut atomic: Option<&mut sqlx::PgConnection>,
 ) -> Result<(), RunError> {
     let state = ctx.state()?;
     let digest = ctx.runner.digest().to_string();
@@ -1199,10 +1381,18 @@ async fn write_guarded(
         } else {
             Guard::None
         };
-        let written = backoff::retry(&ctx.policy, "writing a chunk", &retries, || {
-            sink::write(&ctx.db, &ctx.layout, &pending, guard)
-        })
-        .await
+        let written = match atomic.as_deref_mut() {
+            // Inside the chunk's transaction a failed statement is rolled
+            // back to its savepoint; a lost connection loses the whole
+            // transaction, so it is not retried here: the chunk is.
+            Some(tx) => sink::write_in(tx, &ctx.layout, &pending, guard).await,
+            None => {
+                backoff::retry(&ctx.policy, "writing a chunk", &retries, || {
+                    sink::write(&ctx.db, &ctx.layout, &pending, guard)
+                })
+                .await
+            }
+        }
         .map_err(|source| RunError::Write {
             chunk: chunk.to_string(),
             source,

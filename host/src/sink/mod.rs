@@ -198,12 +198,35 @@ pub async fn write(
     guard: Guard,
 ) -> Result<Written, SinkError> {
     let mut written = Written::default();
-    isolate(db, layout, updates, guard, &mut written).await?;
+    isolate(Dest::Pool(db), layout, updates, guard, &mut written).await?;
     Ok(written)
 }
 
+/// As [`write`], inside `tx`, an open transaction on the PostgreSQL
+/// target: each statement runs under a savepoint, so that a refused value
+/// undoes only its own statement and the rest of the chunk commits (or
+/// not) with the transaction.
+pub async fn write_in(
+    tx: &mut sqlx::PgConnection,
+    layout: &Layout,
+    updates: &[Update],
+    guard: Guard,
+) -> Result<Written, SinkError> {
+    let mut written = Written::default();
+    isolate(Dest::Tx(tx), layout, updates, guard, &mut written).await?;
+    Ok(written)
+}
+
+/// Where a write goes: a pool, or an open PostgreSQL transaction.
+enum Dest<'a> {
+    Pool(&'a Database),
+    Tx(&'a mut sqlx::PgConnection),
+}
+
+/// Writes `updates`, splitting the batch while the database refuses a
+/// value until the refused rows stand alone (see [`write`]).
 fn isolate<'a>(
-    db: &'a Database,
+    mut into: Dest<'a>,
     layout: &'a Layout,
     updates: &'a [Update],
     guard: Guard,
@@ -213,11 +236,16 @@ fn isolate<'a>(
         if updates.is_empty() {
             return Ok(());
         }
-        let attempt = match db {
-            Database::Postgres(pool) => {
-                postgres::write(pool, layout, updates.to_vec(), guard).await
-            }
-            Database::Sqlite(pool) => sqlite::write(pool, layout, updates.to_vec(), guard).await,
+        let attempt = match &mut into {
+            Dest::Pool(db) => match *db {
+                Database::Postgres(pool) => {
+                    postgres::write(pool, layout, updates.to_vec(), guard).await
+                }
+                Database::Sqlite(pool) => {
+                    sqlite::write(pool, layout, updates.to_vec(), guard).await
+                }
+            },
+            Dest::Tx(tx) => in_savepoint(tx, layout, updates, guard).await,
         };
         match attempt {
             Ok(keys) => {
@@ -234,12 +262,46 @@ fn isolate<'a>(
                     return Ok(());
                 }
                 let (first, second) = updates.split_at(updates.len() / 2);
-                isolate(db, layout, first, guard, written).await?;
-                isolate(db, layout, second, guard, written).await
+                let into = match into {
+                    Dest::Pool(db) => {
+                        isolate(Dest::Pool(db), layout, first, guard, written).await?;
+                        Dest::Pool(db)
+                    }
+                    Dest::Tx(tx) => {
+                        isolate(Dest::Tx(&mut *tx), layout, first, guard, written).await?;
+                        Dest::Tx(tx)
+                    }
+                };
+                isolate(into, layout, second, guard, written).await
             }
             Err(other) => Err(other),
         }
     })
+}
+
+/// One PostgreSQL write statement under a savepoint of `tx`.
+async fn in_savepoint(
+    tx: &mut sqlx::PgConnection,
+    layout: &Layout,
+    updates: &[Update],
+    guard: Guard,
+) -> Result<Vec<Key>, SinkError> {
+    let failed = |error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: updates.len(),
+        error,
+    };
+    let mut savepoint = sqlx::Connection::begin(&mut *tx).await.map_err(failed)?;
+    match postgres::write(&mut *savepoint, layout, updates.to_vec(), guard).await {
+        Ok(keys) => {
+            savepoint.commit().await.map_err(failed)?;
+            Ok(keys)
+        }
+        Err(e) => {
+            savepoint.rollback().await.map_err(failed)?;
+            Err(e)
+        }
+    }
 }
 
 /// Replaces computed output values with the form the target will store

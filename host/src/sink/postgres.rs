@@ -163,7 +163,7 @@ pub fn update_sql(
 
 /// Writes a chunk's updates in one statement.
 pub async fn write(
-    pool: &PgPool,
+    pool: impl sqlx::PgExecutor<'_>,
     layout: &Layout,
     updates: Vec<Update>,
     guard: Guard,

@@ -460,6 +460,74 @@ impl Database {
         }
     }
 
+    /// The upper keys of chunks of `rows` rows each, in key order, that
+    /// cover the scope up to `high_watermark`: a run planned for workers
+    /// records them all before any worker starts. One indexed query per
+    /// chunk, each skipping `rows - 1` keys after the last bound.
+    pub async fn chunk_bounds(
+        &self,
+        layout: &Layout,
+        high_watermark: &Key,
+        rows: u64,
+    ) -> Result<Vec<Key>, SourceError> {
+        let key = quote(&layout.key.name);
+        let cast = match self {
+            Database::Postgres(_) => postgres::key_cast(&layout.key),
+            Database::Sqlite(_) => String::new(),
+        };
+        let query_error = |error| SourceError::Query {
+            what: "planning chunks",
+            table: layout.source.quoted(),
+            error,
+        };
+        // The text of the key is named apart: ordered by a name it shares
+        // with the key, PostgreSQL would sort the text.
+        let mut bounds: Vec<Key> = Vec::new();
+        loop {
+            let (lo, hi) = match bounds.last() {
+                Some(_) => (format!("{key} > $1{cast} AND "), "$2"),
+                None => (String::new(), "$1"),
+            };
+            let sql = format!(
+                "SELECT CAST({key} AS TEXT) AS \"__refill_bound\" FROM {} WHERE {lo}{key} <= {hi}{cast} AND {} ORDER BY {key} LIMIT 1 OFFSET {}",
+                layout.source.quoted(),
+                layout.scope_sql(),
+                rows.saturating_sub(1)
+            );
+            let range = Rows::Range {
+                lo: bounds.last(),
+                hi: high_watermark,
+                limit: None,
+            };
+            let text: Option<String> = match self {
+                Database::Postgres(pool) => range
+                    .bind(sqlx::query(built(sql)))
+                    .fetch_optional(pool)
+                    .await
+                    .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
+                Database::Sqlite(pool) => range
+                    .bind(sqlx::query(built(sql)))
+                    .fetch_optional(pool)
+                    .await
+                    .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
+            }
+            .map_err(query_error)?;
+            let Some(text) = text else {
+                // The last chunk ends at the high-watermark.
+                if bounds.last() != Some(high_watermark) {
+                    bounds.push(high_watermark.clone());
+                }
+                return Ok(bounds);
+            };
+            let bound = Key::decode(&text, layout.key_type).ok_or_else(|| {
+                query_error(sqlx::Error::Decode(
+                    format!("the key column holds {text:?}").into(),
+                ))
+            })?;
+            bounds.push(bound);
+        }
+    }
+
     /// Counts the rows in scope and finds the first and last keys.
     pub async fn scope(&self, layout: &Layout) -> Result<Scope, SourceError> {
         let key = quote(&layout.key.name);

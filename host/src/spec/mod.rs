@@ -621,6 +621,25 @@ impl Spec {
         hex::encode(Sha256::digest(identity.to_string().as_bytes()))
     }
 
+    /// The spec's text as stored for distributed workers, which rebuild the
+    /// spec from it: the file as written, except that a url written out
+    /// with a password has the password masked (workers are then given the
+    /// url with `--source-url`; an `env:VAR` url is read from the worker's
+    /// own environment). Returns the text and whether a password was
+    /// masked.
+    pub fn text_for_workers(&self) -> (String, bool) {
+        let mut text = self.text.clone();
+        let mut masked = false;
+        for raw in [&self.file.source.url, &self.file.state.url] {
+            let hidden = crate::db::mask(raw);
+            if hidden != *raw {
+                text = text.replace(raw.as_str(), &hidden);
+                masked = true;
+            }
+        }
+        (text, masked)
+    }
+
     /// The spec as recorded in the audit trail: what the file says, with
     /// the source and state urls masked.
     pub fn audit_json(&self) -> serde_json::Value {

@@ -23,11 +23,13 @@ mod audit;
 mod control;
 mod dead;
 mod images;
+mod lease;
 
 pub use audit::{AuditRecord, LookupRecord, RetryRecord, RollbackRecord, VerificationRecord};
 pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, Resolution};
 pub use images::Image;
+pub use lease::{Claim, Lease};
 
 use crate::chunk::{Chunk, Key, KeyType};
 use crate::db::{Backend, DbUrl};
@@ -205,6 +207,9 @@ pub struct RunRecord {
     pub finished_at: Option<String>,
     /// Why it stopped, for failed or incomplete runs.
     pub message: Option<String>,
+    /// Whether `refill worker` processes do its work (planned with
+    /// `--workers 0`) rather than the process that started it.
+    pub workers: bool,
 }
 
 /// Row counts of a chunk or a run.
@@ -255,7 +260,10 @@ pub struct Timings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ChunkStatus {
-    /// Read and handed on; its writes may or may not have happened.
+    /// Planned for workers, not yet claimed by one.
+    Planned,
+    /// Read and handed on (claimed, for workers); its writes may or may
+    /// not have happened.
     Pending,
     /// Written and checkpointed.
     Done,
@@ -343,7 +351,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The version of the tables below; a store written by a newer refill is
 /// refused rather than misread. Version 0 is the first release's, which
 /// recorded no version.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Columns added to tables of an older version: table, column, definition.
 /// Opening a store of an older version adds those it lacks.
@@ -361,6 +369,15 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("refill_runs", "control_at", "VARCHAR(40)"),
     ("refill_sessions", "state", "VARCHAR(16)"),
     ("refill_sessions", "reason", "TEXT"),
+    ("refill_runs", "coordination", "VARCHAR(16)"),
+    ("refill_runs", "spec_text", "TEXT"),
+    (
+        "refill_runs",
+        "run_concurrency",
+        "BIGINT NOT NULL DEFAULT 0",
+    ),
+    ("refill_runs", "pace_at", "BIGINT NOT NULL DEFAULT 0"),
+    ("refill_chunks", "lease_until", "BIGINT"),
 ];
 
 const SCHEMA: &[&str] = &[
@@ -430,7 +447,11 @@ const SCHEMA: &[&str] = &[
         message TEXT,
         control VARCHAR(16),
         control_by VARCHAR(200),
-        control_at VARCHAR(40)
+        control_at VARCHAR(40),
+        coordination VARCHAR(16),
+        spec_text TEXT,
+        run_concurrency BIGINT NOT NULL DEFAULT 0,
+        pace_at BIGINT NOT NULL DEFAULT 0
     )",
     "CREATE INDEX IF NOT EXISTS refill_runs_by_name ON refill_runs (name, started_at)",
     "CREATE TABLE IF NOT EXISTS refill_chunks (
@@ -454,7 +475,14 @@ const SCHEMA: &[&str] = &[
         started_at VARCHAR(40) NOT NULL,
         finished_at VARCHAR(40),
         error TEXT,
+        lease_until BIGINT,
         PRIMARY KEY (run_id, chunk_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS refill_components (
+        digest VARCHAR(64) NOT NULL PRIMARY KEY,
+        size BIGINT NOT NULL,
+        data TEXT NOT NULL,
+        stored_at VARCHAR(40) NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS refill_sessions (
         session_id VARCHAR(64) NOT NULL PRIMARY KEY,
@@ -528,13 +556,23 @@ impl StateStore {
             return Ok(());
         }
         for ddl in SCHEMA {
-            sqlx::query(*ddl)
-                .execute(&self.pool)
-                .await
-                .map_err(|error| StateError::Open {
-                    url: self.url.masked(),
-                    error,
-                })?;
+            // Two processes creating the same table at once: PostgreSQL
+            // refuses the second `CREATE … IF NOT EXISTS` with a unique
+            // violation once the first commits; then it exists.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match sqlx::query(*ddl).execute(&self.pool).await {
+                    Ok(_) => break,
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempts < 3 => {}
+                    Err(error) => {
+                        return Err(StateError::Open {
+                            url: self.url.masked(),
+                            error,
+                        });
+                    }
+                }
+            }
         }
         self.check_version().await
     }
@@ -695,8 +733,8 @@ impl StateStore {
         sqlx::query(
             "INSERT INTO refill_runs (run_id, name, mode, status, work_hash, data_hash, spec, spec_path, component_digest, \
              transform_name, transform_version, host_version, user_name, host_name, source_url, source_table, \
-             target_table, key_type, first_key, high_watermark, rows_in_scope, chunk_rows, started_at, finished_at, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+             target_table, key_type, first_key, high_watermark, rows_in_scope, chunk_rows, started_at, finished_at, message, coordination) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
         )
         .bind(&run.run_id)
         .bind(&run.name)
@@ -723,6 +761,7 @@ impl StateStore {
         .bind(&run.started_at)
         .bind(&run.finished_at)
         .bind(&run.message)
+        .bind(run.workers.then_some("workers"))
         .execute(&self.pool)
         .await
         .map_err(q("recording a new run"))?;
@@ -854,7 +893,14 @@ impl StateStore {
     }
 
     /// Records that a chunk is written, with the rows that failed in it, in
-    /// one transaction: the checkpoint a resumed run skips.
+    /// one transaction: the checkpoint a resumed run skips. With a `lease`
+    /// (a worker's claim), the checkpoint is recorded only if the chunk is
+    /// still that claim's: returns false, recording nothing, if another
+    /// worker took the chunk over meanwhile.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one checkpoint, recorded together"
+    )]
     pub async fn chunk_done(
         &self,
         run_id: &str,
@@ -863,34 +909,21 @@ impl StateStore {
         timings: &Timings,
         error: Option<&str>,
         dead: &[DeadLetter],
-    ) -> Result<(), StateError> {
+        lease: Option<&Lease>,
+    ) -> Result<bool, StateError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
-        sqlx::query(
-            "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
-             failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
-             finished_at = $11, error = $12 WHERE run_id = $13 AND chunk_id = $14",
-        )
-        .bind(to_i64(counts.rows))
-        .bind(to_i64(counts.updated))
-        .bind(to_i64(counts.unchanged))
-        .bind(to_i64(counts.skipped))
-        .bind(to_i64(counts.failed))
-        .bind(to_i64(counts.conflicts))
-        .bind(to_i64(counts.retries))
-        .bind(to_i64(timings.read_ms))
-        .bind(to_i64(timings.transform_ms))
-        .bind(to_i64(timings.write_ms))
-        .bind(now())
-        .bind(error)
-        .bind(run_id)
-        .bind(to_i64(chunk_id))
-        .execute(&mut *tx)
-        .await
-        .map_err(q("checkpointing a finished chunk"))?;
+        let done = checkpoint!(&mut *tx, run_id, chunk_id, counts, timings, error, lease)
+            .map_err(q("checkpointing a finished chunk"))?;
+        if !done {
+            tx.rollback()
+                .await
+                .map_err(q("checkpointing a finished chunk"))?;
+            return Ok(false);
+        }
         // A checkpoint retried after its commit went through but its reply
         // was lost records the same rows again.
         sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
@@ -903,7 +936,31 @@ impl StateStore {
         tx.commit()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Records a chunk's dead letters on their own, replacing any recorded
+    /// for it before: for a chunk whose checkpoint is committed with its
+    /// writes (see [`checkpoint_in`]).
+    pub async fn record_dead_letters(
+        &self,
+        run_id: &str,
+        chunk_id: u64,
+        dead: &[DeadLetter],
+    ) -> Result<(), StateError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("recording dead letters"))?;
+        sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
+            .bind(run_id)
+            .bind(to_i64(chunk_id))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording dead letters"))?;
+        dead::insert(&mut tx, run_id, dead).await?;
+        tx.commit().await.map_err(q("recording dead letters"))
     }
 
     /// Every chunk of a run, in order.
@@ -1089,6 +1146,75 @@ impl StateStore {
     }
 }
 
+/// The statement marking a chunk done with its counts. With a lease, only
+/// the claim that holds the chunk may mark it (the fence that keeps a
+/// worker whose lease expired from recording a chunk another one took).
+const CHUNK_DONE: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
+     failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
+     finished_at = $11, error = $12, lease_until = NULL WHERE run_id = $13 AND chunk_id = $14";
+const CHUNK_DONE_FENCED: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
+     failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
+     finished_at = $11, error = $12, lease_until = NULL WHERE run_id = $13 AND chunk_id = $14 \
+     AND status = 'pending' AND session_id = $15 AND attempts = $16";
+
+/// Runs [`CHUNK_DONE`] (or, with a lease, [`CHUNK_DONE_FENCED`]) on an
+/// executor of any driver; evaluates to whether the chunk was marked.
+macro_rules! checkpoint {
+    ($executor:expr, $run_id:expr, $chunk_id:expr, $counts:expr, $timings:expr, $error:expr, $lease:expr) => {{
+        let lease: Option<&$crate::state::Lease> = $lease;
+        let counts: &$crate::state::Counts = $counts;
+        let timings: &$crate::state::Timings = $timings;
+        let sql = if lease.is_some() {
+            CHUNK_DONE_FENCED
+        } else {
+            CHUNK_DONE
+        };
+        let mut query = sqlx::query(sql)
+            .bind(to_i64(counts.rows))
+            .bind(to_i64(counts.updated))
+            .bind(to_i64(counts.unchanged))
+            .bind(to_i64(counts.skipped))
+            .bind(to_i64(counts.failed))
+            .bind(to_i64(counts.conflicts))
+            .bind(to_i64(counts.retries))
+            .bind(to_i64(timings.read_ms))
+            .bind(to_i64(timings.transform_ms))
+            .bind(to_i64(timings.write_ms))
+            .bind(now())
+            .bind($error)
+            .bind($run_id)
+            .bind(to_i64($chunk_id));
+        if let Some(lease) = lease {
+            query = query
+                .bind(lease.session_id.clone())
+                .bind(to_i64(lease.attempt));
+        }
+        query
+            .execute($executor)
+            .await
+            .map(|done| done.rows_affected() > 0)
+    }};
+}
+use checkpoint;
+
+/// Marks a chunk done inside `tx`, an open transaction on the PostgreSQL
+/// database that holds both the target and the state store, so that the
+/// chunk's writes and its checkpoint commit together or not at all.
+/// Returns false, having marked nothing, if `lease` no longer holds the
+/// chunk: the caller must then roll its writes back.
+pub async fn checkpoint_in(
+    tx: &mut sqlx::PgConnection,
+    run_id: &str,
+    chunk_id: u64,
+    counts: &Counts,
+    timings: &Timings,
+    error: Option<&str>,
+    lease: Option<&Lease>,
+) -> Result<bool, StateError> {
+    checkpoint!(&mut *tx, run_id, chunk_id, counts, timings, error, lease)
+        .map_err(q("checkpointing a finished chunk with its writes"))
+}
+
 fn get<T>(row: &AnyRow, col: &str) -> Result<T, StateError>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
@@ -1144,6 +1270,7 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StateError> {
         started_at: get(r, "started_at")?,
         finished_at: get(r, "finished_at")?,
         message: get(r, "message")?,
+        workers: get::<Option<String>>(r, "coordination")?.as_deref() == Some("workers"),
     })
 }
 
@@ -1154,10 +1281,10 @@ fn chunk_from_row(r: &AnyRow, key_type: KeyType) -> Result<ChunkRecord, StateErr
         lo: key_of(get(r, "lo")?, key_type)?,
         hi: key_of(Some(hi), key_type)?
             .ok_or_else(|| StateError::Corrupt("chunk without an upper key".into()))?,
-        status: if get::<String>(r, "status")? == "done" {
-            ChunkStatus::Done
-        } else {
-            ChunkStatus::Pending
+        status: match get::<String>(r, "status")?.as_str() {
+            "done" => ChunkStatus::Done,
+            "planned" => ChunkStatus::Planned,
+            _ => ChunkStatus::Pending,
         },
         attempts: to_u64(get(r, "attempts")?),
         session_id: get(r, "session_id")?,
@@ -1216,6 +1343,7 @@ pub fn chunk_summary(chunks: &[ChunkRecord]) -> BTreeMap<&'static str, u64> {
         let key = match c.status {
             ChunkStatus::Done => "done",
             ChunkStatus::Pending => "pending",
+            ChunkStatus::Planned => "planned",
         };
         *summary.entry(key).or_insert(0) += 1;
     }
@@ -1253,6 +1381,7 @@ mod tests {
             started_at: now(),
             finished_at: None,
             message: None,
+            workers: false,
         }
     }
 
@@ -1319,6 +1448,7 @@ mod tests {
                     &Timings::default(),
                     None,
                     std::slice::from_ref(&dead),
+                    None,
                 )
                 .await
                 .expect("done");
@@ -1453,7 +1583,15 @@ mod tests {
             ..Counts::default()
         };
         store
-            .chunk_done(&found.run_id, 1, &counts, &Timings::default(), None, &[])
+            .chunk_done(
+                &found.run_id,
+                1,
+                &counts,
+                &Timings::default(),
+                None,
+                &[],
+                None,
+            )
             .await
             .expect("a checkpoint with the added columns");
         // Opening again finds nothing to add.

@@ -127,6 +127,9 @@ pub struct Throttle {
     max_write_latency: Option<Duration>,
     writes: Mutex<VecDeque<Duration>>,
     cooldown: Mutex<Option<(Instant, String)>>,
+    /// For distributed workers: the run whose shared pacing clock the
+    /// rows-per-second limit is kept on, and the limit.
+    shared: Option<(StateStore, String, NonZeroU32)>,
 }
 
 impl Throttle {
@@ -171,7 +174,71 @@ impl Throttle {
             max_write_latency: t.max_write_latency,
             writes: Mutex::new(VecDeque::new()),
             cooldown: Mutex::new(None),
+            shared: None,
         }
+    }
+
+    /// Keeps the rows-per-second limit for the run `run_id` as a whole, on
+    /// its shared pacing clock in `state`, instead of for this process: for
+    /// distributed workers.
+    pub fn share_pace(&mut self, state: StateStore, run_id: &str) {
+        if let Some((_, rate, _)) = self.limiter.take() {
+            self.shared = Some((state, run_id.to_string(), rate));
+        }
+    }
+
+    /// The rows a chunk gets now.
+    pub fn chunk_rows(&self) -> u64 {
+        self.sizer.lock().unwrap_or_else(|e| e.into_inner()).rows()
+    }
+
+    /// Reserves `rows` on the run's shared pacing clock and waits for their
+    /// turn. A store that cannot be reached holds the run back, retrying.
+    async fn pace_shared(
+        &self,
+        state: &StateStore,
+        run_id: &str,
+        rate: NonZeroU32,
+        rows: u64,
+    ) -> Result<(), Stop> {
+        let mut changes = self.view.subscribe();
+        let turn = loop {
+            if let Some(stop) = self.stopping() {
+                return Err(stop);
+            }
+            match state.reserve_rows(run_id, rows, rate.get()).await {
+                Ok(turn) => break turn,
+                Err(error) => {
+                    warn!(%error, "Could not reserve rows on the run's shared pace; trying again.");
+                    wait(&mut changes, CHECK_EVERY).await;
+                }
+            }
+        };
+        if turn.is_zero() {
+            return Ok(());
+        }
+        let waiting = Status {
+            phase: Phase::Throttled,
+            cause: Some("rate"),
+            reason: Some(format!("max_rows_per_sec = {rate} for the whole run")),
+        };
+        if self.progress.status().phase == Phase::Running {
+            self.progress.set_status(waiting.clone());
+        }
+        let until = Instant::now() + turn;
+        while Instant::now() < until {
+            if let Some(stop) = self.stopping() {
+                return Err(stop);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                () = wait(&mut changes, CHECK_EVERY) => {}
+            }
+        }
+        if self.progress.status() == waiting {
+            self.set(Phase::Running, None, None);
+        }
+        Ok(())
     }
 
     /// Starts the monitor, two tasks that run until the returned
@@ -397,6 +464,9 @@ impl Throttle {
     /// Waits until `rows` more rows fit the rows-per-second limit. Fails
     /// with the reason to stop instead (the wait is cut short).
     pub async fn pace(&self, rows: u64) -> Result<(), Stop> {
+        if let Some((state, run_id, rate)) = &self.shared {
+            return self.pace_shared(state, run_id, *rate, rows).await;
+        }
         let Some((limiter, rate, burst)) = &self.limiter else {
             return Ok(());
         };

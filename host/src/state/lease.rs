@@ -1,0 +1,531 @@
+//! Coordination of distributed workers, on a PostgreSQL state store:
+//! consumes a run planned with `--workers 0` (its chunks, its spec and its
+//! component, stored with it), and produces leases: a worker claims the
+//! lowest unclaimed chunk (or one whose lease expired) with `FOR UPDATE
+//! SKIP LOCKED`, renews its leases with heartbeats, and records a chunk
+//! done only while its claim still holds it. Run-wide limits hold across
+//! workers: the run's row is locked while a claim counts the chunks in
+//! flight against the run's concurrency, and a shared pacing clock on the
+//! run's row spaces reservations of rows by the run's rows-per-second.
+//!
+//! Every time here is the database's clock, so that workers on hosts whose
+//! clocks disagree still agree on when a lease expired.
+
+use std::time::Duration;
+
+use sqlx::Row as _;
+
+use super::{StateError, StateStore, key_of, now, q, to_i64, to_u64};
+use crate::chunk::{Chunk, Key, KeyType};
+use crate::db::Backend;
+
+/// The database's clock, in microseconds since the epoch.
+const NOW_US: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000000 AS BIGINT)";
+/// Planned chunks inserted per statement.
+const ROWS_PER_INSERT: usize = 500;
+
+/// A worker's claim on one chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The chunk.
+    pub chunk: Chunk,
+    /// The claiming session.
+    pub session_id: String,
+    /// The chunk's attempt number this claim made: with the session, the
+    /// fence a checkpoint must pass.
+    pub attempt: u64,
+    /// The session whose expired lease this claim took over, if it did.
+    pub taken_from: Option<String>,
+}
+
+/// What a worker asking for a chunk gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// A chunk to work on.
+    Got(Lease),
+    /// The run already has as many chunks in flight as its concurrency
+    /// allows: ask again shortly.
+    Busy,
+    /// Every chunk is done or held by a live lease: ask again shortly, to
+    /// take over a lease that expires.
+    Waiting,
+    /// Every chunk is done.
+    Finished,
+    /// The run is no longer running (aborted, abandoned, failed).
+    Stopped(String),
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+impl StateStore {
+    /// Refuses a store that cannot coordinate workers.
+    pub fn require_workers(&self) -> Result<(), StateError> {
+        match self.url.backend() {
+            Backend::Postgres => Ok(()),
+            other => Err(StateError::Corrupt(format!(
+                "distributed workers need a PostgreSQL state store; {} is {other}: set [state] url (or --state) to a postgres:// url",
+                self.url
+            ))),
+        }
+    }
+
+    /// Records what workers need to join a run: the spec's text and the
+    /// run-wide concurrency.
+    pub async fn set_worker_spec(
+        &self,
+        run_id: &str,
+        spec_text: &str,
+        concurrency: u32,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE refill_runs SET spec_text = $1, run_concurrency = $2 WHERE run_id = $3",
+        )
+        .bind(spec_text)
+        .bind(i64::from(concurrency))
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording the run's spec for workers"))?;
+        Ok(())
+    }
+
+    /// The spec text a run planned for workers was started with.
+    pub async fn worker_spec(&self, run_id: &str) -> Result<Option<String>, StateError> {
+        sqlx::query_scalar("SELECT spec_text FROM refill_runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map(Option::flatten)
+            .map_err(q("reading the run's spec"))
+    }
+
+    /// The most recent running run planned for workers.
+    pub async fn latest_worker_run(&self) -> Result<Option<String>, StateError> {
+        sqlx::query_scalar(
+            "SELECT run_id FROM refill_runs WHERE coordination = 'workers' AND status = 'running' \
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("looking for a run to join"))
+    }
+
+    /// Stores a component's bytes under its digest, once.
+    pub async fn store_component(&self, digest: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let there: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM refill_components WHERE digest = $1")
+                .bind(digest)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(q("looking up a stored component"))?;
+        if there > 0 {
+            return Ok(());
+        }
+        let stored = sqlx::query(
+            "INSERT INTO refill_components (digest, size, data, stored_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(digest)
+        .bind(to_i64(bytes.len() as u64))
+        .bind(hex::encode(bytes))
+        .bind(now())
+        .execute(&self.pool)
+        .await;
+        match stored {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
+            other => other.map(drop).map_err(q("storing the component")),
+        }
+    }
+
+    /// The bytes of the component stored under `digest`. The caller checks
+    /// them against the digest before running them.
+    pub async fn component(&self, digest: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let data: Option<String> =
+            sqlx::query_scalar("SELECT data FROM refill_components WHERE digest = $1")
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("reading a stored component"))?;
+        data.map(|d| {
+            hex::decode(d).map_err(|e| {
+                StateError::Corrupt(format!("the stored component {digest} is not hex: {e}"))
+            })
+        })
+        .transpose()
+    }
+
+    /// Records the chunks of a run planned for workers, all unclaimed, in
+    /// one transaction.
+    pub async fn plan_chunks(&self, run_id: &str, chunks: &[Chunk]) -> Result<(), StateError> {
+        let at = now();
+        let mut tx = self.pool.begin().await.map_err(q("planning chunks"))?;
+        for batch in chunks.chunks(ROWS_PER_INSERT) {
+            let tuples: Vec<String> = (0..batch.len())
+                .map(|i| {
+                    let p = i * 4;
+                    format!(
+                        "($1, ${}, ${}, ${}, 'planned', 0, '', ${})",
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) VALUES {}",
+                tuples.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id);
+            for c in batch {
+                query = query
+                    .bind(to_i64(c.id))
+                    .bind(c.lo.as_ref().map(Key::encode))
+                    .bind(c.hi.encode())
+                    .bind(at.clone());
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(q("planning chunks"))?;
+        }
+        tx.commit().await.map_err(q("planning chunks"))
+    }
+
+    /// Claims the lowest chunk of `run_id` that is unclaimed or whose lease
+    /// expired, for `session_id`, leased for `lease`. The run's row is
+    /// locked for the claim, so that the chunks in flight are counted
+    /// against the run's concurrency by one worker at a time.
+    pub async fn claim(
+        &self,
+        run_id: &str,
+        key_type: KeyType,
+        session_id: &str,
+        lease: Duration,
+    ) -> Result<Claim, StateError> {
+        let what = "claiming a chunk";
+        let mut tx = self.pool.begin().await.map_err(q(what))?;
+        let run = sqlx::query(
+            "SELECT status, run_concurrency FROM refill_runs WHERE run_id = $1 FOR UPDATE",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(q(what))?;
+        let Some(run) = run else {
+            return Err(StateError::Corrupt(format!(
+                "run {run_id} is not in the state store"
+            )));
+        };
+        let status: String = run.try_get(0).map_err(q(what))?;
+        if status != "running" {
+            return Ok(Claim::Stopped(status));
+        }
+        let concurrency: i64 = run.try_get(1).map_err(q(what))?;
+        let in_flight: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM refill_chunks WHERE run_id = $1 AND status = 'pending' AND lease_until >= {NOW_US}"
+        )))
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(q(what))?;
+        if concurrency > 0 && in_flight >= concurrency {
+            tx.commit().await.map_err(q(what))?;
+            return Ok(Claim::Busy);
+        }
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH c AS (SELECT chunk_id, session_id AS prev, status AS prev_status FROM refill_chunks \
+               WHERE run_id = $1 AND (status = 'planned' OR (status = 'pending' AND (lease_until IS NULL OR lease_until < {NOW_US}))) \
+               ORDER BY chunk_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             UPDATE refill_chunks AS r SET status = 'pending', attempts = r.attempts + 1, session_id = $2, \
+               started_at = $3, finished_at = NULL, error = NULL, lease_until = {NOW_US} + $4 \
+             FROM c WHERE r.run_id = $1 AND r.chunk_id = c.chunk_id \
+             RETURNING r.chunk_id, r.lo, r.hi, r.attempts, c.prev, c.prev_status"
+        )))
+        .bind(run_id)
+        .bind(session_id)
+        .bind(now())
+        .bind(micros(lease))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(q(what))?;
+        let outcome = match claimed {
+            Some(row) => {
+                let get_err = |e| StateError::Corrupt(format!("a claimed chunk: {e}"));
+                let hi: String = row.try_get(2).map_err(get_err)?;
+                let prev: String = row.try_get(4).map_err(get_err)?;
+                let prev_status: String = row.try_get(5).map_err(get_err)?;
+                Claim::Got(Lease {
+                    chunk: Chunk {
+                        id: to_u64(row.try_get(0).map_err(get_err)?),
+                        lo: key_of(row.try_get(1).map_err(get_err)?, key_type)?,
+                        hi: key_of(Some(hi), key_type)?.ok_or_else(|| {
+                            StateError::Corrupt("chunk without an upper key".into())
+                        })?,
+                    },
+                    session_id: session_id.to_string(),
+                    attempt: to_u64(row.try_get(3).map_err(get_err)?),
+                    taken_from: (prev_status == "pending").then_some(prev),
+                })
+            }
+            None => {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM refill_chunks WHERE run_id = $1 AND status <> 'done'",
+                )
+                .bind(run_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(q(what))?;
+                if open == 0 {
+                    Claim::Finished
+                } else {
+                    Claim::Waiting
+                }
+            }
+        };
+        tx.commit().await.map_err(q(what))?;
+        Ok(outcome)
+    }
+
+    /// Extends the leases `session_id` holds on chunks of `run_id` to
+    /// `lease` from now. Returns how many it holds.
+    pub async fn renew_leases(
+        &self,
+        run_id: &str,
+        session_id: &str,
+        lease: Duration,
+    ) -> Result<u64, StateError> {
+        let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE refill_chunks SET lease_until = {NOW_US} + $1 \
+             WHERE run_id = $2 AND session_id = $3 AND status = 'pending'"
+        )))
+        .bind(micros(lease))
+        .bind(run_id)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("renewing leases"))?;
+        Ok(renewed.rows_affected())
+    }
+
+    /// Gives back a claim that was not finished (the worker is stopping),
+    /// so another worker takes the chunk at once instead of after expiry.
+    pub async fn release_lease(&self, run_id: &str, lease: &Lease) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE refill_chunks SET lease_until = NULL \
+             WHERE run_id = $1 AND chunk_id = $2 AND session_id = $3 AND attempts = $4 AND status = 'pending'",
+        )
+        .bind(run_id)
+        .bind(to_i64(lease.chunk.id))
+        .bind(&lease.session_id)
+        .bind(to_i64(lease.attempt))
+        .execute(&self.pool)
+        .await
+        .map_err(q("giving back a lease"))?;
+        Ok(())
+    }
+
+    /// Reserves `rows` rows on the run's shared pacing clock, which
+    /// advances by `rows / rate` seconds per reservation and never lags
+    /// the database's clock: returns how long to wait before reading them.
+    /// However many workers reserve, the run as a whole reads at most
+    /// `rate` rows per second (plus the first reservation).
+    pub async fn reserve_rows(
+        &self,
+        run_id: &str,
+        rows: u64,
+        rate: u32,
+    ) -> Result<Duration, StateError> {
+        if rate == 0 || rows == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let cost = to_i64(rows.saturating_mul(1_000_000) / u64::from(rate));
+        let wait: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE refill_runs SET pace_at = GREATEST(pace_at, {NOW_US}) + $1 WHERE run_id = $2 \
+             RETURNING pace_at - $1 - {NOW_US}"
+        )))
+        .bind(cost)
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reserving rows on the run's pace"))?;
+        Ok(Duration::from_micros(
+            u64::try_from(wait.unwrap_or(0)).unwrap_or(0),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Counts, Mode, RunRecord, RunStatus, Timings};
+
+    /// A fresh state store in its own schema of the test PostgreSQL.
+    async fn store(schema: &str) -> StateStore {
+        let base = std::env::var("REFILL_TEST_POSTGRES_URL").expect(
+            "REFILL_TEST_POSTGRES_URL is not set (make test sets postgres://postgres@127.0.0.1:5432/test)",
+        );
+        let admin = sqlx::PgPool::connect(&base).await.expect("connect");
+        for sql in [
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            format!("CREATE SCHEMA {schema}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .expect("schema");
+        }
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let url = crate::db::DbUrl::parse(&url, std::path::Path::new("/")).expect("url");
+        StateStore::open(&url).await.expect("open")
+    }
+
+    fn run(id: &str) -> RunRecord {
+        RunRecord {
+            run_id: id.into(),
+            name: "n".into(),
+            mode: Mode::Execute,
+            status: RunStatus::Running,
+            work_hash: "w".into(),
+            data_hash: "d".into(),
+            spec: serde_json::json!({}),
+            spec_path: "/s.toml".into(),
+            component_digest: "c".into(),
+            transform_name: "t".into(),
+            transform_version: "1".into(),
+            host_version: "0".into(),
+            user_name: "u".into(),
+            host_name: "h".into(),
+            source_url: "postgres://x".into(),
+            source_table: "\"t\"".into(),
+            target_table: "\"t\"".into(),
+            key_type: KeyType::Integer,
+            first_key: Some(Key::Int(1)),
+            high_watermark: Some(Key::Int(30)),
+            rows_in_scope: 30,
+            chunk_rows: 10,
+            started_at: now(),
+            finished_at: None,
+            message: None,
+            workers: true,
+        }
+    }
+
+    fn got(claim: Claim) -> Lease {
+        match claim {
+            Claim::Got(lease) => lease,
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    async fn done(store: &StateStore, lease: &Lease) -> bool {
+        store
+            .chunk_done(
+                "r1",
+                lease.chunk.id,
+                &Counts::default(),
+                &Timings::default(),
+                None,
+                &[],
+                Some(lease),
+            )
+            .await
+            .expect("checkpoint")
+    }
+
+    #[tokio::test]
+    async fn claims_lease_fence_take_over_and_pace_on_postgres() {
+        let store = store("unit_state_lease").await;
+        store
+            .require_workers()
+            .expect("PostgreSQL coordinates workers");
+        store.create_run(&run("r1")).await.expect("run");
+        store
+            .set_worker_spec("r1", "name = 'n'", 2)
+            .await
+            .expect("spec");
+        let chunks: Vec<Chunk> = (0..3)
+            .map(|i| Chunk {
+                id: i + 1,
+                lo: (i > 0).then(|| Key::Int(i as i64 * 10)),
+                hi: Key::Int((i as i64 + 1) * 10),
+            })
+            .collect();
+        store.plan_chunks("r1", &chunks).await.expect("plan");
+        let long = Duration::from_secs(60);
+        let claim = |session: &'static str, lease: Duration| {
+            let store = store.clone();
+            async move {
+                store
+                    .claim("r1", KeyType::Integer, session, lease)
+                    .await
+                    .expect("claim")
+            }
+        };
+
+        // Lowest first; the run's concurrency (2) holds across sessions.
+        let a = got(claim("s1", long).await);
+        assert_eq!((a.chunk.id, a.attempt, a.taken_from.clone()), (1, 1, None));
+        assert_eq!(a.chunk.lo, None);
+        let b = got(claim("s2", long).await);
+        assert_eq!((b.chunk.id, b.chunk.lo.clone()), (2, Some(Key::Int(10))));
+        assert_eq!(claim("s3", long).await, Claim::Busy);
+        assert!(done(&store, &a).await);
+        let c = got(claim("s3", long).await);
+        assert_eq!(c.chunk.id, 3);
+
+        // s2 stops renewing: once its lease has expired, s1 takes chunk 2
+        // over, and s2's late checkpoint is refused by the fence.
+        assert_eq!(
+            store
+                .renew_leases("r1", "s2", Duration::ZERO)
+                .await
+                .expect("renew"),
+            1
+        );
+        let taken = got(claim("s1", long).await);
+        assert_eq!(taken.chunk.id, 2);
+        assert_eq!(taken.attempt, 2);
+        assert_eq!(taken.taken_from.as_deref(), Some("s2"));
+        assert!(!done(&store, &b).await, "a stale claim must not checkpoint");
+        // Two chunks in flight: the run is at its concurrency.
+        assert_eq!(claim("s2", long).await, Claim::Busy);
+        assert!(done(&store, &taken).await);
+        // One in flight, none free: wait for it (or for its lease to end).
+        assert_eq!(claim("s2", long).await, Claim::Waiting);
+        assert!(done(&store, &c).await);
+        assert_eq!(claim("s2", long).await, Claim::Finished);
+
+        // The shared pace: 500 rows at 1,000 rows/s each; the second waits
+        // for the first's half second.
+        let first = store.reserve_rows("r1", 500, 1000).await.expect("pace");
+        let second = store.reserve_rows("r1", 500, 1000).await.expect("pace");
+        assert!(first < Duration::from_millis(50), "{first:?}");
+        assert!(
+            (Duration::from_millis(400)..=Duration::from_millis(500)).contains(&second),
+            "{second:?}"
+        );
+
+        // A run ended elsewhere hands out nothing.
+        store
+            .set_run_status("r1", RunStatus::Aborted, None)
+            .await
+            .expect("abort");
+        assert_eq!(
+            claim("s1", long).await,
+            Claim::Stopped("aborted".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn components_are_stored_once_and_read_back() {
+        let store = store("unit_state_components").await;
+        let bytes = b"\0asm not really".to_vec();
+        store.store_component("abc", &bytes).await.expect("store");
+        store.store_component("abc", &bytes).await.expect("again");
+        assert_eq!(store.component("abc").await.expect("read"), Some(bytes));
+        assert_eq!(store.component("nope").await.expect("read"), None);
+    }
+}
