@@ -6,6 +6,11 @@
 //! measured in one run on a freshly copied table each time. Prints the
 //! ratios to the single statement, and what bounds refill.
 //!
+//! Then the same backfill planned for distributed workers (`run --execute
+//! --workers 0`, the state store on the source's url so each chunk's
+//! writes and checkpoint commit together) and worked by 1, 2 and 4 `refill
+//! worker` processes: the plan's time and the workers' rows/s.
+//!
 //! Then pgbench (TPC-B, scale 10, a steady `-R` rate) runs alone, during an
 //! unthrottled refill and during one throttled on write latency, and its
 //! mean and 95th-percentile latencies are printed side by side.
@@ -202,6 +207,71 @@ fn refill(
         String::from_utf8_lossy(&out.stderr)
     );
     (elapsed, dir.path().join(".refill/state.db"), dir)
+}
+
+/// The backfill planned for workers, then worked by `workers` `refill
+/// worker` processes started together; returns the plan's time and the
+/// workers' (from their start to the last one's end).
+fn refill_workers(
+    url: &str,
+    cache: &Path,
+    component: &Path,
+    digest: &str,
+    workers: u32,
+) -> (Duration, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let shared = format!("{url}{sep}options=-c%20search_path%3D{SCHEMA}");
+    let spec = format!(
+        "name = \"bench-workers\"\n[source]\nurl = \"{shared}\"\nschema = \"{SCHEMA}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
+         [chunk]\nrows = {CHUNK}\nchunk_time = 0\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
+         [target]\ncolumns = [\"status_v2\"]\n[throttle]\nconcurrency = {}\n[state]\nurl = \"{shared}\"\n",
+        component.display(),
+        map.join(","),
+        2 * workers,
+    );
+    let spec_path = dir.path().join("bench.toml");
+    std::fs::write(&spec_path, spec).expect("write spec");
+    let check = |out: std::process::Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = Instant::now();
+    let planned = check(
+        refill_cmd(cache)
+            .args(["run", "--execute", "--workers", "0"])
+            .arg(&spec_path)
+            .output()
+            .expect("plan"),
+        "planning for workers",
+    );
+    let plan = started.elapsed();
+    let run = planned
+        .split_whitespace()
+        .nth(1)
+        .expect("the run id")
+        .to_string();
+    let started = Instant::now();
+    let children: Vec<_> = (0..workers)
+        .map(|_| {
+            refill_cmd(cache)
+                .args(["worker", "--state", &shared, "--run", &run])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a worker")
+        })
+        .collect();
+    for child in children {
+        check(child.wait_with_output().expect("worker"), "a worker");
+    }
+    (plan, started.elapsed())
 }
 
 /// Extra `[chunk]` and `[throttle]` lines of a refill run.
@@ -549,6 +619,27 @@ async fn main() {
         }
     }
 
+    // Distributed workers, 1, 2 and 4 of them, best of the rounds.
+    let mut distributed = Vec::new();
+    for workers in [1u32, 2, 4] {
+        let mut best_plan = Duration::MAX;
+        let mut best_work = Duration::MAX;
+        for _ in 0..rounds {
+            fresh(&pool).await;
+            let (plan, work) = refill_workers(&url, &cache, &component, &digest, workers);
+            verify(&pool, "refill workers").await;
+            if work < best_work {
+                (best_plan, best_work) = (plan, work);
+            }
+        }
+        println!(
+            "{workers} worker(s): plan {:.2} s, work {:.2} s",
+            best_plan.as_secs_f64(),
+            best_work.as_secs_f64()
+        );
+        distributed.push((workers, best_plan, best_work));
+    }
+
     // pgbench's latency with no backfill, an unthrottled one and a
     // throttled one, in one run.
     let tps: u32 = env_or("REFILL_BENCH_PGBENCH_TPS", "300")
@@ -612,6 +703,27 @@ async fn main() {
         "refill per chunk (mean of {chunks}): read {read:.1} ms, transform {transform:.1} ms, write {write:.1} ms; \
          {} chunks in flight",
         refill::spec::DEFAULT_CONCURRENCY
+    );
+    println!();
+    println!(
+        "distributed workers (run --execute --workers 0, then N `refill worker` processes; state store on the source's url: writes and checkpoint in one transaction; run-wide concurrency 2 per worker):"
+    );
+    println!(
+        "  {:<10} {:>10} {:>10} {:>12} {:>16}",
+        "workers", "plan s", "work s", "rows/s", "vs 1 worker"
+    );
+    let one = distributed.first().map_or(1.0, |d| d.2.as_secs_f64());
+    for (workers, plan, work) in &distributed {
+        println!(
+            "  {workers:<10} {:>10.2} {:>10.2} {:>12} {:>16.2}",
+            plan.as_secs_f64(),
+            work.as_secs_f64(),
+            rate(rows, *work),
+            one / work.as_secs_f64()
+        );
+    }
+    println!(
+        "  rows/s counts the workers' time from their start; on {cpus} CPUs shared with PostgreSQL, more workers than CPUs cannot add throughput"
     );
     println!();
     println!(
