@@ -9,6 +9,7 @@ CARGO ?= cargo
 REFILL_DEBUG := target/debug/refill
 REFILL_RELEASE := target/release/refill
 export REFILL_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
+export REFILL_TEST_MYSQL_URL ?= mysql://root@127.0.0.1:3306/test
 
 # Debian's second toolchain builds the wasm guests when rustup has no wasm
 # target (rustup cannot download here); see ../shared/TOOLCHAIN.md.
@@ -27,10 +28,12 @@ export REFILL_COMPONENTIZE_JS ?= $(abspath $(JS_TOOLS)/node_modules/.bin/compone
 .PHONY: help
 help:
 	@echo "make demo      build, then plan, dry-run, execute, show and verify a backfill on demo/demo.db"
-	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL)"
+	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL,"
+	@echo "               and MariaDB/MySQL: REFILL_TEST_MYSQL_URL)"
 	@echo "make plugins   build every transform under plugins/ (Rust, Python, JavaScript) into plugins/dist/*.wasm"
 	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table,"
-	@echo "               and pgbench's latency with no backfill, an unthrottled one and a throttled one"
+	@echo "               and pgbench's latency with no backfill, an unthrottled one and a throttled one;"
+	@echo "               then rows/s of refill against a single UPDATE on a 1,000,000-row MariaDB table"
 	@echo "make lint      rustfmt and clippy"
 
 .PHONY: toolchain
@@ -70,12 +73,20 @@ plugins: toolchain
 build:
 	$(CARGO) build --locked -p refill
 
-# Start PostgreSQL when it is installed here but not answering.
+# Start PostgreSQL and MariaDB when they are installed here but not
+# answering.
 .PHONY: services
 services:
 	@if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
 		echo "services: starting PostgreSQL"; \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	fi
+	@if [ -x /usr/sbin/mariadbd ] && ! mysqladmin --protocol=tcp -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1; then \
+		echo "services: starting MariaDB"; \
+		start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
+		for i in $$(seq 1 30); do \
+			mysqladmin --protocol=tcp -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1 && break; sleep 1; \
+		done; \
 	fi
 
 .PHONY: demo
@@ -109,3 +120,4 @@ lint:
 bench: plugins services
 	@command -v pgbench >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-client postgresql-contrib; }
 	$(CARGO) bench --locked -p refill --bench backfill
+	$(CARGO) bench --locked -p refill --bench mariadb

@@ -62,17 +62,23 @@ pub fn transient(error: &sqlx::Error) -> bool {
         sqlx::Error::Protocol(message) => {
             message.contains("connection") || message.contains("closed")
         }
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            matches!(
-                code.as_ref(),
-                // PostgreSQL: serialization failure, deadlock, lock not
-                // available, too many connections, admin/crash shutdown,
-                // cannot connect now.
-                "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| {
+                matches!(
+                    code.as_ref(),
+                    // PostgreSQL: serialization failure, deadlock, lock not
+                    // available, too many connections, admin/crash shutdown,
+                    // cannot connect now.
+                    "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
                 // SQLite: busy, locked.
                 | "5" | "6" | "261" | "262" | "517" | "773"
-            ) || code.starts_with("08")
-        }),
+                ) || code.starts_with("08")
+            }) || crate::db::mysql_errno(error).is_some_and(|n| {
+                // MySQL: lock wait timeout, deadlock, too many connections,
+                // server shutting down, query interrupted by a restart.
+                matches!(n, 1205 | 1213 | 1040 | 1053 | 1927)
+            })
+        }
         _ => false,
     }
 }

@@ -1,5 +1,6 @@
 //! Database URLs: consumes the url strings of a spec or the command line
-//! (`sqlite:…`, `postgres://…`, or `env:VAR`), produces a [`DbUrl`] that
+//! (`sqlite:…`, `postgres://…`, `mysql://…`/`mariadb://…`, or `env:VAR`),
+//! produces a [`DbUrl`] that
 //! knows its backend, has relative SQLite paths resolved, and shows itself
 //! only with the password masked.
 
@@ -13,6 +14,8 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL.
     Postgres,
+    /// MySQL or MariaDB (one wire protocol, one dialect).
+    Mysql,
 }
 
 impl fmt::Display for Backend {
@@ -20,6 +23,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Sqlite => "SQLite",
             Backend::Postgres => "PostgreSQL",
+            Backend::Mysql => "MySQL/MariaDB",
         })
     }
 }
@@ -32,7 +36,7 @@ pub enum UrlError {
     #[error("environment variable {0} is not set (the url says `env:{0}`)")]
     MissingEnv(String),
     /// The scheme is not one refill supports.
-    #[error("unsupported database url `{0}`: use sqlite:PATH or postgres://…")]
+    #[error("unsupported database url `{0}`: use sqlite:PATH, postgres://… or mysql://…")]
     Unsupported(String),
 }
 
@@ -56,6 +60,13 @@ impl DbUrl {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(DbUrl {
                 backend: Backend::Postgres,
+                url: raw,
+                path: None,
+            });
+        }
+        if raw.starts_with("mysql://") || raw.starts_with("mariadb://") {
+            return Ok(DbUrl {
+                backend: Backend::Mysql,
                 url: raw,
                 path: None,
             });
@@ -127,12 +138,25 @@ impl fmt::Debug for DbUrl {
 /// sqlx appends), sqlx's description otherwise.
 pub fn describe(error: &sqlx::Error) -> String {
     match error {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
-            None => db.message().to_string(),
+        sqlx::Error::Database(db) => match (db.code(), mysql_errno(error)) {
+            // MySQL's error numbers say more than its SQLSTATEs (a refused
+            // enum label is 1265 under the warning class 01000).
+            (Some(code), Some(n)) => format!("{} (SQLSTATE {code}, error {n})", db.message()),
+            (Some(code), None) => format!("{} (SQLSTATE {code})", db.message()),
+            (None, _) => db.message().to_string(),
         },
         sqlx::Error::PoolTimedOut => "timed out waiting for a connection".to_string(),
         other => other.to_string().replace('\n', " "),
+    }
+}
+
+/// The MySQL/MariaDB error number of a database error from that server.
+pub fn mysql_errno(error: &sqlx::Error) -> Option<u16> {
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .map(sqlx::mysql::MySqlDatabaseError::number),
+        _ => None,
     }
 }
 
@@ -214,10 +238,22 @@ mod tests {
             err.to_string()
                 .contains("REFILL_TEST_SURELY_UNSET is not set")
         );
-        let err = DbUrl::parse("mysql://root:pw@h/d", Path::new("/")).unwrap_err();
+        let err = DbUrl::parse("oracle://root:pw@h/d", Path::new("/")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported database url `mysql://root:***@h/d`: use sqlite:PATH or postgres://…"
+            "unsupported database url `oracle://root:***@h/d`: use sqlite:PATH, postgres://… or mysql://…"
         );
+    }
+
+    #[test]
+    fn mysql_and_mariadb_urls_are_mysql_with_the_password_masked() {
+        for raw in ["mysql://root:pw@h:3306/d", "mariadb://root:pw@h:3306/d"] {
+            let url = DbUrl::parse(raw, Path::new("/")).expect("valid");
+            assert_eq!(url.backend(), Backend::Mysql);
+            assert_eq!(url.backend().to_string(), "MySQL/MariaDB");
+            assert!(url.to_string().ends_with("://root:***@h:3306/d"), "{url}");
+            assert_eq!(url.expose(), raw);
+            assert_eq!(url.sqlite_path(), None);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The end-to-end harness: each test gets its own temporary directory, its
-//! own database (a SQLite file, or a fresh PostgreSQL schema that is dropped
-//! afterwards), and runs the real `refill` binary against it.
+//! own database (a SQLite file, a fresh PostgreSQL schema, or a fresh
+//! MariaDB/MySQL database, dropped afterwards), and runs the real `refill`
+//! binary against it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -40,6 +41,31 @@ pub fn postgres_url() -> String {
         "REFILL_TEST_POSTGRES_URL is not set: point it at a PostgreSQL database the tests may create schemas in \
          (make test sets postgres://postgres@127.0.0.1:5432/test)",
     )
+}
+
+/// The MariaDB/MySQL url the tests use (`REFILL_TEST_MYSQL_URL`, default
+/// the local MariaDB's `test` database); each world gets a database of its
+/// own on that server.
+pub fn mysql_url() -> String {
+    std::env::var("REFILL_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_string())
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let start = head.find("://").map_or(0, |i| i + 3);
+    let base = match head[start..].find('/') {
+        Some(slash) => &head[..start + slash],
+        None => head,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
 }
 
 /// The result of one `refill` invocation.
@@ -87,6 +113,8 @@ pub enum Backend {
     Sqlite,
     /// A schema of its own in the test PostgreSQL database.
     Postgres,
+    /// A database of its own on the test MariaDB/MySQL server.
+    Mysql,
 }
 
 /// Waits for `child` to end and returns what it printed with its peak
@@ -131,6 +159,8 @@ pub struct World {
     pub backend: Backend,
     /// The PostgreSQL schema, for PostgreSQL worlds.
     pub schema: Option<String>,
+    /// The MariaDB/MySQL database, for MySQL worlds.
+    pub database: Option<String>,
     rt: tokio::runtime::Runtime,
     pool: AnyPool,
     /// Shared use of the PostgreSQL server, or the exclusive use a test that
@@ -173,6 +203,7 @@ impl World {
             .enable_all()
             .build()
             .expect("runtime");
+        let mut database = None;
         let (pool, schema) = match backend {
             Backend::Sqlite => {
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("data.db").display());
@@ -181,6 +212,33 @@ impl World {
                         .expect("open sqlite"),
                     None,
                 )
+            }
+            Backend::Mysql => {
+                let name = format!("e2e_{name}");
+                let server = rt
+                    .block_on(
+                        AnyPoolOptions::new()
+                            .max_connections(1)
+                            .connect(&mysql_url()),
+                    )
+                    .expect("connect to MariaDB/MySQL (is REFILL_TEST_MYSQL_URL right?)");
+                for sql in [
+                    format!("DROP DATABASE IF EXISTS {name}"),
+                    format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"),
+                ] {
+                    rt.block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&server))
+                        .expect("create database");
+                }
+                rt.block_on(server.close());
+                let pool = rt
+                    .block_on(
+                        AnyPoolOptions::new()
+                            .max_connections(1)
+                            .connect(&with_database(&mysql_url(), &name)),
+                    )
+                    .expect("connect to the test database");
+                database = Some(name);
+                (pool, None)
             }
             Backend::Postgres => {
                 let schema = format!("e2e_{name}");
@@ -205,6 +263,7 @@ impl World {
             dir,
             backend,
             schema,
+            database,
             rt,
             pool,
             _server: server,
@@ -216,6 +275,20 @@ impl World {
         match self.backend {
             Backend::Sqlite => "sqlite://data.db".to_string(),
             Backend::Postgres => postgres_url(),
+            Backend::Mysql => with_database(
+                &mysql_url(),
+                self.database
+                    .as_deref()
+                    .expect("a MySQL world has a database"),
+            ),
+        }
+    }
+
+    /// `expr` cast to text in this world's SQL.
+    pub fn text(&self, expr: &str) -> String {
+        match self.backend {
+            Backend::Mysql => format!("CAST({expr} AS CHAR)"),
+            _ => format!("CAST({expr} AS TEXT)"),
         }
     }
 
@@ -324,10 +397,7 @@ impl World {
 
     /// Every row of a table as text, in key order: to check nothing changed.
     pub fn snapshot(&self, table: &str, columns: &str) -> Vec<Vec<Option<String>>> {
-        let casted: Vec<String> = columns
-            .split(',')
-            .map(|c| format!("CAST({} AS TEXT)", c.trim()))
-            .collect();
+        let casted: Vec<String> = columns.split(',').map(|c| self.text(c.trim())).collect();
         self.rows(&format!(
             "SELECT {} FROM {} ORDER BY 1",
             casted.join(", "),
@@ -419,6 +489,14 @@ impl Drop for World {
             && !std::thread::panicking()
         {
             let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            let _ = self
+                .rt
+                .block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool));
+        }
+        if let Some(database) = &self.database
+            && !std::thread::panicking()
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {database}");
             let _ = self
                 .rt
                 .block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool));

@@ -1,10 +1,12 @@
-//! End-to-end tests: the real `refill` binary against real SQLite files and
-//! the real PostgreSQL of this machine (`REFILL_TEST_POSTGRES_URL`), with
+//! End-to-end tests: the real `refill` binary against real SQLite files, the
+//! real PostgreSQL of this machine (`REFILL_TEST_POSTGRES_URL`) and its
+//! MariaDB (`REFILL_TEST_MYSQL_URL`), with
 //! real components from `plugins/dist` (built by `make plugins`).
 
 mod fixtures;
 mod harness;
 mod languages;
+mod mariadb;
 mod pipeline;
 mod recovery;
 mod resume;

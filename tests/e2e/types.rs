@@ -30,7 +30,7 @@ fn same(w: &World, column: &str) {
     // SQLite's quote() shows the storage class too: 'text', X'00', 1.5.
     let show = |c: &str| match w.backend {
         Backend::Sqlite => format!("quote({c})"),
-        Backend::Postgres => format!("CAST({c} AS TEXT)"),
+        Backend::Postgres | Backend::Mysql => w.text(c),
     };
     let rows = w.rows(&format!(
         "SELECT CAST(id AS TEXT), {}, {} FROM {} ORDER BY id",

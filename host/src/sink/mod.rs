@@ -1,16 +1,19 @@
 //! Writing rows: consumes a chunk's updates (a key plus new values already
 //! coerced to the target columns' kinds) and produces them in the target
 //! table, batched: one `UPDATE … FROM unnest(…)` round trip per chunk on
-//! PostgreSQL, one transaction per chunk on SQLite. Writes are idempotent:
+//! PostgreSQL, one transaction per chunk on SQLite, one `UPDATE … JOIN
+//! (SELECT … UNION ALL …)` statement per chunk on MySQL/MariaDB (in a
+//! transaction). Writes are idempotent:
 //! they set columns to values, so writing a chunk twice leaves it as
 //! writing it once.
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
 use crate::chunk::Key;
-use crate::source::{ColumnInfo, Database, Dialect, Layout, quote};
-use crate::value::{ColumnKind, Value};
+use crate::source::{ColumnInfo, Database, Dialect, Layout};
+use crate::value::Value;
 
 /// New values for one row of the target.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,7 +66,7 @@ pub(crate) struct Expected<'a> {
 /// The condition that `columns` of table `t` still hold what the update row
 /// expects: their token, where the backend has tokens, else each column,
 /// through the same expression a read uses, compared byte for byte with
-/// the expected value.
+/// the expected value (see [`Dialect::same_value`]).
 fn unchanged_sql(
     dialect: &Dialect,
     t: &str,
@@ -76,19 +79,7 @@ fn unchanged_sql(
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                // Byte for byte: a case- or accent-insensitive collation
-                // would let a changed text pass as unchanged.
-                let exact = match c.kind {
-                    ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Json => {
-                        " COLLATE \"C\""
-                    }
-                    _ => "",
-                };
-                format!(
-                    "{}{exact} IS NOT DISTINCT FROM {}",
-                    (dialect.column_expr)(t, c),
-                    (expected.value)(i)
-                )
+                (dialect.same_value)(&(dialect.column_expr)(t, c), c, &(expected.value)(i))
             })
             .collect::<Vec<_>>()
             .join(" AND "),
@@ -120,8 +111,8 @@ fn guard_sql(
         }
         Guard::Inputs => format!(
             " AND EXISTS (SELECT 1 FROM {} AS s WHERE s.{} = {key} AND {} AND {})",
-            layout.source.quoted(),
-            quote(&layout.key.name),
+            dialect.table(&layout.source),
+            (dialect.quote)(&layout.key.name),
             unchanged_sql(dialect, "s", &layout.inputs, expected),
             layout.scope_sql(),
         ),
@@ -244,6 +235,7 @@ fn isolate<'a>(
                 Database::Sqlite(pool) => {
                     sqlite::write(pool, layout, updates.to_vec(), guard).await
                 }
+                Database::Mysql(pool) => mysql::write(pool, layout, updates.to_vec(), guard).await,
             },
             Dest::Tx(tx) => in_savepoint(tx, layout, updates, guard).await,
         };
@@ -322,6 +314,13 @@ pub async fn stored_form(
             reshape(pool, layout, &mut rows).await?;
             Ok(Some(rows))
         }
+        // MySQL rounds a FLOAT to single precision and drops a CHAR's
+        // trailing spaces; both are done in the host, without a round trip.
+        Database::Mysql(_) if layout.outputs.iter().any(mysql::reshapes) => {
+            let mut rows = rows.to_vec();
+            mysql::stored_form(layout, &mut rows);
+            Ok(Some(rows))
+        }
         // SQLite stores a value of the kind refill coerced it to as is.
         _ => Ok(None),
     }
@@ -350,13 +349,17 @@ fn reshape<'a>(
 }
 
 /// Whether the database refused a value rather than failing: SQLSTATE class
-/// 22 (data exception) or 23 (integrity constraint violation), or any
-/// constraint error SQLite reports.
+/// 22 (data exception) or 23 (integrity constraint violation), any
+/// constraint error SQLite reports, or the MySQL errors strict mode raises
+/// for a value a column cannot take (see [`mysql::refuses_a_value`]).
 fn refuses_a_value(error: &sqlx::Error) -> bool {
     use sqlx::error::ErrorKind;
     let sqlx::Error::Database(db) = error else {
         return false;
     };
+    if let Some(n) = crate::db::mysql_errno(error) {
+        return mysql::refuses_a_value(n);
+    }
     matches!(
         db.kind(),
         ErrorKind::UniqueViolation

@@ -391,6 +391,7 @@ mod tests {
             kind,
             not_null: false,
             unique: false,
+            collation: None,
         }
     }
 

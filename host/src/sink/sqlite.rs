@@ -130,6 +130,7 @@ mod tests {
             kind: ColumnKind::Text,
             not_null: false,
             unique: false,
+            collation: None,
         }
     }
 

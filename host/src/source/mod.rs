@@ -3,15 +3,18 @@
 //! count and high-watermark key) and key-ordered chunks of rows, each with
 //! the transform's inputs and the target columns' current values.
 //!
-//! Every identifier that reaches SQL is quoted with [`quote`]; the only SQL
-//! taken from a spec as written is its `where` condition.
+//! Every identifier that reaches SQL is quoted by its backend's
+//! [`Dialect`] (double quotes on PostgreSQL and SQLite, backticks on
+//! MySQL/MariaDB); the only SQL taken from a spec as written is its `where`
+//! condition.
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row as _, SqlitePool};
+use sqlx::{MySqlPool, PgPool, Row as _, SqlitePool};
 
 use crate::chunk::{Key, KeyType};
 use crate::db::{Backend, DbUrl};
@@ -68,13 +71,14 @@ impl crate::backoff::Transient for SourceError {
 }
 
 /// Quotes an SQL identifier for PostgreSQL and SQLite: wraps it in double
-/// quotes and doubles any double quote inside.
+/// quotes and doubles any double quote inside. This is also how messages
+/// show names, whatever the backend.
 pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// Marks SQL that refill built as safe to send: every identifier in it went
-/// through [`quote`], values are bound as parameters, and the only text
+/// through its dialect's quoting, values are bound as parameters, and the only text
 /// pasted as written is the spec's reviewed `where` condition.
 pub(crate) fn built<S>(sql: S) -> sqlx::AssertSqlSafe<S> {
     sqlx::AssertSqlSafe(sql)
@@ -90,7 +94,9 @@ pub struct TableRef {
 }
 
 impl TableRef {
-    /// The quoted, qualified name for SQL.
+    /// The qualified name quoted with double quotes: for messages, and for
+    /// SQL on PostgreSQL and SQLite ([`Dialect::table`] quotes for any
+    /// backend).
     pub fn quoted(&self) -> String {
         match &self.schema {
             Some(s) => format!("{}.{}", quote(s), quote(&self.name)),
@@ -121,6 +127,9 @@ pub struct ColumnInfo {
     pub not_null: bool,
     /// Whether it alone is the primary key or a unique key.
     pub unique: bool,
+    /// Its collation, where the backend needs it spelled out to compare a
+    /// bound value the way the column compares (MySQL: `utf8mb4_0900_ai_ci`).
+    pub collation: Option<String>,
 }
 
 impl ColumnInfo {
@@ -274,6 +283,8 @@ pub enum Database {
     Postgres(PgPool),
     /// SQLite.
     Sqlite(SqlitePool),
+    /// MySQL or MariaDB.
+    Mysql(MySqlPool),
 }
 
 impl Database {
@@ -300,6 +311,11 @@ impl Database {
                     .await
                     .map_err(connect_error)?,
             ),
+            Backend::Mysql => Database::Mysql(
+                mysql::connect(url, connections, timeout)
+                    .await
+                    .map_err(connect_error)?,
+            ),
         })
     }
 
@@ -308,6 +324,16 @@ impl Database {
         match self {
             Database::Postgres(_) => Backend::Postgres,
             Database::Sqlite(_) => Backend::Sqlite,
+            Database::Mysql(_) => Backend::Mysql,
+        }
+    }
+
+    /// How this backend spells refill's queries.
+    pub fn dialect(&self) -> &'static Dialect {
+        match self {
+            Database::Postgres(_) => &postgres::DIALECT,
+            Database::Sqlite(_) => &sqlite::DIALECT,
+            Database::Mysql(_) => &mysql::DIALECT,
         }
     }
 
@@ -316,6 +342,7 @@ impl Database {
         match self {
             Database::Postgres(pool) => postgres::table(pool, table).await,
             Database::Sqlite(pool) => sqlite::table(pool, table).await,
+            Database::Mysql(pool) => mysql::table(pool, table).await,
         }
     }
 
@@ -324,7 +351,7 @@ impl Database {
     pub async fn check_scope(&self, table: &TableRef, condition: &str) -> Result<(), sqlx::Error> {
         let sql = format!(
             "SELECT 1 FROM {} WHERE ({condition}) LIMIT 0",
-            table.quoted()
+            self.dialect().table(table)
         );
         match self {
             Database::Postgres(pool) => sqlx::query(built(sql.clone()))
@@ -332,6 +359,10 @@ impl Database {
                 .await
                 .map(drop),
             Database::Sqlite(pool) => sqlx::query(built(sql.clone()))
+                .execute(pool)
+                .await
+                .map(drop),
+            Database::Mysql(pool) => sqlx::query(built(sql.clone()))
                 .execute(pool)
                 .await
                 .map(drop),
@@ -343,10 +374,19 @@ impl Database {
     pub async fn number(&self, query: &str) -> Result<Option<f64>, sqlx::Error> {
         // A scalar subquery: one column and at most one row, or an error
         // that says so.
-        let sql = format!("SELECT CAST(({query}) AS DOUBLE PRECISION)");
         match self {
-            Database::Postgres(pool) => sqlx::query_scalar(built(sql)).fetch_one(pool).await,
-            Database::Sqlite(pool) => sqlx::query_scalar(built(sql)).fetch_one(pool).await,
+            Database::Postgres(pool) => {
+                let sql = format!("SELECT CAST(({query}) AS DOUBLE PRECISION)");
+                sqlx::query_scalar(built(sql)).fetch_one(pool).await
+            }
+            Database::Sqlite(pool) => {
+                let sql = format!("SELECT CAST(({query}) AS DOUBLE PRECISION)");
+                sqlx::query_scalar(built(sql)).fetch_one(pool).await
+            }
+            Database::Mysql(pool) => {
+                let sql = format!("SELECT CAST(({query}) AS DOUBLE)");
+                sqlx::query_scalar(built(sql)).fetch_one(pool).await
+            }
         }
     }
 
@@ -405,6 +445,13 @@ impl Database {
                     .map_err(|e| crate::db::describe(&e))?;
                 rows.iter().map(texts).collect()
             }
+            Database::Mysql(pool) => {
+                let rows = sqlx::query(built(sql))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| crate::db::describe(&e))?;
+                rows.iter().map(texts).collect()
+            }
         }
     }
 
@@ -416,14 +463,15 @@ impl Database {
         a: &Key,
         b: &Key,
     ) -> Result<Option<Key>, SourceError> {
-        let key = quote(&layout.key.name);
-        let cast = match self {
-            Database::Postgres(_) => postgres::key_cast(&layout.key),
-            Database::Sqlite(_) => String::new(),
-        };
+        let d = self.dialect();
+        let key = (d.quote)(&layout.key.name);
+        let cast = (d.key_cast)(&layout.key);
         let sql = format!(
-            "SELECT CAST(max({key}) AS TEXT) FROM {} WHERE {key} <= $1{cast} AND {key} <= $2{cast} AND {}",
-            layout.source.quoted(),
+            "SELECT {} FROM {} WHERE {key} <= {}{cast} AND {key} <= {}{cast} AND {}",
+            (d.as_text)(&format!("max({key})")),
+            d.table(&layout.source),
+            (d.param)(1),
+            (d.param)(2),
             layout.scope_sql()
         );
         let bounds = Rows::Range {
@@ -438,6 +486,11 @@ impl Database {
                 .await
                 .and_then(|row| row.try_get(0)),
             Database::Sqlite(pool) => bounds
+                .bind(sqlx::query(built(sql)))
+                .fetch_one(pool)
+                .await
+                .and_then(|row| row.try_get(0)),
+            Database::Mysql(pool) => bounds
                 .bind(sqlx::query(built(sql)))
                 .fetch_one(pool)
                 .await
@@ -470,11 +523,9 @@ impl Database {
         high_watermark: &Key,
         rows: u64,
     ) -> Result<Vec<Key>, SourceError> {
-        let key = quote(&layout.key.name);
-        let cast = match self {
-            Database::Postgres(_) => postgres::key_cast(&layout.key),
-            Database::Sqlite(_) => String::new(),
-        };
+        let d = self.dialect();
+        let key = (d.quote)(&layout.key.name);
+        let cast = (d.key_cast)(&layout.key);
         let query_error = |error| SourceError::Query {
             what: "planning chunks",
             table: layout.source.quoted(),
@@ -485,12 +536,14 @@ impl Database {
         let mut bounds: Vec<Key> = Vec::new();
         loop {
             let (lo, hi) = match bounds.last() {
-                Some(_) => (format!("{key} > $1{cast} AND "), "$2"),
-                None => (String::new(), "$1"),
+                Some(_) => (format!("{key} > {}{cast} AND ", (d.param)(1)), (d.param)(2)),
+                None => (String::new(), (d.param)(1)),
             };
             let sql = format!(
-                "SELECT CAST({key} AS TEXT) AS \"__refill_bound\" FROM {} WHERE {lo}{key} <= {hi}{cast} AND {} ORDER BY {key} LIMIT 1 OFFSET {}",
-                layout.source.quoted(),
+                "SELECT {} AS {} FROM {} WHERE {lo}{key} <= {hi}{cast} AND {} ORDER BY {key} LIMIT 1 OFFSET {}",
+                (d.as_text)(&key),
+                (d.quote)("__refill_bound"),
+                d.table(&layout.source),
                 layout.scope_sql(),
                 rows.saturating_sub(1)
             );
@@ -506,6 +559,11 @@ impl Database {
                     .await
                     .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
                 Database::Sqlite(pool) => range
+                    .bind(sqlx::query(built(sql)))
+                    .fetch_optional(pool)
+                    .await
+                    .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
+                Database::Mysql(pool) => range
                     .bind(sqlx::query(built(sql)))
                     .fetch_optional(pool)
                     .await
@@ -530,10 +588,13 @@ impl Database {
 
     /// Counts the rows in scope and finds the first and last keys.
     pub async fn scope(&self, layout: &Layout) -> Result<Scope, SourceError> {
-        let key = quote(&layout.key.name);
+        let d = self.dialect();
+        let key = (d.quote)(&layout.key.name);
         let sql = format!(
-            "SELECT count(*), CAST(min({key}) AS TEXT), CAST(max({key}) AS TEXT) FROM {} WHERE {}",
-            layout.source.quoted(),
+            "SELECT count(*), {}, {} FROM {} WHERE {}",
+            (d.as_text)(&format!("min({key})")),
+            (d.as_text)(&format!("max({key})")),
+            d.table(&layout.source),
             layout.scope_sql()
         );
         let result = match self {
@@ -542,6 +603,10 @@ impl Database {
                 .await
                 .and_then(|row| scope_of(&row, layout.key_type)),
             Database::Sqlite(pool) => sqlx::query(built(sql))
+                .fetch_one(pool)
+                .await
+                .and_then(|row| scope_of(&row, layout.key_type)),
+            Database::Mysql(pool) => sqlx::query(built(sql))
                 .fetch_one(pool)
                 .await
                 .and_then(|row| scope_of(&row, layout.key_type)),
@@ -582,7 +647,8 @@ impl Database {
         tokens: bool,
     ) -> Result<ChunkRows, SourceError> {
         let mut out = ChunkRows::default();
-        // SQLite allows 32,766 parameters; PostgreSQL binds one array.
+        // SQLite allows 32,766 parameters, MySQL 65,535; PostgreSQL binds
+        // one array.
         for part in keys.chunks(KEYS_PER_QUERY) {
             let rows = self
                 .fetch(layout, Rows::Keys(part), tokens, "reading rows by key")
@@ -621,6 +687,12 @@ impl Database {
                     let fetched = query.fetch_all(pool).await.map_err(query_error)?;
                     out.extend(assemble_targets(&fetched, layout, sqlite::decode)?);
                 }
+                Database::Mysql(pool) => {
+                    let sql = targets_sql(layout, &mysql::DIALECT, part.len());
+                    let query = rows.bind(sqlx::query(built(sql)));
+                    let fetched = query.fetch_all(pool).await.map_err(query_error)?;
+                    out.extend(assemble_targets(&fetched, layout, mysql::decode)?);
+                }
             }
         }
         Ok(out)
@@ -653,6 +725,13 @@ impl Database {
                 let fetched = query.fetch_all(pool).await.map_err(query_error)?;
                 assemble(&fetched, layout, tokens, sqlite::decode)
             }
+            Database::Mysql(pool) => {
+                let tokens = tokens && mysql::DIALECT.token.is_some();
+                let sql = read_sql(layout, &mysql::DIALECT, &rows, tokens);
+                let query = rows.bind(sqlx::query(built(sql)));
+                let fetched = query.fetch_all(pool).await.map_err(query_error)?;
+                assemble(&fetched, layout, tokens, mysql::decode)
+            }
         }
     }
 }
@@ -669,7 +748,7 @@ pub struct TargetRow {
 }
 
 fn targets_sql(layout: &Layout, dialect: &Dialect, keys: usize) -> String {
-    let target = layout.target.quoted();
+    let target = dialect.table(&layout.target);
     let columns: Vec<String> = layout
         .outputs
         .iter()
@@ -738,6 +817,12 @@ const KEYS_PER_QUERY: usize = 1_000;
 
 /// How a backend spells the parts of the queries refill builds.
 pub struct Dialect {
+    /// Quotes an identifier.
+    pub quote: fn(&str) -> String,
+    /// The placeholder of the `n`th bound parameter (from 1).
+    pub param: fn(usize) -> String,
+    /// Casts an expression to text.
+    pub as_text: fn(&str) -> String,
     /// The cast appended to a bound key so that it compares the way the
     /// key column sorts.
     pub key_cast: fn(&ColumnInfo) -> String,
@@ -754,6 +839,31 @@ pub struct Dialect {
     /// The condition selecting a list of keys, given the first placeholder
     /// number and the count.
     pub keys_filter: fn(&ColumnInfo, usize, usize) -> String,
+    /// The condition that `read`, a column read through `column_expr`,
+    /// holds exactly `expected` (NULL included), byte for byte: a case- or
+    /// accent-insensitive collation must not let a changed text pass as
+    /// unchanged. Used where the backend has no guard token.
+    pub same_value: fn(&str, &ColumnInfo, &str) -> String,
+}
+
+impl Dialect {
+    /// The quoted, qualified name of `table` for SQL.
+    pub fn table(&self, table: &TableRef) -> String {
+        match &table.schema {
+            Some(s) => format!("{}.{}", (self.quote)(s), (self.quote)(&table.name)),
+            None => (self.quote)(&table.name),
+        }
+    }
+}
+
+/// `$n`: the placeholders of PostgreSQL and SQLite.
+pub(crate) fn dollar(n: usize) -> String {
+    format!("${n}")
+}
+
+/// `CAST(e AS TEXT)`, for PostgreSQL and SQLite.
+pub(crate) fn cast_text(e: &str) -> String {
+    format!("CAST({e} AS TEXT)")
 }
 
 /// Which rows a chunk query selects.
@@ -915,6 +1025,7 @@ where
 /// (with `tokens`) the inputs' guard token. Placeholders: for a range, `$1`
 /// (lo, when present), then hi, then the limit; for keys, the keys.
 fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -> String {
+    let quote = dialect.quote;
     let key = quote(&layout.key.name);
     let cast = (dialect.key_cast)(&layout.key);
     let (filter, limit) = match rows {
@@ -922,7 +1033,7 @@ fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -
             let mut n = 0;
             let mut param = || {
                 n += 1;
-                format!("${n}")
+                (dialect.param)(n)
             };
             let mut filter = String::new();
             if lo.is_some() {
@@ -941,7 +1052,7 @@ fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -
             String::new(),
         ),
     };
-    let source = layout.source.quoted();
+    let source = dialect.table(&layout.source);
     if layout.same_table() {
         // No alias: the `where` condition may name the table, and plan
         // checks it against the bare table too.
@@ -981,7 +1092,7 @@ fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -
             (dialect.key_expr)("s", &layout.key),
             columns.join(", "),
             layout.scope_sql(),
-            layout.target.quoted(),
+            dialect.table(&layout.target),
             quote(&layout.target_key.name),
         )
     }
@@ -999,6 +1110,7 @@ mod tests {
             kind,
             not_null: false,
             unique: false,
+            collation: None,
         }
     }
 

@@ -94,6 +94,7 @@ pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>,
                 type_name,
                 not_null: r.get(3),
                 unique: r.get(4),
+                collation: None,
             }
         })
         .collect();
@@ -129,12 +130,26 @@ pub(crate) fn read_expr(col: &str, c: &ColumnInfo) -> String {
 /// same expression the read used, so the comparison is exact and nothing is
 /// hashed.
 pub const DIALECT: Dialect = Dialect {
+    quote,
+    param: super::dollar,
+    as_text: super::cast_text,
     key_cast,
     key_expr,
     column_expr,
     token: None,
     keys_filter,
+    same_value,
 };
+
+/// `read COLLATE "C" IS NOT DISTINCT FROM expected` for text forms, so
+/// that the comparison is byte for byte.
+fn same_value(read: &str, c: &ColumnInfo, expected: &str) -> String {
+    let exact = match c.kind {
+        ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Json => " COLLATE \"C\"",
+        _ => "",
+    };
+    format!("{read}{exact} IS NOT DISTINCT FROM {expected}")
+}
 
 /// `key = ANY($n::type[])`: one array parameter holds every key.
 fn keys_filter(key: &ColumnInfo, first: usize, _count: usize) -> String {

@@ -95,6 +95,7 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
                 type_name: sql_type.to_ascii_uppercase(),
                 not_null: r.get::<i64, _>(2) != 0 || rowid,
                 unique: is_pk || unique.contains(&name),
+                collation: None,
                 name,
                 sql_type,
             }
@@ -108,11 +109,16 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
 
 /// How SQLite spells refill's queries.
 pub const DIALECT: Dialect = Dialect {
+    quote,
+    param: super::dollar,
+    as_text: super::cast_text,
     key_cast: |_| String::new(),
     key_expr: column_expr,
     column_expr,
     token: Some(token),
     keys_filter,
+    // Guards compare tokens; `IS` is SQLite's NULL-safe equality.
+    same_value: |read, _, expected| format!("{read} IS {expected}"),
 };
 
 /// `quote(a) || ',' || quote(b)`: SQLite's quote() is an exact literal of

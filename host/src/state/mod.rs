@@ -624,6 +624,13 @@ impl StateStore {
             Backend::Postgres => {
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = ANY(current_schemas(false))"
             }
+            // The state store stays SQLite or PostgreSQL for now (a spec
+            // with a MySQL [state] url is refused when it loads).
+            Backend::Mysql => {
+                return Err(StateError::Corrupt(
+                    "a MySQL/MariaDB state store is not supported; use SQLite or PostgreSQL".into(),
+                ));
+            }
         };
         let n: i64 = sqlx::query_scalar(exists)
             .fetch_one(&store.pool)

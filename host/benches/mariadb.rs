@@ -1,0 +1,249 @@
+//! `make bench` (after the PostgreSQL bench): rows/s of a `remap` backfill
+//! with `--execute` on a 1,000,000-row MariaDB/MySQL table, next to the
+//! same change done by the single SQL statement `UPDATE … SET status_v2 =
+//! CASE status … END`, measured in one run on a freshly copied table each
+//! time. Prints the ratio to the single statement, in the PostgreSQL
+//! bench's format.
+//!
+//! Settings (environment): `REFILL_TEST_MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`), `REFILL_BENCH_ROWS` (1000000),
+//! `REFILL_BENCH_ROUNDS` (2; the best round counts).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{AssertSqlSafe, MySqlPool};
+
+const DATABASE: &str = "refill_bench";
+const MAP: &[(&str, &str)] = &[
+    ("open", "active"),
+    ("won", "closed_won"),
+    ("lost", "closed_lost"),
+    ("stale", "archived"),
+];
+const CHUNK: i64 = 10_000;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+async fn exec(pool: &MySqlPool, sql: &str) {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn case_sql() -> String {
+    let arms: Vec<String> = MAP
+        .iter()
+        .map(|(a, b)| format!("WHEN '{a}' THEN '{b}'"))
+        .collect();
+    format!("CASE status {} END", arms.join(" "))
+}
+
+/// Creates the template table once (or again if its size changed). Rows
+/// come from a cross join of digits: no recursion limit, MySQL or MariaDB.
+async fn template(pool: &MySqlPool, rows: i64) {
+    exec(pool, &format!("CREATE DATABASE IF NOT EXISTS {DATABASE}")).await;
+    let existing: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {DATABASE}.template"
+    )))
+    .fetch_one(pool)
+    .await
+    .ok();
+    if existing == Some(rows) {
+        return;
+    }
+    println!("creating the {rows}-row template table {DATABASE}.template …");
+    let digits = "(SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 \
+                  UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)";
+    exec(
+        pool,
+        &format!(
+            "DROP TABLE IF EXISTS {DATABASE}.template;
+             CREATE TABLE {DATABASE}.template (
+                 id BIGINT NOT NULL PRIMARY KEY, customer VARCHAR(40) NOT NULL, status VARCHAR(16), status_v2 VARCHAR(16),
+                 amount DECIMAL(12,2) NOT NULL, created_at DATETIME NOT NULL);
+             INSERT INTO {DATABASE}.template
+             SELECT g, CONCAT('customer-', g % 5000), ELT(1 + g % 4, 'open', 'won', 'lost', 'stale'), NULL,
+                    (g % 100000) / 100.0, TIMESTAMP('2020-01-01') + INTERVAL g MINUTE
+             FROM (SELECT 1 + a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d + 100000 * h.d + 1000000 * i.d AS g
+                   FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f, {digits} h, {digits} i) AS n
+             WHERE g <= {rows};"
+        ),
+    )
+    .await;
+}
+
+/// A fresh copy of the template as `DATABASE.quotes`.
+async fn fresh(pool: &MySqlPool) {
+    exec(
+        pool,
+        &format!(
+            "DROP TABLE IF EXISTS {DATABASE}.quotes;
+             CREATE TABLE {DATABASE}.quotes LIKE {DATABASE}.template;
+             INSERT INTO {DATABASE}.quotes SELECT * FROM {DATABASE}.template;
+             ANALYZE TABLE {DATABASE}.quotes;"
+        ),
+    )
+    .await;
+}
+
+/// Fails the bench if any row does not hold the mapped status.
+async fn verify(pool: &MySqlPool, what: &str) {
+    let wrong: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {DATABASE}.quotes WHERE NOT (status_v2 <=> {})",
+        case_sql()
+    )))
+    .fetch_one(pool)
+    .await
+    .expect("verify");
+    assert_eq!(wrong, 0, "{what} left {wrong} rows wrong");
+}
+
+async fn single_statement(pool: &MySqlPool) -> Duration {
+    let started = Instant::now();
+    exec(
+        pool,
+        &format!("UPDATE {DATABASE}.quotes SET status_v2 = {}", case_sql()),
+    )
+    .await;
+    started.elapsed()
+}
+
+/// `refill run --execute` (this bench's build, `cargo bench` builds it
+/// with optimizations), one process, fixed chunks of [`CHUNK`] rows.
+fn refill(url: &str, cache: &Path, component: &Path, digest: &str, conditional: bool) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
+    let spec = format!(
+        "name = \"bench\"\n[source]\nurl = \"{url}\"\nschema = \"{DATABASE}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
+         [chunk]\nrows = {CHUNK}\nchunk_time = 0\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
+         [target]\ncolumns = [\"status_v2\"]\nconditional = {conditional}\n",
+        component.display(),
+        map.join(","),
+    );
+    let spec_path = dir.path().join("bench.toml");
+    std::fs::write(&spec_path, spec).expect("write spec");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_refill"))
+        .env("REFILL_CACHE_DIR", cache)
+        .env("REFILL_LOG", "refill=warn")
+        .args(["run", "--execute"])
+        .arg(&spec_path)
+        .output()
+        .expect("run refill");
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "refill failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "rows/s is printed, not computed on"
+)]
+fn rate(rows: i64, d: Duration) -> String {
+    let r = rows as f64 / d.as_secs_f64();
+    let digits = format!("{r:.0}");
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let url = env_or("REFILL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
+    let rows: i64 = env_or("REFILL_BENCH_ROWS", "1000000")
+        .parse()
+        .expect("REFILL_BENCH_ROWS is a number");
+    let rounds: u32 = env_or("REFILL_BENCH_ROUNDS", "2")
+        .parse()
+        .expect("REFILL_BENCH_ROUNDS is a number");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let component = root.join("plugins/dist/remap.wasm");
+    assert!(
+        component.exists(),
+        "{} is missing: run `make plugins`",
+        component.display()
+    );
+    let digest = refill::transform::digest(&std::fs::read(&component).expect("component"));
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
+
+    let pool = MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect to MariaDB/MySQL");
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&pool)
+        .await
+        .expect("version");
+    template(&pool, rows).await;
+    let warm = Command::new(env!("CARGO_BIN_EXE_refill"))
+        .env("REFILL_CACHE_DIR", &cache)
+        .arg("inspect")
+        .arg(&component)
+        .output()
+        .expect("refill inspect");
+    assert!(warm.status.success(), "refill inspect failed");
+
+    // single statement, refill, refill without the guard
+    let mut best = [Duration::MAX; 3];
+    for round in 1..=rounds {
+        fresh(&pool).await;
+        let single = single_statement(&pool).await;
+        verify(&pool, "the single statement").await;
+        fresh(&pool).await;
+        let ours = refill(&url, &cache, &component, &digest, true);
+        verify(&pool, "refill").await;
+        fresh(&pool).await;
+        let unguarded = refill(&url, &cache, &component, &digest, false);
+        verify(&pool, "refill without conditional writes").await;
+        println!(
+            "round {round}: single UPDATE {:.2} s, refill {:.2} s, refill unconditional {:.2} s",
+            single.as_secs_f64(),
+            ours.as_secs_f64(),
+            unguarded.as_secs_f64(),
+        );
+        for (slot, d) in best.iter_mut().zip([single, ours, unguarded]) {
+            *slot = (*slot).min(d);
+        }
+    }
+    exec(&pool, &format!("DROP TABLE IF EXISTS {DATABASE}.quotes")).await;
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "refill bench: {rows} rows, MariaDB/MySQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
+    );
+    println!(
+        "  {:<44} {:>9} {:>12} {:>18}",
+        "workload", "seconds", "rows/s", "vs single UPDATE"
+    );
+    let single = best[0].as_secs_f64();
+    for (name, d) in [
+        ("single UPDATE … SET status_v2 = CASE …", best[0]),
+        ("refill run --execute (remap component)", best[1]),
+        ("  … with [target] conditional = false", best[2]),
+    ] {
+        println!(
+            "  {name:<44} {:>9.2} {:>12} {:>18.2}",
+            d.as_secs_f64(),
+            rate(rows, d),
+            d.as_secs_f64() / single
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! MariaDB/MySQL as source and target (`REFILL_TEST_MYSQL_URL`, default the
+//! local MariaDB): dry runs, execute runs, a SIGKILL mid-run and the resume,
+//! dead letters, verify, every column type round-tripped, values the server
+//! refuses, and the replica-lag signal on a server that is not a replica.
+//! Each test has a database of its own; the state store is the default
+//! SQLite file.
+
+use std::collections::BTreeSet;
+
+use crate::fixtures::*;
+use crate::harness::*;
+
+/// The newest run's `status --json` entry.
+fn latest(w: &World) -> serde_json::Value {
+    w.status("spec.toml", None)[0].clone()
+}
+
+fn latest_id(w: &World) -> String {
+    latest(w)["run"]["run_id"]
+        .as_str()
+        .expect("a run")
+        .to_string()
+}
+
+/// Rows `remap` updates, leaves as they are and fails, over `quotes(n, bad)`.
+fn in_scope_counts(n: i64, bad: bool) -> (u64, u64, u64) {
+    let (mut updated, mut unchanged, mut failed) = (0, 0, 0);
+    for i in (1..=n).filter(|&i| in_scope(i)) {
+        match remapped(status_of(i, bad)) {
+            Ok(None) => unchanged += 1,
+            Ok(Some(_)) => updated += 1,
+            Err(()) => failed += 1,
+        }
+    }
+    (updated, unchanged, failed)
+}
+
+#[test]
+fn dry_run_changes_no_row() {
+    let w = World::new(Backend::Mysql, "my_dry_run");
+    quotes(&w, 500, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let before = w.snapshot("quotes", "id, status, status_v2, region");
+    let ran = w.run(&["run", "spec.toml"]);
+    ran.expect_code(0);
+    assert!(ran.stdout.contains("Nothing was written"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("status_v2: NULL → \"closed_won\""),
+        "a sample diff: {}",
+        ran.stdout
+    );
+    assert_eq!(
+        w.snapshot("quotes", "id, status, status_v2, region"),
+        before
+    );
+    let run = latest(&w);
+    let (updated, unchanged, _) = in_scope_counts(500, false);
+    assert_eq!(run["run"]["mode"], "dry-run");
+    assert_eq!(run["totals"]["updated"], updated);
+    assert_eq!(run["totals"]["unchanged"], unchanged);
+}
+
+#[test]
+fn execute_sets_exactly_the_rows_in_scope() {
+    let w = World::new(Backend::Mysql, "my_execute");
+    quotes(&w, 1000, false);
+    // The scope may name the table, as it would in a hand-written query.
+    let spec = remap_spec(&w, 100, "").replace("region = 'eu'", "quotes.region = 'eu'");
+    w.write("spec.toml", &spec);
+    let plan = w.run(&["plan", "spec.toml"]);
+    plan.expect_code(0);
+    let (updated, unchanged, _) = in_scope_counts(1000, false);
+    assert!(
+        plan.stdout
+            .contains(&format!("{} in scope, keys 1 to 1000", updated + unchanged)),
+        "{}",
+        plan.stdout
+    );
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    assert_remapped(&w, false);
+
+    let id = latest_id(&w);
+    let detail = w.status("spec.toml", Some(&id));
+    assert_eq!(detail["run"]["status"], "done");
+    assert_eq!(detail["run"]["mode"], "execute");
+    assert_eq!(detail["run"]["rows_in_scope"], updated + unchanged);
+    assert_eq!(detail["totals"]["updated"], updated);
+    assert_eq!(detail["totals"]["unchanged"], unchanged);
+    let chunks = detail["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len() as u64, (updated + unchanged).div_ceil(100));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["status"] == "done" && c["attempts"] == 1)
+    );
+
+    // Running it again finds nothing left to change.
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    assert_eq!(latest(&w)["totals"]["updated"], 0);
+    assert_remapped(&w, false);
+}
+
+#[test]
+fn text_keys_and_a_separate_target_with_backticked_names() {
+    let w = World::new(Backend::Mysql, "my_text_keys");
+    // Names that need quoting, a case-insensitive key collation, and a
+    // target with another collation than the connection's.
+    w.exec(
+        "CREATE TABLE `we``ird` (`han dle` VARCHAR(40) COLLATE utf8mb4_unicode_ci PRIMARY KEY, status TEXT);
+         CREATE TABLE `out put` (`han dle` VARCHAR(40) COLLATE utf8mb4_unicode_ci PRIMARY KEY, status_v2 TEXT);
+         INSERT INTO `we``ird` VALUES ('a', 'open'), ('B', 'won'), ('c', 'lost'), ('É', 'open'), ('z', NULL), ('only-src', 'won');
+         INSERT INTO `out put` VALUES ('a', NULL), ('b', NULL), ('c', 'old'), ('É', NULL), ('z', 'x')",
+    );
+    let spec = Spec {
+        name: "text-keys",
+        table: "we`ird",
+        key: "han dle",
+        column: "status",
+        scope: None,
+        rows: 2,
+        component: "remap",
+        transform_body: &format!("config = {{ map = \"{MAP}\" }}"),
+        target: "status_v2",
+    }
+    .render(&w)
+    .replace("[target]\n", "[target]\ntable = \"out put\"\n");
+    w.write("spec.toml", &spec);
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    // 'only-src' has no target row: a per-row error.
+    ran.expect_code(1);
+    let rows = w.rows("SELECT `han dle`, status_v2 FROM `out put` ORDER BY `han dle`");
+    let got: Vec<(String, Option<String>)> = rows
+        .into_iter()
+        .map(|r| (r[0].clone().expect("key"), r[1].clone()))
+        .collect();
+    let want = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
+    assert_eq!(
+        got,
+        vec![
+            want("a", Some("active")),
+            want("b", Some("closed_won")),
+            want("c", Some("closed_lost")),
+            want("É", Some("active")),
+            want("z", None),
+        ]
+    );
+    let failed = w.state_rows("SELECT row_key FROM refill_dead_letters");
+    assert_eq!(failed, vec![vec![Some("only-src".to_string())]]);
+}
+
+/// A spec for the `evil` guest in `slow` mode: correct output (uppercased
+/// status), but each row burns CPU, so a run takes long enough to be killed
+/// in the middle.
+fn slow_spec(world: &World) -> String {
+    spec(
+        world,
+        "evil",
+        "config = { mode = \"slow\", spin = \"2000000\" }\nbatch_rows = 25\nfuel_per_row = 100000000",
+        50,
+        "status_v2",
+    )
+}
+
+#[test]
+fn sigkill_mid_run_resumes_without_redoing_chunks() {
+    let w = World::new(Backend::Mysql, "my_sigkill");
+    quotes(&w, 3000, false);
+    w.write("spec.toml", &slow_spec(&w));
+
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    w.wait_for_chunks(&mut child, 3);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    let id = latest_id(&w);
+    let before = w.status("spec.toml", Some(&id));
+    assert_eq!(
+        before["run"]["status"], "running",
+        "a killed run stays unfinished"
+    );
+    let total_chunks = (1..=3000).filter(|&i| in_scope(i)).count().div_ceil(50);
+    let done_before: Vec<serde_json::Value> = before["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .filter(|c| c["status"] == "done")
+        .cloned()
+        .collect();
+    assert!(
+        done_before.len() >= 3 && done_before.len() < total_chunks,
+        "killed mid-way: {} chunks done",
+        done_before.len()
+    );
+
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(0);
+    assert!(ran.stdout.contains("(resumed)"), "{}", ran.stdout);
+    for (id, v2) in status_v2(&w) {
+        let expected = if in_scope(id) {
+            status_of(id, false).map(str::to_uppercase)
+        } else {
+            Some("untouched".into())
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
+
+    let after = w.status("spec.toml", Some(&id));
+    assert_eq!(after["run"]["status"], "done");
+    let chunks = after["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), total_chunks);
+    for old in &done_before {
+        let now = chunks
+            .iter()
+            .find(|c| c["chunk_id"] == old["chunk_id"])
+            .expect("chunk still recorded");
+        assert_eq!(now["attempts"], 1, "chunk {} was redone", old["chunk_id"]);
+        assert_eq!(now["session_id"], old["session_id"]);
+        assert_eq!(now["finished_at"], old["finished_at"]);
+    }
+    for pair in chunks.windows(2) {
+        assert_eq!(
+            pair[1]["lo"], pair[0]["hi"],
+            "chunks {} and {} leave a gap or overlap",
+            pair[0]["chunk_id"], pair[1]["chunk_id"]
+        );
+    }
+    let rows: u64 = chunks
+        .iter()
+        .map(|c| c["counts"]["rows"].as_u64().expect("rows"))
+        .sum();
+    assert_eq!(rows, after["run"]["rows_in_scope"].as_u64().expect("scope"));
+    let sessions = after["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0]["outcome"], "lost");
+    assert_eq!(sessions[1]["outcome"], "done");
+}
+
+#[test]
+fn failed_rows_are_dead_letters_in_the_report() {
+    let w = World::new(Backend::Mysql, "my_dead_letters");
+    quotes(&w, 2000, true);
+    w.write("spec.toml", &remap_spec(&w, 200, ""));
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(1);
+    let (updated, _, failed) = in_scope_counts(2000, true);
+    let bad: BTreeSet<i64> = (1..=2000)
+        .filter(|&i| in_scope(i) && status_of(i, true) == Some("WON"))
+        .collect();
+    assert_eq!(bad.len() as u64, failed);
+    let dead: BTreeSet<i64> = w
+        .state_rows("SELECT row_key FROM refill_dead_letters WHERE resolved_at IS NULL")
+        .into_iter()
+        .map(|r| r[0].as_deref().expect("key").parse().expect("numeric key"))
+        .collect();
+    assert_eq!(dead, bad);
+    assert_remapped(&w, true);
+
+    let run = latest_id(&w);
+    let detail = w.status("spec.toml", Some(&run));
+    assert_eq!(detail["totals"]["failed"], failed);
+    assert_eq!(detail["totals"]["updated"], updated);
+    let report = w.run(&["report", &run, "--spec", "spec.toml"]);
+    report.expect_code(0);
+    assert!(
+        report
+            .stdout
+            .contains("no mapping for \"WON\" and no default"),
+        "{}",
+        report.stdout
+    );
+    let json = w.run(&["report", &run, "--json", "--spec", "spec.toml"]);
+    json.expect_code(0);
+    let first_bad = bad.first().expect("a bad row").to_string();
+    assert!(json.stdout.contains(&first_bad), "{}", json.stdout);
+
+    // Fixing the configuration and retrying makes them right.
+    let fixed = remap_spec(&w, 200, "").replace(MAP, &format!("{MAP},WON=closed_won"));
+    w.write("spec.toml", &fixed);
+    w.run(&["retry", &run, "--execute", "--spec", "spec.toml"])
+        .expect_code(0);
+    for id in &bad {
+        assert_eq!(status_v2(&w)[id].as_deref(), Some("closed_won"), "row {id}");
+    }
+}
+
+#[test]
+fn verify_passes_then_names_a_row_changed_by_hand() {
+    let w = World::new(Backend::Mysql, "my_verify");
+    quotes(&w, 600, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    let run = latest_id(&w);
+    w.run(&["verify", &run, "--spec", "spec.toml"])
+        .expect_code(0);
+    w.run(&["verify", "--spec", "spec.toml"]).expect_code(0);
+
+    // A case-only change: MariaDB's default collation calls it equal, a
+    // byte-exact check must not.
+    w.exec(&format!(
+        "UPDATE {} SET status_v2 = 'edited' WHERE id = 4;
+         UPDATE {} SET status_v2 = 'ACTIVE' WHERE id = 401",
+        w.table("quotes"),
+        w.table("quotes")
+    ));
+    let ran = w.run(&["verify", &run, "--spec", "spec.toml"]);
+    ran.expect_code(1);
+    assert!(ran.stdout.contains("DIFFERENCES FOUND"), "{}", ran.stdout);
+    assert!(
+        ran.stdout
+            .contains("differs from what the transform computes: 4, 401"),
+        "{}",
+        ran.stdout
+    );
+    let json = w.run(&["verify", &run, "--json", "--spec", "spec.toml"]);
+    let record: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(record["differing_keys"], serde_json::json!([4, 401]));
+    assert_eq!(record["passed"], false);
+}
+
+/// Runs `evil` in `echo` mode from `column` to `column_copy` of `typed`.
+fn echo(w: &World, column: &str) -> Ran {
+    let spec = Spec {
+        name: &format!("copy-{column}"),
+        table: "typed",
+        key: "id",
+        column,
+        scope: None,
+        rows: 2,
+        component: "evil",
+        transform_body: "config = { mode = \"echo\" }",
+        target: &format!("{column}_copy"),
+    };
+    w.write("spec.toml", &spec.render(w));
+    w.run(&["run", "spec.toml", "--execute"])
+}
+
+#[test]
+fn every_mariadb_type_round_trips() {
+    let w = World::new(Backend::Mysql, "my_types");
+    let columns = [
+        ("i4", "INT"),
+        ("i8", "BIGINT"),
+        ("u8", "BIGINT UNSIGNED"),
+        ("f8", "DOUBLE"),
+        ("r4", "FLOAT"),
+        ("b", "BOOLEAN"),
+        ("t", "TEXT"),
+        ("vc", "VARCHAR(12)"),
+        ("ch", "CHAR(4)"),
+        ("e", "ENUM('happy','sad')"),
+        ("j", "JSON"),
+        ("ts", "DATETIME(3)"),
+        ("tz", "TIMESTAMP(6) NULL"),
+        ("d", "DATE"),
+        ("n", "DECIMAL(12,2)"),
+        ("bl", "BLOB"),
+    ];
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| format!("{c} {t}, {c}_copy {t}"))
+        .collect();
+    w.exec(&format!(
+        "CREATE TABLE typed (id INT PRIMARY KEY, {});
+         INSERT INTO typed (id, i4, i8, u8, f8, r4, b, t, vc, ch, e, j, ts, tz, d, n, bl) VALUES
+           (1, 2147483647, 9223372036854775807, 9223372036854775807, 1.5e300, 1.5, TRUE, '', 'ünï😀de', 'ab',
+            'sad', '{{\"a\": [1, \"😀\"]}}', '2024-02-29 23:59:59.123', '2038-01-19 03:14:07.999999', '1000-01-01',
+            -9999999999.99, X'00ff00'),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+           (3, -2147483648, -1, 0, -0.25, 0.1, FALSE, 'line\\nbreak\\ttab', '', '', 'happy', '[]',
+            '1900-01-01 00:00:00', '1970-01-01 00:00:01', '9999-12-31', 0, X'');
+         INSERT INTO typed (id, t, j, bl) VALUES
+           (1000000, REPEAT('x', 65535), CONCAT('{{\"big\": \"', REPEAT('z', 1048576), '\"}}'),
+            REPEAT(X'79', 65535))",
+        defs.join(", ")
+    ));
+    for (column, _) in columns {
+        echo(&w, column).expect_code(0);
+        let rows = w.rows(&format!(
+            "SELECT {}, {}, {} FROM typed ORDER BY id",
+            w.text("id"),
+            w.text(&format!("`{column}`")),
+            w.text(&format!("`{column}_copy`"))
+        ));
+        assert_eq!(rows.len(), 4);
+        for row in rows {
+            assert_eq!(
+                row[1], row[2],
+                "{column} of row {:?} did not round-trip",
+                row[0]
+            );
+        }
+        // What was written reads back as what was computed: a second run
+        // finds every row already right.
+        echo(&w, column).expect_code(0);
+        assert_eq!(
+            latest(&w)["totals"]["updated"],
+            0,
+            "{column} is rewritten on every run"
+        );
+    }
+}
+
+#[test]
+fn values_the_server_refuses_fail_only_their_rows() {
+    let w = World::new(Backend::Mysql, "my_refused");
+    quotes(&w, 300, false);
+    // The new status column is an enum that lacks closed_lost: strict mode
+    // refuses it (error 1265) instead of storing ''.
+    w.exec(
+        "ALTER TABLE quotes DROP COLUMN status_v2;
+         ALTER TABLE quotes ADD COLUMN status_v2 ENUM('active', 'closed_won')",
+    );
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(1);
+    assert!(
+        ran.stdout
+            .contains("the database refused the new values: Data truncated for column"),
+        "{}",
+        ran.stdout
+    );
+    for (id, v2) in status_v2(&w) {
+        let expected = match remapped(status_of(id, false)).expect("valid status") {
+            _ if !in_scope(id) => None,
+            Some(v) if v == "closed_lost" => None,
+            other => other,
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
+    let lost = (1..=300)
+        .filter(|&i| in_scope(i) && status_of(i, false) == Some("lost"))
+        .count();
+    assert_eq!(latest(&w)["totals"]["failed"], lost as u64);
+}
+
+#[test]
+fn replica_lag_on_a_server_that_is_not_a_replica_cannot_be_measured() {
+    let w = World::new(Backend::Mysql, "my_replica");
+    quotes(&w, 100, false);
+    let base = remap_spec(&w, 50, "");
+
+    // A MySQL primary does not report its replicas' lag.
+    w.write(
+        "spec.toml",
+        &format!("{base}\n[throttle]\nmax_replica_lag = \"5s\"\n"),
+    );
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(2);
+    assert!(
+        ran.stderr.contains("set [throttle] replica_url"),
+        "{}",
+        ran.stderr
+    );
+
+    // The local server has no replication configured: SHOW REPLICA STATUS
+    // is empty, and the plan says the url (masked) is not a replica.
+    w.write(
+        "spec.toml",
+        &format!(
+            "{base}\n[throttle]\nmax_replica_lag = \"5s\"\nreplica_url = \"{}\"\n",
+            w.url()
+        ),
+    );
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(0);
+    assert!(
+        ran.stdout.contains(&format!(
+            "cannot measure replica lag: {} is not a replica (SHOW REPLICA STATUS returned no row)",
+            w.url()
+        )),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("(a run would wait)"), "{}", ran.stdout);
+
+    // A password never shows.
+    let with_password = w.url().replacen("root@", "root:sekret@", 1);
+    w.write(
+        "spec.toml",
+        &format!(
+            "{base}\n[throttle]\nmax_replica_lag = \"5s\"\nreplica_url = \"{with_password}\"\n"
+        ),
+    );
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(0);
+    assert!(
+        ran.stdout.contains("cannot measure replica lag") && ran.stdout.contains("root:***@"),
+        "{}",
+        ran.stdout
+    );
+    assert!(!ran.all().contains("sekret"), "{}", ran.all());
+}
