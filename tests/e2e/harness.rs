@@ -293,8 +293,9 @@ impl World {
     }
 
     /// The `[state]` table for specs: the default SQLite file for SQLite
-    /// worlds, the world's own PostgreSQL schema for PostgreSQL worlds (so
-    /// every PostgreSQL test also exercises a PostgreSQL state store).
+    /// worlds, the world's own PostgreSQL schema for PostgreSQL worlds and
+    /// its own database for MySQL worlds (so every PostgreSQL and MariaDB
+    /// test also exercises a state store on that server).
     pub fn state_section(&self) -> String {
         match self.state_url() {
             None => String::new(),
@@ -305,6 +306,10 @@ impl World {
     /// The url of a PostgreSQL world's state store: the server, with the
     /// world's schema first on the search path.
     pub fn state_url(&self) -> Option<String> {
+        // A MySQL world keeps its state store in its own database.
+        if self.backend == Backend::Mysql {
+            return Some(self.url());
+        }
         let schema = self.schema.as_ref()?;
         let url = postgres_url();
         let sep = if url.contains('?') { '&' } else { '?' };
@@ -314,6 +319,12 @@ impl World {
     /// Whether a state store was created.
     pub fn state_exists(&self) -> bool {
         match &self.schema {
+            None if self.backend == Backend::Mysql => !self
+                .rows(
+                    "SELECT table_name FROM information_schema.tables \
+                     WHERE table_schema = DATABASE() AND table_name LIKE 'refill%'",
+                )
+                .is_empty(),
             None => self.dir.path().join(".refill").exists(),
             Some(schema) => !self
                 .rows(&format!(
@@ -329,6 +340,7 @@ impl World {
     pub fn state_rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         match &self.schema {
             Some(schema) => self.rows(&sql.replace("refill_", &format!("{schema}.refill_"))),
+            None if self.backend == Backend::Mysql => self.rows(sql),
             None => {
                 let url = format!(
                     "sqlite://{}",
@@ -403,6 +415,11 @@ impl World {
             casted.join(", "),
             self.table(table)
         ))
+    }
+
+    /// A path in the test directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Writes a file in the test directory.

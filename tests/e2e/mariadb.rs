@@ -2,8 +2,8 @@
 //! local MariaDB): dry runs, execute runs, a SIGKILL mid-run and the resume,
 //! dead letters, verify, every column type round-tripped, values the server
 //! refuses, and the replica-lag signal on a server that is not a replica.
-//! Each test has a database of its own; the state store is the default
-//! SQLite file.
+//! Each test has a database of its own, which also holds the state store:
+//! MariaDB as source, target and state store.
 
 use std::collections::BTreeSet;
 
@@ -93,6 +93,14 @@ fn execute_sets_exactly_the_rows_in_scope() {
             .iter()
             .all(|c| c["status"] == "done" && c["attempts"] == 1)
     );
+
+    // The state store is in the world's MariaDB database, not a file.
+    assert!(w.state_exists());
+    assert!(!w.path(".refill").exists());
+    let recorded = w.state_rows(&format!(
+        "SELECT status FROM refill_runs WHERE run_id = '{id}'"
+    ));
+    assert_eq!(recorded, vec![vec![Some("done".to_string())]]);
 
     // Running it again finds nothing left to change.
     w.run(&["run", "spec.toml", "--execute"]).expect_code(0);

@@ -426,13 +426,6 @@ impl Spec {
 
     fn validate(&self) -> Result<(), SpecError> {
         let f = &self.file;
-        if self.state_url.backend() == crate::db::Backend::Mysql {
-            return Err(self.error_at(
-                &["state", "url"],
-                "the state store is SQLite or PostgreSQL; a MySQL/MariaDB one is not supported yet \
-                 (leave [state] out for the default sqlite://.refill/state.db)",
-            ));
-        }
         if let Some(dup) = first_duplicate(&f.source.columns) {
             return Err(self.error_at(
                 &["source", "columns"],

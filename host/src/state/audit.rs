@@ -208,14 +208,15 @@ impl StateStore {
     /// Records (or updates) an audit record.
     pub async fn record<R: AuditRecord>(&self, record: &R) -> Result<(), StateError> {
         let data = serde_json::to_string(record).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        let updated = sqlx::query("UPDATE refill_audit SET data = $1 WHERE record_id = $2")
-            .bind(&data)
-            .bind(record.id())
-            .execute(&self.pool)
-            .await
-            .map_err(q("recording an audit record"))?;
+        let updated =
+            sqlx::query(self.sql("UPDATE refill_audit SET data = $1 WHERE record_id = $2"))
+                .bind(&data)
+                .bind(record.id())
+                .execute(&self.pool)
+                .await
+                .map_err(q("recording an audit record"))?;
         if updated.rows_affected() == 0 {
-            sqlx::query("INSERT INTO refill_audit (record_id, run_id, kind, started_at, data) VALUES ($1, $2, $3, $4, $5)")
+            sqlx::query(self.sql("INSERT INTO refill_audit (record_id, run_id, kind, started_at, data) VALUES ($1, $2, $3, $4, $5)"))
                 .bind(record.id())
                 .bind(record.run())
                 .bind(R::KIND)
@@ -230,9 +231,9 @@ impl StateStore {
 
     /// A run's audit records of one kind, oldest first.
     pub async fn records<R: AuditRecord>(&self, run_id: &str) -> Result<Vec<R>, StateError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.sql(
             "SELECT data FROM refill_audit WHERE run_id = $1 AND kind = $2 ORDER BY started_at",
-        )
+        ))
         .bind(run_id)
         .bind(R::KIND)
         .fetch_all(&self.pool)

@@ -60,7 +60,7 @@ impl StateStore {
             None => (None, None, None),
         };
         sqlx::query(
-            "UPDATE refill_runs SET control = $1, control_by = $2, control_at = $3 WHERE run_id = $4",
+            self.sql("UPDATE refill_runs SET control = $1, control_by = $2, control_at = $3 WHERE run_id = $4"),
         )
         .bind(action)
         .bind(by)
@@ -75,7 +75,7 @@ impl StateStore {
     /// The request standing on a run, if any.
     pub async fn control(&self, run_id: &str) -> Result<Option<Control>, StateError> {
         let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT control, control_by, control_at FROM refill_runs WHERE run_id = $1",
+            self.sql("SELECT control, control_by, control_at FROM refill_runs WHERE run_id = $1"),
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -95,10 +95,10 @@ impl StateStore {
     /// resumable (a run that ended meanwhile keeps its status). Returns
     /// whether it did.
     pub async fn abort_idle(&self, run_id: &str, message: &str) -> Result<bool, StateError> {
-        let done = sqlx::query(
+        let done = sqlx::query(self.sql(
             "UPDATE refill_runs SET status = 'aborted', message = $1, finished_at = $2 \
              WHERE run_id = $3 AND status IN ('running', 'incomplete', 'failed')",
-        )
+        ))
         .bind(message)
         .bind(now())
         .bind(run_id)
@@ -115,13 +115,15 @@ impl StateStore {
         state: &str,
         reason: Option<&str>,
     ) -> Result<(), StateError> {
-        sqlx::query("UPDATE refill_sessions SET state = $1, reason = $2 WHERE session_id = $3")
-            .bind(state)
-            .bind(reason)
-            .bind(session_id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("recording a session's state"))?;
+        sqlx::query(
+            self.sql("UPDATE refill_sessions SET state = $1, reason = $2 WHERE session_id = $3"),
+        )
+        .bind(state)
+        .bind(reason)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a session's state"))?;
         Ok(())
     }
 }

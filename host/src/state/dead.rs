@@ -105,6 +105,7 @@ fn key_hash(key: &Key) -> String {
 /// Inserts dead letters inside a chunk's checkpoint transaction.
 pub(super) async fn insert(
     tx: &mut Transaction<'_, Any>,
+    backend: crate::db::Backend,
     run_id: &str,
     dead: &[DeadLetter],
 ) -> Result<(), StateError> {
@@ -120,6 +121,7 @@ pub(super) async fn insert(
              component_digest, attempts, first_seen_at, last_seen_at, resolved_at) VALUES {}",
             tuples.join(", ")
         );
+        let sql = super::spell(backend, &sql).into_owned();
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for d in batch {
             query = query
@@ -180,7 +182,7 @@ impl StateStore {
         } else {
             "SELECT * FROM refill_dead_letters WHERE run_id = $1 ORDER BY chunk_id, first_seen_at"
         };
-        let rows = sqlx::query(sql)
+        let rows = sqlx::query(self.sql(sql))
             .bind(run_id)
             .fetch_all(&self.pool)
             .await
@@ -196,8 +198,8 @@ impl StateStore {
         limit: u32,
     ) -> Result<Vec<(String, u64, Vec<String>)>, StateError> {
         let rows = sqlx::query(
-            "SELECT error, CAST(count(*) AS BIGINT) AS n FROM refill_dead_letters \
-             WHERE run_id = $1 AND resolved_at IS NULL GROUP BY error ORDER BY n DESC, error LIMIT $2",
+            self.sql("SELECT error, CAST(count(*) AS BIGINT) AS n FROM refill_dead_letters \
+             WHERE run_id = $1 AND resolved_at IS NULL GROUP BY error ORDER BY n DESC, error LIMIT $2"),
         )
         .bind(run_id)
         .bind(i64::from(limit))
@@ -208,8 +210,8 @@ impl StateStore {
         for r in rows {
             let error: String = get(&r, "error")?;
             let keys: Vec<String> = sqlx::query_scalar(
-                "SELECT row_key FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL AND error = $2 \
-                 ORDER BY chunk_id LIMIT 3",
+                self.sql("SELECT row_key FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL AND error = $2 \
+                 ORDER BY chunk_id LIMIT 3"),
             )
             .bind(run_id)
             .bind(&error)
@@ -247,8 +249,8 @@ impl StateStore {
             .map_err(q("settling dead letters"))?;
         for (key, resolution) in resolved {
             sqlx::query(
-                "UPDATE refill_dead_letters SET resolved_at = $1, resolved_by = $2, resolution = $3, \
-                 component_digest = $4, attempts = attempts + 1 WHERE run_id = $5 AND key_hash = $6",
+                self.sql("UPDATE refill_dead_letters SET resolved_at = $1, resolved_by = $2, resolution = $3, \
+                 component_digest = $4, attempts = attempts + 1 WHERE run_id = $5 AND key_hash = $6"),
             )
             .bind(&at)
             .bind(resolved_by)
@@ -262,8 +264,8 @@ impl StateStore {
         }
         for d in failed {
             sqlx::query(
-                "UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
-                 attempts = attempts + 1, last_seen_at = $4 WHERE run_id = $5 AND key_hash = $6",
+                self.sql("UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
+                 attempts = attempts + 1, last_seen_at = $4 WHERE run_id = $5 AND key_hash = $6"),
             )
             .bind(&d.error)
             .bind(&d.input_hash)

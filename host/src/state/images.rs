@@ -85,7 +85,7 @@ impl StateStore {
             return Ok(());
         }
         let next: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(max(seq), 0) + 1 AS BIGINT) FROM refill_images WHERE run_id = $1 AND chunk_id = $2",
+            self.sql("SELECT CAST(COALESCE(max(seq), 0) + 1 AS BIGINT) FROM refill_images WHERE run_id = $1 AND chunk_id = $2"),
         )
         .bind(run_id)
         .bind(to_i64(chunk_id))
@@ -93,7 +93,7 @@ impl StateStore {
         .await
         .map_err(q("recording before-images"))?;
         sqlx::query(
-            "INSERT INTO refill_images (run_id, chunk_id, seq, rows_count, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            self.sql("INSERT INTO refill_images (run_id, chunk_id, seq, rows_count, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)"),
         )
         .bind(run_id)
         .bind(to_i64(chunk_id))
@@ -109,9 +109,9 @@ impl StateStore {
 
     /// The chunks of a run that have before-images, in order.
     pub async fn image_chunks(&self, run_id: &str) -> Result<Vec<u64>, StateError> {
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = sqlx::query_scalar(self.sql(
             "SELECT DISTINCT chunk_id FROM refill_images WHERE run_id = $1 ORDER BY chunk_id",
-        )
+        ))
         .bind(run_id)
         .fetch_all(&self.pool)
         .await
@@ -131,9 +131,9 @@ impl StateStore {
         chunk_id: u64,
         key_type: KeyType,
     ) -> Result<Vec<Image>, StateError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(self.sql(
             "SELECT data FROM refill_images WHERE run_id = $1 AND chunk_id = $2 ORDER BY seq",
-        )
+        ))
         .bind(run_id)
         .bind(to_i64(chunk_id))
         .fetch_all(&self.pool)

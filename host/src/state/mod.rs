@@ -516,6 +516,41 @@ pub struct StateStore {
     url: DbUrl,
 }
 
+/// `sql` as `backend` spells it. The store's statements are written for
+/// PostgreSQL and SQLite: `$n` placeholders numbered in the order they are
+/// bound, `CAST(… AS BIGINT)`, `TEXT` columns. MySQL and MariaDB take `?`,
+/// `CAST(… AS SIGNED)`, and `LONGTEXT` (their `TEXT` holds 64 KiB).
+fn spell(backend: Backend, sql: &str) -> std::borrow::Cow<'_, str> {
+    if backend != Backend::Mysql {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut next = 1;
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = n * 10 + d;
+                chars.next();
+            }
+            debug_assert_eq!(n, next, "placeholders out of order in {sql}");
+            next += 1;
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    let out = out.replace(" AS BIGINT)", " AS SIGNED)");
+    std::borrow::Cow::Owned(
+        if out.trim_start().starts_with("CREATE TABLE") || out.starts_with("ALTER TABLE") {
+            out.replace(" TEXT", " LONGTEXT")
+        } else {
+            out
+        },
+    )
+}
+
 fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StateError {
     move |error| StateError::Query { what, error }
 }
@@ -529,6 +564,11 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl StateStore {
+    /// A statement of this module, as the store's backend spells it.
+    fn sql(&self, sql: &'static str) -> sqlx::AssertSqlSafe<std::borrow::Cow<'static, str>> {
+        sqlx::AssertSqlSafe(spell(self.url.backend(), sql).into_owned().into())
+    }
+
     /// Opens the store, creating it (and, for SQLite, its folder) and its
     /// tables if needed.
     pub async fn open(url: &DbUrl) -> Result<StateStore, StateError> {
@@ -562,9 +602,26 @@ impl StateStore {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                match sqlx::query(*ddl).execute(&self.pool).await {
+                // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has):
+                // an index that exists is refused with error 1061.
+                let ddl = match self.url.backend() {
+                    Backend::Mysql => ddl.replace("INDEX IF NOT EXISTS", "INDEX"),
+                    _ => ddl.to_string(),
+                };
+                let sql = spell(self.url.backend(), &ddl).into_owned();
+                match sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&self.pool)
+                    .await
+                {
                     Ok(_) => break,
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempts < 3 => {}
+                    Err(sqlx::Error::Database(e))
+                        if self.url.backend() == Backend::Mysql
+                            && e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                                .is_some_and(|e| e.number() == 1061) =>
+                    {
+                        break;
+                    }
                     Err(error) => {
                         return Err(StateError::Open {
                             url: self.url.masked(),
@@ -584,6 +641,7 @@ impl StateStore {
                 continue;
             }
             let alter = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
+            let alter = spell(self.url.backend(), &alter).into_owned();
             let added = sqlx::query(sqlx::AssertSqlSafe(alter))
                 .execute(&self.pool)
                 .await;
@@ -624,12 +682,8 @@ impl StateStore {
             Backend::Postgres => {
                 "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = ANY(current_schemas(false))"
             }
-            // The state store stays SQLite or PostgreSQL for now (a spec
-            // with a MySQL [state] url is refused when it loads).
             Backend::Mysql => {
-                return Err(StateError::Corrupt(
-                    "a MySQL/MariaDB state store is not supported; use SQLite or PostgreSQL".into(),
-                ));
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = DATABASE()"
             }
         };
         let n: i64 = sqlx::query_scalar(exists)
@@ -684,7 +738,7 @@ impl StateStore {
 
     /// The recorded schema version (fails when there is no `refill_meta`).
     async fn version(&self) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT value FROM refill_meta WHERE name = 'schema_version'")
+        sqlx::query_scalar(self.sql("SELECT value FROM refill_meta WHERE name = 'schema_version'"))
             .fetch_optional(&self.pool)
             .await
     }
@@ -713,12 +767,14 @@ impl StateStore {
         }
         self.add_columns().await?;
         let recorded = if found.is_none() {
-            sqlx::query("INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)")
-                .bind(SCHEMA_VERSION.to_string())
-                .execute(&self.pool)
-                .await
+            sqlx::query(
+                self.sql("INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)"),
+            )
+            .bind(SCHEMA_VERSION.to_string())
+            .execute(&self.pool)
+            .await
         } else {
-            sqlx::query("UPDATE refill_meta SET value = $1 WHERE name = 'schema_version'")
+            sqlx::query(self.sql("UPDATE refill_meta SET value = $1 WHERE name = 'schema_version'"))
                 .bind(SCHEMA_VERSION.to_string())
                 .execute(&self.pool)
                 .await
@@ -738,10 +794,10 @@ impl StateStore {
     /// Records a new run.
     pub async fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO refill_runs (run_id, name, mode, status, work_hash, data_hash, spec, spec_path, component_digest, \
+            self.sql("INSERT INTO refill_runs (run_id, name, mode, status, work_hash, data_hash, spec, spec_path, component_digest, \
              transform_name, transform_version, host_version, user_name, host_name, source_url, source_table, \
              target_table, key_type, first_key, high_watermark, rows_in_scope, chunk_rows, started_at, finished_at, message, coordination) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"),
         )
         .bind(&run.run_id)
         .bind(&run.name)
@@ -784,9 +840,9 @@ impl StateStore {
         message: Option<&str>,
     ) -> Result<(), StateError> {
         let finished = (status != RunStatus::Running).then(now);
-        sqlx::query(
+        sqlx::query(self.sql(
             "UPDATE refill_runs SET status = $1, message = $2, finished_at = $3 WHERE run_id = $4",
-        )
+        ))
         .bind(status.as_str())
         .bind(message)
         .bind(finished)
@@ -799,7 +855,7 @@ impl StateStore {
 
     /// The most recent execute run of the spec called `name`.
     pub async fn latest_execute_run(&self, name: &str) -> Result<Option<RunRecord>, StateError> {
-        let row = sqlx::query("SELECT * FROM refill_runs WHERE name = $1 AND mode = 'execute' ORDER BY started_at DESC LIMIT 1")
+        let row = sqlx::query(self.sql("SELECT * FROM refill_runs WHERE name = $1 AND mode = 'execute' ORDER BY started_at DESC LIMIT 1"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -814,9 +870,9 @@ impl StateStore {
         name: &str,
         digest: &str,
     ) -> Result<Option<String>, StateError> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(self.sql(
             "SELECT MIN(started_at) FROM refill_runs WHERE name = $1 AND component_digest = $2",
-        )
+        ))
         .bind(name)
         .bind(digest)
         .fetch_one(&self.pool)
@@ -826,7 +882,7 @@ impl StateStore {
 
     /// The run whose id is `id`, or the only one whose id starts with it.
     pub async fn find_run(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
-        let exact = sqlx::query("SELECT * FROM refill_runs WHERE run_id = $1")
+        let exact = sqlx::query(self.sql("SELECT * FROM refill_runs WHERE run_id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -834,9 +890,9 @@ impl StateStore {
         if let Some(row) = exact {
             return run_from_row(&row).map(Some);
         }
-        let prefixed = sqlx::query(
+        let prefixed = sqlx::query(self.sql(
             "SELECT * FROM refill_runs WHERE run_id LIKE $1 ORDER BY started_at DESC LIMIT 2",
-        )
+        ))
         .bind(format!("{}%", id.replace(['%', '_', '\\'], "")))
         .fetch_all(&self.pool)
         .await
@@ -850,11 +906,12 @@ impl StateStore {
 
     /// The most recent runs, newest first.
     pub async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        let rows = sqlx::query("SELECT * FROM refill_runs ORDER BY started_at DESC LIMIT $1")
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("listing runs"))?;
+        let rows =
+            sqlx::query(self.sql("SELECT * FROM refill_runs ORDER BY started_at DESC LIMIT $1"))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("listing runs"))?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -867,8 +924,8 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let at = now();
         let updated = sqlx::query(
-            "UPDATE refill_chunks SET status = 'pending', attempts = attempts + 1, session_id = $1, started_at = $2, \
-             finished_at = NULL, error = NULL WHERE run_id = $3 AND chunk_id = $4",
+            self.sql("UPDATE refill_chunks SET status = 'pending', attempts = attempts + 1, session_id = $1, started_at = $2, \
+             finished_at = NULL, error = NULL WHERE run_id = $3 AND chunk_id = $4"),
         )
         .bind(session_id)
         .bind(&at)
@@ -881,8 +938,8 @@ impl StateStore {
             return Ok(());
         }
         let inserted = sqlx::query(
-            "INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
-             VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6)",
+            self.sql("INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
+             VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6)"),
         )
         .bind(run_id)
         .bind(to_i64(chunk.id))
@@ -923,8 +980,17 @@ impl StateStore {
             .begin()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
-        let done = checkpoint!(&mut *tx, run_id, chunk_id, counts, timings, error, lease)
-            .map_err(q("checkpointing a finished chunk"))?;
+        let done = checkpoint!(
+            &mut *tx,
+            self.url.backend(),
+            run_id,
+            chunk_id,
+            counts,
+            timings,
+            error,
+            lease
+        )
+        .map_err(q("checkpointing a finished chunk"))?;
         if !done {
             tx.rollback()
                 .await
@@ -933,13 +999,15 @@ impl StateStore {
         }
         // A checkpoint retried after its commit went through but its reply
         // was lost records the same rows again.
-        sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
-            .bind(run_id)
-            .bind(to_i64(chunk_id))
-            .execute(&mut *tx)
-            .await
-            .map_err(q("recording dead letters"))?;
-        dead::insert(&mut tx, run_id, dead).await?;
+        sqlx::query(
+            self.sql("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2"),
+        )
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .execute(&mut *tx)
+        .await
+        .map_err(q("recording dead letters"))?;
+        dead::insert(&mut tx, self.url.backend(), run_id, dead).await?;
         tx.commit()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
@@ -960,23 +1028,27 @@ impl StateStore {
             .begin()
             .await
             .map_err(q("recording dead letters"))?;
-        sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
-            .bind(run_id)
-            .bind(to_i64(chunk_id))
-            .execute(&mut *tx)
-            .await
-            .map_err(q("recording dead letters"))?;
-        dead::insert(&mut tx, run_id, dead).await?;
+        sqlx::query(
+            self.sql("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2"),
+        )
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .execute(&mut *tx)
+        .await
+        .map_err(q("recording dead letters"))?;
+        dead::insert(&mut tx, self.url.backend(), run_id, dead).await?;
         tx.commit().await.map_err(q("recording dead letters"))
     }
 
     /// Every chunk of a run, in order.
     pub async fn chunks(&self, run: &RunRecord) -> Result<Vec<ChunkRecord>, StateError> {
-        let rows = sqlx::query("SELECT * FROM refill_chunks WHERE run_id = $1 ORDER BY chunk_id")
-            .bind(&run.run_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("reading a run's chunks"))?;
+        let rows = sqlx::query(
+            self.sql("SELECT * FROM refill_chunks WHERE run_id = $1 ORDER BY chunk_id"),
+        )
+        .bind(&run.run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading a run's chunks"))?;
         rows.iter()
             .map(|r| chunk_from_row(r, run.key_type))
             .collect()
@@ -986,11 +1058,11 @@ impl StateStore {
     pub async fn totals(&self, run_id: &str) -> Result<(Counts, u64), StateError> {
         // SUM is NUMERIC on PostgreSQL, which the Any driver cannot read.
         let row = sqlx::query(
-            "SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(sum(rows_read), 0) AS BIGINT), \
+            self.sql("SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(sum(rows_read), 0) AS BIGINT), \
              CAST(COALESCE(sum(updated), 0) AS BIGINT), CAST(COALESCE(sum(unchanged), 0) AS BIGINT), \
              CAST(COALESCE(sum(skipped), 0) AS BIGINT), CAST(COALESCE(sum(failed), 0) AS BIGINT), \
              CAST(COALESCE(sum(conflicts), 0) AS BIGINT), CAST(COALESCE(sum(retries), 0) AS BIGINT) \
-             FROM refill_chunks WHERE run_id = $1 AND status = 'done'",
+             FROM refill_chunks WHERE run_id = $1 AND status = 'done'"),
         )
         .bind(run_id)
         .fetch_one(&self.pool)
@@ -1026,8 +1098,8 @@ impl StateStore {
     ) -> Result<Option<SessionRecord>, StateError> {
         for _ in 0..3 {
             let inserted = sqlx::query(
-                "INSERT INTO refill_locks (name, session_id, pid, host_name, user_name, started_at, heartbeat_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                self.sql("INSERT INTO refill_locks (name, session_id, pid, host_name, user_name, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"),
             )
             .bind(name)
             .bind(&session.session_id)
@@ -1048,7 +1120,7 @@ impl StateStore {
                     });
                 }
             }
-            let row = sqlx::query("SELECT * FROM refill_locks WHERE name = $1")
+            let row = sqlx::query(self.sql("SELECT * FROM refill_locks WHERE name = $1"))
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
@@ -1059,8 +1131,8 @@ impl StateStore {
                 return Ok(Some(holder));
             }
             let taken = sqlx::query(
-                "UPDATE refill_locks SET session_id = $1, pid = $2, host_name = $3, user_name = $4, \
-                 started_at = $5, heartbeat_at = $6 WHERE name = $7 AND session_id = $8",
+                self.sql("UPDATE refill_locks SET session_id = $1, pid = $2, host_name = $3, user_name = $4, \
+                 started_at = $5, heartbeat_at = $6 WHERE name = $7 AND session_id = $8"),
             )
             .bind(&session.session_id)
             .bind(i64::from(session.pid))
@@ -1084,7 +1156,7 @@ impl StateStore {
 
     /// Gives the lock back, if `session_id` still holds it.
     pub async fn release_lock(&self, name: &str, session_id: &str) -> Result<(), StateError> {
-        sqlx::query("DELETE FROM refill_locks WHERE name = $1 AND session_id = $2")
+        sqlx::query(self.sql("DELETE FROM refill_locks WHERE name = $1 AND session_id = $2"))
             .bind(name)
             .bind(session_id)
             .execute(&self.pool)
@@ -1096,8 +1168,8 @@ impl StateStore {
     /// Records a process starting to work on a run.
     pub async fn start_session(&self, session: &SessionRecord) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.sql("INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"),
         )
         .bind(&session.session_id)
         .bind(&session.run_id)
@@ -1119,7 +1191,7 @@ impl StateStore {
             "UPDATE refill_sessions SET heartbeat_at = $1 WHERE session_id = $2",
             "UPDATE refill_locks SET heartbeat_at = $1 WHERE session_id = $2",
         ] {
-            sqlx::query(sql)
+            sqlx::query(self.sql(sql))
                 .bind(&at)
                 .bind(session_id)
                 .execute(&self.pool)
@@ -1131,24 +1203,29 @@ impl StateStore {
 
     /// Records how a session ended.
     pub async fn end_session(&self, session_id: &str, outcome: &str) -> Result<(), StateError> {
-        sqlx::query("UPDATE refill_sessions SET ended_at = $1, outcome = $2 WHERE session_id = $3")
-            .bind(now())
-            .bind(outcome)
-            .bind(session_id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("ending a session"))?;
+        sqlx::query(
+            self.sql(
+                "UPDATE refill_sessions SET ended_at = $1, outcome = $2 WHERE session_id = $3",
+            ),
+        )
+        .bind(now())
+        .bind(outcome)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("ending a session"))?;
         Ok(())
     }
 
     /// The sessions of a run, oldest first.
     pub async fn sessions(&self, run_id: &str) -> Result<Vec<SessionRecord>, StateError> {
-        let rows =
-            sqlx::query("SELECT * FROM refill_sessions WHERE run_id = $1 ORDER BY started_at")
-                .bind(run_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(q("reading a run's sessions"))?;
+        let rows = sqlx::query(
+            self.sql("SELECT * FROM refill_sessions WHERE run_id = $1 ORDER BY started_at"),
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading a run's sessions"))?;
         rows.iter().map(session_from_row).collect()
     }
 }
@@ -1167,7 +1244,7 @@ const CHUNK_DONE_FENCED: &str = "UPDATE refill_chunks SET status = 'done', rows_
 /// Runs [`CHUNK_DONE`] (or, with a lease, [`CHUNK_DONE_FENCED`]) on an
 /// executor of any driver; evaluates to whether the chunk was marked.
 macro_rules! checkpoint {
-    ($executor:expr, $run_id:expr, $chunk_id:expr, $counts:expr, $timings:expr, $error:expr, $lease:expr) => {{
+    ($executor:expr, $backend:expr, $run_id:expr, $chunk_id:expr, $counts:expr, $timings:expr, $error:expr, $lease:expr) => {{
         let lease: Option<&$crate::state::Lease> = $lease;
         let counts: &$crate::state::Counts = $counts;
         let timings: &$crate::state::Timings = $timings;
@@ -1176,7 +1253,8 @@ macro_rules! checkpoint {
         } else {
             CHUNK_DONE
         };
-        let mut query = sqlx::query(sql)
+        let sql = spell($backend, sql).into_owned();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(counts.rows))
             .bind(to_i64(counts.updated))
             .bind(to_i64(counts.unchanged))
@@ -1218,8 +1296,17 @@ pub async fn checkpoint_in(
     error: Option<&str>,
     lease: Option<&Lease>,
 ) -> Result<bool, StateError> {
-    checkpoint!(&mut *tx, run_id, chunk_id, counts, timings, error, lease)
-        .map_err(q("checkpointing a finished chunk with its writes"))
+    checkpoint!(
+        &mut *tx,
+        Backend::Postgres,
+        run_id,
+        chunk_id,
+        counts,
+        timings,
+        error,
+        lease
+    )
+    .map_err(q("checkpointing a finished chunk with its writes"))
 }
 
 fn get<T>(row: &AnyRow, col: &str) -> Result<T, StateError>
@@ -1390,6 +1477,31 @@ mod tests {
             message: None,
             workers: false,
         }
+    }
+
+    #[test]
+    fn statements_are_spelled_for_mysql() {
+        let sql = "SELECT CAST(count(*) AS BIGINT) FROM t WHERE a = $1 AND b IN ($2, $3)";
+        assert_eq!(spell(Backend::Postgres, sql), sql);
+        assert_eq!(spell(Backend::Sqlite, sql), sql);
+        assert_eq!(
+            spell(Backend::Mysql, sql),
+            "SELECT CAST(count(*) AS SIGNED) FROM t WHERE a = ? AND b IN (?, ?)"
+        );
+        // Twelve parameters: two-digit numbers are one placeholder each.
+        let many: Vec<String> = (1..=12).map(|i| format!("${i}")).collect();
+        let values = format!("VALUES ({})", many.join(", "));
+        assert_eq!(
+            spell(Backend::Mysql, &values),
+            format!("VALUES ({})", ["?"; 12].join(", "))
+        );
+        assert_eq!(
+            spell(
+                Backend::Mysql,
+                "CREATE TABLE x (a TEXT NOT NULL, b VARCHAR(4))"
+            ),
+            "CREATE TABLE x (a LONGTEXT NOT NULL, b VARCHAR(4))"
+        );
     }
 
     #[tokio::test]
