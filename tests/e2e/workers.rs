@@ -24,12 +24,16 @@ fn events(w: &World, n: i64) {
 /// Makes marking a chunk done take 0.3 s, after the chunk's rows are
 /// written and before its checkpoint commits: the window in which a
 /// worker killed with its writes committed but its checkpoint not would
-/// have its chunk applied twice.
+/// have its chunk applied twice. While it waits, the connection's
+/// `application_name` says whose checkpoint it is (`checkpointing
+/// SESSION`), so the test can kill that worker inside the window.
 fn slow_checkpoints(w: &World) {
     let f = w.table("slow_checkpoint");
     let chunks = w.table("refill_chunks");
     w.exec(&format!(
-        "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$;\n\
+        "CREATE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         PERFORM set_config('application_name', 'checkpointing ' || NEW.session_id, true); \
+         PERFORM pg_sleep(0.3); RETURN NEW; END $$;\n\
          CREATE TRIGGER slow_checkpoint BEFORE UPDATE ON {chunks} FOR EACH ROW \
          WHEN (NEW.status = 'done' AND OLD.status <> 'done') EXECUTE FUNCTION {f}()"
     ));
@@ -128,32 +132,40 @@ fn three_workers_finish_after_one_is_killed_mid_chunk_and_apply_each_chunk_once(
         shown.all()
     );
 
+    // The first worker starts alone, so that it surely holds a chunk; the
+    // other two join while it is in the middle of one.
     let mut victim = worker(&w, &run, "2s");
-    let others = [worker(&w, &run, "2s"), worker(&w, &run, "2s")];
-    // Kill the first worker while it holds a chunk: most of a chunk's time
-    // is spent between its writes and its checkpoint's commit.
+    // Kill the first worker between a chunk's writes and its checkpoint's
+    // commit: while its connection waits in the trigger.
     let pid = victim.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     let held = loop {
-        assert!(Instant::now() < deadline, "the worker never held a chunk");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reached a checkpoint"
+        );
         assert!(
             victim.try_wait().expect("poll").is_none(),
             "the worker ended before it could be killed"
         );
         if let Some(session) = session_of(&w, pid) {
-            let held: Vec<u64> = chunks(&w, &run)
-                .into_iter()
-                .filter(|c| c.1 == "pending" && c.3 == session)
-                .map(|c| c.0)
-                .collect();
-            if !held.is_empty() {
+            let checkpointing = w.rows(&format!(
+                "SELECT CAST(pid AS TEXT) FROM pg_stat_activity WHERE application_name = 'checkpointing {session}'"
+            ));
+            if !checkpointing.is_empty() {
+                let held: Vec<u64> = chunks(&w, &run)
+                    .into_iter()
+                    .filter(|c| c.1 == "pending" && c.3 == session)
+                    .map(|c| c.0)
+                    .collect();
+                assert!(!held.is_empty(), "a worker checkpointing holds its chunk");
                 break (session, held);
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     };
+    let others = [worker(&w, &run, "2s"), worker(&w, &run, "2s")];
     // SIGKILL: no chance to give the chunk back or roll anything back.
-    // SAFETY-free: `kill` on a child we own.
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -165,7 +177,7 @@ fn three_workers_finish_after_one_is_killed_mid_chunk_and_apply_each_chunk_once(
     let outputs: Vec<Ran> = others.into_iter().map(finish).collect();
     for out in &outputs {
         out.expect_code(0);
-        assert!(out.stdout.contains("done"), "{}", out.all());
+        assert!(out.stdout.contains("\": done;"), "{}", out.all());
     }
     // The held chunks were taken over by a surviving worker after the
     // lease expired.
@@ -329,5 +341,66 @@ fn events_sqlite(w: &World) {
     w.exec(
         "CREATE TABLE events (id INTEGER PRIMARY KEY, log TEXT NOT NULL);\n\
          INSERT INTO events (id, log) VALUES (1, 'start'), (2, 'start')",
+    );
+}
+
+#[test]
+fn an_aborted_worker_run_goes_on_when_planned_again() {
+    let w = World::new(Backend::Postgres, "workers_abort");
+    events(&w, 3_000);
+    w.write(
+        "spec.toml",
+        &append_spec(&w, 100, "concurrency = 1\nmax_rows_per_sec = 500"),
+    );
+    let run = plan_for_workers(&w);
+    let state = w.state_url().expect("state url");
+    let mut first = worker(&w, &run, "5s");
+    // Once it has done some of the work, abort the run from elsewhere.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !chunks(&w, &run).iter().any(|c| c.1 == "done") {
+        assert!(Instant::now() < deadline, "no chunk done");
+        assert!(
+            first.try_wait().expect("poll").is_none(),
+            "the worker ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.run(&["abort", &run, "--state", &state]).expect_code(0);
+    let stopped = Ran::from(first.wait_with_output().expect("worker"));
+    stopped.expect_code(3);
+    let status = |w: &World| {
+        let ran = w.run(&["status", "--json", "--state", &state, &run]);
+        let doc: serde_json::Value = serde_json::from_str(&ran.stdout).expect("json");
+        doc["run"]["status"].as_str().expect("status").to_string()
+    };
+    assert_eq!(status(&w), "aborted");
+    let left = chunks(&w, &run).iter().filter(|c| c.1 != "done").count();
+    assert!(left > 0, "the abort came before the end");
+    // A worker joining an aborted run leaves at once, doing nothing.
+    let ran = w.run(&["worker", "--state", &state, "--run", &run]);
+    ran.expect_code(3);
+    assert!(ran.stdout.contains("0 rows in 0 chunks"), "{}", ran.all());
+    // Planning again lets the run go on, from where it stopped.
+    let again = w.run(&["run", "spec.toml", "--execute", "--workers", "0"]);
+    again.expect_code(0);
+    assert!(
+        again.stdout.contains("is already planned"),
+        "{}",
+        again.all()
+    );
+    assert_eq!(status(&w), "running");
+    let w2 = w.run(&["worker", "--state", &state, "--run", &run]);
+    w2.expect_code(0);
+    assert_eq!(status(&w), "done");
+    let logs = w.rows(&format!(
+        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log",
+        w.table("events")
+    ));
+    assert_eq!(
+        logs,
+        vec![vec![
+            Some("start|refill".to_string()),
+            Some("3000".to_string())
+        ]]
     );
 }

@@ -451,6 +451,15 @@ async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>
     })
 }
 
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -541,6 +550,13 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
             format!("{n} processes")
         }
     };
+    // What resumes an aborted run: a run planned for workers is planned
+    // again (which lets them go on), any other is run again.
+    let resume = if record.workers {
+        "`refill run SPEC --execute --workers 0` (then workers) resumes it"
+    } else {
+        "the next `refill run` of its spec resumes it"
+    };
     match action {
         Some(ControlAction::Pause) if n == 0 => println!(
             "Run {} is paused; no process is working on it now. A `refill run` of it waits until `refill resume {}`.",
@@ -554,11 +570,12 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
             record.run_id
         ),
         Some(ControlAction::Abort) if working == 0 => {
-            let message = format!("aborted by {who}; the next `refill run` resumes it");
+            let message = format!("aborted by {who}; {resume}");
             if store.abort_idle(&record.run_id, &message).await? {
                 println!(
-                    "Run {} is aborted; no process was working on it. The next `refill run` of its spec resumes it.",
-                    record.run_id
+                    "Run {} is aborted; no process was working on it. {}.",
+                    record.run_id,
+                    capitalized(resume)
                 );
             } else {
                 store.set_control(&record.run_id, None, &who).await?;
@@ -566,14 +583,16 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
             }
         }
         Some(ControlAction::Abort) if n == 0 => println!(
-            "Run {} is aborted: {} finished or left the chunks in hand and exited. The next `refill run` of its spec resumes it.",
+            "Run {} is aborted: {} finished or left the chunks in hand and exited. {}.",
             record.run_id,
-            processes(working)
+            processes(working),
+            capitalized(resume)
         ),
         Some(ControlAction::Abort) => println!(
-            "Run {} is aborting: {} still finishing the chunks in hand. The next `refill run` of its spec resumes it.",
+            "Run {} is aborting: {} still finishing the chunks in hand. {}.",
             record.run_id,
-            processes(n)
+            processes(n),
+            capitalized(resume)
         ),
         None => println!(
             "Run {} goes on ({} working on it).",

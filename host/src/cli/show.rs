@@ -213,15 +213,31 @@ pub fn planned(spec: &Spec, p: &refill::run::worker::Planned) {
     } else {
         ""
     };
+    // The url as the spec writes it when that is `env:VAR` (each host reads
+    // it); never a password.
+    let raw = &spec.file.state.url;
+    let state = if raw.starts_with("env:") {
+        raw.clone()
+    } else if spec.state_url.masked() != spec.state_url.expose() {
+        "\"$STATE_URL\"".to_string()
+    } else {
+        spec.state_url.to_string()
+    };
     println!("Start workers, on any hosts, with:");
     println!(
-        "  refill worker --state {} --run {}{source}",
-        spec.state_url, run.run_id
+        "  refill worker --state {state} --run {}{source}",
+        run.run_id
     );
     println!(
-        "and follow the run with: refill status --state {} {}",
-        spec.state_url, run.run_id
+        "and follow the run with: refill status --state {state} {}",
+        run.run_id
     );
+    if state.starts_with('"') {
+        println!(
+            "where $STATE_URL is the state store's url: {} (password not shown).",
+            spec.state_url
+        );
+    }
     if p.needs_source_url {
         println!(
             "The spec's source url holds a password, which refill did not store: give it to each worker with --source-url or REFILL_SOURCE_URL, or write the url as env:VAR."

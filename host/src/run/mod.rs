@@ -498,10 +498,12 @@ pub fn live(
 }
 
 /// Marks the sessions of `run` that never ended as lost. Only called with
-/// the backfill's lock held, so none of them is still working.
+/// the backfill's lock held, so none of them is still working, except the
+/// workers of a run planned for them: of those, only the ones that are
+/// gone.
 async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
     for s in state.sessions(&run.run_id).await? {
-        if s.ended_at.is_none() {
+        if s.ended_at.is_none() && (!run.workers || !alive(&s)) {
             state.end_session(&s.session_id, "lost").await?;
         }
     }
@@ -731,6 +733,7 @@ pub(crate) fn context(
         stop: AtomicBool::new(false),
         trapped_batches: AtomicU32::new(0),
         samples: Mutex::new(Samples::default()),
+        chunk_finished: tokio::sync::Notify::new(),
         atomic: atomic_pool(spec, &db, state.as_ref()),
         db,
         state,

@@ -123,6 +123,9 @@ pub(crate) struct Context {
     pub throttle: Arc<Throttle>,
     /// Why a worker left a chunk it was handed, if one did.
     pub abandoned: Mutex<Option<Stop>>,
+    /// Signalled whenever a worker finishes a chunk: a reader told the run
+    /// has as many chunks in flight as it may claims again at once.
+    pub chunk_finished: tokio::sync::Notify,
     /// When the state store is the target's PostgreSQL database: its pool,
     /// on which a run's chunk writes and checkpoint commit in one
     /// transaction.
@@ -334,9 +337,20 @@ async fn read_all(
                     Claim::Got(lease) => lease,
                     Claim::Finished => return Ok(Ended::Done),
                     Claim::Stopped(status) => return Ok(Ended::Left(status)),
-                    Claim::Busy | Claim::Waiting => {
-                        // Polling the shared store is the only way to learn
-                        // that a lease expired or a slot freed.
+                    // The run is at its concurrency: this process's own
+                    // chunks are most likely what holds it there, so ask
+                    // again as soon as one of them is done (or after a
+                    // short while, for the other workers' chunks).
+                    Claim::Busy => {
+                        tokio::select! {
+                            () = ctx.chunk_finished.notified() => {}
+                            () = tokio::time::sleep(poll.min(BUSY_POLL)) => {}
+                        }
+                        continue;
+                    }
+                    // Every chunk left is held: polling the shared store is
+                    // the only way to learn that a lease expired.
+                    Claim::Waiting => {
                         tokio::time::sleep(poll).await;
                         continue;
                     }
@@ -635,6 +649,7 @@ async fn worker(
         .instrument(span)
         .await;
         ctx.throttle.released();
+        ctx.chunk_finished.notify_one();
         if let Err(e) = result {
             ctx.stop.store(true, Ordering::Relaxed);
             error!(error = %e, "Stopping.");
@@ -642,6 +657,10 @@ async fn worker(
         }
     }
 }
+
+/// How long a reader whose claim found the run at its concurrency waits
+/// at most before asking again.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A chunk held back longer than this before its turn is read again.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -789,7 +808,7 @@ fn guest_log(level: Level, message: &str) {
 
 /// A chunk's outcomes, checked: what to write, the counts, the failures and
 /// samples for the report.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Evaluated {
     updates: Vec<Update>,
     /// The row of `ChunkRows` each update came from.
@@ -1103,81 +1122,43 @@ async fn process(
     let started = Instant::now();
     // A run's writes and checkpoint commit together when the state store
     // is the target's database.
-    let mut atomic = match (&ctx.atomic, &ctx.purpose) {
-        (Some(pool), Purpose::Run { execute: true, .. }) => {
-            Some(pool.begin().await.map_err(|error| RunError::Write {
-                chunk: chunk.to_string(),
-                source: sink::SinkError::Write {
-                    table: ctx.layout.target.quoted(),
-                    rows: rows.len(),
-                    error,
-                },
-            })?)
-        }
+    let atomic = match (&ctx.atomic, &ctx.purpose) {
+        (Some(pool), Purpose::Run { execute: true, .. }) => Some(pool),
         _ => None,
     };
-    if ctx.purpose.writes() {
-        write_guarded(
+    let mut timings = Timings {
+        read_ms,
+        transform_ms,
+        write_ms: 0,
+    };
+    let mut marked = None;
+    if let Some(pool) = atomic {
+        let (done, t) = write_atomically(
             ctx,
+            pool,
             &chunk,
             instance,
             &rows,
             &mut evaluated,
-            atomic.as_deref_mut(),
+            timings,
+            lease.as_ref(),
         )
         .await?;
+        marked = Some(done);
+        timings = t;
+    } else if ctx.purpose.writes() {
+        write_guarded(ctx, &chunk, instance, &rows, &mut evaluated, None).await?;
+        timings.write_ms = millis(started.elapsed());
     }
     let counts = evaluated.counts;
-    let timings = Timings {
-        read_ms,
-        transform_ms,
-        write_ms: millis(started.elapsed()),
-    };
     let verdict = match &ctx.purpose {
         Purpose::Run { .. } => {
             let state = ctx.state()?;
-            let trapped = evaluated
-                .dead
-                .iter()
-                .find(|d| d.error.contains("transform trapped"));
-            let note = trapped.map(|d| format!("key {}: {}", d.key, d.error));
+            let note = trap_note(&evaluated.dead);
             let dead = &evaluated.dead;
             let counter = AtomicU64::new(0);
-            let checkpoint_error = |source| RunError::Checkpoint {
-                chunk: chunk.to_string(),
-                source,
-            };
-            let marked = match atomic.take() {
-                Some(mut tx) => {
-                    backoff::retry(&ctx.policy, "recording dead letters", &counter, || {
-                        state.record_dead_letters(&ctx.run_id, chunk.id, dead)
-                    })
-                    .await
-                    .map_err(checkpoint_error)?;
-                    let marked = crate::state::checkpoint_in(
-                        &mut tx,
-                        &ctx.run_id,
-                        chunk.id,
-                        &counts,
-                        &timings,
-                        note.as_deref(),
-                        lease.as_ref(),
-                    )
-                    .await
-                    .map_err(checkpoint_error)?;
-                    let end = if marked {
-                        tx.commit().await
-                    } else {
-                        tx.rollback().await
-                    };
-                    end.map_err(|error| {
-                        checkpoint_error(crate::state::StateError::Query {
-                            what: "committing a chunk's writes with its checkpoint",
-                            error,
-                        })
-                    })?;
-                    marked
-                }
+            let marked = match marked {
+                Some(marked) => marked,
                 None => backoff::retry(
                     &ctx.policy,
                     "checkpointing a finished chunk",
@@ -1195,13 +1176,16 @@ async fn process(
                     },
                 )
                 .await
-                .map_err(checkpoint_error)?,
+                .map_err(|source| RunError::Checkpoint {
+                    chunk: chunk.to_string(),
+                    source,
+                })?,
             };
             if !marked {
                 warn!(
                     chunk = chunk.id,
                     "Another worker took this chunk over after this worker's lease expired; its result is theirs{}.",
-                    if ctx.atomic.is_some() {
+                    if atomic.is_some() {
                         " and this worker's writes were rolled back"
                     } else {
                         " (this worker's writes set the same values)"
@@ -1307,15 +1291,150 @@ async fn process(
         "Chunk done."
     );
     if matches!(ctx.purpose, Purpose::Run { .. }) {
-        check_budget(ctx)?;
+        let budget = &ctx.budget;
+        let (failed, read) = match (&lease, &ctx.state) {
+            // Workers share the run's budget: count every worker's rows.
+            (Some(_), Some(state))
+                if budget.max_errors.is_some() || budget.max_error_rate.is_some() =>
+            {
+                let counter = AtomicU64::new(0);
+                let (totals, _) =
+                    backoff::retry(&ctx.policy, "summing the run's rows", &counter, || {
+                        state.totals(&ctx.run_id)
+                    })
+                    .await
+                    .map_err(|source| RunError::Checkpoint {
+                        chunk: chunk.to_string(),
+                        source,
+                    })?;
+                (totals.failed, totals.rows)
+            }
+            _ => (
+                ctx.progress.failed_rows.load(Ordering::Relaxed),
+                ctx.progress.done_rows.load(Ordering::Relaxed),
+            ),
+        };
+        check_budget(ctx, failed, read)?;
     }
     Ok(())
 }
 
 /// Stops the run once its failed rows exceed the error budget.
-fn check_budget(ctx: &Context) -> Result<(), RunError> {
-    let failed = ctx.progress.failed_rows.load(Ordering::Relaxed);
-    let rows = ctx.progress.done_rows.load(Ordering::Relaxed);
+/// The note a chunk's checkpoint carries when a row trapped the transform.
+fn trap_note(dead: &[DeadLetter]) -> Option<String> {
+    dead.iter()
+        .find(|d| d.error.contains("transform trapped"))
+        .map(|d| format!("key {}: {}", d.key, d.error))
+}
+
+/// Whether a chunk's error is one that trying the chunk again may get past.
+fn transient(error: &RunError) -> bool {
+    use crate::backoff::Transient as _;
+    match error {
+        RunError::Write { source, .. } => source.is_transient(),
+        RunError::Read { source, .. } => source.is_transient(),
+        RunError::Checkpoint { source, .. } => source.is_transient(),
+        _ => false,
+    }
+}
+
+/// A run's chunk whose checkpoint commits with its writes: the guarded
+/// writes, the fenced checkpoint and the dead letters in one transaction on
+/// the target's database. A transient error (a deadlock, a lost connection)
+/// rolls all of it back and the chunk's writes are tried again from the
+/// start. Returns whether the checkpoint was recorded (false: another
+/// worker holds the chunk now, and everything was rolled back) and the
+/// chunk's timings.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the chunk, what was computed for it, and its claim"
+)]
+async fn write_atomically(
+    ctx: &Arc<Context>,
+    pool: &sqlx::PgPool,
+    chunk: &Chunk,
+    instance: &mut Option<Instance>,
+    rows: &ChunkRows,
+    evaluated: &mut Evaluated,
+    timings: Timings,
+    lease: Option<&Lease>,
+) -> Result<(bool, Timings), RunError> {
+    let original = evaluated.clone();
+    let checkpoint_error = |source| RunError::Checkpoint {
+        chunk: chunk.to_string(),
+        source,
+    };
+    let mut retries = 0;
+    loop {
+        let started = Instant::now();
+        let mut current = original.clone();
+        current.counts.retries += retries;
+        let attempt = async {
+            let mut tx = pool.begin().await.map_err(|error| {
+                checkpoint_error(crate::state::StateError::Query {
+                    what: "starting a chunk's transaction",
+                    error,
+                })
+            })?;
+            if ctx.purpose.writes() {
+                write_guarded(ctx, chunk, instance, rows, &mut current, Some(&mut tx)).await?;
+            }
+            let timings = Timings {
+                write_ms: millis(started.elapsed()),
+                ..timings
+            };
+            let note = trap_note(&current.dead);
+            let marked = crate::state::checkpoint_in(
+                &mut tx,
+                &ctx.run_id,
+                chunk.id,
+                &current.counts,
+                &timings,
+                note.as_deref(),
+                lease,
+            )
+            .await
+            .map_err(checkpoint_error)?;
+            let end = if marked {
+                crate::state::dead_letters_in(&mut tx, &ctx.run_id, chunk.id, &current.dead)
+                    .await
+                    .map_err(checkpoint_error)?;
+                tx.commit().await
+            } else {
+                tx.rollback().await
+            };
+            end.map_err(|error| {
+                checkpoint_error(crate::state::StateError::Query {
+                    what: "committing a chunk's writes with its checkpoint",
+                    error,
+                })
+            })?;
+            Ok::<_, RunError>((marked, timings))
+        }
+        .await;
+        match attempt {
+            Ok(done) => {
+                *evaluated = current;
+                return Ok(done);
+            }
+            Err(error) if transient(&error) && retries + 1 < u64::from(ctx.policy.attempts) => {
+                retries += 1;
+                let delay = ctx.policy.delay(u32::try_from(retries).unwrap_or(u32::MAX));
+                warn!(
+                    chunk = chunk.id,
+                    retry = retries,
+                    %error,
+                    "The chunk's transaction failed; it was rolled back and is tried again."
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Fails once `failed` of `rows` read exceed the spec's `[errors]` budget.
+fn check_budget(ctx: &Context, failed: u64, rows: u64) -> Result<(), RunError> {
     let over = match (ctx.budget.max_errors, ctx.budget.max_error_rate) {
         (Some(max), _) if failed > max => Some(format!(
             "{failed} rows failed, more than [errors] max_errors = {max}"

@@ -63,16 +63,47 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
     with_lock(&state, spec.name(), &session, async {
         let (text, needs_source_url) = spec.text_for_workers();
         if let Some(run) = resumable(&state, spec, &runner, options, true).await? {
-            let chunks = state.chunks(&run).await?.len() as u64;
-            return Ok(Planned {
-                run,
-                chunks,
-                existing: true,
-                needs_source_url,
-            });
+            let chunks = state.chunk_count(&run.run_id).await?;
+            if chunks == 0 && run.rows_in_scope > 0 {
+                // Its planning died before its chunks were recorded.
+                state
+                    .set_run_status(
+                        &run.run_id,
+                        RunStatus::Abandoned,
+                        Some("its planning did not finish; planned again"),
+                    )
+                    .await?;
+                warn!(run = %run.run_id, "Abandoned a run whose planning did not finish; planning again.");
+            } else {
+                // Planning again is the answer to an abort or a failure: the
+                // run goes on (a pause stands).
+                if run.status != RunStatus::Running {
+                    state
+                        .set_run_status(&run.run_id, RunStatus::Running, None)
+                        .await?;
+                }
+                if state
+                    .control(&run.run_id)
+                    .await?
+                    .is_some_and(|c| c.action == crate::state::ControlAction::Abort)
+                {
+                    state.set_control(&run.run_id, None, "").await?;
+                }
+                let run = state.find_run(&run.run_id).await?.unwrap_or(run);
+                return Ok(Planned {
+                    run,
+                    chunks,
+                    existing: true,
+                    needs_source_url,
+                });
+            }
         }
         let mut run = new_run(spec, &runner, &plan, Mode::Execute);
         run.workers = true;
+        // Not `running` until its chunks are recorded: no worker joins a
+        // run half planned, and a plan that dies is planned again.
+        run.status = RunStatus::Incomplete;
+        run.message = Some("being planned for workers".into());
         // The rows a chunk gets: the spec's, capped by the rate limit.
         let chunk_rows = Throttle::new(spec, Arc::new(Progress::default()), None).chunk_rows();
         run.chunk_rows = chunk_rows;
@@ -101,11 +132,12 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
         })?;
         state.store_component(runner.digest(), &bytes).await?;
         state.plan_chunks(&run.run_id, &chunks).await?;
-        if chunks.is_empty() {
-            state
-                .set_run_status(&run.run_id, RunStatus::Done, Some("nothing in scope"))
-                .await?;
-        }
+        let (status, message) = if chunks.is_empty() {
+            (RunStatus::Done, Some("nothing in scope"))
+        } else {
+            (RunStatus::Running, None)
+        };
+        state.set_run_status(&run.run_id, status, message).await?;
         let run = state.find_run(&run.run_id).await?.unwrap_or(run);
         Ok(Planned {
             run,
@@ -162,6 +194,11 @@ fn no_run(url: &DbUrl, what: &str) -> RunError {
     ))
 }
 
+/// Whether a url as stored for workers had its password masked.
+fn masked(url: &str) -> bool {
+    url.contains(":***@") || url.contains("password=***")
+}
+
 /// Finds the run to join.
 async fn joined(state: &StateStore, options: &WorkerOptions) -> Result<RunRecord, RunError> {
     let url = &options.state;
@@ -201,11 +238,19 @@ async fn stored_spec(
         let base = spec.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         spec.source_url =
             DbUrl::parse(url, &base).map_err(|e| RunError::Usage(format!("--source-url: {e}")))?;
-    } else if spec.source_url.expose().contains(":***@") {
+    } else if masked(spec.source_url.expose()) {
         return Err(RunError::Usage(format!(
             "the spec's source url {} has a password, which refill does not store: give the worker the url with --source-url (or REFILL_SOURCE_URL), or write it as env:VAR in the spec",
             spec.source_url
         )));
+    }
+    let t = &spec.file.throttle;
+    for (name, url) in [("replica_url", &t.replica_url), ("probe_url", &t.probe_url)] {
+        if let Some(url) = url.as_deref().filter(|u| masked(u)) {
+            return Err(RunError::Usage(format!(
+                "[throttle] {name} {url} has a password, which refill does not store: write it as env:VAR in the spec so that each worker reads it from its environment, and plan the run again"
+            )));
+        }
     }
     Ok(spec)
 }
@@ -360,13 +405,16 @@ pub async fn work(
             Err(error)
         }
     };
-    let outcome_text = match &ended {
-        Ok(text) => text.clone(),
-        Err(_) => "failed".to_string(),
+    // The session's outcome in a word (the report has the sentence).
+    let outcome = match (&ended, &stop) {
+        (Err(_), _) => "failed",
+        (Ok(_), Some(Stop::Aborted { .. })) => "aborted",
+        (Ok(_), Some(Stop::Interrupted)) => "interrupted",
+        (Ok(_), Some(Stop::MaxRuntime(_))) => "max-runtime",
+        (Ok(text), None) if text.starts_with("left") => "left",
+        (Ok(_), None) => "done",
     };
-    state
-        .end_session(&session.session_id, &outcome_text)
-        .await?;
+    state.end_session(&session.session_id, outcome).await?;
     let ended = ended?;
     let (totals, _) = state.totals(&run.run_id).await?;
     let run = state.find_run(&run.run_id).await?.unwrap_or(run);

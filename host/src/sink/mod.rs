@@ -290,7 +290,11 @@ async fn in_savepoint(
             Ok(keys)
         }
         Err(e) => {
-            savepoint.rollback().await.map_err(failed)?;
+            // The write's own error is the one to report; a rollback that
+            // fails too leaves the transaction to fail at its commit.
+            if let Err(error) = savepoint.rollback().await {
+                tracing::warn!(error = %crate::db::describe(&error), "Could not roll a refused write back to its savepoint.");
+            }
             Err(e)
         }
     }

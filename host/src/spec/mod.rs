@@ -630,7 +630,14 @@ impl Spec {
     pub fn text_for_workers(&self) -> (String, bool) {
         let mut text = self.text.clone();
         let mut masked = false;
-        for raw in [&self.file.source.url, &self.file.state.url] {
+        let t = &self.file.throttle;
+        let urls = [
+            Some(&self.file.source.url),
+            Some(&self.file.state.url),
+            t.replica_url.as_ref(),
+            t.probe_url.as_ref(),
+        ];
+        for raw in urls.into_iter().flatten() {
             let hidden = crate::db::mask(raw);
             if hidden != *raw {
                 text = text.replace(raw.as_str(), &hidden);

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sqlx::Row as _;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row as _, Transaction};
 
 use super::{StateError, StateStore, get, now, q, to_i64, to_u64};
 use crate::chunk::{Key, KeyType};
@@ -102,13 +102,23 @@ fn key_hash(key: &Key) -> String {
     hex::encode(Sha256::digest(key.encode().as_bytes()))
 }
 
-/// Inserts dead letters inside a chunk's checkpoint transaction.
-pub(super) async fn insert(
-    tx: &mut Transaction<'_, Any>,
+/// Inserts dead letters inside a chunk's checkpoint transaction, on the
+/// state store's own connection or, when the checkpoint commits with the
+/// chunk's writes, on the target's PostgreSQL connection.
+pub(super) async fn insert<DB>(
+    conn: &mut DB::Connection,
     backend: crate::db::Backend,
     run_id: &str,
     dead: &[DeadLetter],
-) -> Result<(), StateError> {
+) -> Result<(), StateError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     for batch in dead.chunks(ROWS_PER_INSERT) {
         let tuples: Vec<String> = (0..batch.len())
             .map(|r| {
@@ -122,23 +132,23 @@ pub(super) async fn insert(
             tuples.join(", ")
         );
         let sql = super::spell(backend, &sql).into_owned();
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
         for d in batch {
             query = query
-                .bind(run_id)
+                .bind(run_id.to_string())
                 .bind(key_hash(&d.key))
                 .bind(d.key.encode())
                 .bind(to_i64(d.chunk_id))
-                .bind(&d.error)
-                .bind(&d.input_hash)
-                .bind(&d.component_digest)
+                .bind(d.error.clone())
+                .bind(d.input_hash.clone())
+                .bind(d.component_digest.clone())
                 .bind(to_i64(d.attempts))
-                .bind(&d.first_seen_at)
-                .bind(&d.last_seen_at)
-                .bind(&d.resolved_at);
+                .bind(d.first_seen_at.clone())
+                .bind(d.last_seen_at.clone())
+                .bind(d.resolved_at.clone());
         }
         query
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await
             .map_err(q("recording dead letters"))?;
     }

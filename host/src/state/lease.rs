@@ -23,6 +23,10 @@ use crate::db::Backend;
 const NOW_US: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000000 AS BIGINT)";
 /// Planned chunks inserted per statement.
 const ROWS_PER_INSERT: usize = 500;
+/// Claims of one chunk after which the run fails instead of handing it out
+/// again: a chunk whose every worker dies (out of memory, killed by the
+/// orchestrator) would otherwise take the workers down one by one forever.
+pub const MAX_CLAIMS: u64 = 5;
 
 /// A worker's claim on one chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +103,17 @@ impl StateStore {
             .await
             .map(Option::flatten)
             .map_err(q("reading the run's spec"))
+    }
+
+    /// The number of chunks planned for `run_id` (0 if its planning never
+    /// finished).
+    pub async fn chunk_count(&self, run_id: &str) -> Result<u64, StateError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM refill_chunks WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("counting a run's chunks"))?;
+        Ok(to_u64(n))
     }
 
     /// The most recent running run planned for workers.
@@ -219,8 +234,10 @@ impl StateStore {
             )));
         };
         let status: String = run.try_get(0).map_err(q(what))?;
-        if status != "running" {
-            return Ok(Claim::Stopped(status));
+        match status.as_str() {
+            "running" => {}
+            "done" => return Ok(Claim::Finished),
+            _ => return Ok(Claim::Stopped(status)),
         }
         let concurrency: i64 = run.try_get(1).map_err(q(what))?;
         let in_flight: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -251,6 +268,34 @@ impl StateStore {
         .await
         .map_err(q(what))?;
         let outcome = match claimed {
+            Some(row) if row.try_get::<i64, _>(3).map(to_u64).unwrap_or(0) > MAX_CLAIMS => {
+                let chunk: i64 = row.try_get(0).map_err(q(what))?;
+                let message = format!(
+                    "chunk {chunk} was claimed {MAX_CLAIMS} times and never finished: the workers that took it died \
+                     (look at their logs and exit codes); fix the cause, then plan the run again with --workers 0 to go on"
+                );
+                sqlx::query(
+                    "UPDATE refill_runs SET status = 'failed', message = $1, finished_at = $2 WHERE run_id = $3",
+                )
+                .bind(&message)
+                .bind(now())
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q(what))?;
+                // Given back, so that the run resumes with it.
+                sqlx::query(
+                    "UPDATE refill_chunks SET status = 'planned', session_id = '', attempts = 0, lease_until = NULL \
+                     WHERE run_id = $1 AND chunk_id = $2",
+                )
+                .bind(run_id)
+                .bind(chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(q(what))?;
+                tracing::error!(chunk, "{message}");
+                Claim::Stopped(format!("failed: {message}"))
+            }
             Some(row) => {
                 let get_err = |e| StateError::Corrupt(format!("a claimed chunk: {e}"));
                 let hi: String = row.try_get(2).map_err(get_err)?;
@@ -298,7 +343,7 @@ impl StateStore {
     ) -> Result<u64, StateError> {
         let renewed = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE refill_chunks SET lease_until = {NOW_US} + $1 \
-             WHERE run_id = $2 AND session_id = $3 AND status = 'pending'"
+             WHERE run_id = $2 AND session_id = $3 AND status = 'pending' AND lease_until IS NOT NULL"
         )))
         .bind(micros(lease))
         .bind(run_id)
@@ -309,11 +354,12 @@ impl StateStore {
         Ok(renewed.rows_affected())
     }
 
-    /// Gives back a claim that was not finished (the worker is stopping),
-    /// so another worker takes the chunk at once instead of after expiry.
+    /// Gives back a claim that was not started (the worker is stopping):
+    /// the chunk is unclaimed again, so another worker takes it at once
+    /// instead of after the lease expires.
     pub async fn release_lease(&self, run_id: &str, lease: &Lease) -> Result<(), StateError> {
         sqlx::query(
-            "UPDATE refill_chunks SET lease_until = NULL \
+            "UPDATE refill_chunks SET status = 'planned', session_id = '', lease_until = NULL \
              WHERE run_id = $1 AND chunk_id = $2 AND session_id = $3 AND attempts = $4 AND status = 'pending'",
         )
         .bind(run_id)
@@ -504,7 +550,7 @@ mod tests {
         let second = store.reserve_rows("r1", 500, 1000).await.expect("pace");
         assert!(first < Duration::from_millis(50), "{first:?}");
         assert!(
-            (Duration::from_millis(400)..=Duration::from_millis(500)).contains(&second),
+            (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&second),
             "{second:?}"
         );
 

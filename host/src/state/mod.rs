@@ -1007,37 +1007,11 @@ impl StateStore {
         .execute(&mut *tx)
         .await
         .map_err(q("recording dead letters"))?;
-        dead::insert(&mut tx, self.url.backend(), run_id, dead).await?;
+        dead::insert::<sqlx::Any>(&mut tx, self.url.backend(), run_id, dead).await?;
         tx.commit()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
         Ok(true)
-    }
-
-    /// Records a chunk's dead letters on their own, replacing any recorded
-    /// for it before: for a chunk whose checkpoint is committed with its
-    /// writes (see [`checkpoint_in`]).
-    pub async fn record_dead_letters(
-        &self,
-        run_id: &str,
-        chunk_id: u64,
-        dead: &[DeadLetter],
-    ) -> Result<(), StateError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(q("recording dead letters"))?;
-        sqlx::query(
-            self.sql("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2"),
-        )
-        .bind(run_id)
-        .bind(to_i64(chunk_id))
-        .execute(&mut *tx)
-        .await
-        .map_err(q("recording dead letters"))?;
-        dead::insert(&mut tx, self.url.backend(), run_id, dead).await?;
-        tx.commit().await.map_err(q("recording dead letters"))
     }
 
     /// Every chunk of a run, in order.
@@ -1281,6 +1255,23 @@ macro_rules! checkpoint {
     }};
 }
 use checkpoint;
+
+/// Records a chunk's dead letters inside `tx`, replacing any recorded for
+/// it before: with [`checkpoint_in`], once the fence has passed.
+pub async fn dead_letters_in(
+    tx: &mut sqlx::PgConnection,
+    run_id: &str,
+    chunk_id: u64,
+    dead: &[DeadLetter],
+) -> Result<(), StateError> {
+    sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
+        .bind(run_id)
+        .bind(to_i64(chunk_id))
+        .execute(&mut *tx)
+        .await
+        .map_err(q("recording dead letters"))?;
+    dead::insert::<sqlx::Postgres>(tx, Backend::Postgres, run_id, dead).await
+}
 
 /// Marks a chunk done inside `tx`, an open transaction on the PostgreSQL
 /// database that holds both the target and the state store, so that the
