@@ -242,10 +242,12 @@ fn refill_workers(
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // --restart: the table was copied afresh, so an unfinished run of an
+    // earlier bench (whose state stays in the schema) must not be resumed.
     let started = Instant::now();
     let planned = check(
         refill_cmd(cache)
-            .args(["run", "--execute", "--workers", "0"])
+            .args(["run", "--execute", "--workers", "0", "--restart"])
             .arg(&spec_path)
             .output()
             .expect("plan"),

@@ -1206,14 +1206,16 @@ impl StateStore {
 
 /// The statement marking a chunk done with its counts. With a lease, only
 /// the claim that holds the chunk may mark it (the fence that keeps a
-/// worker whose lease expired from recording a chunk another one took).
+/// worker whose lease expired from recording a chunk another one took);
+/// the status is left out of the fence, so that a checkpoint retried after
+/// its commit went through marks it again rather than failing.
 const CHUNK_DONE: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
      failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
      finished_at = $11, error = $12, lease_until = NULL WHERE run_id = $13 AND chunk_id = $14";
 const CHUNK_DONE_FENCED: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
      failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
      finished_at = $11, error = $12, lease_until = NULL WHERE run_id = $13 AND chunk_id = $14 \
-     AND status = 'pending' AND session_id = $15 AND attempts = $16";
+     AND session_id = $15 AND attempts = $16";
 
 /// Runs [`CHUNK_DONE`] (or, with a lease, [`CHUNK_DONE_FENCED`]) on an
 /// executor of any driver; evaluates to whether the chunk was marked.
