@@ -375,19 +375,7 @@ async fn run_command(
 ) -> Result<u8> {
     let spec = Spec::load(path)?;
     let progress = Arc::new(Progress::default());
-    let _metrics = match metrics_addr {
-        Some(addr) => {
-            let (bound, task) = refill::metrics::serve(addr, progress.clone())
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            say(
-                Level::Info,
-                &format!("serving metrics on http://{bound}/metrics"),
-            );
-            Some(AbortOnDrop(task))
-        }
-        None => None,
-    };
+    let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone());
     let display = progress::start(progress.clone());
     let result = run::run(&spec, &options, progress).await;
@@ -425,19 +413,7 @@ async fn plan_workers_command(path: &Path, workers: u32, restart: bool) -> Resul
 /// `refill worker`: joins a run planned for workers and works on it.
 async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>) -> Result<u8> {
     let progress = Arc::new(Progress::default());
-    let _metrics = match metrics_addr {
-        Some(addr) => {
-            let (bound, task) = refill::metrics::serve(addr, progress.clone())
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            say(
-                Level::Info,
-                &format!("serving metrics on http://{bound}/metrics"),
-            );
-            Some(AbortOnDrop(task))
-        }
-        None => None,
-    };
+    let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone());
     let display = progress::start(progress.clone());
     let result = refill::run::worker::work(&options, progress).await;
@@ -449,6 +425,23 @@ async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>
         Some(Stop::Aborted { .. }) => ABORTED,
         _ => 0,
     })
+}
+
+/// Serves `progress` as Prometheus metrics on `addr`, if given, until the
+/// returned guard is dropped.
+async fn serve_metrics(
+    addr: Option<SocketAddr>,
+    progress: &Arc<Progress>,
+) -> Result<Option<AbortOnDrop>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let (bound, task) = refill::metrics::serve(addr, progress.clone())
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    say(
+        Level::Info,
+        &format!("serving metrics on http://{bound}/metrics"),
+    );
+    Ok(Some(AbortOnDrop(task)))
 }
 
 /// `text` with its first letter in upper case.

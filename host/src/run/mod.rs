@@ -510,6 +510,22 @@ async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), Ru
     Ok(())
 }
 
+/// Sets an unfinished run going again: running it again is the answer to
+/// an abort or a failure; a pause stands.
+async fn reopen(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
+    state
+        .set_run_status(&run.run_id, RunStatus::Running, None)
+        .await?;
+    if state
+        .control(&run.run_id)
+        .await?
+        .is_some_and(|c| c.action == ControlAction::Abort)
+    {
+        state.set_control(&run.run_id, None, "").await?;
+    }
+    Ok(())
+}
+
 /// Finds the unfinished run this spec resumes, or says why it cannot.
 async fn resumable(
     state: &StateStore,
@@ -816,17 +832,7 @@ async fn run_session(
         Some(run) => {
             // Refused before the run is touched: it stays as it was.
             refuse_changed_lookups(&state, &run, &plan.lookups).await?;
-            state
-                .set_run_status(&run.run_id, RunStatus::Running, None)
-                .await?;
-            // Running it again is the answer to an abort; a pause stands.
-            if state
-                .control(&run.run_id)
-                .await?
-                .is_some_and(|c| c.action == ControlAction::Abort)
-            {
-                state.set_control(&run.run_id, None, "").await?;
-            }
+            reopen(&state, &run).await?;
             run
         }
         None => {

@@ -366,15 +366,7 @@ async fn read_all(
                     None => debug!(chunk = chunk.id, "Claimed a chunk."),
                 }
                 let started = Instant::now();
-                let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
-                    ctx.db
-                        .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
-                })
-                .await
-                .map_err(|source| RunError::Read {
-                    chunk: chunk.to_string(),
-                    source,
-                })?;
+                let rows = read_range(ctx, &chunk, tokens, &counter).await?;
                 if let Err(stop) = throttle.pace(rows.len() as u64).await {
                     give_back(ctx, state, &lease).await;
                     return Ok(Ended::Stopped(stop));
@@ -449,15 +441,7 @@ async fn read_all(
                 }
                 let started = Instant::now();
                 let counter = AtomicU64::new(0);
-                let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
-                    ctx.db
-                        .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
-                })
-                .await
-                .map_err(|source| RunError::Read {
-                    chunk: chunk.to_string(),
-                    source,
-                })?;
+                let rows = read_range(ctx, &chunk, tokens, &counter).await?;
                 if let Err(stop) = throttle.pace(rows.len() as u64).await {
                     return Ok(Ended::Stopped(stop));
                 }
@@ -548,6 +532,25 @@ async fn read_all(
             }
         }
     }
+}
+
+/// Reads a chunk of known range by its exact bounds, retrying transient
+/// errors (counted in `retries`).
+async fn read_range(
+    ctx: &Context,
+    chunk: &Chunk,
+    tokens: bool,
+    retries: &AtomicU64,
+) -> Result<ChunkRows, RunError> {
+    backoff::retry(&ctx.policy, "reading a chunk", retries, || {
+        ctx.db
+            .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
+    })
+    .await
+    .map_err(|source| RunError::Read {
+        chunk: chunk.to_string(),
+        source,
+    })
 }
 
 /// Gives a claim back on the way out, so that another worker need not wait

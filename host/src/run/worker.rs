@@ -19,7 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::pipeline::{self, Ended, Feed, Purpose};
 use super::{
     Progress, RunError, RunOptions, context, guest_env, load_transform, new_run, new_session,
-    record_lookups, refuse_changed_lookups, resumable, with_lock,
+    record_lookups, refuse_changed_lookups, reopen, resumable, with_lock,
 };
 use crate::chunk::Chunk;
 use crate::db::DbUrl;
@@ -77,18 +77,7 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
             } else {
                 // Planning again is the answer to an abort or a failure: the
                 // run goes on (a pause stands).
-                if run.status != RunStatus::Running {
-                    state
-                        .set_run_status(&run.run_id, RunStatus::Running, None)
-                        .await?;
-                }
-                if state
-                    .control(&run.run_id)
-                    .await?
-                    .is_some_and(|c| c.action == crate::state::ControlAction::Abort)
-                {
-                    state.set_control(&run.run_id, None, "").await?;
-                }
+                reopen(&state, &run).await?;
                 let run = state.find_run(&run.run_id).await?.unwrap_or(run);
                 return Ok(Planned {
                     run,

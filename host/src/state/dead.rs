@@ -102,13 +102,16 @@ fn key_hash(key: &Key) -> String {
     hex::encode(Sha256::digest(key.encode().as_bytes()))
 }
 
-/// Inserts dead letters inside a chunk's checkpoint transaction, on the
-/// state store's own connection or, when the checkpoint commits with the
-/// chunk's writes, on the target's PostgreSQL connection.
-pub(super) async fn insert<DB>(
+/// Records a chunk's dead letters inside its checkpoint transaction, on
+/// the state store's own connection or, when the checkpoint commits with
+/// the chunk's writes, on the target's PostgreSQL connection. Those
+/// recorded for the chunk before are replaced: a checkpoint retried after
+/// its commit went through records the same rows again.
+pub(super) async fn replace<DB>(
     conn: &mut DB::Connection,
     backend: crate::db::Backend,
     run_id: &str,
+    chunk_id: u64,
     dead: &[DeadLetter],
 ) -> Result<(), StateError>
 where
@@ -119,6 +122,17 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
+    let delete = super::spell(
+        backend,
+        "DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2",
+    )
+    .into_owned();
+    sqlx::query::<DB>(sqlx::AssertSqlSafe(delete))
+        .bind(run_id.to_string())
+        .bind(to_i64(chunk_id))
+        .execute(&mut *conn)
+        .await
+        .map_err(q("recording dead letters"))?;
     for batch in dead.chunks(ROWS_PER_INSERT) {
         let tuples: Vec<String> = (0..batch.len())
             .map(|r| {

@@ -997,17 +997,7 @@ impl StateStore {
                 .map_err(q("checkpointing a finished chunk"))?;
             return Ok(false);
         }
-        // A checkpoint retried after its commit went through but its reply
-        // was lost records the same rows again.
-        sqlx::query(
-            self.sql("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2"),
-        )
-        .bind(run_id)
-        .bind(to_i64(chunk_id))
-        .execute(&mut *tx)
-        .await
-        .map_err(q("recording dead letters"))?;
-        dead::insert::<sqlx::Any>(&mut tx, self.url.backend(), run_id, dead).await?;
+        dead::replace::<sqlx::Any>(&mut tx, self.url.backend(), run_id, chunk_id, dead).await?;
         tx.commit()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
@@ -1266,13 +1256,7 @@ pub async fn dead_letters_in(
     chunk_id: u64,
     dead: &[DeadLetter],
 ) -> Result<(), StateError> {
-    sqlx::query("DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2")
-        .bind(run_id)
-        .bind(to_i64(chunk_id))
-        .execute(&mut *tx)
-        .await
-        .map_err(q("recording dead letters"))?;
-    dead::insert::<sqlx::Postgres>(tx, Backend::Postgres, run_id, dead).await
+    dead::replace::<sqlx::Postgres>(tx, Backend::Postgres, run_id, chunk_id, dead).await
 }
 
 /// Marks a chunk done inside `tx`, an open transaction on the PostgreSQL
