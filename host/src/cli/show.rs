@@ -431,9 +431,10 @@ pub fn run_detail(
     sessions: &[SessionRecord],
     live: &refill::run::Live,
 ) {
-    let mode = match run.mode {
-        Mode::DryRun => "dry run",
-        Mode::Execute => "execute",
+    let mode = match (run.mode, run.workers) {
+        (Mode::DryRun, _) => "dry run",
+        (Mode::Execute, false) => "execute",
+        (Mode::Execute, true) => "execute by distributed workers",
     };
     println!(
         "Run {} of \"{}\": {mode}, {}",
