@@ -258,16 +258,36 @@ pub fn limits(spec: &Spec) -> Limits {
 pub fn load_transform(spec: &Spec, require_pin: bool) -> Result<Runner, RunError> {
     let pin = spec.file.transform.sha256.as_deref();
     if require_pin && pin.is_none() {
-        let bytes = std::fs::read(&spec.component).map_err(|source| RunError::Component {
-            path: spec.component.display().to_string(),
-            source,
-        })?;
-        return Err(RunError::PinRequired {
-            spec: spec.path.display().to_string(),
-            digest: transform::digest(&bytes),
-        });
+        return Err(pin_required(spec, &component_bytes(spec)?));
     }
     Ok(Runner::load(&spec.component, pin, limits(spec))?)
+}
+
+/// As [`load_transform`] with the pin required, also returning the
+/// component's bytes: the very bytes checked against the pin, read once.
+pub(crate) fn load_pinned_transform(spec: &Spec) -> Result<(Runner, Vec<u8>), RunError> {
+    let bytes = component_bytes(spec)?;
+    let Some(pin) = spec.file.transform.sha256.as_deref() else {
+        return Err(pin_required(spec, &bytes));
+    };
+    let compiled = transform::Compiled::from_bytes(&spec.component, &bytes, Some(pin))?;
+    Ok((Runner::new(compiled, limits(spec))?, bytes))
+}
+
+/// The bytes of the spec's component file.
+fn component_bytes(spec: &Spec) -> Result<Vec<u8>, RunError> {
+    std::fs::read(&spec.component).map_err(|source| RunError::Component {
+        path: spec.component.display().to_string(),
+        source,
+    })
+}
+
+/// `--execute` refused for a spec without a pin, naming the digest to pin.
+fn pin_required(spec: &Spec, bytes: &[u8]) -> RunError {
+    RunError::PinRequired {
+        spec: spec.path.display().to_string(),
+        digest: transform::digest(bytes),
+    }
 }
 
 /// The clock and seed of a backfill's guests, for the component `digest`

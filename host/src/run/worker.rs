@@ -18,8 +18,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::pipeline::{self, Ended, Feed, Purpose};
 use super::{
-    Progress, RunError, RunOptions, context, guest_env, load_transform, new_run, new_session,
-    record_lookups, refuse_changed_lookups, reopen, resumable, with_lock,
+    Progress, RunError, RunOptions, context, guest_env, load_pinned_transform, new_run,
+    new_session, record_lookups, refuse_changed_lookups, reopen, resumable, with_lock,
 };
 use crate::chunk::Chunk;
 use crate::db::DbUrl;
@@ -54,7 +54,7 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
             "--workers 0 plans the whole run: --limit, --until-key and --max-runtime apply to `refill worker` processes (--max-runtime) or single-process runs".into(),
         ));
     }
-    let runner = load_transform(spec, true)?;
+    let (runner, bytes) = load_pinned_transform(spec)?;
     let state = StateStore::open(&spec.state_url).await?;
     state.require_workers()?;
     let db = Database::connect(&spec.source_url, 2).await?;
@@ -115,10 +115,6 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
             .set_worker_spec(&run.run_id, &text, spec.concurrency())
             .await?;
         record_lookups(&state, &run, &plan.lookups).await?;
-        let bytes = std::fs::read(&spec.component).map_err(|source| RunError::Component {
-            path: spec.component.display().to_string(),
-            source,
-        })?;
         state.store_component(runner.digest(), &bytes).await?;
         state.plan_chunks(&run.run_id, &chunks).await?;
         let (status, message) = if chunks.is_empty() {
@@ -244,33 +240,24 @@ async fn stored_spec(
     Ok(spec)
 }
 
-/// The component of `run`, from the state store, written once to the local
-/// cache as `<digest>.wasm` and checked against the run's digest when
-/// loaded.
-async fn stored_component(state: &StateStore, run: &RunRecord) -> Result<PathBuf, RunError> {
+/// The component of `run`, from the state store, checked against the run's
+/// digest. Its compiled form is cached by digest like any component's.
+async fn stored_component(
+    state: &StateStore,
+    run: &RunRecord,
+    spec: &mut Spec,
+) -> Result<Runner, RunError> {
     let digest = &run.component_digest;
-    let dir = transform::cache::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("components");
-    let path = dir.join(format!("{digest}.wasm"));
-    if path.exists() {
-        return Ok(path);
-    }
     let bytes = state.component(digest).await?.ok_or_else(|| {
         StateError::Corrupt(format!(
             "the component {digest} of run {} is not in the state store",
             run.run_id
         ))
     })?;
-    let io = |source| RunError::Component {
-        path: path.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let partial = dir.join(format!(".{digest}.{}.tmp", super::random_hex(8)));
-    std::fs::write(&partial, &bytes).map_err(io)?;
-    std::fs::rename(&partial, &path).map_err(io)?;
-    Ok(path)
+    // Where it came from, for messages: it has no file here.
+    spec.component = PathBuf::from(format!("refill_components/{digest}"));
+    let compiled = transform::Compiled::from_bytes(&spec.component, &bytes, Some(digest))?;
+    Ok(Runner::new(compiled, super::limits(spec))?)
 }
 
 /// Joins a run planned for workers and works on its chunks until every one
@@ -286,12 +273,7 @@ pub async fn work(
     state.require_workers()?;
     let run = joined(&state, options).await?;
     let mut spec = stored_spec(&state, &run, options.source_url.as_deref()).await?;
-    spec.component = stored_component(&state, &run).await?;
-    let runner = Arc::new(Runner::load(
-        &spec.component,
-        Some(&run.component_digest),
-        super::limits(&spec),
-    )?);
+    let runner = Arc::new(stored_component(&state, &run, &mut spec).await?);
     let concurrency = spec.concurrency();
     let db = Database::connect(&spec.source_url, concurrency + 2).await?;
     let layout = plan::resolve(&spec, &db, runner.info()).await?;
