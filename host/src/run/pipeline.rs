@@ -365,25 +365,10 @@ async fn read_all(
                     ),
                     None => debug!(chunk = chunk.id, "Claimed a chunk."),
                 }
-                let started = Instant::now();
-                let rows = read_range(ctx, &chunk, tokens, &counter).await?;
-                if let Err(stop) = throttle.pace(rows.len() as u64).await {
-                    give_back(ctx, state, &lease).await;
-                    return Ok(Ended::Stopped(stop));
-                }
-                if !hand_on(
-                    ctx,
-                    chunk,
-                    rows,
-                    started,
-                    counter.into_inner(),
-                    &mut limit,
-                    Some(lease),
-                    &tx,
-                )
-                .await?
+                if let Some(end) =
+                    pass_on(ctx, chunk, tokens, counter, &mut limit, Some(lease), &tx).await?
                 {
-                    return Ok(Ended::Done);
+                    return Ok(end);
                 }
             }
         }
@@ -439,25 +424,11 @@ async fn read_all(
                 if let Err(stop) = throttle.admit(None).await {
                     return Ok(Ended::Stopped(stop));
                 }
-                let started = Instant::now();
                 let counter = AtomicU64::new(0);
-                let rows = read_range(ctx, &chunk, tokens, &counter).await?;
-                if let Err(stop) = throttle.pace(rows.len() as u64).await {
-                    return Ok(Ended::Stopped(stop));
-                }
-                if !hand_on(
-                    ctx,
-                    chunk,
-                    rows,
-                    started,
-                    counter.into_inner(),
-                    &mut limit,
-                    None,
-                    &tx,
-                )
-                .await?
+                if let Some(end) =
+                    pass_on(ctx, chunk, tokens, counter, &mut limit, None, &tx).await?
                 {
-                    return Ok(Ended::Done);
+                    return Ok(end);
                 }
             }
             let (Some((mut next_id, mut cursor)), Some(high_watermark)) = (next, high_watermark)
@@ -532,6 +503,32 @@ async fn read_all(
             }
         }
     }
+}
+
+/// Reads a chunk of known range, waits for its rows' turn, and hands it on
+/// (see [`hand_on`]). Returns how the feed ends if it must end here; a
+/// claimed chunk that cannot start is given back. `retries` counts the
+/// chunk's transient errors so far.
+async fn pass_on(
+    ctx: &Arc<Context>,
+    chunk: Chunk,
+    tokens: bool,
+    retries: AtomicU64,
+    limit: &mut Option<u64>,
+    lease: Option<Lease>,
+    tx: &mpsc::Sender<Work>,
+) -> Result<Option<Ended>, RunError> {
+    let started = Instant::now();
+    let rows = read_range(ctx, &chunk, tokens, &retries).await?;
+    if let Err(stop) = ctx.throttle.pace(rows.len() as u64).await {
+        if let (Some(lease), Some(state)) = (&lease, &ctx.state) {
+            give_back(ctx, state, lease).await;
+        }
+        return Ok(Some(Ended::Stopped(stop)));
+    }
+    let retries = retries.into_inner();
+    let handed = hand_on(ctx, chunk, rows, started, retries, limit, lease, tx).await?;
+    Ok((!handed).then_some(Ended::Done))
 }
 
 /// Reads a chunk of known range by its exact bounds, retrying transient

@@ -217,21 +217,39 @@ impl Throttle {
         if turn.is_zero() {
             return Ok(());
         }
+        self.wait_for_rate(
+            format!("max_rows_per_sec = {rate} for the whole run"),
+            tokio::time::sleep(turn),
+        )
+        .await
+    }
+
+    /// Shows the run throttled by its rate (`reason`) until `ready`
+    /// completes, checking for a stop whenever the monitor's view changes
+    /// (at least every [`CHECK_EVERY`]); then shows it running again,
+    /// unless a pause or a stop came meanwhile. Fails with the reason to
+    /// stop instead (the wait is cut short).
+    async fn wait_for_rate(
+        &self,
+        reason: String,
+        ready: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Stop> {
         let waiting = Status {
             phase: Phase::Throttled,
             cause: Some("rate"),
-            reason: Some(format!("max_rows_per_sec = {rate} for the whole run")),
+            reason: Some(reason),
         };
         if self.progress.status().phase == Phase::Running {
             self.progress.set_status(waiting.clone());
         }
-        let until = Instant::now() + turn;
-        while Instant::now() < until {
+        let mut changes = self.view.subscribe();
+        let mut ready = std::pin::pin!(ready);
+        loop {
             if let Some(stop) = self.stopping() {
                 return Err(stop);
             }
             tokio::select! {
-                () = tokio::time::sleep_until(until.into()) => {}
+                () = &mut ready => break,
                 () = wait(&mut changes, CHECK_EVERY) => {}
             }
         }
@@ -470,7 +488,6 @@ impl Throttle {
         let Some((limiter, rate, burst)) = &self.limiter else {
             return Ok(());
         };
-        let mut changes = self.view.subscribe();
         let mut left = rows;
         while left > 0 {
             let n = u32::try_from(left.min(u64::from(burst.get()))).unwrap_or(burst.get());
@@ -478,29 +495,13 @@ impl Throttle {
                 break;
             };
             if !matches!(limiter.check_n(cells), Ok(Ok(()))) {
-                let waiting = Status {
-                    phase: Phase::Throttled,
-                    cause: Some("rate"),
-                    reason: Some(format!("max_rows_per_sec = {rate}")),
+                // `cells` never exceeds the burst, so the wait cannot fail;
+                // cut short by a stop, it takes nothing.
+                let ready = async {
+                    let _ = limiter.until_n_ready(cells).await;
                 };
-                if self.progress.status().phase == Phase::Running {
-                    self.progress.set_status(waiting.clone());
-                }
-                loop {
-                    if let Some(stop) = self.stopping() {
-                        return Err(stop);
-                    }
-                    tokio::select! {
-                        // `cells` never exceeds the burst, so this cannot
-                        // fail; cancelled, it takes nothing.
-                        _ = limiter.until_n_ready(cells) => break,
-                        () = wait(&mut changes, CHECK_EVERY) => {}
-                    }
-                }
-                // Back to running, unless a pause or a stop came meanwhile.
-                if self.progress.status() == waiting {
-                    self.set(Phase::Running, None, None);
-                }
+                self.wait_for_rate(format!("max_rows_per_sec = {rate}"), ready)
+                    .await?;
             }
             left -= u64::from(n);
         }
