@@ -27,32 +27,17 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
-const SCHEMA: &str = "refill_bench";
-const MAP: &[(&str, &str)] = &[
-    ("open", "active"),
-    ("won", "closed_won"),
-    ("lost", "closed_lost"),
-    ("stale", "archived"),
-];
-const CHUNK: i64 = 10_000;
+mod common;
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+use common::{CHUNK, MAP, Remap, case_sql, env_or, rate, refill_cmd, succeed};
+
+const SCHEMA: &str = "refill_bench";
 
 async fn exec(pool: &PgPool, sql: &str) {
     sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
         .execute(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-fn case_sql() -> String {
-    let arms: Vec<String> = MAP
-        .iter()
-        .map(|(a, b)| format!("WHEN '{a}' THEN '{b}'"))
-        .collect();
-    format!("CASE status {} END", arms.join(" "))
 }
 
 /// Creates the template table once (or again if its size changed).
@@ -163,90 +148,63 @@ async fn batched_script(pool: &PgPool) -> Duration {
     started.elapsed()
 }
 
-fn refill_cmd(cache: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_refill"));
-    cmd.env("REFILL_CACHE_DIR", cache)
-        .env("REFILL_LOG", "refill=warn");
-    cmd
-}
-
 /// `refill run --execute` as a user would run it; returns the wall time and
 /// the state store it recorded into.
 fn refill(
     url: &str,
-    cache: &Path,
-    component: &Path,
-    digest: &str,
+    remap: &Remap,
     conditional: bool,
     tuning: &Tuning,
 ) -> (Duration, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
-    let spec = format!(
-        "name = \"bench\"\n[source]\nurl = \"{url}\"\nschema = \"{SCHEMA}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
-         [chunk]\nrows = {CHUNK}\n{}\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
-         [target]\ncolumns = [\"status_v2\"]\nconditional = {conditional}\n[throttle]\n{}\n",
+    let spec = remap.spec(
+        "bench",
+        url,
+        SCHEMA,
         tuning.chunk,
-        component.display(),
-        map.join(","),
-        tuning.throttle,
+        &format!("conditional = {conditional}"),
+        &format!("[throttle]\n{}\n", tuning.throttle),
     );
     let spec_path = dir.path().join("bench.toml");
     std::fs::write(&spec_path, spec).expect("write spec");
     let started = Instant::now();
-    let out = refill_cmd(cache)
+    let out = remap
+        .refill()
         .args(["run", "--execute"])
         .arg(&spec_path)
         .output()
         .expect("run refill");
     let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "refill failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(out, "refill");
     (elapsed, dir.path().join(".refill/state.db"), dir)
 }
 
 /// The backfill planned for workers, then worked by `workers` `refill
 /// worker` processes started together; returns the plan's time and the
 /// workers' (from their start to the last one's end).
-fn refill_workers(
-    url: &str,
-    cache: &Path,
-    component: &Path,
-    digest: &str,
-    workers: u32,
-) -> (Duration, Duration) {
+fn refill_workers(url: &str, remap: &Remap, workers: u32) -> (Duration, Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
     let sep = if url.contains('?') { '&' } else { '?' };
     let shared = format!("{url}{sep}options=-c%20search_path%3D{SCHEMA}");
-    let spec = format!(
-        "name = \"bench-workers\"\n[source]\nurl = \"{shared}\"\nschema = \"{SCHEMA}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
-         [chunk]\nrows = {CHUNK}\nchunk_time = 0\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
-         [target]\ncolumns = [\"status_v2\"]\n[throttle]\nconcurrency = {}\n[state]\nurl = \"{shared}\"\n",
-        component.display(),
-        map.join(","),
-        2 * workers,
+    let spec = remap.spec(
+        "bench-workers",
+        &shared,
+        SCHEMA,
+        "chunk_time = 0",
+        "",
+        &format!(
+            "[throttle]\nconcurrency = {}\n[state]\nurl = \"{shared}\"\n",
+            2 * workers
+        ),
     );
     let spec_path = dir.path().join("bench.toml");
     std::fs::write(&spec_path, spec).expect("write spec");
-    let check = |out: std::process::Output, what: &str| {
-        assert!(
-            out.status.success(),
-            "{what} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     // --restart: the table was copied afresh, so an unfinished run of an
     // earlier bench (whose state stays in the schema) must not be resumed.
     let started = Instant::now();
-    let planned = check(
-        refill_cmd(cache)
+    let planned = succeed(
+        remap
+            .refill()
             .args(["run", "--execute", "--workers", "0", "--restart"])
             .arg(&spec_path)
             .output()
@@ -262,7 +220,8 @@ fn refill_workers(
     let started = Instant::now();
     let children: Vec<_> = (0..workers)
         .map(|_| {
-            refill_cmd(cache)
+            remap
+                .refill()
                 .args(["worker", "--state", &shared, "--run", &run])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -271,7 +230,7 @@ fn refill_workers(
         })
         .collect();
     for child in children {
-        check(child.wait_with_output().expect("worker"), "a worker");
+        succeed(child.wait_with_output().expect("worker"), "a worker");
     }
     (plan, started.elapsed())
 }
@@ -449,19 +408,6 @@ async fn chunk_profile(state: &Path) -> (f64, f64, f64, i64) {
     (row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
-fn rate(rows: i64, d: Duration) -> String {
-    let per_sec = rows as f64 / d.as_secs_f64();
-    let digits = format!("{:.0}", per_sec);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The transform alone, on one thread: `rows` status values through a
 /// `remap` component in batches of 1,000, as the pipeline hands them over.
 /// Also returns how long a fresh instance takes to start (instantiate and
@@ -540,14 +486,6 @@ async fn main() {
         .parse()
         .expect("REFILL_BENCH_ROUNDS is a number");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let component = root.join("plugins/dist/remap.wasm");
-    assert!(
-        component.exists(),
-        "{} is missing: run `make plugins`",
-        component.display()
-    );
-    let digest = refill::transform::digest(&std::fs::read(&component).expect("component"));
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
 
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -559,16 +497,9 @@ async fn main() {
         .await
         .expect("version");
     template(&pool, rows).await;
-    // Compile the component once so the runs below load it from the cache,
-    // as every run after the first does.
-    let warm = refill_cmd(&cache)
-        .arg("inspect")
-        .arg(&component)
-        .output()
-        .expect("refill inspect");
-    assert!(warm.status.success(), "refill inspect failed");
+    let remap = Remap::warm();
 
-    let (alone, _) = transform_only(&component, rows);
+    let (alone, _) = transform_only(&remap.component, rows);
     // The same transform in three languages: rows/s of the transform alone
     // (fewer rows for the slower interpreters; rows/s is what compares),
     // the time to compile and to load from the cache, and to start an
@@ -594,16 +525,16 @@ async fn main() {
         let script = batched_script(&pool).await;
         verify(&pool, "the batched script").await;
         fresh(&pool).await;
-        let (ours, state, _dir) = refill(&url, &cache, &component, &digest, true, &FIXED);
+        let (ours, state, _dir) = refill(&url, &remap, true, &FIXED);
         verify(&pool, "refill").await;
         if ours < best[2] {
             profile = chunk_profile(&state).await;
         }
         fresh(&pool).await;
-        let (unguarded, _, _dir) = refill(&url, &cache, &component, &digest, false, &FIXED);
+        let (unguarded, _, _dir) = refill(&url, &remap, false, &FIXED);
         verify(&pool, "refill without conditional writes").await;
         fresh(&pool).await;
-        let (adaptive, _, _dir) = refill(&url, &cache, &component, &digest, true, &ADAPTIVE);
+        let (adaptive, _, _dir) = refill(&url, &remap, true, &ADAPTIVE);
         verify(&pool, "refill with adaptive chunks").await;
         println!(
             "round {round}: single UPDATE {:.2} s, batched script {:.2} s, refill {:.2} s, refill unconditional {:.2} s, refill adaptive {:.2} s",
@@ -628,7 +559,7 @@ async fn main() {
         let mut best_work = Duration::MAX;
         for _ in 0..rounds {
             fresh(&pool).await;
-            let (plan, work) = refill_workers(&url, &cache, &component, &digest, workers);
+            let (plan, work) = refill_workers(&url, &remap, workers);
             verify(&pool, "refill workers").await;
             if work < best_work {
                 (best_plan, best_work) = (plan, work);
@@ -652,15 +583,11 @@ async fn main() {
         let ((), quiet) = under_load(&db, tps, || std::thread::sleep(Duration::from_secs(8)));
         loaded.push(("no backfill", None, quiet));
         fresh(&pool).await;
-        let ((d, _, _dir), busy) = under_load(&db, tps, || {
-            refill(&url, &cache, &component, &digest, true, &ADAPTIVE)
-        });
+        let ((d, _, _dir), busy) = under_load(&db, tps, || refill(&url, &remap, true, &ADAPTIVE));
         verify(&pool, "refill under load").await;
         loaded.push(("refill, unthrottled (defaults)", Some(d), busy));
         fresh(&pool).await;
-        let ((d, _, _dir), gentle) = under_load(&db, tps, || {
-            refill(&url, &cache, &component, &digest, true, &GENTLE)
-        });
+        let ((d, _, _dir), gentle) = under_load(&db, tps, || refill(&url, &remap, true, &GENTLE));
         verify(&pool, "throttled refill under load").await;
         loaded.push(("refill, throttled on write latency", Some(d), gentle));
     }
@@ -671,25 +598,16 @@ async fn main() {
     println!(
         "refill bench: {rows} rows, PostgreSQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
     );
-    println!(
-        "  {:<44} {:>9} {:>12} {:>18}",
-        "workload", "seconds", "rows/s", "vs single UPDATE"
+    common::print_against_single(
+        rows,
+        &[
+            ("single UPDATE … SET status_v2 = CASE …", best[0]),
+            ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
+            ("refill run --execute (remap component)", best[2]),
+            ("  … with [target] conditional = false", best[3]),
+            ("  … with adaptive chunks (chunk_time 500ms)", best[4]),
+        ],
     );
-    let single = best[0].as_secs_f64();
-    for (name, d) in [
-        ("single UPDATE … SET status_v2 = CASE …", best[0]),
-        ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
-        ("refill run --execute (remap component)", best[2]),
-        ("  … with [target] conditional = false", best[3]),
-        ("  … with adaptive chunks (chunk_time 500ms)", best[4]),
-    ] {
-        println!(
-            "  {name:<44} {:>9.2} {:>12} {:>18.2}",
-            d.as_secs_f64(),
-            rate(rows, d),
-            d.as_secs_f64() / single
-        );
-    }
     println!(
         "  {:<44} {:>9.2} {:>12}",
         "remap transform alone (1 thread, batches of 1000)",

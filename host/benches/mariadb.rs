@@ -9,39 +9,22 @@
 //! `mysql://root@127.0.0.1:3306/test`), `REFILL_BENCH_ROWS` (1000000),
 //! `REFILL_BENCH_ROUNDS` (2; the best round counts).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
 
-const DATABASE: &str = "refill_bench";
-const MAP: &[(&str, &str)] = &[
-    ("open", "active"),
-    ("won", "closed_won"),
-    ("lost", "closed_lost"),
-    ("stale", "archived"),
-];
-const CHUNK: i64 = 10_000;
+mod common;
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
+use common::{CHUNK, Remap, case_sql, env_or, succeed};
+
+const DATABASE: &str = "refill_bench";
 
 async fn exec(pool: &MySqlPool, sql: &str) {
     sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
         .execute(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
-fn case_sql() -> String {
-    let arms: Vec<String> = MAP
-        .iter()
-        .map(|(a, b)| format!("WHEN '{a}' THEN '{b}'"))
-        .collect();
-    format!("CASE status {} END", arms.join(" "))
 }
 
 /// Creates the template table once (or again if its size changed). Rows
@@ -116,51 +99,28 @@ async fn single_statement(pool: &MySqlPool) -> Duration {
 
 /// `refill run --execute` (this bench's build, `cargo bench` builds it
 /// with optimizations), one process, fixed chunks of [`CHUNK`] rows.
-fn refill(url: &str, cache: &Path, component: &Path, digest: &str, conditional: bool) -> Duration {
+fn refill(url: &str, remap: &Remap, conditional: bool) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
-    let map: Vec<String> = MAP.iter().map(|(a, b)| format!("{a}={b}")).collect();
-    let spec = format!(
-        "name = \"bench\"\n[source]\nurl = \"{url}\"\nschema = \"{DATABASE}\"\ntable = \"quotes\"\nkey = \"id\"\ncolumns = [\"status\"]\n\
-         [chunk]\nrows = {CHUNK}\nchunk_time = 0\n[transform]\ncomponent = \"{}\"\nsha256 = \"{digest}\"\nconfig = {{ map = \"{}\" }}\n\
-         [target]\ncolumns = [\"status_v2\"]\nconditional = {conditional}\n",
-        component.display(),
-        map.join(","),
+    let spec = remap.spec(
+        "bench",
+        url,
+        DATABASE,
+        "chunk_time = 0",
+        &format!("conditional = {conditional}"),
+        "",
     );
     let spec_path = dir.path().join("bench.toml");
     std::fs::write(&spec_path, spec).expect("write spec");
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_refill"))
-        .env("REFILL_CACHE_DIR", cache)
-        .env("REFILL_LOG", "refill=warn")
+    let out = remap
+        .refill()
         .args(["run", "--execute"])
         .arg(&spec_path)
         .output()
         .expect("run refill");
     let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "refill failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(out, "refill");
     elapsed
-}
-
-#[expect(
-    clippy::cast_precision_loss,
-    reason = "rows/s is printed, not computed on"
-)]
-fn rate(rows: i64, d: Duration) -> String {
-    let r = rows as f64 / d.as_secs_f64();
-    let digits = format!("{r:.0}");
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[tokio::main]
@@ -172,16 +132,6 @@ async fn main() {
     let rounds: u32 = env_or("REFILL_BENCH_ROUNDS", "2")
         .parse()
         .expect("REFILL_BENCH_ROUNDS is a number");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let component = root.join("plugins/dist/remap.wasm");
-    assert!(
-        component.exists(),
-        "{} is missing: run `make plugins`",
-        component.display()
-    );
-    let digest = refill::transform::digest(&std::fs::read(&component).expect("component"));
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-cache");
-
     let pool = MySqlPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -192,13 +142,7 @@ async fn main() {
         .await
         .expect("version");
     template(&pool, rows).await;
-    let warm = Command::new(env!("CARGO_BIN_EXE_refill"))
-        .env("REFILL_CACHE_DIR", &cache)
-        .arg("inspect")
-        .arg(&component)
-        .output()
-        .expect("refill inspect");
-    assert!(warm.status.success(), "refill inspect failed");
+    let remap = Remap::warm();
 
     // single statement, refill, refill without the guard
     let mut best = [Duration::MAX; 3];
@@ -207,10 +151,10 @@ async fn main() {
         let single = single_statement(&pool).await;
         verify(&pool, "the single statement").await;
         fresh(&pool).await;
-        let ours = refill(&url, &cache, &component, &digest, true);
+        let ours = refill(&url, &remap, true);
         verify(&pool, "refill").await;
         fresh(&pool).await;
-        let unguarded = refill(&url, &cache, &component, &digest, false);
+        let unguarded = refill(&url, &remap, false);
         verify(&pool, "refill without conditional writes").await;
         println!(
             "round {round}: single UPDATE {:.2} s, refill {:.2} s, refill unconditional {:.2} s",
@@ -229,21 +173,12 @@ async fn main() {
     println!(
         "refill bench: {rows} rows, MariaDB/MySQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
     );
-    println!(
-        "  {:<44} {:>9} {:>12} {:>18}",
-        "workload", "seconds", "rows/s", "vs single UPDATE"
+    common::print_against_single(
+        rows,
+        &[
+            ("single UPDATE … SET status_v2 = CASE …", best[0]),
+            ("refill run --execute (remap component)", best[1]),
+            ("  … with [target] conditional = false", best[2]),
+        ],
     );
-    let single = best[0].as_secs_f64();
-    for (name, d) in [
-        ("single UPDATE … SET status_v2 = CASE …", best[0]),
-        ("refill run --execute (remap component)", best[1]),
-        ("  … with [target] conditional = false", best[2]),
-    ] {
-        println!(
-            "  {name:<44} {:>9.2} {:>12} {:>18.2}",
-            d.as_secs_f64(),
-            rate(rows, d),
-            d.as_secs_f64() / single
-        );
-    }
 }

@@ -219,3 +219,61 @@ columns = ["{target}"]
         )
     }
 }
+
+/// The application's new code path, simulated on a thread of its own: it
+/// writes `status` and its uppercased copy together, 20 random rows of
+/// [`quotes`] (ids 1 to `n`) at a time, until [`Writer::stop`].
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Writer {
+    /// Starts writing to `world`'s `quotes` table of `n` rows.
+    pub fn start(world: &World, n: i64) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (url, table) = (world.url(), world.table("quotes"));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            sqlx::any::install_default_drivers();
+            let pool = rt.block_on(sqlx::AnyPool::connect(&url)).expect("connect");
+            let statuses = ["open", "won", "lost", "stale"];
+            let mut writes = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let ids: Vec<String> = (0..20)
+                    .map(|_| fastrand::i64(1..=n))
+                    .filter(|&i| in_scope(i))
+                    .map(|i| i.to_string())
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                // A literal from the list above: the same SQL on every
+                // backend.
+                let status = statuses[fastrand::usize(..statuses.len())];
+                let sql = format!(
+                    "UPDATE {table} SET status = '{status}', status_v2 = upper('{status}') WHERE id IN ({})",
+                    ids.join(", ")
+                );
+                rt.block_on(sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool))
+                    .expect("write");
+                writes += 1;
+                // Pacing of the simulated application, not synchronization.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            writes
+        });
+        Writer { stop, thread }
+    }
+
+    /// Stops writing; returns how many writes it made.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("writer")
+    }
+}

@@ -506,9 +506,6 @@ fn replica_lag_on_a_server_that_is_not_a_replica_cannot_be_measured() {
 /// value computed from a status it no longer holds.
 #[test]
 fn a_concurrent_writer_never_gets_a_stale_value() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
     let w = World::new(Backend::Mysql, "my_concurrent");
     quotes(&w, 3000, false);
     let spec = spec(
@@ -519,52 +516,11 @@ fn a_concurrent_writer_never_gets_a_stale_value() {
         "status_v2",
     );
     w.write("spec.toml", &spec);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, writes) = (stop.clone(), writes.clone());
-        let url = w.url();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let pool = rt
-                .block_on(sqlx::MySqlPool::connect(&url))
-                .expect("connect");
-            let statuses = ["open", "won", "lost", "stale"];
-            while !stop.load(Ordering::Relaxed) {
-                let ids: Vec<String> = (0..20)
-                    .map(|_| fastrand::i64(1..=3000))
-                    .filter(|&i| in_scope(i))
-                    .map(|i| i.to_string())
-                    .collect();
-                if ids.is_empty() {
-                    continue;
-                }
-                let status = statuses[fastrand::usize(..statuses.len())];
-                let sql = format!(
-                    "UPDATE quotes SET status = ?, status_v2 = upper(?) WHERE id IN ({})",
-                    ids.join(", ")
-                );
-                rt.block_on(
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(status)
-                        .bind(status)
-                        .execute(&pool),
-                )
-                .expect("write");
-                writes.fetch_add(1, Ordering::Relaxed);
-                // Pacing of the simulated application, not synchronization.
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        })
-    };
+    let writer = Writer::start(&w, 3000);
     let ran = w.run(&["run", "spec.toml", "--execute"]);
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer");
+    let writes = writer.stop();
     ran.expect_code(0);
-    assert!(writes.load(Ordering::Relaxed) > 50, "the writer barely ran");
+    assert!(writes > 50, "the writer barely ran");
 
     // Every row in scope holds the uppercased copy of the status it holds
     // now, whoever wrote it last.

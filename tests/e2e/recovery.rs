@@ -4,8 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::both;
@@ -366,47 +364,11 @@ fn a_concurrent_writer_never_gets_a_stale_value() {
         "status_v2",
     );
     w.write("spec.toml", &spec);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (stop, writes) = (stop.clone(), writes.clone());
-        let table = w.table("quotes");
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let pool = rt
-                .block_on(sqlx::PgPool::connect(&postgres_url()))
-                .expect("connect");
-            let statuses = ["open", "won", "lost", "stale"];
-            while !stop.load(Ordering::Relaxed) {
-                let ids: Vec<i64> = (0..20)
-                    .map(|_| fastrand::i64(1..=3000))
-                    .filter(|&i| in_scope(i))
-                    .collect();
-                let status = statuses[fastrand::usize(..statuses.len())];
-                let sql = format!(
-                    "UPDATE {table} SET status = $1, status_v2 = upper($1) WHERE id = ANY($2)"
-                );
-                rt.block_on(
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(status)
-                        .bind(&ids)
-                        .execute(&pool),
-                )
-                .expect("write");
-                writes.fetch_add(1, Ordering::Relaxed);
-                // Pacing of the simulated application, not synchronization.
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let writer = Writer::start(&w, 3000);
     let ran = w.run(&["run", "spec.toml", "--execute"]);
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer");
+    let writes = writer.stop();
     ran.expect_code(0);
-    assert!(writes.load(Ordering::Relaxed) > 50, "the writer barely ran");
+    assert!(writes > 50, "the writer barely ran");
 
     let run = latest_run(&w);
     let verified = w.run(&["verify", &run, "--spec", "spec.toml"]);

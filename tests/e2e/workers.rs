@@ -21,6 +21,24 @@ fn events(w: &World, n: i64) {
     ));
 }
 
+/// The distinct values of the events' `log` column, each with how many rows
+/// hold it.
+fn logs(w: &World) -> Vec<(String, u64)> {
+    w.rows(&format!(
+        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log ORDER BY log",
+        w.table("events")
+    ))
+    .into_iter()
+    .map(|r| {
+        let log = r[0].clone().expect("log is NOT NULL");
+        (
+            log,
+            r[1].as_deref().expect("a count").parse().expect("a number"),
+        )
+    })
+    .collect()
+}
+
 /// Makes marking a chunk done take 0.3 s, after the chunk's rows are
 /// written and before its checkpoint commits: the window in which a
 /// worker killed with its writes committed but its checkpoint not would
@@ -198,17 +216,7 @@ fn three_workers_finish_after_one_is_killed_mid_chunk_and_apply_each_chunk_once(
     assert!(after.iter().all(|c| c.1 == "done"), "{after:?}");
     // Every row was appended to exactly once: the killed worker's writes
     // rolled back with its uncommitted checkpoint.
-    let logs = w.rows(&format!(
-        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log",
-        w.table("events")
-    ));
-    assert_eq!(
-        logs,
-        vec![vec![
-            Some("start|refill".to_string()),
-            Some("2000".to_string())
-        ]]
-    );
+    assert_eq!(logs(&w), vec![("start|refill".to_string(), 2000)]);
     // The run is done, and status shows each worker's chunks.
     let status = w.run(&["status", "--json", "--state", &state, &run]);
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
@@ -260,11 +268,7 @@ fn a_rate_limit_is_shared_by_three_workers() {
         (2_400.0..=3_600.0).contains(&rate),
         "three workers together read {rate:.0} rows/s over {span:?}"
     );
-    let logs = w.rows(&format!(
-        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE log = 'start|refill'",
-        w.table("events")
-    ));
-    assert_eq!(logs[0][0].as_deref(), Some("12000"));
+    assert_eq!(logs(&w), vec![("start|refill".to_string(), 12_000)]);
 }
 
 #[test]
@@ -317,11 +321,7 @@ fn worker_runs_are_refused_where_they_cannot_work() {
         ran.all()
     );
     // Nothing was written.
-    let logs = w.rows(&format!(
-        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE log = 'start'",
-        w.table("events")
-    ));
-    assert_eq!(logs[0][0].as_deref(), Some("50"));
+    assert_eq!(logs(&w), vec![("start".to_string(), 50)]);
     // A worker asked for a run that is not there says how to plan one.
     let ran = w.run(&[
         "worker",
@@ -392,15 +392,5 @@ fn an_aborted_worker_run_goes_on_when_planned_again() {
     let w2 = w.run(&["worker", "--state", &state, "--run", &run]);
     w2.expect_code(0);
     assert_eq!(status(&w), "done");
-    let logs = w.rows(&format!(
-        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log",
-        w.table("events")
-    ));
-    assert_eq!(
-        logs,
-        vec![vec![
-            Some("start|refill".to_string()),
-            Some("3000".to_string())
-        ]]
-    );
+    assert_eq!(logs(&w), vec![("start|refill".to_string(), 3000)]);
 }

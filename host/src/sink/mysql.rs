@@ -292,34 +292,14 @@ pub fn refuses_a_value(n: u16) -> bool {
 mod tests {
     use super::*;
     use crate::source::TableRef;
-
-    fn column(name: &str, kind: ColumnKind) -> ColumnInfo {
-        ColumnInfo {
-            name: name.into(),
-            sql_type: String::new(),
-            type_name: String::new(),
-            kind,
-            not_null: false,
-            unique: false,
-            collation: None,
-        }
-    }
+    use crate::source::testing::column;
 
     fn layout() -> Layout {
         let table = TableRef {
             schema: Some("app".into()),
             name: "quo`tes".into(),
         };
-        Layout {
-            source: table.clone(),
-            key: column("id", ColumnKind::Integer),
-            key_type: KeyType::Integer,
-            inputs: vec![column("status", ColumnKind::Text)],
-            scope: Some("region = 'eu'".into()),
-            target: table,
-            target_key: column("id", ColumnKind::Integer),
-            outputs: vec![column("status_v2", ColumnKind::Text)],
-        }
+        crate::source::testing::layout(table.clone(), table, "region = 'eu'")
     }
 
     #[test]

@@ -1098,11 +1098,13 @@ fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -
     }
 }
 
+/// Catalog entries and layouts for the SQL builders' unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn column(name: &str, kind: ColumnKind) -> ColumnInfo {
+    /// A nullable, non-unique column of `kind`.
+    pub(crate) fn column(name: &str, kind: ColumnKind) -> ColumnInfo {
         ColumnInfo {
             name: name.into(),
             sql_type: String::new(),
@@ -1114,23 +1116,39 @@ mod tests {
         }
     }
 
-    fn layout(target: &str) -> Layout {
+    /// `status` of `source` (integer key `id`, in `scope`) into
+    /// `status_v2` of `target`.
+    pub(crate) fn layout(source: TableRef, target: TableRef, scope: &str) -> Layout {
         Layout {
-            source: TableRef {
-                schema: None,
-                name: "quo\"tes".into(),
-            },
+            source,
             key: column("id", ColumnKind::Integer),
             key_type: KeyType::Integer,
             inputs: vec![column("status", ColumnKind::Text)],
-            scope: Some("created_at < '2024-01-01'".into()),
-            target: TableRef {
-                schema: Some("app".into()),
-                name: target.into(),
-            },
+            scope: Some(scope.into()),
+            target,
             target_key: column("id", ColumnKind::Integer),
             outputs: vec![column("status_v2", ColumnKind::Text)],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::column;
+    use super::*;
+
+    fn layout(target: &str) -> Layout {
+        super::testing::layout(
+            TableRef {
+                schema: None,
+                name: "quo\"tes".into(),
+            },
+            TableRef {
+                schema: Some("app".into()),
+                name: target.into(),
+            },
+            "created_at < '2024-01-01'",
+        )
     }
 
     #[test]
