@@ -51,7 +51,8 @@ pub trait Transient {
 /// Whether a database error is transient: the connection was lost or
 /// refused, the server is shutting down or starting up, or the server
 /// refused the work for now (serialization failure, deadlock, lock
-/// timeout, too many connections, a busy SQLite database).
+/// timeout, statement timeout, too many connections, a busy SQLite
+/// database).
 pub fn transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -67,16 +68,19 @@ pub fn transient(error: &sqlx::Error) -> bool {
                 matches!(
                     code.as_ref(),
                     // PostgreSQL: serialization failure, deadlock, lock not
-                    // available, too many connections, admin/crash shutdown,
-                    // cannot connect now.
-                    "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+                    // available, statement timeout (query canceled), too
+                    // many connections, admin/crash shutdown, cannot
+                    // connect now.
+                    "40001" | "40P01" | "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03"
                 // SQLite: busy, locked.
                 | "5" | "6" | "261" | "262" | "517" | "773"
                 ) || code.starts_with("08")
             }) || crate::db::mysql_errno(error).is_some_and(|n| {
                 // MySQL: lock wait timeout, deadlock, too many connections,
-                // server shutting down, query interrupted by a restart.
-                matches!(n, 1205 | 1213 | 1040 | 1053 | 1927)
+                // server shutting down, query interrupted by a restart,
+                // statement timeouts (MariaDB's max_statement_time, MySQL's
+                // max_execution_time).
+                matches!(n, 1205 | 1213 | 1040 | 1053 | 1927 | 1969 | 3024)
             })
         }
         _ => false,

@@ -160,6 +160,38 @@ pub fn mysql_errno(error: &sqlx::Error) -> Option<u16> {
     }
 }
 
+/// Whether a statement ended because it ran or waited too long: a
+/// statement or lock timeout (PostgreSQL 57014 and 55P03, MariaDB 1969,
+/// MySQL 3024 and 1205). Such a write is split and tried again.
+pub fn timed_out(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    if let Some(n) = mysql_errno(error) {
+        return matches!(n, 1205 | 1969 | 3024);
+    }
+    db.code()
+        .is_some_and(|code| matches!(code.as_ref(), "57014" | "55P03"))
+}
+
+/// Whether the database refused a statement because it tried to write in
+/// a read-only transaction or on a read-only connection: PostgreSQL
+/// 25006, MySQL/MariaDB 1792, SQLite `SQLITE_READONLY` (8, and its
+/// extended codes).
+pub fn writes_refused(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    if let Some(n) = mysql_errno(error) {
+        return n == 1792;
+    }
+    let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+    db.code().is_some_and(|code| match sqlite {
+        true => code.parse::<u32>().is_ok_and(|n| n & 0xff == 8),
+        false => code == "25006",
+    })
+}
+
 /// Masks the password in `user:password@host` and in `password=` query
 /// parameters of any url-like string.
 pub fn mask(url: &str) -> String {

@@ -62,6 +62,7 @@ pub fn render(progress: &Progress) -> String {
         ("skipped", load(&progress.skipped_rows)),
         ("failed", load(&progress.failed_rows)),
         ("conflicts", load(&progress.conflicts)),
+        ("busy", load(&progress.busy_rows)),
     ] {
         rows.get_or_create(&vec![("outcome".into(), outcome.into())])
             .inc_by(n);

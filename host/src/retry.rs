@@ -62,7 +62,7 @@ pub async fn retry(
         )));
     }
     let runner = Arc::new(run::load_transform(spec, execute)?);
-    let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
+    let db = Database::for_spec(spec, spec.concurrency() + 2, execute).await?;
     let layout = plan::resolve(spec, &db, runner.info()).await?;
     let lookups = plan::load_and_check(spec, &db, &runner).await?;
     // The clock and seed the run's rows were first computed with.

@@ -44,7 +44,7 @@ pub async fn rollback(
         )));
     }
     let runner = run::load_transform(spec, false)?;
-    let db = Database::connect(&spec.source_url, 2).await?;
+    let db = Database::for_spec(spec, 2, execute).await?;
     let layout = plan::resolve(spec, &db, runner.info()).await?;
     let policy = run::policy(spec);
     let mut record = RollbackRecord {

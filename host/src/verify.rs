@@ -63,7 +63,7 @@ pub async fn verify(
             )));
         }
     }
-    let db = Database::connect(&spec.source_url, spec.concurrency() + 2).await?;
+    let db = Database::for_spec(spec, spec.concurrency() + 2, false).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     // Recompute with the clock and seed the run's guests had.
     let env = match run {

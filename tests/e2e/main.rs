@@ -6,6 +6,7 @@
 mod fixtures;
 mod harness;
 mod languages;
+mod locks;
 mod mariadb;
 mod pipeline;
 mod recovery;

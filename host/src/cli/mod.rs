@@ -234,7 +234,7 @@ async fn dispatch(command: Command) -> Result<u8> {
 async fn plan_command(path: &Path) -> Result<u8> {
     let spec = Spec::load(path)?;
     let runner = run::load_transform(&spec, false)?;
-    let db = Database::connect(&spec.source_url, 2).await?;
+    let db = Database::for_spec(&spec, 2, false).await?;
     let plan = plan::build(&spec, &db, &runner).await?;
     let state = StateStore::open_existing(&spec.state_url).await?;
     let previous = match &state {

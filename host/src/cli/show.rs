@@ -310,6 +310,9 @@ pub fn report(spec: &Spec, r: &RunReport) {
             n(s.retries)
         );
     }
+    if let Some(line) = locked(s) {
+        println!("  ({line})");
+    }
     if r.resumed || run.mode == Mode::Execute {
         let t = &r.totals;
         println!(
@@ -424,6 +427,26 @@ pub fn run_list(url: &DbUrl, runs: &[(RunRecord, Counts, u64, refill::run::Live)
 }
 
 /// Prints one run in detail.
+/// What another transaction's row locks did to these counts, if anything:
+/// rows deferred rather than waited for, and how many wait still (the rows
+/// read that have no outcome yet).
+fn locked(c: &Counts) -> Option<String> {
+    if c.busy == 0 {
+        return None;
+    }
+    let settled = c.updated + c.unchanged + c.skipped + c.failed;
+    let waiting = c.rows.saturating_sub(settled);
+    Some(format!(
+        "{} locked by another transaction when refill came to write {} (deferred, not waited for){}",
+        n(c.busy),
+        if c.busy == 1 { "it" } else { "them" },
+        match waiting {
+            0 => "; none waits any more".to_string(),
+            w => format!("; {} still deferred", n(w)),
+        }
+    ))
+}
+
 pub fn run_detail(
     run: &RunRecord,
     totals: &Counts,
@@ -496,6 +519,9 @@ pub fn run_detail(
         n(totals.skipped),
         n(totals.failed)
     );
+    if let Some(line) = locked(totals) {
+        println!("  locks      {line}");
+    }
     println!(
         "  started    {} by {}@{} (refill {})",
         run.started_at, run.user_name, run.host_name, run.host_version
@@ -922,6 +948,9 @@ pub fn report_full(r: &refill::report::Report) {
         n(t.conflicts),
         n(t.retries)
     );
+    if let Some(line) = locked(t) {
+        println!("  {line}");
+    }
     println!("Chunks ({})", r.chunks.len());
     println!(
         "  {:>6} {:>8} {:>8} {:>6} {:>8} {:>9} {:>10} {:>10}",

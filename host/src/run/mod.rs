@@ -25,7 +25,7 @@ use crate::chunk::{Chunk, Key};
 use crate::lookup::Lookups;
 use crate::plan::{self, Plan, PlanError};
 use crate::sink::SinkError;
-use crate::source::{Database, Layout, SourceError};
+use crate::source::{Database, Layout, Pools, SourceError};
 use crate::spec::Spec;
 use crate::state::LookupRecord;
 use crate::state::{
@@ -651,7 +651,7 @@ pub async fn run(
     let started = Instant::now();
     let runner = Arc::new(load_transform(spec, options.execute)?);
     let concurrency = spec.concurrency();
-    let db = Database::connect(&spec.source_url, concurrency + 2).await?;
+    let db = Database::for_spec(spec, concurrency + 2, options.execute).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let state = StateStore::open(&spec.state_url).await?;
     let session = new_session();
@@ -775,6 +775,9 @@ pub(crate) fn context(
         state,
         throttle,
         abandoned: Mutex::new(None),
+        deferred: Mutex::new(Vec::new()),
+        in_flight: std::sync::atomic::AtomicU64::new(0),
+        max_lock_wait: spec.file.timeouts.max_lock_wait,
     }
 }
 
@@ -782,8 +785,8 @@ pub(crate) fn context(
 /// (the same url): a chunk's writes and its checkpoint then commit in one
 /// transaction.
 fn atomic_pool(spec: &Spec, db: &Database, state: Option<&StateStore>) -> Option<sqlx::PgPool> {
-    match (db, state) {
-        (Database::Postgres(pool), Some(state)) if *state.url() == spec.source_url => {
+    match (db.pools(), state) {
+        (Pools::Postgres(pool), Some(state)) if *state.url() == spec.source_url => {
             Some(pool.clone())
         }
         _ => None,

@@ -25,7 +25,9 @@ use crate::chunk::{Chunk, Key};
 use crate::sink::{self, Guard, Update};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
-use crate::state::{Claim, Counts, DeadLetter, Image, Lease, Resolution, StateStore, Timings};
+use crate::state::{
+    Claim, Counts, DeadLetter, Deferred, Image, Lease, Resolution, StateStore, Timings,
+};
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
 use crate::transform::{Instance, Isolated, Runner, Setup, TransformError, run_isolating};
@@ -130,6 +132,75 @@ pub(crate) struct Context {
     /// on which a run's chunk writes and checkpoint commit in one
     /// transaction.
     pub atomic: Option<sqlx::PgPool>,
+    /// Rows another transaction held locked, waiting for their next try.
+    pub deferred: Mutex<Vec<Pending>>,
+    /// Chunks handed to workers and not finished yet.
+    pub in_flight: AtomicU64,
+    /// How long a locked row is tried again before it becomes a dead
+    /// letter.
+    pub max_lock_wait: std::time::Duration,
+}
+
+/// A deferred row waiting for its next try.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    /// The row, as recorded.
+    pub row: Deferred,
+    /// Its chunk.
+    pub chunk: Chunk,
+    /// When it was first found locked, on this process's clock.
+    pub since: Instant,
+    /// When to try it again.
+    pub due: Instant,
+}
+
+/// The wait before trying a locked row again after `attempts` tries:
+/// doubling from a quarter second up to 5 s, with jitter, so that a row
+/// the application holds briefly is written soon and one held for long
+/// costs a read every few seconds.
+fn lock_backoff(attempts: u64) -> std::time::Duration {
+    let base = 250_u64.saturating_mul(1 << attempts.min(5)).min(5_000);
+    std::time::Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
+}
+
+impl Context {
+    /// Queues rows found locked for another try.
+    fn defer(&self, chunk: &Chunk, rows: Vec<(Deferred, Instant)>) {
+        if rows.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut queue = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        for (row, since) in rows {
+            let due = now + lock_backoff(row.attempts);
+            queue.push(Pending {
+                row,
+                chunk: chunk.clone(),
+                since,
+                due,
+            });
+        }
+    }
+
+    /// Takes the deferred rows due now, grouped by chunk; and when the
+    /// next one is due, if any wait.
+    fn take_due(&self) -> (Vec<(Chunk, Vec<Pending>)>, Option<Instant>) {
+        let now = Instant::now();
+        let mut queue = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        let (due, later): (Vec<Pending>, Vec<Pending>) =
+            queue.drain(..).partition(|p| p.due <= now);
+        let next = later.iter().map(|p| p.due).min();
+        *queue = later;
+        let mut groups: BTreeMap<u64, (Chunk, Vec<Pending>)> = BTreeMap::new();
+        for p in due {
+            groups
+                .entry(p.chunk.id)
+                .or_insert_with(|| (p.chunk.clone(), Vec::new()))
+                .1
+                .push(p);
+        }
+        (groups.into_values().collect(), next)
+    }
 }
 
 /// How a feed ended without an error.
@@ -252,6 +323,8 @@ struct Work {
     asked: Vec<Key>,
     /// For claimed chunks: the claim.
     lease: Option<Lease>,
+    /// For deferred rows tried again: the rows, as `asked`.
+    retrying: Vec<Pending>,
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -307,6 +380,147 @@ async fn read_all(
     feed: Feed,
     tx: mpsc::Sender<Work>,
 ) -> Result<Ended, RunError> {
+    if matches!(ctx.purpose, Purpose::Run { execute: true, .. }) {
+        load_deferred(ctx).await?;
+    }
+    let ended = read_feed(ctx, feed, &tx).await?;
+    match ended {
+        Ended::Done if !ctx.stop.load(Ordering::Relaxed) => drain_deferred(ctx, &tx).await,
+        other => Ok(other),
+    }
+}
+
+/// Queues the deferred rows a run recorded in an earlier session (or
+/// another worker left), to be tried again now.
+async fn load_deferred(ctx: &Arc<Context>) -> Result<(), RunError> {
+    let state = ctx.state()?;
+    let checkpoint = |source| RunError::Checkpoint {
+        chunk: format!("run {}", ctx.run_id),
+        source,
+    };
+    let stored = state
+        .deferred(&ctx.run_id, ctx.layout.key_type)
+        .await
+        .map_err(checkpoint)?;
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let chunks: HashMap<u64, Chunk> = match state.find_run(&ctx.run_id).await.map_err(checkpoint)? {
+        Some(run) => state
+            .chunks(&run)
+            .await
+            .map_err(checkpoint)?
+            .iter()
+            .filter(|c| c.status == crate::state::ChunkStatus::Done)
+            .map(|c| (c.chunk_id, c.chunk()))
+            .collect(),
+        None => HashMap::new(),
+    };
+    let now = Instant::now();
+    let mut queue = ctx.deferred.lock().unwrap_or_else(|e| e.into_inner());
+    for row in stored {
+        // A chunk not done is redone whole, its deferred rows with it.
+        let Some(chunk) = chunks.get(&row.chunk_id) else {
+            continue;
+        };
+        let held = crate::state::parse_time(&row.first_seen_at)
+            .and_then(|t| (chrono::Utc::now() - t).to_std().ok())
+            .unwrap_or_default();
+        queue.push(Pending {
+            chunk: chunk.clone(),
+            since: now.checked_sub(held).unwrap_or(now),
+            due: now,
+            row,
+        });
+    }
+    info!(
+        rows = queue.len(),
+        "Trying again the rows an earlier session found locked."
+    );
+    Ok(())
+}
+
+/// Hands on the deferred rows that are due, read again by key. Returns
+/// false if no worker is left to take them.
+async fn offer_deferred(ctx: &Arc<Context>, tx: &mpsc::Sender<Work>) -> Result<bool, RunError> {
+    let (groups, _) = ctx.take_due();
+    for (chunk, retrying) in groups {
+        let keys: Vec<Key> = retrying.iter().map(|p| p.row.key.clone()).collect();
+        let started = Instant::now();
+        let counter = AtomicU64::new(0);
+        let tokens = ctx.conditional;
+        let rows = backoff::retry(&ctx.policy, "reading locked rows again", &counter, || {
+            ctx.db.read_keys(&ctx.layout, &keys, tokens)
+        })
+        .await
+        .map_err(|source| RunError::Read {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+        let work = Work {
+            chunk,
+            rows,
+            read_ms: millis(started.elapsed()),
+            retries: counter.into_inner(),
+            asked: keys,
+            lease: None,
+            retrying,
+        };
+        if !send(ctx, tx, work).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Once the feed is read: tries the deferred rows again, as they come
+/// due, until none is left and no chunk in flight can defer more.
+async fn drain_deferred(ctx: &Arc<Context>, tx: &mpsc::Sender<Work>) -> Result<Ended, RunError> {
+    loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            return Ok(Ended::Done);
+        }
+        if let Err(stop) = ctx.throttle.admit(None).await {
+            return Ok(Ended::Stopped(stop));
+        }
+        if !offer_deferred(ctx, tx).await? {
+            return Ok(Ended::Done);
+        }
+        let (_, next) = {
+            let queue = ctx.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            (queue.len(), queue.iter().map(|p| p.due).min())
+        };
+        let in_flight = ctx.in_flight.load(Ordering::SeqCst);
+        match next {
+            None if in_flight == 0 => return Ok(Ended::Done),
+            None => ctx.chunk_finished.notified().await,
+            Some(due) => {
+                tokio::select! {
+                    () = ctx.chunk_finished.notified() => {}
+                    () = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sends work to the workers, counting it in flight. Returns false if no
+/// worker is left to take it.
+async fn send(ctx: &Context, tx: &mpsc::Sender<Work>, work: Work) -> bool {
+    ctx.in_flight.fetch_add(1, Ordering::SeqCst);
+    if tx.send(work).await.is_err() {
+        ctx.in_flight.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    true
+}
+
+/// Reads the feed's chunks in order (see [`read_all`]).
+async fn read_feed(
+    ctx: &Arc<Context>,
+    feed: Feed,
+    tx: &mpsc::Sender<Work>,
+) -> Result<Ended, RunError> {
     let failed = || ctx.stop.load(Ordering::Relaxed);
     let tokens = ctx.purpose.writes() && ctx.conditional;
     let throttle = &ctx.throttle;
@@ -319,6 +533,9 @@ async fn read_all(
             let mut limit = None;
             loop {
                 if failed() {
+                    return Ok(Ended::Done);
+                }
+                if !offer_deferred(ctx, tx).await? {
                     return Ok(Ended::Done);
                 }
                 if let Err(stop) = throttle.admit(None).await {
@@ -366,7 +583,7 @@ async fn read_all(
                     None => debug!(chunk = chunk.id, "Claimed a chunk."),
                 }
                 if let Some(end) =
-                    pass_on(ctx, chunk, tokens, counter, &mut limit, Some(lease), &tx).await?
+                    pass_on(ctx, chunk, tokens, counter, &mut limit, Some(lease), tx).await?
                 {
                     return Ok(end);
                 }
@@ -401,8 +618,9 @@ async fn read_all(
                     retries: counter.into_inner(),
                     asked: keys,
                     lease: None,
+                    retrying: Vec::new(),
                 };
-                if tx.send(work).await.is_err() {
+                if !send(ctx, tx, work).await {
                     return Ok(Ended::Done);
                 }
             }
@@ -426,7 +644,7 @@ async fn read_all(
                 }
                 let counter = AtomicU64::new(0);
                 if let Some(end) =
-                    pass_on(ctx, chunk, tokens, counter, &mut limit, None, &tx).await?
+                    pass_on(ctx, chunk, tokens, counter, &mut limit, None, tx).await?
                 {
                     return Ok(end);
                 }
@@ -441,6 +659,9 @@ async fn read_all(
                 }
                 if limit == Some(0) {
                     return Ok(Ended::Limit);
+                }
+                if !offer_deferred(ctx, tx).await? {
+                    return Ok(Ended::Done);
                 }
                 let want = match throttle.admit(limit).await {
                     Ok(want) => want,
@@ -491,7 +712,7 @@ async fn read_all(
                     counter.into_inner(),
                     &mut limit,
                     None,
-                    &tx,
+                    tx,
                 )
                 .await?
                 {
@@ -596,17 +817,16 @@ async fn hand_on(
         *r = r.saturating_sub(rows.len() as u64);
     }
     debug!(chunk = chunk.id, rows = rows.len(), read_ms, "Chunk read.");
-    Ok(tx
-        .send(Work {
-            chunk,
-            rows,
-            read_ms,
-            retries,
-            asked: Vec::new(),
-            lease,
-        })
-        .await
-        .is_ok())
+    let work = Work {
+        chunk,
+        rows,
+        read_ms,
+        retries,
+        asked: Vec::new(),
+        lease,
+        retrying: Vec::new(),
+    };
+    Ok(send(ctx, tx, work).await)
 }
 
 async fn worker(
@@ -617,6 +837,9 @@ async fn worker(
     loop {
         let next = rx.lock().await.recv().await;
         let Some(work) = next else { return Ok(()) };
+        // However the chunk ends (done, failed, left, or a panic), it is no
+        // longer in flight, and a reader waiting for that hears it.
+        let _flight = Flight(&ctx);
         if ctx.stop.load(Ordering::Relaxed) {
             // Leave the chunk unfinished: a later run redoes it.
             return Ok(());
@@ -649,12 +872,25 @@ async fn worker(
         .instrument(span)
         .await;
         ctx.throttle.released();
-        ctx.chunk_finished.notify_one();
         if let Err(e) = result {
             ctx.stop.store(true, Ordering::Relaxed);
             error!(error = %e, "Stopping.");
             return Err(e);
         }
+    }
+}
+
+/// A chunk a worker holds: dropped when the worker is done with it, or
+/// unwinds.
+struct Flight<'a>(&'a Context);
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop.store(true, Ordering::Relaxed);
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.chunk_finished.notify_one();
     }
 }
 
@@ -821,6 +1057,10 @@ struct Evaluated {
     skipped_keys: Vec<Key>,
     /// The rows deleted or out of scope by the time they were written.
     gone_keys: Vec<Key>,
+    /// The rows another transaction held locked when they were written.
+    busy_keys: Vec<Key>,
+    /// Those rows, as recorded with the chunk's checkpoint.
+    deferred: Vec<Deferred>,
     /// Checksums of the computed and the current values of rows with an
     /// `update` outcome, for verification.
     expected: Sha256,
@@ -863,6 +1103,7 @@ impl Evaluated {
         self.dead.extend(redo.dead);
         self.skipped_keys.extend(redo.skipped_keys);
         self.gone_keys.extend(redo.gone_keys);
+        self.busy_keys.extend(redo.busy_keys);
         self.diffs.extend(redo.diffs);
         self.diffs.truncate(SAMPLE_DIFFS);
     }
@@ -1110,6 +1351,7 @@ async fn process(
         retries,
         asked,
         lease,
+        retrying,
     } = work;
     let started = Instant::now();
     let (rows, results) = transform(ctx, &chunk, instance, rows).await?;
@@ -1123,7 +1365,7 @@ async fn process(
     // A run's writes and checkpoint commit together when the state store
     // is the target's database.
     let atomic = match (&ctx.atomic, &ctx.purpose) {
-        (Some(pool), Purpose::Run { execute: true, .. }) => Some(pool),
+        (Some(pool), Purpose::Run { execute: true, .. }) if retrying.is_empty() => Some(pool),
         _ => None,
     };
     let mut timings = Timings {
@@ -1150,10 +1392,17 @@ async fn process(
         write_guarded(ctx, &chunk, instance, &rows, &mut evaluated, None).await?;
         timings.write_ms = millis(started.elapsed());
     }
+    if !retrying.is_empty() {
+        return settle(ctx, &chunk, &rows, &asked, retrying, evaluated).await;
+    }
+    if marked.is_none() && !evaluated.busy_keys.is_empty() {
+        evaluated.deferred = deferrals(ctx, chunk.id, &evaluated.busy_keys).await;
+    }
     let counts = evaluated.counts;
     let verdict = match &ctx.purpose {
         Purpose::Run { .. } => {
             let state = ctx.state()?;
+            let busy = &evaluated.deferred;
             let note = trap_note(&evaluated.dead);
             let dead = &evaluated.dead;
             let counter = AtomicU64::new(0);
@@ -1171,6 +1420,7 @@ async fn process(
                             &timings,
                             note.as_deref(),
                             dead,
+                            busy,
                             lease.as_ref(),
                         )
                     },
@@ -1193,6 +1443,15 @@ async fn process(
                 );
                 return Ok(());
             }
+            let since = Instant::now();
+            ctx.defer(
+                &chunk,
+                evaluated
+                    .deferred
+                    .iter()
+                    .map(|d| (d.clone(), since))
+                    .collect(),
+            );
             None
         }
         Purpose::Retry { execute, retry_id } => {
@@ -1261,6 +1520,7 @@ async fn process(
         .fetch_add(counts.unchanged, Ordering::Relaxed);
     p.skipped_rows.fetch_add(counts.skipped, Ordering::Relaxed);
     p.conflicts.fetch_add(counts.conflicts, Ordering::Relaxed);
+    p.busy_rows.fetch_add(counts.busy, Ordering::Relaxed);
     p.chunks_done.fetch_add(1, Ordering::Relaxed);
     ctx.throttle.chunk_done(
         counts.rows,
@@ -1370,12 +1630,15 @@ async fn write_atomically(
         let mut current = original.clone();
         current.counts.retries += retries;
         let attempt = async {
-            let mut tx = pool.begin().await.map_err(|error| {
-                checkpoint_error(crate::state::StateError::Query {
-                    what: "starting a chunk's transaction",
-                    error,
-                })
-            })?;
+            let t = ctx.db.timeouts();
+            let mut tx = crate::source::postgres::begin_write(pool, t.write, t.lock)
+                .await
+                .map_err(|error| {
+                    checkpoint_error(crate::state::StateError::Query {
+                        what: "starting a chunk's transaction",
+                        error,
+                    })
+                })?;
             if ctx.purpose.writes() {
                 write_guarded(ctx, chunk, instance, rows, &mut current, Some(&mut tx)).await?;
             }
@@ -1396,9 +1659,16 @@ async fn write_atomically(
             .await
             .map_err(checkpoint_error)?;
             let end = if marked {
-                crate::state::dead_letters_in(&mut tx, &ctx.run_id, chunk.id, &current.dead)
-                    .await
-                    .map_err(checkpoint_error)?;
+                current.deferred = deferrals(ctx, chunk.id, &current.busy_keys).await;
+                crate::state::dead_letters_in(
+                    &mut tx,
+                    &ctx.run_id,
+                    chunk.id,
+                    &current.dead,
+                    &current.deferred,
+                )
+                .await
+                .map_err(checkpoint_error)?;
                 tx.commit().await
             } else {
                 tx.rollback().await
@@ -1431,6 +1701,130 @@ async fn write_atomically(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Rows held locked, as recorded with a chunk's checkpoint, each with its
+/// holder where the database can name it.
+async fn deferrals(ctx: &Context, chunk_id: u64, keys: &[Key]) -> Vec<Deferred> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let mut holders: HashMap<Key, String> = sink::holders(&ctx.db, &ctx.layout, keys)
+        .await
+        .into_iter()
+        .collect();
+    keys.iter()
+        .map(|k| {
+            let holder = holders
+                .remove(k)
+                .unwrap_or_else(|| "another transaction".to_string());
+            Deferred::new(k.clone(), chunk_id, holder)
+        })
+        .collect()
+}
+
+/// Records what trying deferred rows again did: rows written (or gone,
+/// skipped, failed) leave the deferred list, with their outcome added to
+/// their chunk's counts; rows still locked wait for another try, or, held
+/// longer than `max_lock_wait`, become dead letters saying so.
+async fn settle(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    rows: &ChunkRows,
+    asked: &[Key],
+    retrying: Vec<Pending>,
+    evaluated: Evaluated,
+) -> Result<(), RunError> {
+    let state = ctx.state()?;
+    let mut counts = evaluated.counts;
+    let present: HashSet<&Key> = rows.keys.iter().collect();
+    // Rows deleted or out of scope before they were read again.
+    counts.skipped += asked.iter().filter(|k| !present.contains(k)).count() as u64;
+    counts.rows = 0;
+    counts.busy = 0;
+    let busy: HashSet<&Key> = evaluated.busy_keys.iter().collect();
+    let mut holders: HashMap<Key, String> = if busy.is_empty() {
+        HashMap::new()
+    } else {
+        sink::holders(&ctx.db, &ctx.layout, &evaluated.busy_keys)
+            .await
+            .into_iter()
+            .collect()
+    };
+    let mut dead = evaluated.dead.clone();
+    let mut settled = Vec::new();
+    let mut still = Vec::new();
+    let digest = ctx.runner.digest().to_string();
+    for mut p in retrying {
+        if !busy.contains(&p.row.key) {
+            if !dead.iter().any(|d| d.key == p.row.key) {
+                settled.push(p.row.key.clone());
+            }
+            continue;
+        }
+        if let Some(holder) = holders.remove(&p.row.key) {
+            p.row.holder = holder;
+        }
+        if p.since.elapsed() >= ctx.max_lock_wait {
+            let inputs = rows
+                .keys
+                .iter()
+                .position(|k| *k == p.row.key)
+                .map(|i| rows.rows[i].values.clone())
+                .unwrap_or_default();
+            counts.failed += 1;
+            dead.push(DeadLetter::new(
+                p.row.key.clone(),
+                chunk.id,
+                format!(
+                    "the row was locked by another transaction for more than {} ({}); refill does not                      wait for the application's locks: run `refill retry` once it is released",
+                    humantime::format_duration(ctx.max_lock_wait),
+                    p.row.holder
+                ),
+                value::fingerprint(&inputs),
+                &digest,
+            ));
+            continue;
+        }
+        p.row.attempts += 1;
+        p.row.last_seen_at = crate::state::now();
+        p.due = Instant::now() + lock_backoff(p.row.attempts);
+        still.push(p);
+    }
+    let still_rows: Vec<Deferred> = still.iter().map(|p| p.row.clone()).collect();
+    let counter = AtomicU64::new(0);
+    backoff::retry(&ctx.policy, "settling deferred rows", &counter, || {
+        state.settle_deferred(&ctx.run_id, chunk.id, &counts, &settled, &still_rows, &dead)
+    })
+    .await
+    .map_err(|source| RunError::Checkpoint {
+        chunk: chunk.to_string(),
+        source,
+    })?;
+    ctx.deferred
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(still);
+    let p = &ctx.progress;
+    p.failed_rows.fetch_add(counts.failed, Ordering::Relaxed);
+    p.updated_rows.fetch_add(counts.updated, Ordering::Relaxed);
+    p.unchanged_rows
+        .fetch_add(counts.unchanged, Ordering::Relaxed);
+    p.skipped_rows.fetch_add(counts.skipped, Ordering::Relaxed);
+    p.conflicts.fetch_add(counts.conflicts, Ordering::Relaxed);
+    {
+        let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.merge(evaluated.diffs, evaluated.groups);
+        samples.session.add(&counts);
+    }
+    debug!(
+        chunk = chunk.id,
+        settled = settled.len(),
+        still_locked = still_rows.len(),
+        dead = dead.len(),
+        "Deferred rows tried again."
+    );
+    Ok(())
 }
 
 /// Fails once `failed` of `rows` read exceed the spec's `[errors]` budget.
@@ -1518,6 +1912,15 @@ async fn write_guarded(
         })?;
 
         let rejected: HashMap<Key, String> = written.rejected.into_iter().collect();
+        // Rows someone else holds locked were not waited for: they are
+        // deferred, and tried again later in the run.
+        let busy: HashSet<Key> = written.busy.iter().cloned().collect();
+        if !busy.is_empty() {
+            evaluated.counts.updated -= busy.len() as u64;
+            evaluated.counts.busy += busy.len() as u64;
+            evaluated.diffs.retain(|d| !busy.contains(&d.key));
+            evaluated.busy_keys.extend(written.busy);
+        }
         for (update, &i) in pending.iter().zip(&sources) {
             if let Some(reason) = rejected.get(&update.key) {
                 evaluated.counts.updated -= 1;
@@ -1536,7 +1939,9 @@ async fn write_guarded(
         let done: HashSet<&Key> = written.written.iter().collect();
         let keys: Vec<Key> = pending
             .iter()
-            .filter(|u| !rejected.contains_key(&u.key) && !done.contains(&u.key))
+            .filter(|u| {
+                !rejected.contains_key(&u.key) && !done.contains(&u.key) && !busy.contains(&u.key)
+            })
             .map(|u| u.key.clone())
             .collect();
         if keys.is_empty() {

@@ -96,6 +96,10 @@ pub struct Progress {
     pub skipped_rows: AtomicU64,
     /// Rows redone after a concurrent change (this session).
     pub conflicts: AtomicU64,
+    /// Rows another transaction held locked, deferred (this session).
+    pub busy_rows: AtomicU64,
+    /// Rows deferred now, waiting for their next try.
+    pub deferred_rows: AtomicU64,
     /// Rows of the next chunk.
     pub chunk_rows: AtomicU64,
     /// Set by Ctrl-C: stop taking chunks, finish those in flight.
@@ -120,6 +124,8 @@ impl Default for Progress {
             unchanged_rows: AtomicU64::new(0),
             skipped_rows: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            busy_rows: AtomicU64::new(0),
+            deferred_rows: AtomicU64::new(0),
             chunk_rows: AtomicU64::new(0),
             interrupted: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),

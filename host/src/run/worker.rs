@@ -57,7 +57,7 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
     let (runner, bytes) = load_pinned_transform(spec)?;
     let state = StateStore::open(&spec.state_url).await?;
     state.require_workers()?;
-    let db = Database::connect(&spec.source_url, 2).await?;
+    let db = Database::for_spec(spec, 2, false).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let session = new_session();
     with_lock(&state, spec.name(), &session, async {
@@ -275,7 +275,7 @@ pub async fn work(
     let mut spec = stored_spec(&state, &run, options.source_url.as_deref()).await?;
     let runner = Arc::new(stored_component(&state, &run, &mut spec).await?);
     let concurrency = spec.concurrency();
-    let db = Database::connect(&spec.source_url, concurrency + 2).await?;
+    let db = Database::for_spec(&spec, concurrency + 2, true).await?;
     let layout = plan::resolve(&spec, &db, runner.info()).await?;
     let lookups = plan::load_and_check(&spec, &db, &runner).await?;
     refuse_changed_lookups(&state, &run, &lookups).await?;

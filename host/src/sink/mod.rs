@@ -12,7 +12,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::chunk::Key;
-use crate::source::{ColumnInfo, Database, Dialect, Layout};
+use crate::source::{ColumnInfo, Database, Dialect, Layout, Pools, Writer};
 use crate::value::Value;
 
 /// New values for one row of the target.
@@ -145,6 +145,15 @@ pub enum SinkError {
         /// Why.
         error: sqlx::Error,
     },
+    /// The database was connected read-only: refill's read-only commands
+    /// have no way to write.
+    #[error(
+        "refused to write {table}: the database is connected read-only (a dry run writes nothing)"
+    )]
+    ReadOnly {
+        /// The target table, quoted.
+        table: String,
+    },
     /// A value cannot be sent to the database.
     #[error("cannot write {column} of {table} at key {key}: {message}")]
     Encode {
@@ -173,6 +182,9 @@ pub struct Written {
     /// Rows whose new values the database refused, with its reason; every
     /// other row was written.
     pub rejected: Vec<(Key, String)>,
+    /// Rows another transaction held locked: not written, not waited for
+    /// (they are tried again later).
+    pub busy: Vec<Key>,
 }
 
 /// Writes `updates` to the target of `layout`, each row only if `guard`
@@ -228,21 +240,51 @@ fn isolate<'a>(
             return Ok(());
         }
         let attempt = match &mut into {
-            Dest::Pool(db) => match *db {
-                Database::Postgres(pool) => {
-                    postgres::write(pool, layout, updates.to_vec(), guard).await
+            Dest::Pool(db) => {
+                let t = db.timeouts();
+                match db.writer() {
+                    Some(Writer::Postgres(pool)) => {
+                        postgres::write_bounded(pool, t, layout, updates.to_vec(), guard).await
+                    }
+                    Some(Writer::Sqlite(pool)) => {
+                        sqlite::write(pool, layout, updates.to_vec(), guard)
+                            .await
+                            .map(|keys| (keys, Vec::new()))
+                    }
+                    Some(Writer::Mysql(pool)) => {
+                        mysql::write(pool, layout, updates.to_vec(), guard).await
+                    }
+                    None => Err(SinkError::ReadOnly {
+                        table: layout.target.quoted(),
+                    }),
                 }
-                Database::Sqlite(pool) => {
-                    sqlite::write(pool, layout, updates.to_vec(), guard).await
-                }
-                Database::Mysql(pool) => mysql::write(pool, layout, updates.to_vec(), guard).await,
-            },
+            }
             Dest::Tx(tx) => in_savepoint(tx, layout, updates, guard).await,
         };
         match attempt {
-            Ok(keys) => {
+            Ok((keys, busy)) => {
                 written.written.extend(keys);
+                written.busy.extend(busy);
                 Ok(())
+            }
+            // A statement that ran or waited too long is split: its halves
+            // lock and write fewer rows each.
+            Err(SinkError::Write { ref error, .. })
+                if crate::db::timed_out(error) && updates.len() > 1 =>
+            {
+                tracing::debug!(rows = updates.len(), error = %crate::db::describe(error), "A write timed out; splitting it.");
+                let (first, second) = updates.split_at(updates.len() / 2);
+                let into = match into {
+                    Dest::Pool(db) => {
+                        isolate(Dest::Pool(db), layout, first, guard, written).await?;
+                        Dest::Pool(db)
+                    }
+                    Dest::Tx(tx) => {
+                        isolate(Dest::Tx(&mut *tx), layout, first, guard, written).await?;
+                        Dest::Tx(tx)
+                    }
+                };
+                isolate(into, layout, second, guard, written).await
             }
             Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => {
                 if let [update] = updates {
@@ -277,7 +319,7 @@ async fn in_savepoint(
     layout: &Layout,
     updates: &[Update],
     guard: Guard,
-) -> Result<Vec<Key>, SinkError> {
+) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let failed = |error| SinkError::Write {
         table: layout.target.quoted(),
         rows: updates.len(),
@@ -300,6 +342,25 @@ async fn in_savepoint(
     }
 }
 
+/// Who holds the target rows of `keys` locked, as far as the database can
+/// tell (see [`postgres::holders`]); rows it cannot name are left out. A
+/// failure to ask is logged and names no one: it must not fail the write.
+pub async fn holders(db: &Database, layout: &Layout, keys: &[Key]) -> Vec<(Key, String)> {
+    // A few are enough to name who holds a chunk's rows.
+    let keys = &keys[..keys.len().min(100)];
+    match db.pools() {
+        Pools::Postgres(pool) => postgres::holders(pool, db.timeouts(), layout, keys)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(error = %crate::db::describe(&error), "Could not name who holds locked rows.");
+                Vec::new()
+            }),
+        // InnoDB names the holder of a row lock only to a transaction
+        // waiting for it, and refill never waits.
+        _ => Vec::new(),
+    }
+}
+
 /// Replaces computed output values with the form the target will store
 /// them in (PostgreSQL rounds a numeric to its scale, reorders jsonb keys,
 /// keeps microseconds), so that comparing them with what a row holds says
@@ -312,15 +373,15 @@ pub async fn stored_form(
     layout: &Layout,
     rows: &[Vec<Value>],
 ) -> Result<Option<Vec<Vec<Value>>>, SinkError> {
-    match db {
-        Database::Postgres(pool) if layout.outputs.iter().any(postgres::reshapes) => {
+    match db.pools() {
+        Pools::Postgres(_) if layout.outputs.iter().any(postgres::reshapes) => {
             let mut rows = rows.to_vec();
-            reshape(pool, layout, &mut rows).await?;
+            reshape(db, layout, &mut rows).await?;
             Ok(Some(rows))
         }
         // MySQL rounds a FLOAT to single precision and drops a CHAR's
         // trailing spaces; both are done in the host, without a round trip.
-        Database::Mysql(_) if layout.outputs.iter().any(mysql::reshapes) => {
+        Pools::Mysql(_) if layout.outputs.iter().any(mysql::reshapes) => {
             let mut rows = rows.to_vec();
             mysql::stored_form(layout, &mut rows);
             Ok(Some(rows))
@@ -331,7 +392,7 @@ pub async fn stored_form(
 }
 
 fn reshape<'a>(
-    pool: &'a sqlx::PgPool,
+    pool: &'a Database,
     layout: &'a Layout,
     rows: &'a mut [Vec<Value>],
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {

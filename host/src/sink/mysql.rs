@@ -123,11 +123,13 @@ pub fn update_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
 }
 
 /// The keys, as sent, of the rows the update would write now, locking
-/// them.
-pub fn select_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
+/// them; with `skip`, the rows another transaction holds are left out
+/// rather than waited for.
+pub fn select_sql(layout: &Layout, guard: Guard, rows: usize, skip: bool) -> String {
     format!(
-        "SELECT u.{KEY_NAME} FROM {} FOR UPDATE",
-        join_sql(layout, guard, rows)
+        "SELECT u.{KEY_NAME} FROM {} FOR UPDATE{}",
+        join_sql(layout, guard, rows),
+        if skip { " SKIP LOCKED" } else { "" }
     )
 }
 
@@ -178,13 +180,51 @@ fn bind_rows<'q>(
     Ok(query)
 }
 
-/// Writes a chunk's updates; returns the keys of the rows written.
+/// Locks, skipping rows another transaction holds, then selects `updates`'
+/// keys with `guard`; returns the keys, as sent, of the rows the query
+/// returns.
+async fn select_keys(
+    tx: &mut sqlx::MySqlConnection,
+    layout: &Layout,
+    guard: Guard,
+    updates: &[Update],
+    skip: bool,
+) -> Result<std::collections::HashSet<Key>, SinkError> {
+    let write_error = |error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: updates.len(),
+        error,
+    };
+    let mut keys = std::collections::HashSet::new();
+    for batch in updates.chunks(rows_per_statement(layout, guard)) {
+        let sql = select_sql(layout, guard, batch.len(), skip);
+        let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
+        for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
+            keys.insert(match layout.key_type {
+                KeyType::Integer => Key::Int(row.try_get(0).map_err(write_error)?),
+                KeyType::Text => Key::Text(row.try_get(0).map_err(write_error)?),
+            });
+        }
+    }
+    Ok(keys)
+}
+
+/// Writes a chunk's updates; returns the keys of the rows written and of
+/// the rows another transaction held locked.
+///
+/// The rows are first locked with `FOR UPDATE SKIP LOCKED` (MariaDB 10.6+,
+/// MySQL 8), so the write never waits behind the application's row locks;
+/// the session's `innodb_lock_wait_timeout` of a second bounds what that
+/// cannot cover. The update then joins only the rows locked: when it
+/// matches them all (nobody changed them since they were read), that is
+/// one more statement; otherwise the rows the guard lets through are
+/// selected among those locked, and exactly those are updated.
 pub async fn write(
     pool: &MySqlPool,
     layout: &Layout,
     updates: Vec<Update>,
     guard: Guard,
-) -> Result<Vec<Key>, SinkError> {
+) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let n = updates.len();
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -192,38 +232,40 @@ pub async fn write(
         error,
     };
     let per_statement = rows_per_statement(layout, guard);
-
-    // The usual case: every row matches; one statement per 65,535
-    // placeholders, all in one transaction.
     let mut tx = pool.begin().await.map_err(write_error)?;
+    let locked = select_keys(&mut tx, layout, Guard::None, &updates, true).await?;
+    let (mine, others): (Vec<Update>, Vec<Update>) =
+        updates.into_iter().partition(|u| locked.contains(&u.key));
+    // Rows not locked are held by someone else, or gone: a plain read
+    // (which takes no lock) tells which.
+    let busy: Vec<Key> = if others.is_empty() {
+        Vec::new()
+    } else {
+        let present = select_present(&mut tx, layout, &others).await?;
+        others
+            .into_iter()
+            .map(|u| u.key)
+            .filter(|k| present.contains(k))
+            .collect()
+    };
     let mut matched = 0;
-    for batch in updates.chunks(per_statement) {
+    for batch in mine.chunks(per_statement) {
         let sql = update_sql(layout, guard, batch.len());
         let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
         let done = query.execute(&mut *tx).await.map_err(write_error)?;
         matched += done.rows_affected();
     }
-    if matched == n as u64 {
+    if matched == mine.len() as u64 {
         tx.commit().await.map_err(write_error)?;
-        return Ok(updates.into_iter().map(|u| u.key).collect());
+        return Ok((mine.into_iter().map(|u| u.key).collect(), busy));
     }
     tx.rollback().await.map_err(write_error)?;
 
-    // Some rows were changed or deleted meanwhile: find, and lock, the
-    // rows the guard lets through, then write exactly those.
+    // Some rows were changed or deleted meanwhile: lock the rows again,
+    // find those the guard lets through, then write exactly those.
     let mut tx = pool.begin().await.map_err(write_error)?;
-    let mut through = std::collections::HashSet::new();
-    for batch in updates.chunks(per_statement) {
-        let sql = select_sql(layout, guard, batch.len());
-        let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
-        for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
-            through.insert(match layout.key_type {
-                KeyType::Integer => Key::Int(row.try_get(0).map_err(write_error)?),
-                KeyType::Text => Key::Text(row.try_get(0).map_err(write_error)?),
-            });
-        }
-    }
-    let written: Vec<Update> = updates
+    let through = select_keys(&mut tx, layout, guard, &mine, true).await?;
+    let written: Vec<Update> = mine
         .into_iter()
         .filter(|u| through.contains(&u.key))
         .collect();
@@ -233,7 +275,40 @@ pub async fn write(
         query.execute(&mut *tx).await.map_err(write_error)?;
     }
     tx.commit().await.map_err(write_error)?;
-    Ok(written.into_iter().map(|u| u.key).collect())
+    Ok((written.into_iter().map(|u| u.key).collect(), busy))
+}
+
+/// The keys of `updates` whose target rows exist, read without locking.
+async fn select_present(
+    tx: &mut sqlx::MySqlConnection,
+    layout: &Layout,
+    updates: &[Update],
+) -> Result<std::collections::HashSet<Key>, SinkError> {
+    let write_error = |error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: updates.len(),
+        error,
+    };
+    let mut keys = std::collections::HashSet::new();
+    for batch in updates.chunks(rows_per_statement(layout, Guard::None)) {
+        let sql = format!(
+            "SELECT u.{KEY_NAME} FROM {}",
+            join_sql(layout, Guard::None, batch.len())
+        );
+        let query = bind_rows(
+            sqlx::query(crate::source::built(sql)),
+            layout,
+            Guard::None,
+            batch,
+        )?;
+        for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
+            keys.insert(match layout.key_type {
+                KeyType::Integer => Key::Int(row.try_get(0).map_err(write_error)?),
+                KeyType::Text => Key::Text(row.try_get(0).map_err(write_error)?),
+            });
+        }
+    }
+    Ok(keys)
 }
 
 /// Whether MySQL stores a value of `c` in another form than the one sent,
@@ -321,10 +396,11 @@ mod tests {
             "{sql}"
         );
         assert!(
-            select_sql(&layout(), Guard::Inputs, 1)
+            select_sql(&layout(), Guard::Inputs, 1, false)
                 .starts_with("SELECT u.`__refill_k` FROM `app`.`quo``tes` JOIN (")
         );
-        assert!(select_sql(&layout(), Guard::Inputs, 1).ends_with(" FOR UPDATE"));
+        assert!(select_sql(&layout(), Guard::Inputs, 1, false).ends_with(" FOR UPDATE"));
+        assert!(select_sql(&layout(), Guard::None, 1, true).ends_with(" FOR UPDATE SKIP LOCKED"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sqlx::{PgPool, Row as _};
 use super::{Expected, Guard, KEY_NAME, SinkError, Update, expected_name, guard_sql, guarded};
 use crate::chunk::{Key, KeyType};
 use crate::source::postgres::DIALECT;
-use crate::source::{ColumnInfo, Layout, quote};
+use crate::source::{ColumnInfo, Layout, Timeouts, quote};
 use crate::value::{self, ColumnKind, Value};
 
 /// One column of the batch, as a typed array.
@@ -149,25 +149,64 @@ pub fn update_sql(
         &format!("v.{KEY_NAME}"),
         &expected,
     );
-    // The keys of the rows written come back, as they were sent (a key
-    // that compares equal may be spelled otherwise in the table): the rows
-    // a guard stopped are the others.
-    let key = format!("{target}.{}", quote(&layout.target_key.name));
+    // The rows are locked first, skipping those another transaction holds
+    // (`NO KEY UPDATE`: plain `FOR UPDATE` would also skip rows that a
+    // foreign-key insert only key-shares), and only the rows locked are
+    // updated: the write never waits for the application's row locks, nor
+    // holds its other rows while it would. The keys come back as they
+    // were sent (a key that compares equal may be spelled otherwise in the
+    // table): those written, flagged false, and those held by someone
+    // else, flagged true; the rows a guard stopped, or gone, are the
+    // others.
+    let key_name = quote(&layout.target_key.name);
+    let key = format!("{target}.{key_name}");
     format!(
-        "UPDATE {target} SET {} FROM unnest({}) AS v({}) WHERE {key} = v.{KEY_NAME}{guard} RETURNING v.{KEY_NAME}",
-        sets.join(", "),
-        params.join(", "),
-        names.join(", "),
+        "WITH v AS (SELECT * FROM unnest({params}) AS n({names})), \
+         l AS (SELECT v.{KEY_NAME} FROM {target} AS \"__refill_t\" JOIN v ON \"__refill_t\".{key_name} = v.{KEY_NAME} \
+         FOR NO KEY UPDATE OF \"__refill_t\" SKIP LOCKED), \
+         u AS (UPDATE {target} SET {sets} FROM v WHERE {key} = v.{KEY_NAME} \
+         AND v.{KEY_NAME} IN (SELECT {KEY_NAME} FROM l){guard} RETURNING v.{KEY_NAME}) \
+         SELECT {KEY_NAME}, false FROM u UNION ALL SELECT v.{KEY_NAME}, true FROM v \
+         WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.{KEY_NAME} = v.{KEY_NAME}) \
+         AND EXISTS (SELECT 1 FROM {target} AS \"__refill_b\" WHERE \"__refill_b\".{key_name} = v.{KEY_NAME})",
+        sets = sets.join(", "),
+        params = params.join(", "),
+        names = names.join(", "),
     )
 }
 
-/// Writes a chunk's updates in one statement.
+/// Writes a chunk's updates in one statement, in a transaction whose
+/// statements are bounded by `timeouts`. Returns the keys written and the
+/// keys another transaction held locked.
+pub async fn write_bounded(
+    pool: &PgPool,
+    timeouts: &Timeouts,
+    layout: &Layout,
+    updates: Vec<Update>,
+    guard: Guard,
+) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
+    let n = updates.len();
+    let failed = |error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: n,
+        error,
+    };
+    let mut tx = crate::source::postgres::begin_write(pool, timeouts.write, timeouts.lock)
+        .await
+        .map_err(failed)?;
+    let done = write(&mut *tx, layout, updates, guard).await?;
+    tx.commit().await.map_err(failed)?;
+    Ok(done)
+}
+
+/// Writes a chunk's updates in one statement. Returns the keys written and
+/// the keys another transaction held locked.
 pub async fn write(
     pool: impl sqlx::PgExecutor<'_>,
     layout: &Layout,
     updates: Vec<Update>,
     guard: Guard,
-) -> Result<Vec<Key>, SinkError> {
+) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let n = updates.len();
     let mut int_keys = Vec::new();
     let mut text_keys = Vec::new();
@@ -245,17 +284,114 @@ pub async fn write(
             rows: n,
             error,
         })?;
-    rows.iter()
-        .map(|row| match layout.key_type {
+    let mut written = Vec::with_capacity(rows.len());
+    let mut busy = Vec::new();
+    for row in &rows {
+        let key = match layout.key_type {
             KeyType::Integer => row.try_get::<i64, _>(0).map(Key::Int),
             KeyType::Text => row.try_get::<String, _>(0).map(Key::Text),
-        })
-        .collect::<Result<Vec<Key>, _>>()
-        .map_err(|error| SinkError::Write {
-            table: layout.target.quoted(),
-            rows: n,
-            error,
-        })
+        };
+        let held = row.try_get::<bool, _>(1);
+        let (key, held) =
+            key.and_then(|k| held.map(|h| (k, h)))
+                .map_err(|error| SinkError::Write {
+                    table: layout.target.quoted(),
+                    rows: n,
+                    error,
+                })?;
+        if held {
+            busy.push(key);
+        } else {
+            written.push(key);
+        }
+    }
+    Ok((written, busy))
+}
+
+/// Who holds each of `keys`' rows of the target locked, as far as the
+/// server can tell: under `SKIP LOCKED` nothing waits, so
+/// `pg_blocking_pids` is empty, but a row's `xmax` is the transaction id
+/// of the one transaction that locked or changed it, which
+/// `pg_stat_activity.backend_xid` names. Several lockers (a multixact)
+/// match no backend, and are described as such.
+pub async fn holders(
+    pool: &PgPool,
+    timeouts: &Timeouts,
+    layout: &Layout,
+    keys: &[Key],
+) -> Result<Vec<(Key, String)>, sqlx::Error> {
+    let target = layout.target.quoted();
+    let key = quote(&layout.target_key.name);
+    let key_array = match layout.key_type {
+        KeyType::Integer => "int8[]",
+        KeyType::Text => "text[]",
+    };
+    let sql = format!(
+        "SELECT CAST(t.{key} AS TEXT), a.pid, a.state, a.usename, a.application_name, \
+         left(a.query, 200), CAST(extract(epoch FROM now() - a.xact_start) AS float8) \
+         FROM {target} AS t LEFT JOIN pg_stat_activity AS a ON a.backend_xid = t.xmax \
+         WHERE t.{key} = ANY($1::{key_array})"
+    );
+    let mut tx = crate::source::postgres::begin_read(pool, timeouts.read, timeouts.lock).await?;
+    let query = sqlx::query(crate::source::built(sql));
+    let query = match layout.key_type {
+        KeyType::Integer => query.bind(
+            keys.iter()
+                .filter_map(|k| if let Key::Int(i) = k { Some(*i) } else { None })
+                .collect::<Vec<_>>(),
+        ),
+        KeyType::Text => query.bind(
+            keys.iter()
+                .filter_map(|k| {
+                    if let Key::Text(s) = k {
+                        Some(s.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ),
+    };
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let Some(text) = row.try_get::<Option<String>, _>(0)? else {
+            continue;
+        };
+        let Some(key) = Key::decode(&text, layout.key_type) else {
+            continue;
+        };
+        let pid: Option<i32> = row.try_get(1)?;
+        let holder = match pid {
+            None => "a transaction the server does not name (several lockers, or one that ended)"
+                .to_string(),
+            Some(pid) => {
+                let state: Option<String> = row.try_get(2)?;
+                let user: Option<String> = row.try_get(3)?;
+                let app: Option<String> = row.try_get(4)?;
+                let query: Option<String> = row.try_get(5)?;
+                let age: Option<f64> = row.try_get(6)?;
+                format!(
+                    "pid {pid}{}{}, {}{}, last query `{}`",
+                    user.map(|u| format!(" ({u}"))
+                        .map_or(String::new(), |u| u + ")"),
+                    app.filter(|a| !a.is_empty())
+                        .map(|a| format!(" application `{a}`"))
+                        .unwrap_or_default(),
+                    state.unwrap_or_else(|| "unknown state".into()),
+                    age.map(|s| format!(" for {s:.0} s")).unwrap_or_default(),
+                    query
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }
+        };
+        out.push((key, holder));
+    }
+    Ok(out)
 }
 
 /// Whether PostgreSQL may store a value of column `c` in another form than
@@ -318,7 +454,7 @@ pub fn stored_form_sql(columns: &[&ColumnInfo], arrays: &[&str]) -> String {
 /// Replaces each value of the output columns that [`reshapes`] with the
 /// form the target would store it in, in one round trip.
 pub async fn stored_form(
-    pool: &PgPool,
+    db: &crate::source::Database,
     layout: &Layout,
     rows: &mut [Vec<Value>],
 ) -> Result<(), SinkError> {
@@ -357,14 +493,20 @@ pub async fn stored_form(
     for array in arrays {
         query = array.bind(query);
     }
-    let fetched = query
-        .fetch_all(pool)
+    let failed = |error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: rows.len(),
+        error,
+    };
+    let crate::source::Pools::Postgres(pool) = db.pools() else {
+        return Ok(());
+    };
+    let t = db.timeouts();
+    let mut tx = crate::source::postgres::begin_read(pool, t.read, t.lock)
         .await
-        .map_err(|error| SinkError::Write {
-            table: layout.target.quoted(),
-            rows: rows.len(),
-            error,
-        })?;
+        .map_err(failed)?;
+    let fetched = query.fetch_all(&mut *tx).await.map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
     for (r, (row, stored)) in rows.iter_mut().zip(&fetched).enumerate() {
         for (j, (&i, column)) in reshaped.iter().zip(&columns).enumerate() {
             let value = crate::source::postgres::decode(stored, j, column)
@@ -429,22 +571,28 @@ mod tests {
         let arrays = ["text[]", "text[]", "timestamptz[]", "text[]"];
         assert_eq!(
             update_sql(&layout, "int8[]", &arrays, &[], Guard::None),
-            "UPDATE \"app\".\"quotes\" SET \"status_v2\" = v.\"__refill_v0\", \"doc\" = v.\"__refill_v1\"::jsonb, \
+            "WITH v AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
+             AS n(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\")), \
+             l AS (SELECT v.\"__refill_k\" FROM \"app\".\"quotes\" AS \"__refill_t\" \
+             JOIN v ON \"__refill_t\".\"id\" = v.\"__refill_k\" FOR NO KEY UPDATE OF \"__refill_t\" SKIP LOCKED), \
+             u AS (UPDATE \"app\".\"quotes\" SET \"status_v2\" = v.\"__refill_v0\", \"doc\" = v.\"__refill_v1\"::jsonb, \
              \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
-             FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
-             AS v(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\") \
-             WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" RETURNING v.\"__refill_k\""
+             FROM v WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" AND v.\"__refill_k\" IN (SELECT \"__refill_k\" FROM l) \
+             RETURNING v.\"__refill_k\") \
+             SELECT \"__refill_k\", false FROM u UNION ALL SELECT v.\"__refill_k\", true FROM v \
+             WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.\"__refill_k\" = v.\"__refill_k\") \
+             AND EXISTS (SELECT 1 FROM \"app\".\"quotes\" AS \"__refill_b\" WHERE \"__refill_b\".\"id\" = v.\"__refill_k\")"
         );
         let mut guarded = layout.clone();
         guarded.inputs = vec![column("status", "text", "text", ColumnKind::Text)];
         guarded.scope = Some("region = 'eu'".into());
         let sql = update_sql(&guarded, "int8[]", &arrays, &["text[]"], Guard::Inputs);
-        assert!(sql.contains("$5::text[], $6::text[]) AS v("), "{sql}");
+        assert!(sql.contains("$5::text[], $6::text[]) AS n("), "{sql}");
         assert!(
-            sql.ends_with(
-                "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
+            sql.contains(
+                "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" AND v.\"__refill_k\" IN (SELECT \"__refill_k\" FROM l) \
                  AND \"app\".\"quotes\".\"status\"::text COLLATE \"C\" IS NOT DISTINCT FROM v.\"__refill_e0\" AND (region = 'eu') \
-                 RETURNING v.\"__refill_k\""
+                 RETURNING v.\"__refill_k\")"
             ),
             "{sql}"
         );

@@ -36,7 +36,7 @@ pub enum SourceError {
     #[error("SQLite database {0} does not exist; check [source] url")]
     Missing(String),
     /// A query failed.
-    #[error("{what} failed on {table}: {}", crate::db::describe(error))]
+    #[error("{}", query_message(what, table, error))]
     Query {
         /// What was being done.
         what: &'static str,
@@ -57,6 +57,34 @@ pub enum SourceError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl SourceError {
+    /// A query's error.
+    pub fn query(what: &'static str, table: String, error: sqlx::Error) -> SourceError {
+        SourceError::Query { what, table, error }
+    }
+
+    /// Whether the database refused a write in a statement refill ran
+    /// read-only: SQL from the spec tried to write.
+    pub fn writes_refused(&self) -> bool {
+        matches!(self, SourceError::Query { error, .. } if crate::db::writes_refused(error))
+    }
+}
+
+/// A failed query in one line; one that tried to write in a read-only
+/// statement names the spec's `where`, the only SQL of a spec that reads
+/// of the source carry.
+fn query_message(what: &str, table: &str, error: &sqlx::Error) -> String {
+    if crate::db::writes_refused(error) {
+        return format!(
+            "the spec's [source] where tried to write while {what} on {table} ({}): refill \
+             runs its reads read-only, so nothing was written; remove the writing function \
+             from the condition",
+            crate::db::describe(error)
+        );
+    }
+    format!("{what} failed on {table}: {}", crate::db::describe(error))
 }
 
 impl crate::backoff::Transient for SourceError {
@@ -276,20 +304,148 @@ impl ChunkRows {
     }
 }
 
-/// A connection pool to the source (and target) database.
+/// How long refill's statements may run, and wait for a lock, by kind of
+/// statement: a bad plan cannot run for minutes, and no statement queues
+/// for long behind the application's locks (see the README's "Protecting
+/// production").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Reads of a chunk, of rows by key, of the catalog; probes; lookup
+    /// queries.
+    pub read: Duration,
+    /// Scans of the whole scope at plan time (the count, chunk bounds).
+    pub scan: Duration,
+    /// A chunk's write.
+    pub write: Duration,
+    /// The longest any statement waits for a lock (MySQL/MariaDB count
+    /// whole seconds, at least 1).
+    pub lock: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            read: Duration::from_secs(60),
+            scan: Duration::from_secs(3600),
+            write: Duration::from_secs(60),
+            lock: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The pools of a [`Database`], one kind per backend.
 #[derive(Clone, Debug)]
-pub enum Database {
-    /// PostgreSQL.
+pub enum Pools {
+    /// PostgreSQL: reads run in read-only transactions, writes in
+    /// read-write ones, on one pool.
     Postgres(PgPool),
-    /// SQLite.
-    Sqlite(SqlitePool),
-    /// MySQL or MariaDB.
+    /// SQLite: reads go through connections opened read-only; a writing
+    /// database has a second, writable pool for the sink.
+    Sqlite {
+        /// Opened read-only.
+        read: SqlitePool,
+        /// Opened for writing, on a writing database only.
+        write: Option<SqlitePool>,
+    },
+    /// MySQL or MariaDB, as PostgreSQL.
     Mysql(MySqlPool),
 }
 
+/// The source (and target) database. Every statement refill reads with,
+/// including the spec's `where`, lookup queries and probes, runs read-only
+/// (a `BEGIN READ ONLY` transaction on PostgreSQL, `START TRANSACTION READ
+/// ONLY` on MySQL/MariaDB, a connection opened read-only on SQLite), so SQL
+/// from a spec cannot write whatever it calls. Only the sink writes, and
+/// only on a database connected with [`Database::connect_writer`].
+#[derive(Clone, Debug)]
+pub struct Database {
+    pools: Pools,
+    timeouts: Timeouts,
+    writes: bool,
+}
+
+/// A writing connection pool, for the sink.
+pub enum Writer<'a> {
+    /// PostgreSQL.
+    Postgres(&'a PgPool),
+    /// SQLite, the writable pool.
+    Sqlite(&'a SqlitePool),
+    /// MySQL or MariaDB.
+    Mysql(&'a MySqlPool),
+}
+
+/// Runs `$body`, with `$conn` a connection of `$db` (a `&mut` to the
+/// backend's connection type) and `$m` the backend's module, inside a
+/// read-only transaction whose statements end after `$timeout`. `$body`
+/// evaluates to a `Result<T, sqlx::Error>`; so does the macro.
+macro_rules! read_only {
+    ($db:expr, $timeout:expr, |$conn:ident, $m:ident| $body:expr) => {{
+        let timeout: ::std::time::Duration = $timeout;
+        match &$db.pools {
+            $crate::source::Pools::Postgres(pool) => {
+                async {
+                    #[allow(unused_imports, reason = "not every body names the backend")]
+                    use $crate::source::postgres as $m;
+                    let mut tx = $m::begin_read(pool, timeout, $db.timeouts.lock).await?;
+                    let out: Result<_, sqlx::Error> = {
+                        let $conn = &mut *tx;
+                        $body
+                    };
+                    let out = out?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(out)
+                }
+                .await
+            }
+            $crate::source::Pools::Sqlite { read, .. } => {
+                async {
+                    #[allow(unused_imports, reason = "not every body names the backend")]
+                    use $crate::source::sqlite as $m;
+                    let mut conn = read.acquire().await?;
+                    let $conn = &mut *conn;
+                    let out: Result<_, sqlx::Error> = $body;
+                    out
+                }
+                .await
+            }
+            $crate::source::Pools::Mysql(pool) => {
+                async {
+                    #[allow(unused_imports, reason = "not every body names the backend")]
+                    use $crate::source::mysql as $m;
+                    let mut tx = $m::begin_read(pool).await?;
+                    let out: Result<_, sqlx::Error> = {
+                        let $conn = &mut *tx;
+                        $body
+                    };
+                    let out = out?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(out)
+                }
+                .await
+            }
+        }
+    }};
+}
+
 impl Database {
-    /// Connects with room for `connections` concurrent queries.
+    /// Connects for reading only, with room for `connections` concurrent
+    /// queries: what `plan`, dry runs, `verify`, `status` and probes use.
     pub async fn connect(url: &DbUrl, connections: u32) -> Result<Database, SourceError> {
+        Database::open(url, connections, Timeouts::default(), false).await
+    }
+
+    /// Connects for reading and, through the sink, writing.
+    pub async fn connect_writer(url: &DbUrl, connections: u32) -> Result<Database, SourceError> {
+        Database::open(url, connections, Timeouts::default(), true).await
+    }
+
+    /// Connects with `timeouts`; for writing if `writes`.
+    pub async fn open(
+        url: &DbUrl,
+        connections: u32,
+        timeouts: Timeouts,
+        writes: bool,
+    ) -> Result<Database, SourceError> {
         let connect_error = |error| SourceError::Connect {
             url: url.masked(),
             error,
@@ -300,50 +456,103 @@ impl Database {
         {
             return Err(SourceError::Missing(path.display().to_string()));
         }
-        Ok(match url.backend() {
-            Backend::Postgres => Database::Postgres(
+        let pools = match url.backend() {
+            Backend::Postgres => Pools::Postgres(
                 postgres::connect(url, connections, timeout)
                     .await
                     .map_err(connect_error)?,
             ),
-            Backend::Sqlite => Database::Sqlite(
-                sqlite::connect(url, connections, timeout)
+            Backend::Sqlite => Pools::Sqlite {
+                read: sqlite::connect(url, connections, timeout, true)
+                    .await
+                    .map_err(connect_error)?,
+                write: match writes {
+                    true => Some(
+                        sqlite::connect(url, connections, timeout, false)
+                            .await
+                            .map_err(connect_error)?,
+                    ),
+                    false => None,
+                },
+            },
+            Backend::Mysql => Pools::Mysql(
+                mysql::connect(url, connections, timeout, &timeouts)
                     .await
                     .map_err(connect_error)?,
             ),
-            Backend::Mysql => Database::Mysql(
-                mysql::connect(url, connections, timeout)
-                    .await
-                    .map_err(connect_error)?,
-            ),
+        };
+        Ok(Database {
+            pools,
+            timeouts,
+            writes,
+        })
+    }
+
+    /// Connects to a spec's source with its `[timeouts]`, for writing if
+    /// `writes` (an executing run, retry or rollback).
+    pub async fn for_spec(
+        spec: &crate::spec::Spec,
+        connections: u32,
+        writes: bool,
+    ) -> Result<Database, SourceError> {
+        let timeouts = spec.file.timeouts.statements();
+        Database::open(&spec.source_url, connections, timeouts, writes).await
+    }
+
+    /// The same database with other timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Database {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Its timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Its pools, for refill's own queries of server state (replica lag,
+    /// health indicators): never for SQL from a spec.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// The writing pool, on a database connected for writing.
+    pub fn writer(&self) -> Option<Writer<'_>> {
+        if !self.writes {
+            return None;
+        }
+        Some(match &self.pools {
+            Pools::Postgres(pool) => Writer::Postgres(pool),
+            Pools::Sqlite { write, .. } => Writer::Sqlite(write.as_ref()?),
+            Pools::Mysql(pool) => Writer::Mysql(pool),
         })
     }
 
     /// The backend.
     pub fn backend(&self) -> Backend {
-        match self {
-            Database::Postgres(_) => Backend::Postgres,
-            Database::Sqlite(_) => Backend::Sqlite,
-            Database::Mysql(_) => Backend::Mysql,
+        match self.pools {
+            Pools::Postgres(_) => Backend::Postgres,
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Mysql(_) => Backend::Mysql,
         }
     }
 
     /// How this backend spells refill's queries.
     pub fn dialect(&self) -> &'static Dialect {
-        match self {
-            Database::Postgres(_) => &postgres::DIALECT,
-            Database::Sqlite(_) => &sqlite::DIALECT,
-            Database::Mysql(_) => &mysql::DIALECT,
+        match self.pools {
+            Pools::Postgres(_) => &postgres::DIALECT,
+            Pools::Sqlite { .. } => &sqlite::DIALECT,
+            Pools::Mysql(_) => &mysql::DIALECT,
         }
     }
 
     /// The catalog entry of `table`, or `None` if there is no such table.
     pub async fn table(&self, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
-        match self {
-            Database::Postgres(pool) => postgres::table(pool, table).await,
-            Database::Sqlite(pool) => sqlite::table(pool, table).await,
-            Database::Mysql(pool) => mysql::table(pool, table).await,
-        }
+        read_only!(self, self.timeouts.read, |conn, m| Ok(m::table(
+            conn, table
+        )
+        .await))
+        .map_err(|error| SourceError::query("reading the catalog", table.quoted(), error))?
     }
 
     /// Checks that `condition` is a valid `where` condition on `table`.
@@ -353,20 +562,10 @@ impl Database {
             "SELECT 1 FROM {} WHERE ({condition}) LIMIT 0",
             self.dialect().table(table)
         );
-        match self {
-            Database::Postgres(pool) => sqlx::query(built(sql.clone()))
-                .execute(pool)
-                .await
-                .map(drop),
-            Database::Sqlite(pool) => sqlx::query(built(sql.clone()))
-                .execute(pool)
-                .await
-                .map(drop),
-            Database::Mysql(pool) => sqlx::query(built(sql.clone()))
-                .execute(pool)
-                .await
-                .map(drop),
-        }
+        read_only!(self, self.timeouts.read, |conn, m| sqlx::query(built(sql))
+            .execute(conn)
+            .await
+            .map(drop))
     }
 
     /// Runs `query`, which returns one number (a user's probe), and reads
@@ -374,20 +573,15 @@ impl Database {
     pub async fn number(&self, query: &str) -> Result<Option<f64>, sqlx::Error> {
         // A scalar subquery: one column and at most one row, or an error
         // that says so.
-        match self {
-            Database::Postgres(pool) => {
-                let sql = format!("SELECT CAST(({query}) AS DOUBLE PRECISION)");
-                sqlx::query_scalar(built(sql)).fetch_one(pool).await
-            }
-            Database::Sqlite(pool) => {
-                let sql = format!("SELECT CAST(({query}) AS DOUBLE PRECISION)");
-                sqlx::query_scalar(built(sql)).fetch_one(pool).await
-            }
-            Database::Mysql(pool) => {
-                let sql = format!("SELECT CAST(({query}) AS DOUBLE)");
-                sqlx::query_scalar(built(sql)).fetch_one(pool).await
-            }
-        }
+        let sql = match self.backend() {
+            Backend::Mysql => format!("SELECT CAST(({query}) AS DOUBLE)"),
+            _ => format!("SELECT CAST(({query}) AS DOUBLE PRECISION)"),
+        };
+        read_only!(self, self.timeouts.read, |conn, m| sqlx::query_scalar(
+            built(sql)
+        )
+        .fetch_one(conn)
+        .await)
     }
 
     /// Runs `query` (a lookup table's) and reads every column of every row
@@ -430,29 +624,11 @@ impl Database {
                 .collect()
         }
         let sql = query.to_string();
-        match self {
-            Database::Postgres(pool) => {
-                let rows = sqlx::query(built(sql))
-                    .fetch_all(pool)
-                    .await
-                    .map_err(|e| crate::db::describe(&e))?;
-                rows.iter().map(texts).collect()
-            }
-            Database::Sqlite(pool) => {
-                let rows = sqlx::query(built(sql))
-                    .fetch_all(pool)
-                    .await
-                    .map_err(|e| crate::db::describe(&e))?;
-                rows.iter().map(texts).collect()
-            }
-            Database::Mysql(pool) => {
-                let rows = sqlx::query(built(sql))
-                    .fetch_all(pool)
-                    .await
-                    .map_err(|e| crate::db::describe(&e))?;
-                rows.iter().map(texts).collect()
-            }
-        }
+        read_only!(self, self.timeouts.read, |conn, m| {
+            let rows = sqlx::query(built(sql)).fetch_all(conn).await?;
+            Ok(rows.iter().map(texts).collect::<Result<Vec<_>, String>>())
+        })
+        .map_err(|e| crate::db::describe(&e))?
     }
 
     /// The last key in scope at or before both `a` and `b`, in the key's
@@ -479,23 +655,12 @@ impl Database {
             hi: b,
             limit: None,
         };
-        let text: Result<Option<String>, sqlx::Error> = match self {
-            Database::Postgres(pool) => bounds
+        let text: Result<Option<String>, sqlx::Error> =
+            read_only!(self, self.timeouts.scan, |conn, m| bounds
                 .bind(sqlx::query(built(sql)))
-                .fetch_one(pool)
+                .fetch_one(conn)
                 .await
-                .and_then(|row| row.try_get(0)),
-            Database::Sqlite(pool) => bounds
-                .bind(sqlx::query(built(sql)))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| row.try_get(0)),
-            Database::Mysql(pool) => bounds
-                .bind(sqlx::query(built(sql)))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| row.try_get(0)),
-        };
+                .and_then(|row| row.try_get(0)));
         let query_error = |error| SourceError::Query {
             what: "finding the last key before --until-key",
             table: layout.source.quoted(),
@@ -552,23 +717,11 @@ impl Database {
                 hi: high_watermark,
                 limit: None,
             };
-            let text: Option<String> = match self {
-                Database::Postgres(pool) => range
-                    .bind(sqlx::query(built(sql)))
-                    .fetch_optional(pool)
-                    .await
-                    .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
-                Database::Sqlite(pool) => range
-                    .bind(sqlx::query(built(sql)))
-                    .fetch_optional(pool)
-                    .await
-                    .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
-                Database::Mysql(pool) => range
-                    .bind(sqlx::query(built(sql)))
-                    .fetch_optional(pool)
-                    .await
-                    .and_then(|row| row.map(|r| r.try_get(0)).transpose()),
-            }
+            let text: Option<String> = read_only!(self, self.timeouts.scan, |conn, m| range
+                .bind(sqlx::query(built(sql)))
+                .fetch_optional(conn)
+                .await
+                .and_then(|row| row.map(|r| r.try_get(0)).transpose()))
             .map_err(query_error)?;
             let Some(text) = text else {
                 // The last chunk ends at the high-watermark.
@@ -597,20 +750,10 @@ impl Database {
             d.table(&layout.source),
             layout.scope_sql()
         );
-        let result = match self {
-            Database::Postgres(pool) => sqlx::query(built(sql))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| scope_of(&row, layout.key_type)),
-            Database::Sqlite(pool) => sqlx::query(built(sql))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| scope_of(&row, layout.key_type)),
-            Database::Mysql(pool) => sqlx::query(built(sql))
-                .fetch_one(pool)
-                .await
-                .and_then(|row| scope_of(&row, layout.key_type)),
-        };
+        let result = read_only!(self, self.timeouts.scan, |conn, m| sqlx::query(built(sql))
+            .fetch_one(conn)
+            .await
+            .and_then(|row| scope_of(&row, layout.key_type)));
         result.map_err(|error| SourceError::Query {
             what: "counting the rows in scope",
             table: layout.source.quoted(),
@@ -674,26 +817,14 @@ impl Database {
                 error,
             };
             let rows = Rows::Keys(part);
-            match self {
-                Database::Postgres(pool) => {
-                    let sql = targets_sql(layout, &postgres::DIALECT, part.len());
-                    let query = rows.bind_pg(sqlx::query(built(sql)), layout.key_type);
-                    let fetched = query.fetch_all(pool).await.map_err(query_error)?;
-                    out.extend(assemble_targets(&fetched, layout, postgres::decode)?);
-                }
-                Database::Sqlite(pool) => {
-                    let sql = targets_sql(layout, &sqlite::DIALECT, part.len());
-                    let query = rows.bind(sqlx::query(built(sql)));
-                    let fetched = query.fetch_all(pool).await.map_err(query_error)?;
-                    out.extend(assemble_targets(&fetched, layout, sqlite::decode)?);
-                }
-                Database::Mysql(pool) => {
-                    let sql = targets_sql(layout, &mysql::DIALECT, part.len());
-                    let query = rows.bind(sqlx::query(built(sql)));
-                    let fetched = query.fetch_all(pool).await.map_err(query_error)?;
-                    out.extend(assemble_targets(&fetched, layout, mysql::decode)?);
-                }
-            }
+            let fetched = read_only!(self, self.timeouts.read, |conn, m| {
+                let sql = targets_sql(layout, &m::DIALECT, part.len());
+                let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
+                let fetched = query.fetch_all(conn).await?;
+                Ok(assemble_targets(&fetched, layout, m::decode))
+            })
+            .map_err(query_error)??;
+            out.extend(fetched);
         }
         Ok(out)
     }
@@ -710,29 +841,14 @@ impl Database {
             table: layout.source.quoted(),
             error,
         };
-        match self {
-            Database::Postgres(pool) => {
-                let tokens = tokens && postgres::DIALECT.token.is_some();
-                let sql = read_sql(layout, &postgres::DIALECT, &rows, tokens);
-                let query = rows.bind_pg(sqlx::query(built(sql)), layout.key_type);
-                let fetched = query.fetch_all(pool).await.map_err(query_error)?;
-                assemble(&fetched, layout, tokens, postgres::decode)
-            }
-            Database::Sqlite(pool) => {
-                let tokens = tokens && sqlite::DIALECT.token.is_some();
-                let sql = read_sql(layout, &sqlite::DIALECT, &rows, tokens);
-                let query = rows.bind(sqlx::query(built(sql)));
-                let fetched = query.fetch_all(pool).await.map_err(query_error)?;
-                assemble(&fetched, layout, tokens, sqlite::decode)
-            }
-            Database::Mysql(pool) => {
-                let tokens = tokens && mysql::DIALECT.token.is_some();
-                let sql = read_sql(layout, &mysql::DIALECT, &rows, tokens);
-                let query = rows.bind(sqlx::query(built(sql)));
-                let fetched = query.fetch_all(pool).await.map_err(query_error)?;
-                assemble(&fetched, layout, tokens, mysql::decode)
-            }
-        }
+        read_only!(self, self.timeouts.read, |conn, m| {
+            let tokens = tokens && m::DIALECT.token.is_some();
+            let sql = read_sql(layout, &m::DIALECT, &rows, tokens);
+            let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
+            let fetched = query.fetch_all(conn).await?;
+            Ok(assemble(&fetched, layout, tokens, m::decode))
+        })
+        .map_err(query_error)?
     }
 }
 

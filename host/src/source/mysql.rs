@@ -30,7 +30,22 @@ pub async fn connect(
     url: &DbUrl,
     connections: u32,
     timeout: Duration,
+    timeouts: &super::Timeouts,
 ) -> Result<MySqlPool, sqlx::Error> {
+    // Lock waits count whole seconds, 1 at least: InnoDB's row locks
+    // (default 50 s) and metadata locks (default a day). A statement ends
+    // after `read` (MariaDB's max_statement_time, in seconds; MySQL 8's
+    // max_execution_time, in milliseconds, covers SELECT only).
+    let lock = timeouts.lock.as_secs().max(1);
+    let bounds = format!(
+        "SET SESSION innodb_lock_wait_timeout = {lock}, SESSION lock_wait_timeout = {lock}"
+    );
+    let read = timeouts.read.max(timeouts.write);
+    let mariadb_time = format!("SET SESSION max_statement_time = {}", read.as_secs_f64());
+    let mysql_time = format!(
+        "SET SESSION max_execution_time = {}",
+        read.as_millis().max(1)
+    );
     // sqlx adds PIPES_AS_CONCAT by default, which would change what `||`
     // means in a spec's `where`; the session keeps the server's meaning.
     let options = MySqlConnectOptions::from_str(url.expose())?
@@ -45,9 +60,20 @@ pub async fn connect(
     MySqlPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(timeout)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
+            let bounds = bounds.clone();
+            let mariadb_time = mariadb_time.clone();
+            let mysql_time = mysql_time.clone();
             Box::pin(async move {
                 conn.execute(STRICT).await?;
+                conn.execute(sqlx::AssertSqlSafe(bounds)).await?;
+                if conn
+                    .execute(sqlx::AssertSqlSafe(mariadb_time))
+                    .await
+                    .is_err()
+                {
+                    conn.execute(sqlx::AssertSqlSafe(mysql_time)).await?;
+                }
                 // MariaDB indexes a materialized derived table to join on
                 // it, and with two long values (a megabyte of new text and
                 // the expected old one) that temporary Aria table comes out
@@ -64,9 +90,28 @@ pub async fn connect(
         .await
 }
 
+/// Starts a read-only transaction (`START TRANSACTION READ ONLY`: a
+/// function called from the spec's `where` cannot make it read-write, and
+/// InnoDB refuses its writes). The session's timeouts bound it.
+pub async fn begin_read(
+    pool: &MySqlPool,
+) -> Result<sqlx::Transaction<'static, sqlx::MySql>, sqlx::Error> {
+    pool.begin_with("START TRANSACTION READ ONLY").await
+}
+
 /// Quotes an identifier with backticks, doubling any backtick inside.
 pub fn quote(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
+}
+
+/// Binds the parameters of a chunk query as [`super::read_sql`] numbers
+/// them.
+pub(super) fn bind_rows<'q>(
+    rows: &super::Rows<'_>,
+    query: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+    _key_type: crate::chunk::KeyType,
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    rows.bind(query)
 }
 
 /// How a MySQL/MariaDB column is read and written, from its
@@ -100,7 +145,10 @@ pub fn kind_of(data_type: &str, column_type: &str, json: bool) -> ColumnKind {
 
 /// Looks `table` up in `information_schema`; a table without a schema is
 /// looked up in the url's database.
-pub async fn table(pool: &MySqlPool, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
+pub async fn table(
+    conn: &mut sqlx::MySqlConnection,
+    table: &TableRef,
+) -> Result<Option<TableInfo>, SourceError> {
     let query_error = |error| SourceError::Query {
         what: "reading the catalog",
         table: table.quoted(),
@@ -124,14 +172,14 @@ pub async fn table(pool: &MySqlPool, table: &TableRef) -> Result<Option<TableInf
     )
     .bind(table.schema.as_deref())
     .bind(&table.name)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(query_error)?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
     let schema: String = first.try_get(6).map_err(query_error)?;
-    let json = json_columns(pool, &schema, &table.name).await;
+    let json = json_columns(&mut *conn, &schema, &table.name).await;
     let columns = rows
         .iter()
         .map(|r| {
@@ -159,14 +207,14 @@ pub async fn table(pool: &MySqlPool, table: &TableRef) -> Result<Option<TableInf
 /// The columns a MariaDB `json_valid(col)` check declares JSON. MySQL's
 /// `CHECK_CONSTRAINTS` has no table name (and its JSON type is its own), so
 /// an error here means "none".
-async fn json_columns(pool: &MySqlPool, schema: &str, table: &str) -> Vec<String> {
+async fn json_columns(conn: &mut sqlx::MySqlConnection, schema: &str, table: &str) -> Vec<String> {
     let clauses: Vec<String> = sqlx::query_scalar(
         "SELECT CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS \
          WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
     )
     .bind(schema)
     .bind(table)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .unwrap_or_default();
     clauses

@@ -36,6 +36,73 @@ pub async fn connect(
         .await
 }
 
+/// Binds the parameters of a chunk query as [`super::read_sql`] numbers
+/// them.
+pub(super) fn bind_rows<'q>(
+    rows: &super::Rows<'_>,
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    key_type: KeyType,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    rows.bind_pg(query, key_type)
+}
+
+/// Milliseconds of a timeout, at least 1 (0 would mean none).
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}
+
+/// Starts a read-only transaction whose statements end after `timeout` and
+/// wait at most `lock` for a lock. `BEGIN READ ONLY`, not the session's
+/// `default_transaction_read_only`, which a function called from the spec's
+/// `where` could turn off with `set_config`: once a transaction has run a
+/// query, PostgreSQL refuses to make it read-write. The settings are
+/// `SET LOCAL`, so nothing outlives the transaction (PgBouncer in
+/// transaction mode hands the connection on after it); one round trip.
+pub async fn begin_read(
+    pool: &PgPool,
+    timeout: Duration,
+    lock: Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        millis(timeout),
+        millis(lock)
+    )))
+    .await
+}
+
+/// Starts a read-write transaction for a chunk's write, bounded as
+/// [`begin_read`] bounds a read.
+pub async fn begin_write(
+    pool: &PgPool,
+    timeout: Duration,
+    lock: Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        millis(timeout),
+        millis(lock)
+    )))
+    .await
+}
+
+/// Bounds the statements of `tx`, an open transaction, as [`begin_write`]
+/// does.
+pub async fn bound(
+    tx: &mut sqlx::PgConnection,
+    timeout: Duration,
+    lock: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+        millis(timeout),
+        millis(lock)
+    )))
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
 /// How a PostgreSQL type is read and written.
 pub fn kind_of(type_name: &str, formatted: &str) -> ColumnKind {
     match type_name {
@@ -51,7 +118,10 @@ pub fn kind_of(type_name: &str, formatted: &str) -> ColumnKind {
 }
 
 /// Looks `table` up in the catalog.
-pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
+pub async fn table(
+    conn: &mut sqlx::PgConnection,
+    table: &TableRef,
+) -> Result<Option<TableInfo>, SourceError> {
     let query_error = |error| SourceError::Query {
         what: "reading the catalog",
         table: table.quoted(),
@@ -59,7 +129,7 @@ pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>,
     };
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(table.quoted())
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(query_error)?;
     if !exists {
@@ -79,7 +149,7 @@ pub async fn table(pool: &PgPool, table: &TableRef) -> Result<Option<TableInfo>,
          ORDER BY a.attnum",
     )
     .bind(table.quoted())
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(query_error)?;
     let columns = rows

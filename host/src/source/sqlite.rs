@@ -13,18 +13,33 @@ use super::{ColumnInfo, Dialect, SourceError, TableInfo, TableRef, quote};
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
 
-/// Opens a pool on an existing database file.
+/// Opens a pool on an existing database file; `read_only` opens it with
+/// `SQLITE_OPEN_READONLY`, which no statement can undo (`PRAGMA
+/// query_only` can be turned off by the next statement).
 pub async fn connect(
     url: &DbUrl,
     connections: u32,
     timeout: Duration,
+    read_only: bool,
 ) -> Result<SqlitePool, sqlx::Error> {
-    let options = SqliteConnectOptions::from_str(url.expose())?.busy_timeout(timeout);
+    let options = SqliteConnectOptions::from_str(url.expose())?
+        .busy_timeout(timeout)
+        .read_only(read_only);
     SqlitePoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(timeout)
         .connect_with(options)
         .await
+}
+
+/// Binds the parameters of a chunk query as [`super::read_sql`] numbers
+/// them.
+pub(super) fn bind_rows<'q>(
+    rows: &super::Rows<'_>,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    _key_type: crate::chunk::KeyType,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    rows.bind(query)
 }
 
 /// How a declared SQLite type is read and written, following SQLite's
@@ -54,7 +69,10 @@ pub fn kind_of(declared: &str) -> ColumnKind {
 }
 
 /// Looks `table` up in the catalog.
-pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
+pub async fn table(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableRef,
+) -> Result<Option<TableInfo>, SourceError> {
     let query_error = |error| SourceError::Query {
         what: "reading the catalog",
         table: table.quoted(),
@@ -66,7 +84,7 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
     )
     .bind(&table.name)
     .bind(schema)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(query_error)?;
     if rows.is_empty() {
@@ -78,7 +96,7 @@ pub async fn table(pool: &SqlitePool, table: &TableRef) -> Result<Option<TableIn
     )
     .bind(&table.name)
     .bind(schema)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(query_error)?;
     let pk_columns = rows.iter().filter(|r| r.get::<i64, _>(3) > 0).count();

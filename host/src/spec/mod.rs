@@ -72,6 +72,9 @@ pub struct SpecFile {
     /// How hard the run may push the database, and when it must wait.
     #[serde(default)]
     pub throttle: ThrottleSpec,
+    /// `[timeouts]`: how long statements may run and wait for locks.
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
     /// Read-only tables the transform may look keys up in.
     #[serde(default)]
     pub lookup: Vec<LookupSpec>,
@@ -109,6 +112,11 @@ pub struct LookupSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleSpec {
+    /// `gentle` (the default): adapt the pace to keep the database's
+    /// latency near what it was before the run; `unlimited`: run flat out
+    /// (lock safety and timeouts stay on).
+    #[serde(default)]
+    pub mode: ThrottleMode,
     /// Rows per second the run as a whole may not exceed.
     #[serde(default, deserialize_with = "opt_positive")]
     pub max_rows_per_sec: Option<u32>,
@@ -148,9 +156,23 @@ pub struct ThrottleSpec {
     pub probe_url: Option<String>,
 }
 
+/// How a run paces itself when nothing else limits it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleMode {
+    /// Adapt concurrency, chunk size and pauses to keep the database's
+    /// latency, as the application sees it, near its baseline.
+    #[default]
+    Gentle,
+    /// Run flat out: no pacing and no limiter (never at the cost of lock
+    /// safety, the timeouts or any guarantee).
+    Unlimited,
+}
+
 impl Default for ThrottleSpec {
     fn default() -> Self {
         ThrottleSpec {
+            mode: ThrottleMode::Gentle,
             max_rows_per_sec: None,
             concurrency: None,
             pause_between_chunks: Duration::ZERO,
@@ -162,6 +184,72 @@ impl Default for ThrottleSpec {
             probe: None,
             probe_max: None,
             probe_url: None,
+        }
+    }
+}
+
+/// `[timeouts]`: how long refill's statements may run, by kind, how long
+/// any of them waits for a lock, and how long a row another transaction
+/// holds is tried again before it becomes a dead letter.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// A read of a chunk, of rows by key or of the catalog; a probe; a
+    /// lookup query.
+    #[serde(default = "default_read_timeout", with = "duration")]
+    pub read: Duration,
+    /// A scan of the whole scope at plan time (the count, chunk bounds).
+    #[serde(default = "default_scan_timeout", with = "duration")]
+    pub scan: Duration,
+    /// A chunk's write (a write that times out is split and retried).
+    #[serde(default = "default_write_timeout", with = "duration")]
+    pub write: Duration,
+    /// The longest any statement waits for a lock (MySQL/MariaDB: whole
+    /// seconds, at least 1).
+    #[serde(default = "default_lock_timeout", with = "duration")]
+    pub lock: Duration,
+    /// How long a row another transaction holds locked is deferred and
+    /// tried again before it becomes a dead letter saying so.
+    #[serde(default = "default_max_lock_wait", with = "duration")]
+    pub max_lock_wait: Duration,
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_scan_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_lock_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for TimeoutsSpec {
+    fn default() -> Self {
+        TimeoutsSpec {
+            read: default_read_timeout(),
+            scan: default_scan_timeout(),
+            write: default_write_timeout(),
+            lock: default_lock_timeout(),
+            max_lock_wait: default_max_lock_wait(),
+        }
+    }
+}
+
+impl TimeoutsSpec {
+    /// The statement bounds a database connection applies.
+    pub fn statements(&self) -> crate::source::Timeouts {
+        crate::source::Timeouts {
+            read: self.read,
+            scan: self.scan,
+            write: self.write,
+            lock: self.lock,
         }
     }
 }

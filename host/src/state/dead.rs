@@ -98,7 +98,7 @@ impl DeadLetter {
 
 /// The primary-key hash of a row key: keys can be long texts, which some
 /// databases cannot index whole.
-fn key_hash(key: &Key) -> String {
+pub(super) fn key_hash(key: &Key) -> String {
     hex::encode(Sha256::digest(key.encode().as_bytes()))
 }
 
@@ -133,6 +133,24 @@ where
         .execute(&mut *conn)
         .await
         .map_err(q("recording dead letters"))?;
+    insert::<DB>(conn, backend, run_id, dead).await
+}
+
+/// Inserts dead letters for rows that have none.
+pub(super) async fn insert<DB>(
+    conn: &mut DB::Connection,
+    backend: crate::db::Backend,
+    run_id: &str,
+    dead: &[DeadLetter],
+) -> Result<(), StateError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     for batch in dead.chunks(ROWS_PER_INSERT) {
         let tuples: Vec<String> = (0..batch.len())
             .map(|r| {

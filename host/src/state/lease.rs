@@ -475,6 +475,7 @@ mod tests {
                 &Timings::default(),
                 None,
                 &[],
+                &[],
                 Some(lease),
             )
             .await

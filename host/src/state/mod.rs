@@ -22,12 +22,14 @@ use sqlx::{AnyPool, Row as _};
 mod audit;
 mod control;
 mod dead;
+mod deferred;
 mod images;
 mod lease;
 
 pub use audit::{AuditRecord, LookupRecord, RetryRecord, RollbackRecord, VerificationRecord};
 pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, Resolution};
+pub use deferred::Deferred;
 pub use images::Image;
 pub use lease::{Claim, Lease};
 
@@ -230,6 +232,10 @@ pub struct Counts {
     pub conflicts: u64,
     /// Database operations retried after a transient error.
     pub retries: u64,
+    /// Rows another transaction held locked when refill came to write
+    /// them: deferred, not waited for, and tried again later in the run
+    /// (their outcome is counted when they are settled).
+    pub busy: u64,
 }
 
 impl Counts {
@@ -242,6 +248,7 @@ impl Counts {
         self.failed += other.failed;
         self.conflicts += other.conflicts;
         self.retries += other.retries;
+        self.busy += other.busy;
     }
 }
 
@@ -363,6 +370,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ),
     ("refill_chunks", "conflicts", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_chunks", "retries", "BIGINT NOT NULL DEFAULT 0"),
+    ("refill_chunks", "busy", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_dead_letters", "resolution", "VARCHAR(16)"),
     ("refill_runs", "control", "VARCHAR(16)"),
     ("refill_runs", "control_by", "VARCHAR(200)"),
@@ -402,6 +410,17 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (run_id, key_hash)
     )",
     "CREATE INDEX IF NOT EXISTS refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)",
+    "CREATE TABLE IF NOT EXISTS refill_deferred (
+        run_id VARCHAR(64) NOT NULL,
+        key_hash VARCHAR(64) NOT NULL,
+        row_key TEXT NOT NULL,
+        chunk_id BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        holder TEXT NOT NULL,
+        first_seen_at VARCHAR(40) NOT NULL,
+        last_seen_at VARCHAR(40) NOT NULL,
+        PRIMARY KEY (run_id, key_hash)
+    )",
     "CREATE TABLE IF NOT EXISTS refill_images (
         run_id VARCHAR(64) NOT NULL,
         chunk_id BIGINT NOT NULL,
@@ -469,6 +488,7 @@ const SCHEMA: &[&str] = &[
         failed BIGINT NOT NULL DEFAULT 0,
         conflicts BIGINT NOT NULL DEFAULT 0,
         retries BIGINT NOT NULL DEFAULT 0,
+        busy BIGINT NOT NULL DEFAULT 0,
         read_ms BIGINT NOT NULL DEFAULT 0,
         transform_ms BIGINT NOT NULL DEFAULT 0,
         write_ms BIGINT NOT NULL DEFAULT 0,
@@ -973,6 +993,7 @@ impl StateStore {
         timings: &Timings,
         error: Option<&str>,
         dead: &[DeadLetter],
+        busy: &[Deferred],
         lease: Option<&Lease>,
     ) -> Result<bool, StateError> {
         let mut tx = self
@@ -998,6 +1019,7 @@ impl StateStore {
             return Ok(false);
         }
         dead::replace::<sqlx::Any>(&mut tx, self.url.backend(), run_id, chunk_id, dead).await?;
+        deferred::replace::<sqlx::Any>(&mut tx, self.url.backend(), run_id, chunk_id, busy).await?;
         tx.commit()
             .await
             .map_err(q("checkpointing a finished chunk"))?;
@@ -1025,7 +1047,8 @@ impl StateStore {
             self.sql("SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(sum(rows_read), 0) AS BIGINT), \
              CAST(COALESCE(sum(updated), 0) AS BIGINT), CAST(COALESCE(sum(unchanged), 0) AS BIGINT), \
              CAST(COALESCE(sum(skipped), 0) AS BIGINT), CAST(COALESCE(sum(failed), 0) AS BIGINT), \
-             CAST(COALESCE(sum(conflicts), 0) AS BIGINT), CAST(COALESCE(sum(retries), 0) AS BIGINT) \
+             CAST(COALESCE(sum(conflicts), 0) AS BIGINT), CAST(COALESCE(sum(retries), 0) AS BIGINT), \
+             CAST(COALESCE(sum(busy), 0) AS BIGINT) \
              FROM refill_chunks WHERE run_id = $1 AND status = 'done'"),
         )
         .bind(run_id)
@@ -1045,6 +1068,7 @@ impl StateStore {
             failed: get(5)?,
             conflicts: get(6)?,
             retries: get(7)?,
+            busy: get(8)?,
         };
         Ok((counts, get(0)?))
     }
@@ -1201,11 +1225,11 @@ impl StateStore {
 /// its commit went through marks it again rather than failing.
 const CHUNK_DONE: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
      failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
-     finished_at = $11, error = $12, lease_until = NULL WHERE run_id = $13 AND chunk_id = $14";
+     finished_at = $11, error = $12, lease_until = NULL, busy = $13 WHERE run_id = $14 AND chunk_id = $15";
 const CHUNK_DONE_FENCED: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
      failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
-     finished_at = $11, error = $12, lease_until = NULL WHERE run_id = $13 AND chunk_id = $14 \
-     AND session_id = $15 AND attempts = $16";
+     finished_at = $11, error = $12, lease_until = NULL, busy = $13 WHERE run_id = $14 AND chunk_id = $15 \
+     AND session_id = $16 AND attempts = $17";
 
 /// Runs [`CHUNK_DONE`] (or, with a lease, [`CHUNK_DONE_FENCED`]) on an
 /// executor of any driver; evaluates to whether the chunk was marked.
@@ -1233,6 +1257,7 @@ macro_rules! checkpoint {
             .bind(to_i64(timings.write_ms))
             .bind(now())
             .bind($error)
+            .bind(to_i64(counts.busy))
             .bind($run_id)
             .bind(to_i64($chunk_id));
         if let Some(lease) = lease {
@@ -1255,8 +1280,10 @@ pub async fn dead_letters_in(
     run_id: &str,
     chunk_id: u64,
     dead: &[DeadLetter],
+    busy: &[Deferred],
 ) -> Result<(), StateError> {
-    dead::replace::<sqlx::Postgres>(tx, Backend::Postgres, run_id, chunk_id, dead).await
+    dead::replace::<sqlx::Postgres>(tx, Backend::Postgres, run_id, chunk_id, dead).await?;
+    deferred::replace::<sqlx::Postgres>(tx, Backend::Postgres, run_id, chunk_id, busy).await
 }
 
 /// Marks a chunk done inside `tx`, an open transaction on the PostgreSQL
@@ -1366,6 +1393,7 @@ fn chunk_from_row(r: &AnyRow, key_type: KeyType) -> Result<ChunkRecord, StateErr
             skipped: to_u64(get(r, "skipped")?),
             failed: to_u64(get(r, "failed")?),
             conflicts: to_u64(get(r, "conflicts")?),
+            busy: to_u64(get(r, "busy")?),
             retries: to_u64(get(r, "retries")?),
         },
         timings: Timings {
@@ -1532,6 +1560,7 @@ mod tests {
             failed: 1,
             conflicts: 2,
             retries: 1,
+            busy: 0,
         };
         let dead = DeadLetter::new(Key::Text("k".into()), 1, "boom".into(), "h".into(), "d");
         // Twice: a checkpoint retried after its commit went through.
@@ -1544,6 +1573,7 @@ mod tests {
                     &Timings::default(),
                     None,
                     std::slice::from_ref(&dead),
+                    &[],
                     None,
                 )
                 .await
@@ -1685,6 +1715,7 @@ mod tests {
                 &counts,
                 &Timings::default(),
                 None,
+                &[],
                 &[],
                 None,
             )

@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use tokio::sync::Mutex;
 
 use crate::db::{Backend, DbUrl};
-use crate::source::Database;
+use crate::source::{Database, Pools};
 use crate::spec::{Spec, SpecError, parse_window};
 
 /// The longest a measurement may take before it counts as failed.
@@ -225,8 +225,8 @@ impl Signals {
         if let Some((on, max, replica)) = self.lag.as_ref().map(|(on, r, max)| (on, max, *r)) {
             let measured = within(async {
                 let db = on.get().await?;
-                match &db {
-                    Database::Mysql(pool) => {
+                match db.pools() {
+                    Pools::Mysql(pool) => {
                         let url = match on {
                             On::Other(lazy) => lazy.url.masked(),
                             On::Source(_) => "the source".to_string(),
@@ -294,7 +294,7 @@ async fn within<T>(
 /// largest `replay_lag` in `pg_stat_replication`, provided the role may see
 /// the replicas' positions (`pg_read_all_stats`, or `pg_monitor`).
 async fn replica_lag(db: &Database, replica: bool) -> Result<Duration, String> {
-    let Database::Postgres(pool) = db else {
+    let Pools::Postgres(pool) = db.pools() else {
         return Err("not a PostgreSQL database".into());
     };
     let describe = |e: sqlx::Error| crate::db::describe(&e);
