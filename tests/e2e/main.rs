@@ -7,6 +7,7 @@ mod fixtures;
 mod harness;
 mod languages;
 mod mariadb;
+mod paced;
 mod pipeline;
 mod recovery;
 mod resume;

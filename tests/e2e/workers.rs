@@ -9,35 +9,8 @@ use std::collections::BTreeSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::fixtures::Spec;
+use crate::fixtures::{Spec, events, logs};
 use crate::harness::*;
-
-/// A table of `n` events whose `log` column starts as `start`.
-fn events(w: &World, n: i64) {
-    let t = w.table("events");
-    w.exec(&format!(
-        "CREATE TABLE {t} (id bigint PRIMARY KEY, log text NOT NULL);\n\
-         INSERT INTO {t} SELECT i, 'start' FROM generate_series(1, {n}) AS i"
-    ));
-}
-
-/// The distinct values of the events' `log` column, each with how many rows
-/// hold it.
-fn logs(w: &World) -> Vec<(String, u64)> {
-    w.rows(&format!(
-        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log ORDER BY log",
-        w.table("events")
-    ))
-    .into_iter()
-    .map(|r| {
-        let log = r[0].clone().expect("log is NOT NULL");
-        (
-            log,
-            r[1].as_deref().expect("a count").parse().expect("a number"),
-        )
-    })
-    .collect()
-}
 
 /// Makes marking a chunk done take 0.3 s, after the chunk's rows are
 /// written and before its checkpoint commits: the window in which a
