@@ -5,6 +5,12 @@
 //! `--execute`, conditionally and with before-images, like a run) and their
 //! dead letters resolved; rows that fail again keep theirs, with the new
 //! error. The retry, with its component digest, is recorded next to the run.
+//!
+//! It writes like a run and goes through the same controller: the
+//! `[throttle]` paces it, and with `--execute` its session is recorded on
+//! the run, so `refill status` shows it and `refill pause`, `resume` and
+//! `abort` reach it. A retry stopped by an abort or Ctrl-C goes on when
+//! run again: the dead letters it resolved are not retried.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,11 +21,11 @@ use tracing::{Instrument, info_span};
 
 use crate::chunk::{Chunk, Key};
 use crate::plan;
-use crate::run::pipeline::{self, Feed, Purpose};
+use crate::run::pipeline::{self, Feed, Purpose, Samples};
 use crate::run::{self, Diff, ErrorGroup, Progress, RunError};
 use crate::source::Database;
 use crate::spec::Spec;
-use crate::state::{Counts, RetryRecord, RunRecord, RunStatus, StateStore, now};
+use crate::state::{Counts, RetryRecord, RunRecord, RunStatus, SessionKind, StateStore, now};
 
 /// How a retry went.
 #[derive(Debug, Serialize)]
@@ -108,41 +114,77 @@ pub async fn retry(
     progress
         .total_rows
         .store(record.rows, std::sync::atomic::Ordering::Relaxed);
-    let (throttle, _watching) = run::start_throttle(spec, &db, progress.clone(), None, None)?;
-    let ctx = Arc::new(run::context(
-        spec,
-        Purpose::Retry {
-            execute,
-            retry_id: record.retry_id.clone(),
-        },
-        &run.run_id,
-        db,
-        Some(state.clone()),
-        layout,
-        runner,
-        plan::setup(spec, env, lookups),
-        progress,
-        throttle,
-    ));
+    // Only a retry that writes is steered from elsewhere: a dry one is no
+    // process working on the run.
+    let session = execute.then(|| run::new_session(SessionKind::Retry));
+    let mut samples = Samples::default();
     let work = async {
+        if execute {
+            // An abort that stopped an earlier retry is answered by this
+            // one; a process killed before it could end its session is
+            // gone (this one holds the lock).
+            run::clear_abort(state, &run.run_id).await?;
+            run::end_lost_sessions(state, run).await?;
+        }
+        let (throttle, watching) =
+            run::steer(spec, &db, state, run, session.as_ref(), &progress, None).await?;
+        // Each chunk's dead letters go in pieces of the controller's chunk
+        // size (the rate's share), so that a chunk full of failed rows is
+        // written a piece at a time at the pace, not all at once.
+        let piece = usize::try_from(throttle.chunk_rows()).unwrap_or(usize::MAX);
+        let feed = feed
+            .into_iter()
+            .flat_map(|(chunk, keys)| {
+                keys.chunks(piece.max(1))
+                    .map(|part| (chunk.clone(), part.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let ctx = Arc::new(run::context(
+            spec,
+            Purpose::Retry {
+                execute,
+                retry_id: record.retry_id.clone(),
+            },
+            &run.run_id,
+            db,
+            Some(state.clone()),
+            layout,
+            runner,
+            plan::setup(spec, env, lookups),
+            progress.clone(),
+            throttle,
+        ));
         state.record(&record).await?;
         let span = info_span!("retry", run = %run.run_id);
-        match pipeline::execute(ctx.clone(), Feed::Keys(feed), spec.concurrency())
+        let ended = pipeline::execute(ctx.clone(), Feed::Keys(feed), spec.concurrency())
             .instrument(span)
-            .await?
-        {
-            pipeline::Ended::Stopped(stop) => Err(RunError::Stopped(stop)),
-            _ => Ok(()),
+            .await;
+        drop(watching);
+        samples = Arc::into_inner(ctx)
+            .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_default();
+        let ended = match ended {
+            Ok(pipeline::Ended::Stopped(stop)) => Err(RunError::Stopped(stop)),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Some(session) = &session {
+            let stop = match &ended {
+                Err(RunError::Stopped(stop)) => Some(stop),
+                _ => None,
+            };
+            let failed = ended.is_err() && stop.is_none();
+            state
+                .end_session(&session.session_id, run::session_outcome(failed, stop))
+                .await?;
         }
+        ended
     };
-    let outcome = if execute {
-        run::with_lock(state, spec.name(), &run::new_session(), work).await
-    } else {
-        work.await
+    let outcome = match &session {
+        Some(session) => run::with_lock(state, spec.name(), session, work).await,
+        None => work.await,
     };
-    let samples = Arc::into_inner(ctx)
-        .map(|c| c.samples.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .unwrap_or_default();
     record.finished_at = Some(now());
     record.failed = samples.session.failed;
     record.gone = samples.gone;

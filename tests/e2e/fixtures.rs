@@ -76,6 +76,33 @@ pub fn quotes(world: &World, n: i64, bad: bool) {
     ));
 }
 
+/// A PostgreSQL table of `n` events whose `log` column starts as `start`.
+pub fn events(w: &World, n: i64) {
+    let t = w.table("events");
+    w.exec(&format!(
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, log text NOT NULL);\n\
+         INSERT INTO {t} SELECT i, 'start' FROM generate_series(1, {n}) AS i"
+    ));
+}
+
+/// The distinct values of the events' `log` column, each with how many rows
+/// hold it.
+pub fn logs(w: &World) -> Vec<(String, u64)> {
+    w.rows(&format!(
+        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log ORDER BY log",
+        w.table("events")
+    ))
+    .into_iter()
+    .map(|r| {
+        let log = r[0].clone().expect("log is NOT NULL");
+        (
+            log,
+            r[1].as_deref().expect("a count").parse().expect("a number"),
+        )
+    })
+    .collect()
+}
+
 /// Whether row `i` of [`quotes`] is in the tests' scope.
 pub fn in_scope(i: i64) -> bool {
     i % 3 != 0

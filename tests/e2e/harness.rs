@@ -3,9 +3,11 @@
 //! MariaDB/MySQL database, dropped afterwards), and runs the real `refill`
 //! binary against it.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -498,6 +500,99 @@ impl World {
         serde_json::from_str(&ran.stdout)
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", ran.stdout))
     }
+}
+
+/// Polls `probe` every 50 ms until it returns something, for `limit` at
+/// most; returns it and how long it took.
+#[track_caller]
+pub fn until<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return (v, started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to `child`.
+pub fn interrupt(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+}
+
+/// Waits for a child started with `--metrics-addr 127.0.0.1:0` to say
+/// where it serves them (first on its stderr); returns the address and a
+/// thread that drains the rest of its stderr and returns it.
+pub fn metrics_addr(child: &mut Child) -> (String, std::thread::JoinHandle<String>) {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read stderr") > 0,
+            "no address"
+        );
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("refill: serving metrics on http://")
+        {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    (addr, drain)
+}
+
+/// `GET /metrics` over a plain TCP connection; returns the body.
+pub fn scrape(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The samples of an exposition: name, labels as written, value.
+pub fn parse(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("a number: {l}")),
+            };
+            (name.to_string(), labels.to_string(), value)
+        })
+        .collect()
 }
 
 impl Drop for World {

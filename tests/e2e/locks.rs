@@ -280,3 +280,63 @@ fn postgres_a_row_locked_too_long_becomes_a_dead_letter() {
 fn mariadb_a_row_locked_too_long_becomes_a_dead_letter() {
     a_row_locked_too_long_becomes_a_dead_letter_that_retry_writes(Backend::Mysql, "locks_dead_my");
 }
+
+/// `status_v2` of row `id`.
+fn status_v2_of(w: &World, id: i64) -> Option<String> {
+    w.rows(&format!(
+        "SELECT {} FROM {} WHERE id = {id}",
+        w.text("status_v2"),
+        w.table("quotes")
+    ))
+    .remove(0)
+    .remove(0)
+}
+
+fn a_rollback_defers_a_locked_row_and_puts_it_back_once_released(backend: Backend, name: &str) {
+    let w = World::new(backend, name);
+    quotes(&w, 3000, false);
+    w.write("spec.toml", &lock_spec(&w, "10m"));
+    w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
+    let run = w.status("spec.toml", None)[0]["run"]["run_id"]
+        .as_str()
+        .expect("run")
+        .to_string();
+    // Row 2000 ("open" → "active") is held while the rollback runs.
+    assert_eq!(status_v2_of(&w, 2000).as_deref(), Some("active"));
+    let holder = Holder::lock(&w, 2000);
+    let mut child = w.spawn(&["rollback", &run, "--spec", "spec.toml", "--execute"]);
+    // Every other row is put back while the lock is held.
+    wait_until(
+        &mut child,
+        Duration::from_secs(60),
+        "every row but the locked one was put back",
+        || {
+            w.rows(&format!(
+                "SELECT {} FROM {} WHERE status_v2 IS NOT NULL AND region = 'eu'",
+                w.text("id"),
+                w.table("quotes")
+            )) == vec![vec![Some("2000".to_string())]]
+        },
+    );
+    holder.release();
+    let out = Ran::from(child.wait_with_output().expect("wait"));
+    out.expect_code(0);
+    assert_eq!(status_v2_of(&w, 2000), None, "{}", out.all());
+    assert!(out.stdout.contains("restored"), "{}", out.all());
+}
+
+#[test]
+fn postgres_a_rollback_defers_a_locked_row() {
+    a_rollback_defers_a_locked_row_and_puts_it_back_once_released(
+        Backend::Postgres,
+        "locks_rollback_pg",
+    );
+}
+
+#[test]
+fn mariadb_a_rollback_defers_a_locked_row() {
+    a_rollback_defers_a_locked_row_and_puts_it_back_once_released(
+        Backend::Mysql,
+        "locks_rollback_my",
+    );
+}

@@ -8,6 +8,7 @@ mod harness;
 mod languages;
 mod locks;
 mod mariadb;
+mod paced;
 mod pipeline;
 mod recovery;
 mod resume;

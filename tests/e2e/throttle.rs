@@ -4,7 +4,7 @@
 //! bounded slices (`--max-runtime`, `--until-key`), chunk sizes that adapt
 //! to a slow transform, and the metrics endpoint.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -15,20 +15,6 @@ use crate::harness::*;
 /// replacing the fixed size and a `[throttle]` table.
 fn throttled(w: &World, chunk: &str, throttle: &str) -> String {
     remap_spec(w, 1000, "").replace("chunk_time = 0", chunk) + "\n[throttle]\n" + throttle + "\n"
-}
-
-/// Polls `probe` every 50 ms until it returns something, for `limit` at
-/// most; returns it and how long it took.
-#[track_caller]
-fn until<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return (v, started.elapsed());
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// What `refill status` says the newest run of `spec` is doing, and why
@@ -307,14 +293,6 @@ fn ctrl_c_stops_at_a_chunk_boundary_and_twice_stops_now() {
         "spec.toml",
         &throttled(&w, "chunk_time = \"500ms\"", "max_rows_per_sec = 2000"),
     );
-    let interrupt = |child: &Child| {
-        let sent = std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-    };
-
     // Once: the chunks in flight finish and are checkpointed.
     let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
     w.wait_for_chunks(&mut child, 1);
@@ -510,27 +488,7 @@ fn the_metrics_endpoint_is_scraped_and_parsed() {
         "--metrics-addr",
         "127.0.0.1:0",
     ]);
-    // The address comes first on stderr; the rest is drained meanwhile.
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("read stderr") > 0,
-            "no address"
-        );
-        if let Some(rest) = line
-            .trim()
-            .strip_prefix("refill: serving metrics on http://")
-        {
-            break rest.trim_end_matches("/metrics").to_string();
-        }
-    };
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+    let (addr, drain) = metrics_addr(&mut child);
     w.wait_for_chunks(&mut child, 2);
     let text = scrape(&addr);
     let samples = parse(&text);
@@ -565,43 +523,4 @@ fn the_metrics_endpoint_is_scraped_and_parsed() {
     let ran = child.wait().expect("wait");
     assert_eq!(ran.code(), Some(0), "{}", drain.join().unwrap_or_default());
     assert_remapped(&w, false);
-}
-
-/// `GET /metrics` over a plain TCP connection; returns the body.
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a header");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    body.to_string()
-}
-
-/// The samples of an exposition: name, labels as written, value.
-fn parse(text: &str) -> Vec<(String, String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("a value");
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let value = match value {
-                "+Inf" => f64::INFINITY,
-                v => v.parse().unwrap_or_else(|_| panic!("a number: {l}")),
-            };
-            (name.to_string(), labels.to_string(), value)
-        })
-        .collect()
 }

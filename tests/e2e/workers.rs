@@ -9,35 +9,8 @@ use std::collections::BTreeSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::fixtures::Spec;
+use crate::fixtures::{Spec, events, logs};
 use crate::harness::*;
-
-/// A table of `n` events whose `log` column starts as `start`.
-fn events(w: &World, n: i64) {
-    let t = w.table("events");
-    w.exec(&format!(
-        "CREATE TABLE {t} (id bigint PRIMARY KEY, log text NOT NULL);\n\
-         INSERT INTO {t} SELECT i, 'start' FROM generate_series(1, {n}) AS i"
-    ));
-}
-
-/// The distinct values of the events' `log` column, each with how many rows
-/// hold it.
-fn logs(w: &World) -> Vec<(String, u64)> {
-    w.rows(&format!(
-        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log ORDER BY log",
-        w.table("events")
-    ))
-    .into_iter()
-    .map(|r| {
-        let log = r[0].clone().expect("log is NOT NULL");
-        (
-            log,
-            r[1].as_deref().expect("a count").parse().expect("a number"),
-        )
-    })
-    .collect()
-}
 
 /// Makes marking a chunk done take 0.3 s, after the chunk's rows are
 /// written and before its checkpoint commits: the window in which a
@@ -217,18 +190,38 @@ fn three_workers_finish_after_one_is_killed_mid_chunk_and_apply_each_chunk_once(
     // Every row was appended to exactly once: the killed worker's writes
     // rolled back with its uncommitted checkpoint.
     assert_eq!(logs(&w), vec![("start|refill".to_string(), 2000)]);
-    // The run is done, and status shows each worker's chunks.
+    // The run is done, and status shows each worker's chunks. How the 20
+    // chunks fell to the workers is up to their race: the counts come from
+    // the chunks' own sessions, not from an assumed split.
     let status = w.run(&["status", "--json", "--state", &state, &run]);
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("json");
     assert_eq!(doc["run"]["status"], "done");
     assert_eq!(doc["totals"]["rows"], 2000);
     assert_eq!(doc["totals"]["updated"], 2000);
-    let text = w.run(&["status", "--state", &state, &run]).stdout;
-    let sessions: BTreeSet<&str> = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with("session") && l.contains("chunks done"))
+    let sessions: BTreeSet<String> = doc["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["session_id"].as_str().expect("a session id").to_string())
         .collect();
-    assert_eq!(sessions.len(), 3, "{text}");
+    assert_eq!(sessions.len(), 3, "the killed worker and the two others");
+    assert!(sessions.contains(&session), "the killed worker is listed");
+    let done_by = |s: &str| after.iter().filter(|c| c.3 == s).count();
+    assert_eq!(
+        sessions.iter().map(|s| done_by(s.as_str())).sum::<usize>(),
+        20,
+        "every chunk was finished by one of the run's sessions"
+    );
+    let text = w.run(&["status", "--state", &state, &run]).stdout;
+    for s in &sessions {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("session") && l.contains(s.as_str()))
+            .unwrap_or_else(|| panic!("no line for session {s}:\n{text}"));
+        let n = done_by(s.as_str());
+        let done = format!("; {n} chunk{} done", if n == 1 { "" } else { "s" });
+        assert!(line.contains(&done), "{line:?} lacks {done:?}");
+    }
 }
 
 #[test]
@@ -240,7 +233,31 @@ fn a_rate_limit_is_shared_by_three_workers() {
         &append_spec(&w, 500, "concurrency = 3\nmax_rows_per_sec = 3000"),
     );
     let run = plan_for_workers(&w);
+    // Held paused until all three have joined: a worker that starts late
+    // on a busy machine would otherwise find the work done by the others,
+    // and the limit would not have been shared.
+    let state = w.state_url().expect("state url");
+    w.run(&["pause", &run, "--state", &state]).expect_code(0);
     let workers: Vec<Child> = (0..3).map(|_| worker(&w, &run, "10s")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ran = w.run(&["status", "--json", "--state", &state, &run]);
+        let doc: serde_json::Value = serde_json::from_str(&ran.stdout).expect("json");
+        let live = &doc["live"];
+        if live["state"] == "paused" && live["sessions"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not all join: {live}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        chunks(&w, &run).iter().filter(|c| c.1 != "planned").count(),
+        0
+    );
+    w.run(&["resume", &run, "--state", &state]).expect_code(0);
     for out in workers.into_iter().map(finish) {
         out.expect_code(0);
     }

@@ -191,6 +191,9 @@ pub enum Command {
         /// Write to the target. Needs the component pinned in the spec.
         #[arg(long)]
         execute: bool,
+        /// Serve Prometheus metrics on this address while the retry works.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
         #[command(flatten)]
         at: RunAt,
     },
@@ -225,6 +228,10 @@ pub enum Command {
         /// Write to the target.
         #[arg(long)]
         execute: bool,
+        /// Serve Prometheus metrics on this address while the rollback
+        /// works.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<SocketAddr>,
         #[command(flatten)]
         at: RunAt,
     },

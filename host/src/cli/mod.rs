@@ -20,7 +20,7 @@ use refill::run::worker::WorkerOptions;
 use refill::run::{self, Progress, RunOptions};
 use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
-use refill::state::{ControlAction, RunRecord, RunStatus, StateStore};
+use refill::state::{ControlAction, RunRecord, RunStatus, SessionKind, StateStore};
 use refill::throttle::Stop;
 use refill::transform::wasi::GuestEnv;
 use refill::transform::{Compiled, Limits, Runner};
@@ -224,10 +224,20 @@ async fn dispatch(command: Command) -> Result<u8> {
             spec,
         } => status_command(run.as_deref(), json, state.as_deref(), spec.as_deref()).await,
         Command::Inspect { component, json } => inspect_command(&component, json),
-        Command::Retry { run, execute, at } => retry_command(&run, execute, &at).await,
+        Command::Retry {
+            run,
+            execute,
+            metrics_addr,
+            at,
+        } => retry_command(&run, execute, metrics_addr, &at).await,
         Command::Verify { run, json, at } => verify_command(run.as_deref(), json, &at).await,
         Command::Report { run, json, at } => report_command(&run, json, &at).await,
-        Command::Rollback { run, execute, at } => rollback_command(&run, execute, &at).await,
+        Command::Rollback {
+            run,
+            execute,
+            metrics_addr,
+            at,
+        } => rollback_command(&run, execute, metrics_addr, &at).await,
     }
 }
 
@@ -376,7 +386,7 @@ async fn run_command(
     let spec = Spec::load(path)?;
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
-    let _interrupts = on_ctrl_c(progress.clone());
+    let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED);
     let display = progress::start(progress.clone());
     let result = run::run(&spec, &options, progress).await;
     display.finish().await;
@@ -414,7 +424,7 @@ async fn plan_workers_command(path: &Path, workers: u32, restart: bool) -> Resul
 async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>) -> Result<u8> {
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
-    let _interrupts = on_ctrl_c(progress.clone());
+    let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED);
     let display = progress::start(progress.clone());
     let result = refill::run::worker::work(&options, progress).await;
     display.finish().await;
@@ -462,10 +472,33 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What Ctrl-C tells the user: once, then twice.
+struct Interrupted {
+    once: &'static str,
+    twice: &'static str,
+}
+
+const RUN_INTERRUPTED: Interrupted = Interrupted {
+    once: "stopping after the chunks in flight (Ctrl-C again to stop now; the run stays resumable)",
+    twice: "stopping now; the chunks in flight are redone by the next run",
+};
+const RETRY_INTERRUPTED: Interrupted = Interrupted {
+    once: "stopping after the chunks in flight (Ctrl-C again to stop now; run the retry again to go on)",
+    twice: "stopping now; the next retry runs again the rows this one did not resolve",
+};
+const ROLLBACK_INTERRUPTED: Interrupted = Interrupted {
+    once: "stopping after the rows being written (Ctrl-C again to stop now; run the rollback again to finish it)",
+    twice: "stopping now; the next rollback puts back what this one did not",
+};
+const VERIFY_INTERRUPTED: Interrupted = Interrupted {
+    once: "stopping after the chunks in flight (Ctrl-C again to stop now)",
+    twice: "stopping now",
+};
+
 /// Ctrl-C once: stop taking chunks, finish those in flight, exit
 /// resumably. Twice: exit now; the chunks in flight are not checkpointed
-/// and the next run redoes them.
-fn on_ctrl_c(progress: Arc<Progress>) -> AbortOnDrop {
+/// and the next run (retry, rollback) redoes them.
+fn on_ctrl_c(progress: Arc<Progress>, say_what: &'static Interrupted) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_err() {
             return;
@@ -473,15 +506,9 @@ fn on_ctrl_c(progress: Arc<Progress>) -> AbortOnDrop {
         progress
             .interrupted
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        say(
-            Level::Warn,
-            "stopping after the chunks in flight (Ctrl-C again to stop now; the run stays resumable)",
-        );
+        say(Level::Warn, say_what.once);
         if tokio::signal::ctrl_c().await.is_ok() {
-            say(
-                Level::Warn,
-                "stopping now; the chunks in flight are redone by the next run",
-            );
+            say(Level::Warn, say_what.twice);
             std::process::exit(i32::from(INTERRUPTED));
         }
     }))
@@ -493,28 +520,31 @@ fn on_ctrl_c(progress: Arc<Progress>) -> AbortOnDrop {
 async fn control_command(id: &str, action: Option<ControlAction>, at: &args::RunAt) -> Result<u8> {
     let (_, store, record) = locate(id, at).await?;
     let who = format!("{}@{}", run::user_name(), run::host_name());
-    if action.is_none() && record.status == RunStatus::Aborted {
+    let look = || async {
+        let control = store.control(&record.run_id).await?;
+        let sessions = store.sessions(&record.run_id).await?;
+        anyhow::Ok(run::live(&record, control, &sessions, &[]))
+    };
+    // A run that is over may still have a process on it: a retry of its
+    // dead letters, or its rollback.
+    let before = look().await?.sessions;
+    let working = before.len();
+    if action.is_none() && record.status == RunStatus::Aborted && working == 0 {
         bail!(
             "run {} was aborted; `refill run {} --execute` resumes it",
             record.run_id,
             record.spec_path
         );
     }
-    if action.is_some() && !record.status.resumable() {
+    if action.is_some() && !record.status.resumable() && working == 0 {
         bail!(
-            "run {} is {}: there is nothing to {}",
+            "run {} is {} and no retry or rollback is working on it: there is nothing to {}",
             record.run_id,
             record.status,
             action.map_or("resume", ControlAction::as_str)
         );
     }
     store.set_control(&record.run_id, action, &who).await?;
-    let look = || async {
-        let control = store.control(&record.run_id).await?;
-        let sessions = store.sessions(&record.run_id).await?;
-        anyhow::Ok(run::live(&record, control, &sessions, &[]))
-    };
-    let working = look().await?.sessions.len();
     // The processes check every half second; give them a few seconds (an
     // abort, the time to finish their chunks).
     let patience = match action {
@@ -543,12 +573,24 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
             format!("{n} processes")
         }
     };
-    // What resumes an aborted run: a run planned for workers is planned
-    // again (which lets them go on), any other is run again.
-    let resume = if record.workers {
-        "`refill run SPEC --execute --workers 0` (then workers) resumes it"
+    // What goes on after an abort: a rollback or a retry is run again; a
+    // run planned for workers is planned again (which lets them go on), any
+    // other run is run again.
+    let doing = |kind| before.iter().any(|s| s.kind == kind);
+    let resume = if doing(SessionKind::Rollback) {
+        format!(
+            "`refill rollback {} --execute` finishes the rollback",
+            record.run_id
+        )
+    } else if doing(SessionKind::Retry) {
+        format!(
+            "`refill retry {} --execute` goes on with the rows it did not resolve",
+            record.run_id
+        )
+    } else if record.workers {
+        "`refill run SPEC --execute --workers 0` (then workers) resumes it".to_string()
     } else {
-        "the next `refill run` of its spec resumes it"
+        "the next `refill run` of its spec resumes it".to_string()
     };
     match action {
         Some(ControlAction::Pause) if n == 0 => println!(
@@ -568,7 +610,7 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
                 println!(
                     "Run {} is aborted; no process was working on it. {}.",
                     record.run_id,
-                    capitalized(resume)
+                    capitalized(&resume)
                 );
             } else {
                 store.set_control(&record.run_id, None, &who).await?;
@@ -579,13 +621,13 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
             "Run {} is aborted: {} finished or left the chunks in hand and exited. {}.",
             record.run_id,
             processes(working),
-            capitalized(resume)
+            capitalized(&resume)
         ),
         Some(ControlAction::Abort) => println!(
             "Run {} is aborting: {} still finishing the chunks in hand. {}.",
             record.run_id,
             processes(n),
-            capitalized(resume)
+            capitalized(&resume)
         ),
         None => println!(
             "Run {} goes on ({} working on it).",
@@ -604,11 +646,9 @@ async fn live_of(
     chunks: Option<&[refill::state::ChunkRecord]>,
 ) -> Result<run::Live> {
     let control = store.control(&record.run_id).await?;
-    let sessions = if record.status == RunStatus::Running || control.is_some() {
-        store.sessions(&record.run_id).await?
-    } else {
-        Vec::new()
-    };
+    // Any run may have a process on it: a run's own, a retry of its dead
+    // letters, a rollback.
+    let sessions = store.sessions(&record.run_id).await?;
     Ok(run::live(record, control, &sessions, chunks.unwrap_or(&[])))
 }
 
@@ -701,13 +741,31 @@ async fn locate(id: &str, at: &args::RunAt) -> Result<(Spec, StateStore, RunReco
     Ok((spec, store, run))
 }
 
-async fn retry_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> {
+async fn retry_command(
+    id: &str,
+    execute: bool,
+    metrics_addr: Option<SocketAddr>,
+    at: &args::RunAt,
+) -> Result<u8> {
     let (spec, store, run) = locate(id, at).await?;
     let progress = Arc::new(Progress::default());
-    let _interrupts = on_ctrl_c(progress.clone());
+    let _metrics = serve_metrics(metrics_addr, &progress).await?;
+    let _interrupts = on_ctrl_c(progress.clone(), &RETRY_INTERRUPTED);
     let display = progress::start(progress.clone());
     let result = refill::retry::retry(&spec, &store, &run, execute, progress).await;
     display.finish().await;
+    if let Err(run::RunError::Stopped(stop)) = &result {
+        say(
+            Level::Warn,
+            &format!(
+                "the retry stopped: {stop}. Run it again to go on with the rows it did not resolve"
+            ),
+        );
+        return Ok(match stop {
+            Stop::Aborted { .. } => ABORTED,
+            _ => INTERRUPTED,
+        });
+    }
     let report = result?;
     show::retry(&report);
     Ok(if report.record.failed > 0 {
@@ -719,7 +777,7 @@ async fn retry_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> 
 
 async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Result<u8> {
     let progress = Arc::new(Progress::default());
-    let _interrupts = on_ctrl_c(progress.clone());
+    let _interrupts = on_ctrl_c(progress.clone(), &VERIFY_INTERRUPTED);
     let record = match id {
         Some(id) => {
             let (spec, store, run) = locate(id, at).await?;
@@ -765,14 +823,34 @@ async fn report_command(id: &str, json: bool, at: &args::RunAt) -> Result<u8> {
     Ok(0)
 }
 
-async fn rollback_command(id: &str, execute: bool, at: &args::RunAt) -> Result<u8> {
+async fn rollback_command(
+    id: &str,
+    execute: bool,
+    metrics_addr: Option<SocketAddr>,
+    at: &args::RunAt,
+) -> Result<u8> {
     let (spec, store, run) = locate(id, at).await?;
     let progress = Arc::new(Progress::default());
+    let _metrics = serve_metrics(metrics_addr, &progress).await?;
+    let _interrupts = on_ctrl_c(progress.clone(), &ROLLBACK_INTERRUPTED);
     let display = progress::start(progress.clone());
     let result = refill::rollback::rollback(&spec, &store, &run, execute, progress).await;
     display.finish().await;
-    let record = result?;
-    show::rollback(&record);
+    let report = result?;
+    let record = &report.record;
+    show::rollback(record);
+    if let Some(stop) = &report.stop {
+        say(
+            Level::Warn,
+            &format!(
+                "the rollback stopped: {stop}. Run it again to finish; rows it already restored count as unchanged"
+            ),
+        );
+        return Ok(match stop {
+            Stop::Aborted { .. } => ABORTED,
+            _ => INTERRUPTED,
+        });
+    }
     if let Some(message) = &record.message {
         anyhow::bail!(
             "the rollback stopped: {message}. Run it again to finish; rows it already restored count as unchanged"

@@ -8,8 +8,8 @@ use refill::plan::Plan;
 use refill::run::{ErrorGroup, RunReport};
 use refill::spec::Spec;
 use refill::state::{
-    ChunkRecord, ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionRecord, chunk_summary,
-    parse_time,
+    ChunkRecord, ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionKind, SessionRecord,
+    chunk_summary, parse_time,
 };
 use refill::transform::cache::Origin;
 use refill::transform::inspect::Producer;
@@ -549,28 +549,38 @@ pub fn run_detail(
             }
             (None, None) => "working".to_string(),
         };
-        let mine = chunks.iter().filter(|c| c.session_id == s.session_id);
-        let done = mine
-            .clone()
-            .filter(|c| c.status == ChunkStatus::Done)
-            .count();
-        let held: Vec<String> = mine
-            .filter(|c| c.status == ChunkStatus::Pending)
-            .map(|c| c.chunk_id.to_string())
-            .collect();
-        let held = match held.len() {
-            0 => String::new(),
-            1 => format!(", chunk {} in flight", held[0]),
-            _ => format!(", chunks {} in flight", held.join(", ")),
+        // A retry or a rollback works on the run's rows, not its chunks.
+        let work = match s.kind {
+            SessionKind::Run => {
+                let mine = chunks.iter().filter(|c| c.session_id == s.session_id);
+                let done = mine
+                    .clone()
+                    .filter(|c| c.status == ChunkStatus::Done)
+                    .count();
+                let held: Vec<String> = mine
+                    .filter(|c| c.status == ChunkStatus::Pending)
+                    .map(|c| c.chunk_id.to_string())
+                    .collect();
+                let held = match held.len() {
+                    0 => String::new(),
+                    1 => format!(", chunk {} in flight", held[0]),
+                    _ => format!(", chunks {} in flight", held.join(", ")),
+                };
+                format!(
+                    "{done} chunk{} done{held}",
+                    if done == 1 { "" } else { "s" }
+                )
+            }
+            SessionKind::Retry => "a retry of the run's dead letters".to_string(),
+            SessionKind::Rollback => "a rollback of the run".to_string(),
         };
         println!(
-            "  session    {} pid {} on {}, {} → {} ({state}); {done} chunk{} done{held}",
+            "  session    {} pid {} on {}, {} → {} ({state}); {work}",
             s.session_id,
             s.pid,
             s.host_name,
             s.started_at,
             s.ended_at.as_deref().unwrap_or("…"),
-            if done == 1 { "" } else { "s" },
         );
     }
     let troubled: Vec<&ChunkRecord> = chunks
@@ -797,6 +807,13 @@ pub fn retry(r: &refill::retry::RetryReport) {
             n(c.retries)
         );
     }
+    if c.busy > 0 {
+        println!(
+            "  {:<15} {:>10}  (held locked by another transaction, not waited for; they keep their dead letters for the next retry)",
+            "locked",
+            n(c.busy)
+        );
+    }
     if !r.error_groups.is_empty() {
         println!("Still failing, by error:");
         for (message, group) in &r.error_groups {
@@ -896,6 +913,14 @@ pub fn rollback(r: &refill::state::RollbackRecord) {
             "Rows changed since the run, left alone: {}",
             keys(&r.changed_keys, 50)
         );
+    }
+    if r.locked > 0 {
+        println!(
+            "  {:<17} {:>10}  (held locked by another transaction past max_lock_wait; run the rollback again)",
+            "locked",
+            n(r.locked)
+        );
+        println!("Rows still locked: {}", keys(&r.locked_keys, 50));
     }
     if !r.execute {
         println!("Nothing was written. To write: add --execute.");

@@ -29,8 +29,8 @@ use crate::source::{Database, Layout, Pools, SourceError};
 use crate::spec::Spec;
 use crate::state::LookupRecord;
 use crate::state::{
-    ChunkStatus, Control, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionRecord,
-    StateError, StateStore, now, parse_time,
+    ChunkStatus, Control, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionKind,
+    SessionRecord, StateError, StateStore, now, parse_time,
 };
 use crate::throttle::{ControlSource, Stop, Throttle, Watching, signals::Signals};
 use crate::transform::wasi::GuestEnv;
@@ -521,7 +521,7 @@ pub fn live(
 /// the backfill's lock held, so none of them is still working, except the
 /// workers of a run planned for them: of those, only the ones that are
 /// gone.
-async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
+pub(crate) async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
     for s in state.sessions(&run.run_id).await? {
         if s.ended_at.is_none() && (!run.workers || !alive(&s)) {
             state.end_session(&s.session_id, "lost").await?;
@@ -536,12 +536,20 @@ async fn reopen(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
     state
         .set_run_status(&run.run_id, RunStatus::Running, None)
         .await?;
+    clear_abort(state, &run.run_id).await
+}
+
+/// Takes back an abort standing on a run, which stopped the process that
+/// worked on it: starting the work again (a run, a retry, a rollback) is
+/// the answer to it. A pause stands: the new process waits for `refill
+/// resume`.
+pub(crate) async fn clear_abort(state: &StateStore, run_id: &str) -> Result<(), RunError> {
     if state
-        .control(&run.run_id)
+        .control(run_id)
         .await?
         .is_some_and(|c| c.action == ControlAction::Abort)
     {
-        state.set_control(&run.run_id, None, "").await?;
+        state.set_control(run_id, None, "").await?;
     }
     Ok(())
 }
@@ -654,7 +662,7 @@ pub async fn run(
     let db = Database::for_spec(spec, concurrency + 2, options.execute).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let state = StateStore::open(&spec.state_url).await?;
-    let session = new_session();
+    let session = new_session(SessionKind::Run);
     let prepared = Prepared {
         started,
         runner,
@@ -675,11 +683,13 @@ pub async fn run(
     .await
 }
 
-/// A session record for this process, not yet tied to a run.
-pub(crate) fn new_session() -> SessionRecord {
+/// A session record for this process, doing `kind` of work, not yet tied
+/// to a run.
+pub(crate) fn new_session(kind: SessionKind) -> SessionRecord {
     SessionRecord {
         session_id: format!("s{}", random_hex(12)),
         run_id: String::new(),
+        kind,
         pid: std::process::id(),
         host_name: host_name(),
         user_name: user_name(),
@@ -808,6 +818,55 @@ pub(crate) fn start_throttle(
     Ok((throttle, watching))
 }
 
+/// The controller of a process working on `run`: the spec's throttle
+/// (rate, chunk sizes, windows, health signals, Ctrl-C through `progress`,
+/// `max_runtime`), with `session` the run's control too. The session is
+/// recorded on the run first, so that `refill status` lists it and `refill
+/// pause`, `resume` and `abort` reach it; the monitor reports its phase
+/// there. Without a session (a retry or rollback that does not write),
+/// nothing is recorded and only the signals are watched. Runs, retries and
+/// rollbacks all go through here; workers share their pace first (see
+/// [`worker`]).
+pub(crate) async fn steer(
+    spec: &Spec,
+    db: &Database,
+    state: &StateStore,
+    run: &RunRecord,
+    session: Option<&SessionRecord>,
+    progress: &Arc<Progress>,
+    max_runtime: Option<Duration>,
+) -> Result<(Arc<Throttle>, Watching), RunError> {
+    progress.set_run(&run.run_id, &run.name);
+    let control = match session {
+        Some(session) => {
+            let session = SessionRecord {
+                run_id: run.run_id.clone(),
+                ..session.clone()
+            };
+            state.start_session(&session).await?;
+            Some(ControlSource {
+                state: state.clone(),
+                run_id: run.run_id.clone(),
+                session_id: session.session_id,
+            })
+        }
+        None => None,
+    };
+    start_throttle(spec, db, progress.clone(), max_runtime, control)
+}
+
+/// How a session ended, in the word recorded with it: `done`, `failed`, or
+/// why it stopped on request (`aborted`, `interrupted`, `max-runtime`).
+pub(crate) fn session_outcome(failed: bool, stop: Option<&Stop>) -> &'static str {
+    match (failed, stop) {
+        (true, _) => "failed",
+        (false, Some(Stop::Aborted { .. })) => "aborted",
+        (false, Some(Stop::Interrupted)) => "interrupted",
+        (false, Some(Stop::MaxRuntime(_))) => "max-runtime",
+        (false, None) => "done",
+    }
+}
+
 /// The retry policy a spec asks for.
 pub fn policy(spec: &Spec) -> backoff::Policy {
     backoff::Policy {
@@ -831,7 +890,7 @@ async fn run_session(
     options: &RunOptions,
     progress: Arc<Progress>,
     prepared: Prepared,
-    mut session: SessionRecord,
+    session: SessionRecord,
 ) -> Result<RunReport, RunError> {
     let Prepared {
         started,
@@ -867,11 +926,6 @@ async fn run_session(
     };
 
     let env = guest_env(Some(&state), spec.name(), runner.digest()).await?;
-    session.run_id = run.run_id.clone();
-    state.start_session(&session).await?;
-    progress.set_run(&run.run_id, &run.name);
-    // A locked (execute) session's heartbeat is kept by `with_lock`.
-    let dry_heartbeat = (!options.execute).then(|| heartbeat(&state, &session.session_id));
     let chunks = state.chunks(&run).await?;
     let done = chunks.iter().filter(|c| c.status == ChunkStatus::Done);
     let done_rows: u64 = done.clone().map(|c| c.counts.rows).sum();
@@ -927,17 +981,18 @@ async fn run_session(
         high_watermark,
         limit: options.limit,
     };
-    let (throttle, watching) = start_throttle(
+    let (throttle, watching) = steer(
         spec,
         &db,
-        progress.clone(),
+        &state,
+        &run,
+        Some(&session),
+        &progress,
         options.max_runtime,
-        Some(ControlSource {
-            state: state.clone(),
-            run_id: run.run_id.clone(),
-            session_id: session.session_id.clone(),
-        }),
-    )?;
+    )
+    .await?;
+    // A locked (execute) session's heartbeat is kept by `with_lock`.
+    let dry_heartbeat = (!options.execute).then(|| heartbeat(&state, &session.session_id));
     let ctx = Arc::new(context(
         spec,
         Purpose::Run {

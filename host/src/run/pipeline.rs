@@ -158,7 +158,7 @@ pub(crate) struct Pending {
 /// doubling from a quarter second up to 5 s, with jitter, so that a row
 /// the application holds briefly is written soon and one held for long
 /// costs a read every few seconds.
-fn lock_backoff(attempts: u64) -> std::time::Duration {
+pub(crate) fn lock_backoff(attempts: u64) -> std::time::Duration {
     let base = 250_u64.saturating_mul(1 << attempts.min(5)).min(5_000);
     std::time::Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
 }
@@ -1459,9 +1459,12 @@ async fn process(
             let failed: HashSet<&Key> = evaluated.dead.iter().map(|d| &d.key).collect();
             let skipped: HashSet<&Key> = evaluated.skipped_keys.iter().collect();
             let gone_now: HashSet<&Key> = evaluated.gone_keys.iter().collect();
+            // A row another transaction holds keeps its dead letter: the
+            // next retry writes it.
+            let busy: HashSet<&Key> = evaluated.busy_keys.iter().collect();
             let resolved: Vec<(Key, Resolution)> = asked
                 .iter()
-                .filter(|k| !failed.contains(k))
+                .filter(|k| !failed.contains(k) && !busy.contains(k))
                 .map(|k| {
                     let how = if !present.contains(k) || gone_now.contains(k) {
                         Resolution::Gone

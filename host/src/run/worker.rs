@@ -19,14 +19,17 @@ use tracing::{Instrument, info, info_span, warn};
 use super::pipeline::{self, Ended, Feed, Purpose};
 use super::{
     Progress, RunError, RunOptions, context, guest_env, load_pinned_transform, new_run,
-    new_session, record_lookups, refuse_changed_lookups, reopen, resumable, with_lock,
+    new_session, record_lookups, refuse_changed_lookups, reopen, resumable, session_outcome,
+    with_lock,
 };
 use crate::chunk::Chunk;
 use crate::db::DbUrl;
 use crate::plan;
 use crate::source::Database;
 use crate::spec::Spec;
-use crate::state::{ChunkStatus, Counts, Mode, RunRecord, RunStatus, StateError, StateStore};
+use crate::state::{
+    ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionKind, StateError, StateStore,
+};
 use crate::throttle::{ControlSource, Stop, Throttle, signals::Signals};
 use crate::transform::{self, Runner};
 
@@ -59,7 +62,7 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
     state.require_workers()?;
     let db = Database::for_spec(spec, 2, false).await?;
     let plan = plan::build(spec, &db, &runner).await?;
-    let session = new_session();
+    let session = new_session(SessionKind::Run);
     with_lock(&state, spec.name(), &session, async {
         let (text, needs_source_url) = spec.text_for_workers();
         if let Some(run) = resumable(&state, spec, &runner, options, true).await? {
@@ -281,7 +284,7 @@ pub async fn work(
     refuse_changed_lookups(&state, &run, &lookups).await?;
     let env = guest_env(Some(&state), spec.name(), runner.digest()).await?;
 
-    let mut session = new_session();
+    let mut session = new_session(SessionKind::Run);
     session.run_id = run.run_id.clone();
     state.start_session(&session).await?;
     info!(run = %run.run_id, session = %session.session_id, "Joined the run.");
@@ -377,13 +380,9 @@ pub async fn work(
         }
     };
     // The session's outcome in a word (the report has the sentence).
-    let outcome = match (&ended, &stop) {
-        (Err(_), _) => "failed",
-        (Ok(_), Some(Stop::Aborted { .. })) => "aborted",
-        (Ok(_), Some(Stop::Interrupted)) => "interrupted",
-        (Ok(_), Some(Stop::MaxRuntime(_))) => "max-runtime",
-        (Ok(text), None) if text.starts_with("left") => "left",
-        (Ok(_), None) => "done",
+    let outcome = match &ended {
+        Ok(text) if text.starts_with("left") => "left",
+        _ => session_outcome(ended.is_err(), stop.as_ref()),
     };
     state.end_session(&session.session_id, outcome).await?;
     let ended = ended?;

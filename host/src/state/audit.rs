@@ -122,6 +122,13 @@ pub struct RollbackRecord {
     pub changed_keys: Vec<Key>,
     /// Rows that are gone from the target.
     pub gone: u64,
+    /// Rows another transaction held locked for longer than `[timeouts]
+    /// max_lock_wait`: not put back (running the rollback again does).
+    #[serde(default)]
+    pub locked: u64,
+    /// Their keys (the first thousand).
+    #[serde(default)]
+    pub locked_keys: Vec<Key>,
     /// Why it stopped early, if it did.
     pub message: Option<String>,
 }

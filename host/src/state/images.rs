@@ -107,16 +107,22 @@ impl StateStore {
         Ok(())
     }
 
-    /// The chunks of a run that have before-images, in order.
-    pub async fn image_chunks(&self, run_id: &str) -> Result<Vec<u64>, StateError> {
-        let ids: Vec<i64> = sqlx::query_scalar(self.sql(
-            "SELECT DISTINCT chunk_id FROM refill_images WHERE run_id = $1 ORDER BY chunk_id",
+    /// The chunks of a run that have before-images, in order, each with
+    /// the rows its images hold (a row written twice, by a chunk redone
+    /// after a crash, counts twice).
+    pub async fn image_chunks(&self, run_id: &str) -> Result<Vec<(u64, u64)>, StateError> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(self.sql(
+            "SELECT chunk_id, CAST(sum(rows_count) AS BIGINT) FROM refill_images WHERE run_id = $1 \
+             GROUP BY chunk_id ORDER BY chunk_id",
         ))
         .bind(run_id)
         .fetch_all(&self.pool)
         .await
         .map_err(q("reading before-images"))?;
-        Ok(ids.into_iter().map(to_u64).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(chunk, rows)| (to_u64(chunk), to_u64(rows)))
+            .collect())
     }
 
     /// A chunk's before-images, one per key. Where a row was imaged more

@@ -314,6 +314,40 @@ impl ChunkRecord {
     }
 }
 
+/// What a session does to its run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionKind {
+    /// Works on the run's chunks (`refill run`, `refill worker`).
+    #[default]
+    Run,
+    /// Runs the run's dead letters again (`refill retry`).
+    Retry,
+    /// Puts back what the run overwrote (`refill rollback`).
+    Rollback,
+}
+
+impl SessionKind {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Run => "run",
+            SessionKind::Retry => "retry",
+            SessionKind::Rollback => "rollback",
+        }
+    }
+
+    /// The kind of a stored name; a session of an older version, which
+    /// stored none, worked on the run's chunks.
+    fn parse(s: Option<&str>) -> SessionKind {
+        match s {
+            Some("retry") => SessionKind::Retry,
+            Some("rollback") => SessionKind::Rollback,
+            _ => SessionKind::Run,
+        }
+    }
+}
+
 /// One process that worked on a run.
 #[derive(Clone, Debug, Serialize)]
 pub struct SessionRecord {
@@ -321,6 +355,8 @@ pub struct SessionRecord {
     pub session_id: String,
     /// Its run.
     pub run_id: String,
+    /// What it does to the run: its chunks, a retry or a rollback.
+    pub kind: SessionKind,
     /// Its process id.
     pub pid: u32,
     /// Its machine.
@@ -358,7 +394,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The version of the tables below; a store written by a newer refill is
 /// refused rather than misread. Version 0 is the first release's, which
 /// recorded no version.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Columns added to tables of an older version: table, column, definition.
 /// Opening a store of an older version adds those it lacks.
@@ -377,6 +413,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("refill_runs", "control_at", "VARCHAR(40)"),
     ("refill_sessions", "state", "VARCHAR(16)"),
     ("refill_sessions", "reason", "TEXT"),
+    ("refill_sessions", "kind", "VARCHAR(16)"),
     ("refill_runs", "coordination", "VARCHAR(16)"),
     ("refill_runs", "spec_text", "TEXT"),
     (
@@ -515,7 +552,8 @@ const SCHEMA: &[&str] = &[
         ended_at VARCHAR(40),
         outcome VARCHAR(32),
         state VARCHAR(16),
-        reason TEXT
+        reason TEXT,
+        kind VARCHAR(16)
     )",
     "CREATE INDEX IF NOT EXISTS refill_sessions_by_run ON refill_sessions (run_id)",
     "CREATE TABLE IF NOT EXISTS refill_locks (
@@ -1156,8 +1194,8 @@ impl StateStore {
     /// Records a process starting to work on a run.
     pub async fn start_session(&self, session: &SessionRecord) -> Result<(), StateError> {
         sqlx::query(
-            self.sql("INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+            self.sql("INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
         )
         .bind(&session.session_id)
         .bind(&session.run_id)
@@ -1166,6 +1204,7 @@ impl StateStore {
         .bind(&session.user_name)
         .bind(&session.started_at)
         .bind(&session.heartbeat_at)
+        .bind(session.kind.as_str())
         .execute(&self.pool)
         .await
         .map_err(q("recording a session"))?;
@@ -1412,6 +1451,7 @@ fn process_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
     Ok(SessionRecord {
         session_id: get(r, "session_id")?,
         run_id: String::new(),
+        kind: SessionKind::Run,
         pid: u32::try_from(get::<i64>(r, "pid")?).unwrap_or(0),
         host_name: get(r, "host_name")?,
         user_name: get(r, "user_name")?,
@@ -1431,6 +1471,7 @@ fn session_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
         outcome: get(r, "outcome")?,
         state: get(r, "state")?,
         reason: get(r, "reason")?,
+        kind: SessionKind::parse(get::<Option<String>>(r, "kind")?.as_deref()),
         ..process_from_row(r)?
     })
 }
@@ -1671,6 +1712,14 @@ mod tests {
             .await
             .expect("drop column");
         }
+        // A session of that release: it stored no kind.
+        sqlx::query(
+            "INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at) \
+             VALUES ('s-old', '20260101-000000-abcd', 1, 'h', 'u', 't', 't')",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("an old session");
         store.pool.close().await;
         assert!(
             StateStore::connect(&url, false)
@@ -1694,6 +1743,9 @@ mod tests {
             .expect("the run");
         assert_eq!(found.data_hash, "");
         assert_eq!(found.status, RunStatus::Failed);
+        let sessions = store.sessions(&found.run_id).await.expect("sessions");
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].kind, SessionKind::Run, "worked on the chunks");
         let chunk = Chunk {
             id: 1,
             lo: None,
