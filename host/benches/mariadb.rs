@@ -107,7 +107,7 @@ fn refill(url: &str, remap: &Remap, conditional: bool) -> Duration {
         DATABASE,
         "chunk_time = 0",
         &format!("conditional = {conditional}"),
-        "",
+        "[throttle]\nmode = \"unlimited\"\n",
     );
     let spec_path = dir.path().join("bench.toml");
     std::fs::write(&spec_path, spec).expect("write spec");

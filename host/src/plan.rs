@@ -60,14 +60,97 @@ pub fn params(spec: &Spec) -> Vec<Param> {
         .collect()
 }
 
+/// Refuses a `where` that calls a function that may write, unless the spec
+/// opts in: under `--execute` the condition runs inside the writing
+/// statement too, where read-only mode cannot stop it, and a function that
+/// writes only outside read-only transactions would pass every dry run.
+async fn refuse_volatile(
+    spec: &Spec,
+    db: &Database,
+    table: &TableRef,
+    condition: &str,
+) -> Result<(), PlanError> {
+    let found = match db.volatile_functions(table, condition).await {
+        Ok(found) => found,
+        // The check needs a temporary view on PostgreSQL (the TEMPORARY
+        // privilege); without it the read-only transactions still hold.
+        Err(error) => {
+            tracing::warn!(error = %crate::db::describe(&error), "Could not check the functions [source] where calls.");
+            return Ok(());
+        }
+    };
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(spec
+        .error_at(
+            &["source", "where"],
+            format!(
+                "the condition calls {}, which the database marks as volatile (not deterministic): \
+                 such a function may write, and under --execute the condition also runs inside \
+                 refill's writing statement, where read-only mode cannot stop it. Use a stable or \
+                 immutable function, or, if it only reads, set allow_volatile_where = true in [source]",
+                found.join(", ")
+            ),
+        )
+        .into())
+}
+
+/// Runs the spec's probe once, read-only: a probe that tries to write is
+/// refused (exit 2); one that fails otherwise is a warning, since a run
+/// pauses while its probe cannot be measured.
+async fn check_probe(spec: &Spec, db: &Database) -> Result<Option<String>, PlanError> {
+    let t = &spec.file.throttle;
+    let (Some(sql), Some(_)) = (&t.probe, t.probe_max) else {
+        return Ok(None);
+    };
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    let other;
+    let on = match &t.probe_url {
+        Some(url) => {
+            let dir = spec.path.parent().unwrap_or(std::path::Path::new("."));
+            let url = crate::db::DbUrl::parse(url, dir)
+                .map_err(|e| spec.error_at(&["throttle", "probe_url"], e.to_string()))?;
+            other = match Database::connect(&url, 1).await {
+                Ok(db) => db,
+                Err(e) => {
+                    return Ok(Some(format!(
+                        "the probe's database cannot be reached now: {e}"
+                    )));
+                }
+            };
+            &other
+        }
+        None => db,
+    };
+    match on.number(sql).await {
+        Ok(_) => Ok(None),
+        Err(e) if crate::db::writes_refused(&e) => Err(spec
+            .error_at(
+                &["throttle", "probe"],
+                format!(
+                    "the probe tried to write ({}); refill runs probes read-only, so nothing was written: make it a query that only reads",
+                    crate::db::describe(&e)
+                ),
+            )
+            .into()),
+        Err(e) => Ok(Some(format!(
+            "the probe fails now ({}); a run pauses while it cannot be measured",
+            crate::db::describe(&e)
+        ))),
+    }
+}
+
 /// Checks the spec against the database and the transform and counts the
 /// rows in scope.
 pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, PlanError> {
     let layout = resolve(spec, db, runner.info()).await?;
     let lookups = load_and_check(spec, db, runner).await?;
+    let probe = check_probe(spec, db).await?;
     let scope = db.scope(&layout).await?;
     let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
     let mut warnings = Vec::new();
+    warnings.extend(probe);
     if spec.file.transform.sha256.is_none() {
         warnings.push(format!(
             "the component is not pinned: add `sha256 = \"{}\"` to [transform] after reviewing it (required for --execute)",
@@ -219,14 +302,23 @@ pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, 
     )?;
 
     if let Some(condition) = &f.source.scope {
+        // Before the condition is first run: MySQL/MariaDB evaluate a
+        // constant call at once, even under LIMIT 0.
+        if !f.source.allow_volatile_where {
+            refuse_volatile(spec, db, &source_ref, condition).await?;
+        }
         db.check_scope(&source_ref, condition).await.map_err(|e| {
-            spec.error_at(
-                &["source", "where"],
-                format!(
+            let message = match crate::db::writes_refused(&e) {
+                true => format!(
+                    "the condition tried to write ({}); refill runs its reads read-only, so nothing was written",
+                    crate::db::describe(&e)
+                ),
+                false => format!(
                     "the condition does not work on {source_ref}: {}",
                     crate::db::describe(&e)
                 ),
-            )
+            };
+            spec.error_at(&["source", "where"], message)
         })?;
     }
     Ok(Layout {

@@ -10,6 +10,7 @@ mod locks;
 mod mariadb;
 mod paced;
 mod pipeline;
+mod readonly;
 mod recovery;
 mod resume;
 mod sandbox;

@@ -14,7 +14,18 @@ use crate::harness::*;
 /// `remap` over 15,000 quotes (10,000 in scope), with `[chunk]` settings
 /// replacing the fixed size and a `[throttle]` table.
 fn throttled(w: &World, chunk: &str, throttle: &str) -> String {
-    remap_spec(w, 1000, "").replace("chunk_time = 0", chunk) + "\n[throttle]\n" + throttle + "\n"
+    // These tests are about the other throttle keys: the gentle limiter
+    // (the default) is off unless a test names a mode.
+    let mode = if throttle.contains("mode =") {
+        ""
+    } else {
+        "mode = \"unlimited\"\n"
+    };
+    remap_spec(w, 1000, "").replace("chunk_time = 0", chunk)
+        + "\n[throttle]\n"
+        + mode
+        + throttle
+        + "\n"
 }
 
 /// What `refill status` says the newest run of `spec` is doing, and why
@@ -432,7 +443,7 @@ fn chunk_sizes_adapt_toward_the_target_time() {
     .replace(
         "chunk_time = 0",
         "chunk_time = \"200ms\"\nmin_rows = 10\nconcurrency = 1",
-    );
+    ) + "\n[throttle]\nmode = \"unlimited\"\n";
     w.write("spec.toml", &spec);
     w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
     let run = w.status("spec.toml", Some(&newest(&w).0));

@@ -568,6 +568,44 @@ impl Database {
             .map(drop))
     }
 
+    /// The functions `condition` calls that may write (see
+    /// `postgres::volatile_functions`, `mysql::volatile_functions`); none
+    /// on SQLite, whose functions cannot write.
+    pub async fn volatile_functions(
+        &self,
+        table: &TableRef,
+        condition: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        match &self.pools {
+            Pools::Postgres(pool) => {
+                postgres::volatile_functions(
+                    pool,
+                    &self.timeouts,
+                    &self.dialect().table(table),
+                    condition,
+                )
+                .await
+            }
+            Pools::Mysql(pool) => mysql::volatile_functions(pool, condition).await,
+            Pools::Sqlite { .. } => Ok(Vec::new()),
+        }
+    }
+
+    /// Times a cheap indexed point read of `table`: the first key of its
+    /// `key` column (what the gentle limiter measures the database's
+    /// latency by), read-only and bounded like every read.
+    pub async fn point_read(&self, table: &TableRef, key: &str) -> Result<Duration, sqlx::Error> {
+        let d = self.dialect();
+        let key = (d.quote)(key);
+        let sql = format!("SELECT 1 FROM {} ORDER BY {key} LIMIT 1", d.table(table));
+        let started = std::time::Instant::now();
+        read_only!(self, self.timeouts.read, |conn, m| sqlx::query(built(sql))
+            .fetch_optional(conn)
+            .await
+            .map(drop))?;
+        Ok(started.elapsed())
+    }
+
     /// Runs `query`, which returns one number (a user's probe), and reads
     /// it as a float; `None` if it returned NULL.
     pub async fn number(&self, query: &str) -> Result<Option<f64>, sqlx::Error> {
@@ -628,7 +666,13 @@ impl Database {
             let rows = sqlx::query(built(sql)).fetch_all(conn).await?;
             Ok(rows.iter().map(texts).collect::<Result<Vec<_>, String>>())
         })
-        .map_err(|e| crate::db::describe(&e))?
+        .map_err(|e| match crate::db::writes_refused(&e) {
+            true => format!(
+                "it tried to write ({}); refill runs lookup queries read-only, so nothing was written: make it a query that only reads",
+                crate::db::describe(&e)
+            ),
+            false => crate::db::describe(&e),
+        })?
     }
 
     /// The last key in scope at or before both `a` and `b`, in the key's

@@ -99,6 +99,41 @@ pub async fn begin_read(
     pool.begin_with("START TRANSACTION READ ONLY").await
 }
 
+/// The stored functions `condition` names, as `name(`, that are not
+/// declared `DETERMINISTIC` (MySQL/MariaDB do not enforce `READS SQL DATA`,
+/// so any other function may write). Functions are matched by name, in
+/// any database the session can see.
+pub async fn volatile_functions(
+    pool: &MySqlPool,
+    condition: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = begin_read(pool).await?;
+    let functions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT CAST(ROUTINE_SCHEMA AS CHAR), CAST(ROUTINE_NAME AS CHAR) FROM information_schema.ROUTINES \
+         WHERE ROUTINE_TYPE = 'FUNCTION' AND IS_DETERMINISTIC = 'NO'",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let text = condition.to_ascii_lowercase();
+    let calls = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        text.match_indices(&name).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + name.len()..].trim_start().starts_with('(');
+            after && !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+    };
+    let mut names: Vec<String> = functions
+        .into_iter()
+        .filter(|(_, name)| calls(name))
+        .map(|(schema, name)| format!("{schema}.{name}()"))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 /// Quotes an identifier with backticks, doubling any backtick inside.
 pub fn quote(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))

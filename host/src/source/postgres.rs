@@ -103,6 +103,36 @@ pub async fn bound(
     .map(drop)
 }
 
+/// The functions `condition` (a `where` on `table`) calls that PostgreSQL
+/// marks volatile, directly or behind an operator, by their signatures.
+/// Read from the dependencies of a temporary view of the condition, made
+/// and dropped inside a transaction that is rolled back: the condition is
+/// parsed, never run.
+pub async fn volatile_functions(
+    pool: &PgPool,
+    timeouts: &super::Timeouts,
+    table: &str,
+    condition: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = begin_write(pool, timeouts.read, timeouts.lock).await?;
+    let view = format!(
+        "CREATE TEMPORARY VIEW \"__refill_where\" AS SELECT 1 AS x FROM {table} WHERE ({condition})"
+    );
+    sqlx::query(super::built(view)).execute(&mut *tx).await?;
+    let names = sqlx::query_scalar::<_, String>(
+        "SELECT DISTINCT CAST(CAST(p.oid AS regprocedure) AS text) FROM pg_depend AS d \
+         JOIN pg_rewrite AS r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+         LEFT JOIN pg_operator AS o ON d.refclassid = 'pg_operator'::regclass AND o.oid = d.refobjid \
+         JOIN pg_proc AS p ON p.oid = CASE WHEN d.refclassid = 'pg_proc'::regclass THEN d.refobjid \
+         ELSE o.oprcode END \
+         WHERE r.ev_class = 'pg_temp.\"__refill_where\"'::regclass AND p.provolatile = 'v' ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(names)
+}
+
 /// How a PostgreSQL type is read and written.
 pub fn kind_of(type_name: &str, formatted: &str) -> ColumnKind {
     match type_name {

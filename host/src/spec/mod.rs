@@ -117,6 +117,11 @@ pub struct ThrottleSpec {
     /// (lock safety and timeouts stay on).
     #[serde(default)]
     pub mode: ThrottleMode,
+    /// In `gentle` mode, how far the target's point-read latency may rise
+    /// over its baseline (taken before the first chunk) before the run
+    /// backs off: 1.5 keeps it within half again of what it was.
+    #[serde(default = "default_latency_tolerance")]
+    pub latency_tolerance: f64,
     /// Rows per second the run as a whole may not exceed.
     #[serde(default, deserialize_with = "opt_positive")]
     pub max_rows_per_sec: Option<u32>,
@@ -156,6 +161,10 @@ pub struct ThrottleSpec {
     pub probe_url: Option<String>,
 }
 
+fn default_latency_tolerance() -> f64 {
+    1.5
+}
+
 /// How a run paces itself when nothing else limits it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,6 +182,7 @@ impl Default for ThrottleSpec {
     fn default() -> Self {
         ThrottleSpec {
             mode: ThrottleMode::Gentle,
+            latency_tolerance: default_latency_tolerance(),
             max_rows_per_sec: None,
             concurrency: None,
             pause_between_chunks: Duration::ZERO,
@@ -317,6 +327,13 @@ pub struct SourceSpec {
     /// the queries as written: review it like code.
     #[serde(default, rename = "where", deserialize_with = "opt_nonempty")]
     pub scope: Option<String>,
+    /// Accept a `where` that calls a function the database marks as
+    /// volatile (PostgreSQL) or not deterministic (MySQL/MariaDB): such a
+    /// function may write, and under `--execute` the condition also runs
+    /// inside refill's writing statement, where read-only mode cannot stop
+    /// it. Set it only for a function you know reads.
+    #[serde(default)]
+    pub allow_volatile_where: bool,
 }
 
 /// `[chunk]`: how the key space is split and how much runs at once.

@@ -12,6 +12,7 @@
 //! half second, in two tasks so a slow signal never delays a pause or an
 //! abort. Nothing waits with a transaction open.
 
+pub mod gentle;
 pub mod signals;
 pub mod size;
 
@@ -26,6 +27,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use self::gentle::Gentle;
 use self::signals::{Signals, Windows};
 use self::size::Sizer;
 use crate::run::{Phase, Progress, Status};
@@ -34,6 +36,8 @@ use crate::state::{Control, ControlAction, StateStore};
 
 /// How often the monitor checks the signals and the control.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often the gentle limiter times its point read.
+const POINT_EVERY: Duration = Duration::from_millis(100);
 /// Chunk writes whose mean latency is compared with `max_write_latency`.
 const LATENCY_WINDOW: usize = 3;
 /// The longest a slow write holds the next chunk back.
@@ -130,6 +134,10 @@ pub struct Throttle {
     /// For distributed workers: the run whose shared pacing clock the
     /// rows-per-second limit is kept on, and the limit.
     shared: Option<(StateStore, String, NonZeroU32)>,
+    /// The gentle limiter (`mode = "gentle"`, the default).
+    gentle: Option<Mutex<Gentle>>,
+    /// Signalled when a worker lets go of a chunk.
+    freed: tokio::sync::Notify,
 }
 
 impl Throttle {
@@ -175,7 +183,17 @@ impl Throttle {
             writes: Mutex::new(VecDeque::new()),
             cooldown: Mutex::new(None),
             shared: None,
+            gentle: (t.mode == crate::spec::ThrottleMode::Gentle)
+                .then(|| Mutex::new(Gentle::new(t.latency_tolerance, spec.concurrency()))),
+            freed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// What the gentle limiter allows now, if the run is gentle.
+    fn allowance(&self) -> Option<gentle::Allowance> {
+        self.gentle
+            .as_ref()
+            .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).allowance())
     }
 
     /// Keeps the rows-per-second limit for the run `run_id` as a whole, on
@@ -266,6 +284,36 @@ impl Throttle {
     /// rate; a slow signal never delays a pause or an abort. The other
     /// measures `signals` every [`CHECK_EVERY`].
     pub fn watch(self: &Arc<Self>, signals: Signals, control: Option<ControlSource>) -> Watching {
+        let signals = Arc::new(signals);
+        let me = self.clone();
+        let points = signals.clone();
+        let latency = tokio::spawn(async move {
+            let Some(gentle) = &me.gentle else { return };
+            let mut tick = tokio::time::interval(POINT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(latency) = points.point_read().await else {
+                    return;
+                };
+                let was_ready = {
+                    let mut g = gentle.lock().unwrap_or_else(|e| e.into_inner());
+                    let was = g.ready();
+                    g.sample(latency);
+                    if !was && g.ready() {
+                        info!(
+                            baseline_ms = g.baseline().unwrap_or_default().as_secs_f64() * 1e3,
+                            "Measured the database's latency before the first chunk."
+                        );
+                    }
+                    was
+                };
+                if !was_ready {
+                    // The run may start once the baseline is measured.
+                    me.view.send_modify(|_| {});
+                }
+            }
+        });
         let me = self.clone();
         let controls = tokio::spawn(async move {
             let mut reported: Option<Status> = None;
@@ -359,7 +407,7 @@ impl Throttle {
                 }
             }
         });
-        Watching(vec![controls, health])
+        Watching(vec![controls, health, latency])
     }
 
     /// Whether the run must stop taking chunks, and why.
@@ -414,6 +462,14 @@ impl Throttle {
                 "checking the controls and health signals".into(),
             ));
         }
+        if let Some(g) = &self.gentle
+            && !g.lock().unwrap_or_else(|e| e.into_inner()).ready()
+        {
+            return Some(throttled(
+                "starting",
+                "measuring the database's latency before the first chunk".into(),
+            ));
+        }
         if let Some(reason) = self
             .windows
             .as_ref()
@@ -466,7 +522,16 @@ impl Throttle {
     pub async fn admit(&self, most: Option<u64>) -> Result<u64, Stop> {
         self.clear().await?;
         self.resume_running();
-        let rows = self.sizer.lock().unwrap_or_else(|e| e.into_inner()).rows();
+        let mut rows = self.sizer.lock().unwrap_or_else(|e| e.into_inner()).rows();
+        if let Some(a) = self.allowance() {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a share in (0, 1] of a row count"
+            )]
+            let share = (rows as f64 * a.share).ceil() as u64;
+            rows = share.max(rows.min(GENTLE_MIN_ROWS));
+        }
         self.progress.chunk_rows.store(rows, Ordering::Relaxed);
         Ok(most.map_or(rows, |m| m.min(rows)))
     }
@@ -518,11 +583,30 @@ impl Throttle {
         let started = Instant::now();
         loop {
             self.clear().await?;
+            let allowance = self.allowance();
+            // The gentle limiter's concurrency: wait for a chunk in flight
+            // to finish.
+            if let Some(a) = &allowance
+                && self.progress.in_flight.load(Ordering::Relaxed) >= u64::from(a.concurrency)
+            {
+                self.slowed(a);
+                let _ = tokio::time::timeout(CHECK_EVERY, self.freed.notified()).await;
+                continue;
+            }
+            let pause = allowance
+                .as_ref()
+                .map_or(self.pause_between, |a| a.pause.max(self.pause_between));
             let last = *self.last_done.lock().unwrap_or_else(|e| e.into_inner());
-            let ready = last.map(|t| t + self.pause_between);
+            let ready = last.map(|t| t + pause);
             match ready {
                 Some(ready) if Instant::now() < ready => {
-                    tokio::time::sleep(ready - Instant::now()).await;
+                    if let Some(a) = &allowance
+                        && a.pause > self.pause_between
+                    {
+                        self.slowed(a);
+                    }
+                    // Short steps, so that a pause or a stop is heard.
+                    tokio::time::sleep((ready - Instant::now()).min(CHECK_EVERY)).await;
                 }
                 _ => break,
             }
@@ -532,10 +616,22 @@ impl Throttle {
         Ok(started.elapsed())
     }
 
+    /// Shows the run slowed by the gentle limiter, saying why.
+    fn slowed(&self, a: &gentle::Allowance) {
+        if self.progress.status().phase == Phase::Running {
+            self.set(Phase::Throttled, Some("gentle"), a.reason.clone());
+        }
+    }
+
     /// Takes in a finished chunk: `rows` in `elapsed`, of which `write` in
     /// its write. Sizes the next chunks, and slows down while writes are
     /// slower than `max_write_latency`.
     pub fn chunk_done(&self, rows: u64, elapsed: Duration, write: Duration) {
+        if let Some(g) = &self.gentle {
+            g.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .wrote(rows, write);
+        }
         *self.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.progress.chunk_seconds.observe(elapsed.as_secs_f64());
         let mut sizer = self.sizer.lock().unwrap_or_else(|e| e.into_inner());
@@ -574,8 +670,12 @@ impl Throttle {
     /// A worker let go of a chunk it held (done, failed or left).
     pub fn released(&self) {
         self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_waiters();
     }
 }
+
+/// The fewest rows the gentle limiter cuts a chunk to.
+const GENTLE_MIN_ROWS: u64 = 100;
 
 /// The share of a second a chunk under a rows-per-second limit may take.
 fn chunk_share(chunk_time: Duration) -> f64 {
@@ -596,6 +696,20 @@ pub fn describe(spec: &Spec) -> Vec<String> {
     let t = &spec.file.throttle;
     let d = |d: &Duration| humantime::format_duration(*d).to_string();
     let mut lines = Vec::new();
+    match t.mode {
+        crate::spec::ThrottleMode::Gentle => lines.push(format!(
+            "gentle (the default): starts with 1 chunk in flight and small chunks, and adapts \
+             concurrency (up to {}), chunk size and pauses to keep the target's point-read latency \
+             within {}× its baseline, measured before the first chunk (latency_tolerance); \
+             mode = \"unlimited\" runs flat out",
+            spec.concurrency(),
+            t.latency_tolerance
+        )),
+        crate::spec::ThrottleMode::Unlimited => lines.push(
+            "unlimited: flat out, no pacing and no latency limiter (lock safety and timeouts stay on)"
+                .into(),
+        ),
+    }
     if let Some(r) = t.max_rows_per_sec {
         lines.push(format!("at most {r} rows/s"));
     }
@@ -625,9 +739,16 @@ pub fn describe(spec: &Spec) -> Vec<String> {
     if let (Some(probe), Some(max)) = (&t.probe, t.probe_max) {
         lines.push(format!("pause while `{probe}` returns more than {max}"));
     }
-    if lines.is_empty() {
-        lines.push("no limits; `refill pause` and `refill abort` work from any terminal".into());
-    }
+    let x = &spec.file.timeouts;
+    lines.push(format!(
+        "statements end after {} (reads), {} (writes), {} (plan-time scans); no lock is waited for over {}; \
+         rows another transaction holds are deferred, not waited for, and dead letters after {} ([timeouts])",
+        d(&x.read),
+        d(&x.write),
+        d(&x.scan),
+        d(&x.lock),
+        d(&x.max_lock_wait)
+    ));
     lines
 }
 
@@ -661,7 +782,7 @@ mod tests {
     async fn slow_writes_hold_the_next_chunk_and_shrink_it() {
         let progress = Arc::new(Progress::default());
         let t = Throttle::new(
-            &spec("max_write_latency = \"50ms\""),
+            &spec("mode = \"unlimited\"\nmax_write_latency = \"50ms\""),
             progress.clone(),
             None,
         );
@@ -710,10 +831,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gentle_run_starts_after_its_baseline_small_and_one_chunk_at_a_time() {
+        let progress = Arc::new(Progress::default());
+        let t = Arc::new(Throttle::new(
+            &spec("concurrency = 2"),
+            progress.clone(),
+            None,
+        ));
+        checked(&t, None);
+        let early = tokio::time::timeout(Duration::from_millis(100), t.admit(None)).await;
+        assert!(early.is_err(), "waits for the latency baseline");
+        assert_eq!(
+            progress.status().reason.as_deref(),
+            Some("measuring the database's latency before the first chunk")
+        );
+        let gentle = t.gentle.as_ref().expect("gentle by default");
+        for _ in 0..10 {
+            gentle
+                .lock()
+                .expect("lock")
+                .sample(Duration::from_millis(1));
+        }
+        // A quarter of the chunk size, and one chunk in flight.
+        assert_eq!(t.admit(None).await, Ok(250));
+        assert!(t.hold().await.is_ok());
+        let second = tokio::time::timeout(Duration::from_millis(100), t.hold()).await;
+        assert!(second.is_err(), "a second chunk waits for the first");
+        assert_eq!(progress.status().cause, Some("gentle"));
+        t.released();
+        // Latency near its baseline: it speeds up to the whole chunk size.
+        for _ in 0..100 {
+            gentle
+                .lock()
+                .expect("lock")
+                .sample(Duration::from_millis(1));
+        }
+        assert_eq!(t.admit(None).await, Ok(1000));
+        let unlimited = Throttle::new(&spec("mode = \"unlimited\""), progress, None);
+        assert!(unlimited.gentle.is_none());
+        assert!(
+            describe(&spec(""))
+                .iter()
+                .any(|l| l.starts_with("gentle (the default)"))
+        );
+    }
+
+    #[tokio::test]
     async fn nothing_starts_before_the_first_check_or_after_max_runtime() {
         let progress = Arc::new(Progress::default());
         let t = Throttle::new(
-            &spec(""),
+            &spec("mode = \"unlimited\""),
             progress.clone(),
             Some(Duration::from_millis(300)),
         );

@@ -146,6 +146,9 @@ impl On {
 pub struct Signals {
     probe: Option<(On, String, f64)>,
     lag: Option<(On, bool, Duration)>,
+    /// The gentle limiter's point read: the source database, the target
+    /// table and its key.
+    point: Option<(Database, crate::source::TableRef, String)>,
 }
 
 impl Signals {
@@ -211,7 +214,30 @@ impl Signals {
                 Some((on, replica, max))
             }
         };
-        Ok(Signals { probe, lag })
+        let point = (t.mode == crate::spec::ThrottleMode::Gentle).then(|| {
+            let table = crate::source::TableRef {
+                schema: spec.target_schema().map(str::to_string),
+                name: spec.target_table().to_string(),
+            };
+            (source.clone(), table, spec.target_key().to_string())
+        });
+        Ok(Signals { probe, lag, point })
+    }
+
+    /// Times the gentle limiter's point read, if the spec is gentle; a
+    /// read that fails or takes longer than a measurement may counts as
+    /// [`MEASURE_TIMEOUT`].
+    pub async fn point_read(&self) -> Option<Duration> {
+        let (db, table, key) = self.point.as_ref()?;
+        let measured = tokio::time::timeout(MEASURE_TIMEOUT, db.point_read(table, key)).await;
+        Some(match measured {
+            Ok(Ok(latency)) => latency,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %crate::db::describe(&error), "The point read failed.");
+                MEASURE_TIMEOUT
+            }
+            Err(_) => MEASURE_TIMEOUT,
+        })
     }
 
     /// Whether any signal is configured.
