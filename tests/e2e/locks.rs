@@ -340,3 +340,45 @@ fn mariadb_a_rollback_defers_a_locked_row() {
         "locks_rollback_my",
     );
 }
+
+#[test]
+fn a_run_killed_with_a_row_deferred_writes_it_when_resumed() {
+    let w = World::new(Backend::Postgres, "locks_resume_pg");
+    quotes(&w, 3000, false);
+    w.write("spec.toml", &lock_spec(&w, "10m"));
+    let in_scope = (1..=3000).filter(|&i| in_scope(i)).count() as u64;
+    let holder = Holder::lock(&w, 2000);
+    let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
+    wait_until(
+        &mut child,
+        Duration::from_secs(60),
+        "every chunk was checkpointed, the locked row deferred",
+        || {
+            checkpointed(&w) == in_scope
+                && w.state_rows("SELECT row_key FROM refill_deferred").len() == 1
+        },
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert_eq!(
+        w.state_rows("SELECT row_key FROM refill_deferred"),
+        vec![vec![Some("2000".to_string())]]
+    );
+    holder.release();
+    let out = w.run(&["run", "spec.toml", "--execute"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("(resumed)"), "{}", out.all());
+    assert_remapped(&w, false);
+    assert!(
+        w.state_rows("SELECT row_key FROM refill_deferred")
+            .is_empty()
+    );
+    let status = w.status("spec.toml", None);
+    let t = &status[0]["totals"];
+    let settled: u64 = ["updated", "unchanged", "skipped", "failed"]
+        .iter()
+        .map(|k| t[k].as_u64().expect("count"))
+        .sum();
+    assert_eq!(settled, in_scope, "{status}");
+    assert_eq!(t["busy"], 1, "{status}");
+}

@@ -380,7 +380,11 @@ async fn read_all(
     feed: Feed,
     tx: mpsc::Sender<Work>,
 ) -> Result<Ended, RunError> {
-    if matches!(ctx.purpose, Purpose::Run { execute: true, .. }) {
+    // Workers retry only the rows they deferred themselves: another live
+    // worker may be retrying the rest.
+    if matches!(ctx.purpose, Purpose::Run { execute: true, .. })
+        && !matches!(feed, Feed::Claims { .. })
+    {
         load_deferred(ctx).await?;
     }
     let ended = read_feed(ctx, feed, &tx).await?;
