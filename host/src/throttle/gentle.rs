@@ -14,6 +14,12 @@
 //! application feels, so a chunk whose write per row takes much longer
 //! than the fastest seen counts as congestion too. Other throttle keys
 //! (rate, windows, signals) only cap it further.
+//!
+//! The latency the run is judged against follows the database while the
+//! run is idle (no chunk in flight, between pauses): a load of the
+//! application's own that raises latency for everyone raises it too, so
+//! the limiter judges what the run adds, not what others do; it never
+//! goes below the baseline.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -33,6 +39,8 @@ const HEADROOM: f64 = 0.8;
 /// Latency under this is noise, whatever the baseline (a point read on a
 /// quiet loopback takes a fraction of a millisecond).
 const FLOOR: Duration = Duration::from_micros(300);
+/// Weight of an idle sample in the moving reference.
+const AMBIENT_WEIGHT: f64 = 0.2;
 
 /// The limiter's state.
 #[derive(Clone, Debug)]
@@ -40,6 +48,9 @@ pub struct Gentle {
     tolerance: f64,
     most: u32,
     baseline: Vec<Duration>,
+    /// The moving reference, in seconds: the baseline, then following idle
+    /// samples (never below the baseline).
+    ambient: Option<f64>,
     recent: VecDeque<Duration>,
     /// Chunks allowed in flight.
     concurrency: u32,
@@ -75,6 +86,7 @@ impl Gentle {
             tolerance: tolerance.max(1.0),
             most: most.max(1),
             baseline: Vec::new(),
+            ambient: None,
             recent: VecDeque::new(),
             concurrency: 1,
             pause: Duration::ZERO,
@@ -94,10 +106,27 @@ impl Gentle {
         self.ready().then(|| median(&self.baseline))
     }
 
-    /// Takes in a point read's latency.
-    pub fn sample(&mut self, latency: Duration) {
+    /// The latency the run is judged against now.
+    pub fn reference(&self) -> Option<Duration> {
+        let base = self.baseline()?.max(FLOOR);
+        Some(
+            self.ambient
+                .map_or(base, |a| Duration::from_secs_f64(a).max(base)),
+        )
+    }
+
+    /// Takes in a point read's latency; `idle` if no chunk of the run was
+    /// in flight while it ran.
+    pub fn sample(&mut self, latency: Duration, idle: bool) {
         if !self.ready() {
             self.baseline.push(latency);
+            return;
+        }
+        if idle {
+            let base = self.reference().unwrap_or(FLOOR).as_secs_f64();
+            let a = self.ambient.unwrap_or(base);
+            self.ambient =
+                Some(AMBIENT_WEIGHT * latency.as_secs_f64() + (1.0 - AMBIENT_WEIGHT) * a);
             return;
         }
         self.recent.push_back(latency);
@@ -106,11 +135,11 @@ impl Gentle {
         }
         if self.recent.len() >= WINDOW / 2 {
             let now = median(self.recent.make_contiguous());
-            let base = median(&self.baseline).max(FLOOR);
+            let base = self.reference().unwrap_or(FLOOR);
             let ratio = now.as_secs_f64() / base.as_secs_f64();
             if ratio > self.tolerance {
                 self.back_off(format!(
-                    "the target's point read takes {:.1} ms, over {:.1}× its {:.1} ms baseline",
+                    "the target's point read takes {:.1} ms, over {:.1}× the {:.1} ms it takes without the run",
                     now.as_secs_f64() * 1e3,
                     self.tolerance,
                     base.as_secs_f64() * 1e3
@@ -198,7 +227,7 @@ mod tests {
         let mut g = Gentle::new(tolerance, 4);
         for _ in 0..BASELINE_SAMPLES {
             assert!(!g.ready());
-            g.sample(ms(1));
+            g.sample(ms(1), true);
         }
         assert!(g.ready());
         assert_eq!(g.baseline(), Some(ms(1)));
@@ -212,7 +241,7 @@ mod tests {
         assert_eq!(start.concurrency, 1);
         assert!(start.share < 1.0 && start.reason.is_some());
         for _ in 0..200 {
-            g.sample(ms(1));
+            g.sample(ms(1), false);
         }
         let a = g.allowance();
         assert_eq!(a.concurrency, 4);
@@ -225,20 +254,23 @@ mod tests {
     fn backs_off_multiplicatively_when_latency_rises_and_says_why() {
         let mut g = measured(1.5);
         for _ in 0..200 {
-            g.sample(ms(1));
+            g.sample(ms(1), false);
         }
         for _ in 0..WINDOW / 2 {
-            g.sample(ms(5));
+            g.sample(ms(5), false);
         }
         let a = g.allowance();
         assert_eq!(a.concurrency, 2);
         assert_eq!(a.pause, FIRST_PAUSE);
         assert_eq!(a.share, 0.5);
         let reason = a.reason.expect("a reason");
-        assert!(reason.contains("over 1.5× its 1.0 ms baseline"), "{reason}");
+        assert!(
+            reason.contains("over 1.5× the 1.0 ms it takes without the run"),
+            "{reason}"
+        );
         // Still high: the pause doubles, up to its bound.
         for _ in 0..100 {
-            g.sample(ms(5));
+            g.sample(ms(5), false);
         }
         let a = g.allowance();
         assert_eq!(a.concurrency, 1);
@@ -250,7 +282,7 @@ mod tests {
     fn slow_writes_count_as_congestion() {
         let mut g = measured(1.5);
         for _ in 0..200 {
-            g.sample(ms(1));
+            g.sample(ms(1), false);
         }
         g.wrote(1000, ms(10));
         assert_eq!(g.allowance().pause, Duration::ZERO);
@@ -264,13 +296,34 @@ mod tests {
     }
 
     #[test]
+    fn a_load_of_others_raises_the_reference_but_not_below_the_baseline() {
+        let mut g = measured(1.5);
+        // The application's own load: 4 ms for everyone, the run idle.
+        for _ in 0..50 {
+            g.sample(ms(4), true);
+        }
+        let reference = g.reference().expect("measured");
+        assert!(reference > ms(3), "{reference:?}");
+        // The run adds little on top: no back-off.
+        for _ in 0..50 {
+            g.sample(ms(5), false);
+        }
+        assert_eq!(g.allowance().pause, Duration::ZERO);
+        // Quiet again: the reference comes down, never below the baseline.
+        for _ in 0..200 {
+            g.sample(Duration::from_micros(100), true);
+        }
+        assert_eq!(g.reference(), Some(ms(1)));
+    }
+
+    #[test]
     fn sub_millisecond_noise_is_not_congestion() {
         let mut g = Gentle::new(1.5, 2);
         for _ in 0..BASELINE_SAMPLES {
-            g.sample(Duration::from_micros(50));
+            g.sample(Duration::from_micros(50), true);
         }
         for _ in 0..100 {
-            g.sample(Duration::from_micros(200));
+            g.sample(Duration::from_micros(200), false);
         }
         assert_eq!(g.allowance().reason, None);
     }

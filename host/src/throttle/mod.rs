@@ -293,13 +293,15 @@ impl Throttle {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                let idle_before = me.progress.in_flight.load(Ordering::Relaxed) == 0;
                 let Some(latency) = points.point_read().await else {
                     return;
                 };
+                let idle = idle_before && me.progress.in_flight.load(Ordering::Relaxed) == 0;
                 let was_ready = {
                     let mut g = gentle.lock().unwrap_or_else(|e| e.into_inner());
                     let was = g.ready();
-                    g.sample(latency);
+                    g.sample(latency, idle);
                     if !was && g.ready() {
                         info!(
                             baseline_ms = g.baseline().unwrap_or_default().as_secs_f64() * 1e3,
@@ -850,7 +852,7 @@ mod tests {
             gentle
                 .lock()
                 .expect("lock")
-                .sample(Duration::from_millis(1));
+                .sample(Duration::from_millis(1), false);
         }
         // A quarter of the chunk size, and one chunk in flight.
         assert_eq!(t.admit(None).await, Ok(250));
@@ -864,7 +866,7 @@ mod tests {
             gentle
                 .lock()
                 .expect("lock")
-                .sample(Duration::from_millis(1));
+                .sample(Duration::from_millis(1), false);
         }
         assert_eq!(t.admit(None).await, Ok(1000));
         let unlimited = Throttle::new(&spec("mode = \"unlimited\""), progress, None);
