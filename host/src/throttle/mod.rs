@@ -725,6 +725,15 @@ pub fn describe(spec: &Spec) -> Vec<String> {
             t.timezone
         ));
     }
+    if t.max_replica_lag.is_none()
+        && t.mode == crate::spec::ThrottleMode::Gentle
+        && spec.source_url.backend() == crate::db::Backend::Postgres
+    {
+        lines.push(format!(
+            "pause while a streaming replica in the source's pg_stat_replication is over {} behind (the gentle default; set max_replica_lag to change it)",
+            d(&signals::DEFAULT_MAX_LAG)
+        ));
+    }
     if let Some(max) = &t.max_replica_lag {
         let on = match &t.replica_url {
             Some(_) => "on replica_url".to_string(),

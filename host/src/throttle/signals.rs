@@ -21,6 +21,9 @@ use crate::spec::{Spec, SpecError, parse_window};
 
 /// The longest a measurement may take before it counts as failed.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The replica lag a gentle run on PostgreSQL pauses over when the spec
+/// sets none (gh-ost's `--max-lag-millis` default).
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_millis(1500);
 /// A replica that heard nothing from its primary for this long is not
 /// known to be caught up (primaries send keepalives well within it).
 const RECEIVER_SILENCE: Duration = Duration::from_secs(60);
@@ -146,6 +149,10 @@ impl On {
 pub struct Signals {
     probe: Option<(On, String, f64)>,
     lag: Option<(On, bool, Duration)>,
+    /// Whether the lag is watched by default (a gentle run on PostgreSQL
+    /// with no `max_replica_lag`): a source with no replicas then has no
+    /// lag, rather than a lag that cannot be measured.
+    lag_by_default: bool,
     /// The gentle limiter's point read: the source database, the target
     /// table and its key.
     point: Option<(Database, crate::source::TableRef, String)>,
@@ -221,7 +228,21 @@ impl Signals {
             };
             (source.clone(), table, spec.target_key().to_string())
         });
-        Ok(Signals { probe, lag, point })
+        // gh-ost's default: a gentle run on PostgreSQL watches its
+        // streaming replicas' lag unless the spec says otherwise.
+        let lag_by_default = lag.is_none()
+            && t.mode == crate::spec::ThrottleMode::Gentle
+            && source.backend() == Backend::Postgres;
+        let lag = match lag_by_default {
+            true => Some((On::Source(source.clone()), false, DEFAULT_MAX_LAG)),
+            false => lag,
+        };
+        Ok(Signals {
+            probe,
+            lag,
+            lag_by_default,
+            point,
+        })
     }
 
     /// Times the gentle limiter's point read, if the spec is gentle; a
@@ -259,7 +280,7 @@ impl Signals {
                         };
                         mysql_replica_lag(pool, &url).await
                     }
-                    _ => replica_lag(&db, replica).await,
+                    _ => replica_lag(&db, replica, self.lag_by_default).await,
                 }
             })
             .await;
@@ -319,7 +340,7 @@ async fn within<T>(
 /// is streaming and heard from the primary recently. On a primary: the
 /// largest `replay_lag` in `pg_stat_replication`, provided the role may see
 /// the replicas' positions (`pg_read_all_stats`, or `pg_monitor`).
-async fn replica_lag(db: &Database, replica: bool) -> Result<Duration, String> {
+async fn replica_lag(db: &Database, replica: bool, optional: bool) -> Result<Duration, String> {
     let Pools::Postgres(pool) = db.pools() else {
         return Err("not a PostgreSQL database".into());
     };
@@ -367,6 +388,9 @@ async fn replica_lag(db: &Database, replica: bool) -> Result<Duration, String> {
         .fetch_one(pool)
         .await
         .map_err(describe)?;
+        if replicas == 0 && optional {
+            return Ok(Duration::ZERO);
+        }
         if replicas == 0 {
             return Err(
                 "no replica is connected to the source (pg_stat_replication is empty); \
