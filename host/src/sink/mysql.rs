@@ -225,6 +225,30 @@ pub async fn write(
     updates: Vec<Update>,
     guard: Guard,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
+    let mut conn = pool.acquire().await.map_err(|error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: updates.len(),
+        error,
+    })?;
+    let result = write_on(&mut conn, layout, updates, guard).await;
+    if result.is_err() {
+        // A failed write's transaction ends now, not when the connection
+        // is next used: the split halves of a refused write must not find
+        // its row locks (and defer their own rows as locked).
+        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            tracing::debug!(error = %crate::db::describe(&e), "Could not roll a failed write back.");
+        }
+    }
+    result
+}
+
+async fn write_on(
+    conn: &mut sqlx::MySqlConnection,
+    layout: &Layout,
+    updates: Vec<Update>,
+    guard: Guard,
+) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
+    use sqlx::Connection as _;
     let n = updates.len();
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -232,7 +256,7 @@ pub async fn write(
         error,
     };
     let per_statement = rows_per_statement(layout, guard);
-    let mut tx = pool.begin().await.map_err(write_error)?;
+    let mut tx = conn.begin().await.map_err(write_error)?;
     let locked = select_keys(&mut tx, layout, Guard::None, &updates, true).await?;
     let (mine, others): (Vec<Update>, Vec<Update>) =
         updates.into_iter().partition(|u| locked.contains(&u.key));
@@ -263,7 +287,7 @@ pub async fn write(
 
     // Some rows were changed or deleted meanwhile: lock the rows again,
     // find those the guard lets through, then write exactly those.
-    let mut tx = pool.begin().await.map_err(write_error)?;
+    let mut tx = conn.begin().await.map_err(write_error)?;
     let through = select_keys(&mut tx, layout, guard, &mine, true).await?;
     let written: Vec<Update> = mine
         .into_iter()

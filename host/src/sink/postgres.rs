@@ -194,9 +194,20 @@ pub async fn write_bounded(
     let mut tx = crate::source::postgres::begin_write(pool, timeouts.write, timeouts.lock)
         .await
         .map_err(failed)?;
-    let done = write(&mut *tx, layout, updates, guard).await?;
-    tx.commit().await.map_err(failed)?;
-    Ok(done)
+    match write(&mut *tx, layout, updates, guard).await {
+        Ok(done) => {
+            tx.commit().await.map_err(failed)?;
+            Ok(done)
+        }
+        Err(error) => {
+            // Ended now, not when the connection is next used: the split
+            // halves of a refused write must not find its row locks.
+            if let Err(e) = tx.rollback().await {
+                tracing::debug!(error = %crate::db::describe(&e), "Could not roll a failed write back.");
+            }
+            Err(error)
+        }
+    }
 }
 
 /// Writes a chunk's updates in one statement. Returns the keys written and
