@@ -64,23 +64,21 @@ pub fn params(spec: &Spec) -> Vec<Param> {
 /// opts in: under `--execute` the condition runs inside the writing
 /// statement too, where read-only mode cannot stop it, and a function that
 /// writes only outside read-only transactions would pass every dry run.
+/// Returns why the check could not be made, if it could not.
 async fn refuse_volatile(
     spec: &Spec,
     db: &Database,
     table: &TableRef,
     condition: &str,
-) -> Result<(), PlanError> {
+) -> Result<Option<String>, PlanError> {
     let found = match db.volatile_functions(table, condition).await {
         Ok(found) => found,
         // The check needs a temporary view on PostgreSQL (the TEMPORARY
         // privilege); without it the read-only transactions still hold.
-        Err(error) => {
-            tracing::warn!(error = %crate::db::describe(&error), "Could not check the functions [source] where calls.");
-            return Ok(());
-        }
+        Err(error) => return Ok(Some(crate::db::describe(&error))),
     };
     if found.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     Err(spec
         .error_at(
@@ -304,9 +302,10 @@ pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, 
     if let Some(condition) = &f.source.scope {
         // Before the condition is first run: MySQL/MariaDB evaluate a
         // constant call at once, even under LIMIT 0.
-        if !f.source.allow_volatile_where {
-            refuse_volatile(spec, db, &source_ref, condition).await?;
-        }
+        let unchecked = match f.source.allow_volatile_where {
+            false => refuse_volatile(spec, db, &source_ref, condition).await?,
+            true => None,
+        };
         db.check_scope(&source_ref, condition).await.map_err(|e| {
             let message = match crate::db::writes_refused(&e) {
                 true => format!(
@@ -320,6 +319,11 @@ pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, 
             };
             spec.error_at(&["source", "where"], message)
         })?;
+        // A condition that does not work is reported as such above; one
+        // that works but could not be checked is worth a warning.
+        if let Some(error) = unchecked {
+            tracing::warn!(%error, "Could not check the functions [source] where calls.");
+        }
     }
     Ok(Layout {
         source: source_ref,
