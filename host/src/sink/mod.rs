@@ -267,26 +267,13 @@ fn isolate<'a>(
                 written.busy.extend(busy);
                 Ok(())
             }
-            // A statement that ran or waited too long is split: its halves
-            // lock and write fewer rows each.
-            Err(SinkError::Write { ref error, .. })
-                if crate::db::timed_out(error) && updates.len() > 1 =>
+            // A refused value is split until it stands alone; a statement
+            // that ran or waited too long is split so that its halves lock
+            // and write fewer rows each (alone, it fails, and is retried).
+            Err(SinkError::Write { error, .. })
+                if refuses_a_value(&error)
+                    || (crate::db::timed_out(&error) && updates.len() > 1) =>
             {
-                tracing::debug!(rows = updates.len(), error = %crate::db::describe(error), "A write timed out; splitting it.");
-                let (first, second) = updates.split_at(updates.len() / 2);
-                let into = match into {
-                    Dest::Pool(db) => {
-                        isolate(Dest::Pool(db), layout, first, guard, written).await?;
-                        Dest::Pool(db)
-                    }
-                    Dest::Tx(tx) => {
-                        isolate(Dest::Tx(&mut *tx), layout, first, guard, written).await?;
-                        Dest::Tx(tx)
-                    }
-                };
-                isolate(into, layout, second, guard, written).await
-            }
-            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => {
                 if let [update] = updates {
                     let reason = format!(
                         "the database refused the new values: {}",
