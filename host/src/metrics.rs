@@ -121,7 +121,7 @@ pub fn render(progress: &Progress) -> String {
     }
     registry.register(
         "refill_throttle_state",
-        "1 for the state the run is in (running, throttled, pausing, paused, stopping), with what holds it (rate, probe, replica-lag, write-latency, window, paused, state-store, starting, stop)",
+        "1 for the state the run is in (running, throttled, pausing, paused, stopping), with what holds it (rate, probe, replica-lag, write-latency, gentle, a health indicator such as vacuum or active-backends, window, paused, state-store, starting, stop)",
         state,
     );
     let float = |v: f64| {

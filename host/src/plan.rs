@@ -139,16 +139,38 @@ async fn check_probe(spec: &Spec, db: &Database) -> Result<Option<String>, PlanE
     }
 }
 
+/// Checks that the role can see what each health indicator on needs: a
+/// fail-closed indicator that cannot see would hold a run back for good, so
+/// that is refused (exit 2), naming the key that turns it off. A check that
+/// cannot be made now is a warning.
+async fn check_health(spec: &Spec, db: &Database) -> Result<Option<String>, PlanError> {
+    let signals = crate::throttle::signals::Signals::of(spec, db)?;
+    let Some(health) = signals.health() else {
+        return Ok(None);
+    };
+    match health.blind_spots().await {
+        Ok(blind) => match blind.into_iter().next() {
+            Some((key, why)) => Err(spec.error_at(&["throttle", "health", key], why).into()),
+            None => Ok(None),
+        },
+        Err(why) => Ok(Some(format!(
+            "cannot check what the health indicators may see now ({why}); a run pauses while one cannot be measured"
+        ))),
+    }
+}
+
 /// Checks the spec against the database and the transform and counts the
 /// rows in scope.
 pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, PlanError> {
     let layout = resolve(spec, db, runner.info()).await?;
     let lookups = load_and_check(spec, db, runner).await?;
     let probe = check_probe(spec, db).await?;
+    let health = check_health(spec, db).await?;
     let scope = db.scope(&layout).await?;
     let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
     let mut warnings = Vec::new();
     warnings.extend(probe);
+    warnings.extend(health);
     if spec.file.transform.sha256.is_none() {
         warnings.push(format!(
             "the component is not pinned: add `sha256 = \"{}\"` to [transform] after reviewing it (required for --execute)",

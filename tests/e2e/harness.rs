@@ -165,6 +165,9 @@ pub struct World {
     pub database: Option<String>,
     rt: tokio::runtime::Runtime,
     pool: AnyPool,
+    /// The PostgreSQL server, when it is not the test server (a throwaway
+    /// cluster).
+    server: Option<String>,
     /// Shared use of the PostgreSQL server, or the exclusive use a test that
     /// restarts it needs. Dropped last.
     _server: Option<ServerUse>,
@@ -173,6 +176,9 @@ pub struct World {
 /// Every PostgreSQL world shares the server; a test that restarts it takes
 /// it for itself, after the others finish.
 static SERVER: RwLock<()> = RwLock::new(());
+/// The same for the MariaDB/MySQL server: a test that measures the whole
+/// server (its running threads, its history list) takes it for itself.
+static MYSQL_SERVER: RwLock<()> = RwLock::new(());
 
 enum ServerUse {
     Shared(#[expect(dead_code, reason = "held for its Drop")] RwLockReadGuard<'static, ()>),
@@ -182,19 +188,47 @@ enum ServerUse {
 impl World {
     /// A fresh world named after the test.
     pub fn new(backend: Backend, name: &str) -> World {
-        let server = (backend == Backend::Postgres)
-            .then(|| ServerUse::Shared(SERVER.read().unwrap_or_else(|e| e.into_inner())));
-        World::with_server(backend, name, server)
+        let server = match backend {
+            Backend::Postgres => Some(ServerUse::Shared(
+                SERVER.read().unwrap_or_else(|e| e.into_inner()),
+            )),
+            Backend::Mysql => Some(ServerUse::Shared(
+                MYSQL_SERVER.read().unwrap_or_else(|e| e.into_inner()),
+            )),
+            Backend::Sqlite => None,
+        };
+        World::with_server(backend, name, server, None)
     }
 
     /// A PostgreSQL world that has the server to itself: no other test
     /// uses it until this world is dropped.
     pub fn exclusive(name: &str) -> World {
         let server = ServerUse::Exclusive(SERVER.write().unwrap_or_else(|e| e.into_inner()));
-        World::with_server(Backend::Postgres, name, Some(server))
+        World::with_server(Backend::Postgres, name, Some(server), None)
     }
 
-    fn with_server(backend: Backend, name: &str, server: Option<ServerUse>) -> World {
+    /// A MariaDB/MySQL world that has the server to itself.
+    pub fn exclusive_mysql(name: &str) -> World {
+        let server = ServerUse::Exclusive(MYSQL_SERVER.write().unwrap_or_else(|e| e.into_inner()));
+        World::with_server(Backend::Mysql, name, Some(server), None)
+    }
+
+    /// A PostgreSQL world on another server, at `url` (a throwaway
+    /// cluster).
+    pub fn postgres_at(url: &str, name: &str) -> World {
+        World::with_server(Backend::Postgres, name, None, Some(url.to_string()))
+    }
+
+    fn postgres(&self) -> String {
+        self.server.clone().unwrap_or_else(postgres_url)
+    }
+
+    fn with_server(
+        backend: Backend,
+        name: &str,
+        server: Option<ServerUse>,
+        at: Option<String>,
+    ) -> World {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let dir = tempfile::Builder::new()
@@ -248,7 +282,7 @@ impl World {
                     .block_on(
                         AnyPoolOptions::new()
                             .max_connections(1)
-                            .connect(&postgres_url()),
+                            .connect(at.as_deref().unwrap_or(&postgres_url())),
                     )
                     .expect("connect to PostgreSQL (is REFILL_TEST_POSTGRES_URL right?)");
                 for sql in [
@@ -268,6 +302,7 @@ impl World {
             database,
             rt,
             pool,
+            server: at,
             _server: server,
         }
     }
@@ -276,7 +311,7 @@ impl World {
     pub fn url(&self) -> String {
         match self.backend {
             Backend::Sqlite => "sqlite://data.db".to_string(),
-            Backend::Postgres => postgres_url(),
+            Backend::Postgres => self.postgres(),
             Backend::Mysql => with_database(
                 &mysql_url(),
                 self.database
@@ -313,7 +348,7 @@ impl World {
             return Some(self.url());
         }
         let schema = self.schema.as_ref()?;
-        let url = postgres_url();
+        let url = self.postgres();
         let sep = if url.contains('?') { '&' } else { '?' };
         Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
     }
@@ -518,6 +553,29 @@ pub fn until<T>(
         assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// What `refill status` says the newest run of `spec` is doing, and why
+/// (nothing before the run is recorded).
+pub fn live(w: &World, spec: &str) -> Option<(String, String)> {
+    let ran = w.run(&["status", "--json", "--spec", spec]);
+    let list: serde_json::Value = serde_json::from_str(&ran.stdout).ok()?;
+    let live = &list.get(0)?["live"];
+    Some((
+        live["state"].as_str()?.to_string(),
+        live["reason"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Chunks done so far in the state store.
+pub fn chunks_done(w: &World) -> u64 {
+    w.state_rows(&format!(
+        "SELECT {} FROM refill_chunks WHERE status = 'done'",
+        w.text("count(*)")
+    ))[0][0]
+        .as_deref()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Sends SIGINT (what Ctrl-C sends) to `child`.

@@ -5,6 +5,7 @@
 
 mod fixtures;
 mod harness;
+mod health;
 mod languages;
 mod locks;
 mod mariadb;

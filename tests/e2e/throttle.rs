@@ -28,18 +28,6 @@ fn throttled(w: &World, chunk: &str, throttle: &str) -> String {
         + "\n"
 }
 
-/// What `refill status` says the newest run of `spec` is doing, and why
-/// (nothing before the run is recorded).
-fn live(w: &World, spec: &str) -> Option<(String, String)> {
-    let ran = w.run(&["status", "--json", "--spec", spec]);
-    let list: serde_json::Value = serde_json::from_str(&ran.stdout).ok()?;
-    let live = &list.get(0)?["live"];
-    Some((
-        live["state"].as_str()?.to_string(),
-        live["reason"].as_str().unwrap_or_default().to_string(),
-    ))
-}
-
 /// The state and reason each working session reports (once the run has
 /// started: the state store's tables exist).
 fn session_states(w: &World) -> Vec<(String, String)> {
@@ -60,14 +48,6 @@ fn busy_connections(w: &World, pid: u32) -> Vec<Vec<Option<String>>> {
     w.rows(&format!(
         "SELECT state, query FROM pg_stat_activity WHERE application_name = 'refill pid {pid}' AND state <> 'idle'"
     ))
-}
-
-/// Chunks done so far in the state store.
-fn chunks_done(w: &World) -> u64 {
-    w.state_rows("SELECT CAST(count(*) AS TEXT) FROM refill_chunks WHERE status = 'done'")[0][0]
-        .as_deref()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The newest run's id and status.

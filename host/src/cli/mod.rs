@@ -34,6 +34,9 @@ const FAILED_ROWS: u8 = 1;
 const COULD_NOT_RUN: u8 = 2;
 /// Exit code: stopped by `refill abort` (resumable).
 const ABORTED: u8 = 3;
+/// Exit code: stopped by a health indicator over its critical threshold
+/// (resumable).
+const CRITICAL: u8 = 4;
 /// Exit code: stopped by Ctrl-C (resumable).
 const INTERRUPTED: u8 = 130;
 
@@ -57,6 +60,7 @@ pub fn run(args: Args) -> ExitCode {
             let code = match error.downcast_ref::<run::RunError>() {
                 Some(run::RunError::Stopped(Stop::Interrupted)) => INTERRUPTED,
                 Some(run::RunError::Stopped(Stop::Aborted { .. })) => ABORTED,
+                Some(run::RunError::Stopped(Stop::Critical { .. })) => CRITICAL,
                 _ => COULD_NOT_RUN,
             };
             ExitCode::from(code)
@@ -267,7 +271,7 @@ async fn plan_command(path: &Path) -> Result<u8> {
     if signals.any() {
         match signals.check().await {
             None => println!("  signals    under their thresholds now"),
-            Some((_, reason)) => println!("  signals    {reason} (a run would wait)"),
+            Some(found) => println!("  signals    {} (a run would wait)", found.reason),
         }
     }
     Ok(0)
@@ -396,6 +400,7 @@ async fn run_command(
         _ if report.failure.is_some() => COULD_NOT_RUN,
         Some(Stop::Interrupted) => INTERRUPTED,
         Some(Stop::Aborted { .. }) => ABORTED,
+        Some(Stop::Critical { .. }) => CRITICAL,
         _ if report.totals.failed > 0 => FAILED_ROWS,
         _ => 0,
     })
@@ -433,6 +438,7 @@ async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>
     Ok(match &report.stop {
         Some(Stop::Interrupted) => INTERRUPTED,
         Some(Stop::Aborted { .. }) => ABORTED,
+        Some(Stop::Critical { .. }) => CRITICAL,
         _ => 0,
     })
 }
@@ -763,6 +769,7 @@ async fn retry_command(
         );
         return Ok(match stop {
             Stop::Aborted { .. } => ABORTED,
+            Stop::Critical { .. } => CRITICAL,
             _ => INTERRUPTED,
         });
     }
@@ -848,6 +855,7 @@ async fn rollback_command(
         );
         return Ok(match stop {
             Stop::Aborted { .. } => ABORTED,
+            Stop::Critical { .. } => CRITICAL,
             _ => INTERRUPTED,
         });
     }

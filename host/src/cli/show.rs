@@ -364,6 +364,10 @@ pub fn report(spec: &Spec, r: &RunReport) {
             "Nothing was written. To write: refill run {} --execute",
             spec.path.display()
         );
+    } else if let Some(stop) = &r.stop {
+        println!(
+            "Stopped: {stop}. The same command resumes the run; finished chunks are not redone."
+        );
     } else if run.status == RunStatus::Incomplete {
         println!("Stopped after the canary; run again without --limit to go on.");
     }

@@ -863,6 +863,7 @@ pub(crate) fn session_outcome(failed: bool, stop: Option<&Stop>) -> &'static str
         (false, Some(Stop::Aborted { .. })) => "aborted",
         (false, Some(Stop::Interrupted)) => "interrupted",
         (false, Some(Stop::MaxRuntime(_))) => "max-runtime",
+        (false, Some(Stop::Critical { .. })) => "critical",
         (false, None) => "done",
     }
 }
@@ -1038,7 +1039,9 @@ async fn run_session(
         Ok(Ended::Stopped(why)) => {
             let status = match why {
                 Stop::Aborted { .. } => RunStatus::Aborted,
-                Stop::Interrupted | Stop::MaxRuntime(_) => RunStatus::Incomplete,
+                Stop::Interrupted | Stop::MaxRuntime(_) | Stop::Critical { .. } => {
+                    RunStatus::Incomplete
+                }
             };
             let message = format!("{why}; the next `refill run` resumes it");
             stop = Some(why);

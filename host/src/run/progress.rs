@@ -59,8 +59,9 @@ pub struct Status {
     /// What the run is doing.
     pub phase: Phase,
     /// What holds it, in one word from a fixed set (`rate`, `probe`,
-    /// `replica-lag`, `write-latency`, `window`, `paused`, `state-store`,
-    /// `starting`, `stop`): a metrics label.
+    /// `replica-lag`, `write-latency`, `gentle`, a health indicator such as
+    /// `vacuum`, `window`, `paused`, `state-store`, `starting`, `stop`): a
+    /// metrics label.
     pub cause: Option<&'static str>,
     /// Why it waits or stops, in full.
     pub reason: Option<String>,

@@ -14,15 +14,19 @@ use crate::chunk::KeyType;
 use crate::db::DbUrl;
 use crate::value::{self, ColumnKind, Value};
 
-/// Opens a pool. Sessions announce themselves as `refill pid N` in
-/// `pg_stat_activity`.
+/// The name this process's sessions announce themselves by in
+/// `pg_stat_activity`: `refill pid N`.
+pub fn session_name() -> String {
+    format!("refill pid {}", std::process::id())
+}
+
+/// Opens a pool. Sessions announce themselves by [`session_name`].
 pub async fn connect(
     url: &DbUrl,
     connections: u32,
     timeout: Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let name = format!("refill pid {}", std::process::id());
-    let options = PgConnectOptions::from_str(url.expose())?.application_name(&name);
+    let options = PgConnectOptions::from_str(url.expose())?.application_name(&session_name());
     // One direct connection first: a pool that cannot connect only reports
     // that it timed out, this says why (refused, unknown database, password).
     let probe = tokio::time::timeout(timeout, options.connect())

@@ -159,6 +159,65 @@ pub struct ThrottleSpec {
     /// Where to run `probe`; defaults to the source database.
     #[serde(default)]
     pub probe_url: Option<String>,
+    /// `[throttle.health]`: the database's built-in health indicators.
+    #[serde(default)]
+    pub health: HealthSpec,
+}
+
+/// `[throttle.health]`: built-in health indicators, each measured every
+/// half second and fail-closed. A `max_*` threshold pauses the run while it
+/// is exceeded; a `critical_*` one stops it (exit 4; the next `refill run`
+/// resumes it). A key left out takes its default in `gentle` mode and is
+/// off in `unlimited` mode; 0 (or `false`) turns an indicator off.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// `false`: no built-in indicator, whatever the other keys say.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// PostgreSQL: pause while a VACUUM (autovacuum or manual) works on the
+    /// target table (`pg_stat_progress_vacuum`).
+    #[serde(default)]
+    pub vacuum: Option<bool>,
+    /// PostgreSQL: WAL generated, in MB per second over the last seconds.
+    #[serde(default)]
+    pub max_wal_rate: Option<f64>,
+    /// PostgreSQL: the WAL rate that stops the run.
+    #[serde(default)]
+    pub critical_wal_rate: Option<f64>,
+    /// PostgreSQL, with `archive_mode` on: pause while the archiver fails
+    /// (`pg_stat_archiver`).
+    #[serde(default)]
+    pub archiver: Option<bool>,
+    /// PostgreSQL, with `archive_mode` on: WAL segments waiting to be
+    /// archived over which the run pauses.
+    #[serde(default)]
+    pub max_archive_pending: Option<u64>,
+    /// PostgreSQL: MB of WAL a replication slot holds back.
+    #[serde(default)]
+    pub max_slot_retained_wal: Option<f64>,
+    /// PostgreSQL: the retained WAL, in MB, that stops the run.
+    #[serde(default)]
+    pub critical_slot_retained_wal: Option<f64>,
+    /// PostgreSQL: client backends running a statement
+    /// (`pg_stat_activity`), as pt-osc's `Threads_running`.
+    #[serde(default)]
+    pub max_active_backends: Option<u64>,
+    /// PostgreSQL: the active backends that stop the run.
+    #[serde(default)]
+    pub critical_active_backends: Option<u64>,
+    /// MySQL/MariaDB: `Threads_running`.
+    #[serde(default)]
+    pub max_threads_running: Option<u64>,
+    /// MySQL/MariaDB: the `Threads_running` that stops the run.
+    #[serde(default)]
+    pub critical_threads_running: Option<u64>,
+    /// MySQL/MariaDB: the InnoDB history list length (undo not yet purged).
+    #[serde(default)]
+    pub max_history_length: Option<u64>,
+    /// MySQL/MariaDB: the history list length that stops the run.
+    #[serde(default)]
+    pub critical_history_length: Option<u64>,
 }
 
 fn default_latency_tolerance() -> f64 {
@@ -194,6 +253,7 @@ impl Default for ThrottleSpec {
             probe: None,
             probe_max: None,
             probe_url: None,
+            health: HealthSpec::default(),
         }
     }
 }
@@ -574,6 +634,59 @@ impl Spec {
         }
         if t.probe_url.is_some() && t.probe.is_none() {
             return Err(self.error_at(&["throttle", "probe_url"], "probe_url without a probe"));
+        }
+        let h = &t.health;
+        for (key, value) in [
+            ("max_wal_rate", h.max_wal_rate),
+            ("critical_wal_rate", h.critical_wal_rate),
+            ("max_slot_retained_wal", h.max_slot_retained_wal),
+            ("critical_slot_retained_wal", h.critical_slot_retained_wal),
+        ] {
+            if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(self.error_at(
+                    &["throttle", "health", key],
+                    "must be a number of MB, 0 or more (0 turns it off)",
+                ));
+            }
+        }
+        #[expect(clippy::cast_precision_loss, reason = "counts compared as numbers")]
+        let count = |v: Option<u64>| v.map(|v| v as f64);
+        for (max_key, max, critical) in [
+            ("max_wal_rate", h.max_wal_rate, h.critical_wal_rate),
+            (
+                "max_slot_retained_wal",
+                h.max_slot_retained_wal,
+                h.critical_slot_retained_wal,
+            ),
+            (
+                "max_active_backends",
+                count(h.max_active_backends),
+                count(h.critical_active_backends),
+            ),
+            (
+                "max_threads_running",
+                count(h.max_threads_running),
+                count(h.critical_threads_running),
+            ),
+            (
+                "max_history_length",
+                count(h.max_history_length),
+                count(h.critical_history_length),
+            ),
+        ] {
+            if let (Some(m), Some(c)) = (max, critical)
+                && m > 0.0
+                && c > 0.0
+                && c < m
+            {
+                return Err(self.error_at(
+                    &["throttle", "health", max_key],
+                    format!(
+                        "{max_key} ({m}) is above critical_{} ({c}): the run would stop before it paused",
+                        max_key.trim_start_matches("max_")
+                    ),
+                ));
+            }
         }
         if t.replica_url.is_some() && t.max_replica_lag.is_none() {
             return Err(self.error_at(

@@ -13,6 +13,7 @@
 //! abort. Nothing waits with a transaction open.
 
 pub mod gentle;
+pub mod health;
 pub mod signals;
 pub mod size;
 
@@ -59,6 +60,13 @@ pub enum Stop {
     Interrupted,
     /// `--max-runtime` ran out.
     MaxRuntime(Duration),
+    /// A health indicator went over its critical threshold.
+    Critical {
+        /// The indicator, such as `active-backends`.
+        indicator: &'static str,
+        /// What it measured, and the threshold.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Stop {
@@ -71,6 +79,9 @@ impl fmt::Display for Stop {
                 "stopped after --max-runtime {}",
                 humantime::format_duration(*d)
             ),
+            Stop::Critical { reason, .. } => {
+                write!(f, "stopped by a critical health indicator: {reason}")
+            }
         }
     }
 }
@@ -94,6 +105,8 @@ struct View {
     measured: bool,
     /// The first health problem: its cause and the reason.
     problem: Option<(&'static str, String)>,
+    /// A health indicator over its critical threshold: the run stops.
+    critical: Option<(&'static str, String)>,
 }
 
 /// Where the monitor reads the run's control and reports this session.
@@ -386,8 +399,21 @@ impl Throttle {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let problem = signals.check().await;
+                let found = signals.check().await;
+                let critical = found
+                    .as_ref()
+                    .filter(|f| f.critical)
+                    .map(|f| (f.indicator, f.reason.clone()));
+                let problem = found.map(|f| (f.indicator, f.reason));
                 me.view.send_if_modified(|v| {
+                    if critical.is_some() && v.critical.is_none() {
+                        if let Some((_, reason)) = &critical {
+                            warn!(%reason, "Stopping: a health indicator is over its critical threshold.");
+                        }
+                        v.critical = critical;
+                        v.measured = true;
+                        return true;
+                    }
                     let changed = v.problem != problem || !v.measured;
                     if v.problem != problem {
                         match &problem {
@@ -422,7 +448,14 @@ impl Throttle {
         {
             return Some(Stop::MaxRuntime(d));
         }
-        match &self.view.borrow().control {
+        let view = self.view.borrow();
+        if let Some((indicator, reason)) = &view.critical {
+            return Some(Stop::Critical {
+                indicator,
+                reason: reason.clone(),
+            });
+        }
+        match &view.control {
             Some(Control {
                 action: ControlAction::Abort,
                 by,
@@ -749,6 +782,10 @@ pub fn describe(spec: &Spec) -> Vec<String> {
     }
     if let (Some(probe), Some(max)) = (&t.probe, t.probe_max) {
         lines.push(format!("pause while `{probe}` returns more than {max}"));
+    }
+    let health = health::Thresholds::of(&t.health, t.mode, spec.source_url.backend());
+    for line in health.describe() {
+        lines.push(format!("health: {line}"));
     }
     let x = &spec.file.timeouts;
     lines.push(format!(

@@ -15,6 +15,7 @@ use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use tokio::sync::Mutex;
 
+use super::health::{Finding, Health};
 use crate::db::{Backend, DbUrl};
 use crate::source::{Database, Pools};
 use crate::spec::{Spec, SpecError, parse_window};
@@ -156,6 +157,8 @@ pub struct Signals {
     /// The gentle limiter's point read: the source database, the target
     /// table and its key.
     point: Option<(Database, crate::source::TableRef, String)>,
+    /// The built-in health indicators (`[throttle.health]`).
+    health: Option<Health>,
 }
 
 impl Signals {
@@ -242,6 +245,7 @@ impl Signals {
             lag,
             lag_by_default,
             point,
+            health: Health::of(spec, source)?,
         })
     }
 
@@ -263,12 +267,32 @@ impl Signals {
 
     /// Whether any signal is configured.
     pub fn any(&self) -> bool {
-        self.probe.is_some() || self.lag.is_some()
+        self.probe.is_some() || self.lag.is_some() || self.health.is_some()
     }
 
-    /// Measures every signal; returns why the run must wait, if it must:
-    /// the signal (`replica-lag`, `probe`) and the reason.
-    pub async fn check(&self) -> Option<(&'static str, String)> {
+    /// The built-in health indicators, if any is on.
+    pub fn health(&self) -> Option<&Health> {
+        self.health.as_ref()
+    }
+
+    /// Measures every signal; returns why the run must wait or stop, if it
+    /// must: the signal (`replica-lag`, `probe`, or a health indicator such
+    /// as `vacuum`) and the reason.
+    pub async fn check(&self) -> Option<Finding> {
+        let pause = |indicator: &'static str, reason: String| Finding {
+            indicator,
+            reason,
+            critical: false,
+        };
+        // A critical indicator first: it stops the run whatever else holds
+        // it back.
+        let health = match &self.health {
+            Some(h) => h.check().await,
+            None => None,
+        };
+        if let Some(found) = health.as_ref().filter(|f| f.critical) {
+            return Some(found.clone());
+        }
         if let Some((on, max, replica)) = self.lag.as_ref().map(|(on, r, max)| (on, max, *r)) {
             let measured = within(async {
                 let db = on.get().await?;
@@ -286,7 +310,7 @@ impl Signals {
             .await;
             match measured {
                 Ok(lag) if lag > *max => {
-                    return Some((
+                    return Some(pause(
                         "replica-lag",
                         format!(
                             "replica lag {:.1} s is over max_replica_lag {}",
@@ -298,7 +322,10 @@ impl Signals {
                 Ok(_) => {}
                 Err(why) => {
                     on.forget().await;
-                    return Some(("replica-lag", format!("cannot measure replica lag: {why}")));
+                    return Some(pause(
+                        "replica-lag",
+                        format!("cannot measure replica lag: {why}"),
+                    ));
                 }
             }
         }
@@ -313,16 +340,19 @@ impl Signals {
             .await;
             match measured {
                 Ok(v) if v > *max => {
-                    return Some(("probe", format!("probe returned {v}, over probe_max {max}")));
+                    return Some(pause(
+                        "probe",
+                        format!("probe returned {v}, over probe_max {max}"),
+                    ));
                 }
                 Ok(_) => {}
                 Err(why) => {
                     on.forget().await;
-                    return Some(("probe", format!("cannot measure the probe: {why}")));
+                    return Some(pause("probe", format!("cannot measure the probe: {why}")));
                 }
             }
         }
-        None
+        health
     }
 }
 

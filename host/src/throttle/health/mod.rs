@@ -1,0 +1,501 @@
+//! Built-in health indicators: consumes the spec's `[throttle.health]`, its
+//! mode and the source database; produces, on each check, the indicator
+//! that holds the run back, if one does. Over a `max_*` threshold the run
+//! pauses; over a `critical_*` one, on two checks in a row, it stops
+//! cleanly (exit 4) and the next `refill run` resumes it. An indicator that
+//! cannot be measured pauses the run: it fails closed.
+//!
+//! PostgreSQL ([`postgres`]): VACUUM on the target table, WAL per second,
+//! the archiver, WAL held back by replication slots, active backends.
+//! MySQL/MariaDB ([`mysql`]): `Threads_running`, the InnoDB history list
+//! length. SQLite has none.
+
+pub mod mysql;
+pub mod postgres;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::db::Backend;
+use crate::source::{Database, TableRef};
+use crate::spec::{HealthSpec, Spec, SpecError, ThrottleMode};
+
+/// The span the WAL rate is averaged over.
+const WAL_WINDOW: Duration = Duration::from_secs(5);
+/// How many checks in a row a critical threshold must be exceeded on
+/// before the run stops: one spike does not stop a run.
+const CRITICAL_CHECKS: u32 = 2;
+
+/// A pause threshold and a stop threshold; either may be off.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limit {
+    /// Over this the run pauses.
+    pub max: Option<f64>,
+    /// Over this the run stops.
+    pub critical: Option<f64>,
+}
+
+impl Limit {
+    fn any(&self) -> bool {
+        self.max.is_some() || self.critical.is_some()
+    }
+
+    /// How `value` stands against the limit, as a finding of `indicator`
+    /// described by `what` (such as "42 active backends").
+    fn judge(&self, indicator: &'static str, value: f64, what: &str, key: &str) -> Option<Finding> {
+        if let Some(c) = self.critical
+            && value > c
+        {
+            return Some(Finding {
+                indicator,
+                reason: format!("{what}, over critical_{key} {}", number(c)),
+                critical: true,
+            });
+        }
+        match self.max {
+            Some(m) if value > m => Some(Finding {
+                indicator,
+                reason: format!("{what}, over max_{key} {}", number(m)),
+                critical: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A threshold as the spec spells it.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The indicators a run watches, with their thresholds: the spec's, or the
+/// defaults of a gentle run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    /// PostgreSQL: pause while a VACUUM works on the target table.
+    pub vacuum: bool,
+    /// PostgreSQL: WAL MB per second.
+    pub wal_rate: Limit,
+    /// PostgreSQL: pause while the archiver fails.
+    pub archiver: bool,
+    /// PostgreSQL: WAL segments waiting for the archiver (pause only).
+    pub archive_pending: Option<u64>,
+    /// PostgreSQL: MB of WAL the slot that holds back most keeps.
+    pub slot_retained_wal: Limit,
+    /// PostgreSQL: client backends running a statement.
+    pub active_backends: Limit,
+    /// MySQL/MariaDB: `Threads_running`.
+    pub threads_running: Limit,
+    /// MySQL/MariaDB: the InnoDB history list length.
+    pub history_length: Limit,
+}
+
+/// The defaults of a gentle run: pt-osc's `--max-load Threads_running=25`
+/// and `--critical-load Threads_running=50` (for PostgreSQL's active
+/// backends too), and limits on WAL that leave a replica, an archive and a
+/// slot's disk room.
+pub const DEFAULT_MAX_WAL_RATE_MB: f64 = 64.0;
+/// See [`DEFAULT_MAX_WAL_RATE_MB`].
+pub const DEFAULT_MAX_ARCHIVE_PENDING: u64 = 32;
+/// See [`DEFAULT_MAX_WAL_RATE_MB`].
+pub const DEFAULT_MAX_SLOT_RETAINED_WAL_MB: f64 = 2048.0;
+/// See [`DEFAULT_MAX_WAL_RATE_MB`].
+pub const DEFAULT_MAX_RUNNING: f64 = 25.0;
+/// See [`DEFAULT_MAX_WAL_RATE_MB`].
+pub const DEFAULT_CRITICAL_RUNNING: f64 = 50.0;
+/// See [`DEFAULT_MAX_WAL_RATE_MB`].
+pub const DEFAULT_MAX_HISTORY_LENGTH: f64 = 1_000_000.0;
+
+impl Thresholds {
+    /// The thresholds of `spec` on a `backend` source: a key left out
+    /// takes its default in gentle mode and is off in unlimited mode; 0 or
+    /// `false` turns it off.
+    pub fn of(health: &HealthSpec, mode: ThrottleMode, backend: Backend) -> Thresholds {
+        if health.enabled == Some(false) {
+            return Thresholds::default();
+        }
+        let gentle = mode == ThrottleMode::Gentle;
+        let pg = backend == Backend::Postgres;
+        let my = backend == Backend::Mysql;
+        let pick = |on: bool, set: Option<f64>, default: Option<f64>| -> Option<f64> {
+            if !on {
+                return None;
+            }
+            match set {
+                Some(v) if v > 0.0 => Some(v),
+                Some(_) => None,
+                None if gentle => default,
+                None => None,
+            }
+        };
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "counts far below 2^52, compared as numbers"
+        )]
+        let count = |v: Option<u64>| v.map(|v| v as f64);
+        let flag = |on: bool, set: Option<bool>| on && set.unwrap_or(gentle);
+        Thresholds {
+            vacuum: flag(pg, health.vacuum),
+            wal_rate: Limit {
+                max: pick(pg, health.max_wal_rate, Some(DEFAULT_MAX_WAL_RATE_MB)),
+                critical: pick(pg, health.critical_wal_rate, None),
+            },
+            archiver: flag(pg, health.archiver),
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a positive whole count of segments"
+            )]
+            archive_pending: pick(
+                pg && flag(pg, health.archiver),
+                count(health.max_archive_pending),
+                count(Some(DEFAULT_MAX_ARCHIVE_PENDING)),
+            )
+            .map(|v| v as u64),
+            slot_retained_wal: Limit {
+                max: pick(
+                    pg,
+                    health.max_slot_retained_wal,
+                    Some(DEFAULT_MAX_SLOT_RETAINED_WAL_MB),
+                ),
+                critical: pick(pg, health.critical_slot_retained_wal, None),
+            },
+            active_backends: Limit {
+                max: pick(
+                    pg,
+                    count(health.max_active_backends),
+                    Some(DEFAULT_MAX_RUNNING),
+                ),
+                critical: pick(
+                    pg,
+                    count(health.critical_active_backends),
+                    Some(DEFAULT_CRITICAL_RUNNING),
+                ),
+            },
+            threads_running: Limit {
+                max: pick(
+                    my,
+                    count(health.max_threads_running),
+                    Some(DEFAULT_MAX_RUNNING),
+                ),
+                critical: pick(
+                    my,
+                    count(health.critical_threads_running),
+                    Some(DEFAULT_CRITICAL_RUNNING),
+                ),
+            },
+            history_length: Limit {
+                max: pick(
+                    my,
+                    count(health.max_history_length),
+                    Some(DEFAULT_MAX_HISTORY_LENGTH),
+                ),
+                critical: pick(my, count(health.critical_history_length), None),
+            },
+        }
+    }
+
+    /// Whether any indicator is on.
+    pub fn any(&self) -> bool {
+        self.vacuum
+            || self.wal_rate.any()
+            || self.archiver
+            || self.slot_retained_wal.any()
+            || self.active_backends.any()
+            || self.threads_running.any()
+            || self.history_length.any()
+    }
+
+    /// The indicators on, one line each, for `refill plan`.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let limit = |what: &str, l: &Limit, unit: &str| {
+            let mut parts = Vec::new();
+            if let Some(m) = l.max {
+                parts.push(format!("pause over {}{unit}", number(m)));
+            }
+            if let Some(c) = l.critical {
+                parts.push(format!("stop over {}{unit}", number(c)));
+            }
+            (!parts.is_empty()).then(|| format!("{what}: {}", parts.join(", ")))
+        };
+        if self.vacuum {
+            lines.push("VACUUM on the target table: pause while one runs".to_string());
+        }
+        lines.extend(limit("WAL generated", &self.wal_rate, " MB/s"));
+        if self.archiver {
+            let pending = self
+                .archive_pending
+                .map(|n| format!(" or more than {n} WAL segments wait for it"))
+                .unwrap_or_default();
+            lines.push(format!(
+                "WAL archiver (with archive_mode on): pause while it fails{pending}"
+            ));
+        }
+        lines.extend(limit(
+            "WAL held back by a replication slot",
+            &self.slot_retained_wal,
+            " MB",
+        ));
+        lines.extend(limit("active backends", &self.active_backends, ""));
+        lines.extend(limit("Threads_running", &self.threads_running, ""));
+        lines.extend(limit(
+            "InnoDB history list length",
+            &self.history_length,
+            "",
+        ));
+        lines
+    }
+}
+
+/// What an indicator found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The indicator, as the progress line, status and metrics name it
+    /// (`vacuum`, `wal-rate`, `archiver`, `replication-slot`,
+    /// `active-backends`, `threads-running`, `history-length`).
+    pub indicator: &'static str,
+    /// Why, with the value and the threshold.
+    pub reason: String,
+    /// Whether a critical threshold is exceeded (the run stops).
+    pub critical: bool,
+}
+
+impl Finding {
+    /// An indicator that cannot be measured: the run pauses.
+    fn unmeasured(indicator: &'static str, why: impl std::fmt::Display) -> Finding {
+        Finding {
+            indicator,
+            reason: format!("cannot measure {indicator}: {why}"),
+            critical: false,
+        }
+    }
+}
+
+/// The indicators of one run, measured on its source.
+pub struct Health {
+    db: Database,
+    table: TableRef,
+    thresholds: Thresholds,
+    /// Recent WAL positions, for the rate.
+    wal: std::sync::Mutex<VecDeque<(Instant, f64)>>,
+    /// Checks in a row a critical threshold was exceeded on.
+    critical_checks: std::sync::Mutex<u32>,
+}
+
+impl Health {
+    /// The indicators `spec` asks for on `source`, or `None` when none is
+    /// on. Fails on a key that does not fit the source's database.
+    pub fn of(spec: &Spec, source: &Database) -> Result<Option<Health>, SpecError> {
+        let t = &spec.file.throttle;
+        let h = &t.health;
+        let backend = source.backend();
+        let pg_keys = [
+            ("vacuum", h.vacuum.is_some()),
+            ("max_wal_rate", h.max_wal_rate.is_some()),
+            ("critical_wal_rate", h.critical_wal_rate.is_some()),
+            ("archiver", h.archiver.is_some()),
+            ("max_archive_pending", h.max_archive_pending.is_some()),
+            ("max_slot_retained_wal", h.max_slot_retained_wal.is_some()),
+            (
+                "critical_slot_retained_wal",
+                h.critical_slot_retained_wal.is_some(),
+            ),
+            ("max_active_backends", h.max_active_backends.is_some()),
+            (
+                "critical_active_backends",
+                h.critical_active_backends.is_some(),
+            ),
+        ];
+        let my_keys = [
+            ("max_threads_running", h.max_threads_running.is_some()),
+            (
+                "critical_threads_running",
+                h.critical_threads_running.is_some(),
+            ),
+            ("max_history_length", h.max_history_length.is_some()),
+            (
+                "critical_history_length",
+                h.critical_history_length.is_some(),
+            ),
+        ];
+        let misplaced = |keys: &[(&str, bool)], on: &str| {
+            keys.iter().find(|(_, set)| *set).map(|(key, _)| {
+                spec.error_at(
+                    &["throttle", "health", key],
+                    format!("{key} is measured on {on} only, and the source is {backend}"),
+                )
+            })
+        };
+        if backend != Backend::Postgres
+            && let Some(e) = misplaced(&pg_keys, "PostgreSQL")
+        {
+            return Err(e);
+        }
+        if backend != Backend::Mysql
+            && let Some(e) = misplaced(&my_keys, "MySQL/MariaDB")
+        {
+            return Err(e);
+        }
+        let thresholds = Thresholds::of(h, t.mode, backend);
+        if !thresholds.any() {
+            return Ok(None);
+        }
+        Ok(Some(Health {
+            db: source.clone(),
+            table: TableRef {
+                schema: spec.target_schema().map(str::to_string),
+                name: spec.target_table().to_string(),
+            },
+            thresholds,
+            wal: std::sync::Mutex::new(VecDeque::new()),
+            critical_checks: std::sync::Mutex::new(0),
+        }))
+    }
+
+    /// The thresholds in force.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// Measures every indicator once; returns the one that holds the run
+    /// back: a critical one if any, else the first over its threshold or
+    /// that cannot be measured. A critical finding on the first of
+    /// [`CRITICAL_CHECKS`] checks in a row pauses the run; after them it
+    /// stops it.
+    pub async fn check(&self) -> Option<Finding> {
+        let findings = match self.db.backend() {
+            Backend::Postgres => postgres::check(self).await,
+            Backend::Mysql => mysql::check(self).await,
+            Backend::Sqlite => Vec::new(),
+        };
+        let critical = findings.iter().find(|f| f.critical).cloned();
+        let mut checks = self
+            .critical_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match critical {
+            Some(mut finding) => {
+                *checks += 1;
+                if *checks < CRITICAL_CHECKS {
+                    finding.critical = false;
+                }
+                Some(finding)
+            }
+            None => {
+                *checks = 0;
+                findings.into_iter().next()
+            }
+        }
+    }
+
+    /// What the role running refill cannot see that an indicator on needs:
+    /// one message per problem, naming the key that turns it off. A
+    /// fail-closed indicator that cannot see would hold a run back for
+    /// good, so `refill plan` refuses these.
+    pub async fn blind_spots(&self) -> Result<Vec<(&'static str, String)>, String> {
+        match self.db.backend() {
+            Backend::Postgres => postgres::blind_spots(self).await,
+            Backend::Mysql => mysql::blind_spots(self).await,
+            Backend::Sqlite => Ok(Vec::new()),
+        }
+    }
+
+    /// Records the WAL position `lsn` (bytes) seen now; returns the rate in
+    /// MB per second over the last [`WAL_WINDOW`], once a second of it is
+    /// known.
+    fn wal_rate(&self, lsn: f64) -> Option<f64> {
+        let now = Instant::now();
+        let mut seen = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push_back((now, lsn));
+        while seen
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > WAL_WINDOW)
+            && seen.len() > 2
+        {
+            seen.pop_front();
+        }
+        let (first_at, first) = *seen.front()?;
+        let span = now.duration_since(first_at).as_secs_f64();
+        (span >= 1.0).then(|| (lsn - first).max(0.0) / span / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_gentle_runs_and_explicit_keys_to_every_run() {
+        let none = HealthSpec::default();
+        let gentle = Thresholds::of(&none, ThrottleMode::Gentle, Backend::Postgres);
+        assert!(gentle.vacuum && gentle.archiver);
+        assert_eq!(gentle.active_backends.max, Some(25.0));
+        assert_eq!(gentle.active_backends.critical, Some(50.0));
+        assert_eq!(
+            gentle.threads_running,
+            Limit::default(),
+            "PostgreSQL has no Threads_running"
+        );
+        let unlimited = Thresholds::of(&none, ThrottleMode::Unlimited, Backend::Postgres);
+        assert!(!unlimited.any(), "{unlimited:?}");
+        let set = HealthSpec {
+            max_threads_running: Some(8),
+            critical_history_length: Some(0),
+            ..HealthSpec::default()
+        };
+        let mysql = Thresholds::of(&set, ThrottleMode::Unlimited, Backend::Mysql);
+        assert_eq!(mysql.threads_running.max, Some(8.0));
+        assert_eq!(mysql.threads_running.critical, None);
+        assert!(!mysql.vacuum);
+        let off = HealthSpec {
+            enabled: Some(false),
+            max_threads_running: Some(8),
+            ..HealthSpec::default()
+        };
+        assert!(!Thresholds::of(&off, ThrottleMode::Gentle, Backend::Mysql).any());
+        assert!(!Thresholds::of(&none, ThrottleMode::Gentle, Backend::Sqlite).any());
+    }
+
+    #[test]
+    fn a_limit_pauses_over_max_and_stops_over_critical() {
+        let l = Limit {
+            max: Some(25.0),
+            critical: Some(50.0),
+        };
+        assert_eq!(
+            l.judge("active-backends", 25.0, "25 active", "active_backends"),
+            None
+        );
+        let pause = l
+            .judge(
+                "active-backends",
+                26.0,
+                "26 active backends",
+                "active_backends",
+            )
+            .expect("over max");
+        assert!(!pause.critical);
+        assert_eq!(
+            pause.reason,
+            "26 active backends, over max_active_backends 25"
+        );
+        let stop = l
+            .judge(
+                "active-backends",
+                51.0,
+                "51 active backends",
+                "active_backends",
+            )
+            .expect("over critical");
+        assert!(stop.critical);
+        assert_eq!(
+            stop.reason,
+            "51 active backends, over critical_active_backends 50"
+        );
+    }
+}
