@@ -420,8 +420,12 @@ impl Restorer<'_> {
         p.done_rows
             .fetch_add(images.len() as u64 - deferred, Ordering::Relaxed);
         p.chunks_done.fetch_add(1, Ordering::Relaxed);
-        self.throttle
-            .chunk_done(images.len() as u64, started.elapsed(), write);
+        self.throttle.chunk_done(
+            images.len() as u64,
+            record.restored - counted.0,
+            started.elapsed(),
+            write,
+        );
         info!(
             chunk,
             rows = images.len(),

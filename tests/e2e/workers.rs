@@ -411,3 +411,58 @@ fn an_aborted_worker_run_goes_on_when_planned_again() {
     assert_eq!(status(&w), "done");
     assert_eq!(logs(&w), vec![("start|refill".to_string(), 3000)]);
 }
+
+#[test]
+fn gentle_workers_share_the_runs_latency_baseline() {
+    let w = World::new(Backend::Postgres, "workers_baseline");
+    events(&w, 3_000);
+    // No [throttle] mode: gentle, the default.
+    w.write("spec.toml", &append_spec(&w, 500, "concurrency = 2"));
+    let run = plan_for_workers(&w);
+    let state = w.state_url().expect("state url");
+    // Paused, so the baseline is measured before the run's first chunk.
+    w.run(&["pause", &run, "--state", &state]).expect_code(0);
+    let first = worker(&w, &run, "10s");
+    let stored = || {
+        w.state_rows(&format!(
+            "SELECT CAST(latency_baseline_us AS TEXT) FROM refill_runs WHERE run_id = '{run}'"
+        ))[0][0]
+            .clone()
+    };
+    let (baseline, _) = until(
+        "the first worker records the run's baseline",
+        Duration::from_secs(60),
+        stored,
+    );
+    assert!(baseline.parse::<u64>().is_ok_and(|us| us > 0), "{baseline}");
+    let second = worker(&w, &run, "10s");
+    until("both workers joined", Duration::from_secs(60), || {
+        let ran = w.run(&["status", "--json", "--state", &state, &run]);
+        let doc: serde_json::Value = serde_json::from_str(&ran.stdout).ok()?;
+        (doc["live"]["sessions"].as_array().map(Vec::len) == Some(2)).then_some(())
+    });
+    w.run(&["resume", &run, "--state", &state]).expect_code(0);
+    let (first, second) = (finish(first), finish(second));
+    first.expect_code(0);
+    second.expect_code(0);
+    assert!(
+        first
+            .stderr
+            .contains("Measured the database's latency before the first chunk"),
+        "{}",
+        first.all()
+    );
+    assert!(
+        second
+            .stderr
+            .contains("Took the run's latency baseline, measured before its first chunk"),
+        "{}",
+        second.all()
+    );
+    assert_eq!(
+        stored().as_deref(),
+        Some(baseline.as_str()),
+        "one baseline for the run"
+    );
+    assert_eq!(logs(&w), vec![("start|refill".to_string(), 3_000)]);
+}

@@ -1531,6 +1531,7 @@ async fn process(
     p.chunks_done.fetch_add(1, Ordering::Relaxed);
     ctx.throttle.chunk_done(
         counts.rows,
+        counts.updated,
         std::time::Duration::from_millis(timings.read_ms + timings.transform_ms + timings.write_ms),
         std::time::Duration::from_millis(timings.write_ms),
     );

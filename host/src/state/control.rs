@@ -4,6 +4,8 @@
 //! of the run's row) and the per-session phase and reason `refill status`
 //! shows. Nothing here holds a transaction open.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::{StateError, StateStore, now, q};
@@ -89,6 +91,39 @@ impl StateStore {
             }),
             _ => None,
         })
+    }
+
+    /// The gentle limiter's latency baseline of a run of distributed
+    /// workers: the first one measured, before the run's first chunk.
+    pub async fn latency_baseline(&self, run_id: &str) -> Result<Option<Duration>, StateError> {
+        let us: Option<Option<i64>> = sqlx::query_scalar(
+            self.sql("SELECT latency_baseline_us FROM refill_runs WHERE run_id = $1"),
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading a run's latency baseline"))?;
+        Ok(us
+            .flatten()
+            .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
+    }
+
+    /// Offers `baseline` as the run's latency baseline; the first offer
+    /// stands. Returns the baseline that stands.
+    pub async fn offer_latency_baseline(
+        &self,
+        run_id: &str,
+        baseline: Duration,
+    ) -> Result<Duration, StateError> {
+        sqlx::query(self.sql(
+            "UPDATE refill_runs SET latency_baseline_us = $1              WHERE run_id = $2 AND latency_baseline_us IS NULL",
+        ))
+        .bind(i64::try_from(baseline.as_micros()).unwrap_or(i64::MAX))
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a run's latency baseline"))?;
+        Ok(self.latency_baseline(run_id).await?.unwrap_or(baseline))
     }
 
     /// Marks a run that no process works on as aborted, if it is still

@@ -422,6 +422,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
         "BIGINT NOT NULL DEFAULT 0",
     ),
     ("refill_runs", "pace_at", "BIGINT NOT NULL DEFAULT 0"),
+    ("refill_runs", "latency_baseline_us", "BIGINT"),
     ("refill_chunks", "lease_until", "BIGINT"),
 ];
 
@@ -507,7 +508,8 @@ const SCHEMA: &[&str] = &[
         coordination VARCHAR(16),
         spec_text TEXT,
         run_concurrency BIGINT NOT NULL DEFAULT 0,
-        pace_at BIGINT NOT NULL DEFAULT 0
+        pace_at BIGINT NOT NULL DEFAULT 0,
+        latency_baseline_us BIGINT
     )",
     "CREATE INDEX IF NOT EXISTS refill_runs_by_name ON refill_runs (name, started_at)",
     "CREATE TABLE IF NOT EXISTS refill_chunks (

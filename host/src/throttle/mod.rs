@@ -149,6 +149,9 @@ pub struct Throttle {
     shared: Option<(StateStore, String, NonZeroU32)>,
     /// The gentle limiter (`mode = "gentle"`, the default).
     gentle: Option<Mutex<Gentle>>,
+    /// For distributed workers: where the run's one latency baseline is
+    /// kept (the first measured, before the run's first chunk).
+    run_baseline: Option<(StateStore, String)>,
     /// Signalled when a worker lets go of a chunk.
     freed: tokio::sync::Notify,
 }
@@ -198,6 +201,7 @@ impl Throttle {
             shared: None,
             gentle: (t.mode == crate::spec::ThrottleMode::Gentle)
                 .then(|| Mutex::new(Gentle::new(t.latency_tolerance, spec.concurrency()))),
+            run_baseline: None,
             freed: tokio::sync::Notify::new(),
         }
     }
@@ -212,7 +216,10 @@ impl Throttle {
     /// Keeps the rows-per-second limit for the run `run_id` as a whole, on
     /// its shared pacing clock in `state`, instead of for this process: for
     /// distributed workers.
+    /// The gentle limiter's baseline is the run's too: the first worker's,
+    /// taken before the run's first chunk, and every later worker's.
     pub fn share_pace(&mut self, state: StateStore, run_id: &str) {
+        self.run_baseline = Some((state.clone(), run_id.to_string()));
         if let Some((_, rate, _)) = self.limiter.take() {
             self.shared = Some((state, run_id.to_string(), rate));
         }
@@ -302,6 +309,20 @@ impl Throttle {
         let points = signals.clone();
         let latency = tokio::spawn(async move {
             let Some(gentle) = &me.gentle else { return };
+            if let Some((state, run)) = &me.run_baseline
+                && let Ok(Ok(Some(baseline))) =
+                    tokio::time::timeout(STORE_TIMEOUT, state.latency_baseline(run)).await
+            {
+                gentle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .adopt(baseline);
+                info!(
+                    baseline_ms = baseline.as_secs_f64() * 1e3,
+                    "Took the run's latency baseline, measured before its first chunk."
+                );
+                me.view.send_modify(|_| {});
+            }
             let mut tick = tokio::time::interval(POINT_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -311,18 +332,33 @@ impl Throttle {
                     return;
                 };
                 let idle = idle_before && me.progress.in_flight.load(Ordering::Relaxed) == 0;
-                let was_ready = {
+                let (was_ready, measured) = {
                     let mut g = gentle.lock().unwrap_or_else(|e| e.into_inner());
                     let was = g.ready();
                     g.sample(latency, idle);
-                    if !was && g.ready() {
-                        info!(
-                            baseline_ms = g.baseline().unwrap_or_default().as_secs_f64() * 1e3,
-                            "Measured the database's latency before the first chunk."
-                        );
-                    }
-                    was
+                    (was, if was { None } else { g.baseline() })
                 };
+                if let Some(mut baseline) = measured {
+                    // The first worker's stands for the whole run.
+                    if let Some((state, run)) = &me.run_baseline {
+                        let offered = tokio::time::timeout(
+                            STORE_TIMEOUT,
+                            state.offer_latency_baseline(run, baseline),
+                        )
+                        .await;
+                        if let Ok(Ok(standing)) = offered {
+                            baseline = standing;
+                            gentle
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .adopt(standing);
+                        }
+                    }
+                    info!(
+                        baseline_ms = baseline.as_secs_f64() * 1e3,
+                        "Measured the database's latency before the first chunk."
+                    );
+                }
                 if !was_ready {
                     // The run may start once the baseline is measured.
                     me.view.send_modify(|_| {});
@@ -658,14 +694,16 @@ impl Throttle {
         }
     }
 
-    /// Takes in a finished chunk: `rows` in `elapsed`, of which `write` in
-    /// its write. Sizes the next chunks, and slows down while writes are
-    /// slower than `max_write_latency`.
-    pub fn chunk_done(&self, rows: u64, elapsed: Duration, write: Duration) {
+    /// Takes in a finished chunk: `rows` in `elapsed`, of which `written`
+    /// were written, in `write`. Sizes the next chunks, and slows down while
+    /// writes are slower than `max_write_latency`. The gentle limiter judges
+    /// the write per row written: a chunk whose rows were already right
+    /// writes little, and would make any real write look slow.
+    pub fn chunk_done(&self, rows: u64, written: u64, elapsed: Duration, write: Duration) {
         if let Some(g) = &self.gentle {
             g.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .wrote(rows, write);
+                .wrote(written, write);
         }
         *self.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.progress.chunk_seconds.observe(elapsed.as_secs_f64());
@@ -837,7 +875,12 @@ mod tests {
         checked(&t, None);
         assert_eq!(t.admit(None).await, Ok(1000));
         for _ in 0..LATENCY_WINDOW {
-            t.chunk_done(1000, Duration::from_millis(500), Duration::from_millis(200));
+            t.chunk_done(
+                1000,
+                1000,
+                Duration::from_millis(500),
+                Duration::from_millis(200),
+            );
         }
         let held = t.hindrance().expect("held back");
         assert_eq!(held.phase, Phase::Throttled);
@@ -921,6 +964,23 @@ mod tests {
             describe(&spec(""))
                 .iter()
                 .any(|l| l.starts_with("gentle (the default)"))
+        );
+    }
+
+    #[test]
+    fn a_chunk_that_wrote_nothing_does_not_set_the_pace_of_writes() {
+        let progress = Arc::new(Progress::default());
+        let t = Throttle::new(&spec(""), progress, None);
+        let gentle = t.gentle.as_ref().expect("gentle by default");
+        gentle.lock().expect("lock").adopt(Duration::from_millis(1));
+        // 1,000 rows already right: a write of a few microseconds.
+        t.chunk_done(1000, 0, Duration::from_millis(5), Duration::from_micros(40));
+        t.chunk_done(1000, 1000, Duration::from_millis(50), Duration::from_millis(30));
+        t.chunk_done(1000, 1000, Duration::from_millis(50), Duration::from_millis(35));
+        let reason = gentle.lock().expect("lock").allowance().reason;
+        assert!(
+            !reason.as_deref().unwrap_or_default().contains("writes take"),
+            "{reason:?}"
         );
     }
 
