@@ -139,20 +139,29 @@ async fn check_probe(spec: &Spec, db: &Database) -> Result<Option<String>, PlanE
     }
 }
 
-/// Checks that the role can see what each health indicator on needs: a
-/// fail-closed indicator that cannot see would hold a run back for good, so
-/// that is refused (exit 2), naming the key that turns it off. A check that
-/// cannot be made now is a warning.
-async fn check_health(spec: &Spec, db: &Database) -> Result<Option<String>, PlanError> {
+/// Checks that the role can see what each health indicator on needs. One
+/// the spec set itself fails closed, and blind it would hold a run back for
+/// good: that is refused (exit 2), naming the key that turns it off. One on
+/// by default judges what the role sees, with a warning. A check that
+/// cannot be made now is a warning too.
+pub(crate) async fn check_health(spec: &Spec, db: &Database) -> Result<Option<String>, PlanError> {
     let signals = crate::throttle::signals::Signals::of(spec, db)?;
     let Some(health) = signals.health() else {
         return Ok(None);
     };
     match health.blind_spots().await {
-        Ok(blind) => match blind.into_iter().next() {
-            Some((key, why)) => Err(spec.error_at(&["throttle", "health", key], why).into()),
-            None => Ok(None),
-        },
+        Ok(blind) => {
+            if let Some(b) = blind.iter().find(|b| b.strict) {
+                return Err(spec
+                    .error_at(&["throttle", "health", b.key], b.why.clone())
+                    .into());
+            }
+            let lines: Vec<String> = blind
+                .into_iter()
+                .map(|b| format!("[throttle.health] {}: {}", b.key, b.why))
+                .collect();
+            Ok((!lines.is_empty()).then(|| lines.join("; ")))
+        }
         Err(why) => Ok(Some(format!(
             "cannot check what the health indicators may see now ({why}); a run pauses while one cannot be measured"
         ))),

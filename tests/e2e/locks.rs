@@ -187,8 +187,12 @@ fn a_locked_row_is_deferred_and_written_once_released(backend: Backend, name: &s
             .map(|k| t[k].as_u64().expect("a count"))
             .sum::<u64>()
     };
-    assert_eq!(totals["busy"], 1, "{status}");
-    assert_eq!(settled(totals), in_scope - 1, "{status}");
+    // The held row is deferred; so, now and then, is a neighbour the
+    // application was writing at the very moment refill came to it (it is
+    // tried again and written, unlike the held row).
+    let busy = totals["busy"].as_u64().expect("a count");
+    assert!(busy >= 1, "{status}");
+    assert_eq!(settled(totals), in_scope - busy, "{status}");
     // The row itself is still as it was.
     let held = w.rows(&format!(
         "SELECT {} FROM {} WHERE id = {LOCKED}",
@@ -208,18 +212,24 @@ fn a_locked_row_is_deferred_and_written_once_released(backend: Backend, name: &s
     out.expect_code(0);
     assert_remapped(&w, false);
     let status = w.status("spec.toml", None);
-    assert_eq!(status[0]["totals"]["busy"], 1, "{status}");
+    assert!(
+        status[0]["totals"]["busy"].as_u64().is_some_and(|b| b >= 1),
+        "{status}"
+    );
     assert_eq!(settled(&status[0]["totals"]), in_scope, "{status}");
     assert_eq!(status[0]["run"]["status"], "done", "{status}");
     let run = status[0]["run"]["run_id"].as_str().expect("run");
+    let busy = status[0]["totals"]["busy"].as_u64().expect("a count");
     let text = w.run(&["status", "--spec", "spec.toml", run]).stdout;
     assert!(
-        text.contains("1 locked by another transaction when refill came to write it"),
+        text.contains(&format!(
+            "{busy} locked by another transaction when refill came to write it"
+        )),
         "{text}"
     );
     let report = w.run(&["report", run, "--spec", "spec.toml"]).stdout;
     assert!(
-        report.contains("1 locked by another transaction"),
+        report.contains(&format!("{busy} locked by another transaction")),
         "{report}"
     );
 }

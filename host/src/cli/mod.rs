@@ -269,7 +269,13 @@ async fn plan_command(path: &Path) -> Result<u8> {
     // The health signals, measured once, so a broken probe shows here.
     let signals = refill::throttle::signals::Signals::of(&spec, &db)?;
     if signals.any() {
-        match signals.check().await {
+        let mut found = signals.check().await;
+        // A rate needs two measurements a second apart.
+        if found.as_ref().is_some_and(|f| f.warming_up()) {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            found = signals.check().await;
+        }
+        match found {
             None => println!("  signals    under their thresholds now"),
             Some(found) => println!("  signals    {} (a run would wait)", found.reason),
         }

@@ -852,7 +852,18 @@ pub(crate) async fn steer(
         }
         None => None,
     };
+    see_health(spec, db).await?;
     start_throttle(spec, db, progress.clone(), max_runtime, control)
+}
+
+/// Refuses a health indicator the role cannot see, as `plan` does: a
+/// retry, a rollback or a worker may connect as another role than the
+/// plan did. A default one it cannot see is logged.
+pub(crate) async fn see_health(spec: &Spec, db: &Database) -> Result<(), RunError> {
+    if let Some(warning) = crate::plan::check_health(spec, db).await? {
+        tracing::warn!(%warning, "A health indicator is partly blind.");
+    }
+    Ok(())
 }
 
 /// How a session ended, in the word recorded with it: `done`, `failed`, or

@@ -302,6 +302,7 @@ pub async fn work(
         .failed_rows
         .store(done.map(|c| c.counts.failed).sum(), Ordering::Relaxed);
 
+    super::see_health(&spec, &db).await?;
     let signals = Signals::of(&spec, &db)?;
     let mut throttle = Throttle::new(&spec, progress.clone(), options.max_runtime);
     throttle.share_pace(state.clone(), &run.run_id);

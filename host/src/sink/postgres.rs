@@ -149,6 +149,11 @@ pub fn update_sql(
         &format!("v.{KEY_NAME}"),
         &expected,
     );
+    // The update is driven by the rows locked, each found by its key: the
+    // planner takes `unnest` for 10 rows, and a semi-join of the update
+    // against the locked keys (`IN (SELECT … FROM l)`) became a nested loop
+    // over a chunk squared (10,000 rows: 50 million comparisons, 10 s).
+    //
     // The rows are locked first, skipping those another transaction holds
     // (`NO KEY UPDATE`: plain `FOR UPDATE` would also skip rows that a
     // foreign-key insert only key-shares), and only the rows locked are
@@ -162,10 +167,9 @@ pub fn update_sql(
     let key = format!("{target}.{key_name}");
     format!(
         "WITH v AS (SELECT * FROM unnest({params}) AS n({names})), \
-         l AS (SELECT v.{KEY_NAME} FROM {target} AS \"__refill_t\" JOIN v ON \"__refill_t\".{key_name} = v.{KEY_NAME} \
+         l AS (SELECT v.* FROM {target} AS \"__refill_t\" JOIN v ON \"__refill_t\".{key_name} = v.{KEY_NAME} \
          FOR NO KEY UPDATE OF \"__refill_t\" SKIP LOCKED), \
-         u AS (UPDATE {target} SET {sets} FROM v WHERE {key} = v.{KEY_NAME} \
-         AND v.{KEY_NAME} IN (SELECT {KEY_NAME} FROM l){guard} RETURNING v.{KEY_NAME}) \
+         u AS (UPDATE {target} SET {sets} FROM l AS v WHERE {key} = v.{KEY_NAME}{guard} RETURNING v.{KEY_NAME}) \
          SELECT {KEY_NAME}, false FROM u UNION ALL SELECT v.{KEY_NAME}, true FROM v \
          WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.{KEY_NAME} = v.{KEY_NAME}) \
          AND EXISTS (SELECT 1 FROM {target} AS \"__refill_b\" WHERE \"__refill_b\".{key_name} = v.{KEY_NAME})",
@@ -584,11 +588,11 @@ mod tests {
             update_sql(&layout, "int8[]", &arrays, &[], Guard::None),
             "WITH v AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
              AS n(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\")), \
-             l AS (SELECT v.\"__refill_k\" FROM \"app\".\"quotes\" AS \"__refill_t\" \
+             l AS (SELECT v.* FROM \"app\".\"quotes\" AS \"__refill_t\" \
              JOIN v ON \"__refill_t\".\"id\" = v.\"__refill_k\" FOR NO KEY UPDATE OF \"__refill_t\" SKIP LOCKED), \
              u AS (UPDATE \"app\".\"quotes\" SET \"status_v2\" = v.\"__refill_v0\", \"doc\" = v.\"__refill_v1\"::jsonb, \
              \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
-             FROM v WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" AND v.\"__refill_k\" IN (SELECT \"__refill_k\" FROM l) \
+             FROM l AS v WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
              RETURNING v.\"__refill_k\") \
              SELECT \"__refill_k\", false FROM u UNION ALL SELECT v.\"__refill_k\", true FROM v \
              WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.\"__refill_k\" = v.\"__refill_k\") \
@@ -601,7 +605,7 @@ mod tests {
         assert!(sql.contains("$5::text[], $6::text[]) AS n("), "{sql}");
         assert!(
             sql.contains(
-                "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" AND v.\"__refill_k\" IN (SELECT \"__refill_k\" FROM l) \
+                "WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
                  AND \"app\".\"quotes\".\"status\"::text COLLATE \"C\" IS NOT DISTINCT FROM v.\"__refill_e0\" AND (region = 'eu') \
                  RETURNING v.\"__refill_k\")"
             ),

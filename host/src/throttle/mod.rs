@@ -453,6 +453,7 @@ impl Throttle {
                     let changed = v.problem != problem || !v.measured;
                     if v.problem != problem {
                         match &problem {
+                            Some(("starting", p)) => info!(reason = %p, "Waiting."),
                             Some((_, p)) => {
                                 warn!(reason = %p, "Throttled: waiting before the next chunk.");
                             }
@@ -485,7 +486,20 @@ impl Throttle {
             return Some(Stop::MaxRuntime(d));
         }
         let view = self.view.borrow();
-        if let Some((indicator, reason)) = &view.critical {
+        // A run held back by a pause or a window writes nothing: a critical
+        // indicator then holds it too, and stops it only once it would go
+        // on.
+        let held = matches!(
+            &view.control,
+            Some(Control {
+                action: ControlAction::Pause,
+                ..
+            })
+        ) || self
+            .windows
+            .as_ref()
+            .is_some_and(|w| !w.open_at(chrono::Utc::now()));
+        if !held && let Some((indicator, reason)) = &view.critical {
             return Some(Stop::Critical {
                 indicator,
                 reason: reason.clone(),
@@ -975,11 +989,24 @@ mod tests {
         gentle.lock().expect("lock").adopt(Duration::from_millis(1));
         // 1,000 rows already right: a write of a few microseconds.
         t.chunk_done(1000, 0, Duration::from_millis(5), Duration::from_micros(40));
-        t.chunk_done(1000, 1000, Duration::from_millis(50), Duration::from_millis(30));
-        t.chunk_done(1000, 1000, Duration::from_millis(50), Duration::from_millis(35));
+        t.chunk_done(
+            1000,
+            1000,
+            Duration::from_millis(50),
+            Duration::from_millis(30),
+        );
+        t.chunk_done(
+            1000,
+            1000,
+            Duration::from_millis(50),
+            Duration::from_millis(35),
+        );
         let reason = gentle.lock().expect("lock").allowance().reason;
         assert!(
-            !reason.as_deref().unwrap_or_default().contains("writes take"),
+            !reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("writes take"),
             "{reason:?}"
         );
     }

@@ -287,7 +287,17 @@ impl Signals {
         // A critical indicator first: it stops the run whatever else holds
         // it back.
         let health = match &self.health {
-            Some(h) => h.check().await,
+            Some(h) => tokio::time::timeout(MEASURE_TIMEOUT, h.check())
+                .await
+                .unwrap_or_else(|_| {
+                    Some(pause(
+                        "health",
+                        format!(
+                            "cannot measure the health indicators: no answer within {} s",
+                            MEASURE_TIMEOUT.as_secs()
+                        ),
+                    ))
+                }),
             None => None,
         };
         if let Some(found) = health.as_ref().filter(|f| f.critical) {

@@ -92,6 +92,8 @@ pub struct Thresholds {
     pub threads_running: Limit,
     /// MySQL/MariaDB: the InnoDB history list length.
     pub history_length: Limit,
+    /// The indicators the spec set itself (see [`Thresholds::strict`]).
+    pub strict: Vec<&'static str>,
 }
 
 /// The defaults of a gentle run: pt-osc's `--max-load Threads_running=25`
@@ -121,82 +123,126 @@ impl Thresholds {
         let gentle = mode == ThrottleMode::Gentle;
         let pg = backend == Backend::Postgres;
         let my = backend == Backend::Mysql;
-        let pick = |on: bool, set: Option<f64>, default: Option<f64>| -> Option<f64> {
-            if !on {
-                return None;
-            }
-            match set {
-                Some(v) if v > 0.0 => Some(v),
-                Some(_) => None,
-                None if gentle => default,
-                None => None,
-            }
-        };
         #[expect(
             clippy::cast_precision_loss,
             reason = "counts far below 2^52, compared as numbers"
         )]
         let count = |v: Option<u64>| v.map(|v| v as f64);
+        // A threshold pair. A key the spec sets wins (0: off); a key left
+        // out takes its default in a gentle run, unless that would contradict
+        // the other key the spec set: a default critical at or under an
+        // explicit max, a default max at or over an explicit critical, or a
+        // default critical for an indicator whose max was turned off.
+        let pair = |on: bool,
+                    max: Option<f64>,
+                    critical: Option<f64>,
+                    default_max: Option<f64>,
+                    default_critical: Option<f64>|
+         -> Limit {
+            if !on {
+                return Limit::default();
+            }
+            let pick = |set: Option<f64>, default: Option<f64>| match set {
+                Some(v) => (v > 0.0).then_some(v),
+                None if gentle => default,
+                None => None,
+            };
+            let (mut m, mut c) = (pick(max, default_max), pick(critical, default_critical));
+            if let (None, Some(mv), Some(cv)) = (critical, m, c)
+                && cv <= mv
+            {
+                c = None;
+            }
+            if critical.is_none() && max == Some(0.0) {
+                c = None;
+            }
+            if let (None, Some(mv), Some(cv)) = (max, m, c)
+                && mv >= cv
+            {
+                m = None;
+            }
+            Limit {
+                max: m,
+                critical: c,
+            }
+        };
         let flag = |on: bool, set: Option<bool>| on && set.unwrap_or(gentle);
+        let archiver = flag(pg, health.archiver);
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a positive whole count of segments"
+        )]
+        let archive_pending = pair(
+            pg && health.archiver != Some(false),
+            count(health.max_archive_pending),
+            None,
+            count(Some(DEFAULT_MAX_ARCHIVE_PENDING)),
+            None,
+        )
+        .max
+        .map(|v| v as u64);
+        let mut strict = Vec::new();
+        if health.vacuum.is_some() {
+            strict.push("vacuum");
+        }
+        if health.max_active_backends.is_some() || health.critical_active_backends.is_some() {
+            strict.push("active-backends");
+        }
+        if health.max_archive_pending.is_some() {
+            strict.push("archiver");
+        }
+        if health.max_history_length.is_some() || health.critical_history_length.is_some() {
+            strict.push("history-length");
+        }
         Thresholds {
             vacuum: flag(pg, health.vacuum),
-            wal_rate: Limit {
-                max: pick(pg, health.max_wal_rate, Some(DEFAULT_MAX_WAL_RATE_MB)),
-                critical: pick(pg, health.critical_wal_rate, None),
-            },
-            archiver: flag(pg, health.archiver),
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "a positive whole count of segments"
-            )]
-            archive_pending: pick(
-                pg && flag(pg, health.archiver),
-                count(health.max_archive_pending),
-                count(Some(DEFAULT_MAX_ARCHIVE_PENDING)),
-            )
-            .map(|v| v as u64),
-            slot_retained_wal: Limit {
-                max: pick(
-                    pg,
-                    health.max_slot_retained_wal,
-                    Some(DEFAULT_MAX_SLOT_RETAINED_WAL_MB),
-                ),
-                critical: pick(pg, health.critical_slot_retained_wal, None),
-            },
-            active_backends: Limit {
-                max: pick(
-                    pg,
-                    count(health.max_active_backends),
-                    Some(DEFAULT_MAX_RUNNING),
-                ),
-                critical: pick(
-                    pg,
-                    count(health.critical_active_backends),
-                    Some(DEFAULT_CRITICAL_RUNNING),
-                ),
-            },
-            threads_running: Limit {
-                max: pick(
-                    my,
-                    count(health.max_threads_running),
-                    Some(DEFAULT_MAX_RUNNING),
-                ),
-                critical: pick(
-                    my,
-                    count(health.critical_threads_running),
-                    Some(DEFAULT_CRITICAL_RUNNING),
-                ),
-            },
-            history_length: Limit {
-                max: pick(
-                    my,
-                    count(health.max_history_length),
-                    Some(DEFAULT_MAX_HISTORY_LENGTH),
-                ),
-                critical: pick(my, count(health.critical_history_length), None),
-            },
+            wal_rate: pair(
+                pg,
+                health.max_wal_rate,
+                health.critical_wal_rate,
+                Some(DEFAULT_MAX_WAL_RATE_MB),
+                None,
+            ),
+            archiver: archiver || archive_pending.is_some(),
+            archive_pending,
+            slot_retained_wal: pair(
+                pg,
+                health.max_slot_retained_wal,
+                health.critical_slot_retained_wal,
+                Some(DEFAULT_MAX_SLOT_RETAINED_WAL_MB),
+                None,
+            ),
+            active_backends: pair(
+                pg,
+                count(health.max_active_backends),
+                count(health.critical_active_backends),
+                Some(DEFAULT_MAX_RUNNING),
+                Some(DEFAULT_CRITICAL_RUNNING),
+            ),
+            threads_running: pair(
+                my,
+                count(health.max_threads_running),
+                count(health.critical_threads_running),
+                Some(DEFAULT_MAX_RUNNING),
+                Some(DEFAULT_CRITICAL_RUNNING),
+            ),
+            history_length: pair(
+                my,
+                count(health.max_history_length),
+                count(health.critical_history_length),
+                Some(DEFAULT_MAX_HISTORY_LENGTH),
+                None,
+            ),
+            strict,
         }
+    }
+
+    /// Whether the spec set `indicator` itself: one it cannot see then
+    /// fails closed and `plan` refuses it. An indicator on by default
+    /// judges what the role can see, and `plan` warns.
+    pub fn strict(&self, indicator: &str) -> bool {
+        self.strict.contains(&indicator)
     }
 
     /// Whether any indicator is on.
@@ -241,7 +287,11 @@ impl Thresholds {
             &self.slot_retained_wal,
             " MB",
         ));
-        lines.extend(limit("active backends", &self.active_backends, ""));
+        lines.extend(limit(
+            "active backends (other sessions running a statement)",
+            &self.active_backends,
+            "",
+        ));
         lines.extend(limit("Threads_running", &self.threads_running, ""));
         lines.extend(limit(
             "InnoDB history list length",
@@ -265,7 +315,15 @@ pub struct Finding {
     pub critical: bool,
 }
 
+/// The reason of the WAL rate before a second of it is measured.
+const WARMING_UP: &str = "measuring the rate WAL is generated at, over a second";
+
 impl Finding {
+    /// Whether this is only a rate waiting for its second measurement.
+    pub fn warming_up(&self) -> bool {
+        self.reason == WARMING_UP
+    }
+
     /// An indicator that cannot be measured: the run pauses.
     fn unmeasured(indicator: &'static str, why: impl std::fmt::Display) -> Finding {
         Finding {
@@ -276,6 +334,19 @@ impl Finding {
     }
 }
 
+/// Something an indicator on needs that the role cannot see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blind {
+    /// The `[throttle.health]` key that turns it off.
+    pub key: &'static str,
+    /// What cannot be seen, and what to do.
+    pub why: String,
+    /// Whether the spec set the indicator itself (then it would fail
+    /// closed for good, and `plan` refuses it); an indicator on by default
+    /// judges what the role sees, and `plan` warns.
+    pub strict: bool,
+}
+
 /// The indicators of one run, measured on its source.
 pub struct Health {
     db: Database,
@@ -283,8 +354,9 @@ pub struct Health {
     thresholds: Thresholds,
     /// Recent WAL positions, for the rate.
     wal: std::sync::Mutex<VecDeque<(Instant, f64)>>,
-    /// Checks in a row a critical threshold was exceeded on.
-    critical_checks: std::sync::Mutex<u32>,
+    /// The indicator over its critical threshold on the last checks, and
+    /// on how many in a row.
+    critical_checks: std::sync::Mutex<(Option<&'static str>, u32)>,
 }
 
 impl Health {
@@ -353,7 +425,7 @@ impl Health {
             },
             thresholds,
             wal: std::sync::Mutex::new(VecDeque::new()),
-            critical_checks: std::sync::Mutex::new(0),
+            critical_checks: std::sync::Mutex::new((None, 0)),
         }))
     }
 
@@ -380,24 +452,26 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner());
         match critical {
             Some(mut finding) => {
-                *checks += 1;
-                if *checks < CRITICAL_CHECKS {
+                // In a row for the same indicator.
+                *checks = match *checks {
+                    (Some(last), n) if last == finding.indicator => (Some(last), n + 1),
+                    _ => (Some(finding.indicator), 1),
+                };
+                if checks.1 < CRITICAL_CHECKS {
                     finding.critical = false;
                 }
                 Some(finding)
             }
             None => {
-                *checks = 0;
+                *checks = (None, 0);
                 findings.into_iter().next()
             }
         }
     }
 
     /// What the role running refill cannot see that an indicator on needs:
-    /// one message per problem, naming the key that turns it off. A
-    /// fail-closed indicator that cannot see would hold a run back for
-    /// good, so `refill plan` refuses these.
-    pub async fn blind_spots(&self) -> Result<Vec<(&'static str, String)>, String> {
+    /// one per problem, naming the key that turns it off.
+    pub async fn blind_spots(&self) -> Result<Vec<Blind>, String> {
         match self.db.backend() {
             Backend::Postgres => postgres::blind_spots(self).await,
             Backend::Mysql => mysql::blind_spots(self).await,
@@ -459,6 +533,52 @@ mod tests {
         };
         assert!(!Thresholds::of(&off, ThrottleMode::Gentle, Backend::Mysql).any());
         assert!(!Thresholds::of(&none, ThrottleMode::Gentle, Backend::Sqlite).any());
+    }
+
+    #[test]
+    fn a_default_never_contradicts_a_key_the_spec_set() {
+        let of = |h: HealthSpec| Thresholds::of(&h, ThrottleMode::Gentle, Backend::Postgres);
+        // Pausing at 60 drops the default stop at 50.
+        let raised = of(HealthSpec {
+            max_active_backends: Some(60),
+            ..HealthSpec::default()
+        });
+        assert_eq!(
+            raised.active_backends,
+            Limit {
+                max: Some(60.0),
+                critical: None
+            }
+        );
+        // Stopping at 10 drops the default pause at 25.
+        let lowered = of(HealthSpec {
+            critical_active_backends: Some(10),
+            ..HealthSpec::default()
+        });
+        assert_eq!(
+            lowered.active_backends,
+            Limit {
+                max: None,
+                critical: Some(10.0)
+            }
+        );
+        // Off is off.
+        let off = of(HealthSpec {
+            max_active_backends: Some(0),
+            ..HealthSpec::default()
+        });
+        assert_eq!(off.active_backends, Limit::default());
+        assert!(!off.strict("vacuum") && off.strict("active-backends"));
+        // An archive limit set in an unlimited run turns the archiver on.
+        let pending = Thresholds::of(
+            &HealthSpec {
+                max_archive_pending: Some(4),
+                ..HealthSpec::default()
+            },
+            ThrottleMode::Unlimited,
+            Backend::Postgres,
+        );
+        assert!(pending.archiver && pending.archive_pending == Some(4));
     }
 
     #[test]

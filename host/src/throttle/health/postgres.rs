@@ -3,31 +3,34 @@
 //! statement over the statistics views (and, with `archive_mode` on, a
 //! listing of `pg_wal/archive_status`).
 
-use super::{Finding, Health};
+use super::{Blind, Finding, Health};
 use crate::source::Pools;
 
 /// Everything but the archive listing, in one round trip. `$1` is the
-/// target table, quoted; `$2` the name this process's sessions go by, so
-/// that refill's own statements are not counted as the application's.
+/// target table, quoted. Progress views cover the whole cluster, so they
+/// are narrowed to this database. Sessions of refill (`refill pid N`, this
+/// run's and any other backfill's) are not the application's load; a
+/// session the role may not see has a NULL `backend_type`.
 const MEASURE: &str = "\
 SELECT \
   (SELECT string_agg(p, ', ') FROM ( \
       SELECT 'VACUUM (' || phase || ')' AS p FROM pg_stat_progress_vacuum \
-       WHERE relid IN (to_regclass($1), (SELECT reltoastrelid FROM pg_class WHERE oid = to_regclass($1))) \
+       WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND relid IN (to_regclass($1), (SELECT reltoastrelid FROM pg_class WHERE oid = to_regclass($1))) \
       UNION ALL \
       SELECT command || ' (' || phase || ')' FROM pg_stat_progress_cluster \
-       WHERE relid = to_regclass($1)) v), \
-  (SELECT count(*) FROM pg_stat_progress_vacuum WHERE relid IS NULL)::int8, \
+       WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND relid = to_regclass($1)) v), \
+  (SELECT count(*) FROM pg_stat_progress_vacuum \
+    WHERE relid IS NULL AND datid = (SELECT oid FROM pg_database WHERE datname = current_database()))::int8, \
   CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8 END, \
   (SELECT slot_name::text FROM pg_replication_slots WHERE restart_lsn IS NOT NULL ORDER BY restart_lsn LIMIT 1), \
   CASE WHEN pg_is_in_recovery() THEN NULL \
        ELSE (SELECT (pg_current_wal_lsn() - min(restart_lsn))::float8 FROM pg_replication_slots) END, \
   (SELECT count(*) FROM pg_stat_activity \
-    WHERE backend_type = 'client backend' AND application_name IS DISTINCT FROM $2 \
-      AND state = 'active')::int8, \
-  (SELECT count(*) FROM pg_stat_activity \
-    WHERE backend_type = 'client backend' AND application_name IS DISTINCT FROM $2 \
-      AND state IS NULL)::int8, \
+    WHERE backend_type = 'client backend' AND state = 'active' \
+      AND application_name NOT LIKE 'refill pid %')::int8, \
+  (SELECT count(*) FROM pg_stat_activity WHERE backend_type IS NULL)::int8, \
   current_setting('archive_mode'), \
   (SELECT last_failed_time > coalesce(last_archived_time, '-infinity') FROM pg_stat_archiver), \
   (SELECT last_failed_wal FROM pg_stat_archiver)";
@@ -77,7 +80,6 @@ pub async fn check(health: &Health) -> Vec<Finding> {
             ),
         >(MEASURE)
         .bind(health.table.quoted())
-        .bind(crate::source::postgres::session_name())
         .fetch_one(&mut *tx)
         .await?;
         let m = Measured {
@@ -127,7 +129,7 @@ pub async fn check(health: &Health) -> Vec<Finding> {
                 ),
                 critical: false,
             });
-        } else if m.hidden_vacuums > 0 {
+        } else if m.hidden_vacuums > 0 && t.strict("vacuum") {
             found.push(Finding::unmeasured(
                 "vacuum",
                 "a VACUUM is running on a table this role may not see (pg_stat_progress_vacuum.relid is NULL): grant it pg_monitor",
@@ -145,8 +147,8 @@ pub async fn check(health: &Health) -> Vec<Finding> {
                     "wal_rate",
                 )),
                 None => found.push(Finding {
-                    indicator: "wal-rate",
-                    reason: "measuring the rate WAL is generated at, over a second".into(),
+                    indicator: "starting",
+                    reason: super::WARMING_UP.into(),
                     critical: false,
                 }),
             },
@@ -177,7 +179,7 @@ pub async fn check(health: &Health) -> Vec<Finding> {
                     critical: false,
                 });
             }
-            (Some(Err(e)), _) => found.push(Finding::unmeasured(
+            (Some(Err(e)), _) if t.strict("archiver") => found.push(Finding::unmeasured(
                 "archiver",
                 format!(
                     "pg_wal/archive_status cannot be listed ({}): grant pg_monitor",
@@ -200,7 +202,7 @@ pub async fn check(health: &Health) -> Vec<Finding> {
         ));
     }
     if t.active_backends.max.is_some() || t.active_backends.critical.is_some() {
-        if m.hidden_backends > 0 {
+        if m.hidden_backends > 0 && t.strict("active-backends") {
             found.push(Finding::unmeasured(
                 "active-backends",
                 format!(
@@ -214,7 +216,10 @@ pub async fn check(health: &Health) -> Vec<Finding> {
             found.extend(t.active_backends.judge(
                 "active-backends",
                 active,
-                &format!("{} other sessions are running a statement", m.active),
+                &format!(
+                    "{} sessions other than refill's are running a statement",
+                    m.active
+                ),
                 "active_backends",
             ));
         }
@@ -222,8 +227,9 @@ pub async fn check(health: &Health) -> Vec<Finding> {
     found
 }
 
-/// What the role cannot see that the indicators on need.
-pub async fn blind_spots(health: &Health) -> Result<Vec<(&'static str, String)>, String> {
+/// What the role cannot see that the indicators on need: (key, why,
+/// whether the spec set the indicator itself).
+pub async fn blind_spots(health: &Health) -> Result<Vec<Blind>, String> {
     let t = &health.thresholds;
     let Pools::Postgres(pool) = health.db.pools() else {
         return Ok(Vec::new());
@@ -239,34 +245,56 @@ pub async fn blind_spots(health: &Health) -> Result<Vec<(&'static str, String)>,
     .await
     .map_err(|e| crate::db::describe(&e))?;
     let mut blind = Vec::new();
+    let mut add = |key: &'static str, indicator: &str, why: String, off: &str| {
+        let strict = t.strict(indicator);
+        let then = if strict {
+            format!("GRANT pg_monitor TO {role}, or set {off}")
+        } else {
+            format!(
+                "the default indicator judges only what the role sees; GRANT pg_monitor TO {role} \
+                 for all of it, or set {off}"
+            )
+        };
+        blind.push(Blind {
+            key,
+            why: format!("{why}: {then}"),
+            strict,
+        });
+    };
     if t.vacuum && !stats {
-        blind.push((
+        add(
+            "vacuum",
             "vacuum",
             format!(
-                "role {role} cannot see which table a running VACUUM works on (pg_stat_progress_vacuum \
-                 shows it only to roles with pg_read_all_stats), so a run would pause while any \
-                 autovacuum runs: GRANT pg_monitor TO {role}, or set vacuum = false"
+                "role {role} cannot see which table a running VACUUM works on \
+                 (pg_stat_progress_vacuum shows it only to roles with pg_read_all_stats), \
+                 so autovacuum on the target table goes unseen, or, when the spec sets vacuum, \
+                 every autovacuum would pause the run"
             ),
-        ));
+            "vacuum = false",
+        );
     }
     if (t.active_backends.max.is_some() || t.active_backends.critical.is_some()) && !stats {
-        blind.push((
+        add(
             "max_active_backends",
+            "active-backends",
             format!(
-                "role {role} cannot see other roles' sessions' state in pg_stat_activity, so a run \
-                 would pause whenever another role is connected: GRANT pg_monitor TO {role}, or set \
-                 max_active_backends = 0 and critical_active_backends = 0"
+                "role {role} cannot see other roles' sessions in pg_stat_activity \
+                 (pg_read_all_stats)"
             ),
-        ));
+            "max_active_backends = 0 and critical_active_backends = 0",
+        );
     }
     if t.archive_pending.is_some() && archive_mode != "off" && !monitor {
-        blind.push((
+        add(
             "max_archive_pending",
+            "archiver",
             format!(
                 "role {role} cannot list pg_wal/archive_status (pg_ls_archive_statusdir needs \
-                 pg_monitor): GRANT pg_monitor TO {role}, or set max_archive_pending = 0"
+                 pg_monitor)"
             ),
-        ));
+            "max_archive_pending = 0",
+        );
     }
     Ok(blind)
 }
