@@ -18,7 +18,8 @@
 //! Settings (environment): `REFILL_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), `REFILL_BENCH_ROWS`
 //! (1000000), `REFILL_BENCH_ROUNDS` (2; the best round counts),
-//! `REFILL_BENCH_PGBENCH_TPS` (300).
+//! `REFILL_BENCH_PGBENCH_TPS` (300), `REFILL_BENCH_LOAD_ROUNDS` (3),
+//! `REFILL_BENCH_ONLY=load` (only the pgbench comparison, a few minutes).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -509,14 +510,22 @@ async fn main() {
         .expect("version");
     template(&pool, rows).await;
     let remap = Remap::warm();
+    let everything = env_or("REFILL_BENCH_ONLY", "") != "load";
 
-    let (alone, _) = transform_only(&remap.component, rows);
+    let (alone, _) = if everything {
+        transform_only(&remap.component, rows)
+    } else {
+        (Duration::ZERO, Duration::ZERO)
+    };
     // The same transform in three languages: rows/s of the transform alone
     // (fewer rows for the slower interpreters; rows/s is what compares),
     // the time to compile and to load from the cache, and to start an
     // instance.
     let mut languages = Vec::new();
     for (name, share) in [("remap", 1), ("remap-py", 10), ("remap-js", 100)] {
+        if !everything {
+            break;
+        }
         let path = root.join(format!("plugins/dist/{name}.wasm"));
         let (cold, cached) = load_times(&path);
         let n = (rows / share).max(1000);
@@ -528,7 +537,7 @@ async fn main() {
     // refill with adaptive chunks
     let mut best = [Duration::MAX; 5];
     let mut profile = (0.0, 0.0, 0.0, 0);
-    for round in 1..=rounds {
+    for round in (1..=rounds).filter(|_| everything) {
         fresh(&pool).await;
         let single = single_statement(&pool).await;
         verify(&pool, "the single statement").await;
@@ -565,7 +574,7 @@ async fn main() {
 
     // Distributed workers, 1, 2 and 4 of them, best of the rounds.
     let mut distributed = Vec::new();
-    for workers in [1u32, 2, 4] {
+    for workers in [1u32, 2, 4].into_iter().filter(|_| everything) {
         let mut best_plan = Duration::MAX;
         let mut best_work = Duration::MAX;
         for _ in 0..rounds {
@@ -637,78 +646,80 @@ async fn main() {
     exec(&pool, &format!("DROP TABLE IF EXISTS {SCHEMA}.quotes")).await;
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!();
-    println!(
-        "refill bench: {rows} rows, PostgreSQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
-    );
-    common::print_against_single(
-        rows,
-        &[
-            ("single UPDATE … SET status_v2 = CASE …", best[0]),
-            ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
-            ("refill run --execute (remap component)", best[2]),
-            ("  … with [target] conditional = false", best[3]),
-            ("  … with adaptive chunks (chunk_time 500ms)", best[4]),
-        ],
-    );
-    println!(
-        "  {:<44} {:>9.2} {:>12}",
-        "remap transform alone (1 thread, batches of 1000)",
-        alone.as_secs_f64(),
-        rate(rows, alone)
-    );
-    println!(
-        "conditional writes cost {:.0}% of refill's unconditional speed",
-        100.0 * (1.0 - best[3].as_secs_f64() / best[2].as_secs_f64())
-    );
-    let (read, transform, write, chunks) = profile;
-    println!(
-        "refill per chunk (mean of {chunks}): read {read:.1} ms, transform {transform:.1} ms, write {write:.1} ms; \
-         {} chunks in flight",
-        refill::spec::DEFAULT_CONCURRENCY
-    );
-    println!();
-    println!(
-        "distributed workers (run --execute --workers 0, then N `refill worker` processes; state store on the source's url: writes and checkpoint in one transaction; run-wide concurrency 2 per worker):"
-    );
-    println!(
-        "  {:<10} {:>10} {:>10} {:>12} {:>16}",
-        "workers", "plan s", "work s", "rows/s", "vs 1 worker"
-    );
-    let one = distributed.first().map_or(1.0, |d| d.2.as_secs_f64());
-    for (workers, plan, work) in &distributed {
+    if everything {
+        println!();
         println!(
-            "  {workers:<10} {:>10.2} {:>10.2} {:>12} {:>16.2}",
-            plan.as_secs_f64(),
-            work.as_secs_f64(),
-            rate(rows, *work),
-            one / work.as_secs_f64()
+            "refill bench: {rows} rows, PostgreSQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
+        );
+        common::print_against_single(
+            rows,
+            &[
+                ("single UPDATE … SET status_v2 = CASE …", best[0]),
+                ("batched script (keyset + unnest, 1 tx/batch)", best[1]),
+                ("refill run --execute (remap component)", best[2]),
+                ("  … with [target] conditional = false", best[3]),
+                ("  … with adaptive chunks (chunk_time 500ms)", best[4]),
+            ],
+        );
+        println!(
+            "  {:<44} {:>9.2} {:>12}",
+            "remap transform alone (1 thread, batches of 1000)",
+            alone.as_secs_f64(),
+            rate(rows, alone)
+        );
+        println!(
+            "conditional writes cost {:.0}% of refill's unconditional speed",
+            100.0 * (1.0 - best[3].as_secs_f64() / best[2].as_secs_f64())
+        );
+        let (read, transform, write, chunks) = profile;
+        println!(
+            "refill per chunk (mean of {chunks}): read {read:.1} ms, transform {transform:.1} ms, write {write:.1} ms; \
+             {} chunks in flight",
+            refill::spec::DEFAULT_CONCURRENCY
+        );
+        println!();
+        println!(
+            "distributed workers (run --execute --workers 0, then N `refill worker` processes; state store on the source's url: writes and checkpoint in one transaction; run-wide concurrency 2 per worker):"
+        );
+        println!(
+            "  {:<10} {:>10} {:>10} {:>12} {:>16}",
+            "workers", "plan s", "work s", "rows/s", "vs 1 worker"
+        );
+        let one = distributed.first().map_or(1.0, |d| d.2.as_secs_f64());
+        for (workers, plan, work) in &distributed {
+            println!(
+                "  {workers:<10} {:>10.2} {:>10.2} {:>12} {:>16.2}",
+                plan.as_secs_f64(),
+                work.as_secs_f64(),
+                rate(rows, *work),
+                one / work.as_secs_f64()
+            );
+        }
+        println!(
+            "  rows/s counts the workers' time from their start; on {cpus} CPUs shared with PostgreSQL, more workers than CPUs cannot add throughput"
+        );
+        println!();
+        println!(
+            "the remap transform in three languages (transform alone, 1 thread, batches of 1000):"
+        );
+        println!(
+            "  {:<10} {:>9} {:>12} {:>14} {:>14} {:>16} {:>14}",
+            "component", "rows", "rows/s", "compile ms", "cached ms", "instance ms", "vs Rust"
+        );
+        let rust_rate = languages[0].1 as f64 / languages[0].2.as_secs_f64();
+        for (name, n, took, cold, cached, start) in &languages {
+            let per_sec = *n as f64 / took.as_secs_f64();
+            println!(
+                "  {name:<10} {n:>9} {:>12} {cold:>14.1} {cached:>14.1} {:>16.1} {:>14.3}",
+                rate(*n, *took),
+                start.as_secs_f64() * 1000.0,
+                per_sec / rust_rate
+            );
+        }
+        println!(
+            "  a cached start is `cached ms` (read, check the pin, load the compiled form) plus `instance ms` (instantiate and configure)"
         );
     }
-    println!(
-        "  rows/s counts the workers' time from their start; on {cpus} CPUs shared with PostgreSQL, more workers than CPUs cannot add throughput"
-    );
-    println!();
-    println!(
-        "the remap transform in three languages (transform alone, 1 thread, batches of 1000):"
-    );
-    println!(
-        "  {:<10} {:>9} {:>12} {:>14} {:>14} {:>16} {:>14}",
-        "component", "rows", "rows/s", "compile ms", "cached ms", "instance ms", "vs Rust"
-    );
-    let rust_rate = languages[0].1 as f64 / languages[0].2.as_secs_f64();
-    for (name, n, took, cold, cached, start) in &languages {
-        let per_sec = *n as f64 / took.as_secs_f64();
-        println!(
-            "  {name:<10} {n:>9} {:>12} {cold:>14.1} {cached:>14.1} {:>16.1} {:>14.3}",
-            rate(*n, *took),
-            start.as_secs_f64() * 1000.0,
-            per_sec / rust_rate
-        );
-    }
-    println!(
-        "  a cached start is `cached ms` (read, check the pin, load the compiled form) plus `instance ms` (instantiate and configure)"
-    );
     if !loaded.is_empty() {
         println!();
         println!(

@@ -597,7 +597,13 @@ impl Database {
     pub async fn point_read(&self, table: &TableRef, key: &str) -> Result<Duration, sqlx::Error> {
         let d = self.dialect();
         let key = (d.quote)(key);
-        let sql = format!("SELECT 1 FROM {} ORDER BY {key} LIMIT 1", d.table(table));
+        let read = format!("SELECT 1 FROM {} ORDER BY {key} LIMIT 1", d.table(table));
+        // A writing run's read commits like the application does (see
+        // `postgres::committing`); a read-only one stays one read.
+        let sql = match self.pools {
+            Pools::Postgres(_) if self.writes => postgres::committing(&read),
+            _ => read,
+        };
         let started = std::time::Instant::now();
         read_only!(self, self.timeouts.read, |conn, m| sqlx::query(built(sql))
             .fetch_optional(conn)

@@ -107,6 +107,15 @@ pub async fn bound(
     .map(drop)
 }
 
+/// The gentle limiter's latency probe on a database refill writes to:
+/// `read`, and a transaction id, so that the read-only transaction's
+/// COMMIT writes a commit record. That record queues for the WAL
+/// insertion locks and buffers behind a chunk's WAL, as the application's
+/// commits do; a read alone misses that contention. It writes no data.
+pub fn committing(read: &str) -> String {
+    format!("SELECT ({read}), txid_current()")
+}
+
 /// The functions `condition` (a `where` on `table`) calls that PostgreSQL
 /// marks volatile, directly or behind an operator, by their signatures.
 /// Read from the dependencies of a temporary view of the condition, made

@@ -37,6 +37,9 @@ use crate::state::{Control, ControlAction, StateStore};
 
 /// How often the monitor checks the signals and the control.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long after its last chunk a run counts as quiet: the latency then
+/// is the application's, not the run's.
+const QUIET: Duration = Duration::from_secs(1);
 /// How often the gentle limiter times its point read.
 const POINT_EVERY: Duration = Duration::from_millis(100);
 /// Chunk writes whose mean latency is compared with `max_write_latency`.
@@ -331,11 +334,19 @@ impl Throttle {
                 let Some(latency) = points.point_read().await else {
                     return;
                 };
-                let idle = idle_before && me.progress.in_flight.load(Ordering::Relaxed) == 0;
+                // Quiet: no chunk in flight, nor for a while before (its
+                // WAL and dirty pages are being written out).
+                let quiet = idle_before
+                    && me.progress.in_flight.load(Ordering::Relaxed) == 0
+                    && me
+                        .last_done
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_none_or(|t| t.elapsed() >= QUIET);
                 let (was_ready, measured) = {
                     let mut g = gentle.lock().unwrap_or_else(|e| e.into_inner());
                     let was = g.ready();
-                    g.sample(latency, idle);
+                    g.sample(latency, quiet);
                     (was, if was { None } else { g.baseline() })
                 };
                 if let Some(mut baseline) = measured {
@@ -717,7 +728,7 @@ impl Throttle {
         if let Some(g) = &self.gentle {
             g.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .wrote(written, write);
+                .wrote(written, write, elapsed);
         }
         *self.last_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.progress.chunk_seconds.observe(elapsed.as_secs_f64());
@@ -785,10 +796,11 @@ pub fn describe(spec: &Spec) -> Vec<String> {
     let mut lines = Vec::new();
     match t.mode {
         crate::spec::ThrottleMode::Gentle => lines.push(format!(
-            "gentle (the default): starts with 1 chunk in flight and small chunks, and adapts \
-             concurrency (up to {}), chunk size and pauses to keep the target's point-read latency \
-             within {}× its baseline, measured before the first chunk (latency_tolerance); \
-             mode = \"unlimited\" runs flat out",
+            "gentle (the default): starts with 1 chunk in flight, small chunks and a pause as long \
+             as each chunk, and adapts concurrency (up to {}), chunk size and pauses to keep the \
+             80th percentile of a probe of the target (a point read, which commits when the run \
+             writes to PostgreSQL) within {}× its baseline, measured before the first chunk \
+             (latency_tolerance); mode = \"unlimited\" runs flat out",
             spec.concurrency(),
             t.latency_tolerance
         )),
@@ -951,7 +963,7 @@ mod tests {
             Some("measuring the database's latency before the first chunk")
         );
         let gentle = t.gentle.as_ref().expect("gentle by default");
-        for _ in 0..10 {
+        for _ in 0..gentle::BASELINE_SAMPLES {
             gentle
                 .lock()
                 .expect("lock")
@@ -965,7 +977,7 @@ mod tests {
         assert_eq!(progress.status().cause, Some("gentle"));
         t.released();
         // Latency near its baseline: it speeds up to the whole chunk size.
-        for _ in 0..100 {
+        for _ in 0..20 * gentle::WINDOW {
             gentle
                 .lock()
                 .expect("lock")
