@@ -39,8 +39,19 @@ use std::time::Duration;
 pub const WINDOW: usize = 20;
 /// Samples the baseline is taken from.
 pub const BASELINE_SAMPLES: usize = 20;
-/// The percentile of a window that is judged.
+/// The quantile of a window that is judged.
 const TAIL: f64 = 0.8;
+
+/// The percentile the limiter judges, as messages name it.
+pub fn tail_percent() -> u32 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a quantile in (0, 1)"
+    )]
+    let percent = (TAIL * 100.0).round() as u32;
+    percent
+}
 /// The longest pause the limiter asks for between chunks.
 pub const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// The pause, as a ratio of the last chunk's time, when it first backs
@@ -168,9 +179,10 @@ impl Gentle {
         let ratio = now.as_secs_f64() / base.as_secs_f64();
         if ratio > self.tolerance {
             self.back_off(format!(
-                "the database's latency probe takes {:.1} ms (80th percentile of the last 2 s), \
+                "the database's latency probe takes {:.1} ms ({}th percentile of its last {WINDOW}), \
                  over {:.1}× the {:.1} ms it takes without the run",
                 now.as_secs_f64() * 1e3,
+                tail_percent(),
                 self.tolerance,
                 base.as_secs_f64() * 1e3
             ));

@@ -798,10 +798,11 @@ pub fn describe(spec: &Spec) -> Vec<String> {
         crate::spec::ThrottleMode::Gentle => lines.push(format!(
             "gentle (the default): starts with 1 chunk in flight, small chunks and a pause as long \
              as each chunk, and adapts concurrency (up to {}), chunk size and pauses to keep the \
-             80th percentile of a probe of the target (a point read, which commits when the run \
+             {}th percentile of a probe of the target (a point read, which commits when the run \
              writes to PostgreSQL) within {}× its baseline, measured before the first chunk \
              (latency_tolerance); mode = \"unlimited\" runs flat out",
             spec.concurrency(),
+            gentle::tail_percent(),
             t.latency_tolerance
         )),
         crate::spec::ThrottleMode::Unlimited => lines.push(
