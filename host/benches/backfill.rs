@@ -19,7 +19,11 @@
 //! `postgres://postgres@127.0.0.1:5432/test`), `REFILL_BENCH_ROWS`
 //! (1000000), `REFILL_BENCH_ROUNDS` (2; the best round counts),
 //! `REFILL_BENCH_PGBENCH_TPS` (300), `REFILL_BENCH_LOAD_ROUNDS` (3),
-//! `REFILL_BENCH_ONLY=load` (only the pgbench comparison, a few minutes).
+//! `REFILL_BENCH_ONLY=load` (only the pgbench comparison, a few minutes),
+//! `REFILL_BENCH_LOG` (refill's log filter, `refill=warn`) and
+//! `REFILL_BENCH_TRACE` (a file that collects the log of every `refill
+//! run`: with `REFILL_BENCH_LOG=refill=debug`, each chunk's times and each
+//! decision of the gentle limiter).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -176,6 +180,22 @@ fn refill(
         .output()
         .expect("run refill");
     let elapsed = started.elapsed();
+    if let Ok(trace) = std::env::var("REFILL_BENCH_TRACE") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(trace)
+            .expect("open REFILL_BENCH_TRACE");
+        writeln!(
+            f,
+            "=== run {} {:.2}s",
+            tuning.throttle,
+            elapsed.as_secs_f64()
+        )
+        .and_then(|()| f.write_all(&out.stderr))
+        .expect("write REFILL_BENCH_TRACE");
+    }
     succeed(out, "refill");
     (elapsed, dir.path().join(".refill/state.db"), dir)
 }
@@ -610,6 +630,21 @@ async fn main() {
         let mut gentle = Vec::new();
         let mut flat = Vec::new();
         for round in 1..=load_rounds {
+            // Every round starts from pgbench's tables vacuumed: with
+            // autovacuum off, their dead rows would slow later rounds.
+            let vacuum = Command::new("psql")
+                .args([
+                    "-qAtc",
+                    "VACUUM pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
+                ])
+                .arg(&db)
+                .output()
+                .expect("psql");
+            assert!(
+                vacuum.status.success(),
+                "VACUUM of pgbench's tables: {}",
+                String::from_utf8_lossy(&vacuum.stderr)
+            );
             let ((), quiet) = under_load(&db, tps, || std::thread::sleep(Duration::from_secs(8)));
             fresh(&pool).await;
             let ((d, _, _dir), by_default) =

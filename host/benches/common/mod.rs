@@ -102,11 +102,11 @@ impl Remap {
 }
 
 /// A `refill` command of this build, on the compiled-component cache
-/// `cache`, logging warnings only.
+/// `cache`, logging warnings only (or what `REFILL_BENCH_LOG` asks for).
 pub fn refill_cmd(cache: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_refill"));
     cmd.env("REFILL_CACHE_DIR", cache)
-        .env("REFILL_LOG", "refill=warn");
+        .env("REFILL_LOG", env_or("REFILL_BENCH_LOG", "refill=warn"));
     cmd
 }
 

@@ -1,5 +1,5 @@
 //! The default limiter, `[throttle] mode = "gentle"`: consumes latency
-//! samples of a cheap probe of the target (taken by the monitor ten times
+//! samples of a cheap probe of the target (taken by the monitor 25 times
 //! a second, first before the run's first chunk, for the baseline) and
 //! each chunk's write; produces how many chunks may be in flight, how long
 //! to wait before the next one, and a share of the chunk size, so that the
@@ -13,9 +13,10 @@
 //!
 //! What the limiter judges is the tail, not the median: the application
 //! is hurt by the transactions that overlap a chunk's write, and those are
-//! a minority while the run pauses between chunks. So it compares the 80th
+//! a minority while the run pauses between chunks. So it compares the 85th
 //! percentile of the last [`WINDOW`] samples (two seconds, taken whether a
-//! chunk is in flight or not) with the same percentile of the baseline.
+//! chunk is in flight or not) with the same percentile of the baseline's
+//! [`BASELINE_SAMPLES`] (two seconds too).
 //!
 //! The adaptation is AIMD, as in Netflix's concurrency-limits, decided
 //! once per window: over the tolerance, it backs off multiplicatively
@@ -36,11 +37,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// Samples of the probe judged at once: two seconds of them.
-pub const WINDOW: usize = 20;
-/// Samples the baseline is taken from.
-pub const BASELINE_SAMPLES: usize = 20;
+pub const WINDOW: usize = 50;
+/// Samples the baseline is taken from: two seconds of them too (its tail
+/// is what every window is judged against, and a tail measured from a
+/// few samples is mostly noise).
+pub const BASELINE_SAMPLES: usize = 50;
 /// The quantile of a window that is judged.
-const TAIL: f64 = 0.8;
+const TAIL: f64 = 0.85;
 
 /// The percentile the limiter judges, as messages name it.
 pub fn tail_percent() -> u32 {
@@ -143,7 +146,7 @@ impl Gentle {
         self.baseline = vec![baseline; BASELINE_SAMPLES];
     }
 
-    /// The baseline: the probe's 80th percentile before the run started.
+    /// The baseline: the probe's tail percentile before the run started.
     pub fn baseline(&self) -> Option<Duration> {
         self.ready().then(|| percentile(&self.baseline, TAIL))
     }
@@ -177,6 +180,15 @@ impl Gentle {
         let now = percentile(self.recent.make_contiguous(), TAIL);
         let base = self.reference().unwrap_or(FLOOR);
         let ratio = now.as_secs_f64() / base.as_secs_f64();
+        tracing::debug!(
+            tail_ms = now.as_secs_f64() * 1e3,
+            reference_ms = base.as_secs_f64() * 1e3,
+            ratio,
+            nice = self.nice,
+            share = self.share,
+            concurrency = self.concurrency,
+            "The gentle limiter judges a window of its probe."
+        );
         if ratio > self.tolerance {
             self.back_off(format!(
                 "the database's latency probe takes {:.1} ms ({}th percentile of its last {WINDOW}), \
@@ -215,6 +227,13 @@ impl Gentle {
         *entry = entry.min(per_row);
         // Writes slow down with size (WAL, index pages); twice the
         // tolerance leaves room for that.
+        tracing::debug!(
+            rows,
+            per_row_us = per_row * 1e6,
+            fastest_us = fastest * 1e6,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "The gentle limiter judges a chunk's write."
+        );
         if per_row > fastest * self.tolerance * 2.0 {
             self.back_off(format!(
                 "refill's writes take {:.0} µs a row, over {:.1}× the fastest seen at this chunk size or less ({:.0} µs)",
@@ -333,7 +352,7 @@ mod tests {
     fn backs_off_multiplicatively_on_the_tail_and_says_why() {
         let mut g = sped_up(1.5);
         g.wrote(1000, ms(40), ms(100));
-        // A quarter of the window slow: the 80th percentile is.
+        // A quarter of the window slow: the 85th percentile is.
         for i in 0..WINDOW {
             g.sample(if i % 4 == 0 { ms(5) } else { ms(1) }, false);
         }
