@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod chunk;
+pub mod clip;
 pub mod db;
 pub mod local;
 pub mod lookup;

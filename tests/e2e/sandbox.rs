@@ -217,3 +217,166 @@ fn a_component_importing_more_than_the_host_interface_is_refused() {
         inspected.stdout
     );
 }
+
+/// What the host may use on top of its guests' memory: room for its own
+/// code, compiled components and buffers (README, "Limits").
+const HOST_OVERHEAD_KIB: u64 = 128 * 1024;
+
+/// Runs `evil` in `mode` (`config` added to its config) over 200 quotes
+/// with `--execute`, row 5 triggering it, with instances of `memory_mb`
+/// and 2 chunks in flight; returns what it printed, the world and its peak
+/// RSS in KiB.
+fn bomb(name: &str, mode: &str, config: &str, memory_mb: u64) -> (Ran, World, u64) {
+    let w = World::new(Backend::Sqlite, name);
+    quotes(&w, 200, false);
+    w.exec("UPDATE quotes SET status = 'boom' WHERE id = 5");
+    let body = format!(
+        "config = {{ mode = \"{mode}\", trigger = \"boom\"{config} }}\nbatch_rows = 10\n\
+         memory_mb = {memory_mb}\nfuel_per_row = 100000000000\ntimeout_ms = 120000"
+    );
+    let spec =
+        spec(&w, "evil", &body, 50, "status_v2").replace("[chunk]\n", "[chunk]\nconcurrency = 2\n");
+    w.write("spec.toml", &spec);
+    let (ran, peak) = wait_with_peak_rss(w.spawn(&["run", "spec.toml", "--execute"]));
+    eprintln!("{name}: peak RSS {peak} KiB");
+    (ran, w, peak)
+}
+
+/// The bound on a run's peak RSS with `memory_mb` instances: two copies of
+/// each of its 2 instances' memory (wasmtime copies a string argument of a
+/// host function into the host before the host's code runs) and the host's
+/// own overhead.
+fn bound_kib(memory_mb: u64) -> u64 {
+    2 * memory_mb * 1024 * 2 + HOST_OVERHEAD_KIB
+}
+
+#[test]
+fn a_guest_logging_a_50_mb_line_100_times_keeps_host_memory_bounded_and_its_last_line() {
+    let (ran, w, peak) = bomb(
+        "log-bomb",
+        "log-bomb",
+        ", mb = \"50\", times = \"100\"",
+        128,
+    );
+    ran.expect_code(0);
+    assert!(
+        peak < bound_kib(128),
+        "peak RSS {peak} KiB, over {} KiB",
+        bound_kib(128)
+    );
+    // The last line the guest wrote is kept, after the first ones; each
+    // kept line is bounded, with a marker saying what was left out.
+    assert!(
+        ran.stderr.contains("row 5: the bomb's last line"),
+        "{}",
+        &ran.stderr[ran.stderr.len().saturating_sub(4000)..]
+    );
+    assert!(
+        ran.stderr
+            .contains("lines before its last one were dropped"),
+        "{}",
+        &ran.stderr[ran.stderr.len().saturating_sub(4000)..]
+    );
+    assert!(ran.stderr.contains("more bytes"), "no marker");
+    assert!(
+        ran.stderr.len() < 1 << 20,
+        "{} bytes of log for 100 lines",
+        ran.stderr.len()
+    );
+    // The bomb's row was transformed like the others.
+    assert_eq!(status_v2(&w)[&5].as_deref(), Some("BOOM"));
+}
+
+#[test]
+fn a_guest_failing_a_row_with_a_50_mb_error_stores_and_prints_its_head_and_end_only() {
+    let (ran, w, peak) = bomb("error-bomb", "error-bomb", ", mb = \"50\"", 256);
+    ran.expect_code(1);
+    assert!(
+        peak < bound_kib(256),
+        "peak RSS {peak} KiB, over {} KiB",
+        bound_kib(256)
+    );
+    let dead = w.state_rows("SELECT row_key, error FROM refill_dead_letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0][0].as_deref(), Some("5"));
+    let error = dead[0][1].as_deref().expect("an error");
+    assert!(
+        error.len() < 8 * 1024,
+        "a dead letter of {} bytes",
+        error.len()
+    );
+    for part in ["BombError: the head", "the end of the bomb", "more bytes"] {
+        assert!(error.contains(part), "{part:?} is not in {error:?}");
+    }
+    assert!(
+        ran.all().len() < 64 * 1024,
+        "{} bytes printed",
+        ran.all().len()
+    );
+    let report = w.run(&["report", "spec.toml"]);
+    assert!(
+        report.all().len() < 64 * 1024,
+        "{} bytes in the report",
+        report.all().len()
+    );
+}
+
+#[test]
+fn a_component_that_is_a_device_or_too_large_is_refused_unread() {
+    let w = World::new(Backend::Sqlite, "component-file");
+    quotes(&w, 10, false);
+    // A 3 GiB file that takes no disk: its size alone refuses it.
+    let big = w.dir.path().join("big.wasm");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(3 << 30))
+        .expect("a sparse file");
+    for (component, says) in [
+        (
+            "/dev/zero",
+            "is not a regular file (a device, pipe or socket)",
+        ),
+        (
+            big.to_str().expect("a utf-8 path"),
+            "has 3221225472 bytes, more than the 256 MiB a component may have ([transform] max_component_mb)",
+        ),
+    ] {
+        let spec = spec(
+            &w,
+            "remap",
+            "config = { map = \"open=active\" }",
+            100,
+            "status_v2",
+        );
+        let spec = spec
+            .lines()
+            .map(|l| {
+                if l.starts_with("component = ") {
+                    format!("component = \"{component}\"")
+                } else if l.starts_with("sha256 = ") {
+                    String::new()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        w.write("spec.toml", &spec);
+        for command in [
+            &["plan", "spec.toml"][..],
+            &["run", "spec.toml", "--execute"],
+        ] {
+            let (ran, peak) = wait_with_peak_rss(w.spawn(command));
+            assert_ne!(ran.code, Some(0), "{command:?} ran {component}");
+            assert!(ran.stderr.contains(says), "{command:?}: {}", ran.stderr);
+            eprintln!(
+                "{command:?}: exit {:?}, {peak} KiB: {}",
+                ran.code,
+                ran.stderr.trim()
+            );
+            assert!(
+                peak < HOST_OVERHEAD_KIB,
+                "{command:?} of {component} took {peak} KiB"
+            );
+        }
+    }
+}

@@ -879,7 +879,7 @@ async fn rollback_command(
 
 fn inspect_command(path: &Path, json: bool) -> Result<u8> {
     let started = Instant::now();
-    let bytes = Compiled::read_bytes(path)?;
+    let bytes = Compiled::read_bytes(path, refill::transform::Limits::default().component_bytes)?;
     let compiled = Compiled::from_bytes(path, &bytes, None)?;
     let mut inspection = show::Inspection {
         path: path.display().to_string(),

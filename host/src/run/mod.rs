@@ -250,6 +250,7 @@ pub fn limits(spec: &Spec) -> Limits {
         fuel_per_row: t.fuel_per_row,
         memory_bytes: usize::try_from(u64::from(t.memory_mb) << 20).unwrap_or(usize::MAX),
         timeout: Duration::from_millis(t.timeout_ms),
+        component_bytes: u64::from(t.max_component_mb) << 20,
     }
 }
 
@@ -276,10 +277,10 @@ pub(crate) fn load_pinned_transform(spec: &Spec) -> Result<(Runner, Vec<u8>), Ru
 
 /// The bytes of the spec's component file.
 fn component_bytes(spec: &Spec) -> Result<Vec<u8>, RunError> {
-    std::fs::read(&spec.component).map_err(|source| RunError::Component {
-        path: spec.component.display().to_string(),
-        source,
-    })
+    Ok(transform::Compiled::read_bytes(
+        &spec.component,
+        limits(spec).component_bytes,
+    )?)
 }
 
 /// `--execute` refused for a spec without a pin, naming the digest to pin.

@@ -1001,7 +1001,7 @@ fn transform_rows(
         if out.dropped_logs > 0 {
             warn!(
                 dropped = out.dropped_logs,
-                "The transform logged too much; lines were dropped."
+                "The transform logged too much: lines before its last one were dropped."
             );
         }
         let trapped = out

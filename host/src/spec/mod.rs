@@ -31,6 +31,9 @@ pub const DEFAULT_BATCH_ROWS: u32 = 1_000;
 pub const DEFAULT_FUEL_PER_ROW: u64 = 10_000_000;
 /// Default memory limit of a transform instance, in MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 256;
+/// Default largest component file, in MiB (an interpreter's component,
+/// as componentize-py builds, takes about 20).
+pub const DEFAULT_COMPONENT_MB: u32 = 256;
 /// Default wall-clock limit per batch, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// Default cap on the bytes of input values in one batch.
@@ -462,6 +465,10 @@ pub struct TransformSpec {
     /// Wall-clock limit per batch, in milliseconds.
     #[serde(default = "default_timeout_ms", deserialize_with = "positive")]
     pub timeout_ms: u64,
+    /// The largest component file accepted, in MiB: a larger one (or one
+    /// that is not a regular file) is refused before it is read.
+    #[serde(default = "default_component_mb", deserialize_with = "positive")]
+    pub max_component_mb: u32,
 }
 
 /// `[target]`: where the transform's outputs are written.
@@ -979,6 +986,9 @@ fn default_fuel_per_row() -> u64 {
 }
 fn default_memory_mb() -> u32 {
     DEFAULT_MEMORY_MB
+}
+fn default_component_mb() -> u32 {
+    DEFAULT_COMPONENT_MB
 }
 fn default_timeout_ms() -> u64 {
     DEFAULT_TIMEOUT_MS

@@ -64,10 +64,9 @@ impl Setup {
 
 /// How often the deadline clock ticks.
 const TICK: Duration = Duration::from_millis(10);
-/// Log lines kept per batch; later ones are counted and dropped.
+/// Log lines kept per batch: the first ones, and the last one written
+/// (the lines between are counted and dropped).
 const MAX_LOG_LINES: usize = 100;
-/// Bytes kept per log line.
-const MAX_LOG_LINE: usize = 2_048;
 
 /// Rows' worth of fuel granted to instantiation, `describe` and
 /// `configure`.
@@ -83,16 +82,22 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall-clock time per batch.
     pub timeout: Duration,
+    /// Bytes the component file may have; a larger one is refused before
+    /// it is read.
+    pub component_bytes: u64,
 }
 
 impl Default for Limits {
     /// The limits a spec gets when it sets none.
     fn default() -> Self {
-        use crate::spec::{DEFAULT_FUEL_PER_ROW, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS};
+        use crate::spec::{
+            DEFAULT_COMPONENT_MB, DEFAULT_FUEL_PER_ROW, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_MS,
+        };
         Limits {
             fuel_per_row: DEFAULT_FUEL_PER_ROW,
             memory_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            component_bytes: u64::from(DEFAULT_COMPONENT_MB) << 20,
         }
     }
 }
@@ -161,6 +166,15 @@ pub enum TransformError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The component file is not a regular file, or is larger than the
+    /// spec allows; it was not read.
+    #[error("component {} {what}; refusing to read it", path.display())]
+    NotAComponentFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
     },
     /// The component's sha256 is not the one pinned in the spec.
     #[error("component {} has sha256 {actual}, but the spec pins {expected}; refusing to run it (rebuild the pinned version, or review the new one and update [transform] sha256)", path.display())]
@@ -330,20 +344,23 @@ impl wasmtime::ResourceLimiter for HostState {
 }
 
 impl wit_host::Host for HostState {
-    fn log(&mut self, level: Level, mut message: String) {
+    fn log(&mut self, level: Level, message: String) {
+        // A fresh, bounded copy: the guest's string (as long as its memory
+        // allows) is dropped here, not kept behind a shortened line.
+        let line = LogLine {
+            level,
+            message: crate::clip::clip(&message, crate::clip::LOG_LINE),
+        };
+        drop(message);
         if self.logs.len() >= MAX_LOG_LINES {
+            // The last slot holds the latest line.
             self.dropped_logs += 1;
+            if let Some(last) = self.logs.last_mut() {
+                *last = line;
+            }
             return;
         }
-        if message.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push('…');
-        }
-        self.logs.push(LogLine { level, message });
+        self.logs.push(line);
     }
 
     fn lookup(&mut self, table: String, key: String) -> Result<Option<String>, LookupError> {
@@ -405,18 +422,60 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Reads the component at `path`, refuses it if `pin` is given and does
-    /// not match its sha256, and compiles it (or loads it from the cache).
-    pub fn read(path: &Path, pin: Option<&str>) -> Result<Compiled, TransformError> {
-        Compiled::from_bytes(path, &Compiled::read_bytes(path)?, pin)
+    /// Reads the component at `path` (see [`Compiled::read_bytes`]),
+    /// refuses it if `pin` is given and does not match its sha256, and
+    /// compiles it (or loads it from the cache).
+    pub fn read(
+        path: &Path,
+        pin: Option<&str>,
+        max_bytes: u64,
+    ) -> Result<Compiled, TransformError> {
+        Compiled::from_bytes(path, &Compiled::read_bytes(path, max_bytes)?, pin)
     }
 
-    /// The bytes of the component file at `path`.
-    pub fn read_bytes(path: &Path) -> Result<Vec<u8>, TransformError> {
-        std::fs::read(path).map_err(|source| TransformError::Read {
+    /// The bytes of the component file at `path`: refused unread if it is
+    /// not a regular file (`/dev/zero`, a pipe, a directory) or has more
+    /// than `max_bytes`, and never read past that bound (a file that grows
+    /// meanwhile is refused too).
+    pub fn read_bytes(path: &Path, max_bytes: u64) -> Result<Vec<u8>, TransformError> {
+        use std::io::Read;
+        let unreadable = |source| TransformError::Read {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let refused = |what: String| TransformError::NotAComponentFile {
+            path: path.to_path_buf(),
+            what,
+        };
+        let too_large = |size: u64| {
+            refused(format!(
+                "has {size} bytes, more than the {} MiB a component may have ([transform] max_component_mb)",
+                max_bytes >> 20
+            ))
+        };
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(refused(format!(
+                "is not a regular file ({})",
+                if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "a device, pipe or socket"
+                }
+            )));
+        }
+        if meta.len() > max_bytes {
+            return Err(too_large(meta.len()));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(too_large(bytes.len() as u64));
+        }
+        Ok(bytes)
     }
 
     /// As [`Compiled::read`], for the bytes of the file at `path`.
@@ -513,7 +572,7 @@ impl Runner {
     /// Reads and compiles the component at `path` (see [`Compiled::read`])
     /// and checks it with [`Runner::new`].
     pub fn load(path: &Path, pin: Option<&str>, limits: Limits) -> Result<Runner, TransformError> {
-        Runner::new(Compiled::read(path, pin)?, limits)
+        Runner::new(Compiled::read(path, pin, limits.component_bytes)?, limits)
     }
 
     /// Refuses a component that imports anything outside the policy (see
@@ -566,9 +625,10 @@ impl Runner {
         };
         let describing = Setup::new(Vec::new(), GuestEnv::current(&[runner.digest()]));
         let (mut store, bindings) = runner.instantiate(&describing)?;
-        runner.info = trapping(&mut store, runner.limits.timeout, |s| {
+        let info = trapping(&mut store, runner.limits.timeout, |s| {
             bindings.refill_transform_transform().call_describe(s)
         })?;
+        runner.info = bounded(info)?;
         Ok(runner)
     }
 
@@ -680,11 +740,19 @@ impl Instance {
     ) -> Result<BatchOutput, TransformError> {
         arm(&mut self.store, &self.limits, rows.len() as u64, timeout);
         let bindings = &self.bindings;
-        let outcomes = trapping(&mut self.store, timeout, |s| {
+        let mut outcomes = trapping(&mut self.store, timeout, |s| {
             bindings
                 .refill_transform_transform()
                 .call_transform_batch(s, rows)
         })?;
+        // What is kept, printed and stored of an error is bounded.
+        for outcome in &mut outcomes {
+            if let Outcome::Error(message) = outcome
+                && message.len() > crate::clip::ERROR
+            {
+                *message = crate::clip::clip(message, crate::clip::ERROR);
+            }
+        }
         let fuel_used = self.store.data().armed.0 - self.store.get_fuel().unwrap_or(0);
         let state = self.store.data_mut();
         let logs = std::mem::take(&mut state.logs);
@@ -879,12 +947,57 @@ fn trapping<T>(
     }
 }
 
+/// Columns a transform may declare, inputs and outputs each.
+pub const MAX_COLUMNS: usize = 1_000;
+/// Bytes kept of the name and version a transform gives itself (the state
+/// store keeps its name in 200 characters).
+const MAX_NAME: usize = 200;
+/// Bytes kept of a declared column's name.
+const MAX_COLUMN_NAME: usize = 256;
+
+/// What `describe` returned, with every string bounded; refused if it
+/// declares more than [`MAX_COLUMNS`] columns.
+fn bounded(info: Info) -> Result<Info, TransformError> {
+    use crate::clip::{ERROR, clip};
+    for (what, columns) in [("input", &info.inputs), ("output", &info.outputs)] {
+        if columns.len() > MAX_COLUMNS {
+            return Err(TransformError::Contract(format!(
+                "describe declares {} {what} columns; a transform may declare at most {MAX_COLUMNS}",
+                columns.len()
+            )));
+        }
+    }
+    let columns = |columns: Vec<crate::value::Column>| {
+        columns
+            .into_iter()
+            .map(|c| crate::value::Column {
+                name: clip(&c.name, MAX_COLUMN_NAME),
+                type_: c.type_,
+            })
+            .collect()
+    };
+    Ok(Info {
+        name: clip(&info.name, MAX_NAME),
+        version: clip(&info.version, MAX_NAME),
+        description: clip(&info.description, ERROR),
+        inputs: columns(info.inputs),
+        outputs: columns(info.outputs),
+    })
+}
+
 fn describe_config_error(e: &ConfigError) -> String {
+    use crate::clip::{ERROR, clip};
     match e {
-        ConfigError::Missing(name) => format!("parameter `{name}` is required"),
-        ConfigError::Unknown(name) => format!("parameter `{name}` is not known"),
-        ConfigError::Invalid(p) => format!("parameter `{}`: {}", p.name, p.reason),
-        ConfigError::Other(msg) => msg.clone(),
+        ConfigError::Missing(name) => format!("parameter `{}` is required", clip(name, ERROR)),
+        ConfigError::Unknown(name) => format!("parameter `{}` is not known", clip(name, ERROR)),
+        ConfigError::Invalid(p) => {
+            format!(
+                "parameter `{}`: {}",
+                clip(&p.name, ERROR),
+                clip(&p.reason, ERROR)
+            )
+        }
+        ConfigError::Other(msg) => clip(msg, ERROR),
     }
 }
 
@@ -943,6 +1056,7 @@ mod tests {
             fuel_per_row: 5_000_000,
             memory_bytes: 16 << 20,
             timeout: Duration::from_secs(30),
+            ..Limits::default()
         };
         let (kind, logs) = trap(evil("loop", small).transform(&rows(1)));
         assert_eq!(
@@ -970,6 +1084,7 @@ mod tests {
             fuel_per_row: u64::MAX / 2,
             memory_bytes: 16 << 20,
             timeout: Duration::from_millis(50),
+            ..Limits::default()
         };
         let started = std::time::Instant::now();
         let (kind, _) = trap(evil("loop", endless).transform(&rows(1)));
@@ -1124,6 +1239,7 @@ mod tests {
             fuel_per_row: u64::MAX / 8,
             memory_bytes: 16 << 20,
             timeout: Duration::from_millis(1500),
+            ..Limits::default()
         };
         let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
         let params = [
@@ -1150,6 +1266,42 @@ mod tests {
                 (_, Ok(Outcome::Update(_))) if i != 2 => {}
                 other => panic!("unexpected {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn what_describe_returns_is_bounded_and_too_many_columns_are_refused() {
+        use crate::value::{Column, ValueType};
+        let column = |name: String| Column {
+            name,
+            type_: ValueType::Text,
+        };
+        let info = |inputs: usize, name_bytes: usize| Info {
+            name: "n".repeat(name_bytes),
+            version: "1".into(),
+            description: "d".repeat(name_bytes),
+            inputs: (0..inputs)
+                .map(|_| column("c".repeat(name_bytes)))
+                .collect(),
+            outputs: vec![column("out".into())],
+        };
+        let kept = bounded(info(3, 1 << 20)).expect("three columns are fine");
+        assert!(kept.name.len() <= MAX_NAME && kept.name.contains("more bytes"));
+        assert!(kept.description.len() <= crate::clip::ERROR);
+        assert!(kept.inputs.iter().all(|c| c.name.len() <= MAX_COLUMN_NAME));
+        assert_eq!(kept.outputs[0].name, "out");
+        assert_eq!(
+            bounded(info(MAX_COLUMNS, 1)).map(|i| i.inputs.len()).ok(),
+            Some(MAX_COLUMNS)
+        );
+        match bounded(info(MAX_COLUMNS + 1, 1)) {
+            Err(TransformError::Contract(m)) => assert!(
+                m.contains(
+                    "describe declares 1001 input columns; a transform may declare at most 1000"
+                ),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 }

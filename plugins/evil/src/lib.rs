@@ -7,12 +7,18 @@
 //! - `arity`: returns two values for its one output column;
 //! - `slow`: burns `spin` iterations of work per row, then behaves;
 //! - `echo`: returns its input unchanged, whatever its type (for tests of
-//!   how the host reads and writes every column type).
+//!   how the host reads and writes every column type);
+//! - `log-bomb`: builds one string of `mb` MiB and logs it `times` times,
+//!   then behaves (the host may keep only a bounded copy of each line);
+//! - `error-bomb`: fails the row with an error of `mb` MiB, its first line
+//!   `BombError: the head` and its last `the end of the bomb` (the host
+//!   must keep both ends and a bounded middle).
 //!
 //! Rows that do not trigger it (see `trigger`) get their input text
 //! uppercased, so tests can tell which rows went through normally.
 //! Config: `mode` (required), `trigger` (only rows whose text equals it
-//! misbehave; default: every row), `spin` (iterations for `slow`).
+//! misbehave; default: every row), `spin` (iterations for `slow`), `mb`
+//! and `times` (for the bombs; 1 each by default).
 
 use std::hint::black_box;
 
@@ -33,6 +39,10 @@ pub enum Mode {
     Slow,
     /// Returns the input as it is.
     Echo,
+    /// Logs one huge line many times.
+    LogBomb,
+    /// Fails the row with a huge error.
+    ErrorBomb,
 }
 
 /// The configured hostile transform.
@@ -40,6 +50,8 @@ pub struct Evil {
     mode: Mode,
     trigger: Option<String>,
     spin: u64,
+    mb: usize,
+    times: u32,
 }
 
 impl Evil {
@@ -70,7 +82,7 @@ impl Transform for Evil {
     }
 
     fn configure(config: &Config) -> Result<Self, ConfigError> {
-        config.only(&["mode", "trigger", "spin"])?;
+        config.only(&["mode", "trigger", "spin", "mb", "times"])?;
         let mode = match config.require("mode")? {
             "loop" => Mode::Loop,
             "memory" => Mode::Memory,
@@ -78,24 +90,30 @@ impl Transform for Evil {
             "arity" => Mode::Arity,
             "slow" => Mode::Slow,
             "echo" => Mode::Echo,
+            "log-bomb" => Mode::LogBomb,
+            "error-bomb" => Mode::ErrorBomb,
             other => {
                 return Err(ConfigError::invalid(
                     "mode",
-                    format!("`{other}` is not one of loop, memory, panic, arity, slow, echo"),
+                    format!(
+                        "`{other}` is not one of loop, memory, panic, arity, slow, echo, log-bomb, error-bomb"
+                    ),
                 ));
             }
         };
-        let spin = match config.get("spin") {
-            None => 100_000,
+        let count = |name: &str, default: u64| match config.get(name) {
+            None => Ok(default),
             Some(s) => s
-                .parse()
-                .map_err(|_| ConfigError::invalid("spin", format!("`{s}` is not a count")))?,
+                .parse::<u64>()
+                .map_err(|_| ConfigError::invalid(name, format!("`{s}` is not a count"))),
         };
         let trigger = config.get("trigger").map(str::to_string);
         Ok(Evil {
             mode,
             trigger,
-            spin,
+            spin: count("spin", 100_000)?,
+            mb: usize::try_from(count("mb", 1)?).unwrap_or(usize::MAX),
+            times: u32::try_from(count("times", 1)?).unwrap_or(u32::MAX),
         })
     }
 
@@ -125,6 +143,24 @@ impl Transform for Evil {
             Mode::Panic => panic!("evil panics on row {}", row.key),
             Mode::Arity => Outcome::Update(vec![value.clone(), value.clone()]),
             Mode::Echo => Outcome::set(value.clone()),
+            Mode::LogBomb => {
+                let line = "x".repeat(self.mb << 20);
+                for _ in 0..self.times {
+                    refill_sdk::log(Level::Info, black_box(&line));
+                }
+                refill_sdk::log(
+                    Level::Info,
+                    &format!("row {}: the bomb's last line", row.key),
+                );
+                behave(value)
+            }
+            Mode::ErrorBomb => {
+                let middle = (self.mb << 20).saturating_sub(64);
+                Outcome::Error(format!(
+                    "BombError: the head\n{}\nthe end of the bomb",
+                    "y".repeat(middle)
+                ))
+            }
             Mode::Slow => {
                 let mut acc = 0u64;
                 for i in 0..self.spin {
