@@ -237,3 +237,42 @@ fn values_postgres_stores_in_another_form_settle_after_one_run() {
         ]
     );
 }
+
+#[test]
+fn postgres_infinite_and_far_timestamps_are_refused_by_name_without_a_panic() {
+    let w = World::new(Backend::Postgres, "infinity_pg");
+    let s = w.schema.clone().expect("schema");
+    w.exec(&format!(
+        "CREATE TABLE {s}.typed (id int4 PRIMARY KEY, tz timestamptz, tz_copy timestamptz,
+                                 ts timestamp, ts_copy timestamp);
+         INSERT INTO {s}.typed (id, tz, ts) VALUES
+           (1, '2024-01-01 00:00:00+00', '2024-01-01 00:00:00'),
+           (2, '0001-01-01 00:00:00+00 BC', '0001-01-01 00:00:00 BC')"
+    ));
+    // Every finite value refill can carry round-trips, BC included.
+    for column in ["tz", "ts"] {
+        echo(&w, column).expect_code(0);
+        same(&w, column);
+    }
+    // Each in turn as row 3 (a failed run resumes with the same chunks).
+    let id = 3;
+    for value in ["infinity", "-infinity", "294000-01-01 00:00:00"] {
+        w.exec(&format!(
+            "DELETE FROM {s}.typed WHERE id = {id};
+             INSERT INTO {s}.typed (id, tz, ts) VALUES ({id}, '{value}', '{value}')"
+        ));
+        for column in ["tz", "ts"] {
+            let ran = echo(&w, column);
+            assert_eq!(ran.code, Some(2), "not a clean stop:\n{}", ran.all());
+            assert!(!ran.all().contains("panicked"), "{}", ran.all());
+            let all = ran.all();
+            assert!(
+                all.contains(&format!("cannot read column {column} of"))
+                    && all.contains(&format!("at key {id}:"))
+                    && all.contains("which a transform's timestamp cannot hold")
+                    && all.contains("isfinite"),
+                "{value} in {column}:\n{all}"
+            );
+        }
+    }
+}

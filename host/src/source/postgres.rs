@@ -292,7 +292,70 @@ pub(super) fn key_expr(alias: &str, c: &ColumnInfo) -> String {
 
 /// Decodes column `i` as the Rust type of its kind.
 pub(crate) fn decode(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, String> {
+    if c.kind == ColumnKind::Timestamp {
+        let raw = row.try_get_raw(i).map_err(|e| crate::db::describe(&e))?;
+        return timestamp_of(&raw);
+    }
     typed(row, i, c).map_err(|e| crate::db::describe(&e))
+}
+
+/// Seconds from the Unix epoch to PostgreSQL's, 2000-01-01 UTC.
+const POSTGRES_EPOCH: i64 = 946_684_800;
+
+/// A timestamp's value, decoded exactly rather than by sqlx's chrono
+/// decoder (which panics on `infinity` and on years past chrono's range):
+/// PostgreSQL sends microseconds since its epoch, and `i64::MAX` and
+/// `i64::MIN` for `infinity` and `-infinity`. Those, and years past
+/// ±262,000, have no [`Value::Timestamp`]; they are refused with a message
+/// that says how to leave them out.
+fn timestamp_of(raw: &sqlx::postgres::PgValueRef<'_>) -> Result<Value, String> {
+    use sqlx::ValueRef as _;
+    use sqlx::postgres::PgValueFormat;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let unrepresentable = |what: &str| {
+        format!(
+            "the value is {what}, which a transform's timestamp cannot hold; \
+             leave such rows out with [source] where (for example `isfinite(column)`)"
+        )
+    };
+    let micros = match raw.format() {
+        PgValueFormat::Binary => {
+            let bytes = raw.as_bytes().map_err(|e| e.to_string())?;
+            let bytes: [u8; 8] = bytes
+                .try_into()
+                .map_err(|_| format!("a timestamp of {} bytes, not 8", bytes.len()))?;
+            i64::from_be_bytes(bytes)
+        }
+        PgValueFormat::Text => {
+            let text = raw.as_str().map_err(|e| e.to_string())?;
+            return match text {
+                "infinity" | "-infinity" => Err(unrepresentable(text)),
+                _ => value::parse_timestamp_text(text)
+                    .map(value::timestamp)
+                    .ok_or_else(|| unrepresentable(&format!("{text:?}"))),
+            };
+        }
+    };
+    match micros {
+        i64::MAX => return Err(unrepresentable("infinity")),
+        i64::MIN => return Err(unrepresentable("-infinity")),
+        _ => {}
+    }
+    let seconds = POSTGRES_EPOCH + micros.div_euclid(1_000_000);
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a remainder in [0, 1,000,000) times 1,000"
+    )]
+    let nanos = (micros.rem_euclid(1_000_000) * 1_000) as u32;
+    DateTime::<Utc>::from_timestamp(seconds, nanos)
+        .map(value::timestamp)
+        .ok_or_else(|| {
+            unrepresentable(&format!(
+                "{seconds} s from 1970, past the years a timestamp can carry (±262,000)"
+            ))
+        })
 }
 
 fn typed(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
@@ -312,9 +375,9 @@ fn typed(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
         ColumnKind::Json => row
             .try_get::<Option<String>, _>(i)?
             .map_or(Value::Null, Value::Json),
-        ColumnKind::Timestamp => row
-            .try_get::<Option<DateTime<Utc>>, _>(i)?
-            .map_or(Value::Null, value::timestamp),
+        ColumnKind::Timestamp => {
+            timestamp_of(&row.try_get_raw(i)?).map_err(|m| sqlx::Error::Decode(m.into()))?
+        }
         ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Any => row
             .try_get::<Option<String>, _>(i)?
             .map_or(Value::Null, Value::Text),
