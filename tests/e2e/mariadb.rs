@@ -546,3 +546,45 @@ fn a_concurrent_writer_never_gets_a_stale_value() {
         "the writer raced no write: {report}"
     );
 }
+
+#[test]
+fn mariadb_zero_and_invalid_dates_fail_only_their_rows_and_are_no_conflict() {
+    let w = World::new(Backend::Mysql, "my_zero_dates");
+    w.exec(
+        "CREATE TABLE typed (id INT PRIMARY KEY, ts DATETIME, ts_copy DATETIME);
+         SET STATEMENT sql_mode = '' FOR INSERT INTO typed (id, ts) VALUES
+           (1, '2024-01-01 10:00:00'), (2, '0000-00-00 00:00:00'), (3, '2024-00-15 00:00:00'),
+           (4, '2024-03-15 00:00:00')",
+    );
+    let ran = echo(&w, "ts");
+    assert_eq!(ran.code, Some(1), "rows failed:\n{}", ran.all());
+    assert!(!ran.all().contains("panicked"), "{}", ran.all());
+    let rows = w.rows(&format!(
+        "SELECT {}, {}, {} FROM typed ORDER BY id",
+        w.text("id"),
+        w.text("ts"),
+        w.text("ts_copy")
+    ));
+    for row in &rows {
+        match row[0].as_deref() {
+            Some("2" | "3") => assert_eq!(row[2], None, "row {:?} was written", row[0]),
+            _ => assert_eq!(row[1], row[2], "row {:?} did not round-trip", row[0]),
+        }
+    }
+    let dead = w.state_rows("SELECT row_key, error FROM refill_dead_letters ORDER BY row_key");
+    let keys: Vec<_> = dead.iter().map(|d| d[0].as_deref()).collect();
+    assert_eq!(keys, [Some("2"), Some("3")], "{dead:?}");
+    for (d, what) in dead
+        .iter()
+        .zip(["the zero date 0000-00-00", "invalid date"])
+    {
+        let error = d[1].as_deref().unwrap_or_default();
+        assert!(
+            error.contains("cannot read column ts of")
+                && error.contains(what)
+                && error.contains("which a transform's timestamp cannot hold")
+                && !error.contains("changed between"),
+            "{error}"
+        );
+    }
+}

@@ -239,7 +239,7 @@ fn values_postgres_stores_in_another_form_settle_after_one_run() {
 }
 
 #[test]
-fn postgres_infinite_and_far_timestamps_are_refused_by_name_without_a_panic() {
+fn postgres_infinite_and_far_timestamps_fail_only_their_rows_by_name() {
     let w = World::new(Backend::Postgres, "infinity_pg");
     let s = w.schema.clone().expect("schema");
     w.exec(&format!(
@@ -247,32 +247,67 @@ fn postgres_infinite_and_far_timestamps_are_refused_by_name_without_a_panic() {
                                  ts timestamp, ts_copy timestamp);
          INSERT INTO {s}.typed (id, tz, ts) VALUES
            (1, '2024-01-01 00:00:00+00', '2024-01-01 00:00:00'),
-           (2, '0001-01-01 00:00:00+00 BC', '0001-01-01 00:00:00 BC')"
+           (2, '0001-01-01 00:00:00+00 BC', '0001-01-01 00:00:00 BC'),
+           (3, 'infinity', 'infinity'),
+           (4, '-infinity', '-infinity'),
+           (5, '294000-01-01 00:00:00+00', '294000-01-01 00:00:00'),
+           (6, '2262-04-12 00:00:00+00', '2262-04-12 00:00:00')"
     ));
-    // Every finite value refill can carry round-trips, BC included.
     for column in ["tz", "ts"] {
-        echo(&w, column).expect_code(0);
-        same(&w, column);
-    }
-    // Each in turn as row 3 (a failed run resumes with the same chunks).
-    let id = 3;
-    for value in ["infinity", "-infinity", "294000-01-01 00:00:00"] {
-        w.exec(&format!(
-            "DELETE FROM {s}.typed WHERE id = {id};
-             INSERT INTO {s}.typed (id, tz, ts) VALUES ({id}, '{value}', '{value}')"
+        let ran = echo(&w, column);
+        assert_eq!(ran.code, Some(1), "rows failed:\n{}", ran.all());
+        assert!(!ran.all().contains("panicked"), "{}", ran.all());
+        // Every finite value refill can carry round-trips, BC included;
+        // the others are left as they are.
+        let rows = w.rows(&format!(
+            "SELECT CAST(id AS TEXT), {}, {} FROM {s}.typed ORDER BY id",
+            w.text(column),
+            w.text(&format!("{column}_copy"))
         ));
-        for column in ["tz", "ts"] {
-            let ran = echo(&w, column);
-            assert_eq!(ran.code, Some(2), "not a clean stop:\n{}", ran.all());
-            assert!(!ran.all().contains("panicked"), "{}", ran.all());
-            let all = ran.all();
+        for row in &rows {
+            let id: i64 = row[0]
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .expect("an id");
+            match id {
+                3..=5 => assert_eq!(row[2], None, "row {id} was written"),
+                _ => assert_eq!(row[1], row[2], "row {id} did not round-trip"),
+            }
+        }
+        let dead = w.state_rows(&format!(
+            "SELECT row_key, error FROM refill_dead_letters d JOIN refill_runs r ON r.run_id = d.run_id \
+             WHERE r.name = 'copy-{column}' ORDER BY row_key"
+        ));
+        let keys: Vec<_> = dead.iter().map(|d| d[0].as_deref()).collect();
+        assert_eq!(keys, [Some("3"), Some("4"), Some("5")], "{dead:?}");
+        for (d, what) in dead.iter().zip(["infinity", "-infinity", "past the years"]) {
+            let error = d[1].as_deref().unwrap_or_default();
             assert!(
-                all.contains(&format!("cannot read column {column} of"))
-                    && all.contains(&format!("at key {id}:"))
-                    && all.contains("which a transform's timestamp cannot hold")
-                    && all.contains("isfinite"),
-                "{value} in {column}:\n{all}"
+                error.contains(&format!("cannot read column {column} of"))
+                    && error.contains(what)
+                    && error.contains("which a transform's timestamp cannot hold")
+                    && error.contains("isfinite"),
+                "{error}"
             );
         }
+        // verify reads them as failing, not as differing.
+        let verified = w.run(&["verify", "--spec", "spec.toml"]);
+        assert_eq!(verified.code, Some(1), "{}", verified.all());
+        let count = |label: &str| {
+            verified
+                .stdout
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            count("differing").as_deref(),
+            Some("0"),
+            "{}",
+            verified.stdout
+        );
+        assert_eq!(count("failed").as_deref(), Some("3"), "{}", verified.stdout);
+        assert!(verified.stdout.contains(": 3, 4, 5"), "{}", verified.stdout);
     }
 }

@@ -950,7 +950,33 @@ async fn transform(
         let chunk = chunk.clone();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let results = transform_rows(&ctx, &chunk, &mut taken, &rows.rows);
+            let results = if rows.unreadable.iter().all(Option::is_none) {
+                transform_rows(&ctx, &chunk, &mut taken, &rows.rows)
+            } else {
+                // The rows that could not be read fail with why; the
+                // others go through the transform.
+                let readable: Vec<Row> = rows
+                    .rows
+                    .iter()
+                    .zip(&rows.unreadable)
+                    .filter(|(_, why)| why.is_none())
+                    .map(|(row, _)| row.clone())
+                    .collect();
+                transform_rows(&ctx, &chunk, &mut taken, &readable).map(|results| {
+                    let mut results = results.into_iter();
+                    rows.unreadable
+                        .iter()
+                        .map(|why| match why {
+                            Some(why) => Ok(Outcome::Error(why.clone())),
+                            None => results.next().unwrap_or_else(|| {
+                                Err(TransformError::Contract(
+                                    "fewer results than readable rows".into(),
+                                ))
+                            }),
+                        })
+                        .collect()
+                })
+            };
             (taken, rows, results)
         })
         .await

@@ -257,6 +257,10 @@ pub struct ChunkRows {
     /// The inputs' guard tokens, one per key, when they were read (and the
     /// backend uses tokens).
     pub tokens: Vec<Option<String>>,
+    /// Why a row's values could not be read, one per key (`None` for the
+    /// rows read whole). An unreadable row holds NULLs in their place; it
+    /// is never handed to the transform, and fails on its own.
+    pub unreadable: Vec<Option<String>>,
 }
 
 impl ChunkRows {
@@ -276,6 +280,7 @@ impl ChunkRows {
         inputs: Vec<Value>,
         current: Option<Vec<Value>>,
         token: Option<String>,
+        unreadable: Option<String>,
     ) {
         self.rows.push(Row {
             key: key.to_wit(),
@@ -284,6 +289,7 @@ impl ChunkRows {
         self.keys.push(key);
         self.current.push(current);
         self.tokens.push(token);
+        self.unreadable.push(unreadable);
     }
 
     /// The rows at `indices`, in that order.
@@ -293,6 +299,10 @@ impl ChunkRows {
             rows: indices.iter().map(|&i| self.rows[i].clone()).collect(),
             current: indices.iter().map(|&i| self.current[i].clone()).collect(),
             tokens: indices.iter().map(|&i| self.tokens[i].clone()).collect(),
+            unreadable: indices
+                .iter()
+                .map(|&i| self.unreadable[i].clone())
+                .collect(),
         }
     }
 
@@ -301,6 +311,7 @@ impl ChunkRows {
         self.rows.extend(other.rows);
         self.current.extend(other.current);
         self.tokens.extend(other.tokens);
+        self.unreadable.extend(other.unreadable);
     }
 }
 
@@ -1165,9 +1176,19 @@ where
             }
             Err(message) => return Err(decode_error(&layout.key.name, None, message)),
         };
+        // A value that cannot be read fails its row, not the chunk.
         let mut values = Vec::with_capacity(n_in + n_out);
+        let mut unreadable = None;
         for (i, c) in layout.inputs.iter().chain(&layout.outputs).enumerate() {
-            values.push(decode(row, 1 + i, c).map_err(|m| decode_error(&c.name, Some(&key), m))?);
+            match decode(row, 1 + i, c) {
+                Ok(value) => values.push(value),
+                Err(message) => {
+                    unreadable.get_or_insert_with(|| {
+                        decode_error(&c.name, Some(&key), message).to_string()
+                    });
+                    values.push(Value::Null);
+                }
+            }
         }
         let current = values.split_off(n_in);
         let mut next = 1 + n_in + n_out;
@@ -1181,7 +1202,7 @@ where
         } else {
             None
         };
-        out.push(key, values, present.then_some(current), token);
+        out.push(key, values, present.then_some(current), token, unreadable);
     }
     Ok(out)
 }

@@ -329,7 +329,34 @@ pub(crate) fn key_match(expr: &str, key: &ColumnInfo) -> String {
 
 /// Decodes column `i` as the Rust type of its kind.
 pub(crate) fn decode(row: &MySqlRow, i: usize, c: &ColumnInfo) -> Result<Value, String> {
+    if c.kind == ColumnKind::Timestamp {
+        // A zero date (`0000-00-00`) is no point in time. sqlx reports it
+        // as NULL; its bytes tell it from a real NULL (an empty binary
+        // value, or those zeros as text).
+        use sqlx::ValueRef as _;
+        let raw = row.try_get_raw(i).map_err(|e| crate::db::describe(&e))?;
+        let zero = raw.is_null()
+            && <&[u8] as sqlx::Decode<'_, sqlx::MySql>>::decode(raw)
+                .is_ok_and(|b| b.first() == Some(&0) || b.starts_with(b"0000-00-00"));
+        if zero {
+            return Err(unrepresentable("the zero date 0000-00-00"));
+        }
+        return typed(row, i, c).map_err(|e| match e {
+            sqlx::Error::ColumnDecode { source, .. } => {
+                unrepresentable(&format!("an invalid date ({source})"))
+            }
+            other => crate::db::describe(&other),
+        });
+    }
     typed(row, i, c).map_err(|e| crate::db::describe(&e))
+}
+
+/// Why a date the server holds cannot be read, and what to do about it.
+fn unrepresentable(what: &str) -> String {
+    format!(
+        "the value is {what}, which a transform's timestamp cannot hold; leave such rows out \
+         with [source] where (for example `column > '0000-00-00'`), or fix the value"
+    )
 }
 
 fn typed(row: &MySqlRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
