@@ -949,9 +949,11 @@ fn trapping<T>(
 
 /// Columns a transform may declare, inputs and outputs each.
 pub const MAX_COLUMNS: usize = 1_000;
-/// Bytes kept of the name and version a transform gives itself (the state
-/// store keeps its name in 200 characters).
+/// Bytes kept of the name a transform gives itself (the state store keeps
+/// it in 200 characters).
 const MAX_NAME: usize = 200;
+/// Bytes kept of its version (kept in 100 characters).
+const MAX_VERSION: usize = 100;
 /// Bytes kept of a declared column's name.
 const MAX_COLUMN_NAME: usize = 256;
 
@@ -978,7 +980,7 @@ fn bounded(info: Info) -> Result<Info, TransformError> {
     };
     Ok(Info {
         name: clip(&info.name, MAX_NAME),
-        version: clip(&info.version, MAX_NAME),
+        version: clip(&info.version, MAX_VERSION),
         description: clip(&info.description, ERROR),
         inputs: columns(info.inputs),
         outputs: columns(info.outputs),
@@ -1278,7 +1280,7 @@ mod tests {
         };
         let info = |inputs: usize, name_bytes: usize| Info {
             name: "n".repeat(name_bytes),
-            version: "1".into(),
+            version: "v".repeat(name_bytes),
             description: "d".repeat(name_bytes),
             inputs: (0..inputs)
                 .map(|_| column("c".repeat(name_bytes)))
@@ -1287,6 +1289,7 @@ mod tests {
         };
         let kept = bounded(info(3, 1 << 20)).expect("three columns are fine");
         assert!(kept.name.len() <= MAX_NAME && kept.name.contains("more bytes"));
+        assert!(kept.version.len() <= MAX_VERSION);
         assert!(kept.description.len() <= crate::clip::ERROR);
         assert!(kept.inputs.iter().all(|c| c.name.len() <= MAX_COLUMN_NAME));
         assert_eq!(kept.outputs[0].name, "out");
