@@ -119,8 +119,24 @@ pub enum Backend {
     Mysql,
 }
 
+/// The test process's own peak resident memory in KiB (`VmHWM`). A child
+/// spawned from it inherits it as a floor of its `ru_maxrss`: the kernel
+/// counts the memory the child shared with this process before its exec,
+/// so a child's peak can only be told apart from this one above it.
+pub fn own_peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .expect("VmHWM in /proc/self/status")
+}
+
 /// Waits for `child` to end and returns what it printed with its peak
-/// resident memory in KiB, as the kernel accounted it for that process.
+/// resident memory in KiB, as the kernel accounted it for that process
+/// (see [`own_peak_rss`] for its floor).
 pub fn wait_with_peak_rss(mut child: std::process::Child) -> (Ran, u64) {
     use std::io::Read as _;
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -189,10 +189,16 @@ fn a_locked_row_is_deferred_and_written_once_released(backend: Backend, name: &s
     };
     // The held row is deferred; so, now and then, is a neighbour the
     // application was writing at the very moment refill came to it (it is
-    // tried again and written, unlike the held row).
+    // tried again and written, unlike the held row). `busy` counts every
+    // deferral, so a neighbour written since counts there and as settled:
+    // every row not deferred is settled, and the held row is not.
     let busy = totals["busy"].as_u64().expect("a count");
     assert!(busy >= 1, "{status}");
-    assert_eq!(settled(totals), in_scope - busy, "{status}");
+    let done = settled(totals);
+    assert!(
+        in_scope - busy <= done && done < in_scope,
+        "{done} settled of {in_scope}, {busy} deferred: {status}"
+    );
     // The row itself is still as it was.
     let held = w.rows(&format!(
         "SELECT {} FROM {} WHERE id = {LOCKED}",
@@ -223,7 +229,8 @@ fn a_locked_row_is_deferred_and_written_once_released(backend: Backend, name: &s
     let text = w.run(&["status", "--spec", "spec.toml", run]).stdout;
     assert!(
         text.contains(&format!(
-            "{busy} locked by another transaction when refill came to write it"
+            "{busy} locked by another transaction when refill came to write {}",
+            if busy == 1 { "it" } else { "them" }
         )),
         "{text}"
     );
