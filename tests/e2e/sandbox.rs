@@ -113,7 +113,7 @@ fn an_infinite_loop_hits_the_deadline() {
     survived(&ran, 1);
     assert!(
         ran.all()
-            .contains("ran past its deadline (200 ms per batch"),
+            .contains("ran past its deadline (200 ms per call"),
         "{}",
         ran.all()
     );
@@ -145,6 +145,20 @@ fn a_transform_that_traps_on_every_row_stops_the_run() {
 }
 
 #[test]
+fn a_transform_that_breaks_its_contract_on_every_row_stops_the_run() {
+    let (ran, w) = hostile("extra_everywhere", "extra-outcome", Trigger::All, "");
+    survived(&ran, 2);
+    for part in [
+        "broke its contract on every row of 3 batches in a row",
+        "transform-batch returned 2 outcomes for 1 rows",
+    ] {
+        assert!(ran.all().contains(part), "{part:?}: {}", ran.all());
+    }
+    assert_eq!(w.status("spec.toml", None)[0]["run"]["status"], "failed");
+    nothing_written(&w);
+}
+
+#[test]
 fn unbounded_memory_growth_hits_the_limit() {
     let (ran, w) = hostile(
         "memory",
@@ -154,7 +168,7 @@ fn unbounded_memory_growth_hits_the_limit() {
     );
     survived(&ran, 1);
     assert!(
-        ran.all().contains("tried to grow its memory past 32 MiB"),
+        ran.all().contains("tried to use more than 32 MiB of memory and tables"),
         "{}",
         ran.all()
     );
@@ -383,5 +397,198 @@ fn a_component_that_is_a_device_or_too_large_is_refused_unread() {
         let inspected = w.run(&["inspect", component]);
         assert_ne!(inspected.code, Some(0), "inspect read {component}");
         assert!(inspected.stderr.contains(says), "{}", inspected.stderr);
+    }
+}
+
+/// The bound of the issue for `concurrency` instances of `memory_mb`: two
+/// copies of each instance's memory and the host's own overhead.
+fn bound_for(memory_mb: u64, concurrency: u64) -> u64 {
+    2 * memory_mb * 1024 * concurrency + HOST_OVERHEAD_KIB
+}
+
+/// Asserts that no row of the quotes was written.
+#[track_caller]
+fn nothing_written(w: &World) {
+    for (id, v2) in status_v2(w) {
+        let before = (!in_scope(id)).then_some("untouched");
+        assert_eq!(v2.as_deref(), before, "row {id} was written");
+    }
+}
+
+/// A spec running the hostile component `name` (no config) over the
+/// quotes, with 4 chunks in flight and the default limits.
+fn hostile_component_spec(w: &World, name: &str, config: &str) -> String {
+    spec(w, name, config, 50, "status_v2").replace("[chunk]\n", "[chunk]\nconcurrency = 4\n")
+}
+
+#[test]
+fn a_component_whose_instantiation_exceeds_the_limits_is_refused_by_inspect_plan_and_run() {
+    let w = World::new(Backend::Sqlite, "instantiation-bombs");
+    quotes(&w, 200, false);
+    for (bomb, says) in [
+        // 100 tables of a million funcrefs: 800 MB per instance unless
+        // tables count against memory_mb.
+        (
+            "evil-table-bomb",
+            "tried to use more than 256 MiB of memory and tables ([transform] memory_mb)",
+        ),
+        // 900 core instances with a memory and a table each.
+        (
+            "evil-instance-bomb",
+            "tried to create more memories than the 100 one transform instance may have",
+        ),
+    ] {
+        let path = plugin(bomb);
+        let path = path.to_str().expect("a utf-8 path");
+        let (inspected, peak) = wait_with_peak_rss(w.spawn(&["inspect", path]));
+        eprintln!("{bomb}: inspect peak RSS {peak} KiB");
+        assert_eq!(inspected.code, Some(2), "{}", inspected.all());
+        assert!(inspected.stdout.contains("REFUSED"), "{}", inspected.all());
+        for part in ["transform trapped while being instantiated", says] {
+            assert!(
+                inspected.all().contains(part),
+                "{part:?}: {}",
+                inspected.all()
+            );
+        }
+        assert!(
+            !inspected.all().contains(" row"),
+            "no row was involved: {}",
+            inspected.all()
+        );
+        assert!(
+            peak <= allowed(bound_for(256, 1)),
+            "inspect took {peak} KiB"
+        );
+
+        w.write("spec.toml", &hostile_component_spec(&w, bomb, ""));
+        for command in [&["plan", "spec.toml"][..], &["run", "spec.toml"]] {
+            let (ran, peak) = wait_with_peak_rss(w.spawn(command));
+            eprintln!("{bomb}: {command:?} peak RSS {peak} KiB");
+            assert_ne!(ran.code, Some(0), "{command:?} accepted {bomb}");
+            assert!(ran.stderr.contains(says), "{command:?}: {}", ran.all());
+            assert!(
+                ran.stderr.contains("while being instantiated"),
+                "{command:?}: {}",
+                ran.all()
+            );
+            assert!(
+                peak <= allowed(bound_for(256, 4)),
+                "{command:?} of {bomb} took {peak} KiB"
+            );
+        }
+    }
+    // Nothing was written.
+    nothing_written(&w);
+}
+
+#[test]
+fn a_configure_that_never_returns_is_stopped_and_named_without_blaming_rows() {
+    let w = World::new(Backend::Sqlite, "configure-loop");
+    quotes(&w, 200, false);
+    w.write(
+        "spec.toml",
+        &hostile_component_spec(&w, "evil", "config = { mode = \"configure-loop\" }"),
+    );
+    for command in [
+        &["plan", "spec.toml"][..],
+        &["run", "spec.toml", "--execute"],
+    ] {
+        let (ran, peak) = wait_with_peak_rss(w.spawn(command));
+        eprintln!("configure-loop: {command:?} peak RSS {peak} KiB");
+        assert_ne!(ran.code, Some(0), "{command:?}: {}", ran.all());
+        let all = ran.all();
+        for part in [
+            "transform trapped in configure: it ran out of fuel",
+            "the budget for setting up an instance",
+            "configure: looping forever",
+        ] {
+            assert!(all.contains(part), "{command:?}: {part:?} is not in\n{all}");
+        }
+        assert!(
+            !all.contains("units for"),
+            "{command:?} blames rows:\n{all}"
+        );
+        assert!(
+            peak <= allowed(bound_for(256, 4)),
+            "{command:?} took {peak} KiB"
+        );
+    }
+    nothing_written(&w);
+}
+
+#[test]
+fn a_describe_with_huge_strings_is_printed_and_stored_bounded() {
+    let w = World::new(Backend::Sqlite, "describe-bomb");
+    quotes(&w, 200, false);
+    let path = plugin("evil-describe-bomb");
+    let (inspected, peak) =
+        wait_with_peak_rss(w.spawn(&["inspect", path.to_str().expect("utf-8")]));
+    eprintln!("describe-bomb: inspect peak RSS {peak} KiB");
+    inspected.expect_code(0);
+    assert!(
+        peak <= allowed(bound_for(256, 1)),
+        "inspect took {peak} KiB"
+    );
+    // Both ends of each string are kept, with what was left out counted.
+    for part in [
+        "bomb-name-head",
+        "bomb-name-end",
+        "The description's head.",
+        "The description's end.",
+        "input-end",
+        "more bytes",
+    ] {
+        assert!(
+            inspected.stdout.contains(part),
+            "{part:?} is not in the inspection"
+        );
+    }
+    assert!(
+        inspected.all().len() < 64 * 1024,
+        "inspect printed {} bytes",
+        inspected.all().len()
+    );
+
+    w.write(
+        "spec.toml",
+        &hostile_component_spec(&w, "evil-describe-bomb", ""),
+    );
+    let planned = w.run(&["plan", "spec.toml"]);
+    planned.expect_code(0);
+    assert!(
+        planned.all().len() < 64 * 1024,
+        "plan printed {} bytes",
+        planned.all().len()
+    );
+    for round in 1..=2 {
+        let (ran, peak) = wait_with_peak_rss(w.spawn(&["run", "spec.toml"]));
+        eprintln!("describe-bomb: dry run {round} peak RSS {peak} KiB");
+        ran.expect_code(0);
+        assert!(
+            ran.all().len() < 64 * 1024,
+            "a dry run printed {} bytes",
+            ran.all().len()
+        );
+        assert!(
+            peak <= allowed(bound_for(256, 4)),
+            "a dry run took {peak} KiB"
+        );
+    }
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(0);
+    assert_eq!(status_v2(&w)[&1].as_deref(), Some("WON"), "{}", ran.all());
+    // What the state store keeps of the transform is bounded too.
+    let stored: u64 = std::fs::read_dir(w.dir.path().join(".refill"))
+        .expect("the state folder")
+        .map(|e| e.expect("an entry").metadata().expect("metadata").len())
+        .sum();
+    assert!(stored < 4 << 20, "the state store holds {stored} bytes");
+    let names = w.state_rows("SELECT transform_name, transform_version FROM refill_runs");
+    assert!(!names.is_empty());
+    for row in names {
+        for value in row.iter().flatten() {
+            assert!(value.len() <= 200, "{} bytes stored", value.len());
+        }
     }
 }

@@ -171,14 +171,16 @@ pub enum RunError {
         "error budget exceeded: {0}; the run stopped and can be resumed after a fix (see `refill report`)"
     )]
     ErrorBudget(String),
-    /// Every row of several batches in a row trapped.
+    /// Every row of several batches in a row trapped or broke the
+    /// interface contract.
     #[error(
-        "{chunk}: the transform trapped on every row of {MAX_TRAPPED_BATCHES} batches in a row, stopping; the last trap: {source}"
+        "{chunk}: the transform {} on every row of {MAX_TRAPPED_BATCHES} batches in a row, stopping; the last failure: {source}",
+        if matches!(source, TransformError::Contract(_)) { "broke its contract" } else { "trapped" }
     )]
     TooManyTraps {
         /// The chunk of the last trap.
         chunk: String,
-        /// The last trap.
+        /// The last trap or broken contract.
         #[source]
         source: TransformError,
     },

@@ -1035,6 +1035,11 @@ fn transform_rows(
             .iter()
             .filter(|r| matches!(r, Err(TransformError::Trap { .. })))
             .count();
+        let broken = out
+            .results
+            .iter()
+            .filter(|r| matches!(r, Err(TransformError::Contract(_))))
+            .count();
         if trapped > 0 {
             warn!(
                 rows = trapped,
@@ -1042,7 +1047,9 @@ fn transform_rows(
                 "The transform trapped; the rows that caused it were isolated."
             );
         }
-        if trapped == batch.len() {
+        // A batch that failed whole, row by row, says the transform is
+        // broken rather than the rows: several in a row stop the run.
+        if trapped + broken == batch.len() {
             if ctx.trapped_batches.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_TRAPPED_BATCHES {
                 let source = out
                     .results

@@ -102,54 +102,96 @@ impl Default for Limits {
     }
 }
 
+/// What the host was calling when a guest trapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Creating the instance: its memories and tables, its start functions.
+    Instantiate,
+    /// `describe`.
+    Describe,
+    /// `configure`.
+    Configure,
+    /// `transform-batch`.
+    Batch,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Instantiate => "while being instantiated",
+            Phase::Describe => "in describe",
+            Phase::Configure => "in configure",
+            Phase::Batch => "in transform-batch",
+        })
+    }
+}
+
 /// Why a guest trapped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TrapKind {
-    /// The batch used up its fuel.
+    /// The call used up its fuel.
     Fuel {
         /// The budget it had.
         limit: u64,
-        /// The rows it was for.
-        rows: u64,
+        /// The rows it was for; `None` when no row was involved
+        /// (instantiation, `describe`, `configure`).
+        rows: Option<u64>,
     },
-    /// The batch ran past its deadline.
+    /// The call ran past its deadline.
     Deadline {
         /// The deadline it had.
         timeout: Duration,
     },
-    /// The instance tried to grow its memory past the limit.
+    /// The instance tried to grow its memories and tables past the limit.
     Memory {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The instance asked for more core instances, memories or tables than
+    /// one transform may have; says which.
+    Resources(String),
     /// The guest panicked (it logged a panic message before trapping).
     Panic,
-    /// Any other trap: unreachable code, out-of-bounds access, stack
-    /// overflow…
+    /// The guest called `exit`.
+    Exit(i32),
+    /// A wasm trap: unreachable code, out-of-bounds access, stack
+    /// overflow…, as wasmtime describes it.
+    Wasm(String),
+    /// Any other failure of the call.
     Other(String),
 }
 
 impl std::fmt::Display for TrapKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TrapKind::Fuel { limit, rows } => write!(
+            TrapKind::Fuel {
+                limit,
+                rows: Some(rows),
+            } => write!(
                 f,
                 "ran out of fuel ({limit} units for {rows} row{}; raise [transform] fuel_per_row if the work is legitimate)",
                 if *rows == 1 { "" } else { "s" }
             ),
+            TrapKind::Fuel { limit, rows: None } => write!(
+                f,
+                "ran out of fuel ({limit} units, the budget for setting up an instance: {SETUP_ROWS} × [transform] fuel_per_row)"
+            ),
             TrapKind::Deadline { timeout } => write!(
                 f,
-                "ran past its deadline ({} ms per batch; raise [transform] timeout_ms if the work is legitimate)",
+                "ran past its deadline ({} ms per call; raise [transform] timeout_ms if the work is legitimate)",
                 timeout.as_millis()
             ),
             TrapKind::Memory { limit } => write!(
                 f,
-                "tried to grow its memory past {} MiB ([transform] memory_mb)",
+                "tried to use more than {} MiB of memory and tables ([transform] memory_mb)",
                 limit >> 20
             ),
+            TrapKind::Resources(what) => write!(f, "{what}"),
             TrapKind::Panic => f.write_str("panicked"),
-            TrapKind::Other(what) => f.write_str(what),
+            TrapKind::Exit(code) => write!(f, "called exit({code})"),
+            TrapKind::Wasm(what) => write!(f, "hit a wasm trap: {what}"),
+            TrapKind::Other(what) => write!(f, "failed: {what}"),
         }
     }
 }
@@ -230,8 +272,10 @@ pub enum TransformError {
     },
     /// The guest trapped: it ran out of fuel, time or memory, panicked,
     /// called `exit`, or hit a wasm trap.
-    #[error("transform trapped: it {kind}{}", format_logs(logs))]
+    #[error("transform trapped {phase}: it {kind}{}", format_logs(logs))]
     Trap {
+        /// What the host was calling.
+        phase: Phase,
         /// Why.
         kind: TrapKind,
         /// The guest's log lines from the failed call.
@@ -261,10 +305,13 @@ pub struct LogLine {
 /// What one instance's store holds.
 struct HostState {
     max_memory: usize,
+    /// Bytes of linear memory the instance's memories have together.
     memory_used: usize,
+    /// Bytes the instance's tables take in the host, together.
+    tables_used: usize,
     memory_exceeded: bool,
     /// The fuel and rows of the call in progress, for trap reports.
-    armed: (u64, u64),
+    armed: (u64, Option<u64>),
     logs: Vec<LogLine>,
     dropped_logs: usize,
     lookups: Arc<Lookups>,
@@ -313,33 +360,68 @@ impl WasiView for HostState {
     }
 }
 
+/// Bytes the host keeps per table element: a funcref is one pointer.
+const TABLE_ELEMENT_BYTES: usize = 8;
+/// Core instances, memories and tables one transform instance may create.
+/// A Python component has about a dozen instances and tables and one or
+/// two memories; these leave a wide margin and keep the host's own
+/// bookkeeping per instance small.
+const MAX_CORE_INSTANCES: usize = 1_000;
+const MAX_MEMORIES: usize = 100;
+const MAX_TABLES: usize = 10_000;
+
+impl HostState {
+    /// Whether memories of `memory` bytes and tables of `tables` bytes fit
+    /// the limit together; records that they do not.
+    fn fits(&mut self, memory: usize, tables: usize) -> wasmtime::Result<bool> {
+        if memory.saturating_add(tables) > self.max_memory {
+            self.memory_exceeded = true;
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes reached ({memory} bytes of memory, {tables} of tables)",
+                self.max_memory
+            ));
+        }
+        Ok(true)
+    }
+}
+
 impl wasmtime::ResourceLimiter for HostState {
+    // One budget covers all of the instance's memories and tables: wasmtime
+    // asks here when each is created (from 0 to its initial size) and
+    // whenever one grows.
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // The limit covers all the instance's memories together.
-        let total = self.memory_used - current + desired;
-        if total > self.max_memory {
-            self.memory_exceeded = true;
-            return Err(wasmtime::format_err!(
-                "memory limit of {} bytes reached",
-                self.max_memory
-            ));
-        }
+        let total = (self.memory_used - current).saturating_add(desired);
+        self.fits(total, self.tables_used)?;
         self.memory_used = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        let bytes = |elements: usize| elements.saturating_mul(TABLE_ELEMENT_BYTES);
+        let total = (self.tables_used - bytes(current)).saturating_add(bytes(desired));
+        self.fits(self.memory_used, total)?;
+        self.tables_used = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -625,7 +707,8 @@ impl Runner {
         };
         let describing = Setup::new(Vec::new(), GuestEnv::current(&[runner.digest()]));
         let (mut store, bindings) = runner.instantiate(&describing)?;
-        let info = trapping(&mut store, runner.limits.timeout, |s| {
+        arm(&mut store, &runner.limits, None, runner.limits.timeout);
+        let info = trapping(&mut store, runner.limits.timeout, Phase::Describe, |s| {
             bindings.refill_transform_transform().call_describe(s)
         })?;
         runner.info = bounded(info)?;
@@ -646,8 +729,9 @@ impl Runner {
             HostState {
                 max_memory: self.limits.memory_bytes,
                 memory_used: 0,
+                tables_used: 0,
                 memory_exceeded: false,
-                armed: (0, 0),
+                armed: (0, None),
                 logs: Vec::new(),
                 dropped_logs: 0,
                 lookups: setup.lookups.clone(),
@@ -659,8 +743,10 @@ impl Runner {
             },
         );
         store.limiter(|s| s);
-        arm(&mut store, &self.limits, SETUP_ROWS, self.limits.timeout);
-        let bindings = trapping(&mut store, self.limits.timeout, |s| self.pre.instantiate(s))?;
+        arm(&mut store, &self.limits, None, self.limits.timeout);
+        let bindings = trapping(&mut store, self.limits.timeout, Phase::Instantiate, |s| {
+            self.pre.instantiate(s)
+        })?;
         Ok((store, bindings))
     }
 
@@ -669,7 +755,8 @@ impl Runner {
     /// refuses them.
     pub fn instance(&self, setup: &Setup) -> Result<Instance, TransformError> {
         let (mut store, bindings) = self.instantiate(setup)?;
-        let configured = trapping(&mut store, self.limits.timeout, |s| {
+        arm(&mut store, &self.limits, None, self.limits.timeout);
+        let configured = trapping(&mut store, self.limits.timeout, Phase::Configure, |s| {
             bindings
                 .refill_transform_transform()
                 .call_configure(s, &setup.params)
@@ -738,9 +825,14 @@ impl Instance {
         rows: &[Row],
         timeout: Duration,
     ) -> Result<BatchOutput, TransformError> {
-        arm(&mut self.store, &self.limits, rows.len() as u64, timeout);
+        arm(
+            &mut self.store,
+            &self.limits,
+            Some(rows.len() as u64),
+            timeout,
+        );
         let bindings = &self.bindings;
-        let mut outcomes = trapping(&mut self.store, timeout, |s| {
+        let mut outcomes = trapping(&mut self.store, timeout, Phase::Batch, |s| {
             bindings
                 .refill_transform_transform()
                 .call_transform_batch(s, rows)
@@ -879,10 +971,14 @@ fn isolate(
 }
 
 /// Resets the budgets for a call covering `rows` rows.
-fn arm(store: &mut Store<HostState>, limits: &Limits, rows: u64, timeout: Duration) {
+/// `rows` is `None` for the calls that involve no row (instantiation,
+/// `describe`, `configure`), which get [`SETUP_ROWS`] rows' worth.
+fn arm(store: &mut Store<HostState>, limits: &Limits, rows: Option<u64>, timeout: Duration) {
     let ticks = timeout.as_millis().div_ceil(TICK.as_millis()).max(1);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-    let fuel = limits.fuel_per_row.saturating_mul(rows.max(1));
+    let fuel = limits
+        .fuel_per_row
+        .saturating_mul(rows.unwrap_or(SETUP_ROWS).max(1));
     // Fuel is on for every store of our engine, so this cannot fail.
     let _ = store.set_fuel(fuel);
     let state = store.data_mut();
@@ -910,6 +1006,7 @@ fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
 fn trapping<T>(
     store: &mut Store<HostState>,
     timeout: Duration,
+    phase: Phase,
     call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
 ) -> Result<T, TransformError> {
     let result = off_the_runtime(|| call(store));
@@ -935,16 +1032,45 @@ fn trapping<T>(
                     {
                         TrapKind::Panic
                     }
-                    Some(trap) => TrapKind::Other(trap.to_string()),
+                    Some(trap) => {
+                        let text = trap.to_string();
+                        TrapKind::Wasm(
+                            text.strip_prefix("wasm trap: ")
+                                .unwrap_or(&text)
+                                .to_string(),
+                        )
+                    }
                     None => match error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                        Some(exit) => TrapKind::Other(format!("called exit({})", exit.0)),
-                        None => TrapKind::Other(format!("{error:#}")),
+                        Some(exit) => TrapKind::Exit(exit.0),
+                        None => {
+                            let text = crate::clip::clip(&format!("{error:#}"), crate::clip::ERROR);
+                            match over_count(&text) {
+                                Some(what) => TrapKind::Resources(what),
+                                None => TrapKind::Other(text),
+                            }
+                        }
                     },
                 }
             };
-            Err(TransformError::Trap { kind, logs })
+            Err(TransformError::Trap { phase, kind, logs })
         }
     }
+}
+
+/// What wasmtime's refusal of one more core instance, memory or table
+/// ("resource limit exceeded: memory count too high at 101") means, in
+/// refill's words.
+fn over_count(error: &str) -> Option<String> {
+    let (_, rest) = error.split_once("resource limit exceeded: ")?;
+    let (what, limit) = match rest.split(' ').next()? {
+        "instance" => ("core instances", MAX_CORE_INSTANCES),
+        "memory" => ("memories", MAX_MEMORIES),
+        "table" => ("tables", MAX_TABLES),
+        _ => return None,
+    };
+    Some(format!(
+        "tried to create more {what} than the {limit} one transform instance may have"
+    ))
 }
 
 /// Columns a transform may declare, inputs and outputs each.
@@ -1047,7 +1173,7 @@ mod tests {
 
     fn trap(result: Result<BatchOutput, TransformError>) -> (TrapKind, Vec<String>) {
         match result {
-            Err(TransformError::Trap { kind, logs }) => (kind, logs),
+            Err(TransformError::Trap { kind, logs, .. }) => (kind, logs),
             other => panic!("expected a trap, got {other:?}"),
         }
     }
@@ -1065,7 +1191,7 @@ mod tests {
             kind,
             TrapKind::Fuel {
                 limit: 5_000_000,
-                rows: 1
+                rows: Some(1)
             }
         );
         assert_eq!(logs, vec!["row 0: looping forever".to_string()]);

@@ -15,6 +15,7 @@
 //!
 //! `make toolchain` installs all of these; `make plugins` runs it first.
 
+mod bombs;
 mod guests;
 
 use std::collections::BTreeSet;
@@ -52,12 +53,20 @@ fn run() -> Result<()> {
         .join("../..")
         .canonicalize()
         .context("finding the workspace root")?;
-    let Plugins { crates, guests } = discover(&root.join("plugins"))?;
+    let Plugins {
+        crates,
+        bombs,
+        guests,
+    } = discover(&root.join("plugins"))?;
     if crates.is_empty() && guests.is_empty() {
         bail!("no plugins found under {}", root.join("plugins").display());
     }
     let mut seen = BTreeSet::new();
-    for name in crates.iter().chain(guests.iter().map(|g| &g.name)) {
+    for name in crates
+        .iter()
+        .chain(bombs.iter().map(|(_, b)| &b.name))
+        .chain(guests.iter().map(|g| &g.name))
+    {
         if !seen.insert(name) {
             bail!("two plugins are named `{name}`");
         }
@@ -78,6 +87,11 @@ fn run() -> Result<()> {
                 .module(&module)
                 .and_then(|e| e.validate(true).encode())
                 .with_context(|| format!("turning {} into a component", core.display()))?;
+            for (_, bomb) in bombs.iter().filter(|(of, _)| of == name) {
+                let armed = bombs::arm(&component, bomb)
+                    .with_context(|| format!("arming {} with {}", name, bomb.name))?;
+                components.push((bomb.name.clone(), armed));
+            }
             components.push((name.clone(), component));
         }
     }
@@ -108,6 +122,8 @@ fn run() -> Result<()> {
 struct Plugins {
     /// The package names of the Rust plugin crates, sorted.
     crates: Vec<String>,
+    /// The bomb variants of those crates: (crate, bomb).
+    bombs: Vec<(String, bombs::Bomb)>,
     /// The plugins with a `plugin.toml`, sorted by name.
     guests: Vec<guests::Guest>,
 }
@@ -134,6 +150,7 @@ fn discover(plugins_dir: &Path) -> Result<Plugins> {
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));
     let mut names = Vec::new();
+    let mut bombs = Vec::new();
     for dir in dirs {
         let manifest = dir.join("Cargo.toml");
         let Ok(text) = fs::read_to_string(&manifest) else {
@@ -141,10 +158,11 @@ fn discover(plugins_dir: &Path) -> Result<Plugins> {
         };
         let doc: toml::Table =
             toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
-        let is_component = doc
+        let refill = doc
             .get("package")
             .and_then(|p| p.get("metadata"))
-            .and_then(|m| m.get("refill"))
+            .and_then(|m| m.get("refill"));
+        let is_component = refill
             .and_then(|r| r.get("component"))
             .and_then(toml::Value::as_bool)
             .unwrap_or(false);
@@ -153,11 +171,17 @@ fn discover(plugins_dir: &Path) -> Result<Plugins> {
                 .as_str()
                 .with_context(|| format!("{}: package.name is not a string", manifest.display()))?;
             names.push(name.to_string());
+            if let Some(refill) = refill {
+                let listed =
+                    bombs::read(refill).with_context(|| format!("in {}", manifest.display()))?;
+                bombs.extend(listed.into_iter().map(|b| (name.to_string(), b)));
+            }
         }
     }
     names.sort();
     Ok(Plugins {
         crates: names,
+        bombs,
         guests,
     })
 }

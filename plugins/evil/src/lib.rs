@@ -12,7 +12,11 @@
 //!   then behaves (the host may keep only a bounded copy of each line);
 //! - `error-bomb`: fails the row with an error of `mb` MiB, its first line
 //!   `BombError: the head` and its last `the end of the bomb` (the host
-//!   must keep both ends and a bounded middle).
+//!   must keep both ends and a bounded middle);
+//! - `extra-outcome`: returns one outcome more than the batch has rows
+//!   (a broken contract on every row, which must stop the run);
+//! - `configure-loop`: spins forever in `configure`, before any row (the
+//!   host must stop it and say so without blaming rows).
 //!
 //! Rows that do not trigger it (see `trigger`) get their input text
 //! uppercased, so tests can tell which rows went through normally.
@@ -43,6 +47,20 @@ pub enum Mode {
     LogBomb,
     /// Fails the row with a huge error.
     ErrorBomb,
+    /// Returns too many outcomes.
+    ExtraOutcome,
+}
+
+/// Whether the configured mode is `extra-outcome`, for the export below
+/// (the SDK keeps the configured transform to itself).
+static EXTRA_OUTCOME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Spins until the host stops it.
+fn spin_forever() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
 }
 
 /// The configured hostile transform.
@@ -92,11 +110,16 @@ impl Transform for Evil {
             "echo" => Mode::Echo,
             "log-bomb" => Mode::LogBomb,
             "error-bomb" => Mode::ErrorBomb,
+            "extra-outcome" => Mode::ExtraOutcome,
+            "configure-loop" => {
+                refill_sdk::log(Level::Warn, "configure: looping forever");
+                spin_forever()
+            }
             other => {
                 return Err(ConfigError::invalid(
                     "mode",
                     format!(
-                        "`{other}` is not one of loop, memory, panic, arity, slow, echo, log-bomb, error-bomb"
+                        "`{other}` is not one of loop, memory, panic, arity, slow, echo, log-bomb, error-bomb, extra-outcome, configure-loop"
                     ),
                 ));
             }
@@ -108,6 +131,10 @@ impl Transform for Evil {
                 .map_err(|_| ConfigError::invalid(name, format!("`{s}` is not a count"))),
         };
         let trigger = config.get("trigger").map(str::to_string);
+        EXTRA_OUTCOME.store(
+            mode == Mode::ExtraOutcome,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(Evil {
             mode,
             trigger,
@@ -125,10 +152,7 @@ impl Transform for Evil {
         match self.mode {
             Mode::Loop => {
                 refill_sdk::log(Level::Warn, &format!("row {}: looping forever", row.key));
-                let mut n = 0u64;
-                loop {
-                    n = black_box(n.wrapping_add(1));
-                }
+                spin_forever()
             }
             Mode::Memory => {
                 refill_sdk::log(
@@ -142,7 +166,7 @@ impl Transform for Evil {
             }
             Mode::Panic => panic!("evil panics on row {}", row.key),
             Mode::Arity => Outcome::Update(vec![value.clone(), value.clone()]),
-            Mode::Echo => Outcome::set(value.clone()),
+            Mode::Echo | Mode::ExtraOutcome => Outcome::set(value.clone()),
             Mode::LogBomb => {
                 let line = "x".repeat(self.mb << 20);
                 for _ in 0..self.times {
@@ -173,7 +197,30 @@ impl Transform for Evil {
     }
 }
 
-refill_sdk::export!(Evil);
+// The SDK's export, with one change: in `extra-outcome` mode a batch gets
+// one outcome too many, which no `Transform` can express.
+#[cfg(target_arch = "wasm32")]
+struct EvilExport;
+
+#[cfg(target_arch = "wasm32")]
+impl refill_sdk::bindings::exports::refill::transform::transform::Guest for EvilExport {
+    fn describe() -> Info {
+        refill_sdk::__private::describe::<Evil>()
+    }
+    fn configure(params: Vec<refill_sdk::Param>) -> Result<(), ConfigError> {
+        refill_sdk::__private::configure::<Evil>(params)
+    }
+    fn transform_batch(rows: Vec<Row>) -> Vec<Outcome> {
+        let mut outcomes = refill_sdk::__private::transform_batch::<Evil>(rows);
+        if EXTRA_OUTCOME.load(std::sync::atomic::Ordering::Relaxed) {
+            outcomes.push(Outcome::Skip);
+        }
+        outcomes
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+refill_sdk::bindings::__export_transformer!(EvilExport with_types_in refill_sdk::bindings);
 
 #[cfg(test)]
 mod tests {
