@@ -176,6 +176,24 @@ pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, 
     let probe = check_probe(spec, db).await?;
     let health = check_health(spec, db).await?;
     let scope = db.scope(&layout).await?;
+    if scope.null_keys > 0 {
+        let key = &layout.key.name;
+        let quoted = (db.dialect().quote)(key);
+        return Err(spec
+            .error_at(
+                &["source", "key"],
+                format!(
+                    "{} row{} in scope {} a NULL in key column \"{key}\": refill reads, writes and checkpoints rows by their key, so it cannot process {}; give {} a key, or leave {} out of scope with [source] where = \"{quoted} IS NOT NULL\" (added to your condition with AND)",
+                    scope.null_keys,
+                    if scope.null_keys == 1 { "" } else { "s" },
+                    if scope.null_keys == 1 { "has" } else { "have" },
+                    if scope.null_keys == 1 { "it" } else { "them" },
+                    if scope.null_keys == 1 { "it" } else { "them" },
+                    if scope.null_keys == 1 { "it" } else { "them" },
+                ),
+            )
+            .into());
+    }
     let chunks = chunk_count(scope.rows, spec.file.chunk.rows);
     let mut warnings = Vec::new();
     warnings.extend(probe);
@@ -199,7 +217,7 @@ pub async fn build(spec: &Spec, db: &Database, runner: &Runner) -> Result<Plan, 
     }
     if !layout.key.not_null {
         warnings.push(format!(
-            "key column \"{}\" allows NULL: rows with a NULL key are never processed",
+            "key column \"{}\" allows NULL: none is in scope now, but a row given a NULL key during the run is not processed",
             layout.key.name
         ));
     }

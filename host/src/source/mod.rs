@@ -235,8 +235,10 @@ impl Layout {
 /// The rows a run covers, fixed when it starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
-    /// Rows in scope.
+    /// Rows in scope, with a key.
     pub rows: u64,
+    /// Rows in scope whose key is NULL, which no chunk can address.
+    pub null_keys: u64,
     /// The smallest key in scope.
     pub first: Option<Key>,
     /// The largest key in scope: rows inserted later with larger keys are
@@ -805,7 +807,7 @@ impl Database {
         let d = self.dialect();
         let key = (d.quote)(&layout.key.name);
         let sql = format!(
-            "SELECT count(*), {}, {} FROM {} WHERE {}",
+            "SELECT count({key}), {}, {}, count(*) FROM {} WHERE {}",
             (d.as_text)(&format!("min({key})")),
             (d.as_text)(&format!("max({key})")),
             d.table(&layout.source),
@@ -1113,8 +1115,8 @@ impl Rows<'_> {
     }
 }
 
-/// Reads a scope query's row: the count, then the first and last keys as
-/// text.
+/// Reads a scope query's row: the count of keys, the first and last keys
+/// as text, then the count of rows.
 fn scope_of<'r, R>(row: &'r R, key_type: KeyType) -> Result<Scope, sqlx::Error>
 where
     R: sqlx::Row,
@@ -1132,8 +1134,11 @@ where
             }),
         }
     };
+    let rows = u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0);
+    let all = u64::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0);
     Ok(Scope {
-        rows: u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+        rows,
+        null_keys: all.saturating_sub(rows),
         first: key(1)?,
         high_watermark: key(2)?,
     })
