@@ -5,7 +5,25 @@ mod cli;
 
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
+    return_large_blocks();
     cli::run(cli::args::parse())
+}
+
+/// Makes every allocation of 1 MiB or more its own mapping, returned to the
+/// system when freed. glibc otherwise raises that threshold to the largest
+/// block freed so far (up to 32 MiB), after which multi-megabyte values
+/// (a chunk of 5 MB documents) come from per-thread arenas that keep their
+/// memory: the peak then grows with the threads, not with `[chunk]
+/// max_bytes`.
+fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called first thing in `main`, before any other thread exists
+    // or any allocation depends on the setting; M_MMAP_THRESHOLD takes a
+    // size in bytes.
+    #[expect(unsafe_code, reason = "mallopt has no safe std API")]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 /// Lets `refill status | head` end quietly: Rust ignores SIGPIPE, which

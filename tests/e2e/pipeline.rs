@@ -255,14 +255,21 @@ both!(
             "INSERT INTO {t} (handle, email) VALUES ('a', ' A@X.ORG'), ('b', 'B@x.org'), (NULL, 'N1@X.ORG'), (NULL, 'N2@X.ORG')"
         ));
         w.write("spec.toml", &email_spec(&w, "null-keys", 20));
-        for command in [&["plan", "spec.toml"][..], &["run", "spec.toml", "--execute"]] {
+        for command in [
+            &["plan", "spec.toml"][..],
+            &["run", "spec.toml", "--execute"],
+        ] {
             let ran = w.run(command);
             ran.expect_code(2);
             for part in [
                 "2 rows in scope have a NULL in key column \"handle\"",
                 "IS NOT NULL",
             ] {
-                assert!(ran.stderr.contains(part), "{command:?}: {part:?}: {}", ran.stderr);
+                assert!(
+                    ran.stderr.contains(part),
+                    "{command:?}: {part:?}: {}",
+                    ran.stderr
+                );
             }
         }
         let written = format!(
@@ -271,10 +278,8 @@ both!(
         );
         assert_eq!(w.rows(&written), vec![vec![Some("0".to_string())]]);
         // Left out by the scope, the rows with keys run.
-        let spec = email_spec(&w, "null-keys", 20).replace(
-            "[source]\n",
-            "[source]\nwhere = \"handle IS NOT NULL\"\n",
-        );
+        let spec = email_spec(&w, "null-keys", 20)
+            .replace("[source]\n", "[source]\nwhere = \"handle IS NOT NULL\"\n");
         w.write("spec.toml", &spec);
         w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
         assert_eq!(w.rows(&written), vec![vec![Some("2".to_string())]]);

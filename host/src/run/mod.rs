@@ -774,6 +774,8 @@ pub(crate) fn context(
         setup: Arc::new(setup),
         batch_rows: usize::try_from(t.batch_rows).unwrap_or(1000),
         batch_bytes: t.batch_bytes,
+        chunk_bytes: spec.file.chunk.max_bytes,
+        row_bytes: std::sync::atomic::AtomicU64::new(0),
         policy: policy(spec),
         conflict_attempts: spec.file.retry.conflict_attempts,
         conditional: spec.file.target.conditional,

@@ -105,6 +105,11 @@ pub(crate) struct Context {
     pub batch_rows: usize,
     /// Bytes of input values per call into the transform.
     pub batch_bytes: u64,
+    /// Bytes of values a chunk read may hold (`[chunk] max_bytes`).
+    pub chunk_bytes: u64,
+    /// The bytes per row of the latest chunk read, 0 before the first:
+    /// what sizes the next read's row limit to its byte bound.
+    pub row_bytes: AtomicU64,
     /// Patience with transient database errors.
     pub policy: Policy,
     /// Attempts at rows that keep changing meanwhile.
@@ -674,13 +679,7 @@ async fn read_feed(
                 let started = Instant::now();
                 let counter = AtomicU64::new(0);
                 let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
-                    ctx.db.read(
-                        &ctx.layout,
-                        cursor.as_ref(),
-                        &high_watermark,
-                        Some(want),
-                        tokens,
-                    )
+                    read_bounded(ctx, cursor.as_ref(), &high_watermark, want, tokens)
                 })
                 .await
                 .map_err(|source| {
@@ -697,7 +696,8 @@ async fn read_feed(
                 let Some(hi) = rows.keys.last().cloned() else {
                     return Ok(Ended::Done);
                 };
-                let short = (rows.len() as u64) < want;
+                // The range ends here unless the read stopped at a bound.
+                let short = !rows.cut;
                 let chunk = Chunk {
                     id: next_id,
                     lo: cursor.take(),
@@ -728,6 +728,64 @@ async fn read_feed(
             }
         }
     }
+}
+
+/// Rows read to learn a table's row size when nothing is known of it yet.
+const SAMPLE_ROWS: u64 = 16;
+
+/// Reads the next chunk after `lo`: at most `want` rows and, roughly,
+/// [`Context::chunk_bytes`] bytes of values. The row limit sent to the
+/// database is sized from the bytes per row of the previous read (the
+/// first read samples [`SAMPLE_ROWS`] rows first), so that the database
+/// does not send rows beyond the bound only for refill to drop them; a
+/// read that meets larger rows than expected still stops at the bound.
+/// The result is [`cut`](ChunkRows::cut) when rows may remain in the range.
+async fn read_bounded(
+    ctx: &Context,
+    lo: Option<&Key>,
+    hi: &Key,
+    want: u64,
+    tokens: bool,
+) -> Result<ChunkRows, crate::source::SourceError> {
+    let max = ctx.chunk_bytes;
+    let fit = |rows: u64, per_row: u64, room: u64| rows.min((room / per_row.max(1)).max(1));
+    let (db, layout) = (&ctx.db, &ctx.layout);
+    let mut rows = match ctx.row_bytes.load(Ordering::Relaxed) {
+        0 => {
+            let first = want.min(SAMPLE_ROWS);
+            let mut rows = db.read_within(layout, lo, hi, first, tokens, max).await?;
+            if rows.len() as u64 == first && !rows.cut && first < want {
+                let per_row = (rows.bytes / first).max(1);
+                let room = max.saturating_sub(rows.bytes).max(1);
+                let limit = fit(want - first, per_row, room);
+                let last = rows.keys.last().cloned();
+                let rest = db
+                    .read_within(layout, last.as_ref(), hi, limit, tokens, room)
+                    .await?;
+                let more = rest.cut || rest.len() as u64 == limit;
+                rows.extend(rest);
+                rows.cut = more;
+            } else {
+                rows.cut = rows.cut || rows.len() as u64 == first;
+            }
+            rows
+        }
+        per_row => {
+            let limit = fit(want, per_row, max);
+            let mut rows = db.read_within(layout, lo, hi, limit, tokens, max).await?;
+            rows.cut = rows.cut || rows.len() as u64 == limit;
+            rows
+        }
+    };
+    if !rows.is_empty() {
+        ctx.row_bytes
+            .store((rows.bytes / rows.len() as u64).max(1), Ordering::Relaxed);
+    }
+    if rows.len() as u64 == want {
+        // Full: the range goes on, as it always did at `want` rows.
+        rows.cut = true;
+    }
+    Ok(rows)
 }
 
 /// Reads a chunk of known range, waits for its rows' turn, and hands it on

@@ -263,6 +263,21 @@ pub struct ChunkRows {
     /// rows read whole). An unreadable row holds NULLs in their place; it
     /// is never handed to the transform, and fails on its own.
     pub unreadable: Vec<Option<String>>,
+    /// The bytes of the values read, roughly (see [`value_bytes`]).
+    pub bytes: u64,
+    /// Whether rows may follow in the read's range: it stopped at its
+    /// byte bound before its row limit (or, for the pipeline's keyset
+    /// reads, at either).
+    pub cut: bool,
+}
+
+/// The bytes a value takes in memory, roughly: its text or bytes, or 8.
+pub fn value_bytes(value: &Value) -> u64 {
+    match value {
+        Value::Text(s) | Value::Json(s) => s.len() as u64,
+        Value::Bytes(b) => b.len() as u64,
+        _ => 8,
+    }
 }
 
 impl ChunkRows {
@@ -284,6 +299,11 @@ impl ChunkRows {
         token: Option<String>,
         unreadable: Option<String>,
     ) {
+        self.bytes += inputs
+            .iter()
+            .chain(current.iter().flatten())
+            .map(value_bytes)
+            .sum::<u64>();
         self.rows.push(Row {
             key: key.to_wit(),
             values: inputs,
@@ -305,10 +325,25 @@ impl ChunkRows {
                 .iter()
                 .map(|&i| self.unreadable[i].clone())
                 .collect(),
+            bytes: indices
+                .iter()
+                .map(|&i| {
+                    self.rows[i]
+                        .values
+                        .iter()
+                        .chain(self.current[i].iter().flatten())
+                        .map(value_bytes)
+                        .sum::<u64>()
+                })
+                .sum(),
+            cut: false,
         }
     }
 
-    fn extend(&mut self, other: ChunkRows) {
+    /// Appends the rows of `other`, read after these.
+    pub fn extend(&mut self, other: ChunkRows) {
+        self.bytes += other.bytes;
+        self.cut = other.cut;
         self.keys.extend(other.keys);
         self.rows.extend(other.rows);
         self.current.extend(other.current);
@@ -844,6 +879,56 @@ impl Database {
         .await
     }
 
+    /// As [`read`](Database::read), stopping once the values read reach
+    /// `max_bytes` (the row that reaches it is kept, so a huge row is read
+    /// alone): the rows come one by one and the rest of the query is
+    /// dropped, marking the result [`cut`](ChunkRows::cut).
+    pub async fn read_within(
+        &self,
+        layout: &Layout,
+        lo: Option<&Key>,
+        hi: &Key,
+        limit: u64,
+        tokens: bool,
+        max_bytes: u64,
+    ) -> Result<ChunkRows, SourceError> {
+        let rows = Rows::Range {
+            lo,
+            hi,
+            limit: Some(limit),
+        };
+        let query_error = |error| SourceError::Query {
+            what: "reading a chunk",
+            table: layout.source.quoted(),
+            error,
+        };
+        read_only!(self, self.timeouts.read, |conn, m| {
+            use futures_util::TryStreamExt as _;
+            let tokens = tokens && m::DIALECT.token.is_some();
+            let sql = read_sql(layout, &m::DIALECT, &rows, tokens);
+            let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
+            let mut stream = query.fetch(conn);
+            let mut out = ChunkRows::default();
+            let mut failed = None;
+            while let Some(row) = stream.try_next().await? {
+                if let Err(e) = assemble_row(&row, layout, tokens, m::decode, &mut out) {
+                    failed = Some(e);
+                    break;
+                }
+                if out.bytes >= max_bytes {
+                    out.cut = (out.len() as u64) < limit;
+                    break;
+                }
+            }
+            drop(stream);
+            Ok(match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            })
+        })
+        .map_err(query_error)?
+    }
+
     /// Reads the rows in scope with these keys, in key order (rows deleted
     /// or out of scope are not returned).
     pub async fn read_keys(
@@ -1158,58 +1243,75 @@ where
     bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
+    let mut out = ChunkRows::default();
+    for row in rows {
+        assemble_row(row, layout, tokens, &decode, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Decodes one row of a chunk query onto `out`.
+fn assemble_row<'r, R>(
+    row: &'r R,
+    layout: &Layout,
+    tokens: bool,
+    decode: impl Fn(&'r R, usize, &ColumnInfo) -> Result<Value, String>,
+    out: &mut ChunkRows,
+) -> Result<(), SourceError>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let decode_error = |column: &str, key: Option<&Key>, message: String| SourceError::Decode {
         table: layout.source.quoted(),
         column: column.to_string(),
         key: key.map(ToString::to_string),
         message,
     };
-    let mut out = ChunkRows::default();
     let n_in = layout.inputs.len();
     let n_out = layout.outputs.len();
-    for row in rows {
-        let key = match decode(row, 0, &layout.key) {
-            Ok(Value::Integer(i)) if layout.key_type == KeyType::Integer => Key::Int(i),
-            Ok(Value::Text(s)) if layout.key_type == KeyType::Text => Key::Text(s),
-            Ok(other) => {
-                let message = format!(
-                    "a {} key column holds a {} value",
-                    layout.key_type,
-                    crate::value::type_name(&other)
-                );
-                return Err(decode_error(&layout.key.name, None, message));
-            }
-            Err(message) => return Err(decode_error(&layout.key.name, None, message)),
-        };
-        // A value that cannot be read fails its row, not the chunk.
-        let mut values = Vec::with_capacity(n_in + n_out);
-        let mut unreadable = None;
-        for (i, c) in layout.inputs.iter().chain(&layout.outputs).enumerate() {
-            match decode(row, 1 + i, c) {
-                Ok(value) => values.push(value),
-                Err(message) => {
-                    unreadable.get_or_insert_with(|| {
-                        decode_error(&c.name, Some(&key), message).to_string()
-                    });
-                    values.push(Value::Null);
-                }
+    let key = match decode(row, 0, &layout.key) {
+        Ok(Value::Integer(i)) if layout.key_type == KeyType::Integer => Key::Int(i),
+        Ok(Value::Text(s)) if layout.key_type == KeyType::Text => Key::Text(s),
+        Ok(other) => {
+            let message = format!(
+                "a {} key column holds a {} value",
+                layout.key_type,
+                crate::value::type_name(&other)
+            );
+            return Err(decode_error(&layout.key.name, None, message));
+        }
+        Err(message) => return Err(decode_error(&layout.key.name, None, message)),
+    };
+    // A value that cannot be read fails its row, not the chunk.
+    let mut values = Vec::with_capacity(n_in + n_out);
+    let mut unreadable = None;
+    for (i, c) in layout.inputs.iter().chain(&layout.outputs).enumerate() {
+        match decode(row, 1 + i, c) {
+            Ok(value) => values.push(value),
+            Err(message) => {
+                unreadable
+                    .get_or_insert_with(|| decode_error(&c.name, Some(&key), message).to_string());
+                values.push(Value::Null);
             }
         }
-        let current = values.split_off(n_in);
-        let mut next = 1 + n_in + n_out;
-        let present = layout.same_table() || {
-            next += 1;
-            row.try_get::<bool, _>(next - 1).unwrap_or(false)
-        };
-        let token = if tokens {
-            row.try_get::<Option<String>, _>(next)
-                .map_err(|e| decode_error("(guard token)", Some(&key), e.to_string()))?
-        } else {
-            None
-        };
-        out.push(key, values, present.then_some(current), token, unreadable);
     }
-    Ok(out)
+    let current = values.split_off(n_in);
+    let mut next = 1 + n_in + n_out;
+    let present = layout.same_table() || {
+        next += 1;
+        row.try_get::<bool, _>(next - 1).unwrap_or(false)
+    };
+    let token = if tokens {
+        row.try_get::<Option<String>, _>(next)
+            .map_err(|e| decode_error("(guard token)", Some(&key), e.to_string()))?
+    } else {
+        None
+    };
+    out.push(key, values, present.then_some(current), token, unreadable);
+    Ok(())
 }
 
 /// Builds a chunk query: the key, the inputs, the target columns' current

@@ -22,6 +22,8 @@ pub const DEFAULT_CHUNK_TIME: Duration = Duration::from_millis(500);
 pub const DEFAULT_MIN_ROWS: u32 = 100;
 /// Default most rows of an adaptive chunk.
 pub const DEFAULT_MAX_ROWS: u32 = 100_000;
+/// Default cap on the bytes of values one chunk read holds.
+pub const DEFAULT_CHUNK_MAX_BYTES: u64 = 64 << 20;
 /// Default number of chunks in flight.
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 /// Default rows per call into the transform.
@@ -421,6 +423,10 @@ pub struct ChunkSpec {
     /// The most rows an adaptive chunk has.
     #[serde(default = "default_max_rows", deserialize_with = "chunk_rows")]
     pub max_rows: u32,
+    /// The most bytes of values a chunk read holds: a read stops at the
+    /// row that reaches it, and the next chunk starts after that row.
+    #[serde(default = "default_chunk_max_bytes", deserialize_with = "positive")]
+    pub max_bytes: u64,
 }
 
 impl Default for ChunkSpec {
@@ -431,6 +437,7 @@ impl Default for ChunkSpec {
             chunk_time: DEFAULT_CHUNK_TIME,
             min_rows: DEFAULT_MIN_ROWS,
             max_rows: DEFAULT_MAX_ROWS,
+            max_bytes: DEFAULT_CHUNK_MAX_BYTES,
         }
     }
 }
@@ -968,6 +975,9 @@ fn default_batch_rows() -> u32 {
 }
 fn yes() -> bool {
     true
+}
+fn default_chunk_max_bytes() -> u64 {
+    DEFAULT_CHUNK_MAX_BYTES
 }
 fn default_batch_bytes() -> u64 {
     DEFAULT_BATCH_BYTES
