@@ -179,6 +179,11 @@ pub(super) fn decode(row: &SqliteRow, i: usize, column: &ColumnInfo) -> Result<V
     Ok(match (&column.kind, value) {
         (ColumnKind::Boolean, Value::Integer(i)) => Value::Boolean(i != 0),
         (ColumnKind::Json, Value::Text(t)) => Value::Json(t),
+        // A JSON column has NUMERIC affinity: SQLite stores a document
+        // that is a number as one. It is still a JSON document, written
+        // back as text and stored as that number again.
+        (ColumnKind::Json, Value::Integer(i)) => Value::Json(i.to_string()),
+        (ColumnKind::Json, Value::Float(f)) if f.is_finite() => Value::Json(f.to_string()),
         (ColumnKind::Timestamp, Value::Text(t)) => match value::parse_timestamp_text(&t) {
             Some(ts) => value::timestamp(ts),
             None => Value::Text(t),
