@@ -15,6 +15,8 @@ use crate::state::{
 /// Failed rows sharing an error.
 #[derive(Clone, Debug, Serialize)]
 pub struct FailureGroup {
+    /// What kind of failure (`None`: recorded by an older refill).
+    pub kind: Option<crate::state::FailureKind>,
     /// The error.
     pub error: String,
     /// How many rows (unresolved).
@@ -85,7 +87,12 @@ pub async fn report(state: &StateStore, run: RunRecord) -> Result<Report, StateE
         .dead_letter_groups(&run.run_id, 20)
         .await?
         .into_iter()
-        .map(|(error, rows, keys)| FailureGroup { error, rows, keys })
+        .map(|g| FailureGroup {
+            kind: g.kind,
+            error: g.error,
+            rows: g.rows,
+            keys: g.keys,
+        })
         .collect();
     Ok(Report {
         totals,

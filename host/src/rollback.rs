@@ -228,6 +228,9 @@ impl Restorer<'_> {
                 let done = self.piece(chunk, piece, record).await;
                 self.throttle.released();
                 done?;
+                // What is back is on record as it goes: a rollback killed
+                // midway still reports what it restored.
+                self.state.record(record).await?;
                 rest = after;
             }
         }

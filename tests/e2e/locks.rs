@@ -248,9 +248,10 @@ fn a_row_locked_too_long_becomes_a_dead_letter_that_retry_writes(backend: Backen
     let holder = Holder::lock(&w, 2000);
     let out = w.run(&["run", "spec.toml", "--execute"]);
     out.expect_code(1);
-    let letters = w.state_rows("SELECT row_key, error FROM refill_dead_letters");
+    let letters = w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0][0].as_deref(), Some("2000"));
+    assert_eq!(letters[0][2].as_deref(), Some("locked"));
     let error = letters[0][1].clone().unwrap_or_default();
     assert!(
         error.contains("locked by another transaction for more than 2s"),

@@ -571,9 +571,14 @@ fn mariadb_zero_and_invalid_dates_fail_only_their_rows_and_are_no_conflict() {
             _ => assert_eq!(row[1], row[2], "row {:?} did not round-trip", row[0]),
         }
     }
-    let dead = w.state_rows("SELECT row_key, error FROM refill_dead_letters ORDER BY row_key");
+    let dead =
+        w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters ORDER BY row_key");
     let keys: Vec<_> = dead.iter().map(|d| d[0].as_deref()).collect();
     assert_eq!(keys, [Some("2"), Some("3")], "{dead:?}");
+    assert!(
+        dead.iter().all(|d| d[2].as_deref() == Some("unreadable")),
+        "{dead:?}"
+    );
     for (d, what) in dead
         .iter()
         .zip(["the zero date 0000-00-00", "invalid date"])

@@ -385,3 +385,43 @@ fn pause_and_resume_reach_a_retry_from_another_process() {
     assert_eq!(unresolved(&w), 0);
     assert_remapped(&w, false);
 }
+
+#[test]
+fn a_rollback_killed_midway_reports_what_it_restored() {
+    let w = World::new(Backend::Postgres, "paced_rollback_killed");
+    let run = written(&w, 1_000);
+    w.write(
+        "spec.toml",
+        &append_spec(&w, 1_000, "max_rows_per_sec = 2000"),
+    );
+    let mut child = w.spawn(&["rollback", &run, "--execute", "--spec", "spec.toml"]);
+    until("3,000 rows are back", Duration::from_secs(60), || {
+        still_working(&mut child);
+        (restored(&w) >= 3_000).then_some(())
+    });
+    child.kill().expect("kill the rollback");
+    child.wait().expect("reap the rollback");
+    let back = restored(&w);
+    assert!(back < ROWS, "the rollback finished before it was killed");
+    let report = w.run(&["report", &run, "--spec", "spec.toml"]);
+    report.expect_code(0);
+    let line = report
+        .stdout
+        .lines()
+        .find(|l| l.contains(".rollback-") && l.contains("executed: "))
+        .unwrap_or_else(|| panic!("no rollback in the report:\n{}", report.stdout));
+    let said: u64 = line
+        .split("executed: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    // At most the piece in flight when it was killed is missing from the
+    // record (pieces are at most a second's worth at 2,000 rows/s).
+    assert!(
+        said <= back && back - said <= 2_000,
+        "the report says {said} restored, the table has {back} back: {line}"
+    );
+    assert!(line.contains("unfinished"), "{line}");
+}

@@ -413,3 +413,58 @@ fn an_error_budget_stops_the_run_cleanly() {
     assert!(resumed.stdout.contains("(resumed)"), "{}", resumed.stdout);
     assert_remapped(&w, true);
 }
+
+#[test]
+fn a_state_store_deleted_or_emptied_during_a_run_stops_it_and_is_not_recreated() {
+    for (name, deleted) in [("state_deleted", true), ("state_emptied", false)] {
+        let w = World::new(Backend::Sqlite, name);
+        quotes(&w, 3000, false);
+        // 2,000 rows in scope at 500 rows/s: four seconds of chunks.
+        let spec = remap_spec(&w, 50, "") + "\n[throttle]\nmax_rows_per_sec = 500\n";
+        w.write("spec.toml", &spec);
+        let state = w.dir.path().join(".refill/state.db");
+        let child = w.spawn(&["run", "spec.toml", "--execute"]);
+        // The run is under way: two chunks' rows are written.
+        let written = format!(
+            "SELECT {} FROM {} WHERE region = 'eu' AND status_v2 IS NOT NULL",
+            w.text("count(*)"),
+            w.table("quotes")
+        );
+        until("two chunks are written", Duration::from_secs(60), || {
+            let n: u64 = w.rows(&written)[0][0].as_deref()?.parse().ok()?;
+            (n >= 100).then_some(())
+        });
+        if deleted {
+            std::fs::remove_file(&state).expect("delete the state store");
+        } else {
+            std::fs::File::create(&state).expect("empty the state store");
+        }
+        let ran = Ran::from(child.wait_with_output().expect("wait for the run"));
+        ran.expect_code(2);
+        let what = if deleted {
+            "was deleted or moved"
+        } else {
+            "was emptied"
+        };
+        for part in [
+            "the state store",
+            what,
+            "refill does not recreate the state of a backfill in progress",
+        ] {
+            assert!(
+                ran.stderr.contains(part),
+                "{name}: {part:?}:\n{}",
+                ran.stderr
+            );
+        }
+        // Nothing made a new, empty store in its place.
+        match std::fs::metadata(&state) {
+            Err(_) => assert!(deleted, "{name}: the emptied file is gone"),
+            Ok(meta) => assert!(
+                !deleted && meta.len() == 0,
+                "{name}: a store of {} bytes is there",
+                meta.len()
+            ),
+        }
+    }
+}

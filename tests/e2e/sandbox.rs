@@ -68,9 +68,10 @@ fn only_row_five_failed(w: &World) {
         }
     }
     assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], 1);
-    let dead = w.state_rows("SELECT row_key, error FROM refill_dead_letters");
+    let dead = w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0][0].as_deref(), Some("5"));
+    assert_eq!(dead[0][2].as_deref(), Some("trap"));
     assert!(
         dead[0][1]
             .as_deref()
@@ -317,9 +318,10 @@ fn a_guest_failing_a_row_with_a_50_mb_error_stores_and_prints_its_head_and_end_o
         "peak RSS {peak} KiB, over {} KiB",
         allowed(bound_kib(256))
     );
-    let dead = w.state_rows("SELECT row_key, error FROM refill_dead_letters");
+    let dead = w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0][0].as_deref(), Some("5"));
+    assert_eq!(dead[0][2].as_deref(), Some("error"));
     let error = dead[0][1].as_deref().expect("an error");
     assert!(
         error.len() < 8 * 1024,

@@ -1011,8 +1011,9 @@ pub fn report_full(r: &refill::report::Report) {
     );
     for f in &r.failures {
         println!(
-            "  {:>8} × {}  (keys {})",
+            "  {:>8} × [{}] {}  (keys {})",
             n(f.rows),
+            f.kind.map_or("unknown kind", |k| k.as_str()),
             f.error,
             f.keys.join(", ")
         );
@@ -1052,12 +1053,20 @@ pub fn report_full(r: &refill::report::Report) {
     println!("Rollbacks ({})", r.rollbacks.len());
     for b in &r.rollbacks {
         println!(
-            "  {} {}: {} restored, {} changed since (left alone), {} gone",
+            "  {} {}: {} restored, {} changed since (left alone), {} gone{}",
             b.rollback_id,
             if b.execute { "executed" } else { "dry run" },
             n(b.restored),
             n(b.changed_since),
-            n(b.gone)
+            n(b.gone),
+            if b.finished_at.is_none() {
+                " (unfinished: still running, or killed; run the rollback again to finish it)"
+            } else {
+                ""
+            }
         );
+        if let Some(message) = &b.message {
+            println!("    {message}");
+        }
     }
 }

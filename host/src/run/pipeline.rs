@@ -26,7 +26,7 @@ use crate::sink::{self, Guard, Update};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
 use crate::state::{
-    Claim, Counts, DeadLetter, Deferred, Image, Lease, Resolution, StateStore, Timings,
+    Claim, Counts, DeadLetter, Deferred, FailureKind, Image, Lease, Resolution, StateStore, Timings,
 };
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
@@ -1163,7 +1163,15 @@ struct Evaluated {
 }
 
 impl Evaluated {
-    fn fail(&mut self, chunk: u64, key: &Key, message: String, inputs: &[Value], digest: &str) {
+    fn fail(
+        &mut self,
+        chunk: u64,
+        key: &Key,
+        kind: FailureKind,
+        message: String,
+        inputs: &[Value],
+        digest: &str,
+    ) {
         self.counts.failed += 1;
         let group = self.groups.entry(message.clone()).or_default();
         group.count += 1;
@@ -1176,6 +1184,7 @@ impl Evaluated {
         self.dead.push(DeadLetter::new(
             key.clone(),
             chunk,
+            kind,
             message,
             value::fingerprint(inputs),
             digest,
@@ -1207,7 +1216,7 @@ impl Evaluated {
 /// A row's outcome, checked against the output columns.
 enum Checked {
     Skip,
-    Fail(String),
+    Fail(FailureKind, String),
     /// The new values, coerced to the output columns' kinds.
     Values(Vec<Value>),
 }
@@ -1227,8 +1236,17 @@ async fn assess(
         .enumerate()
         .map(|(i, result)| match result {
             Ok(Outcome::Skip) => Checked::Skip,
-            Ok(Outcome::Error(message)) => Checked::Fail(message),
-            Err(error) => Checked::Fail(format!("{error} (the row was run on its own)")),
+            Ok(Outcome::Error(message)) if rows.unreadable[i].is_some() => {
+                Checked::Fail(FailureKind::Unreadable, message)
+            }
+            Ok(Outcome::Error(message)) => Checked::Fail(FailureKind::Error, message),
+            Err(error) => {
+                let kind = match error {
+                    TransformError::Trap { .. } => FailureKind::Trap,
+                    _ => FailureKind::Contract,
+                };
+                Checked::Fail(kind, format!("{error} (the row was run on its own)"))
+            }
             Ok(Outcome::Update(values)) => {
                 match check_update(
                     &ctx.layout,
@@ -1237,7 +1255,7 @@ async fn assess(
                     rows.current[i].is_some(),
                 ) {
                     Ok(values) => Checked::Values(values),
-                    Err(message) => Checked::Fail(message),
+                    Err(message) => Checked::Fail(FailureKind::Output, message),
                 }
             }
         })
@@ -1312,8 +1330,8 @@ fn evaluate(
                 out.skipped_keys.push(key.clone());
                 continue;
             }
-            Checked::Fail(message) => {
-                out.fail(chunk.id, key, message, inputs, digest);
+            Checked::Fail(kind, message) => {
+                out.fail(chunk.id, key, kind, message, inputs, digest);
                 continue;
             }
             Checked::Values(values) => values,
@@ -1875,8 +1893,9 @@ async fn settle(
             dead.push(DeadLetter::new(
                 p.row.key.clone(),
                 chunk.id,
+                FailureKind::Locked,
                 format!(
-                    "the row was locked by another transaction for more than {} ({}); refill does not                      wait for the application's locks: run `refill retry` once it is released",
+                    "the row was locked by another transaction for more than {} ({}); refill does not wait for the application's locks: run `refill retry` once it is released",
                     humantime::format_duration(ctx.max_lock_wait),
                     p.row.holder
                 ),
@@ -2027,6 +2046,7 @@ async fn write_guarded(
                 evaluated.fail(
                     chunk.id,
                     &update.key,
+                    FailureKind::Refused,
                     reason.clone(),
                     &rows_now.rows[i].values,
                     &digest,
@@ -2087,6 +2107,7 @@ async fn write_guarded(
                 evaluated.fail(
                     chunk.id,
                     &redo_rows.keys[i],
+                    FailureKind::Conflict,
                     reason.clone(),
                     &redo_rows.rows[i].values,
                     &digest,

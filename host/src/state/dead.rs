@@ -20,6 +20,9 @@ pub struct DeadLetter {
     pub key: Key,
     /// The chunk it belongs to.
     pub chunk_id: u64,
+    /// What kind of failure it was (the last time); `None` for a dead
+    /// letter recorded by a refill from before kinds were recorded.
+    pub kind: Option<FailureKind>,
     /// Why it failed (the last time).
     pub error: String,
     /// The fingerprint of its input values when it failed.
@@ -38,6 +41,68 @@ pub struct DeadLetter {
     pub resolved_by: Option<String>,
     /// How it was resolved.
     pub resolution: Option<Resolution>,
+}
+
+/// What made a row fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The transform returned an `error` outcome for it.
+    Error,
+    /// The transform trapped on it, run on its own.
+    Trap,
+    /// The transform broke the interface contract on it (the wrong number
+    /// of outcomes), run on its own.
+    Contract,
+    /// The transform's output does not fit the target: the wrong number of
+    /// values, a type the column cannot take, a NULL for NOT NULL.
+    Output,
+    /// One of its input or target values could not be read.
+    Unreadable,
+    /// The database refused to write it (a constraint, a value out of
+    /// range, an unknown enum label).
+    Refused,
+    /// It changed between refill's read and its write on every attempt.
+    Conflict,
+    /// Another transaction held it locked for longer than `max_lock_wait`.
+    Locked,
+}
+
+impl FailureKind {
+    const ALL: [FailureKind; 8] = [
+        FailureKind::Error,
+        FailureKind::Trap,
+        FailureKind::Contract,
+        FailureKind::Output,
+        FailureKind::Unreadable,
+        FailureKind::Refused,
+        FailureKind::Conflict,
+        FailureKind::Locked,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Error => "error",
+            FailureKind::Trap => "trap",
+            FailureKind::Contract => "contract",
+            FailureKind::Output => "output",
+            FailureKind::Unreadable => "unreadable",
+            FailureKind::Refused => "refused",
+            FailureKind::Conflict => "conflict",
+            FailureKind::Locked => "locked",
+        }
+    }
+
+    fn parse(s: &str) -> Option<FailureKind> {
+        FailureKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How a retry resolved a dead letter.
@@ -75,6 +140,7 @@ impl DeadLetter {
     pub fn new(
         key: Key,
         chunk_id: u64,
+        kind: FailureKind,
         error: String,
         input_hash: String,
         component_digest: &str,
@@ -83,6 +149,7 @@ impl DeadLetter {
         DeadLetter {
             key,
             chunk_id,
+            kind: Some(kind),
             error,
             input_hash,
             component_digest: component_digest.to_string(),
@@ -154,12 +221,12 @@ where
     for batch in dead.chunks(ROWS_PER_INSERT) {
         let tuples: Vec<String> = (0..batch.len())
             .map(|r| {
-                let p: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
+                let p: Vec<String> = (1..=12).map(|c| format!("${}", r * 12 + c)).collect();
                 format!("({})", p.join(", "))
             })
             .collect();
         let sql = format!(
-            "INSERT INTO refill_dead_letters (run_id, key_hash, row_key, chunk_id, error, input_hash, \
+            "INSERT INTO refill_dead_letters (run_id, key_hash, row_key, chunk_id, kind, error, input_hash, \
              component_digest, attempts, first_seen_at, last_seen_at, resolved_at) VALUES {}",
             tuples.join(", ")
         );
@@ -171,6 +238,7 @@ where
                 .bind(key_hash(&d.key))
                 .bind(d.key.encode())
                 .bind(to_i64(d.chunk_id))
+                .bind(d.kind.map(|k| k.as_str().to_string()))
                 .bind(d.error.clone())
                 .bind(d.input_hash.clone())
                 .bind(d.component_digest.clone())
@@ -187,12 +255,37 @@ where
     Ok(())
 }
 
+/// A stored failure kind: `None` from an older refill, an error when it
+/// is not one this refill knows.
+fn parse_kind(stored: Option<String>) -> Result<Option<FailureKind>, StateError> {
+    stored
+        .map(|s| {
+            FailureKind::parse(&s)
+                .ok_or_else(|| StateError::Corrupt(format!("dead letter kind `{s}`")))
+        })
+        .transpose()
+}
+
+/// Unresolved dead letters of one kind and error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetterGroup {
+    /// Their kind (`None`: recorded by an older refill).
+    pub kind: Option<FailureKind>,
+    /// Their error.
+    pub error: String,
+    /// How many rows.
+    pub rows: u64,
+    /// A few of their keys.
+    pub keys: Vec<String>,
+}
+
 fn from_row(r: &AnyRow, key_type: KeyType) -> Result<DeadLetter, StateError> {
     let key: String = get(r, "row_key")?;
     Ok(DeadLetter {
         key: Key::decode(&key, key_type)
             .ok_or_else(|| StateError::Corrupt(format!("dead letter key `{key}`")))?,
         chunk_id: to_u64(get(r, "chunk_id")?),
+        kind: parse_kind(get(r, "kind")?)?,
         error: get(r, "error")?,
         input_hash: get(r, "input_hash")?,
         component_digest: get(r, "component_digest")?,
@@ -232,16 +325,16 @@ impl StateStore {
         rows.iter().map(|r| from_row(r, key_type)).collect()
     }
 
-    /// Unresolved dead letters grouped by error, most frequent first: the
-    /// error, how many rows, and a few keys.
+    /// Unresolved dead letters grouped by kind and error, most frequent
+    /// first: the kind, the error, how many rows, and a few keys.
     pub async fn dead_letter_groups(
         &self,
         run_id: &str,
         limit: u32,
-    ) -> Result<Vec<(String, u64, Vec<String>)>, StateError> {
+    ) -> Result<Vec<DeadLetterGroup>, StateError> {
         let rows = sqlx::query(
-            self.sql("SELECT error, CAST(count(*) AS BIGINT) AS n FROM refill_dead_letters \
-             WHERE run_id = $1 AND resolved_at IS NULL GROUP BY error ORDER BY n DESC, error LIMIT $2"),
+            self.sql("SELECT kind, error, CAST(count(*) AS BIGINT) AS n FROM refill_dead_letters \
+             WHERE run_id = $1 AND resolved_at IS NULL GROUP BY kind, error ORDER BY n DESC, error LIMIT $2"),
         )
         .bind(run_id)
         .bind(i64::from(limit))
@@ -251,6 +344,7 @@ impl StateStore {
         let mut groups = Vec::new();
         for r in rows {
             let error: String = get(&r, "error")?;
+            let kind = parse_kind(get(&r, "kind")?)?;
             let keys: Vec<String> = sqlx::query_scalar(
                 self.sql("SELECT row_key FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL AND error = $2 \
                  ORDER BY chunk_id LIMIT 3"),
@@ -260,14 +354,15 @@ impl StateStore {
             .fetch_all(&self.pool)
             .await
             .map_err(q("grouping dead letters"))?;
-            groups.push((
+            groups.push(DeadLetterGroup {
+                kind,
                 error,
-                to_u64(
+                rows: to_u64(
                     r.try_get::<i64, _>("n")
                         .map_err(q("grouping dead letters"))?,
                 ),
                 keys,
-            ));
+            });
         }
         Ok(groups)
     }
@@ -307,12 +402,13 @@ impl StateStore {
         for d in failed {
             sqlx::query(
                 self.sql("UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
-                 attempts = attempts + 1, last_seen_at = $4 WHERE run_id = $5 AND key_hash = $6"),
+                 attempts = attempts + 1, last_seen_at = $4, kind = $5 WHERE run_id = $6 AND key_hash = $7"),
             )
             .bind(&d.error)
             .bind(&d.input_hash)
             .bind(&d.component_digest)
             .bind(&at)
+            .bind(d.kind.map(FailureKind::as_str))
             .bind(run_id)
             .bind(key_hash(&d.key))
             .execute(&mut *tx)
@@ -321,5 +417,25 @@ impl StateStore {
         }
         tx.commit().await.map_err(q("settling dead letters"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_kinds_are_stored_by_name_and_unknown_names_are_refused() {
+        for kind in FailureKind::ALL {
+            assert_eq!(
+                parse_kind(Some(kind.as_str().to_string())).ok(),
+                Some(Some(kind))
+            );
+        }
+        assert_eq!(parse_kind(None).ok(), Some(None));
+        match parse_kind(Some("gremlins".into())) {
+            Err(StateError::Corrupt(message)) => assert!(message.contains("gremlins")),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

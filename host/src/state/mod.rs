@@ -28,7 +28,7 @@ mod lease;
 
 pub use audit::{AuditRecord, LookupRecord, RetryRecord, RollbackRecord, VerificationRecord};
 pub use control::{Control, ControlAction};
-pub use dead::{DeadLetter, Resolution};
+pub use dead::{DeadLetter, DeadLetterGroup, FailureKind, Resolution};
 pub use deferred::Deferred;
 pub use images::Image;
 pub use lease::{Claim, Lease};
@@ -62,6 +62,15 @@ pub enum StateError {
     /// The store holds something this version cannot read.
     #[error("state store: {0}")]
     Corrupt(String),
+    /// The SQLite file of the store was deleted, moved, replaced or
+    /// emptied while refill was using it.
+    #[error("the state store {} {what} while refill was using it; refill does not recreate the state of a backfill in progress (its checkpoints, dead letters and before-images would be lost): put the file back (from a backup) and resume, or point [state] url at a new store to start over", path.display())]
+    Gone {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What happened to it.
+        what: &'static str,
+    },
 }
 
 impl crate::backoff::Transient for StateError {
@@ -394,7 +403,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The version of the tables below; a store written by a newer refill is
 /// refused rather than misread. Version 0 is the first release's, which
 /// recorded no version.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Columns added to tables of an older version: table, column, definition.
 /// Opening a store of an older version adds those it lacks.
@@ -408,6 +417,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("refill_chunks", "retries", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_chunks", "busy", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_dead_letters", "resolution", "VARCHAR(16)"),
+    ("refill_dead_letters", "kind", "VARCHAR(16)"),
     ("refill_runs", "control", "VARCHAR(16)"),
     ("refill_runs", "control_by", "VARCHAR(200)"),
     ("refill_runs", "control_at", "VARCHAR(40)"),
@@ -445,6 +455,7 @@ const SCHEMA: &[&str] = &[
         resolved_at VARCHAR(40),
         resolved_by VARCHAR(64),
         resolution VARCHAR(16),
+        kind VARCHAR(16),
         PRIMARY KEY (run_id, key_hash)
     )",
     "CREATE INDEX IF NOT EXISTS refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)",
@@ -574,6 +585,15 @@ const SCHEMA: &[&str] = &[
 pub struct StateStore {
     pool: AnyPool,
     url: DbUrl,
+    /// For SQLite, the store's file and its identity (device, inode) when
+    /// it was opened, to notice it being deleted or replaced.
+    file: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+/// The device and inode of a file.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
 }
 
 /// `sql` as `backend` spells it. The store's statements are written for
@@ -641,9 +661,36 @@ impl StateStore {
         {
             std::fs::create_dir_all(dir).map_err(|e| open_error(sqlx::Error::Io(e)))?;
         }
-        let store = StateStore::connect(url, true).await?;
-        store.ensure_schema().await?;
-        Ok(store)
+        let created = StateStore::connect(url, true).await?;
+        created.ensure_schema().await?;
+        if url.sqlite_path().is_none() {
+            return Ok(created);
+        }
+        // From here on a connection never creates the file: one opened
+        // after the file was deleted fails instead of starting an empty
+        // store.
+        created.pool.close().await;
+        StateStore::connect(url, false).await
+    }
+
+    /// Fails with [`StateError::Gone`] if the SQLite file of the store is
+    /// no longer the one opened: deleted, moved, replaced or emptied. The
+    /// connections already open would go on writing to the deleted file,
+    /// where nothing can find it again.
+    pub fn check_present(&self) -> Result<(), StateError> {
+        let Some((path, opened)) = &self.file else {
+            return Ok(());
+        };
+        let gone = |what| StateError::Gone {
+            path: path.clone(),
+            what,
+        };
+        match std::fs::metadata(path) {
+            Err(_) => Err(gone("was deleted or moved")),
+            Ok(meta) if identity(&meta) != *opened => Err(gone("was replaced by another file")),
+            Ok(meta) if meta.len() == 0 => Err(gone("was emptied")),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Creates the tables that are missing and upgrades a store written by
@@ -790,9 +837,20 @@ impl StateStore {
                 url: url.masked(),
                 error,
             })?;
+        let file = match url.sqlite_path() {
+            Some(path) => {
+                let meta = std::fs::metadata(path).map_err(|e| StateError::Open {
+                    url: url.masked(),
+                    error: sqlx::Error::Io(e),
+                })?;
+                Some((path.to_path_buf(), identity(&meta)))
+            }
+            None => None,
+        };
         Ok(StateStore {
             pool,
             url: url.clone(),
+            file,
         })
     }
 
@@ -982,6 +1040,7 @@ impl StateStore {
         chunk: &Chunk,
         session_id: &str,
     ) -> Result<(), StateError> {
+        self.check_present()?;
         let at = now();
         let updated = sqlx::query(
             self.sql("UPDATE refill_chunks SET status = 'pending', attempts = attempts + 1, session_id = $1, started_at = $2, \
@@ -1036,6 +1095,7 @@ impl StateStore {
         busy: &[Deferred],
         lease: Option<&Lease>,
     ) -> Result<bool, StateError> {
+        self.check_present()?;
         let mut tx = self
             .pool
             .begin()
@@ -1215,6 +1275,7 @@ impl StateStore {
 
     /// Marks a session alive now.
     pub async fn heartbeat(&self, session_id: &str) -> Result<(), StateError> {
+        self.check_present()?;
         let at = now();
         for sql in [
             "UPDATE refill_sessions SET heartbeat_at = $1 WHERE session_id = $2",
@@ -1605,7 +1666,14 @@ mod tests {
             retries: 1,
             busy: 0,
         };
-        let dead = DeadLetter::new(Key::Text("k".into()), 1, "boom".into(), "h".into(), "d");
+        let dead = DeadLetter::new(
+            Key::Text("k".into()),
+            1,
+            FailureKind::Error,
+            "boom".into(),
+            "h".into(),
+            "d",
+        );
         // Twice: a checkpoint retried after its commit went through.
         for _ in 0..2 {
             store
@@ -1631,7 +1699,15 @@ mod tests {
             .dead_letter_groups(&found.run_id, 10)
             .await
             .expect("groups");
-        assert_eq!(groups, vec![("boom".to_string(), 1, vec!["k".to_string()])]);
+        assert_eq!(
+            groups,
+            vec![DeadLetterGroup {
+                kind: Some(FailureKind::Error),
+                error: "boom".to_string(),
+                rows: 1,
+                keys: vec!["k".to_string()]
+            }]
+        );
         store
             .settle_dead_letters(
                 &found.run_id,
