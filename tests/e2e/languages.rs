@@ -405,3 +405,31 @@ fn a_run_does_not_resume_over_a_changed_lookup_table() {
     w.run(&["run", "spec.toml", "--execute"]).expect_code(0);
     fixtures::assert_remapped(&w, false);
 }
+
+#[test]
+fn a_python_exception_on_one_row_is_its_dead_letter_with_the_exceptions_type_and_message() {
+    warm();
+    let w = World::new(Backend::Sqlite, "python-raise");
+    evil_py(&w, "raise", "config = { mode = \"raise\" }", 40);
+    w.exec("UPDATE quotes SET status = 'boom' WHERE id = 7");
+    let ran = w.run(&["run", "raise.toml", "--execute"]);
+    ran.expect_code(1);
+    let dead = w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0][0].as_deref(), Some("7"));
+    assert_eq!(dead[0][2].as_deref(), Some("trap"));
+    let error = dead[0][1].as_deref().unwrap_or_default();
+    for part in [
+        "the guest raised ValueError: evil-py raises on row 7",
+        "in raise_on_boom",
+    ] {
+        assert!(error.contains(part), "{part:?} is not in {error:?}");
+    }
+    assert!(!error.contains("RUST_BACKTRACE"), "{error}");
+    // The other rows of its batch, and of the run, were written.
+    let written = crate::fixtures::status_v2(&w)
+        .into_iter()
+        .filter(|(id, v)| *id != 7 && v.as_deref() == Some("ok"))
+        .count();
+    assert_eq!(written, 39);
+}

@@ -876,7 +876,7 @@ pub fn verification(v: &refill::state::VerificationRecord) {
     }
     if !v.failed_keys.is_empty() {
         println!(
-            "Keys the transform fails on that are not dead letters: {}",
+            "Keys that fail (in the transform, or on a value refill cannot read) and are not dead letters: {}",
             keys(&v.failed_keys, 50)
         );
     }

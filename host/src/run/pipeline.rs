@@ -1082,6 +1082,15 @@ fn transform_rows(
         for line in &out.logs {
             guest_log(line.level, &line.message);
         }
+        // What a guest said before it trapped on a row (a Python
+        // traceback, say), whole, for whoever asks for debug output.
+        for result in &out.results {
+            if let Err(TransformError::Trap { logs, .. }) = result {
+                for line in logs {
+                    debug!(target: "refill::guest", trapped = true, "{line}");
+                }
+            }
+        }
         if out.dropped_logs > 0 {
             warn!(
                 dropped = out.dropped_logs,

@@ -22,7 +22,17 @@ pub struct Producer {
 /// malformed section is skipped: this is information, not a check.
 pub fn producers(bytes: &[u8]) -> Vec<Producer> {
     let mut fields: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut python = false;
     for payload in Parser::new(0).parse_all(bytes) {
+        if let Ok(Payload::ImportSection(imports)) = &payload {
+            // componentize-py links CPython and its own runtime as shared
+            // libraries; their producers sections name only the Rust and C
+            // they are written in.
+            python |= imports.clone().into_imports().flatten().any(|import| {
+                import.module.starts_with("libpython3")
+                    || import.module.starts_with("libcomponentize_py_runtime")
+            });
+        }
         let Ok(Payload::CustomSection(section)) = payload else {
             continue;
         };
@@ -37,6 +47,14 @@ pub fn producers(bytes: &[u8]) -> Vec<Producer> {
                     values.push(pair);
                 }
             }
+        }
+    }
+    if python {
+        fields.insert("language".into(), vec![("Python".into(), String::new())]);
+        let tools = fields.entry("processed-by".into()).or_default();
+        let componentize = ("componentize-py".to_string(), String::new());
+        if !tools.iter().any(|(name, _)| name == &componentize.0) {
+            tools.insert(0, componentize);
         }
     }
     fields
@@ -66,6 +84,9 @@ mod tests {
         let rust = producers(&read("remap.wasm"));
         assert!(has(&rust, "processed-by", "wit-bindgen-rust"), "{rust:?}");
         assert!(has(&rust, "processed-by", "wit-component"), "{rust:?}");
+        let python = producers(&read("remap-py.wasm"));
+        assert!(has(&python, "language", "Python"), "{python:?}");
+        assert!(!has(&python, "language", "Rust"), "{python:?}");
         let js = producers(&read("remap-js.wasm"));
         assert!(has(&js, "language", "JavaScript"), "{js:?}");
         assert!(has(&js, "processed-by", "ComponentizeJS"), "{js:?}");

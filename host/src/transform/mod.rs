@@ -228,6 +228,12 @@ pub enum TransformError {
         /// What the file hashes to.
         actual: String,
     },
+    /// The file is a core WebAssembly module, which a component wraps.
+    #[error("component {} is a core WebAssembly module, not a component; make it one with `wasm-tools component new {} -o component.wasm` (wasm-tools: `cargo install wasm-tools`; add `--adapt wasi_snapshot_preview1.reactor.wasm` if the module imports WASI preview 1), or build with a toolchain that makes components: Rust's `cargo build --target wasm32-wasip2`, componentize-py, componentize-js", path.display(), path.display())]
+    CoreModule {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not a valid component, or cannot be compiled.
     #[error("component {} cannot be loaded: {message}", path.display())]
     Compile {
@@ -287,10 +293,73 @@ pub enum TransformError {
 }
 
 fn format_logs(logs: &[String]) -> String {
-    match logs.last() {
-        Some(last) => format!("; its last log line: {}", last.replace('\n', " ")),
+    if let Some(exception) = guest_exception(logs) {
+        return format!("; the guest raised {exception}");
+    }
+    // The runtime's own last words (componentize-py ends with a Rust
+    // panic of its own) say less than the line before them.
+    let said = logs
+        .iter()
+        .rev()
+        .find(|l| !runtime_noise(l))
+        .or(logs.last());
+    match said {
+        Some(line) => format!("; its last log line: {}", line.replace('\n', " ")),
         None => String::new(),
     }
+}
+
+/// Whether a log line is the language runtime reporting its own abort
+/// rather than the guest's code speaking.
+fn runtime_noise(line: &str) -> bool {
+    let text = line.strip_prefix("stderr: ").unwrap_or(line);
+    text.starts_with("note: run with `RUST_BACKTRACE=1`")
+        || (text.starts_with("thread '") && text.contains("panicked at"))
+        || text.starts_with("called `Result::unwrap()` on an `Err` value")
+}
+
+/// The exception a guest's stderr shows: the line after a Python
+/// traceback's frames (`ValueError: boom`), with the innermost frame, or a
+/// JavaScript error line (`Error: boom`) with its first stack line.
+fn guest_exception(logs: &[String]) -> Option<String> {
+    let lines: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l.strip_prefix("stderr: "))
+        .collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("Traceback (most recent call last):"));
+    if let Some(start) = start {
+        let mut frame = None;
+        for line in &lines[start + 1..] {
+            if line.starts_with("  File ") {
+                frame = Some(line.trim());
+            } else if !line.starts_with(' ') && !runtime_noise(line) {
+                return Some(match frame {
+                    Some(frame) => format!("{line} ({frame})"),
+                    None => line.to_string(),
+                });
+            }
+        }
+        return None;
+    }
+    // JavaScript: `Error: message` (or a subclass) then `    at …` lines.
+    let at = lines.iter().position(|l| {
+        let name = l.split(':').next().unwrap_or("");
+        (name.ends_with("Error") || name.ends_with("Exception"))
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+            && l.contains(": ")
+    })?;
+    let frame = lines
+        .get(at + 1)
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("at "));
+    Some(match frame {
+        Some(frame) => format!("{} ({frame})", lines[at]),
+        None => lines[at].to_string(),
+    })
 }
 
 /// One captured guest log line.
@@ -580,6 +649,12 @@ impl Compiled {
             path: path.to_path_buf(),
             message,
         };
+        // A core module has version 1 where a component has 0x0d, layer 1.
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+            return Err(TransformError::CoreModule {
+                path: path.to_path_buf(),
+            });
+        }
         let engine = engine().map_err(compile_error)?;
         let (component, origin) =
             cache::load(engine, bytes, &digest).map_err(|e| compile_error(format!("{e:#}")))?;
@@ -1156,6 +1231,57 @@ mod tests {
         runner
             .instance(&setup(&params))
             .expect("evil accepts its mode")
+    }
+
+    #[test]
+    fn a_trap_names_the_exception_the_guest_printed_not_the_runtimes_last_words() {
+        let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let python = lines(&[
+            "stderr: Traceback (most recent call last):",
+            "stderr:   File \"app.py\", line 3, in transform_batch",
+            "stderr:   File \"app.py\", line 9, in parse",
+            "stderr: ValueError: bad date '2024-13-01'",
+            "stderr: thread '<unnamed>' panicked at src/lib.rs:1:1:",
+            "stderr: note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]);
+        assert_eq!(
+            format_logs(&python),
+            "; the guest raised ValueError: bad date '2024-13-01' (File \"app.py\", line 9, in parse)"
+        );
+        let js = lines(&[
+            "stderr: TypeError: x is undefined",
+            "stderr:     at transform (app.js:4:2)",
+        ]);
+        assert_eq!(
+            format_logs(&js),
+            "; the guest raised TypeError: x is undefined (at transform (app.js:4:2))"
+        );
+        let plain = lines(&[
+            "row 3: giving up",
+            "stderr: note: run with `RUST_BACKTRACE=1` …",
+        ]);
+        assert_eq!(format_logs(&plain), "; its last log line: row 3: giving up");
+        assert_eq!(format_logs(&[]), "");
+    }
+
+    #[test]
+    fn a_core_module_is_refused_with_how_to_make_it_a_component() {
+        let module = b"\0asm\x01\0\0\0";
+        match Compiled::from_bytes(Path::new("guest.wasm"), module, None) {
+            Err(e @ TransformError::CoreModule { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("is a core WebAssembly module"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("wasm-tools component new guest.wasm"),
+                    "{message}"
+                );
+            }
+            Err(other) => panic!("expected a core-module refusal, got {other}"),
+            Ok(_) => panic!("a core module was accepted"),
+        }
     }
 
     fn setup(params: &[Param]) -> Setup {

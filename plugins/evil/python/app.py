@@ -27,7 +27,11 @@ what happened, so a test can tell what the sandbox let through:
   unbuffered file, and its `write` silently drops what one short write of
   the stream (8 KiB) does not take.
 
-In every mode an exception becomes the row's `error` outcome,
+- `raise`: raises `ValueError: evil-py raises on row {key}` out of
+  `transform-batch` for rows whose value is the text `boom`, a trap the host
+  must report with the exception's type and message (other rows get `ok`).
+
+In every other mode an exception becomes the row's `error` outcome,
 `"{type(e).__name__}: {e}"`. If `open`, `preopens`, `socket` or `tcp` succeeds, the
 row is updated to text starting with `ACCESS:`, which a sandbox test must
 never see.
@@ -52,7 +56,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import types as t
 
-MODES = ("entropy", "open", "preopens", "socket", "tcp", "sleep", "env", "print")
+MODES = ("entropy", "open", "preopens", "socket", "tcp", "sleep", "env", "print", "raise")
 MIB = 1024 * 1024
 
 # Set by `configure`.
@@ -165,4 +169,17 @@ class Transform(exports.Transform):
     def transform_batch(self, rows: list[t.Row]) -> list[t.Outcome]:
         if mode is None:
             return [t.Outcome_Error("transform-batch called before configure") for _ in rows]
+        if mode == "raise":
+            return [raise_on_boom(row) for row in rows]
         return [outcome(ACTIONS[mode]) for _ in rows]
+
+
+def key_text(key: t.Key) -> str:
+    return str(key.value)
+
+
+def raise_on_boom(row: t.Row) -> t.Outcome:
+    value = row.values[0] if row.values else None
+    if isinstance(value, t.Value_Text) and value.value == "boom":
+        raise ValueError(f"evil-py raises on row {key_text(row.key)}")
+    return t.Outcome_Update([t.Value_Text("ok")])
