@@ -198,6 +198,58 @@ impl Tried {
     }
 }
 
+/// Reads a file of expected outcomes: one JSON object per line, as
+/// [`Tried::to_json`] writes them (blank lines are skipped).
+pub fn read_expected(path: &Path) -> Result<Vec<J>, LocalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LocalError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc: J = serde_json::from_str(line).map_err(|e| LocalError::Row {
+            path: path.to_path_buf(),
+            line: i as u64 + 1,
+            message: format!("not a JSON object: {e}"),
+        })?;
+        out.push(doc);
+    }
+    Ok(out)
+}
+
+/// The differences between expected and actual outcomes, row by row in
+/// order, each naming the row's position and key.
+pub fn compare(expected: &[J], got: &[J]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, pair) in expected.iter().zip(got).enumerate() {
+        let (want, have) = pair;
+        if want != have {
+            out.push(format!(
+                "row {} (key {}): expected {want}, got {have}",
+                i + 1,
+                have["key"]
+            ));
+        }
+    }
+    for (i, want) in expected.iter().enumerate().skip(got.len()) {
+        out.push(format!(
+            "row {}: expected {want}, but the input has no such row",
+            i + 1
+        ));
+    }
+    for (i, have) in got.iter().enumerate().skip(expected.len()) {
+        out.push(format!(
+            "row {} (key {}): no outcome expected, got {have}",
+            i + 1,
+            have["key"]
+        ));
+    }
+    out
+}
+
 /// Runs `rows` through `instance` (made by `runner` with `setup`, which
 /// make its replacements) in batches of `batch_rows`, isolating rows that
 /// trap, and calls `each` with every row's outcome and the guest's log
@@ -245,6 +297,21 @@ mod tests {
                 .collect(),
             outputs: vec![],
         }
+    }
+
+    #[test]
+    fn expected_outcomes_are_compared_row_by_row_naming_the_row() {
+        let row = |key: i64, v: &str| json!({"key": key, "outcome": "update", "values": {"x": v}});
+        let expected = vec![row(1, "a"), row(2, "b")];
+        assert!(compare(&expected, &expected.clone()).is_empty());
+        let differences = compare(&expected, &[row(1, "a"), row(2, "c")]);
+        assert_eq!(differences.len(), 1, "{differences:?}");
+        assert!(
+            differences[0].starts_with("row 2 (key 2): expected"),
+            "{differences:?}"
+        );
+        assert!(compare(&expected, &[row(1, "a")])[0].contains("the input has no such row"));
+        assert!(compare(&expected[..1], &expected)[0].contains("no outcome expected"));
     }
 
     #[test]

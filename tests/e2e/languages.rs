@@ -433,3 +433,52 @@ fn a_python_exception_on_one_row_is_its_dead_letter_with_the_exceptions_type_and
         .count();
     assert_eq!(written, 39);
 }
+
+#[test]
+fn refill_prints_its_wit_and_try_checks_outcomes_against_an_expected_file() {
+    let w = World::new(Backend::Sqlite, "try-expect");
+    let wit = w.run(&["wit"]);
+    wit.expect_code(0);
+    let file = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/transform.wit"),
+    )
+    .expect("the WIT file");
+    assert_eq!(wit.stdout, file, "refill wit is not wit/transform.wit");
+
+    w.write(
+        "rows.jsonl",
+        "{\"key\": 1, \"value\": \"open\"}\n{\"key\": 2, \"value\": \"nope\"}\n",
+    );
+    let component = plugin("remap").display().to_string();
+    let try_with = |expected: &str| {
+        w.write("expected.jsonl", expected);
+        w.run(&[
+            "try",
+            &component,
+            "--input",
+            "rows.jsonl",
+            "--config",
+            "map=open=active",
+            "--expect",
+            "expected.jsonl",
+        ])
+    };
+    let right = "{\"key\":1,\"outcome\":\"update\",\"values\":{\"mapped\":\"active\"}}\n\
+                 {\"key\":2,\"outcome\":\"error\",\"error\":\"no mapping for \\\"nope\\\" and no default\"}\n";
+    let ran = try_with(right);
+    ran.expect_code(0);
+    assert!(
+        ran.stderr.contains("all 2 rows as expected"),
+        "{}",
+        ran.stderr
+    );
+    // One word of an error message differs: the row is named, exit 1.
+    let ran = try_with(&right.replace("no default", "no fallback"));
+    ran.expect_code(1);
+    assert!(
+        ran.stderr
+            .contains("expected.jsonl: row 2 (key 2): expected"),
+        "{}",
+        ran.stderr
+    );
+}

@@ -139,6 +139,11 @@ pub enum Command {
         /// Print one JSON object per row.
         #[arg(long)]
         json: bool,
+        /// Compare each row's outcome with the line of this file at the
+        /// same position (one JSON object per row, as `--json` prints
+        /// them; error text compared exactly) and exit 1 on a difference.
+        #[arg(long, value_name = "EXPECTED.jsonl")]
+        expect: Option<PathBuf>,
     },
     /// Ask every process working on a run to stop taking chunks and wait
     /// (within a second), holding no transaction open.
@@ -244,6 +249,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the WIT of the world a transform implements
+    /// (`refill:transform/transformer`), as this refill was built with it:
+    /// save it as `wit/transform.wit` in a transform's own repository.
+    Wit,
 }
 
 /// Where a run is recorded, and the spec it ran.

@@ -147,6 +147,7 @@ async fn dispatch(command: Command) -> Result<u8> {
             memory_mb,
             batch_rows,
             json,
+            expect,
         } => {
             let mut limits = Limits::default();
             if let Some(fuel) = fuel_per_row {
@@ -164,6 +165,7 @@ async fn dispatch(command: Command) -> Result<u8> {
                 limits,
                 batch_rows,
                 json,
+                expect.as_deref(),
             )
         }
         Command::Run {
@@ -228,6 +230,10 @@ async fn dispatch(command: Command) -> Result<u8> {
             spec,
         } => status_command(run.as_deref(), json, state.as_deref(), spec.as_deref()).await,
         Command::Inspect { component, json } => inspect_command(&component, json),
+        Command::Wit => {
+            print!("{}", refill::transform::WIT);
+            Ok(0)
+        }
         Command::Retry {
             run,
             execute,
@@ -295,7 +301,7 @@ async fn run_input_command(path: &Path, input: &Path, json: bool) -> Result<u8> 
         lookups,
     );
     let batch = usize::try_from(spec.file.transform.batch_rows).unwrap_or(1000);
-    print_tried(&runner, &setup, input, batch, json)
+    print_tried(&runner, &setup, input, batch, json, None)
 }
 
 #[expect(
@@ -311,6 +317,7 @@ fn try_command(
     limits: Limits,
     batch_rows: usize,
     json: bool,
+    expect: Option<&Path>,
 ) -> Result<u8> {
     let runner = Runner::load(component, None, limits)?;
     let mut lookups = refill::lookup::Lookups::none();
@@ -334,7 +341,7 @@ fn try_command(
         env,
         lookups: Arc::new(lookups),
     };
-    print_tried(&runner, &setup, input, batch_rows, json)
+    print_tried(&runner, &setup, input, batch_rows, json, expect)
 }
 
 /// Runs the rows of `input` and prints each outcome, then a summary; exit
@@ -345,8 +352,11 @@ fn print_tried(
     input: &Path,
     batch_rows: usize,
     json: bool,
+    expect: Option<&Path>,
 ) -> Result<u8> {
     use refill::local;
+    let expected = expect.map(local::read_expected).transpose()?;
+    let mut got = Vec::new();
     // A configuration the transform refuses stops here, before any row is
     // read; the instance then serves the rows.
     let instance = runner.instance(setup)?;
@@ -364,6 +374,9 @@ fn print_tried(
             _ => updated += 1,
         }
         let doc = tried.to_json(&info);
+        if expected.is_some() {
+            got.push(doc.clone());
+        }
         if json {
             println!("{doc}");
         } else {
@@ -385,6 +398,23 @@ fn print_tried(
         info.version,
         runner.digest()
     );
+    if let (Some(expected), Some(path)) = (expected, expect) {
+        let differences = local::compare(&expected, &got);
+        for difference in &differences {
+            eprintln!("{}: {difference}", path.display());
+        }
+        if differences.is_empty() {
+            eprintln!("{}: all {} rows as expected", path.display(), got.len());
+            return Ok(0);
+        }
+        eprintln!(
+            "{}: {} of {} rows differ",
+            path.display(),
+            differences.len(),
+            expected.len().max(got.len())
+        );
+        return Ok(FAILED_ROWS);
+    }
     Ok(if failed > 0 { FAILED_ROWS } else { 0 })
 }
 

@@ -35,6 +35,11 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "refill:transform/types@0.2.0",
 ];
 
+/// The WIT of the world every transform implements, as this refill was
+/// built with it: what `refill wit` prints for projects outside this
+/// repository.
+pub const WIT: &str = include_str!("../../../wit/transform.wit");
+
 /// The export every transform provides.
 pub const TRANSFORM_EXPORT: &str = "refill:transform/transform@0.2.0";
 
