@@ -23,6 +23,7 @@ pub mod report;
 pub mod retry;
 pub mod rollback;
 pub mod run;
+pub mod scaffold;
 pub mod sink;
 pub mod source;
 pub mod spec;

@@ -482,3 +482,116 @@ fn refill_prints_its_wit_and_try_checks_outcomes_against_an_expected_file() {
         ran.stderr
     );
 }
+
+/// A guest compiler the Makefile installs: `var` names it, else the
+/// repository's own install.
+fn tool(var: &str, default: &str) -> std::path::PathBuf {
+    std::env::var_os(var).map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(default)
+        },
+        std::path::PathBuf::from,
+    )
+}
+
+#[test]
+fn refill_new_makes_projects_that_build_outside_the_repository_and_pass_their_own_test() {
+    let w = World::new(Backend::Sqlite, "scaffolds");
+    let refill = env!("CARGO_BIN_EXE_refill");
+    let run = |dir: &std::path::Path, program: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{} {args:?} in {}:\n{text}",
+            program.display(),
+            dir.display()
+        );
+        text
+    };
+    let root = w.dir.path();
+    let refill = std::path::Path::new(refill);
+    let py = tool(
+        "REFILL_COMPONENTIZE_PY",
+        "target/tools/py/bin/componentize-py",
+    );
+    let js = tool(
+        "REFILL_COMPONENTIZE_JS",
+        "plugins/js-toolchain/node_modules/.bin/componentize-js",
+    );
+    for (lang, build) in [
+        (
+            "python",
+            (
+                py,
+                vec![
+                    "-d",
+                    "wit",
+                    "-w",
+                    "transformer",
+                    "componentize",
+                    "app",
+                    "-o",
+                    "t.wasm",
+                ],
+            ),
+        ),
+        (
+            "js",
+            (
+                js,
+                vec![
+                    "app.js",
+                    "--wit",
+                    "wit",
+                    "-n",
+                    "transformer",
+                    "-d",
+                    "http",
+                    "fetch-event",
+                    "-o",
+                    "t.wasm",
+                ],
+            ),
+        ),
+    ] {
+        let name = format!("demo-{lang}");
+        run(root, refill, &["new", "--lang", lang, &name]);
+        let dir = root.join(&name);
+        run(&dir, &build.0, &build.1);
+        let tried = run(
+            &dir,
+            refill,
+            &[
+                "try",
+                "t.wasm",
+                "--input",
+                "rows.jsonl",
+                "--expect",
+                "expected.jsonl",
+            ],
+        );
+        assert!(tried.contains("all 3 rows as expected"), "{lang}: {tried}");
+    }
+    // A Rust project builds and passes its own test with the SDK it
+    // carries, in its own workspace.
+    run(root, refill, &["new", "--lang", "rust", "demo-rust"]);
+    let cargo = std::env::var_os("CARGO").map_or_else(|| "cargo".into(), std::path::PathBuf::from);
+    let tested = run(
+        &root.join("demo-rust"),
+        &cargo,
+        &["test", "--offline", "--quiet"],
+    );
+    assert!(tested.contains("1 passed"), "{tested}");
+}

@@ -249,6 +249,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a transform project in a new folder NAME, in Rust, Python or
+    /// JavaScript: the WIT, a minimal transform that passes its own test,
+    /// `rows.jsonl` and `expected.jsonl` for `refill try --expect`, and a
+    /// README with the build commands. Needs nothing from refill's
+    /// repository (a Rust project carries the SDK).
+    New {
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: refill::scaffold::Lang,
+        /// The project's name and folder (lowercase letters, digits, dashes).
+        name: String,
+    },
     /// Print the WIT of the world a transform implements
     /// (`refill:transform/transformer`), as this refill was built with it:
     /// save it as `wit/transform.wit` in a transform's own repository.

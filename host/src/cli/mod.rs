@@ -230,6 +230,18 @@ async fn dispatch(command: Command) -> Result<u8> {
             spec,
         } => status_command(run.as_deref(), json, state.as_deref(), spec.as_deref()).await,
         Command::Inspect { component, json } => inspect_command(&component, json),
+        Command::New { lang, name } => {
+            let dir = std::path::PathBuf::from(&name);
+            let files = refill::scaffold::create(lang, &name, &dir)?;
+            println!("Created {} ({} files):", dir.display(), files.len());
+            for file in &files {
+                println!("  {}", file.display());
+            }
+            println!(
+                "Next: cd {name} and follow README.md (build, then `refill try --input rows.jsonl --expect expected.jsonl`)."
+            );
+            Ok(0)
+        }
         Command::Wit => {
             print!("{}", refill::transform::WIT);
             Ok(0)
