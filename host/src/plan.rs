@@ -304,6 +304,23 @@ pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, 
             ),
         )
     })?;
+    let sql_type = key.sql_type.to_ascii_lowercase();
+    if db.backend() == crate::db::Backend::Mysql
+        && (sql_type.starts_with("enum") || sql_type.starts_with("set"))
+    {
+        // MySQL sorts and compares ENUM by its index but casts it to its
+        // label: key ranges built from labels would miss rows.
+        return Err(spec
+            .error_at(
+                &["source", "key"],
+                format!(
+                    "column \"{}\" is an {}, which MySQL and MariaDB sort by position in its list, not by its text; refill cannot cut it into key ranges: key the backfill on another unique column",
+                    key.name,
+                    if sql_type.starts_with("enum") { "ENUM" } else { "SET" }
+                ),
+            )
+            .into());
+    }
     let inputs = columns(
         spec,
         &source,

@@ -593,3 +593,84 @@ fn mariadb_zero_and_invalid_dates_fail_only_their_rows_and_are_no_conflict() {
         );
     }
 }
+
+#[test]
+fn a_boolean_column_holding_another_integer_fails_its_row_not_as_a_conflict() {
+    let w = World::new(Backend::Mysql, "tinyint_my");
+    w.exec(
+        "CREATE TABLE typed (id INT PRIMARY KEY, b TINYINT(1), b_copy TINYINT(1));
+         INSERT INTO typed (id, b) VALUES (1, 1), (2, 2), (3, -1), (4, 0), (5, NULL)",
+    );
+    let ran = echo(&w, "b");
+    ran.expect_code(1);
+    let dead =
+        w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters ORDER BY row_key");
+    let keys: Vec<_> = dead.iter().map(|d| d[0].as_deref()).collect();
+    assert_eq!(keys, [Some("2"), Some("3")], "{dead:?}");
+    for d in &dead {
+        let error = d[1].as_deref().unwrap_or_default();
+        assert!(
+            error.contains("reads a TINYINT(1) (BOOLEAN) column as a boolean")
+                && !error.contains("changed between"),
+            "{error}"
+        );
+        assert_eq!(d[2].as_deref(), Some("unreadable"));
+    }
+    let copies = w.rows("SELECT CAST(id AS CHAR), CAST(b_copy AS CHAR) FROM typed ORDER BY id");
+    let copies: Vec<_> = copies.iter().map(|r| r[1].as_deref()).collect();
+    assert_eq!(copies, [Some("1"), None, None, Some("0"), None]);
+}
+
+#[test]
+fn an_enum_key_is_refused_at_plan_instead_of_missing_rows() {
+    let w = World::new(Backend::Mysql, "enum_key_my");
+    w.exec(
+        "CREATE TABLE typed (k ENUM('zulu', 'alpha', 'mike') PRIMARY KEY, v TEXT, v_copy TEXT);
+         INSERT INTO typed VALUES ('zulu', 'z', NULL), ('alpha', 'a', NULL), ('mike', 'm', NULL)",
+    );
+    let spec = Spec {
+        name: "enum-key",
+        table: "typed",
+        key: "k",
+        column: "v",
+        scope: None,
+        rows: 1,
+        component: "evil",
+        transform_body: "config = { mode = \"echo\" }",
+        target: "v_copy",
+    };
+    w.write("spec.toml", &spec.render(&w));
+    let ran = w.run(&["plan", "spec.toml"]);
+    ran.expect_code(2);
+    assert!(
+        ran.stderr
+            .contains("is an ENUM, which MySQL and MariaDB sort by position"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_trigger_signalling_on_a_row_fails_only_that_row() {
+    let w = World::new(Backend::Mysql, "trigger_my");
+    quotes(&w, 300, false);
+    w.exec(
+        "CREATE TRIGGER no_lost BEFORE UPDATE ON quotes FOR EACH ROW
+         IF NEW.status_v2 = 'closed_lost' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no closed_lost here'; END IF",
+    );
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let ran = w.run(&["run", "spec.toml", "--execute"]);
+    ran.expect_code(1);
+    assert!(ran.stdout.contains("no closed_lost here"), "{}", ran.stdout);
+    let lost = (1..=300)
+        .filter(|&i| in_scope(i) && status_of(i, false) == Some("lost"))
+        .count() as u64;
+    assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], lost);
+    assert_eq!(
+        w.status("spec.toml", None)[0]["totals"]["updated"],
+        (1..=300).filter(|&i| in_scope(i)).count() as u64 - lost
+            - (1..=300)
+                .filter(|&i| in_scope(i) && status_of(i, false).is_none())
+                .count() as u64
+    );
+}

@@ -170,6 +170,50 @@ fn values_the_database_refuses_fail_only_their_rows() {
     );
 }
 
+/// A trigger on the quotes that refuses to set `status_v2` to
+/// `closed_lost`, in the world's backend's dialect.
+fn refusing_trigger(w: &World) -> String {
+    let t = w.table("quotes");
+    match w.backend {
+        Backend::Postgres => {
+            let s = w.schema.clone().expect("schema");
+            format!(
+                "CREATE FUNCTION {s}.no_lost() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.status_v2 = 'closed_lost' THEN RAISE EXCEPTION 'no closed_lost here'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER no_lost BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.no_lost()"
+            )
+        }
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER no_lost BEFORE UPDATE ON {t} WHEN NEW.status_v2 = 'closed_lost'
+             BEGIN SELECT RAISE(ABORT, 'no closed_lost here'); END"
+        ),
+        Backend::Mysql => unreachable!("the MariaDB tests have their own"),
+    }
+}
+
+crate::both!(
+    a_trigger_refusing_a_row_fails_only_that_row,
+    |backend, name| {
+        let w = World::new(backend, name);
+        quotes(&w, 300, false);
+        w.exec(&refusing_trigger(&w));
+        w.write("spec.toml", &remap_spec(&w, 100, ""));
+        let ran = w.run(&["run", "spec.toml", "--execute"]);
+        ran.expect_code(1);
+        assert!(ran.stdout.contains("no closed_lost here"), "{}", ran.stdout);
+        for (id, v2) in status_v2(&w) {
+            let expected = match remapped(status_of(id, false)).expect("valid status") {
+                _ if !in_scope(id) => Some("untouched".to_string()),
+                Some(v) if v == "closed_lost" => None,
+                other => other,
+            };
+            assert_eq!(v2, expected, "row {id}");
+        }
+        let dead = w.state_rows("SELECT DISTINCT kind FROM refill_dead_letters");
+        assert_eq!(dead, vec![vec![Some("refused".to_string())]]);
+    }
+);
+
 #[test]
 fn values_postgres_stores_in_another_form_settle_after_one_run() {
     let w = World::new(Backend::Postgres, "reshaped_pg");
@@ -599,4 +643,28 @@ fn generated_values_of_every_mariadb_type_round_trip() {
     ];
     let compared = round_trip_generated(&w, columns, 0x5eed_0003);
     eprintln!("generated values compared on MariaDB: {compared}");
+}
+
+#[test]
+fn sqlite_text_that_is_not_utf8_fails_only_its_row() {
+    let w = World::new(Backend::Sqlite, "not_utf8");
+    w.exec(
+        "CREATE TABLE typed (id INTEGER PRIMARY KEY, t TEXT, t_copy TEXT);
+         INSERT INTO typed (id, t) VALUES (1, 'a'), (2, CAST(X'FF' AS TEXT)), (3, 'c')",
+    );
+    let ran = echo(&w, "t");
+    ran.expect_code(1);
+    let dead = w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0][0].as_deref(), Some("2"));
+    assert_eq!(dead[0][2].as_deref(), Some("unreadable"));
+    assert!(
+        dead[0][1]
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot read column t of") && e.contains("utf-8")),
+        "{dead:?}"
+    );
+    let copies = w.rows("SELECT CAST(id AS TEXT), t_copy FROM typed ORDER BY id");
+    let copies: Vec<_> = copies.iter().map(|r| r[1].as_deref()).collect();
+    assert_eq!(copies, [Some("a"), None, Some("c")]);
 }

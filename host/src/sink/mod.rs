@@ -401,9 +401,10 @@ fn reshape<'a>(
 }
 
 /// Whether the database refused a value rather than failing: SQLSTATE class
-/// 22 (data exception) or 23 (integrity constraint violation), any
-/// constraint error SQLite reports, or the MySQL errors strict mode raises
-/// for a value a column cannot take (see [`mysql::refuses_a_value`]).
+/// 22 (data exception) or 23 (integrity constraint violation), P0001 (a
+/// trigger's RAISE EXCEPTION), any constraint error SQLite reports (a
+/// trigger's RAISE(ABORT) included), or the MySQL errors strict mode and
+/// triggers raise for a row (see [`mysql::refuses_a_value`]).
 fn refuses_a_value(error: &sqlx::Error) -> bool {
     use sqlx::error::ErrorKind;
     let sqlx::Error::Database(db) = error else {
@@ -418,7 +419,11 @@ fn refuses_a_value(error: &sqlx::Error) -> bool {
             | ErrorKind::ForeignKeyViolation
             | ErrorKind::NotNullViolation
             | ErrorKind::CheckViolation
-    ) || db
-        .code()
-        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+    ) || db.code().is_some_and(|code| {
+        code.starts_with("22")
+            || code.starts_with("23")
+            || code == "P0001"
+            // SQLITE_CONSTRAINT_TRIGGER
+            || code == "1811"
+    })
 }

@@ -380,6 +380,7 @@ pub fn refuses_a_value(n: u16) -> bool {
             | 1366 // incorrect integer/decimal/string value
             | 1367 // illegal value
             | 1406 // data too long
+            | 1644 // SIGNAL from a trigger (a trigger refusing the row)
             | 1690 // value out of range in an expression
             | 3140 // invalid JSON (MySQL)
             | 3819 // check constraint violated (MySQL)

@@ -1304,9 +1304,18 @@ where
         next += 1;
         row.try_get::<bool, _>(next - 1).unwrap_or(false)
     };
+    // A token that cannot be read (SQLite's quote() of text that is not
+    // UTF-8) makes its row unreadable, like the value it comes from.
     let token = if tokens {
-        row.try_get::<Option<String>, _>(next)
-            .map_err(|e| decode_error("(guard token)", Some(&key), e.to_string()))?
+        match row.try_get::<Option<String>, _>(next) {
+            Ok(token) => token,
+            Err(e) => {
+                unreadable.get_or_insert_with(|| {
+                    decode_error("(guard token)", Some(&key), e.to_string()).to_string()
+                });
+                None
+            }
+        }
     } else {
         None
     };

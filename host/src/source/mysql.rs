@@ -374,9 +374,30 @@ fn typed(row: &MySqlRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error>
         ColumnKind::Float => row
             .try_get::<Option<f64>, _>(i)?
             .map_or(Value::Null, Value::Float),
-        ColumnKind::Boolean => row
-            .try_get::<Option<bool>, _>(i)?
-            .map_or(Value::Null, Value::Boolean),
+        // TINYINT(1) holds any small integer, and a boolean is 0 or 1
+        // only: reading 2 as true would make the guard see a change that
+        // is not there, on every attempt.
+        ColumnKind::Boolean => {
+            let n = match row.try_get::<Option<i64>, _>(i) {
+                Ok(n) => n,
+                Err(_) => row
+                    .try_get::<Option<u64>, _>(i)?
+                    .map(|u| i64::try_from(u).unwrap_or(i64::MAX)),
+            };
+            match n {
+                None => Value::Null,
+                Some(0) => Value::Boolean(false),
+                Some(1) => Value::Boolean(true),
+                Some(n) => {
+                    return Err(sqlx::Error::Decode(
+                        format!(
+                            "it holds {n}, but refill reads a TINYINT(1) (BOOLEAN) column as a boolean, 0 or 1; leave such rows out with [source] where, or make the column a wider TINYINT"
+                        )
+                        .into(),
+                    ));
+                }
+            }
+        }
         ColumnKind::Bytes => row
             .try_get::<Option<Vec<u8>>, _>(i)?
             .map_or(Value::Null, Value::Bytes),
