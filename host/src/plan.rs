@@ -365,6 +365,23 @@ pub async fn resolve(spec: &Spec, db: &Database, info: &Info) -> Result<Layout, 
         Direction::Write,
     )?;
 
+    if db.backend() == crate::db::Backend::Mysql
+        && let Some((c, at)) = inputs
+            .iter()
+            .map(|c| (c, ["source", "columns"]))
+            .chain(outputs.iter().map(|c| (c, ["target", "columns"])))
+            .find(|(c, _)| crate::source::mysql::unsupported(&c.type_name))
+    {
+        return Err(spec
+            .error_at(
+                &at,
+                format!(
+                    "column \"{}\" has type {}, which refill cannot read or write on MySQL/MariaDB (no exact text form); backfill a column of another type, or convert it in SQL",
+                    c.name, c.sql_type
+                ),
+            )
+            .into());
+    }
     if let Some(condition) = &f.source.scope {
         // Before the condition is first run: MySQL/MariaDB evaluate a
         // constant call at once, even under LIMIT 0.

@@ -668,9 +668,42 @@ fn a_trigger_signalling_on_a_row_fails_only_that_row() {
     assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], lost);
     assert_eq!(
         w.status("spec.toml", None)[0]["totals"]["updated"],
-        (1..=300).filter(|&i| in_scope(i)).count() as u64 - lost
+        (1..=300).filter(|&i| in_scope(i)).count() as u64
+            - lost
             - (1..=300)
                 .filter(|&i| in_scope(i) && status_of(i, false).is_none())
                 .count() as u64
     );
+}
+
+#[test]
+fn bit_and_spatial_columns_are_refused_at_plan_by_name() {
+    let w = World::new(Backend::Mysql, "unsupported_my");
+    w.exec(
+        "CREATE TABLE typed (id INT PRIMARY KEY, bits BIT(64), bits_copy BIT(64), spot POINT, spot_copy POINT);
+         INSERT INTO typed (id, bits, spot) VALUES (1, b'1', POINT(1, 2))",
+    );
+    for (column, says) in [("bits", "has type bit(64)"), ("spot", "has type point")] {
+        let spec = Spec {
+            name: &format!("copy-{column}"),
+            table: "typed",
+            key: "id",
+            column,
+            scope: None,
+            rows: 2,
+            component: "evil",
+            transform_body: "config = { mode = \"echo\" }",
+            target: &format!("{column}_copy"),
+        };
+        w.write("spec.toml", &spec.render(&w));
+        let ran = w.run(&["plan", "spec.toml"]);
+        ran.expect_code(2);
+        for part in [says, "which refill cannot read or write on MySQL/MariaDB"] {
+            assert!(
+                ran.stderr.contains(part),
+                "{column}: {part:?}: {}",
+                ran.stderr
+            );
+        }
+    }
 }

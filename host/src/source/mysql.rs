@@ -178,6 +178,24 @@ pub fn kind_of(data_type: &str, column_type: &str, json: bool) -> ColumnKind {
     }
 }
 
+/// Whether refill cannot read or write a MySQL/MariaDB column of this
+/// `DATA_TYPE` at all: spatial types (no text cast) and BIT (whose text
+/// form is raw bytes). Plan refuses them by name.
+pub fn unsupported(data_type: &str) -> bool {
+    matches!(
+        data_type,
+        "bit"
+            | "geometry"
+            | "point"
+            | "linestring"
+            | "polygon"
+            | "multipoint"
+            | "multilinestring"
+            | "multipolygon"
+            | "geometrycollection"
+    )
+}
+
 /// Looks `table` up in `information_schema`; a table without a schema is
 /// looked up in the url's database.
 pub async fn table(
