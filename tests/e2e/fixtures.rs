@@ -176,6 +176,23 @@ pub fn spec(
     .render(world)
 }
 
+/// Writes `spec.toml`: `evil` in `echo` mode from `column` to
+/// `column_copy` of the table `typed`, in chunks of `rows`.
+pub fn write_echo_spec(world: &World, column: &str, rows: u32) {
+    let spec = Spec {
+        name: &format!("copy-{column}"),
+        table: "typed",
+        key: "id",
+        column,
+        scope: None,
+        rows,
+        component: "evil",
+        transform_body: "config = { mode = \"echo\" }",
+        target: &format!("{column}_copy"),
+    };
+    world.write("spec.toml", &spec.render(world));
+}
+
 /// The parts of a one-column spec.
 pub struct Spec<'a> {
     /// The backfill's name.

@@ -327,18 +327,7 @@ fn verify_passes_then_names_a_row_changed_by_hand() {
 
 /// Runs `evil` in `echo` mode from `column` to `column_copy` of `typed`.
 fn echo(w: &World, column: &str) -> Ran {
-    let spec = Spec {
-        name: &format!("copy-{column}"),
-        table: "typed",
-        key: "id",
-        column,
-        scope: None,
-        rows: 2,
-        component: "evil",
-        transform_body: "config = { mode = \"echo\" }",
-        target: &format!("{column}_copy"),
-    };
-    w.write("spec.toml", &spec.render(w));
+    write_echo_spec(w, column, 2);
     w.run(&["run", "spec.toml", "--execute"])
 }
 
@@ -684,18 +673,7 @@ fn bit_and_spatial_columns_are_refused_at_plan_by_name() {
          INSERT INTO typed (id, bits, spot) VALUES (1, b'1', POINT(1, 2))",
     );
     for (column, says) in [("bits", "has type bit(64)"), ("spot", "has type point")] {
-        let spec = Spec {
-            name: &format!("copy-{column}"),
-            table: "typed",
-            key: "id",
-            column,
-            scope: None,
-            rows: 2,
-            component: "evil",
-            transform_body: "config = { mode = \"echo\" }",
-            target: &format!("{column}_copy"),
-        };
-        w.write("spec.toml", &spec.render(&w));
+        write_echo_spec(&w, column, 2);
         let ran = w.run(&["plan", "spec.toml"]);
         ran.expect_code(2);
         for part in [says, "which refill cannot read or write on MySQL/MariaDB"] {

@@ -9,18 +9,7 @@ use crate::harness::*;
 
 /// Runs `evil` in `echo` mode from `column` to `column_copy` of `typed`.
 fn echo(w: &World, column: &str) -> Ran {
-    let spec = Spec {
-        name: &format!("copy-{column}"),
-        table: "typed",
-        key: "id",
-        column,
-        scope: None,
-        rows: 2,
-        component: "evil",
-        transform_body: "config = { mode = \"echo\" }",
-        target: &format!("{column}_copy"),
-    };
-    w.write("spec.toml", &spec.render(w));
+    write_echo_spec(w, column, 2);
     w.run(&["run", "spec.toml", "--execute"])
 }
 
@@ -507,18 +496,7 @@ fn round_trip_generated(w: &World, columns: &[Generated], seed: u64) -> u64 {
         ));
     }
     for (column, _, _) in columns {
-        let spec = Spec {
-            name: &format!("copy-{column}"),
-            table: "typed",
-            key: "id",
-            column,
-            scope: None,
-            rows: 37,
-            component: "evil",
-            transform_body: "config = { mode = \"echo\" }",
-            target: &format!("{column}_copy"),
-        };
-        w.write("spec.toml", &spec.render(w));
+        write_echo_spec(w, column, 37);
         let ran = w.run(&["run", "spec.toml", "--execute"]);
         assert_eq!(
             ran.code,

@@ -134,6 +134,40 @@ pub fn select_sql(layout: &Layout, guard: Guard, rows: usize, skip: bool) -> Str
 }
 
 /// Rows per statement: as many as fit under the placeholder limit.
+/// Bytes of values one UPDATE statement carries at most: well under
+/// MariaDB's default `max_allowed_packet` (16 MiB), which a statement must
+/// fit whole. A row larger than this goes in a statement of its own.
+const STATEMENT_BYTES: u64 = 4 << 20;
+
+/// `updates` cut into statements of at most `per_statement` rows and,
+/// past the first row of each, [`STATEMENT_BYTES`] of values.
+fn statements(updates: &[Update], per_statement: usize) -> Vec<&[Update]> {
+    let size = |u: &Update| -> u64 {
+        u.values
+            .iter()
+            .chain(&u.expected)
+            .map(crate::source::value_bytes)
+            .sum()
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < updates.len() {
+        let mut end = start + 1;
+        let mut bytes = size(&updates[start]);
+        while end < updates.len() && end - start < per_statement {
+            let next = size(&updates[end]);
+            if bytes + next > STATEMENT_BYTES {
+                break;
+            }
+            bytes += next;
+            end += 1;
+        }
+        out.push(&updates[start..end]);
+        start = end;
+    }
+    out
+}
+
 fn rows_per_statement(layout: &Layout, guard: Guard) -> usize {
     let width = 1 + layout.outputs.len() + guarded(layout, guard).len();
     (MAX_PARAMS / width).max(1)
@@ -273,7 +307,7 @@ async fn write_on(
             .collect()
     };
     let mut matched = 0;
-    for batch in mine.chunks(per_statement) {
+    for batch in statements(&mine, per_statement) {
         let sql = update_sql(layout, guard, batch.len());
         let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
         let done = query.execute(&mut *tx).await.map_err(write_error)?;
@@ -293,7 +327,7 @@ async fn write_on(
         .into_iter()
         .filter(|u| through.contains(&u.key))
         .collect();
-    for batch in written.chunks(per_statement) {
+    for batch in statements(&written, per_statement) {
         let sql = update_sql(layout, guard, batch.len());
         let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
         query.execute(&mut *tx).await.map_err(write_error)?;
@@ -440,6 +474,29 @@ mod tests {
             ),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn statements_are_cut_by_bytes_as_well_as_rows() {
+        let update = |bytes: usize| Update {
+            key: Key::Int(1),
+            values: vec![Value::Bytes(vec![0; bytes])],
+            token: None,
+            expected: vec![],
+        };
+        let small: Vec<Update> = (0..10).map(|_| update(10)).collect();
+        let sizes: Vec<usize> = statements(&small, 4).iter().map(|s| s.len()).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        // 3 MiB rows: one per statement; a 9 MiB row alone.
+        let big = vec![
+            update(3 << 20),
+            update(3 << 20),
+            update(9 << 20),
+            update(10),
+        ];
+        let sizes: Vec<usize> = statements(&big, 100).iter().map(|s| s.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1]);
+        assert!(statements(&[], 10).is_empty());
     }
 
     #[test]

@@ -681,9 +681,16 @@ impl StateStore {
         let Some((path, opened)) = &self.file else {
             return Ok(());
         };
-        let gone = |what| StateError::Gone {
-            path: path.clone(),
-            what,
+        let gone = |what| {
+            // Closing the last connection checkpoints the write-ahead log
+            // into the file: into an emptied file, that would rebuild part
+            // of a store. The pool is kept open until the process ends, so
+            // the file stays as it was found.
+            std::mem::forget(self.pool.clone());
+            StateError::Gone {
+                path: path.clone(),
+                what,
+            }
         };
         match std::fs::metadata(path) {
             Err(_) => Err(gone("was deleted or moved")),
