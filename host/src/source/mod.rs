@@ -875,6 +875,7 @@ impl Database {
             Rows::Range { lo, hi, limit },
             tokens,
             "reading a chunk",
+            u64::MAX,
         )
         .await
     }
@@ -897,36 +898,8 @@ impl Database {
             hi,
             limit: Some(limit),
         };
-        let query_error = |error| SourceError::Query {
-            what: "reading a chunk",
-            table: layout.source.quoted(),
-            error,
-        };
-        read_only!(self, self.timeouts.read, |conn, m| {
-            use futures_util::TryStreamExt as _;
-            let tokens = tokens && m::DIALECT.token.is_some();
-            let sql = read_sql(layout, &m::DIALECT, &rows, tokens);
-            let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
-            let mut stream = query.fetch(conn);
-            let mut out = ChunkRows::default();
-            let mut failed = None;
-            while let Some(row) = stream.try_next().await? {
-                if let Err(e) = assemble_row(&row, layout, tokens, m::decode, &mut out) {
-                    failed = Some(e);
-                    break;
-                }
-                if out.bytes >= max_bytes {
-                    out.cut = (out.len() as u64) < limit;
-                    break;
-                }
-            }
-            drop(stream);
-            Ok(match failed {
-                Some(e) => Err(e),
-                None => Ok(out),
-            })
-        })
-        .map_err(query_error)?
+        self.fetch(layout, rows, tokens, "reading a chunk", max_bytes)
+            .await
     }
 
     /// Reads the rows in scope with these keys, in key order (rows deleted
@@ -942,7 +915,13 @@ impl Database {
         // one array.
         for part in keys.chunks(KEYS_PER_QUERY) {
             let rows = self
-                .fetch(layout, Rows::Keys(part), tokens, "reading rows by key")
+                .fetch(
+                    layout,
+                    Rows::Keys(part),
+                    tokens,
+                    "reading rows by key",
+                    u64::MAX,
+                )
                 .await?;
             out.extend(rows);
         }
@@ -977,24 +956,50 @@ impl Database {
         Ok(out)
     }
 
+    /// Runs a chunk query and decodes its rows one by one as they arrive,
+    /// stopping once the values read reach `max_bytes` (the row that
+    /// reaches it is kept); a read stopped before the end of a range with
+    /// a row limit is marked [`cut`](ChunkRows::cut).
     async fn fetch(
         &self,
         layout: &Layout,
         rows: Rows<'_>,
         tokens: bool,
         what: &'static str,
+        max_bytes: u64,
     ) -> Result<ChunkRows, SourceError> {
         let query_error = |error| SourceError::Query {
             what,
             table: layout.source.quoted(),
             error,
         };
+        let limit = match rows {
+            Rows::Range { limit, .. } => limit,
+            Rows::Keys(_) => None,
+        };
         read_only!(self, self.timeouts.read, |conn, m| {
+            use futures_util::TryStreamExt as _;
             let tokens = tokens && m::DIALECT.token.is_some();
             let sql = read_sql(layout, &m::DIALECT, &rows, tokens);
             let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
-            let fetched = query.fetch_all(conn).await?;
-            Ok(assemble(&fetched, layout, tokens, m::decode))
+            let mut stream = query.fetch(conn);
+            let mut out = ChunkRows::default();
+            let mut failed = None;
+            while let Some(row) = stream.try_next().await? {
+                if let Err(e) = assemble_row(&row, layout, tokens, m::decode, &mut out) {
+                    failed = Some(e);
+                    break;
+                }
+                if out.bytes >= max_bytes {
+                    out.cut = limit.is_some_and(|limit| (out.len() as u64) < limit);
+                    break;
+                }
+            }
+            drop(stream);
+            Ok(match failed {
+                Some(e) => Err(e),
+                None => Ok(out),
+            })
         })
         .map_err(query_error)?
     }
@@ -1229,28 +1234,8 @@ where
     })
 }
 
-/// Turns the rows of a chunk query into [`ChunkRows`], decoding each column
-/// with the backend's `decode`.
-fn assemble<'r, R>(
-    rows: &'r [R],
-    layout: &Layout,
-    tokens: bool,
-    decode: impl Fn(&'r R, usize, &ColumnInfo) -> Result<Value, String>,
-) -> Result<ChunkRows, SourceError>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let mut out = ChunkRows::default();
-    for row in rows {
-        assemble_row(row, layout, tokens, &decode, &mut out)?;
-    }
-    Ok(out)
-}
-
-/// Decodes one row of a chunk query onto `out`.
+/// Decodes one row of a chunk query onto `out`, each column with the
+/// backend's `decode`.
 fn assemble_row<'r, R>(
     row: &'r R,
     layout: &Layout,
