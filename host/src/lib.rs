@@ -8,10 +8,12 @@
 //! letters, before-images and the audit trail; [`backoff`] retries what a
 //! database hiccup breaks; [`plan`] and [`run`] wire them together. After a
 //! run, [`retry`] re-runs its dead letters, [`verify`] recomputes and
-//! compares, [`report`] tells what happened and [`rollback`] undoes it. The
+//! compares, [`report`] tells what happened and [`rollback`] undoes it.
+//! [`scaffold`] and [`build`] serve the teams that write transforms. The
 //! `refill` binary is a thin command line over this library.
 
 pub mod backoff;
+pub mod build;
 pub mod chunk;
 pub mod clip;
 pub mod db;

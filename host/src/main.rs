@@ -4,6 +4,15 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    // componentize-js runs this binary as its wizer (see `refill build`):
+    // no runtime, no logging, just the snapshot.
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == refill::build::snapshot::ARG)
+    {
+        return refill::build::snapshot::main(args.collect());
+    }
     restore_sigpipe();
     return_large_blocks();
     cli::run(cli::args::parse())

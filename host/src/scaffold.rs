@@ -77,7 +77,7 @@ fn files(lang: Lang) -> Vec<(&'static str, String)> {
                     include_str!("../../plugins/sdk/src/bindings.rs")
                         .replace("path: \"../../wit\"", "path: \"../wit\""),
                 ),
-                (".gitignore", "/target\n".to_string()),
+                (".gitignore", "/target\n/dist/*.wasm\n".to_string()),
             ]);
         }
         Lang::Python => files.extend([
@@ -90,8 +90,12 @@ fn files(lang: Lang) -> Vec<(&'static str, String)> {
                 include_str!("../templates/python/README.md").to_string(),
             ),
             (
+                "plugin.toml",
+                include_str!("../templates/python/plugin.toml").to_string(),
+            ),
+            (
                 ".gitignore",
-                "__pycache__/\n*.wasm\nwit_world/\ncomponentize_py_*\n".to_string(),
+                "__pycache__/\n/typings/\n/dist/*.wasm\n".to_string(),
             ),
         ]),
         Lang::Js => files.extend([
@@ -100,7 +104,11 @@ fn files(lang: Lang) -> Vec<(&'static str, String)> {
                 "README.md",
                 include_str!("../templates/js/README.md").to_string(),
             ),
-            (".gitignore", "node_modules/\n*.wasm\n".to_string()),
+            (
+                "plugin.toml",
+                include_str!("../templates/js/plugin.toml").to_string(),
+            ),
+            (".gitignore", "node_modules/\n/dist/*.wasm\n".to_string()),
         ]),
     }
     files
@@ -198,7 +206,7 @@ mod tests {
         assert_eq!(read("wit/transform.wit"), crate::transform::WIT);
         assert!(read("refill-sdk/src/bindings.rs").contains("path: \"../wit\""));
         assert!(read("Cargo.toml").contains("name = \"my-fix\""));
-        assert!(read("README.md").contains("release/my_fix.wasm"));
+        assert!(read("README.md").contains("refill build"));
         for (file, text) in files(Lang::Rust) {
             assert!(
                 !text.contains("workspace = true"),

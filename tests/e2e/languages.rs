@@ -496,86 +496,92 @@ fn tool(var: &str, default: &str) -> std::path::PathBuf {
     )
 }
 
+/// Runs `program args` in `dir` with the guest compilers the Makefile
+/// installs; returns (exit code, stdout + stderr).
+fn run_in(dir: &std::path::Path, program: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "REFILL_COMPONENTIZE_PY",
+            tool(
+                "REFILL_COMPONENTIZE_PY",
+                "target/tools/py/bin/componentize-py",
+            ),
+        )
+        .env(
+            "REFILL_COMPONENTIZE_JS",
+            tool(
+                "REFILL_COMPONENTIZE_JS",
+                "plugins/js-toolchain/node_modules/.bin/componentize-js",
+            ),
+        )
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Like [`run_in`], and the command must succeed.
+fn ok_in(dir: &std::path::Path, program: &std::path::Path, args: &[&str]) -> String {
+    let (code, text) = run_in(dir, program, args);
+    assert_eq!(
+        code,
+        0,
+        "{} {args:?} in {}:\n{text}",
+        program.display(),
+        dir.display()
+    );
+    text
+}
+
+/// The provenance `refill build` wrote for project `name` in `dir`.
+fn provenance(dir: &std::path::Path, name: &str) -> serde_json::Value {
+    let path = dir.join(format!("dist/{name}.provenance.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("provenance is JSON")
+}
+
 #[test]
-fn refill_new_makes_projects_that_build_outside_the_repository_and_pass_their_own_test() {
+fn refill_new_and_refill_build_make_components_outside_the_repository_that_pass_their_own_test() {
     let w = World::new(Backend::Sqlite, "scaffolds");
-    let refill = env!("CARGO_BIN_EXE_refill");
-    let run = |dir: &std::path::Path, program: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .current_dir(dir)
-            .env_remove("VIRTUAL_ENV")
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+    let refill = std::path::Path::new(env!("CARGO_BIN_EXE_refill"));
+    let root = w.dir.path();
+    for lang in ["python", "js", "rust"] {
+        let name = format!("demo-{lang}");
+        ok_in(root, refill, &["new", "--lang", lang, &name]);
+        let dir = root.join(&name);
+        let built = ok_in(&dir, refill, &["build"]);
+        let record = provenance(&dir, &name);
+        let digest = record["output_sha256"].as_str().expect("output_sha256");
+        assert!(
+            built.contains(&format!("{digest}  dist/{name}.wasm")),
+            "{lang}: {built}"
+        );
+        let component = std::fs::read(dir.join(format!("dist/{name}.wasm"))).expect("component");
+        use sha2::Digest as _;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&component)),
+            digest,
+            "{lang}"
         );
         assert!(
-            out.status.success(),
-            "{} {args:?} in {}:\n{text}",
-            program.display(),
-            dir.display()
+            record["toolchain"]
+                .as_object()
+                .is_some_and(|t| !t.is_empty()),
+            "{lang}: {record}"
         );
-        text
-    };
-    let root = w.dir.path();
-    let refill = std::path::Path::new(refill);
-    let py = tool(
-        "REFILL_COMPONENTIZE_PY",
-        "target/tools/py/bin/componentize-py",
-    );
-    let js = tool(
-        "REFILL_COMPONENTIZE_JS",
-        "plugins/js-toolchain/node_modules/.bin/componentize-js",
-    );
-    for (lang, build) in [
-        (
-            "python",
-            (
-                py,
-                vec![
-                    "-d",
-                    "wit",
-                    "-w",
-                    "transformer",
-                    "componentize",
-                    "app",
-                    "-o",
-                    "t.wasm",
-                ],
-            ),
-        ),
-        (
-            "js",
-            (
-                js,
-                vec![
-                    "app.js",
-                    "--wit",
-                    "wit",
-                    "-n",
-                    "transformer",
-                    "-d",
-                    "http",
-                    "fetch-event",
-                    "-o",
-                    "t.wasm",
-                ],
-            ),
-        ),
-    ] {
-        let name = format!("demo-{lang}");
-        run(root, refill, &["new", "--lang", lang, &name]);
-        let dir = root.join(&name);
-        run(&dir, &build.0, &build.1);
-        let tried = run(
+        let tried = ok_in(
             &dir,
             refill,
             &[
                 "try",
-                "t.wasm",
+                &format!("dist/{name}.wasm"),
                 "--input",
                 "rows.jsonl",
                 "--expect",
@@ -584,14 +590,82 @@ fn refill_new_makes_projects_that_build_outside_the_repository_and_pass_their_ow
         );
         assert!(tried.contains("all 3 rows as expected"), "{lang}: {tried}");
     }
-    // A Rust project builds and passes its own test with the SDK it
+    // A Rust project's logic passes its own native test with the SDK it
     // carries, in its own workspace.
-    run(root, refill, &["new", "--lang", "rust", "demo-rust"]);
     let cargo = std::env::var_os("CARGO").map_or_else(|| "cargo".into(), std::path::PathBuf::from);
-    let tested = run(
+    let tested = ok_in(
         &root.join("demo-rust"),
         &cargo,
         &["test", "--offline", "--quiet"],
     );
     assert!(tested.contains("1 passed"), "{tested}");
+}
+
+#[test]
+fn a_rebuild_in_another_folder_checks_the_pin_and_a_changed_source_fails_the_check() {
+    let w = World::new(Backend::Sqlite, "reproducible");
+    let refill = std::path::Path::new(env!("CARGO_BIN_EXE_refill"));
+    // Two folders at different depths, as two machines would have them.
+    let first = w.dir.path().join("team");
+    let second = w.dir.path().join("review/checkout/of/it");
+    for (lang, entry) in [
+        ("js", "app.js"),
+        ("rust", "src/lib.rs"),
+        ("python", "app.py"),
+    ] {
+        let name = format!("pinned-{lang}");
+        for parent in [&first, &second] {
+            std::fs::create_dir_all(parent).expect("mkdir");
+            ok_in(parent, refill, &["new", "--lang", lang, &name]);
+        }
+        let (team, review) = (first.join(&name), second.join(&name));
+        ok_in(&team, refill, &["build"]);
+        let recorded = provenance(&team, &name);
+        let pin = recorded["output_sha256"].as_str().expect("output_sha256");
+        // What the team commits: the source, its lock file, the provenance.
+        if lang == "rust" {
+            std::fs::copy(team.join("Cargo.lock"), review.join("Cargo.lock")).expect("lock");
+        }
+        std::fs::create_dir_all(review.join("dist")).expect("dist");
+        let recorded_path = format!("dist/{name}.provenance.json");
+        std::fs::copy(team.join(&recorded_path), review.join(&recorded_path)).expect("copy");
+
+        let (code, checked) = run_in(&review, refill, &["build", "--check", pin]);
+        if lang == "python" {
+            // Not reproducible yet, and said so rather than passed.
+            assert_eq!(recorded["reproducible"], false, "{recorded}");
+            assert!(
+                recorded["not_reproducible_because"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("componentize-py")),
+                "{recorded}"
+            );
+            if code != 0 {
+                assert!(checked.contains("not reproducible"), "{checked}");
+            }
+            continue;
+        }
+        assert_eq!(code, 0, "{lang}: {checked}");
+        assert!(
+            checked.contains(&format!("matches: . builds to {pin}")),
+            "{lang}: {checked}"
+        );
+        assert_eq!(recorded["reproducible"], true, "{recorded}");
+        // `--check` wrote nothing: the committed provenance is untouched.
+        assert_eq!(provenance(&review, &name), recorded, "{lang}");
+        assert!(!review.join(format!("dist/{name}.wasm")).exists(), "{lang}");
+
+        // One changed byte of the source: the check fails and says the
+        // source is not the one the pin was built from.
+        let path = review.join(entry);
+        let source = std::fs::read_to_string(&path).expect("source");
+        std::fs::write(&path, source.replacen("Uppercases", "Upper-cases", 1)).expect("write");
+        let (code, checked) = run_in(&review, refill, &["build", "--check", pin]);
+        assert_eq!(code, 1, "{lang}: {checked}");
+        assert!(checked.contains("source differs"), "{lang}: {checked}");
+        let other = "0".repeat(64);
+        let (code, checked) = run_in(&review, refill, &["build", "--check", &other]);
+        assert_eq!(code, 1, "{lang}: {checked}");
+        assert!(checked.contains("digest differs"), "{lang}: {checked}");
+    }
 }

@@ -261,6 +261,26 @@ pub enum Command {
         /// The project's name and folder (lowercase letters, digits, dashes).
         name: String,
     },
+    /// Build the transform project in DIR (default: the current folder)
+    /// into `dist/<name>.wasm`, print its sha256, and write
+    /// `dist/<name>.provenance.json` beside it: the source's digest, each
+    /// tool's version, the output's digest. Rust (cargo), Python
+    /// (componentize-py) and JavaScript (componentize-js); a missing tool is
+    /// named with the command that installs it.
+    Build {
+        /// The project's folder, as `refill new` made it.
+        dir: Option<PathBuf>,
+        /// Rebuild, write nothing, and compare with this sha256 (a spec's
+        /// pin): exit 0 when the source builds to it, 1 when not, saying
+        /// whether the toolchain or the source differs from the provenance
+        /// recorded with the pin.
+        #[arg(long, value_name = "SHA256")]
+        check: Option<String>,
+        /// The provenance recorded with the pin (default:
+        /// `dist/<name>.provenance.json` in the project).
+        #[arg(long, value_name = "FILE", requires = "check")]
+        provenance: Option<PathBuf>,
+    },
     /// Print the WIT of the world a transform implements
     /// (`refill:transform/transformer`), as this refill was built with it:
     /// save it as `wit/transform.wit` in a transform's own repository.

@@ -242,6 +242,11 @@ async fn dispatch(command: Command) -> Result<u8> {
             );
             Ok(0)
         }
+        Command::Build {
+            dir,
+            check,
+            provenance,
+        } => build_command(dir.as_deref(), check.as_deref(), provenance.as_deref()),
         Command::Wit => {
             print!("{}", refill::transform::WIT);
             Ok(0)
@@ -261,6 +266,95 @@ async fn dispatch(command: Command) -> Result<u8> {
             at,
         } => rollback_command(&run, execute, metrics_addr, &at).await,
     }
+}
+
+/// `refill build`: builds, or with `--check` rebuilds and compares.
+fn build_command(dir: Option<&Path>, pin: Option<&str>, recorded: Option<&Path>) -> Result<u8> {
+    use refill::build::{self, Check, Project, Provenance};
+    let project = Project::discover(dir.unwrap_or(Path::new(".")))?;
+    let exe = std::env::current_exe().context("finding the refill binary")?;
+    let here = std::env::current_dir().unwrap_or_default();
+    let shown = |path: &Path| match path.strip_prefix(&here) {
+        Ok(relative) if relative.as_os_str().is_empty() => ".".to_string(),
+        Ok(relative) => relative.display().to_string(),
+        Err(_) => path.display().to_string(),
+    };
+    let Some(pin) = pin else {
+        let out = project.component_path();
+        say(
+            Level::Info,
+            &format!("building {} ({})", project.name, project.language),
+        );
+        let built = build::build(&project, &out, &exe)?;
+        println!(
+            "{}  {}  ({} bytes)",
+            built.provenance.output_sha256,
+            shown(&out),
+            built.provenance.output_bytes
+        );
+        println!("provenance: {}", shown(&Provenance::path_for(&out)));
+        if let Some(why) = &built.provenance.not_reproducible_because {
+            say(
+                Level::Warn,
+                &format!("not reproducible: {why}; the provenance says so"),
+            );
+        }
+        return Ok(0);
+    };
+    let pin = build::parse_pin(pin)
+        .with_context(|| format!("--check {pin:?} is not a sha256 (64 hexadecimal digits)"))?;
+    let recorded_path = recorded
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Provenance::path_for(&project.component_path()));
+    let recorded = Provenance::read(&recorded_path)?;
+    let scratch = tempfile::tempdir().context("making a folder for the rebuild")?;
+    let out = scratch.path().join(format!("{}.wasm", project.name));
+    let built = build::build(&project, &out, &exe)?;
+    let rebuilt = &built.provenance;
+    match build::check(&pin, rebuilt, recorded.as_ref()) {
+        Check::Matches => {
+            println!(
+                "matches: {} builds to {pin} (source {})",
+                shown(&project.dir),
+                rebuilt.source_sha256
+            );
+            return Ok(0);
+        }
+        Check::ToolchainDiffers(differences) => {
+            println!(
+                "toolchain differs: this machine builds {} to {}, not {pin}, and the pin was built with other tools:",
+                project.name, rebuilt.output_sha256
+            );
+            for difference in differences {
+                println!("  {difference}");
+            }
+            println!("Install the recorded versions and check again.");
+        }
+        Check::SourceDiffers { recorded } => println!(
+            "source differs: the pin was built from source {recorded}, this folder is {}; it builds to {}, not {pin}",
+            rebuilt.source_sha256, rebuilt.output_sha256
+        ),
+        Check::DigestDiffers => {
+            println!(
+                "digest differs: {} builds to {}, not {pin}",
+                shown(&project.dir),
+                rebuilt.output_sha256
+            );
+            if recorded.is_none() {
+                println!(
+                    "  (no provenance at {}, so whether the toolchain differs cannot be told)",
+                    shown(&recorded_path)
+                );
+            }
+        }
+    }
+    if let Some(why) = &rebuilt.not_reproducible_because {
+        println!(
+            "  note: {} builds are not reproducible: {why}",
+            rebuilt.language
+        );
+    }
+    Ok(1)
 }
 
 async fn plan_command(path: &Path) -> Result<u8> {

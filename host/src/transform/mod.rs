@@ -234,7 +234,7 @@ pub enum TransformError {
         actual: String,
     },
     /// The file is a core WebAssembly module, which a component wraps.
-    #[error("component {} is a core WebAssembly module, not a component; make it one with `wasm-tools component new {} -o component.wasm` (wasm-tools: `cargo install wasm-tools`; add `--adapt wasi_snapshot_preview1.reactor.wasm` if the module imports WASI preview 1), or build with a toolchain that makes components: Rust's `cargo build --target wasm32-wasip2`, componentize-py, componentize-js", path.display(), path.display())]
+    #[error("component {} is a core WebAssembly module, not a component; make it one with `wasm-tools component new {} -o component.wasm` (wasm-tools: `cargo install wasm-tools`; add `--adapt wasi_snapshot_preview1.reactor.wasm` if the module imports WASI preview 1), or build the project with `refill build`, which makes a component in every language refill supports", path.display(), path.display())]
     CoreModule {
         /// The file.
         path: PathBuf,

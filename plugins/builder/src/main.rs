@@ -3,48 +3,44 @@
 //! sha256 (also written to `plugins/dist/SHA256SUMS`, one line per plugin,
 //! sorted by name).
 //!
-//! A Rust plugin is a crate whose `Cargo.toml` has
-//! `[package.metadata.refill] component = true`. The builder compiles it for
-//! wasm32 and turns each core module into a component. It uses rustup's
-//! `wasm32-unknown-unknown` target when installed, and otherwise Debian's
-//! second toolchain with `-Zbuild-std` (see `../shared/TOOLCHAIN.md`).
+//! The building is `refill build`'s, from the `refill` library
+//! ([`refill::build`]): the same toolchain detection, compilation, wrapping
+//! and snapshot. What is added here is the repository's layout:
 //!
-//! A Python or JavaScript plugin is a folder with a `plugin.toml`; see
-//! [`guests`]. componentize-py and componentize-js build those, found
-//! through `REFILL_COMPONENTIZE_PY` and `REFILL_COMPONENTIZE_JS`.
+//! - a Rust plugin is a workspace crate whose `Cargo.toml` has
+//!   `[package.metadata.refill] component = true`; all of them are compiled
+//!   by one cargo run with the `guest` profile;
+//! - a Python or JavaScript plugin is a folder with a `plugin.toml` (see
+//!   [`refill::build::guest`]), built against the repository's `wit/`;
+//! - the hostile bomb variants of a crate ([`bombs`]).
 //!
-//! `make toolchain` installs all of these; `make plugins` runs it first.
+//! `make toolchain` installs the tools; `make plugins` runs it first.
 
 mod bombs;
 mod guests;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::{env, fs};
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use refill::build::{rust, snapshot, write_atomically};
 use sha2::{Digest, Sha256};
 
-const TARGET: &str = "wasm32-unknown-unknown";
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const DEBIAN_STD_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
-const WASM_LD: &str = "/usr/lib/llvm-16/bin/wasm-ld";
-
-/// How to compile Rust for wasm32 on this machine.
-enum Toolchain {
-    /// rustup has the target installed: plain `cargo build --target`.
-    Rustup,
-    /// Debian's rustc-web/cargo-web with std built from rust-web-src.
-    DebianBuildStd,
-}
-
-fn main() {
-    if let Err(error) = run() {
-        eprintln!("error: {error:#}");
-        std::process::exit(2);
+fn main() -> ExitCode {
+    // componentize-js runs this binary as its wizer, as it runs `refill`.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == snapshot::ARG) {
+        return snapshot::main(args.collect());
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -75,18 +71,15 @@ fn run() -> Result<()> {
     let target_dir = root.join("target/guest");
     let mut components = Vec::new();
     if !crates.is_empty() {
-        let toolchain = detect_toolchain()?;
-        compile(&root, &target_dir, &toolchain, &crates)?;
-        for name in &crates {
-            let core = target_dir
-                .join(TARGET)
-                .join("guest")
-                .join(format!("{}.wasm", name.replace('-', "_")));
-            let module = fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-            let component = wit_component::ComponentEncoder::default()
-                .module(&module)
-                .and_then(|e| e.validate(true).encode())
-                .with_context(|| format!("turning {} into a component", core.display()))?;
+        let toolchain = rust::Toolchain::detect()?;
+        let packages: Vec<(String, String)> = crates
+            .iter()
+            .map(|name| (name.clone(), name.replace('-', "_")))
+            .collect();
+        let modules = toolchain.compile(&root, &packages, "guest", &target_dir, true)?;
+        for (name, core) in crates.iter().zip(&modules) {
+            let module = fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+            let component = rust::componentize(&module, core)?;
             for (_, bomb) in bombs.iter().filter(|(of, _)| of == name) {
                 let armed = bombs::arm(&component, bomb)
                     .with_context(|| format!("arming {} with {}", name, bomb.name))?;
@@ -95,7 +88,8 @@ fn run() -> Result<()> {
             components.push((name.clone(), component));
         }
     }
-    let built = guests::build(&root, &target_dir.join("components"), &guests)?;
+    let guest_dir = target_dir.join("components");
+    let built = guests::build(&root, &guest_dir, &guests)?;
     components.extend(guests.into_iter().map(|g| g.name).zip(built));
     components.sort_by(|a, b| a.0.cmp(&b.0));
 
@@ -105,6 +99,13 @@ fn run() -> Result<()> {
     for (name, component) in &components {
         let out = dist.join(format!("{name}.wasm"));
         write_atomically(&out, component)?;
+        // A guest's provenance goes with it (the Rust plugins are built as
+        // one workspace and have none).
+        let provenance = guests::provenance_of(&guest_dir, name);
+        if provenance.is_file() {
+            fs::copy(&provenance, guests::provenance_of(&dist, name))
+                .with_context(|| format!("copying {}", provenance.display()))?;
+        }
         let digest = hex::encode(Sha256::digest(component));
         let shown = out
             .strip_prefix(&root)
@@ -184,92 +185,4 @@ fn discover(plugins_dir: &Path) -> Result<Plugins> {
         bombs,
         guests,
     })
-}
-
-fn detect_toolchain() -> Result<Toolchain> {
-    let rustup_has_target = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == TARGET)
-        })
-        .unwrap_or(false);
-    if rustup_has_target {
-        return Ok(Toolchain::Rustup);
-    }
-    let missing: Vec<&str> = [DEBIAN_CARGO, DEBIAN_RUSTC, DEBIAN_STD_SRC, WASM_LD]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
-    if missing.is_empty() {
-        return Ok(Toolchain::DebianBuildStd);
-    }
-    bail!(
-        "no wasm32 toolchain: rustup has no {TARGET} target and {} missing; \
-         run `make toolchain` (Debian packages rustc-web cargo-web rust-web-src lld-16) \
-         or `rustup target add {TARGET}`",
-        missing.join(", ")
-    )
-}
-
-fn compile(
-    root: &Path,
-    target_dir: &Path,
-    toolchain: &Toolchain,
-    plugins: &[String],
-) -> Result<()> {
-    let cargo = match toolchain {
-        Toolchain::Rustup => env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-        Toolchain::DebianBuildStd => DEBIAN_CARGO.into(),
-    };
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(root)
-        .args([
-            "build",
-            "--profile",
-            "guest",
-            "--target",
-            TARGET,
-            "--locked",
-        ])
-        .env("CARGO_TARGET_DIR", target_dir)
-        // Paths end up in panic messages; keep them, and so the digest,
-        // independent of where the checkout and the cargo home are.
-        .env("CARGO_ENCODED_RUSTFLAGS", remap_flags(root));
-    for name in plugins {
-        cmd.args(["-p", name]);
-    }
-    if let Toolchain::DebianBuildStd = toolchain {
-        cmd.arg("-Zbuild-std=std,panic_abort")
-            .env("RUSTC", DEBIAN_RUSTC)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", WASM_LD)
-            .env_remove("RUSTDOC");
-    }
-    let status = cmd.status().with_context(|| format!("running {cargo}"))?;
-    if !status.success() {
-        bail!("{cargo} build for {TARGET} failed ({status})");
-    }
-    Ok(())
-}
-
-fn remap_flags(root: &Path) -> String {
-    let cargo_home = env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|_| env::var("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .unwrap_or_else(|_| PathBuf::from("/nonexistent"));
-    [
-        format!("--remap-path-prefix={}=/refill", root.display()),
-        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
-    ]
-    .join("\x1f")
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
