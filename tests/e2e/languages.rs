@@ -631,20 +631,6 @@ fn a_rebuild_in_another_folder_checks_the_pin_and_a_changed_source_fails_the_che
         std::fs::copy(team.join(&recorded_path), review.join(&recorded_path)).expect("copy");
 
         let (code, checked) = run_in(&review, refill, &["build", "--check", pin]);
-        if lang == "python" {
-            // Not reproducible yet, and said so rather than passed.
-            assert_eq!(recorded["reproducible"], false, "{recorded}");
-            assert!(
-                recorded["not_reproducible_because"]
-                    .as_str()
-                    .is_some_and(|why| why.contains("componentize-py")),
-                "{recorded}"
-            );
-            if code != 0 {
-                assert!(checked.contains("not reproducible"), "{checked}");
-            }
-            continue;
-        }
         assert_eq!(code, 0, "{lang}: {checked}");
         assert!(
             checked.contains(&format!("matches: . builds to {pin}")),

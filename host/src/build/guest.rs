@@ -16,8 +16,10 @@
 //! `REFILL_COMPONENTIZE_JS`, then (JavaScript) the project's
 //! `node_modules/.bin`, then `PATH`. componentize-js takes its memory
 //! snapshot with refill's own [`super::snapshot`], under fixed clocks and
-//! randomness, so its output is reproducible; componentize-py takes its
-//! snapshot inside its own process, so its output is not (yet).
+//! randomness; componentize-py takes its snapshot inside its own process,
+//! so that process runs with refill's preload library (`host/shim`), which
+//! fixes its clocks, randomness and file metadata. Both outputs are
+//! reproducible.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,10 +199,26 @@ pub fn find_tool(language: Language, dir: &Path) -> Result<Tool, BuildError> {
     })
 }
 
+/// Whether a Python build is reproducible on this platform: the preload
+/// library that fixes what componentize-py sees exists only for x86-64
+/// Linux. `None` when it is, else why not.
+pub fn python_not_reproducible() -> Option<&'static str> {
+    refill_build_shim::SHIM.is_empty().then_some(
+        "componentize-py takes its snapshot of the interpreter inside its own process, and the \
+         library that fixes the clocks, randomness and file metadata that process sees exists \
+         for x86-64 Linux only",
+    )
+}
+
 /// Builds the transform in `dir` against the WIT in `wit` into `out`.
 /// `snapshot_exe` is a binary that runs [`super::snapshot::main`] when its
 /// first argument is [`super::snapshot::ARG`]; componentize-js runs it in
 /// place of wizer.
+///
+/// Python is built from a copy of the source in a scratch folder (so that
+/// no `__pycache__` of an earlier build is read), with an empty
+/// virtualenv, and with refill's preload library (`host/shim`) in
+/// componentize-py's process.
 pub fn build(
     tool: &Tool,
     manifest: &Manifest,
@@ -216,33 +234,60 @@ pub fn build(
             path: std::env::temp_dir(),
             source,
         })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
     // Relative paths only: the tools run in the project's folder, so that no
     // absolute path (the WIT's, the entry's) reaches the component.
-    let wit = wit.strip_prefix(dir).unwrap_or(wit);
+    let mut workdir = dir.to_path_buf();
+    let mut wit = wit.strip_prefix(dir).unwrap_or(wit).to_path_buf();
     let mut cmd = Command::new(&tool.path);
     match manifest.language {
         Language::Python => {
+            workdir = scratch.path().join("src");
+            for (relative, path) in super::provenance::source_files(dir)? {
+                let copy = workdir.join(&relative);
+                if let Some(parent) = copy.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                std::fs::copy(&path, &copy).map_err(io(&path))?;
+            }
+            if wit.is_absolute() {
+                // A WIT outside the project (refill's own plugins): copied too.
+                let copy = scratch.path().join("wit");
+                for (relative, path) in super::provenance::source_files(&wit)? {
+                    let target = copy.join(&relative);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(io(parent))?;
+                    }
+                    std::fs::copy(&path, &target).map_err(io(&path))?;
+                }
+                wit = PathBuf::from("../wit");
+            }
             let module = manifest.entry.trim_end_matches(".py");
             // An empty virtualenv: without one, componentize-py adds the
             // site-packages of whatever `python3` is on PATH.
             let venv = scratch.path().join("venv");
-            std::fs::create_dir_all(&venv).map_err(|source| BuildError::Io {
-                path: venv.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&venv).map_err(io(&venv))?;
             cmd.arg("-d")
-                .arg(wit)
+                .arg(&wit)
                 .args(["-w", WORLD, "componentize", "-p", "."])
                 .arg(module)
                 .arg("-o")
                 .arg(out)
                 .env("VIRTUAL_ENV", &venv);
+            if python_not_reproducible().is_none() {
+                let shim = scratch.path().join("librefill_build_shim.so");
+                std::fs::write(&shim, refill_build_shim::SHIM).map_err(io(&shim))?;
+                cmd.env("LD_PRELOAD", &shim).env("REFILL_BUILD_SHIM", "1");
+            }
         }
         Language::JavaScript => {
             let shim = super::snapshot::write_shim(scratch.path(), snapshot_exe)?;
             cmd.arg(&manifest.entry)
                 .arg("--wit")
-                .arg(wit)
+                .arg(&wit)
                 .args(["-n", WORLD]);
             if !manifest.disable.is_empty() {
                 cmd.arg("-d").args(&manifest.disable);
@@ -251,7 +296,7 @@ pub fn build(
         }
         Language::Rust => unreachable!("Rust is built by cargo"),
     }
-    cmd.current_dir(dir).env("TMPDIR", scratch.path());
+    cmd.current_dir(&workdir).env("TMPDIR", scratch.path());
     super::run_tool(tool, &mut cmd, true)
 }
 

@@ -5,7 +5,8 @@
 //! plugins with the same code.
 //!
 //! - [`rust`] compiles a crate for wasm32 and wraps the core module;
-//! - [`guest`] runs componentize-py or componentize-js;
+//! - [`guest`] runs componentize-py (with refill's preload library,
+//!   `host/shim`, in its process) or componentize-js;
 //! - [`snapshot`] takes componentize-js's memory snapshot deterministically;
 //! - [`provenance`] records what a component was built from.
 
@@ -27,10 +28,6 @@ pub use self::provenance::Provenance;
 const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\x00\x01\x00";
 /// How much of a failing tool's output an error keeps (its end).
 const TOOL_OUTPUT_KEPT: usize = 16 * 1024;
-/// Why a Python component differs from build to build.
-const PYTHON_NOT_REPRODUCIBLE: &str = "componentize-py takes its memory snapshot of the \
-     interpreter inside its own process, where the build machine's clock, randomness and file \
-     metadata reach the snapshot; refill cannot fix those for it yet";
 
 /// The language of a transform, and so the tools that build it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,7 +283,7 @@ pub fn build(project: &Project, out: &Path, snapshot_exe: &Path) -> Result<Built
                     );
                     None
                 }
-                _ => Some(PYTHON_NOT_REPRODUCIBLE.to_string()),
+                _ => guest::python_not_reproducible().map(str::to_string),
             };
             (component, toolchain, not_reproducible)
         }

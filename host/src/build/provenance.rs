@@ -112,13 +112,11 @@ impl Provenance {
     }
 }
 
-/// The source of a project: every file under `dir` except dot files and
-/// folders, build outputs (`target/`, `dist/`, `*.wasm`) and what tools
-/// leave behind (`node_modules/`, `__pycache__/`, `typings/`), with their sha256s,
-/// sorted by path. Returns the digest of the listing (one
-/// `<sha256>  <path>` line per file, `/`-separated relative paths) and the
-/// number of files.
-pub fn source_digest(dir: &Path) -> Result<(String, usize), BuildError> {
+/// The source files of a project: every file under `dir` except dot files
+/// and folders, build outputs (`target/`, `dist/`, `*.wasm`) and what tools
+/// leave behind (`node_modules/`, `__pycache__/`, `typings/`), as
+/// (`/`-separated relative path, path), sorted by the relative path.
+pub fn source_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, BuildError> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
@@ -162,6 +160,13 @@ pub fn source_digest(dir: &Path) -> Result<(String, usize), BuildError> {
         })
         .collect();
     listed.sort();
+    Ok(listed)
+}
+
+/// The digest of a project's [`source_files`]: the sha256 of one
+/// `<sha256>  <path>` line per file. Returns it with the number of files.
+pub fn source_digest(dir: &Path) -> Result<(String, usize), BuildError> {
+    let listed = source_files(dir)?;
     let mut listing = String::new();
     for (shown, path) in &listed {
         let bytes = std::fs::read(path).map_err(|source| BuildError::Io {
