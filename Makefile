@@ -24,20 +24,26 @@ PY_TOOLS := target/tools/py
 JS_TOOLS := plugins/js-toolchain
 export REFILL_COMPONENTIZE_PY ?= $(abspath $(PY_TOOLS)/bin/componentize-py)
 export REFILL_COMPONENTIZE_JS ?= $(abspath $(JS_TOOLS)/node_modules/.bin/componentize-js)
+# C guests: Debian's clang-16 with wasi-libc and the wasm32 compiler-rt, and
+# wit-bindgen's C generator, pinned (the version refill build names).
+C_PACKAGES := clang-16 wasi-libc libclang-rt-16-dev-wasm32
+C_TOOLS := target/tools/c
+WIT_BINDGEN_VERSION := 0.63.0
+export REFILL_WIT_BINDGEN ?= $(abspath $(C_TOOLS)/bin/wit-bindgen)
 
 .PHONY: help
 help:
 	@echo "make demo      build, then plan, dry-run, execute, show and verify a backfill on demo/demo.db"
 	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL,"
 	@echo "               and MariaDB/MySQL: REFILL_TEST_MYSQL_URL)"
-	@echo "make plugins   build every transform under plugins/ (Rust, Python, JavaScript) into plugins/dist/*.wasm"
+	@echo "make plugins   build every transform under plugins/ (Rust, Python, JavaScript, C) into plugins/dist/*.wasm"
 	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table,"
 	@echo "               and pgbench's latency with no backfill, an unthrottled one and a throttled one;"
 	@echo "               then rows/s of refill against a single UPDATE on a 1,000,000-row MariaDB table"
 	@echo "make lint      rustfmt and clippy"
 
 .PHONY: toolchain
-toolchain: $(PY_TOOLS)/.installed $(JS_TOOLS)/node_modules/.installed
+toolchain: $(PY_TOOLS)/.installed $(JS_TOOLS)/node_modules/.installed $(C_TOOLS)/.installed
 	@if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then \
 		echo "toolchain: using rustup's wasm32-unknown-unknown target"; \
 	elif [ -x /usr/bin/cargo ] && [ -x /usr/lib/llvm-16/bin/wasm-ld ] && [ -f /usr/lib/rustlib/src/rust/library/Cargo.lock ]; then \
@@ -57,6 +63,16 @@ $(PY_TOOLS)/.installed: plugins/requirements-guests.txt
 	@rm -rf $(PY_TOOLS)
 	@python3 -m venv $(PY_TOOLS)
 	@$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+$(C_TOOLS)/.installed:
+	@if ! command -v clang-16 >/dev/null || [ ! -f /usr/lib/wasm32-wasi/libc.a ] \
+		|| [ ! -f /usr/lib/llvm-16/lib/clang/16/lib/wasi/libclang_rt.builtins-wasm32.a ]; then \
+		echo "toolchain: installing $(C_PACKAGES) from Debian"; \
+		$(APT_INSTALL) $(C_PACKAGES); \
+	fi
+	@echo "toolchain: installing wit-bindgen-cli $(WIT_BINDGEN_VERSION) into $(C_TOOLS)"
+	@$(CARGO) install --quiet --locked wit-bindgen-cli@$(WIT_BINDGEN_VERSION) --root $(C_TOOLS)
 	@touch $@
 
 $(JS_TOOLS)/node_modules/.installed: $(JS_TOOLS)/package.json $(JS_TOOLS)/package-lock.json

@@ -15,6 +15,8 @@ pub enum Lang {
     Python,
     /// JavaScript, for componentize-js.
     Js,
+    /// C, for clang-16 with wasi-libc and wit-bindgen's C generator.
+    C,
 }
 
 /// Why a project could not be made.
@@ -94,6 +96,10 @@ fn files(lang: Lang) -> Vec<(&'static str, String)> {
                 include_str!("../templates/python/plugin.toml").to_string(),
             ),
             (
+                "test_app.py",
+                include_str!("../templates/python/test_app.py").to_string(),
+            ),
+            (
                 ".gitignore",
                 "__pycache__/\n/typings/\n/dist/*.wasm\n".to_string(),
             ),
@@ -109,6 +115,18 @@ fn files(lang: Lang) -> Vec<(&'static str, String)> {
                 include_str!("../templates/js/plugin.toml").to_string(),
             ),
             (".gitignore", "node_modules/\n/dist/*.wasm\n".to_string()),
+        ]),
+        Lang::C => files.extend([
+            ("app.c", include_str!("../templates/c/app.c").to_string()),
+            (
+                "plugin.toml",
+                include_str!("../templates/c/plugin.toml").to_string(),
+            ),
+            (
+                "README.md",
+                include_str!("../templates/c/README.md").to_string(),
+            ),
+            (".gitignore", "/typings/\n/dist/*.wasm\n".to_string()),
         ]),
     }
     files

@@ -91,9 +91,18 @@ export const transform = {
     if (configured === null) {
       return rows.map(() => ({ tag: 'error', val: 'transform-batch called before configure' }));
     }
-    return rows.map((row) => remap(configured, row));
+    return rows.map((row) => one(configured, row));
   },
 };
+
+/** A row's outcome; an exception is that row's error, not a trap. */
+function one(config, row) {
+  try {
+    return remap(config, row);
+  } catch (e) {
+    return { tag: 'error', val: `${e?.name ?? 'Error'}: ${e?.message ?? e}` };
+  }
+}
 
 /** The outcome for one row. */
 function remap({ mapping, table, default: fallback }, row) {

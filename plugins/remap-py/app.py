@@ -114,7 +114,16 @@ class Transform(exports.Transform):
     def transform_batch(self, rows: list[t.Row]) -> list[t.Outcome]:
         if configured is None:
             return [t.Outcome_Error("transform-batch called before configure") for _ in rows]
-        return [configured.transform(row) for row in rows]
+        return [one(configured, row) for row in rows]
+
+
+def one(remap: Remap, row: t.Row) -> t.Outcome:
+    """A row's outcome; an exception is that row's error, not a trap that
+    costs the batch a split."""
+    try:
+        return remap.transform(row)
+    except Exception as e:
+        return t.Outcome_Error(f"{type(e).__name__}: {e}")
 
 
 def parse_map(text: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
-//! Transforms in Python and JavaScript, and the capability sandbox around
-//! the WASI they import: the same `remap` in three languages, a Python
+//! Transforms in Python, JavaScript and C, and the capability sandbox
+//! around the WASI they import: the same `remap` in four languages, a Python
 //! guest that reads the clock and random numbers, tries files and sockets,
 //! and prints without end, and a JavaScript guest that imports wasi:http.
 
@@ -34,13 +34,14 @@ fn dead_letters(w: &World, name: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-fn remap_in_rust_python_and_javascript_writes_the_same_values_and_dead_letters() {
+fn remap_in_rust_python_javascript_and_c_writes_the_same_values_and_dead_letters() {
     warm();
     let w = World::new(Backend::Postgres, "three_languages");
     quotes(&w, 600, true);
     let t = w.table("quotes");
     w.exec(&format!(
-        "ALTER TABLE {t} ADD COLUMN v_rs TEXT, ADD COLUMN v_py TEXT, ADD COLUMN v_js TEXT"
+        "ALTER TABLE {t} ADD COLUMN v_rs TEXT, ADD COLUMN v_py TEXT, ADD COLUMN v_js TEXT, \
+         ADD COLUMN v_c TEXT"
     ));
     // `lost` is left out of the map: it comes from the lookup table.
     w.write("plans.csv", "status,mapped\nlost,closed_lost\n");
@@ -50,6 +51,7 @@ fn remap_in_rust_python_and_javascript_writes_the_same_values_and_dead_letters()
         ("remap", "v_rs"),
         ("remap-py", "v_py"),
         ("remap-js", "v_js"),
+        ("remap-c", "v_c"),
     ] {
         let name = format!("quotes-{component}");
         let spec = Spec {
@@ -113,13 +115,14 @@ fn remap_in_rust_python_and_javascript_writes_the_same_values_and_dead_letters()
     );
     assert_eq!(rust, dead_letters(&w, "quotes-remap-py"), "Python");
     assert_eq!(rust, dead_letters(&w, "quotes-remap-js"), "JavaScript");
+    assert_eq!(rust, dead_letters(&w, "quotes-remap-c"), "C");
     // The lookup table's digest is in each run's audit trail.
     let recorded: Vec<serde_json::Value> = w
         .state_rows("SELECT data FROM refill_audit WHERE kind = 'lookup'")
         .into_iter()
         .map(|r| serde_json::from_str(r[0].as_deref().expect("data")).expect("json"))
         .collect();
-    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
     let tables = &recorded[0]["tables"];
     assert_eq!(tables[0]["name"], "plans", "{recorded:?}");
     assert_eq!(tables[0]["sha256"].as_str().map(str::len), Some(64));
@@ -516,6 +519,10 @@ fn run_in(dir: &std::path::Path, program: &std::path::Path, args: &[&str]) -> (i
                 "plugins/js-toolchain/node_modules/.bin/componentize-js",
             ),
         )
+        .env(
+            "REFILL_WIT_BINDGEN",
+            tool("REFILL_WIT_BINDGEN", "target/tools/c/bin/wit-bindgen"),
+        )
         .env_remove("VIRTUAL_ENV")
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
@@ -552,7 +559,7 @@ fn refill_new_and_refill_build_make_components_outside_the_repository_that_pass_
     let w = World::new(Backend::Sqlite, "scaffolds");
     let refill = std::path::Path::new(env!("CARGO_BIN_EXE_refill"));
     let root = w.dir.path();
-    for lang in ["python", "js", "rust"] {
+    for lang in ["python", "js", "c", "rust"] {
         let name = format!("demo-{lang}");
         ok_in(root, refill, &["new", "--lang", lang, &name]);
         let dir = root.join(&name);
@@ -589,6 +596,17 @@ fn refill_new_and_refill_build_make_components_outside_the_repository_that_pass_
             ],
         );
         assert!(tried.contains("all 3 rows as expected"), "{lang}: {tried}");
+        if lang == "python" || lang == "c" {
+            assert!(built.contains("type stubs: typings"), "{lang}: {built}");
+        }
+        if lang == "python" {
+            // The scaffold's native unit tests pass, with the host mocked.
+            let tested = ok_in(&dir, std::path::Path::new("python3"), &["test_app.py"]);
+            assert!(
+                tested.contains("Ran 3 tests") && tested.contains("OK"),
+                "{tested}"
+            );
+        }
     }
     // A Rust project's logic passes its own native test with the SDK it
     // carries, in its own workspace.
@@ -653,5 +671,93 @@ fn a_rebuild_in_another_folder_checks_the_pin_and_a_changed_source_fails_the_che
         let (code, checked) = run_in(&review, refill, &["build", "--check", &other]);
         assert_eq!(code, 1, "{lang}: {checked}");
         assert!(checked.contains("digest differs"), "{lang}: {checked}");
+    }
+}
+
+#[test]
+fn remap_in_four_languages_gives_the_same_outcome_and_the_same_refusal_for_odd_input() {
+    warm();
+    let w = World::new(Backend::Sqlite, "four_languages");
+    let rows = [
+        r#"{"key": 1, "value": "open"}"#,
+        r#"{"key": 2, "value": null}"#,
+        r#"{"key": 3, "values": [42]}"#,
+        r#"{"key": 4, "value": "WON"}"#,
+        r#"{"key": 5, "value": "\ufeffopen"}"#,
+        r#"{"key": 6, "value": " open"}"#,
+        r#"{"key": 7, "value": "lost"}"#,
+        r#"{"key": 8, "value": "café"}"#,
+        r#"{"key": 9, "values": [true]}"#,
+        r#"{"key": 10, "value": ""}"#,
+    ];
+    w.write("rows.jsonl", &(rows.join("\n") + "\n"));
+    w.write(
+        "plans.csv",
+        "status,mapped\nlost,closed_lost\ncafé,bistro\n",
+    );
+    // Each case: the --config and --lookup arguments.
+    let cases: [&[&str]; 9] = [
+        // Blanks of every Unicode kind around pairs, an empty pair, and a
+        // table behind the map.
+        &[
+            "--config",
+            "map=\u{a0}open = active ,\u{2003}won=closed_won\u{3000},, =blank",
+            "--config",
+            "table=plans",
+            "--lookup",
+            "plans=plans.csv",
+        ],
+        &["--config", "map=open=active", "--config", "default=other"],
+        &["--config", "map=open=active", "--config", "map=won=x"],
+        &["--config", "map=open"],
+        &["--config", "map=a=b,a=c"],
+        &["--config", "map= , "],
+        &["--config", "table=nope"],
+        &["--config", "colour=red"],
+        &[],
+    ];
+    let mut seen = String::new();
+    for case in cases {
+        let mut outcomes = Vec::new();
+        for component in ["remap", "remap-py", "remap-js", "remap-c"] {
+            let path = plugin(component).display().to_string();
+            let mut args = vec!["try", path.as_str(), "--input", "rows.jsonl", "--json"];
+            args.extend_from_slice(case);
+            let ran = w.run(&args);
+            // A refusal's message, without the component's own name.
+            let refusal: Vec<String> = ran
+                .stderr
+                .lines()
+                .filter(|l| l.contains("error"))
+                .map(|l| l.replace(&path, "COMPONENT"))
+                .collect();
+            outcomes.push((component, ran.code, ran.stdout.clone(), refusal));
+        }
+        let (_, code, stdout, refusal) = &outcomes[0];
+        seen.push_str(stdout);
+        seen.push_str(&refusal.join("\n"));
+        for (component, other_code, other_stdout, other_refusal) in &outcomes[1..] {
+            assert_eq!(
+                (code, stdout, refusal),
+                (other_code, other_stdout, other_refusal),
+                "{component} differs from Rust's remap for {case:?}"
+            );
+        }
+    }
+    // The cases reached what they are about.
+    for expected in [
+        r#""mapped":"active""#,
+        r#""mapped":"bistro""#,
+        r#""mapped":"other""#,
+        "no mapping for \\\"\u{feff}open\\\" and no default",
+        "expected text, got boolean",
+        "`open` is not a `from=to` pair",
+        "`a` is mapped twice",
+        "the mapping is empty",
+        "the spec declares no lookup table \"nope\"",
+        "parameter `colour` is not known",
+        "parameter `map` is required",
+    ] {
+        assert!(seen.contains(expected), "no {expected:?} in:\n{seen}");
     }
 }

@@ -5,8 +5,9 @@
 //! ```toml
 //! [plugin]
 //! name = "remap-py"          # the component's name
-//! language = "python"        # or "javascript"
-//! entry = "app.py"           # the module that exports the transform
+//! language = "python"        # or "javascript", or "c"
+//! entry = "app.py"           # the module that exports the transform (C:
+//!                            # the main file; every .c file is compiled)
 //! # JavaScript only: componentize-js features to leave out
 //! # (default: ["http", "fetch-event"], so that no wasi:http is imported).
 //! disable = ["http", "fetch-event"]
@@ -32,6 +33,8 @@ pub const WORLD: &str = "transformer";
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// The componentize-js refill is tested with (plugins/js-toolchain).
 pub const COMPONENTIZE_JS: &str = "0.23.0";
+/// The preview2-shim componentize-js imports at build time (plugins/js-toolchain).
+pub const PREVIEW2_SHIM: &str = "0.25.0";
 /// What a JavaScript plugin leaves out unless its `plugin.toml` says.
 const JS_DISABLE_DEFAULT: [&str; 2] = ["http", "fetch-event"];
 
@@ -95,9 +98,10 @@ fn parse_manifest(dir: &Path, text: &str) -> Result<Manifest, String> {
     let language = match string("language")? {
         "python" => Language::Python,
         "javascript" => Language::JavaScript,
+        "c" => Language::C,
         other => {
             return Err(format!(
-                "`plugin.language` {other:?} is neither \"python\" nor \"javascript\""
+                "`plugin.language` {other:?} is not \"python\", \"javascript\" or \"c\""
             ));
         }
     };
@@ -106,6 +110,11 @@ fn parse_manifest(dir: &Path, text: &str) -> Result<Manifest, String> {
         return Err(format!(
             "`plugin.entry` {entry:?} is not a file in {}",
             dir.display()
+        ));
+    }
+    if language == Language::C && !entry.ends_with(".c") {
+        return Err(format!(
+            "`plugin.entry` {entry:?} must be a C file (every .c file of the folder is compiled)"
         ));
     }
     if language == Language::Python {
@@ -160,10 +169,12 @@ pub fn find_tool(language: Language, dir: &Path) -> Result<Tool, BuildError> {
             "componentize-js",
             format!(
                 "npm install --save-dev @bytecodealliance/componentize-js@{COMPONENTIZE_JS} \
-                 (in the project's folder; it needs Node.js: sudo apt-get install nodejs npm)"
+                 @bytecodealliance/preview2-shim@{PREVIEW2_SHIM} (in the project's folder; \
+                 componentize-js imports the shim without depending on it, and needs Node.js: \
+                 sudo apt-get install nodejs npm)"
             ),
         ),
-        Language::Rust => unreachable!("Rust is built by cargo"),
+        Language::Rust | Language::C => unreachable!("built by cargo or clang"),
     };
     let path = match std::env::var_os(var).filter(|p| !p.is_empty()) {
         Some(path) => {
@@ -294,7 +305,7 @@ pub fn build(
             }
             cmd.arg("--wizer-bin").arg(&shim).arg("-o").arg(out);
         }
-        Language::Rust => unreachable!("Rust is built by cargo"),
+        Language::Rust | Language::C => unreachable!("built by cargo or clang"),
     }
     cmd.current_dir(&workdir).env("TMPDIR", scratch.path());
     super::run_tool(tool, &mut cmd, true)
@@ -320,7 +331,11 @@ mod tests {
         )
         .expect("valid");
         assert!(open.disable.is_empty());
+        let c = parse("[plugin]\nname = \"x-c\"\nlanguage = \"c\"\nentry = \"shim/shim.c\"")
+            .expect("valid");
+        assert_eq!(c.language, Language::C);
         for bad in [
+            "[plugin]\nname = \"x\"\nlanguage = \"c\"\nentry = \"Cargo.toml\"",
             "[plugin]\nname = \"x\"\nlanguage = \"ruby\"\nentry = \"Cargo.toml\"",
             "[plugin]\nname = \"X\"\nlanguage = \"javascript\"\nentry = \"Cargo.toml\"",
             "[plugin]\nname = \"x\"\nlanguage = \"javascript\"\nentry = \"nope.js\"",
@@ -346,6 +361,12 @@ mod tests {
         assert!(
             js.contains(&format!(
                 "\"@bytecodealliance/componentize-js\": \"{COMPONENTIZE_JS}\""
+            )),
+            "{js}"
+        );
+        assert!(
+            js.contains(&format!(
+                "\"@bytecodealliance/preview2-shim\": \"{PREVIEW2_SHIM}\""
             )),
             "{js}"
         );

@@ -10,6 +10,7 @@
 //! - [`snapshot`] takes componentize-js's memory snapshot deterministically;
 //! - [`provenance`] records what a component was built from.
 
+pub mod c;
 pub mod guest;
 pub mod provenance;
 pub mod rust;
@@ -22,6 +23,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+pub use self::guest::WORLD;
 pub use self::provenance::Provenance;
 
 /// The first eight bytes of a component (a core module has version 1).
@@ -38,6 +40,8 @@ pub enum Language {
     Python,
     /// componentize-js, with refill's snapshot.
     JavaScript,
+    /// clang-16 with wasi-libc, wit-bindgen's C generator, wit-component.
+    C,
 }
 
 impl fmt::Display for Language {
@@ -46,6 +50,7 @@ impl fmt::Display for Language {
             Language::Rust => "rust",
             Language::Python => "python",
             Language::JavaScript => "javascript",
+            Language::C => "c",
         })
     }
 }
@@ -249,6 +254,21 @@ pub fn build(project: &Project, out: &Path, snapshot_exe: &Path) -> Result<Built
             let component = rust::componentize(&module, &modules[0])?;
             (component, toolchain.versions(), None)
         }
+        Language::C => {
+            let toolchain = c::Toolchain::detect()?;
+            let scratch = tempfile::Builder::new()
+                .prefix("refill-build-")
+                .tempdir()
+                .map_err(|source| BuildError::Io {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            let wit = project.wit()?;
+            let wit = wit.strip_prefix(&project.dir).unwrap_or(&wit);
+            let module = toolchain.compile(&project.dir, wit, scratch.path())?;
+            let component = c::componentize(&module, &project.dir)?;
+            (component, toolchain.versions(), None)
+        }
         Language::Python | Language::JavaScript => {
             let manifest = project
                 .manifest
@@ -310,6 +330,45 @@ pub fn build(project: &Project, out: &Path, snapshot_exe: &Path) -> Result<Built
         component,
         provenance,
     })
+}
+
+/// Writes the project's type stubs into its `typings/` folder (which is not
+/// part of the source): componentize-py's Python bindings, or
+/// wit-bindgen's `transformer.h` for C. They serve editors and the
+/// project's native unit tests. Returns the folder, or `None` for a
+/// language whose toolchain offers none (Rust has the SDK's types).
+pub fn write_typings(project: &Project) -> Result<Option<PathBuf>, BuildError> {
+    let typings = project.dir.join("typings");
+    let wit = project.wit()?;
+    let wit = wit.strip_prefix(&project.dir).unwrap_or(&wit).to_path_buf();
+    let (tool, mut cmd) = match project.language {
+        Language::Python => {
+            let tool = guest::find_tool(Language::Python, &project.dir)?;
+            let mut cmd = Command::new(&tool.path);
+            cmd.arg("-d")
+                .arg(&wit)
+                .args(["-w", WORLD, "bindings", "typings"]);
+            (tool, cmd)
+        }
+        Language::C => {
+            let tool = c::Toolchain::detect()?.wit_bindgen();
+            let mut cmd = Command::new(&tool.path);
+            cmd.arg("c")
+                .arg(&wit)
+                .args(["--world", WORLD, "--out-dir", "typings"]);
+            (tool, cmd)
+        }
+        Language::Rust | Language::JavaScript => return Ok(None),
+    };
+    if typings.is_dir() {
+        std::fs::remove_dir_all(&typings).map_err(|source| BuildError::Io {
+            path: typings.clone(),
+            source,
+        })?;
+    }
+    cmd.current_dir(&project.dir);
+    run_tool(&tool, &mut cmd, true)?;
+    Ok(Some(typings))
 }
 
 /// What `refill build --check` found.

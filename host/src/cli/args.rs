@@ -249,8 +249,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make a transform project in a new folder NAME, in Rust, Python or
-    /// JavaScript: the WIT, a minimal transform that passes its own test,
+    /// Make a transform project in a new folder NAME, in Rust, Python,
+    /// JavaScript or C: the WIT, a minimal transform that passes its own test,
     /// `rows.jsonl` and `expected.jsonl` for `refill try --expect`, and a
     /// README with the build commands. Needs nothing from refill's
     /// repository (a Rust project carries the SDK).
@@ -265,8 +265,9 @@ pub enum Command {
     /// into `dist/<name>.wasm`, print its sha256, and write
     /// `dist/<name>.provenance.json` beside it: the source's digest, each
     /// tool's version, the output's digest. Rust (cargo), Python
-    /// (componentize-py) and JavaScript (componentize-js); a missing tool is
-    /// named with the command that installs it.
+    /// (componentize-py), JavaScript (componentize-js) and C (clang-16 with
+    /// wasi-libc and wit-bindgen); a missing tool is named with the command
+    /// that installs it.
     Build {
         /// The project's folder, as `refill new` made it.
         dir: Option<PathBuf>,

@@ -293,6 +293,14 @@ fn build_command(dir: Option<&Path>, pin: Option<&str>, recorded: Option<&Path>)
             built.provenance.output_bytes
         );
         println!("provenance: {}", shown(&Provenance::path_for(&out)));
+        match build::write_typings(&project) {
+            Ok(Some(typings)) => println!("type stubs: {}", shown(&typings)),
+            Ok(None) => {}
+            Err(error) => say(
+                Level::Warn,
+                &format!("the component is built, but its type stubs are not: {error}"),
+            ),
+        }
         if let Some(why) = &built.provenance.not_reproducible_because {
             say(
                 Level::Warn,

@@ -1,4 +1,4 @@
-//! The plugins written in Python or JavaScript: folders with a
+//! The plugins written in Python, JavaScript or C: folders with a
 //! `plugin.toml` (its format is [`refill::build::guest`]'s), built by
 //! [`refill::build::build`] against the repository's `wit/`.
 //!
@@ -14,7 +14,7 @@ use std::time::Instant;
 use std::{env, fs};
 
 use anyhow::{Context, Result};
-use refill::build::{self, Project, guest};
+use refill::build::{self, Language, Project, guest};
 use sha2::{Digest, Sha256};
 
 /// Bumped when the way a plugin is built changes, so that old stamps miss.
@@ -54,8 +54,18 @@ pub fn build(root: &Path, out_dir: &Path, guests: &[Guest]) -> Result<Vec<Vec<u8
 fn build_one(root: &Path, out_dir: &Path, exe: &Path, guest: &Guest) -> Result<Vec<u8>> {
     let output = out_dir.join(format!("{}.wasm", guest.name));
     let stamp_path = out_dir.join(format!("{}.stamp", guest.name));
-    let tool = guest::find_tool(guest.project.language, &guest.project.dir)?;
-    let stamp = stamp(root, &tool, &guest.project.dir)?;
+    let tools = match guest.project.language {
+        Language::C => {
+            let versions = build::c::Toolchain::detect()?.versions();
+            let listed: Vec<String> = versions.iter().map(|(t, v)| format!("{t} {v}")).collect();
+            listed.join(", ")
+        }
+        language => {
+            let tool = guest::find_tool(language, &guest.project.dir)?;
+            format!("{} ({})", tool.name, tool.version)
+        }
+    };
+    let stamp = stamp(root, &tools, &guest.project.dir)?;
     if fs::read_to_string(&stamp_path).is_ok_and(|previous| previous == stamp)
         && let Ok(component) = fs::read(&output)
     {
@@ -70,11 +80,9 @@ fn build_one(root: &Path, out_dir: &Path, exe: &Path, guest: &Guest) -> Result<V
     // must not look finished.
     let _ = fs::remove_file(&stamp_path);
     println!(
-        "{}: building {} with {} ({})",
+        "{}: building {} with {tools}",
         guest.name,
         shown(root, &guest.project.dir),
-        tool.name,
-        tool.version
     );
     let started = Instant::now();
     let project = guest.project.clone().with_wit(root.join("wit"));
@@ -92,11 +100,11 @@ fn build_one(root: &Path, out_dir: &Path, exe: &Path, guest: &Guest) -> Result<V
 /// built, the tool's version, the pins of the tools, and the sha256 of every
 /// file in the plugin's folder and in `wit/`. Kept as text so that a stale
 /// stamp can be read.
-fn stamp(root: &Path, tool: &build::Tool, dir: &Path) -> Result<String> {
+fn stamp(root: &Path, tools: &str, dir: &Path) -> Result<String> {
     let mut text = String::new();
     writeln!(text, "{STAMP_FORMAT}")?;
     writeln!(text, "refill {}", refill::HOST_VERSION)?;
-    writeln!(text, "tool {} {}", tool.name, tool.version)?;
+    writeln!(text, "tools {tools}")?;
     // A lockfile bump of a dependency of componentize-js changes the output
     // without changing its version.
     for pin in [
