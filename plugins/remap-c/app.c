@@ -132,6 +132,15 @@ static str_t lookup_failure(str_t table, const refill_transform_host_lookup_erro
     return done(&b);
 }
 
+/* "`" + `text` + `rest`: the refusals of a map that quote a part of it. */
+static str_t quoted(str_t text, const char *rest) {
+    buf_t b = {0};
+    puts_(&b, "`");
+    put_str(&b, text);
+    puts_(&b, rest);
+    return done(&b);
+}
+
 /* Parses `from=to` pairs separated by commas; false with `err` set if one
  * is not a pair or maps a value twice. */
 static bool parse_map(str_t text, config_error_t *err) {
@@ -144,11 +153,7 @@ static bool parse_map(str_t text, config_error_t *err) {
         if (pair.len == 0) continue;
         const uint8_t *equals = memchr(pair.ptr, '=', pair.len);
         if (!equals) {
-            buf_t b = {0};
-            puts_(&b, "`");
-            put_str(&b, pair);
-            puts_(&b, "` is not a `from=to` pair");
-            invalid(err, "map", done(&b));
+            invalid(err, "map", quoted(pair, "` is not a `from=to` pair"));
             return false;
         }
         size_t left = (size_t)(equals - pair.ptr);
@@ -156,11 +161,7 @@ static bool parse_map(str_t text, config_error_t *err) {
         str_t to = trim((str_t){.ptr = (uint8_t *)equals + 1, .len = pair.len - left - 1});
         for (size_t i = 0; i < config.count; i++) {
             if (same(config.pairs[i].from, from)) {
-                buf_t b = {0};
-                puts_(&b, "`");
-                put_str(&b, from);
-                puts_(&b, "` is mapped twice");
-                invalid(err, "map", done(&b));
+                invalid(err, "map", quoted(from, "` is mapped twice"));
                 return false;
             }
         }

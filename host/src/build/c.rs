@@ -2,8 +2,8 @@
 //! and its `.c` files, produces the component, with no SDK: wit-bindgen's C
 //! generator writes the bindings from the project's `wit/`, Debian's
 //! clang-16 compiles every `.c` file of the folder with wasi-libc as a
-//! reactor, and wit-component wraps the module (with WASI preview 1's
-//! reactor adapter when the module imports WASI, as `printf` makes it).
+//! reactor, and [`super::componentize`] wraps the module (with WASI preview
+//! 1's reactor adapter when the module imports WASI, as `printf` makes it).
 //!
 //! Paths are mapped (`-ffile-prefix-map`) so that neither the project's
 //! folder nor the scratch folder reaches `__FILE__` in an `assert`, and so
@@ -174,24 +174,4 @@ pub fn imports_wasi(module: &[u8]) -> bool {
                 .any(|import| import.module == "wasi_snapshot_preview1"),
             _ => false,
         })
-}
-
-/// Wraps a C core module into a component, with the reactor adapter when
-/// it imports WASI.
-pub fn componentize(module: &[u8], shown: &Path) -> Result<Vec<u8>, BuildError> {
-    let wrap = |e: anyhow::Error| BuildError::Wrap {
-        path: shown.to_path_buf(),
-        message: format!("{e:#}"),
-    };
-    let mut encoder = wit_component::ComponentEncoder::default();
-    encoder.module(module).map_err(wrap)?;
-    if imports_wasi(module) {
-        encoder
-            .adapter(
-                "wasi_snapshot_preview1",
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-            )
-            .map_err(wrap)?;
-    }
-    encoder.validate(true).encode().map_err(wrap)
 }

@@ -238,17 +238,7 @@ pub fn build(
     out: &Path,
     snapshot_exe: &Path,
 ) -> Result<(), BuildError> {
-    let scratch = tempfile::Builder::new()
-        .prefix("refill-build-")
-        .tempdir()
-        .map_err(|source| BuildError::Io {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BuildError::Io { path, source }
-    };
+    let scratch = super::scratch()?;
     // Relative paths only: the tools run in the project's folder, so that no
     // absolute path (the WIT's, the entry's) reaches the component.
     let mut workdir = dir.to_path_buf();
@@ -257,30 +247,17 @@ pub fn build(
     match manifest.language {
         Language::Python => {
             workdir = scratch.path().join("src");
-            for (relative, path) in super::provenance::source_files(dir)? {
-                let copy = workdir.join(&relative);
-                if let Some(parent) = copy.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                std::fs::copy(&path, &copy).map_err(io(&path))?;
-            }
+            copy_source(dir, &workdir)?;
             if wit.is_absolute() {
                 // A WIT outside the project (refill's own plugins): copied too.
-                let copy = scratch.path().join("wit");
-                for (relative, path) in super::provenance::source_files(&wit)? {
-                    let target = copy.join(&relative);
-                    if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent).map_err(io(parent))?;
-                    }
-                    std::fs::copy(&path, &target).map_err(io(&path))?;
-                }
+                copy_source(&wit, &scratch.path().join("wit"))?;
                 wit = PathBuf::from("../wit");
             }
             let module = manifest.entry.trim_end_matches(".py");
             // An empty virtualenv: without one, componentize-py adds the
             // site-packages of whatever `python3` is on PATH.
             let venv = scratch.path().join("venv");
-            std::fs::create_dir_all(&venv).map_err(io(&venv))?;
+            std::fs::create_dir_all(&venv).map_err(BuildError::io(&venv))?;
             cmd.arg("-d")
                 .arg(&wit)
                 .args(["-w", WORLD, "componentize", "-p", "."])
@@ -290,7 +267,7 @@ pub fn build(
                 .env("VIRTUAL_ENV", &venv);
             if python_not_reproducible().is_none() {
                 let shim = scratch.path().join("librefill_build_shim.so");
-                std::fs::write(&shim, refill_build_shim::SHIM).map_err(io(&shim))?;
+                std::fs::write(&shim, refill_build_shim::SHIM).map_err(BuildError::io(&shim))?;
                 cmd.env("LD_PRELOAD", &shim).env("REFILL_BUILD_SHIM", "1");
             }
         }
@@ -309,6 +286,19 @@ pub fn build(
     }
     cmd.current_dir(&workdir).env("TMPDIR", scratch.path());
     super::run_tool(tool, &mut cmd, true)
+}
+
+/// Copies the source files of `from` (see
+/// [`super::provenance::source_files`]) into the new folder `to`.
+fn copy_source(from: &Path, to: &Path) -> Result<(), BuildError> {
+    for (relative, path) in super::provenance::source_files(from)? {
+        let copy = to.join(&relative);
+        if let Some(parent) = copy.parent() {
+            std::fs::create_dir_all(parent).map_err(BuildError::io(parent))?;
+        }
+        std::fs::copy(&path, &copy).map_err(BuildError::io(&path))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -122,6 +122,14 @@ pub enum BuildError {
     },
 }
 
+impl BuildError {
+    /// What makes an I/O error on `path` a [`BuildError::Io`], for `map_err`.
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    }
+}
+
 fn tail(output: &str) -> String {
     if output.trim().is_empty() {
         String::new()
@@ -251,22 +259,16 @@ pub fn build(project: &Project, out: &Path, snapshot_exe: &Path) -> Result<Built
                 project.dir.join("Cargo.lock").is_file(),
             )?;
             let module = read(&modules[0])?;
-            let component = rust::componentize(&module, &modules[0])?;
+            let component = componentize(&module, &modules[0])?;
             (component, toolchain.versions(), None)
         }
         Language::C => {
             let toolchain = c::Toolchain::detect()?;
-            let scratch = tempfile::Builder::new()
-                .prefix("refill-build-")
-                .tempdir()
-                .map_err(|source| BuildError::Io {
-                    path: std::env::temp_dir(),
-                    source,
-                })?;
+            let scratch = scratch()?;
             let wit = project.wit()?;
             let wit = wit.strip_prefix(&project.dir).unwrap_or(&wit);
             let module = toolchain.compile(&project.dir, wit, scratch.path())?;
-            let component = c::componentize(&module, &project.dir)?;
+            let component = componentize(&module, &project.dir)?;
             (component, toolchain.versions(), None)
         }
         Language::Python | Language::JavaScript => {
@@ -414,6 +416,39 @@ pub fn parse_pin(text: &str) -> Option<String> {
     let hex = text.strip_prefix("sha256:").unwrap_or(text);
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| hex.to_ascii_lowercase())
+}
+
+/// Wraps a core module (with its embedded component type, as wit-bindgen
+/// writes it for Rust and C) into a component, with WASI preview 1's
+/// reactor adapter when the module imports WASI (as `printf` makes a C
+/// module do).
+pub fn componentize(module: &[u8], shown: &Path) -> Result<Vec<u8>, BuildError> {
+    let wrap = |e: anyhow::Error| BuildError::Wrap {
+        path: shown.to_path_buf(),
+        message: format!("{e:#}"),
+    };
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder.module(module).map_err(wrap)?;
+    if c::imports_wasi(module) {
+        encoder
+            .adapter(
+                "wasi_snapshot_preview1",
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+            .map_err(wrap)?;
+    }
+    encoder.validate(true).encode().map_err(wrap)
+}
+
+/// A scratch folder for one build, removed when dropped.
+fn scratch() -> Result<tempfile::TempDir, BuildError> {
+    tempfile::Builder::new()
+        .prefix("refill-build-")
+        .tempdir()
+        .map_err(|source| BuildError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, BuildError> {

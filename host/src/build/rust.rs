@@ -189,18 +189,6 @@ fn remap_flags(workspace: &Path) -> String {
     .join("\x1f")
 }
 
-/// Wraps a core module (with its embedded component type, as wit-bindgen
-/// writes it) into a component.
-pub fn componentize(module: &[u8], shown: &Path) -> Result<Vec<u8>, BuildError> {
-    wit_component::ComponentEncoder::default()
-        .module(module)
-        .and_then(|encoder| encoder.validate(true).encode())
-        .map_err(|e| BuildError::Wrap {
-            path: shown.to_path_buf(),
-            message: format!("{e:#}"),
-        })
-}
-
 /// The package and library names of the crate whose manifest is
 /// `manifest`: (package, library file stem).
 pub fn names(manifest: &Path) -> Result<(String, String), BuildError> {

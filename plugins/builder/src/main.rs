@@ -79,7 +79,7 @@ fn run() -> Result<()> {
         let modules = toolchain.compile(&root, &packages, "guest", &target_dir, true)?;
         for (name, core) in crates.iter().zip(&modules) {
             let module = fs::read(core).with_context(|| format!("reading {}", core.display()))?;
-            let component = rust::componentize(&module, core)?;
+            let component = refill::build::componentize(&module, core)?;
             for (_, bomb) in bombs.iter().filter(|(of, _)| of == name) {
                 let armed = bombs::arm(&component, bomb)
                     .with_context(|| format!("arming {} with {}", name, bomb.name))?;
