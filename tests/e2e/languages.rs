@@ -556,6 +556,7 @@ fn provenance(dir: &std::path::Path, name: &str) -> serde_json::Value {
 
 #[test]
 fn refill_new_and_refill_build_make_components_outside_the_repository_that_pass_their_own_test() {
+    let _cpus = crate::harness::loading_the_cpus();
     let w = World::new(Backend::Sqlite, "scaffolds");
     let refill = std::path::Path::new(env!("CARGO_BIN_EXE_refill"));
     let root = w.dir.path();
@@ -621,6 +622,7 @@ fn refill_new_and_refill_build_make_components_outside_the_repository_that_pass_
 
 #[test]
 fn a_rebuild_in_another_folder_checks_the_pin_and_a_changed_source_fails_the_check() {
+    let _cpus = crate::harness::loading_the_cpus();
     let w = World::new(Backend::Sqlite, "reproducible");
     let refill = std::path::Path::new(env!("CARGO_BIN_EXE_refill"));
     // Two folders at different depths, as two machines would have them.

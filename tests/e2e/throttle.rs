@@ -72,6 +72,7 @@ fn finish(child: Child) -> Ran {
 
 #[test]
 fn a_rows_per_second_limit_holds() {
+    let _cpus = crate::harness::measuring();
     // Alone on the server: the bound is on wall time.
     let w = World::exclusive("rate_limit");
     quotes(&w, 15_000, false);

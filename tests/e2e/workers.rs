@@ -226,6 +226,7 @@ fn three_workers_finish_after_one_is_killed_mid_chunk_and_apply_each_chunk_once(
 
 #[test]
 fn a_rate_limit_is_shared_by_three_workers() {
+    let _cpus = crate::harness::measuring();
     let w = World::new(Backend::Postgres, "workers_rate");
     events(&w, 12_000);
     w.write(
