@@ -6,9 +6,10 @@
 //! [`transform`] runs the sandboxed WebAssembly component over them; the
 //! [`sink`] writes the results back; [`state`] keeps checkpoints, dead
 //! letters, before-images and the audit trail; [`backoff`] retries what a
-//! database hiccup breaks; [`plan`] and [`run`] wire them together. After a
-//! run, [`retry`] re-runs its dead letters, [`verify`] recomputes and
-//! compares, [`report`] tells what happened and [`rollback`] undoes it.
+//! database hiccup breaks; [`throttle`] paces the work and [`progress`]
+//! counts it. [`plan`] checks a spec against the database, and [`ops`]
+//! holds the commands that work on a run: run it, work on it as a worker,
+//! retry its dead letters, verify, report, roll back and show its status.
 //! [`scaffold`] and [`build`] serve the teams that write transforms. The
 //! `refill` binary is a thin command line over this library.
 
@@ -20,11 +21,9 @@ pub mod db;
 pub mod local;
 pub mod lookup;
 pub mod metrics;
+pub mod ops;
 pub mod plan;
-pub mod report;
-pub mod retry;
-pub mod rollback;
-pub mod run;
+pub mod progress;
 pub mod scaffold;
 pub mod sink;
 pub mod source;
@@ -33,7 +32,6 @@ pub mod state;
 pub mod throttle;
 pub mod transform;
 pub mod value;
-pub mod verify;
 
 /// The version of this host, recorded with every run.
 pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::run::{Phase, Progress};
+use crate::ops::run::{Phase, Progress};
 
 /// The content type of the exposition.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -148,7 +148,7 @@ pub fn render(progress: &Progress) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Status;
+    use crate::ops::run::Status;
 
     #[test]
     fn the_exposition_names_the_run_and_the_throttle_reason() {

@@ -25,6 +25,22 @@ fn report(w: &World, run: &str) -> serde_json::Value {
     serde_json::from_str(&ran.stdout).expect("report is JSON")
 }
 
+/// The FAILED column of `refill status` for `run`.
+fn listed_failed(w: &World, run: &str) -> String {
+    let listed = w.run(&["status", "--spec", "spec.toml"]);
+    listed.expect_code(0);
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(run))
+        .unwrap_or_else(|| panic!("run {run} is listed: {}", listed.stdout));
+    // RUN NAME MODE STATUS ROWS FAILED STARTED BY
+    row.split_whitespace()
+        .nth(5)
+        .expect("a FAILED column")
+        .to_string()
+}
+
 /// The keys of the unresolved dead letters, as numbers.
 fn dead_keys(w: &World) -> BTreeSet<i64> {
     w.state_rows("SELECT row_key FROM refill_dead_letters WHERE resolved_at IS NULL")
@@ -70,6 +86,7 @@ both!(
         // Fix the transform's configuration and retry only the dead letters.
         let fixed = remap_spec(&w, 200, "").replace(MAP, &format!("{MAP},WON=closed_won"));
         w.write("spec.toml", &fixed);
+        assert_eq!(listed_failed(&w, &run), bad.len().to_string());
         let dry = w.run(&["retry", &run, "--spec", "spec.toml"]);
         dry.expect_code(0);
         assert!(dry.stdout.contains("Nothing was written"), "{}", dry.stdout);
@@ -122,6 +139,23 @@ both!(
             "{}",
             verified.stdout
         );
+
+        // The list counts what is still failing: nothing, after the retry.
+        assert_eq!(listed_failed(&w, &run), "0");
+        // The spec file names its newest execute run, for every command
+        // that takes a run.
+        let by_spec = w.run(&["verify", "spec.toml"]);
+        by_spec.expect_code(0);
+        assert!(
+            by_spec
+                .stdout
+                .contains(&format!("Verification of run {run} ")),
+            "{}",
+            by_spec.stdout
+        );
+        let by_spec = w.run(&["report", "spec.toml", "--json"]);
+        by_spec.expect_code(0);
+        assert!(by_spec.stdout.contains(&run), "{}", by_spec.stdout);
 
         let report = report(&w, &run);
         assert_eq!(report["unresolved"], 0);

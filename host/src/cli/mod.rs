@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use refill::db::DbUrl;
+use refill::ops::run::worker::WorkerOptions;
+use refill::ops::run::{self, Progress, RunOptions};
+use refill::ops::status;
 use refill::plan;
-use refill::run::worker::WorkerOptions;
-use refill::run::{self, Progress, RunOptions};
 use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
 use refill::state::{ControlAction, RunRecord, RunStatus, SessionKind, StateStore};
@@ -380,12 +381,13 @@ async fn plan_command(path: &Path) -> Result<u8> {
         _ => None,
     };
     show::plan(
+        &mut stdout(),
         &spec,
         &plan,
-        &runner,
+        &show::Component::of(&runner),
         previous.as_ref(),
         previous_chunks.as_deref(),
-    );
+    )?;
     // The health signals, measured once, so a broken probe shows here.
     let signals = refill::throttle::signals::Signals::of(&spec, &db)?;
     if signals.any() {
@@ -545,7 +547,7 @@ async fn run_command(
     let result = run::run(&spec, &options, progress).await;
     display.finish().await;
     let report = result?;
-    show::report(&spec, &report);
+    show::report(&mut stdout(), &spec, &report)?;
     Ok(match &report.stop {
         _ if report.failure.is_some() => COULD_NOT_RUN,
         Some(Stop::Interrupted) => INTERRUPTED,
@@ -570,8 +572,8 @@ async fn plan_workers_command(path: &Path, workers: u32, restart: bool) -> Resul
         restart,
         ..RunOptions::default()
     };
-    let planned = refill::run::worker::plan(&spec, &options).await?;
-    show::planned(&spec, &planned);
+    let planned = refill::ops::run::worker::plan(&spec, &options).await?;
+    show::planned(&mut stdout(), &spec, &planned)?;
     Ok(0)
 }
 
@@ -581,10 +583,10 @@ async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED);
     let display = progress::start(progress.clone());
-    let result = refill::run::worker::work(&options, progress).await;
+    let result = refill::ops::run::worker::work(&options, progress).await;
     display.finish().await;
     let report = result?;
-    show::worker(&report);
+    show::worker(&mut stdout(), &report)?;
     Ok(match &report.stop {
         Some(Stop::Interrupted) => INTERRUPTED,
         Some(Stop::Aborted { .. }) => ABORTED,
@@ -679,7 +681,7 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
     let look = || async {
         let control = store.control(&record.run_id).await?;
         let sessions = store.sessions(&record.run_id).await?;
-        anyhow::Ok(run::live(&record, control, &sessions, &[]))
+        anyhow::Ok(status::live(&record, control, &sessions, &[]))
     };
     // A run that is over may still have a process on it: a retry of its
     // dead letters, or its rollback.
@@ -712,9 +714,9 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
         let live = look().await?;
         let settled = match action {
             _ if live.sessions.is_empty() => true,
-            Some(ControlAction::Pause) => live.state == "paused",
+            Some(ControlAction::Pause) => live.state.paused(),
             Some(ControlAction::Abort) => false,
-            None => live.state != "paused" && live.state != "pausing",
+            None => !live.state.pausing_or_paused(),
         };
         if settled || started.elapsed() > patience {
             break live;
@@ -794,20 +796,6 @@ async fn control_command(id: &str, action: Option<ControlAction>, at: &args::Run
     Ok(0)
 }
 
-/// What a run is doing now (see [`run::live`]); the rate and ETA only
-/// when `chunks` are given.
-async fn live_of(
-    store: &StateStore,
-    record: &RunRecord,
-    chunks: Option<&[refill::state::ChunkRecord]>,
-) -> Result<run::Live> {
-    let control = store.control(&record.run_id).await?;
-    // Any run may have a process on it: a run's own, a retry of its dead
-    // letters, a rollback.
-    let sessions = store.sessions(&record.run_id).await?;
-    Ok(run::live(record, control, &sessions, chunks.unwrap_or(&[])))
-}
-
 async fn status_command(
     run: Option<&str>,
     json: bool,
@@ -818,43 +806,29 @@ async fn status_command(
     let store = open_state(&url).await?;
     match run {
         None => {
-            let runs = store.recent_runs(20).await?;
-            let mut rows = Vec::new();
-            for r in runs {
-                let (totals, done_chunks) = store.totals(&r.run_id).await?;
-                let live = live_of(&store, &r, None).await?;
-                rows.push((r, totals, done_chunks, live));
-            }
+            let lines = status::recent(&store, 20).await?;
             if json {
-                let list: Vec<_> = rows
-                    .iter()
-                    .map(|(r, t, c, l)| {
-                        serde_json::json!({"run": r, "totals": t, "chunks_done": c, "live": l})
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                println!("{}", serde_json::to_string_pretty(&lines)?);
             } else {
-                show::run_list(&url, &rows);
+                show::run_list(&mut stdout(), &url, &lines)?;
             }
         }
         Some(id) => {
-            let record = store
-                .find_run(id)
-                .await?
-                .with_context(|| format!("no run `{id}` in {url}"))?;
-            let (totals, _) = store.totals(&record.run_id).await?;
-            let chunks = store.chunks(&record).await?;
-            let sessions = store.sessions(&record.run_id).await?;
-            let live = live_of(&store, &record, Some(&chunks)).await?;
+            let record = status::find(&store, id).await?;
+            let detail = status::detail(&store, record).await?;
             if json {
-                let doc = serde_json::json!({"run": record, "totals": totals, "chunks": chunks, "sessions": sessions, "live": live});
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
-                show::run_detail(&record, &totals, &chunks, &sessions, &live);
+                show::run_detail(&mut stdout(), &detail)?;
             }
         }
     }
     Ok(0)
+}
+
+/// Standard output, locked, for a printer.
+fn stdout() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
 }
 
 /// The state store a command reads: the spec's, `--state`, or the default
@@ -876,15 +850,30 @@ async fn open_state(url: &DbUrl) -> Result<StateStore> {
     }
 }
 
-/// A recorded run, its state store, and the spec it ran (`--spec`, or the
-/// file the run recorded).
-async fn locate(id: &str, at: &args::RunAt) -> Result<(Spec, StateStore, RunRecord)> {
+/// The run a command names, its state store, and the spec given with it.
+/// `id` is a run id (or a prefix of one) or a spec file, which names its
+/// newest execute run in its own state store.
+async fn find_run_at(id: &str, at: &args::RunAt) -> Result<(Option<Spec>, StateStore, RunRecord)> {
+    let as_spec = Path::new(id);
+    if id.ends_with(".toml") || as_spec.is_file() {
+        if at.spec.is_some() {
+            bail!("{id} is a spec file and --spec gives another: name the run by one of them");
+        }
+        let spec = Spec::load(as_spec)?;
+        let store = open_state(&state_url(at.state.as_deref(), Some(&spec))?).await?;
+        let run = status::newest_of(&store, &spec).await?;
+        return Ok((Some(spec), store, run));
+    }
     let given = at.spec.as_deref().map(Spec::load).transpose()?;
     let store = open_state(&state_url(at.state.as_deref(), given.as_ref())?).await?;
-    let run = store
-        .find_run(id)
-        .await?
-        .with_context(|| format!("no run `{id}` in {}", store.url()))?;
+    let run = status::find(&store, id).await?;
+    Ok((given, store, run))
+}
+
+/// A recorded run, its state store, and the spec it ran (`--spec`, the
+/// spec file that names it, or the file the run recorded).
+async fn locate(id: &str, at: &args::RunAt) -> Result<(Spec, StateStore, RunRecord)> {
+    let (given, store, run) = find_run_at(id, at).await?;
     let spec = match given {
         Some(spec) => spec,
         None => Spec::load(Path::new(&run.spec_path)).with_context(|| {
@@ -908,7 +897,7 @@ async fn retry_command(
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone(), &RETRY_INTERRUPTED);
     let display = progress::start(progress.clone());
-    let result = refill::retry::retry(&spec, &store, &run, execute, progress).await;
+    let result = refill::ops::retry::retry(&spec, &store, &run, execute, progress).await;
     display.finish().await;
     if let Err(run::RunError::Stopped(stop)) = &result {
         say(
@@ -924,7 +913,7 @@ async fn retry_command(
         });
     }
     let report = result?;
-    show::retry(&report);
+    show::retry(&mut stdout(), &report)?;
     Ok(if report.record.failed > 0 {
         FAILED_ROWS
     } else {
@@ -939,7 +928,7 @@ async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Resul
         Some(id) => {
             let (spec, store, run) = locate(id, at).await?;
             let display = progress::start(progress.clone());
-            let result = refill::verify::verify(&spec, Some((&run, &store)), progress).await;
+            let result = refill::ops::verify::verify(&spec, Some((&run, &store)), progress).await;
             display.finish().await;
             result?
         }
@@ -951,7 +940,7 @@ async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Resul
             };
             let spec = Spec::load(path)?;
             let display = progress::start(progress.clone());
-            let result = refill::verify::verify(&spec, None, progress).await;
+            let result = refill::ops::verify::verify(&spec, None, progress).await;
             display.finish().await;
             result?
         }
@@ -959,23 +948,18 @@ async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Resul
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
-        show::verification(&record);
+        show::verification(&mut stdout(), &record)?;
     }
     Ok(if record.passed { 0 } else { FAILED_ROWS })
 }
 
 async fn report_command(id: &str, json: bool, at: &args::RunAt) -> Result<u8> {
-    let given = at.spec.as_deref().map(Spec::load).transpose()?;
-    let store = open_state(&state_url(at.state.as_deref(), given.as_ref())?).await?;
-    let run = store
-        .find_run(id)
-        .await?
-        .with_context(|| format!("no run `{id}` in {}", store.url()))?;
-    let report = refill::report::report(&store, run).await?;
+    let (_, store, run) = find_run_at(id, at).await?;
+    let report = refill::ops::report::report(&store, run).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        show::report_full(&report);
+        show::report_full(&mut stdout(), &report)?;
     }
     Ok(0)
 }
@@ -991,11 +975,11 @@ async fn rollback_command(
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone(), &ROLLBACK_INTERRUPTED);
     let display = progress::start(progress.clone());
-    let result = refill::rollback::rollback(&spec, &store, &run, execute, progress).await;
+    let result = refill::ops::rollback::rollback(&spec, &store, &run, execute, progress).await;
     display.finish().await;
     let report = result?;
     let record = &report.record;
-    show::rollback(record);
+    show::rollback(&mut stdout(), record)?;
     if let Some(stop) = &report.stop {
         say(
             Level::Warn,
@@ -1042,7 +1026,7 @@ fn inspect_command(path: &Path, json: bool) -> Result<u8> {
         Ok(runner) => inspection.info = Some(runner.info().clone()),
         Err(e) => inspection.verdict = Some(e.to_string()),
     }
-    show::inspect(&inspection, json)?;
+    show::inspect(&mut stdout(), &inspection, json)?;
     Ok(if inspection.verdict.is_none() {
         0
     } else {

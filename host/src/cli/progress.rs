@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use refill::run::{Phase, Progress};
+use refill::ops::run::{Phase, Progress};
 
 static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 

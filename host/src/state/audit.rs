@@ -93,6 +93,23 @@ pub struct VerificationRecord {
     /// The lookup tables it recomputed with.
     #[serde(default)]
     pub lookups: Vec<crate::lookup::Digested>,
+    /// The first few differing rows, column by column, in key order.
+    #[serde(default)]
+    pub differences: Vec<Difference>,
+}
+
+/// One column of a row whose target differs from what the transform
+/// computes, the values shortened for display.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Difference {
+    /// The row's key.
+    pub key: Key,
+    /// The output column.
+    pub column: String,
+    /// What the target holds.
+    pub actual: String,
+    /// What the transform computes.
+    pub expected: String,
 }
 
 /// A `refill rollback`.

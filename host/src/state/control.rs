@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{StateError, StateStore, now, q};
+use crate::progress::Phase;
 
 /// What a run's processes were asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -147,13 +148,13 @@ impl StateStore {
     pub async fn set_session_state(
         &self,
         session_id: &str,
-        state: &str,
+        state: Phase,
         reason: Option<&str>,
     ) -> Result<(), StateError> {
         sqlx::query(
             self.sql("UPDATE refill_sessions SET state = $1, reason = $2 WHERE session_id = $3"),
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(reason)
         .bind(session_id)
         .execute(&self.pool)

@@ -101,7 +101,7 @@ impl FailureKind {
 
 impl std::fmt::Display for FailureKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -323,6 +323,18 @@ impl StateStore {
             .await
             .map_err(q("reading dead letters"))?;
         rows.iter().map(|r| from_row(r, key_type)).collect()
+    }
+
+    /// How many of a run's dead letters no retry has resolved.
+    pub async fn unresolved_count(&self, run_id: &str) -> Result<u64, StateError> {
+        let n: i64 = sqlx::query_scalar(self.sql(
+            "SELECT CAST(count(*) AS BIGINT) FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL",
+        ))
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("counting dead letters"))?;
+        Ok(to_u64(n))
     }
 
     /// Unresolved dead letters grouped by kind and error, most frequent

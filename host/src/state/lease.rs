@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::Row as _;
 
-use super::{StateError, StateStore, key_of, now, q, to_i64, to_u64};
+use super::{RunStatus, StateError, StateStore, key_of, now, q, to_i64, to_u64};
 use crate::chunk::{Chunk, Key, KeyType};
 use crate::db::Backend;
 
@@ -56,7 +56,12 @@ pub enum Claim {
     /// Every chunk is done.
     Finished,
     /// The run is no longer running (aborted, abandoned, failed).
-    Stopped(String),
+    Stopped {
+        /// Where it stands.
+        status: RunStatus,
+        /// Why, when this claim stopped it.
+        message: Option<String>,
+    },
 }
 
 fn micros(d: Duration) -> i64 {
@@ -234,10 +239,17 @@ impl StateStore {
             )));
         };
         let status: String = run.try_get(0).map_err(q(what))?;
-        match status.as_str() {
-            "running" => {}
-            "done" => return Ok(Claim::Finished),
-            _ => return Ok(Claim::Stopped(status)),
+        let status = RunStatus::parse(&status)
+            .ok_or_else(|| StateError::Corrupt(format!("unknown run status `{status}`")))?;
+        match status {
+            RunStatus::Running => {}
+            RunStatus::Done => return Ok(Claim::Finished),
+            _ => {
+                return Ok(Claim::Stopped {
+                    status,
+                    message: None,
+                });
+            }
         }
         let concurrency: i64 = run.try_get(1).map_err(q(what))?;
         let in_flight: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -294,7 +306,10 @@ impl StateStore {
                 .await
                 .map_err(q(what))?;
                 tracing::error!(chunk, "{message}");
-                Claim::Stopped(format!("failed: {message}"))
+                Claim::Stopped {
+                    status: RunStatus::Failed,
+                    message: Some(message),
+                }
             }
             Some(row) => {
                 let get_err = |e| StateError::Corrupt(format!("a claimed chunk: {e}"));
@@ -562,7 +577,10 @@ mod tests {
             .expect("abort");
         assert_eq!(
             claim("s1", long).await,
-            Claim::Stopped("aborted".to_string())
+            Claim::Stopped {
+                status: RunStatus::Aborted,
+                message: None
+            }
         );
     }
 

@@ -11,7 +11,6 @@
 //! row per backfill name being written, so that two processes never write
 //! the same backfill at once).
 
-use std::collections::BTreeMap;
 use std::sync::Once;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -26,7 +25,9 @@ mod deferred;
 mod images;
 mod lease;
 
-pub use audit::{AuditRecord, LookupRecord, RetryRecord, RollbackRecord, VerificationRecord};
+pub use audit::{
+    AuditRecord, Difference, LookupRecord, RetryRecord, RollbackRecord, VerificationRecord,
+};
 pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, DeadLetterGroup, FailureKind, Resolution};
 pub use deferred::Deferred;
@@ -35,6 +36,7 @@ pub use lease::{Claim, Lease};
 
 use crate::chunk::{Chunk, Key, KeyType};
 use crate::db::{Backend, DbUrl};
+use crate::progress::Phase;
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +59,16 @@ pub enum StateError {
         error: sqlx::Error,
     },
     /// A run id prefix matches more than one run.
-    #[error("run id prefix `{0}` matches several runs; give more of it")]
-    Ambiguous(String),
+    #[error("run id prefix `{prefix}` matches {} runs: {}{}; give more of it", matches.len() as u64 + more, matches.join("; "), if *more > 0 { format!("; … and {more} more") } else { String::new() })]
+    Ambiguous {
+        /// The prefix given.
+        prefix: String,
+        /// The first few runs it matches, newest first: id, name, mode,
+        /// status and start.
+        matches: Vec<String>,
+        /// How many more it matches.
+        more: u64,
+    },
     /// The store holds something this version cannot read.
     #[error("state store: {0}")]
     Corrupt(String),
@@ -161,7 +171,7 @@ impl RunStatus {
 
 impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -348,12 +358,102 @@ impl SessionKind {
 
     /// The kind of a stored name; a session of an older version, which
     /// stored none, worked on the run's chunks.
-    fn parse(s: Option<&str>) -> SessionKind {
+    fn parse(s: Option<&str>) -> Result<SessionKind, StateError> {
         match s {
-            Some("retry") => SessionKind::Retry,
-            Some("rollback") => SessionKind::Rollback,
-            _ => SessionKind::Run,
+            None | Some("run") => Ok(SessionKind::Run),
+            Some("retry") => Ok(SessionKind::Retry),
+            Some("rollback") => Ok(SessionKind::Rollback),
+            Some(other) => Err(StateError::Corrupt(format!(
+                "unknown session kind `{other}`"
+            ))),
         }
+    }
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionOutcome {
+    /// Its work is done.
+    Done,
+    /// It stopped on purpose before the end (`--limit`).
+    Incomplete,
+    /// It stopped on an error.
+    Failed,
+    /// The run was given up (`--restart`) under it.
+    Abandoned,
+    /// The run was rolled back under it.
+    RolledBack,
+    /// `refill abort` stopped it.
+    Aborted,
+    /// Ctrl-C or a signal stopped it.
+    Interrupted,
+    /// It ran for its `--max-runtime`.
+    MaxRuntime,
+    /// A critical health indicator stopped it.
+    Critical,
+    /// It left the run to the other workers.
+    Left,
+    /// It never ended: the process died, and a later one found it so.
+    Lost,
+}
+
+impl SessionOutcome {
+    const ALL: [SessionOutcome; 11] = [
+        SessionOutcome::Done,
+        SessionOutcome::Incomplete,
+        SessionOutcome::Failed,
+        SessionOutcome::Abandoned,
+        SessionOutcome::RolledBack,
+        SessionOutcome::Aborted,
+        SessionOutcome::Interrupted,
+        SessionOutcome::MaxRuntime,
+        SessionOutcome::Critical,
+        SessionOutcome::Left,
+        SessionOutcome::Lost,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Done => "done",
+            SessionOutcome::Incomplete => "incomplete",
+            SessionOutcome::Failed => "failed",
+            SessionOutcome::Abandoned => "abandoned",
+            SessionOutcome::RolledBack => "rolled-back",
+            SessionOutcome::Aborted => "aborted",
+            SessionOutcome::Interrupted => "interrupted",
+            SessionOutcome::MaxRuntime => "max-runtime",
+            SessionOutcome::Critical => "critical",
+            SessionOutcome::Left => "left",
+            SessionOutcome::Lost => "lost",
+        }
+    }
+
+    fn parse(s: &str) -> Option<SessionOutcome> {
+        SessionOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+impl From<RunStatus> for SessionOutcome {
+    /// How a run's own session ended, from the status it left the run in;
+    /// a run still running goes on under other processes.
+    fn from(status: RunStatus) -> SessionOutcome {
+        match status {
+            RunStatus::Running => SessionOutcome::Left,
+            RunStatus::Done => SessionOutcome::Done,
+            RunStatus::Incomplete => SessionOutcome::Incomplete,
+            RunStatus::Failed => SessionOutcome::Failed,
+            RunStatus::Abandoned => SessionOutcome::Abandoned,
+            RunStatus::RolledBack => SessionOutcome::RolledBack,
+            RunStatus::Aborted => SessionOutcome::Aborted,
+        }
+    }
+}
+
+impl std::fmt::Display for SessionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -379,13 +479,15 @@ pub struct SessionRecord {
     /// When it ended, if it did.
     pub ended_at: Option<String>,
     /// How it ended.
-    pub outcome: Option<String>,
-    /// What it was doing about its pace at its last report (`running`,
-    /// `throttled`, `paused`, `stopping`).
-    pub state: Option<String>,
+    pub outcome: Option<SessionOutcome>,
+    /// What it was doing about its pace at its last report.
+    pub state: Option<Phase>,
     /// Why it was waiting or stopping.
     pub reason: Option<String>,
 }
+
+/// How many of the runs an ambiguous id prefix matches its error names.
+const AMBIGUOUS_SHOWN: u32 = 5;
 
 /// The current time as stored: RFC 3339 with milliseconds, UTC, which
 /// sorts as text.
@@ -1015,17 +1117,49 @@ impl StateStore {
         if let Some(row) = exact {
             return run_from_row(&row).map(Some);
         }
+        let pattern = format!("{}%", id.replace(['%', '_', '\\'], ""));
         let prefixed = sqlx::query(self.sql(
-            "SELECT * FROM refill_runs WHERE run_id LIKE $1 ORDER BY started_at DESC LIMIT 2",
+            "SELECT * FROM refill_runs WHERE run_id LIKE $1 ORDER BY started_at DESC LIMIT $2",
         ))
-        .bind(format!("{}%", id.replace(['%', '_', '\\'], "")))
+        .bind(&pattern)
+        .bind(i64::from(AMBIGUOUS_SHOWN) + 1)
         .fetch_all(&self.pool)
         .await
         .map_err(q("looking up a run"))?;
         match prefixed.as_slice() {
             [] => Ok(None),
             [one] => run_from_row(one).map(Some),
-            _ => Err(StateError::Ambiguous(id.to_string())),
+            _ => {
+                let total: i64 =
+                    sqlx::query_scalar(self.sql(
+                        "SELECT CAST(count(*) AS BIGINT) FROM refill_runs WHERE run_id LIKE $1",
+                    ))
+                    .bind(&pattern)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(q("looking up a run"))?;
+                let matches = prefixed
+                    .iter()
+                    .take(AMBIGUOUS_SHOWN as usize)
+                    .map(|r| {
+                        run_from_row(r).map(|run| {
+                            format!(
+                                "{} (\"{}\", {}, {}, started {})",
+                                run.run_id,
+                                run.name,
+                                run.mode.as_str(),
+                                run.status,
+                                run.started_at
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Err(StateError::Ambiguous {
+                    prefix: id.to_string(),
+                    more: to_u64(total).saturating_sub(matches.len() as u64),
+                    matches,
+                })
+            }
         }
     }
 
@@ -1299,14 +1433,18 @@ impl StateStore {
     }
 
     /// Records how a session ended.
-    pub async fn end_session(&self, session_id: &str, outcome: &str) -> Result<(), StateError> {
+    pub async fn end_session(
+        &self,
+        session_id: &str,
+        outcome: SessionOutcome,
+    ) -> Result<(), StateError> {
         sqlx::query(
             self.sql(
                 "UPDATE refill_sessions SET ended_at = $1, outcome = $2 WHERE session_id = $3",
             ),
         )
         .bind(now())
-        .bind(outcome)
+        .bind(outcome.as_str())
         .bind(session_id)
         .execute(&self.pool)
         .await
@@ -1449,10 +1587,10 @@ fn run_from_row(r: &AnyRow) -> Result<RunRecord, StateError> {
     Ok(RunRecord {
         run_id: get(r, "run_id")?,
         name: get(r, "name")?,
-        mode: if get::<String>(r, "mode")? == "execute" {
-            Mode::Execute
-        } else {
-            Mode::DryRun
+        mode: match get::<String>(r, "mode")?.as_str() {
+            "execute" => Mode::Execute,
+            "dry-run" => Mode::DryRun,
+            other => return Err(StateError::Corrupt(format!("unknown run mode `{other}`"))),
         },
         status: RunStatus::parse(&status)
             .ok_or_else(|| StateError::Corrupt(format!("unknown run status `{status}`")))?,
@@ -1491,7 +1629,12 @@ fn chunk_from_row(r: &AnyRow, key_type: KeyType) -> Result<ChunkRecord, StateErr
         status: match get::<String>(r, "status")?.as_str() {
             "done" => ChunkStatus::Done,
             "planned" => ChunkStatus::Planned,
-            _ => ChunkStatus::Pending,
+            "pending" => ChunkStatus::Pending,
+            other => {
+                return Err(StateError::Corrupt(format!(
+                    "unknown chunk status `{other}`"
+                )));
+            }
         },
         attempts: to_u64(get(r, "attempts")?),
         session_id: get(r, "session_id")?,
@@ -1538,26 +1681,48 @@ fn session_from_row(r: &AnyRow) -> Result<SessionRecord, StateError> {
     Ok(SessionRecord {
         run_id: get(r, "run_id")?,
         ended_at: get(r, "ended_at")?,
-        outcome: get(r, "outcome")?,
-        state: get(r, "state")?,
+        outcome: get::<Option<String>>(r, "outcome")?
+            .map(|o| {
+                SessionOutcome::parse(&o)
+                    .ok_or_else(|| StateError::Corrupt(format!("unknown session outcome `{o}`")))
+            })
+            .transpose()?,
+        state: get::<Option<String>>(r, "state")?
+            .map(|p| {
+                Phase::parse(&p)
+                    .ok_or_else(|| StateError::Corrupt(format!("unknown session state `{p}`")))
+            })
+            .transpose()?,
         reason: get(r, "reason")?,
-        kind: SessionKind::parse(get::<Option<String>>(r, "kind")?.as_deref()),
+        kind: SessionKind::parse(get::<Option<String>>(r, "kind")?.as_deref())?,
         ..process_from_row(r)?
     })
 }
 
-/// Per-status chunk counts of a run, for progress displays.
-pub fn chunk_summary(chunks: &[ChunkRecord]) -> BTreeMap<&'static str, u64> {
-    let mut summary = BTreeMap::new();
-    for c in chunks {
-        let key = match c.status {
-            ChunkStatus::Done => "done",
-            ChunkStatus::Pending => "pending",
-            ChunkStatus::Planned => "planned",
-        };
-        *summary.entry(key).or_insert(0) += 1;
+/// How many of a run's chunks stand where, for progress displays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChunkSummary {
+    /// Planned for workers, not yet claimed.
+    pub planned: u64,
+    /// In flight, or left in flight by a process that stopped.
+    pub pending: u64,
+    /// Written and checkpointed.
+    pub done: u64,
+}
+
+impl ChunkSummary {
+    /// Counts `chunks` by status.
+    pub fn of(chunks: &[ChunkRecord]) -> ChunkSummary {
+        let mut summary = ChunkSummary::default();
+        for c in chunks {
+            match c.status {
+                ChunkStatus::Done => summary.done += 1,
+                ChunkStatus::Pending => summary.pending += 1,
+                ChunkStatus::Planned => summary.planned += 1,
+            }
+        }
+        summary
     }
-    summary
 }
 
 #[cfg(test)]
@@ -1885,6 +2050,146 @@ mod tests {
         assert_eq!(
             store.version().await.expect("version"),
             Some(SCHEMA_VERSION.to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_prefix_names_the_runs_it_matches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = DbUrl::parse("sqlite://state.db", dir.path()).expect("url");
+        let store = StateStore::open(&url).await.expect("open");
+        for id in [
+            "20260101-000000-aaaa",
+            "20260101-000000-bbbb",
+            "20260101-000000-cccc",
+        ] {
+            store
+                .create_run(&run(id, RunStatus::Done))
+                .await
+                .expect("create");
+        }
+        let error = store
+            .find_run("20260101")
+            .await
+            .expect_err("three runs share the prefix");
+        let StateError::Ambiguous { matches, more, .. } = &error else {
+            panic!("not ambiguous: {error}");
+        };
+        assert_eq!((matches.len(), *more), (3, 0));
+        let text = error.to_string();
+        for id in ["aaaa", "bbbb", "cccc"] {
+            assert!(
+                text.contains(&format!("20260101-000000-{id} (\"n\", execute, done")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("matches 3 runs"), "{text}");
+        // An exact id is never ambiguous.
+        let exact = store.find_run("20260101-000000-bbbb").await.expect("exact");
+        assert_eq!(
+            exact.map(|r| r.run_id).as_deref(),
+            Some("20260101-000000-bbbb")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_stored_state_is_an_error_not_a_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = DbUrl::parse("sqlite://state.db", dir.path()).expect("url");
+        let store = StateStore::open(&url).await.expect("open");
+        let record = run("20260101-000000-abcd", RunStatus::Running);
+        store.create_run(&record).await.expect("create");
+        let chunk = Chunk {
+            id: 1,
+            lo: None,
+            hi: Key::Text("m".into()),
+        };
+        store
+            .chunk_started(&record.run_id, &chunk, "s1")
+            .await
+            .expect("chunk");
+        let session = SessionRecord {
+            session_id: "s1".into(),
+            run_id: record.run_id.clone(),
+            kind: SessionKind::Run,
+            pid: 1,
+            host_name: "h".into(),
+            user_name: "u".into(),
+            started_at: now(),
+            heartbeat_at: now(),
+            ended_at: None,
+            outcome: None,
+            state: None,
+            reason: None,
+        };
+        store.start_session(&session).await.expect("session");
+        store
+            .set_session_state("s1", Phase::Throttled, Some("rate"))
+            .await
+            .expect("state");
+        store
+            .end_session("s1", SessionOutcome::MaxRuntime)
+            .await
+            .expect("end");
+        let back = store.sessions(&record.run_id).await.expect("sessions");
+        assert_eq!(back[0].state, Some(Phase::Throttled));
+        assert_eq!(back[0].outcome, Some(SessionOutcome::MaxRuntime));
+        let corrupt = |sql: &'static str| {
+            let store = &store;
+            async move {
+                sqlx::query(sql).execute(&store.pool).await.expect("tamper");
+            }
+        };
+        corrupt("UPDATE refill_sessions SET state = 'snoozing'").await;
+        let error = store
+            .sessions(&record.run_id)
+            .await
+            .expect_err("unknown state");
+        assert!(
+            error
+                .to_string()
+                .contains("unknown session state `snoozing`"),
+            "{error}"
+        );
+        corrupt("UPDATE refill_sessions SET state = NULL, outcome = 'vanished'").await;
+        let error = store
+            .sessions(&record.run_id)
+            .await
+            .expect_err("unknown outcome");
+        assert!(
+            error
+                .to_string()
+                .contains("unknown session outcome `vanished`"),
+            "{error}"
+        );
+        corrupt("UPDATE refill_sessions SET outcome = NULL, kind = 'sweep'").await;
+        let error = store
+            .sessions(&record.run_id)
+            .await
+            .expect_err("unknown kind");
+        assert!(
+            error.to_string().contains("unknown session kind `sweep`"),
+            "{error}"
+        );
+        corrupt("UPDATE refill_chunks SET status = 'half-done'").await;
+        let error = store
+            .chunks(&record)
+            .await
+            .expect_err("unknown chunk status");
+        assert!(
+            error
+                .to_string()
+                .contains("unknown chunk status `half-done`"),
+            "{error}"
+        );
+        corrupt("UPDATE refill_runs SET mode = 'maybe'").await;
+        let error = store
+            .find_run(&record.run_id)
+            .await
+            .expect_err("unknown mode");
+        assert!(
+            error.to_string().contains("unknown run mode `maybe`"),
+            "{error}"
         );
     }
 }

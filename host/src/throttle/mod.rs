@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use self::gentle::Gentle;
 use self::signals::{Signals, Windows};
 use self::size::Sizer;
-use crate::run::{Phase, Progress, Status};
+use crate::progress::{Phase, Progress, Status};
 use crate::spec::Spec;
 use crate::state::{Control, ControlAction, StateStore};
 
@@ -432,7 +432,7 @@ impl Throttle {
                         STORE_TIMEOUT,
                         c.state.set_session_state(
                             &c.session_id,
-                            status.phase.as_str(),
+                            status.phase,
                             status.reason.as_deref(),
                         ),
                     )

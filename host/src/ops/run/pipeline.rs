@@ -26,7 +26,8 @@ use crate::sink::{self, Guard, Update};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
 use crate::state::{
-    Claim, Counts, DeadLetter, Deferred, FailureKind, Image, Lease, Resolution, StateStore, Timings,
+    Claim, Counts, DeadLetter, Deferred, FailureKind, Image, Lease, Resolution, RunStatus,
+    StateStore, Timings,
 };
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
@@ -219,8 +220,13 @@ pub(crate) enum Ended {
     /// flight were finished or left for a later session.
     Stopped(Stop),
     /// A worker's run was ended elsewhere (aborted, abandoned, failed):
-    /// its status.
-    Left(String),
+    /// its status, and why when this worker's claim ended it.
+    Left {
+        /// Where the run stands.
+        status: RunStatus,
+        /// Why.
+        message: Option<String>,
+    },
 }
 
 impl Context {
@@ -562,7 +568,9 @@ async fn read_feed(
                 let lease = match claim {
                     Claim::Got(lease) => lease,
                     Claim::Finished => return Ok(Ended::Done),
-                    Claim::Stopped(status) => return Ok(Ended::Left(status)),
+                    Claim::Stopped { status, message } => {
+                        return Ok(Ended::Left { status, message });
+                    }
                     // The run is at its concurrency: this process's own
                     // chunks are most likely what holds it there, so ask
                     // again as soon as one of them is done (or after a
@@ -1663,19 +1671,32 @@ async fn process(
             samples.skipped += skipped;
         }
     }
-    debug!(
-        rows = counts.rows,
-        updated = counts.updated,
-        unchanged = counts.unchanged,
-        skipped = counts.skipped,
-        failed = counts.failed,
-        conflicts = counts.conflicts,
-        retries = counts.retries,
-        read_ms = timings.read_ms,
-        transform_ms = timings.transform_ms,
-        write_ms = timings.write_ms,
-        "Chunk done."
-    );
+    if ctx.purpose.writes() {
+        debug!(
+            rows = counts.rows,
+            updated = counts.updated,
+            unchanged = counts.unchanged,
+            skipped = counts.skipped,
+            failed = counts.failed,
+            conflicts = counts.conflicts,
+            retries = counts.retries,
+            read_ms = timings.read_ms,
+            transform_ms = timings.transform_ms,
+            write_ms = timings.write_ms,
+            "Chunk done."
+        );
+    } else {
+        debug!(
+            rows = counts.rows,
+            would_update = counts.updated,
+            unchanged = counts.unchanged,
+            skipped = counts.skipped,
+            would_fail = counts.failed,
+            read_ms = timings.read_ms,
+            transform_ms = timings.transform_ms,
+            "Chunk evaluated (nothing written)."
+        );
+    }
     if matches!(ctx.purpose, Purpose::Run { .. }) {
         let budget = &ctx.budget;
         let (failed, read) = match (&lease, &ctx.state) {

@@ -28,7 +28,8 @@ use crate::plan;
 use crate::source::Database;
 use crate::spec::Spec;
 use crate::state::{
-    ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionKind, StateError, StateStore,
+    ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionKind, SessionOutcome, StateError,
+    StateStore,
 };
 use crate::throttle::{ControlSource, Stop, Throttle, signals::Signals};
 use crate::transform::{self, Runner};
@@ -352,7 +353,10 @@ pub async fn work(
             }
             Ok("done".to_string())
         }
-        Ok(Ended::Left(status)) => Ok(format!("left: the run is {status}")),
+        Ok(Ended::Left { status, message }) => Ok(match message {
+            Some(message) => format!("left: the run is {status}: {message}"),
+            None => format!("left: the run is {status}"),
+        }),
         Ok(Ended::Stopped(why)) => {
             if let Stop::Aborted { .. } = &why {
                 let message =
@@ -382,7 +386,7 @@ pub async fn work(
     };
     // The session's outcome in a word (the report has the sentence).
     let outcome = match &ended {
-        Ok(text) if text.starts_with("left") => "left",
+        Ok(text) if text.starts_with("left") => SessionOutcome::Left,
         _ => session_outcome(ended.is_err(), stop.as_ref()),
     };
     state.end_session(&session.session_id, outcome).await?;

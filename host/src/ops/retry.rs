@@ -1,7 +1,7 @@
 //! `refill retry`: consumes a run's unresolved dead letters and a spec for
 //! the same data (its transform may be a fixed version, or configured
 //! differently); produces the dead-lettered rows run again through the
-//! [`pipeline`](crate::run) by key. Rows that now succeed are written (with
+//! [`pipeline`](crate::ops::run) by key. Rows that now succeed are written (with
 //! `--execute`, conditionally and with before-images, like a run) and their
 //! dead letters resolved; rows that fail again keep theirs, with the new
 //! error. The retry, with its component digest, is recorded next to the run.
@@ -20,9 +20,9 @@ use serde::Serialize;
 use tracing::{Instrument, info_span};
 
 use crate::chunk::{Chunk, Key};
+use crate::ops::run::pipeline::{self, Feed, Purpose, Samples};
+use crate::ops::run::{self, Diff, ErrorGroup, Progress, RunError};
 use crate::plan;
-use crate::run::pipeline::{self, Feed, Purpose, Samples};
-use crate::run::{self, Diff, ErrorGroup, Progress, RunError};
 use crate::source::Database;
 use crate::spec::Spec;
 use crate::state::{Counts, RetryRecord, RunRecord, RunStatus, SessionKind, StateStore, now};

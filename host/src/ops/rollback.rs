@@ -23,8 +23,8 @@ use tracing::{info, warn};
 
 use crate::backoff::{self, Policy};
 use crate::chunk::Key;
+use crate::ops::run::{self, Progress, RunError};
 use crate::plan;
-use crate::run::{self, Progress, RunError};
 use crate::sink::{self, Guard, Update};
 use crate::source::{Database, Layout};
 use crate::spec::Spec;
@@ -429,13 +429,23 @@ impl Restorer<'_> {
             started.elapsed(),
             write,
         );
-        info!(
-            chunk,
-            rows = images.len(),
-            restored = record.restored,
-            changed_since = record.changed_since,
-            "Rolled back rows of a chunk."
-        );
+        if self.execute {
+            info!(
+                chunk,
+                rows = images.len(),
+                restored = record.restored,
+                changed_since = record.changed_since,
+                "Rolled back rows of a chunk."
+            );
+        } else {
+            info!(
+                chunk,
+                rows = images.len(),
+                would_restore = record.restored,
+                changed_since = record.changed_since,
+                "Would roll back rows of a chunk (dry run: nothing written)."
+            );
+        }
         Ok(())
     }
 }
@@ -443,7 +453,7 @@ impl Restorer<'_> {
 /// The wait before trying a locked row again, as a run waits (see
 /// `run::pipeline`).
 fn lock_backoff(attempts: u32) -> std::time::Duration {
-    crate::run::pipeline::lock_backoff(u64::from(attempts))
+    crate::ops::run::pipeline::lock_backoff(u64::from(attempts))
 }
 
 fn changed(record: &mut RollbackRecord, key: &Key) {

@@ -14,12 +14,14 @@ use std::sync::atomic::Ordering;
 
 use tracing::{Instrument, info_span};
 
+use crate::ops::run::pipeline::{self, Feed, Purpose};
+use crate::ops::run::{self, Progress, RunError};
 use crate::plan;
-use crate::run::pipeline::{self, Feed, Purpose};
-use crate::run::{self, Progress, RunError};
 use crate::source::Database;
 use crate::spec::Spec;
-use crate::state::{ChunkStatus, RetryRecord, RunRecord, StateStore, VerificationRecord, now};
+use crate::state::{
+    ChunkStatus, Difference, RetryRecord, RunRecord, StateStore, VerificationRecord, now,
+};
 
 /// Verifies `spec`'s target, against `run` if given.
 pub async fn verify(
@@ -173,6 +175,21 @@ pub async fn verify(
         keys.into_iter().map(|(_, key)| key).collect()
     };
     record.differing_keys = in_order(samples.differing_keys);
+    // The diffs are those of the lowest chunks, in order.
+    record.differences = samples
+        .diffs
+        .iter()
+        .flat_map(|d| {
+            d.changes
+                .iter()
+                .map(|(column, actual, expected)| Difference {
+                    key: d.key.clone(),
+                    column: column.clone(),
+                    actual: actual.clone(),
+                    expected: expected.clone(),
+                })
+        })
+        .collect();
     record.failed_keys = in_order(samples.failed_keys);
     record.passed = record.differing == 0 && record.failed == 0;
     if let Some((_, state)) = run {

@@ -53,6 +53,12 @@ impl Phase {
     }
 }
 
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The phase and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Status {

@@ -5,10 +5,9 @@
 //! new ones in key order up to the high-watermark. Returns a [`RunReport`].
 
 pub(crate) mod pipeline;
-mod progress;
 pub mod worker;
 
-pub use progress::{Phase, Progress, RecentRate, Status};
+pub use crate::progress::{Phase, Progress, RecentRate, Status};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -29,7 +28,7 @@ use crate::source::{Database, Layout, Pools, SourceError};
 use crate::spec::Spec;
 use crate::state::LookupRecord;
 use crate::state::{
-    ChunkStatus, Control, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionKind,
+    ChunkStatus, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionKind, SessionOutcome,
     SessionRecord, StateError, StateStore, now, parse_time,
 };
 use crate::throttle::{ControlSource, Stop, Throttle, Watching, signals::Signals};
@@ -408,116 +407,10 @@ fn pid_alive(pid: u32) -> Option<bool> {
 
 /// Whether the process behind a session or lock is still working: its
 /// heartbeat is recent and, on this machine, its process exists.
-fn alive(process: &SessionRecord) -> bool {
+pub(crate) fn alive(process: &SessionRecord) -> bool {
     let fresh = parse_time(&process.heartbeat_at)
         .is_some_and(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default() < SESSION_TIMEOUT);
     fresh && (process.host_name != host_name() || pid_alive(process.pid).unwrap_or(true))
-}
-
-/// What a run is doing now, as seen from the state store.
-#[derive(Clone, Debug, Serialize)]
-pub struct Live {
-    /// `running`, `throttled`, `paused`, `pausing`, `aborting` or
-    /// `stopping` while a process works on the run; otherwise the run's
-    /// status (`paused` if a pause stands on a run nobody works on).
-    pub state: String,
-    /// Why, where there is a reason.
-    pub reason: Option<String>,
-    /// The request standing on the run.
-    pub control: Option<Control>,
-    /// The processes working on it (alive, not ended).
-    pub sessions: Vec<SessionRecord>,
-    /// Rows per second over the chunks finished in the last minute.
-    pub rows_per_sec: Option<f64>,
-    /// The time the rows left take at that rate.
-    pub eta_seconds: Option<u64>,
-}
-
-/// What `run` is doing now: its control, its live sessions' phases, and a
-/// rate and ETA from its recently finished chunks. A process that died
-/// counts for nothing, so a run is never stuck "pausing".
-pub fn live(
-    run: &RunRecord,
-    control: Option<Control>,
-    sessions: &[SessionRecord],
-    chunks: &[crate::state::ChunkRecord],
-) -> Live {
-    let working: Vec<SessionRecord> = sessions
-        .iter()
-        .filter(|s| s.ended_at.is_none() && alive(s))
-        .cloned()
-        .collect();
-    let phases: Vec<&str> = working
-        .iter()
-        .map(|s| s.state.as_deref().unwrap_or("running"))
-        .collect();
-    let reason = || working.iter().find_map(|s| s.reason.clone());
-    let (state, reason) = match (&control, working.is_empty()) {
-        (Some(c), true) if c.action == ControlAction::Pause => (
-            "paused".to_string(),
-            Some(format!(
-                "paused by {} at {}; no process is working on it",
-                c.by, c.at
-            )),
-        ),
-        (Some(c), false) if c.action == ControlAction::Pause => {
-            let all = phases.iter().all(|p| *p == "paused" || *p == "stopping");
-            let state = if all { "paused" } else { "pausing" };
-            (
-                state.to_string(),
-                Some(format!("paused by {} at {}", c.by, c.at)),
-            )
-        }
-        (Some(c), false) if c.action == ControlAction::Abort => (
-            "aborting".to_string(),
-            Some(format!("aborted by {} at {}", c.by, c.at)),
-        ),
-        (_, false) => {
-            let state = ["stopping", "paused", "throttled"]
-                .into_iter()
-                .find(|p| phases.contains(p))
-                .unwrap_or("running");
-            (state.to_string(), reason())
-        }
-        (_, true) => (run.status.as_str().to_string(), run.message.clone()),
-    };
-    // The rate over the chunks finished in the last minute.
-    let now = chrono::Utc::now();
-    let recent: Vec<_> = chunks
-        .iter()
-        .filter(|c| c.status == ChunkStatus::Done)
-        .filter_map(|c| {
-            let done = parse_time(c.finished_at.as_deref()?)?;
-            ((now - done).num_seconds() < 60).then_some((parse_time(&c.started_at)?, c.counts.rows))
-        })
-        .collect();
-    let rows_per_sec = recent.iter().map(|(t, _)| *t).min().and_then(|first| {
-        let secs = (now - first).to_std().ok()?.as_secs_f64();
-        (secs >= 1.0 && !working.is_empty())
-            .then(|| recent.iter().map(|(_, n)| *n).sum::<u64>() as f64 / secs)
-    });
-    let done: u64 = chunks
-        .iter()
-        .filter(|c| c.status == ChunkStatus::Done)
-        .map(|c| c.counts.rows)
-        .sum();
-    let left = run.rows_in_scope.saturating_sub(done);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "a positive number of seconds"
-    )]
-    let eta_seconds = rows_per_sec
-        .filter(|r| *r > 0.0)
-        .map(|r| (left as f64 / r).round() as u64);
-    Live {
-        state,
-        reason,
-        control,
-        sessions: working,
-        rows_per_sec,
-        eta_seconds,
-    }
 }
 
 /// Marks the sessions of `run` that never ended as lost. Only called with
@@ -527,7 +420,9 @@ pub fn live(
 pub(crate) async fn end_lost_sessions(state: &StateStore, run: &RunRecord) -> Result<(), RunError> {
     for s in state.sessions(&run.run_id).await? {
         if s.ended_at.is_none() && (!run.workers || !alive(&s)) {
-            state.end_session(&s.session_id, "lost").await?;
+            state
+                .end_session(&s.session_id, SessionOutcome::Lost)
+                .await?;
         }
     }
     Ok(())
@@ -873,14 +768,14 @@ pub(crate) async fn see_health(spec: &Spec, db: &Database) -> Result<(), RunErro
 
 /// How a session ended, in the word recorded with it: `done`, `failed`, or
 /// why it stopped on request (`aborted`, `interrupted`, `max-runtime`).
-pub(crate) fn session_outcome(failed: bool, stop: Option<&Stop>) -> &'static str {
+pub(crate) fn session_outcome(failed: bool, stop: Option<&Stop>) -> SessionOutcome {
     match (failed, stop) {
-        (true, _) => "failed",
-        (false, Some(Stop::Aborted { .. })) => "aborted",
-        (false, Some(Stop::Interrupted)) => "interrupted",
-        (false, Some(Stop::MaxRuntime(_))) => "max-runtime",
-        (false, Some(Stop::Critical { .. })) => "critical",
-        (false, None) => "done",
+        (true, _) => SessionOutcome::Failed,
+        (false, Some(Stop::Aborted { .. })) => SessionOutcome::Aborted,
+        (false, Some(Stop::Interrupted)) => SessionOutcome::Interrupted,
+        (false, Some(Stop::MaxRuntime(_))) => SessionOutcome::MaxRuntime,
+        (false, Some(Stop::Critical { .. })) => SessionOutcome::Critical,
+        (false, None) => SessionOutcome::Done,
     }
 }
 
@@ -1064,7 +959,7 @@ async fn run_session(
             (status, Some(message), None)
         }
         // Only workers' feeds end this way.
-        Ok(Ended::Left(status)) => {
+        Ok(Ended::Left { status, .. }) => {
             return Err(RunError::Internal(format!(
                 "the run's status changed to {status} under its own process"
             )));
@@ -1079,7 +974,7 @@ async fn run_session(
         .set_run_status(&run.run_id, status, message.as_deref())
         .await?;
     state
-        .end_session(&session.session_id, status.as_str())
+        .end_session(&session.session_id, status.into())
         .await?;
     let (totals, _) = state.totals(&run.run_id).await?;
     let mut warnings = plan.warnings;
