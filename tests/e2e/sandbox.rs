@@ -50,10 +50,11 @@ fn survived(ran: &Ran, code: i32) {
     );
 }
 
-/// Asserts that only row 5 failed (it is isolated from its batch of ten)
-/// and every other in-scope row was uppercased.
+/// Asserts that only row 5 failed (it is isolated from its batch of ten),
+/// trapping as `trap` says (`batch:fuel`), and every other in-scope row
+/// was uppercased.
 #[track_caller]
-fn only_row_five_failed(w: &World) {
+fn only_row_five_failed(w: &World, trap: &str) {
     for (id, v2) in status_v2(w) {
         if !in_scope(id) {
             assert_eq!(v2.as_deref(), Some("untouched"), "row {id} is out of scope");
@@ -68,10 +69,15 @@ fn only_row_five_failed(w: &World) {
         }
     }
     assert_eq!(w.status("spec.toml", None)[0]["totals"]["failed"], 1);
-    let dead = w.state_rows("SELECT row_key, error, kind FROM refill_dead_letters");
+    let dead = w.state_rows("SELECT row_key, error, kind, trap FROM refill_dead_letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0][0].as_deref(), Some("5"));
     assert_eq!(dead[0][2].as_deref(), Some("trap"));
+    assert_eq!(
+        dead[0][3].as_deref(),
+        Some(trap),
+        "what trapped is recorded"
+    );
     assert!(
         dead[0][1]
             .as_deref()
@@ -100,7 +106,7 @@ fn an_infinite_loop_runs_out_of_fuel() {
         "the guest's log is shown: {}",
         ran.all()
     );
-    only_row_five_failed(&w);
+    only_row_five_failed(&w, "batch:fuel");
 }
 
 #[test]
@@ -117,7 +123,7 @@ fn an_infinite_loop_hits_the_deadline() {
         "{}",
         ran.all()
     );
-    only_row_five_failed(&w);
+    only_row_five_failed(&w, "batch:deadline");
 }
 
 #[test]
@@ -173,7 +179,7 @@ fn unbounded_memory_growth_hits_the_limit() {
         "{}",
         ran.all()
     );
-    only_row_five_failed(&w);
+    only_row_five_failed(&w, "batch:memory");
 }
 
 #[test]
@@ -186,7 +192,7 @@ fn a_panic_fails_only_its_row() {
         "the panic message is shown: {}",
         ran.all()
     );
-    only_row_five_failed(&w);
+    only_row_five_failed(&w, "batch:panic");
 }
 
 #[test]

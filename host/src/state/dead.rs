@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 
 use super::{StateError, StateStore, get, now, q, to_i64, to_u64};
 use crate::chunk::{Key, KeyType};
+use crate::transform::Trapped;
 
 /// Rows per INSERT statement.
 const ROWS_PER_INSERT: usize = 100;
@@ -23,6 +24,8 @@ pub struct DeadLetter {
     /// What kind of failure it was (the last time); `None` for a dead
     /// letter recorded by a refill from before kinds were recorded.
     pub kind: Option<FailureKind>,
+    /// What trapped, when the transform trapped on it (the last time).
+    pub trap: Option<Trapped>,
     /// Why it failed (the last time).
     pub error: String,
     /// The fingerprint of its input values when it failed.
@@ -150,6 +153,7 @@ impl DeadLetter {
             key,
             chunk_id,
             kind: Some(kind),
+            trap: None,
             error,
             input_hash,
             component_digest: component_digest.to_string(),
@@ -221,13 +225,13 @@ where
     for batch in dead.chunks(ROWS_PER_INSERT) {
         let tuples: Vec<String> = (0..batch.len())
             .map(|r| {
-                let p: Vec<String> = (1..=12).map(|c| format!("${}", r * 12 + c)).collect();
+                let p: Vec<String> = (1..=13).map(|c| format!("${}", r * 13 + c)).collect();
                 format!("({})", p.join(", "))
             })
             .collect();
         let sql = format!(
             "INSERT INTO refill_dead_letters (run_id, key_hash, row_key, chunk_id, kind, error, input_hash, \
-             component_digest, attempts, first_seen_at, last_seen_at, resolved_at) VALUES {}",
+             component_digest, attempts, first_seen_at, last_seen_at, resolved_at, trap) VALUES {}",
             tuples.join(", ")
         );
         let sql = super::spell(backend, &sql).into_owned();
@@ -245,7 +249,8 @@ where
                 .bind(to_i64(d.attempts))
                 .bind(d.first_seen_at.clone())
                 .bind(d.last_seen_at.clone())
-                .bind(d.resolved_at.clone());
+                .bind(d.resolved_at.clone())
+                .bind(d.trap.map(Trapped::encode));
         }
         query
             .execute(&mut *conn)
@@ -286,6 +291,12 @@ fn from_row(r: &AnyRow, key_type: KeyType) -> Result<DeadLetter, StateError> {
             .ok_or_else(|| StateError::Corrupt(format!("dead letter key `{key}`")))?,
         chunk_id: to_u64(get(r, "chunk_id")?),
         kind: parse_kind(get(r, "kind")?)?,
+        trap: get::<Option<String>>(r, "trap")?
+            .map(|s| {
+                Trapped::decode(&s)
+                    .ok_or_else(|| StateError::Corrupt(format!("dead letter trap `{s}`")))
+            })
+            .transpose()?,
         error: get(r, "error")?,
         input_hash: get(r, "input_hash")?,
         component_digest: get(r, "component_digest")?,
@@ -414,13 +425,14 @@ impl StateStore {
         for d in failed {
             sqlx::query(
                 self.sql("UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
-                 attempts = attempts + 1, last_seen_at = $4, kind = $5 WHERE run_id = $6 AND key_hash = $7"),
+                 attempts = attempts + 1, last_seen_at = $4, kind = $5, trap = $6 WHERE run_id = $7 AND key_hash = $8"),
             )
             .bind(&d.error)
             .bind(&d.input_hash)
             .bind(&d.component_digest)
             .bind(&at)
             .bind(d.kind.map(FailureKind::as_str))
+            .bind(d.trap.map(Trapped::encode))
             .bind(run_id)
             .bind(key_hash(&d.key))
             .execute(&mut *tx)

@@ -505,7 +505,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 /// The version of the tables below; a store written by a newer refill is
 /// refused rather than misread. Version 0 is the first release's, which
 /// recorded no version.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Columns added to tables of an older version: table, column, definition.
 /// Opening a store of an older version adds those it lacks.
@@ -536,6 +536,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("refill_runs", "pace_at", "BIGINT NOT NULL DEFAULT 0"),
     ("refill_runs", "latency_baseline_us", "BIGINT"),
     ("refill_chunks", "lease_until", "BIGINT"),
+    ("refill_dead_letters", "trap", "VARCHAR(40)"),
 ];
 
 const SCHEMA: &[&str] = &[
@@ -558,6 +559,7 @@ const SCHEMA: &[&str] = &[
         resolved_by VARCHAR(64),
         resolution VARCHAR(16),
         kind VARCHAR(16),
+        trap VARCHAR(40),
         PRIMARY KEY (run_id, key_hash)
     )",
     "CREATE INDEX IF NOT EXISTS refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)",

@@ -108,7 +108,8 @@ impl Default for Limits {
 }
 
 /// What the host was calling when a guest trapped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Creating the instance: its memories and tables, its start functions.
     Instantiate,
@@ -127,6 +128,110 @@ impl std::fmt::Display for Phase {
             Phase::Describe => "in describe",
             Phase::Configure => "in configure",
             Phase::Batch => "in transform-batch",
+        })
+    }
+}
+
+impl Phase {
+    const ALL: [Phase; 4] = [
+        Phase::Instantiate,
+        Phase::Describe,
+        Phase::Configure,
+        Phase::Batch,
+    ];
+
+    /// The name stored with a dead letter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Instantiate => "instantiate",
+            Phase::Describe => "describe",
+            Phase::Configure => "configure",
+            Phase::Batch => "batch",
+        }
+    }
+
+    /// The phase of a stored name.
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Why a guest trapped, without the details: what a dead letter records
+/// and what reports count by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrapCause {
+    /// Out of fuel.
+    Fuel,
+    /// Past its deadline.
+    Deadline,
+    /// Past its memory limit.
+    Memory,
+    /// Too many instances, memories or tables.
+    Resources,
+    /// A panic.
+    Panic,
+    /// A call to `exit`.
+    Exit,
+    /// A wasm trap.
+    Wasm,
+    /// Anything else.
+    Other,
+}
+
+impl TrapCause {
+    const ALL: [TrapCause; 8] = [
+        TrapCause::Fuel,
+        TrapCause::Deadline,
+        TrapCause::Memory,
+        TrapCause::Resources,
+        TrapCause::Panic,
+        TrapCause::Exit,
+        TrapCause::Wasm,
+        TrapCause::Other,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapCause::Fuel => "fuel",
+            TrapCause::Deadline => "deadline",
+            TrapCause::Memory => "memory",
+            TrapCause::Resources => "resources",
+            TrapCause::Panic => "panic",
+            TrapCause::Exit => "exit",
+            TrapCause::Wasm => "wasm",
+            TrapCause::Other => "other",
+        }
+    }
+
+    /// The cause of a stored name.
+    pub fn parse(s: &str) -> Option<TrapCause> {
+        TrapCause::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A trap in short: what the host was calling, and why it trapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Trapped {
+    /// What the host was calling.
+    pub phase: Phase,
+    /// Why.
+    pub cause: TrapCause,
+}
+
+impl Trapped {
+    /// The form stored with a dead letter: `batch:fuel`.
+    pub fn encode(self) -> String {
+        format!("{}:{}", self.phase.as_str(), self.cause.as_str())
+    }
+
+    /// Reads [`Trapped::encode`]'s form.
+    pub fn decode(s: &str) -> Option<Trapped> {
+        let (phase, cause) = s.split_once(':')?;
+        Some(Trapped {
+            phase: Phase::parse(phase)?,
+            cause: TrapCause::parse(cause)?,
         })
     }
 }
@@ -165,6 +270,22 @@ pub enum TrapKind {
     Wasm(String),
     /// Any other failure of the call.
     Other(String),
+}
+
+impl TrapKind {
+    /// The cause, without its details.
+    pub fn cause(&self) -> TrapCause {
+        match self {
+            TrapKind::Fuel { .. } => TrapCause::Fuel,
+            TrapKind::Deadline { .. } => TrapCause::Deadline,
+            TrapKind::Memory { .. } => TrapCause::Memory,
+            TrapKind::Resources(_) => TrapCause::Resources,
+            TrapKind::Panic => TrapCause::Panic,
+            TrapKind::Exit(_) => TrapCause::Exit,
+            TrapKind::Wasm(_) => TrapCause::Wasm,
+            TrapKind::Other(_) => TrapCause::Other,
+        }
+    }
 }
 
 impl std::fmt::Display for TrapKind {
@@ -295,6 +416,19 @@ pub enum TransformError {
     /// The guest broke the interface contract.
     #[error("transform broke its contract: {0}")]
     Contract(String),
+}
+
+impl TransformError {
+    /// The trap in short, if the guest trapped.
+    pub fn trapped(&self) -> Option<Trapped> {
+        match self {
+            TransformError::Trap { phase, kind, .. } => Some(Trapped {
+                phase: *phase,
+                cause: kind.cause(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn format_logs(logs: &[String]) -> String {
@@ -1212,6 +1346,30 @@ fn describe_config_error(e: &ConfigError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trap_in_short_is_stored_and_read_back_within_its_column() {
+        for phase in Phase::ALL {
+            for cause in TrapCause::ALL {
+                let trap = Trapped { phase, cause };
+                let stored = trap.encode();
+                assert!(stored.len() <= 40, "{stored} fits VARCHAR(40)");
+                assert_eq!(Trapped::decode(&stored), Some(trap));
+            }
+        }
+        assert_eq!(Trapped::decode("batch"), None);
+        assert_eq!(Trapped::decode("batch:gremlins"), None);
+        let error = TransformError::Trap {
+            phase: Phase::Batch,
+            kind: TrapKind::Exit(3),
+            logs: vec![],
+        };
+        assert_eq!(
+            error.trapped().map(Trapped::encode).as_deref(),
+            Some("batch:exit")
+        );
+        assert_eq!(TransformError::Contract("x".into()).trapped(), None);
+    }
     use crate::transform::bindings::refill::transform::types::Key;
     use crate::value::Value;
 

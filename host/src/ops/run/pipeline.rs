@@ -31,7 +31,7 @@ use crate::state::{
 };
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
-use crate::transform::{Instance, Isolated, Runner, Setup, TransformError, run_isolating};
+use crate::transform::{Instance, Isolated, Runner, Setup, TransformError, Trapped, run_isolating};
 use crate::value::{self, Outcome, Row, Value};
 
 /// How many top-level batches in a row may fail entirely by trapping before
@@ -1234,6 +1234,8 @@ impl Evaluated {
 enum Checked {
     Skip,
     Fail(FailureKind, String),
+    /// The transform trapped on the row, run on its own.
+    Trap(Trapped, String),
     /// The new values, coerced to the output columns' kinds.
     Values(Vec<Value>),
 }
@@ -1258,11 +1260,11 @@ async fn assess(
             }
             Ok(Outcome::Error(message)) => Checked::Fail(FailureKind::Error, message),
             Err(error) => {
-                let kind = match error {
-                    TransformError::Trap { .. } => FailureKind::Trap,
-                    _ => FailureKind::Contract,
-                };
-                Checked::Fail(kind, format!("{error} (the row was run on its own)"))
+                let message = format!("{error} (the row was run on its own)");
+                match error.trapped() {
+                    Some(trap) => Checked::Trap(trap, message),
+                    None => Checked::Fail(FailureKind::Contract, message),
+                }
             }
             Ok(Outcome::Update(values)) => {
                 match check_update(
@@ -1349,6 +1351,13 @@ fn evaluate(
             }
             Checked::Fail(kind, message) => {
                 out.fail(chunk.id, key, kind, message, inputs, digest);
+                continue;
+            }
+            Checked::Trap(trap, message) => {
+                out.fail(chunk.id, key, FailureKind::Trap, message, inputs, digest);
+                if let Some(last) = out.dead.last_mut() {
+                    last.trap = Some(trap);
+                }
                 continue;
             }
             Checked::Values(values) => values,
@@ -1726,11 +1735,10 @@ async fn process(
     Ok(())
 }
 
-/// Stops the run once its failed rows exceed the error budget.
 /// The note a chunk's checkpoint carries when a row trapped the transform.
 fn trap_note(dead: &[DeadLetter]) -> Option<String> {
     dead.iter()
-        .find(|d| d.error.contains("transform trapped"))
+        .find(|d| d.trap.is_some())
         .map(|d| format!("key {}: {}", d.key, d.error))
 }
 
