@@ -221,9 +221,97 @@ pub fn mask(url: &str) -> String {
     out
 }
 
+/// Whether the server of a PostgreSQL or MySQL url accepts a TCP
+/// connection within `timeout`; says why not. The test suites ask it once
+/// before their first test, to stop at once with what to start rather than
+/// fail in every fixture.
+pub fn answers(url: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use std::net::ToSocketAddrs as _;
+    let default_port = match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("postgres" | "postgresql") => 5432,
+        Some("mysql" | "mariadb") => 3306,
+        _ => return Err(format!("{} is not a PostgreSQL or MySQL url", mask(url))),
+    };
+    let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_matches(['[', ']']),
+            p.parse::<u16>()
+                .map_err(|_| format!("{} has no valid port", mask(url)))?,
+        ),
+        _ => (host_port.trim_matches(['[', ']']), default_port),
+    };
+    let host = if host.is_empty() { "localhost" } else { host };
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut last = format!("{host}:{port} resolves to no address");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("nothing answers at {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// The test PostgreSQL's url (`REFILL_TEST_POSTGRES_URL`), or the test
+/// process ends at once saying what to start and what to set.
+#[cfg(test)]
+pub(crate) fn test_postgres_url() -> String {
+    static CHECKED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let url = std::env::var("REFILL_TEST_POSTGRES_URL").unwrap_or_default();
+            let problem = if url.is_empty() {
+                Err("REFILL_TEST_POSTGRES_URL is not set".to_string())
+            } else {
+                answers(&url, std::time::Duration::from_secs(3))
+            };
+            if let Err(why) = problem {
+                // Past the test harness's capture of eprintln!, which
+                // exiting would swallow.
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!(
+                    "error: these tests need a PostgreSQL server, and {why}.\n\
+                     Start PostgreSQL and set REFILL_TEST_POSTGRES_URL to a database the tests may create schemas in \
+                     (`make test` sets postgres://postgres@127.0.0.1:5432/test).\n"
+                    ),
+                );
+                std::process::exit(2);
+            }
+            url
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_does_not_answer_is_named() {
+        // A port nothing listens on: bind one, note it, let it go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("postgres://u:secret@127.0.0.1:{port}/db");
+        let why = answers(&url, std::time::Duration::from_secs(1)).expect_err("nothing listens");
+        assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
+        assert!(!why.contains("secret"), "{why}");
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listening.local_addr().expect("addr").port();
+        answers(
+            &format!("mysql://root@127.0.0.1:{port}/test"),
+            std::time::Duration::from_secs(1),
+        )
+        .expect("a listening port answers");
+        assert!(answers("sqlite://x.db", std::time::Duration::from_secs(1)).is_err());
+    }
 
     #[test]
     fn masks_passwords_and_keeps_the_rest() {

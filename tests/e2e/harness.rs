@@ -39,10 +39,46 @@ pub fn digest(path: &Path) -> String {
 
 /// The PostgreSQL url the tests use.
 pub fn postgres_url() -> String {
-    std::env::var("REFILL_TEST_POSTGRES_URL").expect(
-        "REFILL_TEST_POSTGRES_URL is not set: point it at a PostgreSQL database the tests may create schemas in \
-         (make test sets postgres://postgres@127.0.0.1:5432/test)",
-    )
+    std::env::var("REFILL_TEST_POSTGRES_URL").unwrap_or_default()
+}
+
+/// Before the first world: ends the test process at once, saying what to
+/// start and which variable to set, when PostgreSQL or MariaDB does not
+/// answer (every test file has tests on both).
+fn services_up() {
+    static CHECKED: Once = Once::new();
+    CHECKED.call_once(|| {
+        let services = [
+            (
+                "PostgreSQL",
+                "REFILL_TEST_POSTGRES_URL",
+                postgres_url(),
+                "a PostgreSQL database the tests may create schemas in (`make test` sets postgres://postgres@127.0.0.1:5432/test)",
+            ),
+            (
+                "MariaDB or MySQL",
+                "REFILL_TEST_MYSQL_URL",
+                mysql_url(),
+                "a MariaDB/MySQL server where the tests may create databases (default mysql://root@127.0.0.1:3306/test)",
+            ),
+        ];
+        for (name, var, url, what) in services {
+            let problem = if url.is_empty() {
+                Err(format!("{var} is not set"))
+            } else {
+                refill::db::answers(&url, Duration::from_secs(3))
+            };
+            if let Err(why) = problem {
+                // Past the test harness's capture of eprintln!, which
+                // exiting would swallow.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "error: the end-to-end tests need {name}, and {why}.\nStart {name} and set {var} to {what}."
+                );
+                std::process::exit(2);
+            }
+        }
+    });
 }
 
 /// The MariaDB/MySQL url the tests use (`REFILL_TEST_MYSQL_URL`, default
@@ -262,6 +298,7 @@ impl World {
         server: Option<ServerUse>,
         at: Option<String>,
     ) -> World {
+        services_up();
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let dir = tempfile::Builder::new()

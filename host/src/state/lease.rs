@@ -424,9 +424,7 @@ mod tests {
 
     /// A fresh state store in its own schema of the test PostgreSQL.
     async fn store(schema: &str) -> StateStore {
-        let base = std::env::var("REFILL_TEST_POSTGRES_URL").expect(
-            "REFILL_TEST_POSTGRES_URL is not set (make test sets postgres://postgres@127.0.0.1:5432/test)",
-        );
+        let base = crate::db::test_postgres_url();
         let admin = sqlx::PgPool::connect(&base).await.expect("connect");
         for sql in [
             format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
