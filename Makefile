@@ -118,8 +118,8 @@ demo: plugins build
 	$(REFILL_DEBUG) run demo/quotes.toml --execute
 	@echo; echo "### refill status --spec demo/quotes.toml"
 	$(REFILL_DEBUG) status --spec demo/quotes.toml
-	@echo; echo "### refill verify --spec demo/quotes.toml   (recompute and compare; writes nothing)"
-	$(REFILL_DEBUG) verify --spec demo/quotes.toml
+	@echo; echo "### refill verify demo/quotes.toml   (recompute the run and compare; writes nothing)"
+	$(REFILL_DEBUG) verify demo/quotes.toml
 
 .PHONY: test
 test: plugins services

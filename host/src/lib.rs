@@ -35,3 +35,84 @@ pub mod value;
 
 /// The version of this host, recorded with every run.
 pub const HOST_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The documentation's own links: every relative link of the README,
+/// CONTRIBUTING.md and docs/ names a file that exists and, with an anchor,
+/// a heading (or an `<a id>`) of that file.
+#[cfg(test)]
+mod docs {
+    use std::path::{Path, PathBuf};
+
+    /// GitHub's anchor for a heading.
+    fn slug(heading: &str) -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn anchors(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut fence = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                fence = !fence;
+            }
+            if !fence && line.starts_with('#') {
+                found.push(slug(line.trim_start_matches('#')));
+            }
+            let mut rest = line;
+            while let Some(at) = rest.find("<a id=\"") {
+                let tail = &rest[at + 7..];
+                let end = tail.find('"').unwrap_or(tail.len());
+                found.push(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_relative_link_reaches_its_file_and_heading() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files: Vec<PathBuf> = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
+        for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+            files.push(entry.expect("entry").path());
+        }
+        let mut broken = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).expect("readable");
+            for (at, _) in text.match_indices("](") {
+                let tail = &text[at + 2..];
+                let target = &tail[..tail.find(')').unwrap_or(tail.len())];
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (path, anchor) = target.split_once('#').unwrap_or((target, ""));
+                let linked = if path.is_empty() {
+                    file.clone()
+                } else {
+                    file.parent().expect("a folder").join(path)
+                };
+                if !linked.exists() {
+                    broken.push(format!("{}: {target} (no such file)", file.display()));
+                    continue;
+                }
+                if anchor.is_empty() {
+                    continue;
+                }
+                let linked_text = std::fs::read_to_string(&linked).unwrap_or_default();
+                if !anchors(&linked_text).iter().any(|a| a == anchor) {
+                    broken.push(format!("{}: {target} (no such heading)", file.display()));
+                }
+            }
+        }
+        assert!(broken.is_empty(), "broken links: {broken:#?}");
+    }
+}

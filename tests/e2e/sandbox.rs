@@ -240,7 +240,7 @@ fn a_component_importing_more_than_the_host_interface_is_refused() {
 }
 
 /// What the host may use on top of its guests' memory: room for its own
-/// code, compiled components and buffers (README, "Limits").
+/// code, compiled components and buffers (docs/sandbox.md, "Limits").
 const HOST_OVERHEAD_KIB: u64 = 128 * 1024;
 
 /// Runs `evil` in `mode` (`config` added to its config) over 200 quotes
@@ -646,7 +646,7 @@ fn a_table_of_2000_rows_of_5_mb_is_read_in_chunks_cut_at_max_bytes() {
         "{chunks} chunks for 10 GB at {max_bytes} bytes each"
     );
     // Chunks in flight, their copies on the way through the transform and
-    // the guests' memory (README, "[chunk] max_bytes").
+    // the guests' memory (docs/spec.md, "[chunk] max_bytes").
     let bound = 16 * (max_bytes >> 10) + 2 * 256 * 1024 / 2 + HOST_OVERHEAD_KIB;
     assert!(
         peak <= allowed(bound),

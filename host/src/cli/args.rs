@@ -148,14 +148,16 @@ pub enum Command {
     /// Ask every process working on a run to stop taking chunks and wait
     /// (within a second), holding no transaction open.
     Pause {
-        /// A run id, or a unique prefix of one.
+        /// A run id, a unique prefix of one, or a spec file (its newest
+        /// execute run).
         run: String,
         #[command(flatten)]
         at: RunAt,
     },
     /// Let a paused run go on.
     Resume {
-        /// A run id, or a unique prefix of one.
+        /// A run id, a unique prefix of one, or a spec file (its newest
+        /// execute run).
         run: String,
         #[command(flatten)]
         at: RunAt,
@@ -164,7 +166,8 @@ pub enum Command {
     /// exit; the run is marked aborted, and the next `refill run` of the
     /// spec resumes it.
     Abort {
-        /// A run id, or a unique prefix of one.
+        /// A run id, a unique prefix of one, or a spec file (its newest
+        /// execute run).
         run: String,
         #[command(flatten)]
         at: RunAt,
@@ -191,7 +194,8 @@ pub enum Command {
     /// Run a run's dead-lettered rows again, for example after fixing the
     /// transform. Without --execute nothing is written.
     Retry {
-        /// A run id, or a unique prefix of one.
+        /// A run id, a unique prefix of one, or a spec file (its newest
+        /// execute run).
         run: String,
         /// Write to the target. Needs the component pinned in the spec.
         #[arg(long)]
@@ -217,7 +221,8 @@ pub enum Command {
     /// Everything about a run: what ran, chunks, failures, retries,
     /// verifications and rollbacks.
     Report {
-        /// A run id, or a unique prefix of one.
+        /// A run id, a unique prefix of one, or a spec file (its newest
+        /// execute run).
         run: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -228,7 +233,8 @@ pub enum Command {
     /// Put back the values a run overwrote, where nobody changed the row
     /// since. Without --execute nothing is written.
     Rollback {
-        /// A run id, or a unique prefix of one.
+        /// A run id, a unique prefix of one, or a spec file (its newest
+        /// execute run).
         run: String,
         /// Write to the target.
         #[arg(long)]
@@ -315,4 +321,59 @@ fn name_value(s: &str) -> Result<(String, String), String> {
 /// Parses the process arguments; exits with usage help on errors (code 2).
 pub fn parse() -> Args {
     Args::parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn every_command_and_flag_is_in_the_reference() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/commands.md"),
+        )
+        .expect("docs/commands.md");
+        let mentions = |flag: &str| {
+            doc.match_indices(flag).any(|(at, _)| {
+                !doc[at + flag.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        let top = Args::command();
+        let mut missing = Vec::new();
+        for arg in top.get_arguments() {
+            if let Some(long) = arg.get_long()
+                && !mentions(&format!("--{long}"))
+            {
+                missing.push(format!("refill --{long}"));
+            }
+        }
+        for command in top.get_subcommands() {
+            let name = command.get_name();
+            if command.is_hide_set() {
+                continue;
+            }
+            if !mentions(&format!("`refill {name}")) {
+                missing.push(format!("refill {name}"));
+            }
+            for arg in command.get_arguments() {
+                if arg.is_hide_set() || arg.is_global_set() {
+                    continue;
+                }
+                if let Some(long) = arg.get_long()
+                    && !mentions(&format!("--{long}"))
+                {
+                    missing.push(format!("refill {name} --{long}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "commands and flags with no entry in docs/commands.md: {missing:?}"
+        );
+    }
 }

@@ -354,7 +354,7 @@ impl ChunkRows {
 
 /// How long refill's statements may run, and wait for a lock, by kind of
 /// statement: a bad plan cannot run for minutes, and no statement queues
-/// for long behind the application's locks (see the README's "Protecting
+/// for long behind the application's locks (see docs/production.md, "Protecting
 /// production").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {

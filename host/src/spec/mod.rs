@@ -1236,7 +1236,99 @@ fn config<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// The keys of a serialized spec, as `section.key` (`key` at the top,
+    /// `throttle.health.vacuum` nested, the first element of an array of
+    /// tables for `lookup.name`); `config`'s own keys are the transform's.
+    fn keys_of(value: &serde_json::Value, section: &str, out: &mut BTreeSet<String>) {
+        let serde_json::Value::Object(map) = value else {
+            return;
+        };
+        for (key, v) in map {
+            let path = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
+            match v {
+                serde_json::Value::Object(_) if key != "config" => keys_of(v, &path, out),
+                serde_json::Value::Array(items)
+                    if items.first().is_some_and(serde_json::Value::is_object) =>
+                {
+                    keys_of(&items[0], &path, out);
+                }
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+
+    /// The keys the annotated example of `docs/spec.md` documents, commented
+    /// out or not, as `section.key`.
+    fn documented_keys(doc: &str) -> BTreeSet<String> {
+        let start = doc
+            .find("```toml")
+            .expect("docs/spec.md has a TOML example");
+        let end = start + doc[start..].find("\n```\n").expect("the example ends");
+        let mut section = String::new();
+        let mut keys = BTreeSet::new();
+        for line in doc[start..end].lines().skip(1) {
+            let line = line.trim();
+            let code = line.split(" #").next().unwrap_or("").trim();
+            if code.starts_with('[') {
+                section = code.trim_matches(['[', ']']).to_string();
+                continue;
+            }
+            let code = code.trim_start_matches('#').trim();
+            if let Some((key, _)) = code.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    keys.insert(if section.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{section}.{key}")
+                    });
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn every_spec_key_is_in_the_reference() {
+        let text = format!(
+            "{GOOD}\n[[lookup]]\nname = \"a\"\nfile = \"a.csv\"\n\n[[lookup]]\nname = \"b\"\nquery = \"SELECT 1, 2\"\n"
+        );
+        let spec = parse(&text).expect("valid spec");
+        let mut code = BTreeSet::new();
+        keys_of(
+            &serde_json::to_value(&spec.file).expect("serializable"),
+            "",
+            &mut code,
+        );
+        let doc =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/spec.md"))
+                .expect("docs/spec.md");
+        let documented = documented_keys(&doc);
+        let missing: Vec<&String> = code.difference(&documented).collect();
+        assert!(
+            missing.is_empty(),
+            "spec keys with no entry in docs/spec.md's example: {missing:?}"
+        );
+        let stale: Vec<&String> = documented.difference(&code).collect();
+        assert!(
+            stale.is_empty(),
+            "docs/spec.md documents keys the spec does not have: {stale:?}"
+        );
+    }
 
     const GOOD: &str = r#"
 name = "quote-status-v2"
