@@ -21,7 +21,7 @@ use refill::ops::status;
 use refill::plan;
 use refill::source::Database;
 use refill::spec::{DEFAULT_STATE_URL, Spec};
-use refill::state::{ControlAction, RunRecord, RunStatus, SessionKind, StateStore};
+use refill::state::{ControlAction, RunRecord, StateStore};
 use refill::throttle::Stop;
 use refill::transform::wasi::GuestEnv;
 use refill::transform::{Compiled, Limits, Runner};
@@ -612,15 +612,6 @@ async fn serve_metrics(
     Ok(Some(AbortOnDrop(task)))
 }
 
-/// `text` with its first letter in upper case.
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
-}
-
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -673,126 +664,13 @@ fn on_ctrl_c(progress: Arc<Progress>, say_what: &'static Interrupted) -> AbortOn
 }
 
 /// `refill pause`, `resume` (`action` is `None`) and `abort`: records the
-/// request, then waits a little for the processes working on the run to
-/// acknowledge it, and says what they do.
+/// request, waits a little for the processes working on the run to carry it
+/// out, and says what they do.
 async fn control_command(id: &str, action: Option<ControlAction>, at: &args::RunAt) -> Result<u8> {
     let (_, store, record) = locate(id, at).await?;
     let who = format!("{}@{}", run::user_name(), run::host_name());
-    let look = || async {
-        let control = store.control(&record.run_id).await?;
-        let sessions = store.sessions(&record.run_id).await?;
-        anyhow::Ok(status::live(&record, control, &sessions, &[]))
-    };
-    // A run that is over may still have a process on it: a retry of its
-    // dead letters, or its rollback.
-    let before = look().await?.sessions;
-    let working = before.len();
-    if action.is_none() && record.status == RunStatus::Aborted && working == 0 {
-        bail!(
-            "run {} was aborted; `refill run {} --execute` resumes it",
-            record.run_id,
-            record.spec_path
-        );
-    }
-    if action.is_some() && !record.status.resumable() && working == 0 {
-        bail!(
-            "run {} is {} and no retry or rollback is working on it: there is nothing to {}",
-            record.run_id,
-            record.status,
-            action.map_or("resume", ControlAction::as_str)
-        );
-    }
-    store.set_control(&record.run_id, action, &who).await?;
-    // The processes check every half second; give them a few seconds (an
-    // abort, the time to finish their chunks).
-    let patience = match action {
-        Some(ControlAction::Abort) => std::time::Duration::from_secs(30),
-        _ => std::time::Duration::from_secs(5),
-    };
-    let started = Instant::now();
-    let live = loop {
-        let live = look().await?;
-        let settled = match action {
-            _ if live.sessions.is_empty() => true,
-            Some(ControlAction::Pause) => live.state.paused(),
-            Some(ControlAction::Abort) => false,
-            None => !live.state.pausing_or_paused(),
-        };
-        if settled || started.elapsed() > patience {
-            break live;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    let n = live.sessions.len();
-    let processes = |n: usize| {
-        if n == 1 {
-            "1 process".to_string()
-        } else {
-            format!("{n} processes")
-        }
-    };
-    // What goes on after an abort: a rollback or a retry is run again; a
-    // run planned for workers is planned again (which lets them go on), any
-    // other run is run again.
-    let doing = |kind| before.iter().any(|s| s.kind == kind);
-    let resume = if doing(SessionKind::Rollback) {
-        format!(
-            "`refill rollback {} --execute` finishes the rollback",
-            record.run_id
-        )
-    } else if doing(SessionKind::Retry) {
-        format!(
-            "`refill retry {} --execute` goes on with the rows it did not resolve",
-            record.run_id
-        )
-    } else if record.workers {
-        "`refill run SPEC --execute --workers 0` (then workers) resumes it".to_string()
-    } else {
-        "the next `refill run` of its spec resumes it".to_string()
-    };
-    match action {
-        Some(ControlAction::Pause) if n == 0 => println!(
-            "Run {} is paused; no process is working on it now. A `refill run` of it waits until `refill resume {}`.",
-            record.run_id, record.run_id
-        ),
-        Some(ControlAction::Pause) => println!(
-            "Run {} is {}: {} took no new chunk and hold no transaction. `refill resume {}` goes on.",
-            record.run_id,
-            live.state,
-            processes(n),
-            record.run_id
-        ),
-        Some(ControlAction::Abort) if working == 0 => {
-            let message = format!("aborted by {who}; {resume}");
-            if store.abort_idle(&record.run_id, &message).await? {
-                println!(
-                    "Run {} is aborted; no process was working on it. {}.",
-                    record.run_id,
-                    capitalized(&resume)
-                );
-            } else {
-                store.set_control(&record.run_id, None, &who).await?;
-                bail!("run {} ended meanwhile; nothing to abort", record.run_id);
-            }
-        }
-        Some(ControlAction::Abort) if n == 0 => println!(
-            "Run {} is aborted: {} finished or left the chunks in hand and exited. {}.",
-            record.run_id,
-            processes(working),
-            capitalized(&resume)
-        ),
-        Some(ControlAction::Abort) => println!(
-            "Run {} is aborting: {} still finishing the chunks in hand. {}.",
-            record.run_id,
-            processes(n),
-            capitalized(&resume)
-        ),
-        None => println!(
-            "Run {} goes on ({} working on it).",
-            record.run_id,
-            processes(n)
-        ),
-    }
+    let steered = refill::ops::control::steer(&store, record, action, &who).await?;
+    show::steered(&mut stdout(), &steered)?;
     Ok(0)
 }
 

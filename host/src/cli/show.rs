@@ -5,13 +5,14 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use refill::db::DbUrl;
+use refill::ops::control::Steered;
 use refill::ops::run::{ErrorGroup, RunReport};
 use refill::ops::status::{Detail, RunLine};
 use refill::plan::Plan;
 use refill::spec::Spec;
 use refill::state::{
-    ChunkRecord, ChunkStatus, ChunkSummary, Counts, Mode, RunRecord, RunStatus, SessionKind,
-    parse_time,
+    ChunkRecord, ChunkStatus, ChunkSummary, ControlAction, Counts, Mode, RunRecord, RunStatus,
+    SessionKind, parse_time,
 };
 use refill::transform::cache::Origin;
 use refill::transform::inspect::Producer;
@@ -1325,6 +1326,57 @@ pub fn report_full(out: &mut dyn Write, r: &refill::ops::report::Report) -> io::
     Ok(())
 }
 
+/// Prints what `refill pause`, `resume` or `abort` did.
+pub fn steered(out: &mut dyn Write, s: &Steered) -> io::Result<()> {
+    let id = &s.run.run_id;
+    let n = s.live.sessions.len();
+    let processes = |n: usize| {
+        if n == 1 {
+            "1 process".to_string()
+        } else {
+            format!("{n} processes")
+        }
+    };
+    let resume = capitalized(&s.resume_hint);
+    match s.action {
+        Some(ControlAction::Pause) if n == 0 => out!(
+            out,
+            "Run {id} is paused; no process is working on it now. A `refill run` of it waits until `refill resume {id}`."
+        ),
+        Some(ControlAction::Pause) => out!(
+            out,
+            "Run {id} is {}: {} took no new chunk and hold no transaction. `refill resume {id}` goes on.",
+            s.live.state,
+            processes(n)
+        ),
+        Some(ControlAction::Abort) if s.aborted_idle => out!(
+            out,
+            "Run {id} is aborted; no process was working on it. {resume}."
+        ),
+        Some(ControlAction::Abort) if n == 0 => out!(
+            out,
+            "Run {id} is aborted: {} finished or left the chunks in hand and exited. {resume}.",
+            processes(s.working_before)
+        ),
+        Some(ControlAction::Abort) => out!(
+            out,
+            "Run {id} is aborting: {} still finishing the chunks in hand. {resume}.",
+            processes(n)
+        ),
+        None => out!(out, "Run {id} goes on ({} working on it).", processes(n)),
+    }
+    Ok(())
+}
+
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -1819,5 +1871,50 @@ columns = ["status_v2"]
             "{text}"
         );
         assert!(text.contains("  rb1 dry run: 993 restored"), "{text}");
+    }
+
+    #[test]
+    fn pause_resume_and_abort_say_what_the_processes_did() {
+        let record = run(Mode::Execute, RunStatus::Running);
+        let pause = Control {
+            action: ControlAction::Pause,
+            by: "ana@box".into(),
+            at: now(),
+        };
+        let working = [session(None, Some(Phase::Paused))];
+        let steered = |action, live, working_before, aborted_idle| Steered {
+            action,
+            run: record.clone(),
+            by: "ana@box".into(),
+            working_before,
+            live,
+            resume_hint: "the next `refill run` of its spec resumes it".into(),
+            aborted_idle,
+        };
+        let paused = steered(
+            Some(ControlAction::Pause),
+            live(&record, Some(pause), &working, &[]),
+            1,
+            false,
+        );
+        assert_eq!(
+            printed(|out| super::steered(out, &paused)),
+            "Run 20261203-101500-ab12 is paused: 1 process took no new chunk and hold no transaction. `refill resume 20261203-101500-ab12` goes on.\n"
+        );
+        let idle = steered(
+            Some(ControlAction::Abort),
+            live(&record, None, &[], &[]),
+            0,
+            true,
+        );
+        assert_eq!(
+            printed(|out| super::steered(out, &idle)),
+            "Run 20261203-101500-ab12 is aborted; no process was working on it. The next `refill run` of its spec resumes it.\n"
+        );
+        let resumed = steered(None, live(&record, None, &working, &[]), 1, false);
+        assert_eq!(
+            printed(|out| super::steered(out, &resumed)),
+            "Run 20261203-101500-ab12 goes on (1 process working on it).\n"
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! works on one as a distributed worker); [`retry`] runs its dead letters
 //! again; [`verify`] recomputes and compares; [`rollback`] puts back what it
 //! overwrote; [`report`] tells what happened; [`status`] tells what it is
-//! doing now.
+//! doing now; [`control`] pauses, resumes and aborts it from outside.
 
+pub mod control;
 pub mod report;
 pub mod retry;
 pub mod rollback;
