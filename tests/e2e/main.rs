@@ -20,7 +20,8 @@ mod throttle;
 mod types;
 mod workers;
 
-/// Defines one test per backend from a body taking the backend.
+/// Defines one test per backend (SQLite, PostgreSQL, MariaDB) from a body
+/// taking the backend: the conformance matrix.
 #[macro_export]
 macro_rules! both {
     ($name:ident, $body:expr) => {
@@ -38,6 +39,13 @@ macro_rules! both {
                 ($body)(
                     $crate::harness::Backend::Postgres,
                     concat!(stringify!($name), "_pg"),
+                )
+            }
+            #[test]
+            fn mariadb() {
+                ($body)(
+                    $crate::harness::Backend::Mysql,
+                    concat!(stringify!($name), "_my"),
                 )
             }
         }

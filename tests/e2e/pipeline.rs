@@ -196,7 +196,8 @@ both!(
         let w = World::new(backend, name);
         let t = w.table("people");
         w.exec(&format!(
-            "CREATE TABLE {t} (handle TEXT PRIMARY KEY NOT NULL, email TEXT, email_norm TEXT)"
+            "CREATE TABLE {t} (handle {} PRIMARY KEY NOT NULL, email TEXT, email_norm TEXT)",
+            w.text_key()
         ));
         let mut expected = Vec::new();
         for i in 0..237 {
@@ -319,7 +320,8 @@ both!(separate_target_table_gets_the_outputs, |backend, name| {
         ran.stdout
     );
     let rows = w.rows(&format!(
-        "SELECT CAST(quote_id AS TEXT), status_v2 FROM {derived}"
+        "SELECT {}, status_v2 FROM {derived}",
+        w.text("quote_id")
     ));
     for row in rows {
         let id: i64 = row[0].as_deref().expect("id").parse().expect("number");

@@ -64,7 +64,10 @@ both!(
             .collect();
         assert!(!bad.is_empty());
         assert_eq!(dead_keys(&w), bad);
-        let letters = w.state_rows("SELECT error, input_hash, component_digest, CAST(chunk_id AS TEXT) FROM refill_dead_letters");
+        let letters = w.state_rows(&format!(
+            "SELECT error, input_hash, component_digest, {} FROM refill_dead_letters",
+            w.text("chunk_id")
+        ));
         for letter in &letters {
             assert_eq!(
                 letter[0].as_deref(),
@@ -233,8 +236,12 @@ both!(
         quotes(&w, 600, false);
         let t = w.table("quotes");
         // Some in-scope rows start with a value the run overwrites.
+        let legacy = match backend {
+            Backend::Mysql => "CONCAT('legacy-', id)".to_string(),
+            _ => format!("'legacy-' || {}", w.text("id")),
+        };
         w.exec(&format!(
-            "UPDATE {t} SET status_v2 = 'legacy-' || CAST(id AS TEXT) WHERE id % 3 = 1"
+            "UPDATE {t} SET status_v2 = {legacy} WHERE id % 3 = 1"
         ));
         let before = w.snapshot("quotes", "id, status, status_v2, region");
         w.write("spec.toml", &remap_spec(&w, 100, ""));

@@ -176,7 +176,10 @@ fn refusing_trigger(w: &World) -> String {
             "CREATE TRIGGER no_lost BEFORE UPDATE ON {t} WHEN NEW.status_v2 = 'closed_lost'
              BEGIN SELECT RAISE(ABORT, 'no closed_lost here'); END"
         ),
-        Backend::Mysql => unreachable!("the MariaDB tests have their own"),
+        Backend::Mysql => format!(
+            "CREATE TRIGGER no_lost BEFORE UPDATE ON {t} FOR EACH ROW
+             IF NEW.status_v2 = 'closed_lost' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'no closed_lost here'; END IF"
+        ),
     }
 }
 
