@@ -244,7 +244,8 @@ pub async fn detail(store: &StateStore, run: RunRecord) -> Result<Detail, StateE
     let unresolved = store.unresolved_count(&run.run_id).await?;
     let chunks = store.chunks(&run).await?;
     let sessions = store.sessions(&run.run_id).await?;
-    let live = live_of(store, &run, Some(&chunks)).await?;
+    let control = store.control(&run.run_id).await?;
+    let live = live(&run, control, &sessions, &chunks);
     Ok(Detail {
         run,
         totals,
