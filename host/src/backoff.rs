@@ -48,45 +48,6 @@ pub trait Transient {
     fn is_transient(&self) -> bool;
 }
 
-/// Whether a database error is transient: the connection was lost or
-/// refused, the server is shutting down or starting up, or the server
-/// refused the work for now (serialization failure, deadlock, lock
-/// timeout, statement timeout, too many connections, a busy SQLite
-/// database).
-pub fn transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Protocol(message) => {
-            message.contains("connection") || message.contains("closed")
-        }
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| {
-                matches!(
-                    code.as_ref(),
-                    // PostgreSQL: serialization failure, deadlock, lock not
-                    // available, statement timeout (query canceled), too
-                    // many connections, admin/crash shutdown, cannot
-                    // connect now.
-                    "40001" | "40P01" | "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03"
-                // SQLite: busy, locked.
-                | "5" | "6" | "261" | "262" | "517" | "773"
-                ) || code.starts_with("08")
-            }) || crate::db::mysql_errno(error).is_some_and(|n| {
-                // MySQL: lock wait timeout, deadlock, too many connections,
-                // server shutting down, query interrupted by a restart,
-                // statement timeouts (MariaDB's max_statement_time, MySQL's
-                // max_execution_time).
-                matches!(n, 1205 | 1213 | 1040 | 1053 | 1927 | 1969 | 3024)
-            })
-        }
-        _ => false,
-    }
-}
-
 /// Runs `op` until it succeeds, fails with an error that is not transient,
 /// or has used `policy.attempts` attempts. Each retry is logged with what
 /// was being done and counted in `retries`.
@@ -194,15 +155,5 @@ mod tests {
                 "{late:?}"
             );
         }
-    }
-
-    #[test]
-    fn classification() {
-        assert!(transient(&sqlx::Error::PoolTimedOut));
-        assert!(transient(&sqlx::Error::Io(std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused
-        ))));
-        assert!(!transient(&sqlx::Error::RowNotFound));
-        assert!(!transient(&sqlx::Error::ColumnNotFound("x".into())));
     }
 }

@@ -7,26 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The database engines refill talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// SQLite, through a file.
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB (one wire protocol, one dialect).
-    Mysql,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Sqlite => "SQLite",
-            Backend::Postgres => "PostgreSQL",
-            Backend::Mysql => "MySQL/MariaDB",
-        })
-    }
-}
+pub use crate::backend::Backend;
 
 /// Why a url could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +119,7 @@ impl fmt::Debug for DbUrl {
 /// sqlx appends), sqlx's description otherwise.
 pub fn describe(error: &sqlx::Error) -> String {
     match error {
-        sqlx::Error::Database(db) => match (db.code(), mysql_errno(error)) {
+        sqlx::Error::Database(db) => match (db.code(), crate::backend::mysql::errno(error)) {
             // MySQL's error numbers say more than its SQLSTATEs (a refused
             // enum label is 1265 under the warning class 01000).
             (Some(code), Some(n)) => format!("{} (SQLSTATE {code}, error {n})", db.message()),
@@ -148,48 +129,6 @@ pub fn describe(error: &sqlx::Error) -> String {
         sqlx::Error::PoolTimedOut => "timed out waiting for a connection".to_string(),
         other => other.to_string().replace('\n', " "),
     }
-}
-
-/// The MySQL/MariaDB error number of a database error from that server.
-pub fn mysql_errno(error: &sqlx::Error) -> Option<u16> {
-    match error {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .map(sqlx::mysql::MySqlDatabaseError::number),
-        _ => None,
-    }
-}
-
-/// Whether a statement ended because it ran or waited too long: a
-/// statement or lock timeout (PostgreSQL 57014 and 55P03, MariaDB 1969,
-/// MySQL 3024 and 1205). Such a write is split and tried again.
-pub fn timed_out(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = error else {
-        return false;
-    };
-    if let Some(n) = mysql_errno(error) {
-        return matches!(n, 1205 | 1969 | 3024);
-    }
-    db.code()
-        .is_some_and(|code| matches!(code.as_ref(), "57014" | "55P03"))
-}
-
-/// Whether the database refused a statement because it tried to write in
-/// a read-only transaction or on a read-only connection: PostgreSQL
-/// 25006, MySQL/MariaDB 1792, SQLite `SQLITE_READONLY` (8, and its
-/// extended codes).
-pub fn writes_refused(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = error else {
-        return false;
-    };
-    if let Some(n) = mysql_errno(error) {
-        return n == 1792;
-    }
-    let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
-    db.code().is_some_and(|code| match sqlite {
-        true => code.parse::<u32>().is_ok_and(|n| n & 0xff == 8),
-        false => code == "25006",
-    })
 }
 
 /// Masks the password in `user:password@host` and in `password=` query

@@ -13,6 +13,7 @@
 //! [`scaffold`] and [`build`] serve the teams that write transforms. The
 //! `refill` binary is a thin command line over this library.
 
+pub mod backend;
 pub mod backoff;
 pub mod build;
 pub mod chunk;

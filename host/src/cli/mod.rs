@@ -129,6 +129,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
+// Longer than 100 lines: one arm per command, each a call with its arguments.
 async fn dispatch(command: Command) -> Result<u8> {
     match command {
         Command::Plan { spec } => plan_command(&spec).await,

@@ -12,7 +12,7 @@ use refill::plan::Plan;
 use refill::spec::Spec;
 use refill::state::{
     ChunkRecord, ChunkStatus, ChunkSummary, ControlAction, Counts, Mode, RunRecord, RunStatus,
-    SessionKind, parse_time,
+    SessionKind, SessionRecord, parse_time,
 };
 use refill::transform::cache::Origin;
 use refill::transform::inspect::Producer;
@@ -97,6 +97,7 @@ impl<'a> Component<'a> {
 }
 
 /// Prints what a run of the spec would do.
+// Longer than 100 lines: a printer: one block per section of the plan, in the order printed.
 pub fn plan(
     out: &mut dyn Write,
     spec: &Spec,
@@ -361,6 +362,7 @@ pub fn worker(out: &mut dyn Write, r: &refill::ops::run::worker::WorkerReport) -
     Ok(())
 }
 
+// Longer than 100 lines: a printer: one block per section, in the order printed.
 pub fn report(out: &mut dyn Write, spec: &Spec, r: &RunReport) -> io::Result<()> {
     let run = &r.run;
     let s = &r.session;
@@ -594,6 +596,7 @@ fn locked(c: &Counts) -> Option<String> {
 }
 
 /// Prints one run in detail.
+// Longer than 100 lines: a printer: one line per field, in the order printed.
 pub fn run_detail(out: &mut dyn Write, d: &Detail) -> io::Result<()> {
     let Detail {
         run,
@@ -698,65 +701,78 @@ pub fn run_detail(out: &mut dyn Write, d: &Detail) -> io::Result<()> {
         out!(out, "  finished   {f}");
     }
     for s in sessions {
-        let state = match (&s.outcome, parse_time(&s.heartbeat_at)) {
-            (Some(outcome), _) => outcome.to_string(),
-            (None, Some(beat)) => {
-                let silent = (chrono::Utc::now() - beat).num_seconds().max(0);
-                if silent.unsigned_abs() < refill::ops::run::SESSION_TIMEOUT.as_secs() {
-                    let doing = match (&s.state, &s.reason) {
-                        (Some(state), Some(reason)) => format!("{state}: {reason}"),
-                        (Some(state), None) => state.to_string(),
-                        _ => "working".to_string(),
-                    };
-                    format!("{doing}, heartbeat {silent}s ago")
-                } else {
-                    format!(
-                        "silent for {silent}s: the process is probably gone; the next run resumes"
-                    )
-                }
-            }
-            (None, None) => "working".to_string(),
-        };
-        // A retry or a rollback works on the run's rows, not its chunks.
-        let work = match s.kind {
-            SessionKind::Run => {
-                let mine = chunks.iter().filter(|c| c.session_id == s.session_id);
-                let done = mine
-                    .clone()
-                    .filter(|c| c.status == ChunkStatus::Done)
-                    .count();
-                let held: Vec<String> = mine
-                    .filter(|c| c.status == ChunkStatus::Pending)
-                    .map(|c| c.chunk_id.to_string())
-                    .collect();
-                let held = match held.len() {
-                    0 => String::new(),
-                    1 => format!(", chunk {} in flight", held[0]),
-                    _ => format!(", chunks {} in flight", held.join(", ")),
-                };
-                format!(
-                    "{done} chunk{} done{held}",
-                    if done == 1 { "" } else { "s" }
-                )
-            }
-            SessionKind::Retry => "a retry of the run's dead letters".to_string(),
-            SessionKind::Rollback => "a rollback of the run".to_string(),
-        };
         out!(
             out,
-            "  session    {} pid {} on {}, {} → {} ({state}); {work}",
+            "  session    {} pid {} on {}, {} → {} ({}); {}",
             s.session_id,
             s.pid,
             s.host_name,
             s.started_at,
             s.ended_at.as_deref().unwrap_or("…"),
+            session_state(s),
+            session_work(s, chunks)
         );
     }
+    troubled_chunks(out, &run.run_id, chunks)
+}
+
+/// How a session ended, or what it is doing and when it was last heard of.
+fn session_state(s: &SessionRecord) -> String {
+    match (&s.outcome, parse_time(&s.heartbeat_at)) {
+        (Some(outcome), _) => outcome.to_string(),
+        (None, Some(beat)) => {
+            let silent = (chrono::Utc::now() - beat).num_seconds().max(0);
+            if silent.unsigned_abs() < refill::ops::run::SESSION_TIMEOUT.as_secs() {
+                let doing = match (&s.state, &s.reason) {
+                    (Some(state), Some(reason)) => format!("{state}: {reason}"),
+                    (Some(state), None) => state.to_string(),
+                    _ => "working".to_string(),
+                };
+                format!("{doing}, heartbeat {silent}s ago")
+            } else {
+                format!("silent for {silent}s: the process is probably gone; the next run resumes")
+            }
+        }
+        (None, None) => "working".to_string(),
+    }
+}
+
+/// What a session worked on: a run's, its chunks; a retry or a rollback
+/// works on the run's rows, not its chunks.
+fn session_work(s: &SessionRecord, chunks: &[ChunkRecord]) -> String {
+    match s.kind {
+        SessionKind::Run => {
+            let mine = chunks.iter().filter(|c| c.session_id == s.session_id);
+            let done = mine
+                .clone()
+                .filter(|c| c.status == ChunkStatus::Done)
+                .count();
+            let held: Vec<String> = mine
+                .filter(|c| c.status == ChunkStatus::Pending)
+                .map(|c| c.chunk_id.to_string())
+                .collect();
+            let held = match held.len() {
+                0 => String::new(),
+                1 => format!(", chunk {} in flight", held[0]),
+                _ => format!(", chunks {} in flight", held.join(", ")),
+            };
+            format!(
+                "{done} chunk{} done{held}",
+                if done == 1 { "" } else { "s" }
+            )
+        }
+        SessionKind::Retry => "a retry of the run's dead letters".to_string(),
+        SessionKind::Rollback => "a rollback of the run".to_string(),
+    }
+}
+
+/// The first chunks with failed rows or errors, and how many more there are.
+fn troubled_chunks(out: &mut dyn Write, run_id: &str, chunks: &[ChunkRecord]) -> io::Result<()> {
+    const TROUBLED_SHOWN: usize = 10;
     let troubled: Vec<&ChunkRecord> = chunks
         .iter()
         .filter(|c| c.error.is_some() || c.counts.failed > 0)
         .collect();
-    const TROUBLED_SHOWN: usize = 10;
     for c in troubled.iter().take(TROUBLED_SHOWN) {
         out!(
             out,
@@ -773,9 +789,8 @@ pub fn run_detail(out: &mut dyn Write, d: &Detail) -> io::Result<()> {
     if troubled.len() > TROUBLED_SHOWN {
         out!(
             out,
-            "  … and {} more chunks with failed rows or errors (`refill report {}` lists every chunk)",
+            "  … and {} more chunks with failed rows or errors (`refill report {run_id}` lists every chunk)",
             n((troubled.len() - TROUBLED_SHOWN) as u64),
-            run.run_id
         );
     }
     Ok(())
@@ -832,6 +847,7 @@ fn world(exports: &[String]) -> &'static str {
 }
 
 /// Prints an inspection.
+// Longer than 100 lines: a printer: one block per section, in the order printed.
 pub fn inspect(out: &mut dyn Write, i: &Inspection, json: bool) -> anyhow::Result<()> {
     if json {
         let info = i.info.as_ref().map(|info| {
@@ -1156,6 +1172,7 @@ pub fn rollback(out: &mut dyn Write, r: &refill::state::RollbackRecord) -> io::R
 }
 
 /// Prints everything known about a run.
+// Longer than 100 lines: a printer: one block per section of the report, in the order printed.
 pub fn report_full(out: &mut dyn Write, r: &refill::ops::report::Report) -> io::Result<()> {
     let run = &r.run;
     out!(

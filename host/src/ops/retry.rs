@@ -25,7 +25,10 @@ use crate::ops::run::{self, Diff, ErrorGroup, Progress, RunError};
 use crate::plan;
 use crate::source::Database;
 use crate::spec::Spec;
-use crate::state::{Counts, RetryRecord, RunRecord, RunStatus, SessionKind, StateStore, now};
+use crate::state::{
+    ChunkRecord, Counts, DeadLetter, RetryRecord, RunRecord, RunStatus, SessionKind, StateStore,
+    now,
+};
 
 /// How a retry went.
 #[derive(Debug, Serialize)]
@@ -44,8 +47,30 @@ pub struct RetryReport {
     pub elapsed: Duration,
 }
 
+/// Dead letters grouped by the chunk they belong to, in chunk order; a
+/// chunk the store no longer lists ends at its last dead key.
+fn by_chunk(dead: &[DeadLetter], chunks: &[ChunkRecord]) -> Vec<(Chunk, Vec<Key>)> {
+    let ranges: BTreeMap<u64, Chunk> = chunks.iter().map(|c| (c.chunk_id, c.chunk())).collect();
+    let mut groups: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
+    for d in dead {
+        groups.entry(d.chunk_id).or_default().push(d.key.clone());
+    }
+    groups
+        .into_iter()
+        .map(|(id, keys)| {
+            let chunk = ranges.get(&id).cloned().unwrap_or(Chunk {
+                id,
+                lo: None,
+                hi: keys[keys.len() - 1].clone(),
+            });
+            (chunk, keys)
+        })
+        .collect()
+}
+
 /// Re-runs the unresolved dead letters of `run` with `spec`'s transform.
 /// Writes only with `execute` (which needs the component pinned).
+// Longer than 100 lines: the steps of a retry in order (check, connect, feed, steer, run, record), each a call.
 pub async fn retry(
     spec: &Spec,
     state: &StateStore,
@@ -54,13 +79,7 @@ pub async fn retry(
     progress: Arc<Progress>,
 ) -> Result<RetryReport, RunError> {
     let started = Instant::now();
-    if run.data_hash != spec.data_hash() {
-        return Err(RunError::WrongSpec(format!(
-            "run {} read and wrote other tables or columns than {} describes; retry it with the spec it ran",
-            run.run_id,
-            spec.path.display()
-        )));
-    }
+    run::same_data(spec, run, "retry it")?;
     if run.status == RunStatus::RolledBack {
         return Err(RunError::WrongSpec(format!(
             "run {} was rolled back; there is nothing to retry",
@@ -76,22 +95,7 @@ pub async fn retry(
 
     let dead = state.dead_letters(&run.run_id, run.key_type, true).await?;
     let chunks = state.chunks(run).await?;
-    let ranges: BTreeMap<u64, Chunk> = chunks.iter().map(|c| (c.chunk_id, c.chunk())).collect();
-    let mut groups: BTreeMap<u64, Vec<Key>> = BTreeMap::new();
-    for d in &dead {
-        groups.entry(d.chunk_id).or_default().push(d.key.clone());
-    }
-    let feed: Vec<(Chunk, Vec<Key>)> = groups
-        .into_iter()
-        .map(|(id, keys)| {
-            let chunk = ranges.get(&id).cloned().unwrap_or(Chunk {
-                id,
-                lo: None,
-                hi: keys[keys.len() - 1].clone(),
-            });
-            (chunk, keys)
-        })
-        .collect();
+    let feed = by_chunk(&dead, &chunks);
     let mut previous: Vec<String> = vec![run.component_digest.clone()];
     for r in state.records::<RetryRecord>(&run.run_id).await? {
         if !previous.contains(&r.component_digest) {
@@ -119,15 +123,8 @@ pub async fn retry(
     let session = execute.then(|| run::new_session(SessionKind::Retry));
     let mut samples = Samples::default();
     let work = async {
-        if execute {
-            // An abort that stopped an earlier retry is answered by this
-            // one; a process killed before it could end its session is
-            // gone (this one holds the lock).
-            run::clear_abort(state, &run.run_id).await?;
-            run::end_lost_sessions(state, run).await?;
-        }
         let (throttle, watching) =
-            run::steer(spec, &db, state, run, session.as_ref(), &progress, None).await?;
+            run::take_over(spec, &db, state, run, session.as_ref(), &progress, execute).await?;
         // Each chunk's dead letters go in pieces of the controller's chunk
         // size (the rate's share), so that a chunk full of failed rows is
         // written a piece at a time at the pace, not all at once.

@@ -57,13 +57,7 @@ pub async fn rollback(
     execute: bool,
     progress: Arc<Progress>,
 ) -> Result<RollbackReport, RunError> {
-    if run.data_hash != spec.data_hash() {
-        return Err(RunError::WrongSpec(format!(
-            "run {} read and wrote other tables or columns than {} describes; roll it back with the spec it ran",
-            run.run_id,
-            spec.path.display()
-        )));
-    }
+    run::same_data(spec, run, "roll it back")?;
     let runner = run::load_transform(spec, false)?;
     // One connection reads and writes; the health signals get their own.
     let db = Database::for_spec(spec, 3, execute).await?;
@@ -87,15 +81,8 @@ pub async fn rollback(
     // Whether restoring began: an error before it is returned as such.
     let begun = AtomicBool::new(false);
     let work = async {
-        if execute {
-            // An abort that stopped an earlier rollback is answered by this
-            // one; a process killed before it could end its session is
-            // gone (this one holds the lock).
-            run::clear_abort(state, &run.run_id).await?;
-            run::end_lost_sessions(state, run).await?;
-        }
         let (throttle, watching) =
-            run::steer(spec, &db, state, run, session.as_ref(), &progress, None).await?;
+            run::take_over(spec, &db, state, run, session.as_ref(), &progress, execute).await?;
         state.record(&record).await?;
         if execute {
             // From here on the run must not resume: it would write again
@@ -311,6 +298,7 @@ impl Restorer<'_> {
 
     /// Reads the rows of `images` (of `chunk`) as they are now and puts
     /// back those that still hold what the run wrote.
+    // Longer than 100 lines: one piece is one transaction: read, compare, write, count; split, its steps would pass the transaction around.
     async fn piece(
         &self,
         chunk: u64,

@@ -14,73 +14,62 @@ use std::sync::atomic::Ordering;
 
 use tracing::{Instrument, info_span};
 
+use crate::chunk::Key;
 use crate::ops::run::pipeline::{self, Feed, Purpose};
 use crate::ops::run::{self, Progress, RunError};
-use crate::plan;
+use crate::plan::{self, Plan};
 use crate::source::Database;
 use crate::spec::Spec;
 use crate::state::{
     ChunkStatus, Difference, RetryRecord, RunRecord, StateStore, VerificationRecord, now,
 };
+use crate::transform::Runner;
 
-/// Verifies `spec`'s target, against `run` if given.
-pub async fn verify(
+/// Refuses to verify `run` with another component or configuration than
+/// the ones its rows were computed with: its own, or a retry's.
+async fn same_computation(
     spec: &Spec,
-    run: Option<(&RunRecord, &StateStore)>,
-    progress: Arc<Progress>,
-) -> Result<VerificationRecord, RunError> {
-    let runner = Arc::new(run::load_transform(spec, false)?);
-    if let Some((run, state)) = run {
-        if run.data_hash != spec.data_hash() {
-            return Err(RunError::WrongSpec(format!(
-                "run {} read and wrote other tables or columns than {} describes; verify it with the spec it ran",
-                run.run_id,
-                spec.path.display()
-            )));
-        }
-        // The run's rows were computed by its component and configuration,
-        // or by a retry's.
-        let mut computed = vec![(run.component_digest.clone(), run.work_hash.clone())];
-        computed.extend(
-            state
-                .records::<RetryRecord>(&run.run_id)
-                .await?
-                .into_iter()
-                .filter(|r| r.execute)
-                .map(|r| (r.component_digest, r.work_hash)),
-        );
-        let now = (runner.digest().to_string(), spec.work_hash());
-        if !computed.contains(&now) {
-            let used: Vec<String> = computed
-                .iter()
-                .map(|(digest, work)| format!("component sha256 {digest} with work hash {work}"))
-                .collect();
-            return Err(RunError::WrongSpec(format!(
-                "run {} was computed with {}, but {} now describes component sha256 {} with work hash {} (the transform's config is part of it); verify with the component and spec the run used",
-                run.run_id,
-                used.join(" or "),
-                spec.path.display(),
-                now.0,
-                now.1
-            )));
-        }
+    runner: &Runner,
+    run: &RunRecord,
+    state: &StateStore,
+) -> Result<(), RunError> {
+    // The run's rows were computed by its component and configuration,
+    // or by a retry's.
+    let mut computed = vec![(run.component_digest.clone(), run.work_hash.clone())];
+    computed.extend(
+        state
+            .records::<RetryRecord>(&run.run_id)
+            .await?
+            .into_iter()
+            .filter(|r| r.execute)
+            .map(|r| (r.component_digest, r.work_hash)),
+    );
+    let now = (runner.digest().to_string(), spec.work_hash());
+    if !computed.contains(&now) {
+        let used: Vec<String> = computed
+            .iter()
+            .map(|(digest, work)| format!("component sha256 {digest} with work hash {work}"))
+            .collect();
+        return Err(RunError::WrongSpec(format!(
+            "run {} was computed with {}, but {} now describes component sha256 {} with work hash {} (the transform's config is part of it); verify with the component and spec the run used",
+            run.run_id,
+            used.join(" or "),
+            spec.path.display(),
+            now.0,
+            now.1
+        )));
     }
-    let db = Database::for_spec(spec, spec.concurrency() + 2, false).await?;
-    let plan = plan::build(spec, &db, &runner).await?;
-    // Recompute with the clock and seed the run's guests had.
-    let env = match run {
-        // The clock and seed of the run's first computation, even when a
-        // retry's component is verifying it.
-        Some((run, state)) => {
-            run::guest_env(Some(state), spec.name(), &run.component_digest).await?
-        }
-        None => {
-            let state = StateStore::open_existing(&spec.state_url).await?;
-            run::guest_env(state.as_ref(), spec.name(), runner.digest()).await?
-        }
-    };
+    Ok(())
+}
 
-    let (feed, dead) = match run {
+/// What verifying reads: a run's finished chunks and its unresolved dead
+/// letters (reported apart), or without a run the whole scope.
+async fn feed(
+    run: Option<(&RunRecord, &StateStore)>,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<(Feed, HashSet<Key>), RunError> {
+    Ok(match run {
         Some((run, state)) => {
             let chunks = state.chunks(run).await?;
             let known = chunks
@@ -120,7 +109,36 @@ pub async fn verify(
             };
             (feed, HashSet::new())
         }
+    })
+}
+
+/// Verifies `spec`'s target, against `run` if given.
+pub async fn verify(
+    spec: &Spec,
+    run: Option<(&RunRecord, &StateStore)>,
+    progress: Arc<Progress>,
+) -> Result<VerificationRecord, RunError> {
+    let runner = Arc::new(run::load_transform(spec, false)?);
+    if let Some((run, state)) = run {
+        run::same_data(spec, run, "verify it")?;
+        same_computation(spec, &runner, run, state).await?;
+    }
+    let db = Database::for_spec(spec, spec.concurrency() + 2, false).await?;
+    let plan = plan::build(spec, &db, &runner).await?;
+    // Recompute with the clock and seed the run's guests had.
+    let env = match run {
+        // The clock and seed of the run's first computation, even when a
+        // retry's component is verifying it.
+        Some((run, state)) => {
+            run::guest_env(Some(state), spec.name(), &run.component_digest).await?
+        }
+        None => {
+            let state = StateStore::open_existing(&spec.state_url).await?;
+            run::guest_env(state.as_ref(), spec.name(), runner.digest()).await?
+        }
     };
+
+    let (feed, dead) = feed(run, &plan, &progress).await?;
     let mut record = VerificationRecord {
         verification_id: format!(
             "verify-{}-{}",

@@ -7,12 +7,9 @@
 //! they set columns to values, so writing a chunk twice leaves it as
 //! writing it once.
 
-pub mod mysql;
-pub mod postgres;
-pub mod sqlite;
-
+use crate::backend::{AtomicTx, on_backend, refuses_a_value};
 use crate::chunk::Key;
-use crate::source::{ColumnInfo, Database, Dialect, Layout, Pools, Writer};
+use crate::source::{ColumnInfo, Database, Dialect, Layout};
 use crate::value::Value;
 
 /// New values for one row of the target.
@@ -47,10 +44,10 @@ pub enum Guard {
 
 /// Names refill gives the unnested or listed values in its statements;
 /// unusual, so that they cannot capture a name in the spec's `where`.
-const KEY_NAME: &str = "\"__refill_k\"";
+pub(crate) const KEY_NAME: &str = "\"__refill_k\"";
 
 /// The name of the value an update row expects guarded column `i` to hold.
-fn expected_name(i: usize) -> String {
+pub(crate) fn expected_name(i: usize) -> String {
     format!("\"__refill_e{i}\"")
 }
 
@@ -88,7 +85,7 @@ fn unchanged_sql(
 
 /// The condition `guard` adds to an update of the target `t`, whose update
 /// row has key `key`.
-fn guard_sql(
+pub(crate) fn guard_sql(
     layout: &Layout,
     dialect: &Dialect,
     guard: Guard,
@@ -120,7 +117,7 @@ fn guard_sql(
 }
 
 /// The columns a guard compares.
-fn guarded(layout: &Layout, guard: Guard) -> &[ColumnInfo] {
+pub(crate) fn guarded(layout: &Layout, guard: Guard) -> &[ColumnInfo] {
     match guard {
         Guard::None => &[],
         Guard::Inputs => &layout.inputs,
@@ -170,7 +167,7 @@ pub enum SinkError {
 
 impl crate::backoff::Transient for SinkError {
     fn is_transient(&self) -> bool {
-        matches!(self, SinkError::Write { error, .. } if crate::backoff::transient(error))
+        matches!(self, SinkError::Write { error, .. } if crate::backend::transient(error))
     }
 }
 
@@ -210,7 +207,7 @@ pub async fn write(
 /// undoes only its own statement and the rest of the chunk commits (or
 /// not) with the transaction.
 pub async fn write_in(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut AtomicTx,
     layout: &Layout,
     updates: &[Update],
     guard: Guard,
@@ -223,7 +220,7 @@ pub async fn write_in(
 /// Where a write goes: a pool, or an open PostgreSQL transaction.
 enum Dest<'a> {
     Pool(&'a Database),
-    Tx(&'a mut sqlx::PgConnection),
+    Tx(&'a mut AtomicTx),
 }
 
 /// Writes `updates`, splitting the batch while the database refuses a
@@ -242,24 +239,21 @@ fn isolate<'a>(
         let attempt = match &mut into {
             Dest::Pool(db) => {
                 let t = db.timeouts();
-                match db.writer() {
-                    Some(Writer::Postgres(pool)) => {
-                        postgres::write_bounded(pool, t, layout, updates.to_vec(), guard).await
-                    }
-                    Some(Writer::Sqlite(pool)) => {
-                        sqlite::write(pool, layout, updates.to_vec(), guard)
-                            .await
-                            .map(|keys| (keys, Vec::new()))
-                    }
-                    Some(Writer::Mysql(pool)) => {
-                        mysql::write(pool, layout, updates.to_vec(), guard).await
-                    }
-                    None => Err(SinkError::ReadOnly {
+                match db.writes() {
+                    true => on_backend!(db.pools(), |B, pool| B::write(
+                        pool,
+                        t,
+                        layout,
+                        updates.to_vec(),
+                        guard
+                    )
+                    .await),
+                    false => Err(SinkError::ReadOnly {
                         table: layout.target.quoted(),
                     }),
                 }
             }
-            Dest::Tx(tx) => in_savepoint(tx, layout, updates, guard).await,
+            Dest::Tx(tx) => tx.write_in_savepoint(layout, updates, guard).await,
         };
         match attempt {
             Ok((keys, busy)) => {
@@ -272,7 +266,7 @@ fn isolate<'a>(
             // and write fewer rows each (alone, it fails, and is retried).
             Err(SinkError::Write { error, .. })
                 if refuses_a_value(&error)
-                    || (crate::db::timed_out(&error) && updates.len() > 1) =>
+                    || (crate::backend::timed_out(&error) && updates.len() > 1) =>
             {
                 if let [update] = updates {
                     let reason = format!(
@@ -300,130 +294,46 @@ fn isolate<'a>(
     })
 }
 
-/// One PostgreSQL write statement under a savepoint of `tx`.
-async fn in_savepoint(
-    tx: &mut sqlx::PgConnection,
-    layout: &Layout,
-    updates: &[Update],
-    guard: Guard,
-) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
-    let failed = |error| SinkError::Write {
-        table: layout.target.quoted(),
-        rows: updates.len(),
-        error,
-    };
-    let mut savepoint = sqlx::Connection::begin(&mut *tx).await.map_err(failed)?;
-    match postgres::write(&mut *savepoint, layout, updates.to_vec(), guard).await {
-        Ok(keys) => {
-            savepoint.commit().await.map_err(failed)?;
-            Ok(keys)
-        }
-        Err(e) => {
-            // The write's own error is the one to report; a rollback that
-            // fails too leaves the transaction to fail at its commit.
-            if let Err(error) = savepoint.rollback().await {
-                tracing::warn!(error = %crate::db::describe(&error), "Could not roll a refused write back to its savepoint.");
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Who holds the target rows of `keys` locked, as far as the database can
-/// tell (see [`postgres::holders`]); rows it cannot name are left out. A
-/// failure to ask is logged and names no one: it must not fail the write.
+/// tell (see [`Driver::holders`](crate::backend::Driver::holders)); rows it
+/// cannot name are left out. A failure to ask is logged and names no one:
+/// it must not fail the write.
 pub async fn holders(db: &Database, layout: &Layout, keys: &[Key]) -> Vec<(Key, String)> {
+    if !db.capabilities().names_lock_holders {
+        return Vec::new();
+    }
     // A few are enough to name who holds a chunk's rows.
     let keys = &keys[..keys.len().min(100)];
-    match db.pools() {
-        Pools::Postgres(pool) => postgres::holders(pool, db.timeouts(), layout, keys)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::debug!(error = %crate::db::describe(&error), "Could not name who holds locked rows.");
-                Vec::new()
-            }),
-        // InnoDB names the holder of a row lock only to a transaction
-        // waiting for it, and refill never waits.
-        _ => Vec::new(),
-    }
+    on_backend!(db.pools(), |B, pool| B::holders(
+        pool,
+        db.timeouts(),
+        layout,
+        keys
+    )
+    .await)
+    .unwrap_or_else(|error| {
+        tracing::debug!(error = %crate::db::describe(&error), "Could not name who holds locked rows.");
+        Vec::new()
+    })
 }
 
 /// Replaces computed output values with the form the target will store
 /// them in (PostgreSQL rounds a numeric to its scale, reorders jsonb keys,
-/// keeps microseconds), so that comparing them with what a row holds says
-/// whether writing would change it. Values the database refuses are left as
-/// they are, for the write to refuse and report; the batch is split until
-/// they stand alone, as [`write`] does. `None` when no output column is
-/// stored in another form than the one sent.
+/// keeps microseconds; MySQL rounds a FLOAT), so that comparing them with
+/// what a row holds says whether writing would change it. Values the
+/// database refuses are left as they are, for the write to refuse and
+/// report. `None` when no output column is stored in another form than
+/// the one sent.
 pub async fn stored_form(
     db: &Database,
     layout: &Layout,
     rows: &[Vec<Value>],
 ) -> Result<Option<Vec<Vec<Value>>>, SinkError> {
-    match db.pools() {
-        Pools::Postgres(_) if layout.outputs.iter().any(postgres::reshapes) => {
-            let mut rows = rows.to_vec();
-            reshape(db, layout, &mut rows).await?;
-            Ok(Some(rows))
-        }
-        // MySQL rounds a FLOAT to single precision and drops a CHAR's
-        // trailing spaces; both are done in the host, without a round trip.
-        Pools::Mysql(_) if layout.outputs.iter().any(mysql::reshapes) => {
-            let mut rows = rows.to_vec();
-            mysql::stored_form(layout, &mut rows);
-            Ok(Some(rows))
-        }
-        // SQLite stores a value of the kind refill coerced it to as is.
-        _ => Ok(None),
-    }
-}
-
-fn reshape<'a>(
-    pool: &'a Database,
-    layout: &'a Layout,
-    rows: &'a mut [Vec<Value>],
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
-    Box::pin(async move {
-        let refused = match postgres::stored_form(pool, layout, rows).await {
-            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => true,
-            // A value that cannot be sent or read back (a timestamp out of
-            // range) is left for the write to report too.
-            Err(SinkError::Encode { .. }) => true,
-            other => return other,
-        };
-        if refused && rows.len() > 1 {
-            let (first, second) = rows.split_at_mut(rows.len() / 2);
-            reshape(pool, layout, first).await?;
-            reshape(pool, layout, second).await?;
-        }
-        Ok(())
-    })
-}
-
-/// Whether the database refused a value rather than failing: SQLSTATE class
-/// 22 (data exception) or 23 (integrity constraint violation), P0001 (a
-/// trigger's RAISE EXCEPTION), any constraint error SQLite reports (a
-/// trigger's RAISE(ABORT) included), or the MySQL errors strict mode and
-/// triggers raise for a row (see [`mysql::refuses_a_value`]).
-fn refuses_a_value(error: &sqlx::Error) -> bool {
-    use sqlx::error::ErrorKind;
-    let sqlx::Error::Database(db) = error else {
-        return false;
-    };
-    if let Some(n) = crate::db::mysql_errno(error) {
-        return mysql::refuses_a_value(n);
-    }
-    matches!(
-        db.kind(),
-        ErrorKind::UniqueViolation
-            | ErrorKind::ForeignKeyViolation
-            | ErrorKind::NotNullViolation
-            | ErrorKind::CheckViolation
-    ) || db.code().is_some_and(|code| {
-        code.starts_with("22")
-            || code.starts_with("23")
-            || code == "P0001"
-            // SQLITE_CONSTRAINT_TRIGGER
-            || code == "1811"
-    })
+    on_backend!(db.pools(), |B, pool| B::stored_form(
+        pool,
+        db.timeouts(),
+        layout,
+        rows
+    )
+    .await)
 }

@@ -8,16 +8,13 @@
 //! MySQL/MariaDB); the only SQL taken from a spec as written is its `where`
 //! condition.
 
-pub mod mysql;
-pub mod postgres;
-pub mod sqlite;
-
 use std::time::Duration;
 
-use sqlx::{MySqlPool, PgPool, Row as _, SqlitePool};
+use sqlx::Row as _;
 
+use crate::backend::{Backend, Capabilities, Pools, on_backend};
 use crate::chunk::{Key, KeyType};
-use crate::db::{Backend, DbUrl};
+use crate::db::DbUrl;
 use crate::value::{ColumnKind, Row, Value};
 
 /// Errors of the source stage.
@@ -60,6 +57,15 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// What a failed read of `table`'s catalog entry becomes.
+    pub fn catalog(table: &TableRef) -> impl Fn(sqlx::Error) -> SourceError + Copy + '_ {
+        move |error| SourceError::Query {
+            what: "reading the catalog",
+            table: table.quoted(),
+            error,
+        }
+    }
+
     /// A query's error.
     pub fn query(what: &'static str, table: String, error: sqlx::Error) -> SourceError {
         SourceError::Query { what, table, error }
@@ -68,7 +74,7 @@ impl SourceError {
     /// Whether the database refused a write in a statement refill ran
     /// read-only: SQL from the spec tried to write.
     pub fn writes_refused(&self) -> bool {
-        matches!(self, SourceError::Query { error, .. } if crate::db::writes_refused(error))
+        matches!(self, SourceError::Query { error, .. } if crate::backend::writes_refused(error))
     }
 }
 
@@ -76,7 +82,7 @@ impl SourceError {
 /// statement names the spec's `where`, the only SQL of a spec that reads
 /// of the source carry.
 fn query_message(what: &str, table: &str, error: &sqlx::Error) -> String {
-    if crate::db::writes_refused(error) {
+    if crate::backend::writes_refused(error) {
         return format!(
             "the spec's [source] where tried to write while {what} on {table} ({}): refill \
              runs its reads read-only, so nothing was written; remove the writing function \
@@ -91,7 +97,7 @@ impl crate::backoff::Transient for SourceError {
     fn is_transient(&self) -> bool {
         match self {
             SourceError::Connect { error, .. } | SourceError::Query { error, .. } => {
-                crate::backoff::transient(error)
+                crate::backend::transient(error)
             }
             _ => false,
         }
@@ -381,24 +387,6 @@ impl Default for Timeouts {
     }
 }
 
-/// The pools of a [`Database`], one kind per backend.
-#[derive(Clone, Debug)]
-pub enum Pools {
-    /// PostgreSQL: reads run in read-only transactions, writes in
-    /// read-write ones, on one pool.
-    Postgres(PgPool),
-    /// SQLite: reads go through connections opened read-only; a writing
-    /// database has a second, writable pool for the sink.
-    Sqlite {
-        /// Opened read-only.
-        read: SqlitePool,
-        /// Opened for writing, on a writing database only.
-        write: Option<SqlitePool>,
-    },
-    /// MySQL or MariaDB, as PostgreSQL.
-    Mysql(MySqlPool),
-}
-
 /// The source (and target) database. Every statement refill reads with,
 /// including the spec's `where`, lookup queries and probes, runs read-only
 /// (a `BEGIN READ ONLY` transaction on PostgreSQL, `START TRANSACTION READ
@@ -412,66 +400,27 @@ pub struct Database {
     writes: bool,
 }
 
-/// A writing connection pool, for the sink.
-pub enum Writer<'a> {
-    /// PostgreSQL.
-    Postgres(&'a PgPool),
-    /// SQLite, the writable pool.
-    Sqlite(&'a SqlitePool),
-    /// MySQL or MariaDB.
-    Mysql(&'a MySqlPool),
-}
-
 /// Runs `$body`, with `$conn` a connection of `$db` (a `&mut` to the
-/// backend's connection type) and `$m` the backend's module, inside a
-/// read-only transaction whose statements end after `$timeout`. `$body`
-/// evaluates to a `Result<T, sqlx::Error>`; so does the macro.
+/// backend's connection type) and `$d` its [`Driver`](crate::backend::Driver),
+/// inside a read-only session whose statements end after `$timeout`.
+/// `$body` evaluates to a `Result<T, sqlx::Error>`; so does the macro.
 macro_rules! read_only {
-    ($db:expr, $timeout:expr, |$conn:ident, $m:ident| $body:expr) => {{
+    ($db:expr, $timeout:expr, |$conn:ident, $d:ident| $body:expr) => {{
         let timeout: ::std::time::Duration = $timeout;
-        match &$db.pools {
-            $crate::source::Pools::Postgres(pool) => {
-                async {
-                    #[allow(unused_imports, reason = "not every body names the backend")]
-                    use $crate::source::postgres as $m;
-                    let mut tx = $m::begin_read(pool, timeout, $db.timeouts.lock).await?;
-                    let out: Result<_, sqlx::Error> = {
-                        let $conn = &mut *tx;
-                        $body
-                    };
-                    let out = out?;
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(out)
-                }
-                .await
+        let lock = $db.timeouts.lock;
+        on_backend!(&$db.pools, |$d, pool| {
+            async {
+                let mut session = $d::begin_read(pool, timeout, lock).await?;
+                let out: Result<_, sqlx::Error> = {
+                    let $conn = &mut *session;
+                    $body
+                };
+                let out = out?;
+                session.commit().await?;
+                Ok::<_, sqlx::Error>(out)
             }
-            $crate::source::Pools::Sqlite { read, .. } => {
-                async {
-                    #[allow(unused_imports, reason = "not every body names the backend")]
-                    use $crate::source::sqlite as $m;
-                    let mut conn = read.acquire().await?;
-                    let $conn = &mut *conn;
-                    let out: Result<_, sqlx::Error> = $body;
-                    out
-                }
-                .await
-            }
-            $crate::source::Pools::Mysql(pool) => {
-                async {
-                    #[allow(unused_imports, reason = "not every body names the backend")]
-                    use $crate::source::mysql as $m;
-                    let mut tx = $m::begin_read(pool).await?;
-                    let out: Result<_, sqlx::Error> = {
-                        let $conn = &mut *tx;
-                        $body
-                    };
-                    let out = out?;
-                    tx.commit().await?;
-                    Ok::<_, sqlx::Error>(out)
-                }
-                .await
-            }
-        }
+            .await
+        })
     }};
 }
 
@@ -504,31 +453,9 @@ impl Database {
         {
             return Err(SourceError::Missing(path.display().to_string()));
         }
-        let pools = match url.backend() {
-            Backend::Postgres => Pools::Postgres(
-                postgres::connect(url, connections, timeout)
-                    .await
-                    .map_err(connect_error)?,
-            ),
-            Backend::Sqlite => Pools::Sqlite {
-                read: sqlite::connect(url, connections, timeout, true)
-                    .await
-                    .map_err(connect_error)?,
-                write: match writes {
-                    true => Some(
-                        sqlite::connect(url, connections, timeout, false)
-                            .await
-                            .map_err(connect_error)?,
-                    ),
-                    false => None,
-                },
-            },
-            Backend::Mysql => Pools::Mysql(
-                mysql::connect(url, connections, timeout, &timeouts)
-                    .await
-                    .map_err(connect_error)?,
-            ),
-        };
+        let pools = Pools::connect(url, connections, timeout, &timeouts, writes)
+            .await
+            .map_err(connect_error)?;
         Ok(Database {
             pools,
             timeouts,
@@ -564,39 +491,40 @@ impl Database {
         &self.pools
     }
 
-    /// The writing pool, on a database connected for writing.
-    pub fn writer(&self) -> Option<Writer<'_>> {
-        if !self.writes {
-            return None;
-        }
-        Some(match &self.pools {
-            Pools::Postgres(pool) => Writer::Postgres(pool),
-            Pools::Sqlite { write, .. } => Writer::Sqlite(write.as_ref()?),
-            Pools::Mysql(pool) => Writer::Mysql(pool),
-        })
+    /// Whether it was connected for writing.
+    pub fn writes(&self) -> bool {
+        self.writes
     }
 
     /// The backend.
     pub fn backend(&self) -> Backend {
-        match self.pools {
-            Pools::Postgres(_) => Backend::Postgres,
-            Pools::Sqlite { .. } => Backend::Sqlite,
-            Pools::Mysql(_) => Backend::Mysql,
-        }
+        self.pools.backend()
+    }
+
+    /// What the backend can do.
+    pub fn capabilities(&self) -> &'static Capabilities {
+        self.pools.capabilities()
     }
 
     /// How this backend spells refill's queries.
     pub fn dialect(&self) -> &'static Dialect {
-        match self.pools {
-            Pools::Postgres(_) => &postgres::DIALECT,
-            Pools::Sqlite { .. } => &sqlite::DIALECT,
-            Pools::Mysql(_) => &mysql::DIALECT,
-        }
+        self.pools.dialect()
+    }
+
+    /// Why a key column of `sql_type` cannot key a run here, if it cannot.
+    pub fn refuses_key(&self, sql_type: &str) -> Option<String> {
+        on_backend!(&self.pools, |B, _pool| B::refuses_key(sql_type))
+    }
+
+    /// Whether a column of this type (as the catalog names it) cannot be
+    /// read or written here.
+    pub fn unsupported(&self, type_name: &str) -> bool {
+        on_backend!(&self.pools, |B, _pool| B::unsupported(type_name))
     }
 
     /// The catalog entry of `table`, or `None` if there is no such table.
     pub async fn table(&self, table: &TableRef) -> Result<Option<TableInfo>, SourceError> {
-        read_only!(self, self.timeouts.read, |conn, m| Ok(m::table(
+        read_only!(self, self.timeouts.read, |conn, B| Ok(B::table(
             conn, table
         )
         .await))
@@ -610,33 +538,28 @@ impl Database {
             "SELECT 1 FROM {} WHERE ({condition}) LIMIT 0",
             self.dialect().table(table)
         );
-        read_only!(self, self.timeouts.read, |conn, m| sqlx::query(built(sql))
+        read_only!(self, self.timeouts.read, |conn, B| sqlx::query(built(sql))
             .execute(conn)
             .await
             .map(drop))
     }
 
     /// The functions `condition` calls that may write (see
-    /// `postgres::volatile_functions`, `mysql::volatile_functions`); none
+    /// `Driver::volatile_functions`); none
     /// on SQLite, whose functions cannot write.
     pub async fn volatile_functions(
         &self,
         table: &TableRef,
         condition: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        match &self.pools {
-            Pools::Postgres(pool) => {
-                postgres::volatile_functions(
-                    pool,
-                    &self.timeouts,
-                    &self.dialect().table(table),
-                    condition,
-                )
-                .await
-            }
-            Pools::Mysql(pool) => mysql::volatile_functions(pool, condition).await,
-            Pools::Sqlite { .. } => Ok(Vec::new()),
-        }
+        let table = self.dialect().table(table);
+        on_backend!(&self.pools, |B, pool| B::volatile_functions(
+            pool,
+            &self.timeouts,
+            &table,
+            condition
+        )
+        .await)
     }
 
     /// Times a cheap indexed point read of `table`: the first key of its
@@ -647,13 +570,13 @@ impl Database {
         let key = (d.quote)(key);
         let read = format!("SELECT 1 FROM {} ORDER BY {key} LIMIT 1", d.table(table));
         // A writing run's read commits like the application does (see
-        // `postgres::committing`); a read-only one stays one read.
-        let sql = match self.pools {
-            Pools::Postgres(_) if self.writes => postgres::committing(&read),
-            _ => read,
+        // `Driver::committing`); a read-only one stays one read.
+        let sql = match self.writes {
+            true => on_backend!(&self.pools, |B, _pool| B::committing(read)),
+            false => read,
         };
         let started = std::time::Instant::now();
-        read_only!(self, self.timeouts.read, |conn, m| sqlx::query(built(sql))
+        read_only!(self, self.timeouts.read, |conn, B| sqlx::query(built(sql))
             .fetch_optional(conn)
             .await
             .map(drop))?;
@@ -665,11 +588,8 @@ impl Database {
     pub async fn number(&self, query: &str) -> Result<Option<f64>, sqlx::Error> {
         // A scalar subquery: one column and at most one row, or an error
         // that says so.
-        let sql = match self.backend() {
-            Backend::Mysql => format!("SELECT CAST(({query}) AS DOUBLE)"),
-            _ => format!("SELECT CAST(({query}) AS DOUBLE PRECISION)"),
-        };
-        read_only!(self, self.timeouts.read, |conn, m| sqlx::query_scalar(
+        let sql = format!("SELECT CAST(({query}) AS {})", self.dialect().double);
+        read_only!(self, self.timeouts.read, |conn, B| sqlx::query_scalar(
             built(sql)
         )
         .fetch_one(conn)
@@ -716,11 +636,11 @@ impl Database {
                 .collect()
         }
         let sql = query.to_string();
-        read_only!(self, self.timeouts.read, |conn, m| {
+        read_only!(self, self.timeouts.read, |conn, B| {
             let rows = sqlx::query(built(sql)).fetch_all(conn).await?;
             Ok(rows.iter().map(texts).collect::<Result<Vec<_>, String>>())
         })
-        .map_err(|e| match crate::db::writes_refused(&e) {
+        .map_err(|e| match crate::backend::writes_refused(&e) {
             true => format!(
                 "it tried to write ({}); refill runs lookup queries read-only, so nothing was written: make it a query that only reads",
                 crate::db::describe(&e)
@@ -754,7 +674,7 @@ impl Database {
             limit: None,
         };
         let text: Result<Option<String>, sqlx::Error> =
-            read_only!(self, self.timeouts.scan, |conn, m| bounds
+            read_only!(self, self.timeouts.scan, |conn, B| bounds
                 .bind(sqlx::query(built(sql)))
                 .fetch_one(conn)
                 .await
@@ -815,7 +735,7 @@ impl Database {
                 hi: high_watermark,
                 limit: None,
             };
-            let text: Option<String> = read_only!(self, self.timeouts.scan, |conn, m| range
+            let text: Option<String> = read_only!(self, self.timeouts.scan, |conn, B| range
                 .bind(sqlx::query(built(sql)))
                 .fetch_optional(conn)
                 .await
@@ -848,7 +768,7 @@ impl Database {
             d.table(&layout.source),
             layout.scope_sql()
         );
-        let result = read_only!(self, self.timeouts.scan, |conn, m| sqlx::query(built(sql))
+        let result = read_only!(self, self.timeouts.scan, |conn, B| sqlx::query(built(sql))
             .fetch_one(conn)
             .await
             .and_then(|row| scope_of(&row, layout.key_type)));
@@ -944,11 +864,11 @@ impl Database {
                 error,
             };
             let rows = Rows::Keys(part);
-            let fetched = read_only!(self, self.timeouts.read, |conn, m| {
-                let sql = targets_sql(layout, &m::DIALECT, part.len());
-                let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
+            let fetched = read_only!(self, self.timeouts.read, |conn, B| {
+                let sql = targets_sql(layout, &B::DIALECT, part.len());
+                let query = B::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
                 let fetched = query.fetch_all(conn).await?;
-                Ok(assemble_targets(&fetched, layout, m::decode))
+                Ok(assemble_targets(&fetched, layout, B::decode))
             })
             .map_err(query_error)??;
             out.extend(fetched);
@@ -977,16 +897,16 @@ impl Database {
             Rows::Range { limit, .. } => limit,
             Rows::Keys(_) => None,
         };
-        read_only!(self, self.timeouts.read, |conn, m| {
+        read_only!(self, self.timeouts.read, |conn, B| {
             use futures_util::TryStreamExt as _;
-            let tokens = tokens && m::DIALECT.token.is_some();
-            let sql = read_sql(layout, &m::DIALECT, &rows, tokens);
-            let query = m::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
+            let tokens = tokens && B::DIALECT.token.is_some();
+            let sql = read_sql(layout, &B::DIALECT, &rows, tokens);
+            let query = B::bind_rows(&rows, sqlx::query(built(sql)), layout.key_type);
             let mut stream = query.fetch(conn);
             let mut out = ChunkRows::default();
             let mut failed = None;
             while let Some(row) = stream.try_next().await? {
-                if let Err(e) = assemble_row(&row, layout, tokens, m::decode, &mut out) {
+                if let Err(e) = assemble_row(&row, layout, tokens, B::decode, &mut out) {
                     failed = Some(e);
                     break;
                 }
@@ -1108,6 +1028,9 @@ pub struct Dialect {
     /// The condition selecting a list of keys, given the first placeholder
     /// number and the count.
     pub keys_filter: fn(&ColumnInfo, usize, usize) -> String,
+    /// The SQL type a number is cast to: `DOUBLE PRECISION`, or MySQL's
+    /// `DOUBLE`.
+    pub double: &'static str,
     /// The condition that `read`, a column read through `column_expr`,
     /// holds exactly `expected` (NULL included), byte for byte: a case- or
     /// accent-insensitive collation must not let a changed text pass as
@@ -1136,11 +1059,14 @@ pub(crate) fn cast_text(e: &str) -> String {
 }
 
 /// Which rows a chunk query selects.
-enum Rows<'a> {
+pub enum Rows<'a> {
     /// Keys in `(lo, hi]`, at most `limit`.
     Range {
+        /// The key before the first, if any.
         lo: Option<&'a Key>,
+        /// The last key.
         hi: &'a Key,
+        /// At most this many rows.
         limit: Option<u64>,
     },
     /// These keys.
@@ -1150,7 +1076,7 @@ enum Rows<'a> {
 impl Rows<'_> {
     /// Binds the parameters in the order [`read_sql`] numbers them, a key
     /// list as one parameter per key.
-    fn bind<'q, DB>(
+    pub(crate) fn bind<'q, DB>(
         &self,
         mut query: sqlx::query::Query<'q, DB, DB::Arguments>,
     ) -> sqlx::query::Query<'q, DB, DB::Arguments>
@@ -1174,33 +1100,6 @@ impl Rows<'_> {
                 query
             }
             Rows::Keys(keys) => keys.iter().fold(query, bind_key),
-        }
-    }
-
-    /// Binds the parameters for PostgreSQL, where a key list is one array.
-    fn bind_pg<'q>(
-        &self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        key_type: KeyType,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        match (self, key_type) {
-            (Rows::Keys(keys), KeyType::Integer) => query.bind(
-                keys.iter()
-                    .filter_map(|k| if let Key::Int(i) = k { Some(*i) } else { None })
-                    .collect::<Vec<_>>(),
-            ),
-            (Rows::Keys(keys), KeyType::Text) => query.bind(
-                keys.iter()
-                    .filter_map(|k| {
-                        if let Key::Text(s) = k {
-                            Some(s.clone())
-                        } else {
-                            None
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-            ),
-            (range, _) => range.bind(query),
         }
     }
 }
@@ -1312,7 +1211,12 @@ where
 /// values, (for a separate target) whether the target row exists, and
 /// (with `tokens`) the inputs' guard token. Placeholders: for a range, `$1`
 /// (lo, when present), then hi, then the limit; for keys, the keys.
-fn read_sql(layout: &Layout, dialect: &Dialect, rows: &Rows<'_>, tokens: bool) -> String {
+pub(crate) fn read_sql(
+    layout: &Layout,
+    dialect: &Dialect,
+    rows: &Rows<'_>,
+    tokens: bool,
+) -> String {
     let quote = dialect.quote;
     let key = quote(&layout.key.name);
     let cast = (dialect.key_cast)(&layout.key);
@@ -1424,6 +1328,9 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::column;
     use super::*;
+    use crate::backend::Driver as _;
+    use crate::backend::postgres::Postgres;
+    use crate::backend::sqlite::Sqlite;
 
     fn layout(target: &str) -> Layout {
         super::testing::layout(
@@ -1465,7 +1372,7 @@ mod tests {
             limit: Some(10),
         };
         assert_eq!(
-            read_sql(&l, &postgres::DIALECT, &range, false),
+            read_sql(&l, &Postgres::DIALECT, &range, false),
             "SELECT \"quo\"\"tes\".\"id\"::text, \"quo\"\"tes\".\"status\"::text, \"quo\"\"tes\".\"status_v2\"::text \
              FROM \"quo\"\"tes\" WHERE \"id\" > $1::citext AND \"id\" <= $2::citext \
              AND (created_at < '2024-01-01') ORDER BY \"quo\"\"tes\".\"id\" LIMIT $3"
@@ -1475,7 +1382,7 @@ mod tests {
             hi: &hi,
             limit: None,
         };
-        let sql = read_sql(&l, &sqlite::DIALECT, &first, true);
+        let sql = read_sql(&l, &Sqlite::DIALECT, &first, true);
         assert!(sql.contains("WHERE \"id\" <= $1 AND"), "{sql}");
         assert!(
             sql.contains(", quote(\"quo\"\"tes\".\"status\") FROM"),
@@ -1483,9 +1390,9 @@ mod tests {
         );
         assert!(!sql.contains("LIMIT"), "{sql}");
         let keys = [Key::Text("b".into()), Key::Text("c".into())];
-        let sql = read_sql(&l, &sqlite::DIALECT, &Rows::Keys(&keys), false);
+        let sql = read_sql(&l, &Sqlite::DIALECT, &Rows::Keys(&keys), false);
         assert!(sql.contains("WHERE \"id\" IN ($1, $2) AND"), "{sql}");
-        let sql = read_sql(&l, &postgres::DIALECT, &Rows::Keys(&keys), true);
+        let sql = read_sql(&l, &Postgres::DIALECT, &Rows::Keys(&keys), true);
         assert!(
             sql.contains("WHERE \"id\" = ANY($1::citext[]) AND"),
             "{sql}"
@@ -1502,7 +1409,7 @@ mod tests {
         let hi = Key::Int(5);
         let sql = read_sql(
             &l,
-            &sqlite::DIALECT,
+            &Sqlite::DIALECT,
             &Rows::Range {
                 lo: None,
                 hi: &hi,

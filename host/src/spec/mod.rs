@@ -603,6 +603,7 @@ impl Spec {
         Ok(spec)
     }
 
+    // Longer than 100 lines: a list of independent checks, each returning the error of one key.
     fn validate(&self) -> Result<(), SpecError> {
         let f = &self.file;
         if let Some(dup) = first_duplicate(&f.source.columns) {

@@ -193,8 +193,7 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let delete = super::spell(
-        backend,
+    let delete = (crate::backend::store(backend).spell)(
         "DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2",
     )
     .into_owned();
@@ -234,7 +233,7 @@ where
              component_digest, attempts, first_seen_at, last_seen_at, resolved_at, trap) VALUES {}",
             tuples.join(", ")
         );
-        let sql = super::spell(backend, &sql).into_owned();
+        let sql = (crate::backend::store(backend).spell)(&sql).into_owned();
         let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
         for d in batch {
             query = query

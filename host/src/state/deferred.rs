@@ -62,8 +62,7 @@ where
     for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let delete = super::spell(
-        backend,
+    let delete = (crate::backend::store(backend).spell)(
         "DELETE FROM refill_deferred WHERE run_id = $1 AND chunk_id = $2",
     )
     .into_owned();
@@ -74,8 +73,7 @@ where
         .await
         .map_err(q("recording deferred rows"))?;
     for d in rows {
-        let insert = super::spell(
-            backend,
+        let insert = (crate::backend::store(backend).spell)(
             "INSERT INTO refill_deferred (run_id, key_hash, row_key, chunk_id, attempts, holder, \
              first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )

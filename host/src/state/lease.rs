@@ -17,7 +17,6 @@ use sqlx::Row as _;
 
 use super::{RunStatus, StateError, StateStore, key_of, now, q, to_i64, to_u64};
 use crate::chunk::{Chunk, Key, KeyType};
-use crate::db::Backend;
 
 /// The database's clock, in microseconds since the epoch.
 const NOW_US: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000000 AS BIGINT)";
@@ -71,10 +70,12 @@ fn micros(d: Duration) -> i64 {
 impl StateStore {
     /// Refuses a store that cannot coordinate workers.
     pub fn require_workers(&self) -> Result<(), StateError> {
-        match self.url.backend() {
-            Backend::Postgres => Ok(()),
-            other => Err(StateError::Corrupt(format!(
-                "distributed workers need a PostgreSQL state store; {} is {other}: set [state] url (or --state) to a postgres:// url",
+        let backend = self.url.backend();
+        match crate::backend::capabilities(backend).workers {
+            true => Ok(()),
+            false => Err(StateError::Corrupt(format!(
+                "distributed workers need a {} state store; {} is {backend}: set [state] url (or --state) to the url of one",
+                crate::backend::having(|c| c.workers),
                 self.url
             ))),
         }
@@ -217,6 +218,7 @@ impl StateStore {
     /// expired, for `session_id`, leased for `lease`. The run's row is
     /// locked for the claim, so that the chunks in flight are counted
     /// against the run's concurrency by one worker at a time.
+    // Longer than 100 lines: one transaction: lock the run, count, pick a chunk, lease it; split, its steps would hold the lock across calls.
     pub async fn claim(
         &self,
         run_id: &str,

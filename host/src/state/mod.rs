@@ -34,8 +34,9 @@ pub use deferred::Deferred;
 pub use images::Image;
 pub use lease::{Claim, Lease};
 
+use crate::backend::{AtomicDb, AtomicTx, Store};
 use crate::chunk::{Chunk, Key, KeyType};
-use crate::db::{Backend, DbUrl};
+use crate::db::DbUrl;
 use crate::progress::Phase;
 
 /// Errors of the state store.
@@ -87,7 +88,7 @@ impl crate::backoff::Transient for StateError {
     fn is_transient(&self) -> bool {
         match self {
             StateError::Open { error, .. } | StateError::Query { error, .. } => {
-                crate::backoff::transient(error)
+                crate::backend::transient(error)
             }
             _ => false,
         }
@@ -689,6 +690,8 @@ const SCHEMA: &[&str] = &[
 pub struct StateStore {
     pool: AnyPool,
     url: DbUrl,
+    /// How its database hosts it.
+    dialect: &'static Store,
     /// For SQLite, the store's file and its identity (device, inode) when
     /// it was opened, to notice it being deleted or replaced.
     file: Option<(std::path::PathBuf, (u64, u64))>,
@@ -698,41 +701,6 @@ pub struct StateStore {
 fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt as _;
     (meta.dev(), meta.ino())
-}
-
-/// `sql` as `backend` spells it. The store's statements are written for
-/// PostgreSQL and SQLite: `$n` placeholders numbered in the order they are
-/// bound, `CAST(… AS BIGINT)`, `TEXT` columns. MySQL and MariaDB take `?`,
-/// `CAST(… AS SIGNED)`, and `LONGTEXT` (their `TEXT` holds 64 KiB).
-fn spell(backend: Backend, sql: &str) -> std::borrow::Cow<'_, str> {
-    if backend != Backend::Mysql {
-        return std::borrow::Cow::Borrowed(sql);
-    }
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    let mut next = 1;
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            let mut n = 0;
-            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-                n = n * 10 + d;
-                chars.next();
-            }
-            debug_assert_eq!(n, next, "placeholders out of order in {sql}");
-            next += 1;
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    let out = out.replace(" AS BIGINT)", " AS SIGNED)");
-    std::borrow::Cow::Owned(
-        if out.trim_start().starts_with("CREATE TABLE") || out.starts_with("ALTER TABLE") {
-            out.replace(" TEXT", " LONGTEXT")
-        } else {
-            out
-        },
-    )
 }
 
 fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StateError {
@@ -750,7 +718,7 @@ fn to_i64(v: u64) -> i64 {
 impl StateStore {
     /// A statement of this module, as the store's backend spells it.
     fn sql(&self, sql: &'static str) -> sqlx::AssertSqlSafe<std::borrow::Cow<'static, str>> {
-        sqlx::AssertSqlSafe(spell(self.url.backend(), sql).into_owned().into())
+        sqlx::AssertSqlSafe((self.dialect.spell)(sql).into_owned().into())
     }
 
     /// Opens the store, creating it (and, for SQLite, its folder) and its
@@ -816,30 +784,19 @@ impl StateStore {
         for ddl in SCHEMA {
             // Two processes creating the same table at once: PostgreSQL
             // refuses the second `CREATE … IF NOT EXISTS` with a unique
-            // violation once the first commits; then it exists.
+            // violation or a duplicate type once the first commits; then
+            // it exists.
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                // MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has):
-                // an index that exists is refused with error 1061.
-                let ddl = match self.url.backend() {
-                    Backend::Mysql => ddl.replace("INDEX IF NOT EXISTS", "INDEX"),
-                    _ => ddl.to_string(),
-                };
-                let sql = spell(self.url.backend(), &ddl).into_owned();
+                let sql = (self.dialect.define)(ddl);
                 match sqlx::query(sqlx::AssertSqlSafe(sql))
                     .execute(&self.pool)
                     .await
                 {
                     Ok(_) => break,
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempts < 3 => {}
-                    Err(sqlx::Error::Database(e))
-                        if self.url.backend() == Backend::Mysql
-                            && e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                                .is_some_and(|e| e.number() == 1061) =>
-                    {
-                        break;
-                    }
+                    Err(e) if (self.dialect.raced)(&e) && attempts < 5 => {}
+                    Err(e) if (self.dialect.index_exists)(&e) => break,
                     Err(error) => {
                         return Err(StateError::Open {
                             url: self.url.masked(),
@@ -859,7 +816,7 @@ impl StateStore {
                 continue;
             }
             let alter = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
-            let alter = spell(self.url.backend(), &alter).into_owned();
+            let alter = (self.dialect.define)(&alter);
             let added = sqlx::query(sqlx::AssertSqlSafe(alter))
                 .execute(&self.pool)
                 .await;
@@ -895,15 +852,7 @@ impl StateStore {
             return Ok(None);
         }
         let store = StateStore::connect(url, false).await?;
-        let exists = match url.backend() {
-            Backend::Sqlite => "SELECT count(*) FROM sqlite_master WHERE name = 'refill_runs'",
-            Backend::Postgres => {
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = ANY(current_schemas(false))"
-            }
-            Backend::Mysql => {
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = DATABASE()"
-            }
-        };
+        let exists = crate::backend::store(url.backend()).count_tables;
         let n: i64 = sqlx::query_scalar(exists)
             .fetch_one(&store.pool)
             .await
@@ -919,25 +868,18 @@ impl StateStore {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let mut raw = url.expose().to_string();
-        let backend = url.backend();
-        if backend == Backend::Sqlite && create && !raw.contains("mode=") {
-            raw.push_str(if raw.contains('?') {
-                "&mode=rwc"
-            } else {
-                "?mode=rwc"
-            });
+        let dialect = crate::backend::store(url.backend());
+        if let Some(mode) = dialect.create.filter(|_| create && !raw.contains("mode=")) {
+            raw.push(if raw.contains('?') { '&' } else { '?' });
+            raw.push_str(mode);
         }
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets `refill status` read while a run writes;
-                        // NORMAL sync is durable across process crashes.
-                        sqlx::Executor::execute(&mut *conn, "PRAGMA journal_mode = WAL").await?;
-                        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
-                        sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 10000").await?;
+                    for &setup in dialect.setup {
+                        sqlx::Executor::execute(&mut *conn, setup).await?;
                     }
                     Ok(())
                 })
@@ -961,6 +903,7 @@ impl StateStore {
         Ok(StateStore {
             pool,
             url: url.clone(),
+            dialect,
             file,
         })
     }
@@ -1492,7 +1435,7 @@ macro_rules! checkpoint {
         } else {
             CHUNK_DONE
         };
-        let sql = spell($backend, sql).into_owned();
+        let sql = ($crate::backend::store($backend).spell)(sql).into_owned();
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(counts.rows))
             .bind(to_i64(counts.updated))
@@ -1525,14 +1468,15 @@ use checkpoint;
 /// Records a chunk's dead letters inside `tx`, replacing any recorded for
 /// it before: with [`checkpoint_in`], once the fence has passed.
 pub async fn dead_letters_in(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut crate::backend::AtomicTx,
     run_id: &str,
     chunk_id: u64,
     dead: &[DeadLetter],
     busy: &[Deferred],
 ) -> Result<(), StateError> {
-    dead::replace::<sqlx::Postgres>(tx, Backend::Postgres, run_id, chunk_id, dead).await?;
-    deferred::replace::<sqlx::Postgres>(tx, Backend::Postgres, run_id, chunk_id, busy).await
+    let tx = tx.conn();
+    dead::replace::<AtomicDb>(&mut *tx, AtomicTx::BACKEND, run_id, chunk_id, dead).await?;
+    deferred::replace::<AtomicDb>(tx, AtomicTx::BACKEND, run_id, chunk_id, busy).await
 }
 
 /// Marks a chunk done inside `tx`, an open transaction on the PostgreSQL
@@ -1541,7 +1485,7 @@ pub async fn dead_letters_in(
 /// Returns false, having marked nothing, if `lease` no longer holds the
 /// chunk: the caller must then roll its writes back.
 pub async fn checkpoint_in(
-    tx: &mut sqlx::PgConnection,
+    tx: &mut crate::backend::AtomicTx,
     run_id: &str,
     chunk_id: u64,
     counts: &Counts,
@@ -1550,8 +1494,8 @@ pub async fn checkpoint_in(
     lease: Option<&Lease>,
 ) -> Result<bool, StateError> {
     checkpoint!(
-        &mut *tx,
-        Backend::Postgres,
+        tx.conn(),
+        AtomicTx::BACKEND,
         run_id,
         chunk_id,
         counts,
@@ -1731,6 +1675,34 @@ impl ChunkSummary {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn processes_creating_a_postgres_store_at_once_all_open_it() {
+        let base = crate::db::test_postgres_url();
+        let admin = sqlx::PgPool::connect(&base).await.expect("connect");
+        for round in 0..4 {
+            let schema = format!("refill_store_race_{round}");
+            for sql in [
+                format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                format!("CREATE SCHEMA {schema}"),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&admin)
+                    .await
+                    .expect("schema");
+            }
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+            let url = DbUrl::parse(&url, std::path::Path::new("/")).expect("url");
+            // As `refill run` and a `refill status` or a worker started
+            // together on an empty database do.
+            let opened =
+                futures_util::future::join_all((0..8).map(|_| StateStore::open(&url))).await;
+            for store in opened {
+                store.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+    }
+
     fn run(id: &str, status: RunStatus) -> RunRecord {
         RunRecord {
             run_id: id.into(),
@@ -1760,31 +1732,6 @@ mod tests {
             message: None,
             workers: false,
         }
-    }
-
-    #[test]
-    fn statements_are_spelled_for_mysql() {
-        let sql = "SELECT CAST(count(*) AS BIGINT) FROM t WHERE a = $1 AND b IN ($2, $3)";
-        assert_eq!(spell(Backend::Postgres, sql), sql);
-        assert_eq!(spell(Backend::Sqlite, sql), sql);
-        assert_eq!(
-            spell(Backend::Mysql, sql),
-            "SELECT CAST(count(*) AS SIGNED) FROM t WHERE a = ? AND b IN (?, ?)"
-        );
-        // Twelve parameters: two-digit numbers are one placeholder each.
-        let many: Vec<String> = (1..=12).map(|i| format!("${i}")).collect();
-        let values = format!("VALUES ({})", many.join(", "));
-        assert_eq!(
-            spell(Backend::Mysql, &values),
-            format!("VALUES ({})", ["?"; 12].join(", "))
-        );
-        assert_eq!(
-            spell(
-                Backend::Mysql,
-                "CREATE TABLE x (a TEXT NOT NULL, b VARCHAR(4))"
-            ),
-            "CREATE TABLE x (a LONGTEXT NOT NULL, b VARCHAR(4))"
-        );
     }
 
     #[tokio::test]

@@ -309,6 +309,7 @@ impl Throttle {
     /// phase when it changes, and samples the progress for the recent
     /// rate; a slow signal never delays a pause or an abort. The other
     /// measures `signals` every [`CHECK_EVERY`].
+    // Longer than 100 lines: the two monitor tasks share their captures; each is one loop, read top to bottom.
     pub fn watch(self: &Arc<Self>, signals: Signals, control: Option<ControlSource>) -> Watching {
         let signals = Arc::new(signals);
         let me = self.clone();
@@ -828,7 +829,7 @@ pub fn describe(spec: &Spec) -> Vec<String> {
     }
     if t.max_replica_lag.is_none()
         && t.mode == crate::spec::ThrottleMode::Gentle
-        && spec.source_url.backend() == crate::db::Backend::Postgres
+        && crate::backend::capabilities(spec.source_url.backend()).lag_by_default
     {
         lines.push(format!(
             "pause while a streaming replica in the source's pg_stat_replication is over {} behind (the gentle default; set max_replica_lag to change it)",

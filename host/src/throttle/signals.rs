@@ -16,8 +16,9 @@ use chrono_tz::Tz;
 use tokio::sync::Mutex;
 
 use super::health::{Finding, Health};
-use crate::db::{Backend, DbUrl};
-use crate::source::{Database, Pools};
+use crate::backend::{Lag, on_backend};
+use crate::db::DbUrl;
+use crate::source::Database;
 use crate::spec::{Spec, SpecError, parse_window};
 
 /// The longest a measurement may take before it counts as failed.
@@ -25,9 +26,6 @@ const MEASURE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The replica lag a gentle run on PostgreSQL pauses over when the spec
 /// sets none (gh-ost's `--max-lag-millis` default).
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_millis(1500);
-/// A replica that heard nothing from its primary for this long is not
-/// known to be caught up (primaries send keepalives well within it).
-const RECEIVER_SILENCE: Duration = Duration::from_secs(60);
 
 /// The allowed times of day.
 #[derive(Clone, Debug)]
@@ -193,30 +191,36 @@ impl Signals {
                 let (on, replica) = match &t.replica_url {
                     Some(u) => {
                         let u = url("replica_url", u)?;
-                        if u.backend() == Backend::Sqlite {
+                        if crate::backend::capabilities(u.backend()).lag == Lag::None {
                             return Err(spec.error_at(
                                 &["throttle", "replica_url"],
-                                "replica lag is measured on PostgreSQL and MySQL/MariaDB replicas only",
+                                format!(
+                                    "replica lag is measured on {} replicas only",
+                                    crate::backend::having(|c| c.lag != Lag::None)
+                                ),
                             ));
                         }
                         (On::Other(Lazy::new(u)), true)
                     }
                     None => (On::Source(source.clone()), false),
                 };
-                match source.backend() {
-                    Backend::Sqlite if !replica => {
+                let backend = source.backend();
+                match source.capabilities().lag {
+                    Lag::None if !replica => {
                         return Err(spec.error_at(
                             &["throttle", "max_replica_lag"],
-                            "a SQLite source has no replicas; remove max_replica_lag",
+                            format!("a {backend} source has no replicas; remove max_replica_lag"),
                         ));
                     }
                     // A MySQL primary does not report its replicas' lag:
                     // it is read on the replica.
-                    Backend::Mysql if !replica => {
+                    Lag::OnReplica if !replica => {
                         return Err(spec.error_at(
                             &["throttle", "max_replica_lag"],
-                            "on MySQL/MariaDB, replica lag is read on the replica: \
-                             set [throttle] replica_url to it (mysql://…)",
+                            format!(
+                                "on {backend}, replica lag is read on the replica: \
+                                 set [throttle] replica_url to it"
+                            ),
                         ));
                     }
                     _ => {}
@@ -235,7 +239,7 @@ impl Signals {
         // streaming replicas' lag unless the spec says otherwise.
         let lag_by_default = lag.is_none()
             && t.mode == crate::spec::ThrottleMode::Gentle
-            && source.backend() == Backend::Postgres;
+            && source.capabilities().lag_by_default;
         let lag = match lag_by_default {
             true => Some((On::Source(source.clone()), false, DEFAULT_MAX_LAG)),
             false => lag,
@@ -306,16 +310,15 @@ impl Signals {
         if let Some((on, max, replica)) = self.lag.as_ref().map(|(on, r, max)| (on, max, *r)) {
             let measured = within(async {
                 let db = on.get().await?;
-                match db.pools() {
-                    Pools::Mysql(pool) => {
-                        let url = match on {
-                            On::Other(lazy) => lazy.url.masked(),
-                            On::Source(_) => "the source".to_string(),
-                        };
-                        mysql_replica_lag(pool, &url).await
-                    }
-                    _ => replica_lag(&db, replica, self.lag_by_default).await,
-                }
+                let name = match on {
+                    On::Other(lazy) => lazy.url.masked(),
+                    On::Source(_) => "the source".to_string(),
+                };
+                let optional = self.lag_by_default;
+                on_backend!(db.pools(), |B, pool| B::replica_lag(
+                    pool, replica, optional, &name
+                )
+                .await)
             })
             .await;
             match measured {
@@ -375,241 +378,9 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(format!("no answer within {} s", MEASURE_TIMEOUT.as_secs())))
 }
 
-/// Replication lag. On a replica: how far its replay is behind what it
-/// received (zero when it replayed everything), provided its WAL receiver
-/// is streaming and heard from the primary recently. On a primary: the
-/// largest `replay_lag` in `pg_stat_replication`, provided the role may see
-/// the replicas' positions (`pg_read_all_stats`, or `pg_monitor`).
-async fn replica_lag(db: &Database, replica: bool, optional: bool) -> Result<Duration, String> {
-    let Pools::Postgres(pool) = db.pools() else {
-        return Err("not a PostgreSQL database".into());
-    };
-    let describe = |e: sqlx::Error| crate::db::describe(&e);
-    let seconds: f64 = if replica {
-        let (recovering, receiver, silent, lag): (bool, Option<String>, Option<f64>, Option<f64>) =
-            sqlx::query_as(
-                "SELECT pg_is_in_recovery(), \
-                        (SELECT status FROM pg_stat_wal_receiver), \
-                        (SELECT EXTRACT(EPOCH FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver), \
-                        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                             ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 END",
-            )
-            .fetch_one(pool)
-            .await
-            .map_err(describe)?;
-        if !recovering {
-            return Err("replica_url is not a replica (pg_is_in_recovery() is false)".into());
-        }
-        match receiver.as_deref() {
-            Some("streaming") => {}
-            Some(other) => {
-                return Err(format!(
-                    "the replica's WAL receiver is {other}, not streaming"
-                ));
-            }
-            None => {
-                return Err(
-                    "the replica has no WAL receiver: it is not streaming from a primary".into(),
-                );
-            }
-        }
-        if silent.is_some_and(|s| s > RECEIVER_SILENCE.as_secs_f64()) {
-            return Err(format!(
-                "the replica heard nothing from its primary for {:.0} s",
-                silent.unwrap_or_default()
-            ));
-        }
-        lag.ok_or("the replica has replayed nothing yet")?
-    } else {
-        let (replicas, visible, lag): (i64, i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), count(replay_lsn), max(EXTRACT(EPOCH FROM replay_lag))::float8 \
-             FROM pg_stat_replication",
-        )
-        .fetch_one(pool)
-        .await
-        .map_err(describe)?;
-        if replicas == 0 && optional {
-            return Ok(Duration::ZERO);
-        }
-        if replicas == 0 {
-            return Err(
-                "no replica is connected to the source (pg_stat_replication is empty); \
-                 set [throttle] replica_url, or remove max_replica_lag"
-                    .into(),
-            );
-        }
-        if visible < replicas {
-            return Err(
-                "this role cannot see the replicas' positions in pg_stat_replication; \
-                 grant it pg_monitor (or pg_read_all_stats)"
-                    .into(),
-            );
-        }
-        // Positions visible but no lag reported: the replicas are idle and
-        // caught up.
-        lag.unwrap_or(0.0)
-    };
-    Ok(Duration::from_secs_f64(seconds.max(0.0)))
-}
-
-/// One row of `SHOW REPLICA STATUS` (one per replication channel or
-/// MariaDB connection), with the columns lag is judged by.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplicaStatus {
-    /// `Seconds_Behind_Source` (`Seconds_Behind_Master`): NULL while
-    /// replication is stopped or broken.
-    pub seconds: Option<i64>,
-    /// `Replica_IO_Running` (`Slave_IO_Running`).
-    pub io_running: Option<String>,
-    /// `Replica_SQL_Running` (`Slave_SQL_Running`).
-    pub sql_running: Option<String>,
-    /// `Last_IO_Error`, then `Last_SQL_Error`, whichever is set.
-    pub last_error: Option<String>,
-}
-
-impl ReplicaStatus {
-    /// Reads the columns out of `(name, value)` pairs, under their new
-    /// (`Source`, `Replica`) or old (`Master`, `Slave`) names.
-    pub fn from_columns(columns: &[(String, Option<String>)]) -> ReplicaStatus {
-        let get = |names: &[&str]| {
-            columns
-                .iter()
-                .find(|(n, _)| names.iter().any(|m| n.eq_ignore_ascii_case(m)))
-                .and_then(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-        };
-        ReplicaStatus {
-            seconds: get(&["Seconds_Behind_Source", "Seconds_Behind_Master"])
-                .and_then(|v| v.trim().parse().ok()),
-            io_running: get(&["Replica_IO_Running", "Slave_IO_Running"]),
-            sql_running: get(&["Replica_SQL_Running", "Slave_SQL_Running"]),
-            last_error: get(&["Last_IO_Error"]).or_else(|| get(&["Last_SQL_Error"])),
-        }
-    }
-}
-
-/// The lag of a replica from its `SHOW REPLICA STATUS` rows: the largest
-/// over its channels. No row means `url` is not a replica; a NULL lag means
-/// replication is stopped, and the lag cannot be measured.
-pub fn lag_of(url: &str, statuses: &[ReplicaStatus]) -> Result<Duration, String> {
-    if statuses.is_empty() {
-        return Err(format!(
-            "{url} is not a replica (SHOW REPLICA STATUS returned no row); \
-             point [throttle] replica_url at a replica, or remove max_replica_lag"
-        ));
-    }
-    let mut max = 0;
-    for status in statuses {
-        let Some(seconds) = status.seconds else {
-            let mut why = format!(
-                "replication on {url} is stopped or broken (Seconds_Behind_Source is NULL; IO thread {}, SQL thread {})",
-                status.io_running.as_deref().unwrap_or("?"),
-                status.sql_running.as_deref().unwrap_or("?"),
-            );
-            if let Some(error) = &status.last_error {
-                why.push_str(&format!(": {error}"));
-            }
-            return Err(why);
-        };
-        max = max.max(seconds);
-    }
-    Ok(Duration::from_secs(u64::try_from(max).unwrap_or(0)))
-}
-
-/// Replication lag of the MySQL/MariaDB replica behind `pool`, named `url`
-/// in messages.
-async fn mysql_replica_lag(pool: &sqlx::MySqlPool, url: &str) -> Result<Duration, String> {
-    use sqlx::{Column as _, Row as _};
-    let describe = |e: sqlx::Error| crate::db::describe(&e);
-    // Plain text protocol: every value arrives as text, whatever its type.
-    let rows = match sqlx::raw_sql("SHOW REPLICA STATUS").fetch_all(pool).await {
-        // 1064: a syntax error, from a server older than the new name.
-        Err(e) if crate::db::mysql_errno(&e) == Some(1064) => sqlx::raw_sql("SHOW SLAVE STATUS")
-            .fetch_all(pool)
-            .await
-            .map_err(describe)?,
-        other => other.map_err(describe)?,
-    };
-    let statuses: Vec<ReplicaStatus> = rows
-        .iter()
-        .map(|row| {
-            let columns: Vec<(String, Option<String>)> = row
-                .columns()
-                .iter()
-                .map(|c| {
-                    let value = row
-                        .try_get_unchecked::<Option<String>, _>(c.ordinal())
-                        .ok()
-                        .flatten();
-                    (c.name().to_string(), value)
-                })
-                .collect();
-            ReplicaStatus::from_columns(&columns)
-        })
-        .collect();
-    lag_of(url, &statuses)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn columns(pairs: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.map(str::to_string)))
-            .collect()
-    }
-
-    #[test]
-    fn replica_status_is_read_under_old_and_new_names() {
-        let new = ReplicaStatus::from_columns(&columns(&[
-            ("Replica_IO_Running", Some("Yes")),
-            ("Replica_SQL_Running", Some("Yes")),
-            ("Seconds_Behind_Source", Some("7")),
-            ("Last_IO_Error", Some("")),
-        ]));
-        assert_eq!(new.seconds, Some(7));
-        assert_eq!(new.last_error, None);
-        let old = ReplicaStatus::from_columns(&columns(&[
-            ("Slave_IO_Running", Some("No")),
-            ("Slave_SQL_Running", Some("Yes")),
-            ("Seconds_Behind_Master", None),
-            ("Last_IO_Error", Some("error connecting to master")),
-        ]));
-        assert_eq!(old.seconds, None);
-        assert_eq!(old.io_running.as_deref(), Some("No"));
-        assert_eq!(
-            old.last_error.as_deref(),
-            Some("error connecting to master")
-        );
-    }
-
-    #[test]
-    fn replica_lag_is_the_largest_and_null_cannot_be_measured() {
-        let at = |s: Option<i64>| ReplicaStatus {
-            seconds: s,
-            io_running: Some("Yes".into()),
-            sql_running: Some("Yes".into()),
-            last_error: None,
-        };
-        let url = "mysql://repl:***@replica/db";
-        assert_eq!(
-            lag_of(url, &[at(Some(3)), at(Some(12))]),
-            Ok(Duration::from_secs(12))
-        );
-        assert_eq!(lag_of(url, &[at(Some(0))]), Ok(Duration::ZERO));
-        let stopped = lag_of(url, &[at(Some(1)), at(None)]).unwrap_err();
-        assert!(
-            stopped.contains("replication on mysql://repl:***@replica/db is stopped"),
-            "{stopped}"
-        );
-        let none = lag_of(url, &[]).unwrap_err();
-        assert!(
-            none.starts_with("mysql://repl:***@replica/db is not a replica"),
-            "{none}"
-        );
-    }
 
     fn windows(list: &[&str], zone: &str) -> Windows {
         Windows {

@@ -24,7 +24,7 @@ use crate::chunk::{Chunk, Key};
 use crate::lookup::Lookups;
 use crate::plan::{self, Plan, PlanError};
 use crate::sink::SinkError;
-use crate::source::{Database, Layout, Pools, SourceError};
+use crate::source::{Database, Layout, SourceError};
 use crate::spec::Spec;
 use crate::state::LookupRecord;
 use crate::state::{
@@ -694,13 +694,14 @@ pub(crate) fn context(
 /// The target's pool when the state store is the same PostgreSQL database
 /// (the same url): a chunk's writes and its checkpoint then commit in one
 /// transaction.
-fn atomic_pool(spec: &Spec, db: &Database, state: Option<&StateStore>) -> Option<sqlx::PgPool> {
-    match (db.pools(), state) {
-        (Pools::Postgres(pool), Some(state)) if *state.url() == spec.source_url => {
-            Some(pool.clone())
-        }
-        _ => None,
-    }
+fn atomic_pool(
+    spec: &Spec,
+    db: &Database,
+    state: Option<&StateStore>,
+) -> Option<crate::backend::Atomic> {
+    state
+        .filter(|state| *state.url() == spec.source_url)
+        .and_then(|_| db.pools().atomic())
 }
 
 /// The spec's throttle, watching its signals and (with `control`) the
@@ -756,6 +757,39 @@ pub(crate) async fn steer(
     start_throttle(spec, db, progress.clone(), max_runtime, control)
 }
 
+/// Starts a command that follows a run and writes to it (retry,
+/// rollback): with `execute`, it answers an abort that stopped an earlier
+/// one and ends the sessions of processes killed before they could end
+/// them (this one holds the run's lock); then it is steered like a run.
+pub(crate) async fn take_over(
+    spec: &Spec,
+    db: &Database,
+    state: &StateStore,
+    run: &RunRecord,
+    session: Option<&SessionRecord>,
+    progress: &Arc<Progress>,
+    execute: bool,
+) -> Result<(Arc<Throttle>, Watching), RunError> {
+    if execute {
+        clear_abort(state, &run.run_id).await?;
+        end_lost_sessions(state, run).await?;
+    }
+    steer(spec, db, state, run, session, progress, None).await
+}
+
+/// Refuses `spec` for `run` when the run read or wrote other tables or
+/// columns than it describes; `what` says what to do instead ("retry it").
+pub(crate) fn same_data(spec: &Spec, run: &RunRecord, what: &str) -> Result<(), RunError> {
+    if run.data_hash == spec.data_hash() {
+        return Ok(());
+    }
+    Err(RunError::WrongSpec(format!(
+        "run {} read and wrote other tables or columns than {} describes; {what} with the spec it ran",
+        run.run_id,
+        spec.path.display()
+    )))
+}
+
 /// Refuses a health indicator the role cannot see, as `plan` does: a
 /// retry, a rollback or a worker may connect as another role than the
 /// plan did. A default one it cannot see is logged.
@@ -797,6 +831,120 @@ struct Prepared {
     state: StateStore,
 }
 
+/// The chunks an earlier session left in flight, to redo first; counts
+/// the rows earlier sessions finished in `progress`, and the rows this
+/// session is to reach (all in scope, or `limit` more).
+fn pick_up(
+    progress: &Progress,
+    run: &RunRecord,
+    chunks: &[crate::state::ChunkRecord],
+    limit: Option<u64>,
+) -> Vec<Chunk> {
+    let done = chunks.iter().filter(|c| c.status == ChunkStatus::Done);
+    let done_rows: u64 = done.clone().map(|c| c.counts.rows).sum();
+    let done_failed: u64 = done.map(|c| c.counts.failed).sum();
+    let pending: Vec<Chunk> = chunks
+        .iter()
+        .filter(|c| c.status == ChunkStatus::Pending)
+        .map(|c| c.chunk())
+        .collect();
+    if !pending.is_empty() {
+        info!(
+            chunks = pending.len(),
+            "Redoing chunks that were in flight when the last session stopped."
+        );
+    }
+    let scope_rows = run.rows_in_scope.max(done_rows);
+    let target_rows = limit.map_or(scope_rows, |limit| (done_rows + limit).min(scope_rows));
+    progress.total_rows.store(target_rows, Ordering::Relaxed);
+    progress.start_at(done_rows);
+    progress.failed_rows.store(done_failed, Ordering::Relaxed);
+    pending
+}
+
+/// Where a session with `--until-key` stops reading: the last key in
+/// scope at or before it, as the session's high-watermark, and the key
+/// asked for when that stops it before the run's end.
+async fn until_key(
+    db: &Database,
+    plan: &Plan,
+    run: &RunRecord,
+    until_key: Option<&str>,
+) -> Result<(Option<Key>, Option<Key>), RunError> {
+    let mut high_watermark = run.high_watermark.clone();
+    let mut until = None;
+    if let (Some(text), Some(hwm)) = (until_key, &run.high_watermark) {
+        let key = Key::decode(text, run.key_type).ok_or_else(|| {
+            RunError::Usage(format!(
+                "--until-key {text:?} is not an {} key",
+                run.key_type
+            ))
+        })?;
+        let bound = db
+            .last_key_within(&plan.layout, &key, hwm)
+            .await
+            .map_err(|source| RunError::Read {
+                chunk: "--until-key".into(),
+                source,
+            })?;
+        if bound.as_ref() != Some(hwm) {
+            high_watermark = bound;
+            until = Some(key);
+        }
+    }
+    Ok((high_watermark, until))
+}
+
+/// How a session's pipeline ended, as the run's status, its message, the
+/// failure to report and the stop that ended it.
+#[expect(clippy::type_complexity, reason = "four parts of one ending")]
+fn ending(
+    outcome: Result<Ended, RunError>,
+    until: Option<&Key>,
+    limit: Option<u64>,
+) -> Result<(RunStatus, Option<String>, Option<String>, Option<Stop>), RunError> {
+    let mut stop = None;
+    let (status, message, failure) = match outcome {
+        Ok(Ended::Done) => match until {
+            None => (RunStatus::Done, None, None),
+            Some(key) => (
+                RunStatus::Incomplete,
+                Some(format!("stopped at --until-key {key}")),
+                None,
+            ),
+        },
+        Ok(Ended::Limit) => (
+            RunStatus::Incomplete,
+            Some(format!("stopped after --limit {}", limit.unwrap_or(0))),
+            None,
+        ),
+        Ok(Ended::Stopped(why)) => {
+            let status = match why {
+                Stop::Aborted { .. } => RunStatus::Aborted,
+                Stop::Interrupted | Stop::MaxRuntime(_) | Stop::Critical { .. } => {
+                    RunStatus::Incomplete
+                }
+            };
+            let message = format!("{why}; the next `refill run` resumes it");
+            stop = Some(why);
+            (status, Some(message), None)
+        }
+        // Only workers' feeds end this way.
+        Ok(Ended::Left { status, .. }) => {
+            return Err(RunError::Internal(format!(
+                "the run's status changed to {status} under its own process"
+            )));
+        }
+        Err(error) => (
+            RunStatus::Failed,
+            Some(error.to_string()),
+            Some(error.to_string()),
+        ),
+    };
+    Ok((status, message, failure, stop))
+}
+
+// Longer than 100 lines: the steps of a session in order (open or resume the run, steer, run the pipeline, record how it ended), each a call.
 async fn run_session(
     spec: &Spec,
     options: &RunOptions,
@@ -839,50 +987,8 @@ async fn run_session(
 
     let env = guest_env(Some(&state), spec.name(), runner.digest()).await?;
     let chunks = state.chunks(&run).await?;
-    let done = chunks.iter().filter(|c| c.status == ChunkStatus::Done);
-    let done_rows: u64 = done.clone().map(|c| c.counts.rows).sum();
-    let done_failed: u64 = done.map(|c| c.counts.failed).sum();
-    let pending: Vec<Chunk> = chunks
-        .iter()
-        .filter(|c| c.status == ChunkStatus::Pending)
-        .map(|c| c.chunk())
-        .collect();
-    if !pending.is_empty() {
-        info!(
-            chunks = pending.len(),
-            "Redoing chunks that were in flight when the last session stopped."
-        );
-    }
-    let scope_rows = run.rows_in_scope.max(done_rows);
-    let target_rows = options
-        .limit
-        .map_or(scope_rows, |limit| (done_rows + limit).min(scope_rows));
-    progress.total_rows.store(target_rows, Ordering::Relaxed);
-    progress.start_at(done_rows);
-    progress.failed_rows.store(done_failed, Ordering::Relaxed);
-    // --until-key: this session reads up to the last key in scope at or
-    // before it.
-    let mut high_watermark = run.high_watermark.clone();
-    let mut until = None;
-    if let (Some(text), Some(hwm)) = (&options.until_key, &run.high_watermark) {
-        let key = Key::decode(text, run.key_type).ok_or_else(|| {
-            RunError::Usage(format!(
-                "--until-key {text:?} is not an {} key",
-                run.key_type
-            ))
-        })?;
-        let bound = db
-            .last_key_within(&plan.layout, &key, hwm)
-            .await
-            .map_err(|source| RunError::Read {
-                chunk: "--until-key".into(),
-                source,
-            })?;
-        if bound.as_ref() != Some(hwm) {
-            high_watermark = bound;
-            until = Some(key);
-        }
-    }
+    let pending = pick_up(&progress, &run, &chunks, options.limit);
+    let (high_watermark, until) = until_key(&db, &plan, &run, options.until_key.as_deref()).await?;
     let feed = Feed::Ranges {
         known: pending,
         next: Some(
@@ -929,47 +1035,7 @@ async fn run_session(
         beat.abort();
     }
 
-    let mut stop = None;
-    let (status, message, failure) = match outcome {
-        Ok(Ended::Done) => match &until {
-            None => (RunStatus::Done, None, None),
-            Some(key) => (
-                RunStatus::Incomplete,
-                Some(format!("stopped at --until-key {key}")),
-                None,
-            ),
-        },
-        Ok(Ended::Limit) => (
-            RunStatus::Incomplete,
-            Some(format!(
-                "stopped after --limit {}",
-                options.limit.unwrap_or(0)
-            )),
-            None,
-        ),
-        Ok(Ended::Stopped(why)) => {
-            let status = match why {
-                Stop::Aborted { .. } => RunStatus::Aborted,
-                Stop::Interrupted | Stop::MaxRuntime(_) | Stop::Critical { .. } => {
-                    RunStatus::Incomplete
-                }
-            };
-            let message = format!("{why}; the next `refill run` resumes it");
-            stop = Some(why);
-            (status, Some(message), None)
-        }
-        // Only workers' feeds end this way.
-        Ok(Ended::Left { status, .. }) => {
-            return Err(RunError::Internal(format!(
-                "the run's status changed to {status} under its own process"
-            )));
-        }
-        Err(error) => (
-            RunStatus::Failed,
-            Some(error.to_string()),
-            Some(error.to_string()),
-        ),
-    };
+    let (status, message, failure, stop) = ending(outcome, until.as_ref(), options.limit)?;
     state
         .set_run_status(&run.run_id, status, message.as_deref())
         .await?;

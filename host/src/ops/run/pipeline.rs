@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::{Diff, ErrorGroup, Example, Progress, RunError};
 use crate::backoff::{self, Policy};
 use crate::chunk::{Chunk, Key};
-use crate::sink::{self, Guard, Update};
+use crate::sink::{self, Guard, Update, Written};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
 use crate::state::{
@@ -137,7 +137,7 @@ pub(crate) struct Context {
     /// When the state store is the target's PostgreSQL database: its pool,
     /// on which a run's chunk writes and checkpoint commit in one
     /// transaction.
-    pub atomic: Option<sqlx::PgPool>,
+    pub atomic: Option<crate::backend::Atomic>,
     /// Rows another transaction held locked, waiting for their next try.
     pub deferred: Mutex<Vec<Pending>>,
     /// Chunks handed to workers and not finished yet.
@@ -536,204 +536,236 @@ async fn read_feed(
     feed: Feed,
     tx: &mpsc::Sender<Work>,
 ) -> Result<Ended, RunError> {
-    let failed = || ctx.stop.load(Ordering::Relaxed);
     let tokens = ctx.purpose.writes() && ctx.conditional;
-    let throttle = &ctx.throttle;
     match feed {
-        Feed::Claims { lease, poll } => {
-            let (state, session_id) = match &ctx.purpose {
-                Purpose::Run { session_id, .. } => (ctx.state()?, session_id.as_str()),
-                _ => return Err(RunError::Internal("only runs claim chunks".into())),
-            };
-            let mut limit = None;
-            loop {
-                if failed() {
-                    return Ok(Ended::Done);
-                }
-                if !offer_deferred(ctx, tx).await? {
-                    return Ok(Ended::Done);
-                }
-                if let Err(stop) = throttle.admit(None).await {
-                    return Ok(Ended::Stopped(stop));
-                }
-                let counter = AtomicU64::new(0);
-                let claim = backoff::retry(&ctx.policy, "claiming a chunk", &counter, || {
-                    state.claim(&ctx.run_id, ctx.layout.key_type, session_id, lease)
-                })
-                .await
-                .map_err(|source| RunError::Checkpoint {
-                    chunk: format!("run {}", ctx.run_id),
-                    source,
-                })?;
-                let lease = match claim {
-                    Claim::Got(lease) => lease,
-                    Claim::Finished => return Ok(Ended::Done),
-                    Claim::Stopped { status, message } => {
-                        return Ok(Ended::Left { status, message });
-                    }
-                    // The run is at its concurrency: this process's own
-                    // chunks are most likely what holds it there, so ask
-                    // again as soon as one of them is done (or after a
-                    // short while, for the other workers' chunks).
-                    Claim::Busy => {
-                        tokio::select! {
-                            () = ctx.chunk_finished.notified() => {}
-                            () = tokio::time::sleep(poll.min(BUSY_POLL)) => {}
-                        }
-                        continue;
-                    }
-                    // Every chunk left is held: polling the shared store is
-                    // the only way to learn that a lease expired.
-                    Claim::Waiting => {
-                        tokio::time::sleep(poll).await;
-                        continue;
-                    }
-                };
-                let chunk = lease.chunk.clone();
-                match &lease.taken_from {
-                    Some(from) => info!(
-                        chunk = chunk.id,
-                        attempt = lease.attempt,
-                        from = %from,
-                        "Took over a chunk whose lease expired."
-                    ),
-                    None => debug!(chunk = chunk.id, "Claimed a chunk."),
-                }
-                if let Some(end) =
-                    pass_on(ctx, chunk, tokens, counter, &mut limit, Some(lease), tx).await?
-                {
-                    return Ok(end);
-                }
-            }
-        }
-        Feed::Keys(groups) => {
-            for (chunk, keys) in groups {
-                if failed() {
-                    return Ok(Ended::Done);
-                }
-                if let Err(stop) = throttle.admit(None).await {
-                    return Ok(Ended::Stopped(stop));
-                }
-                let started = Instant::now();
-                let counter = AtomicU64::new(0);
-                let rows = backoff::retry(&ctx.policy, "reading rows by key", &counter, || {
-                    ctx.db.read_keys(&ctx.layout, &keys, tokens)
-                })
-                .await
-                .map_err(|source| RunError::Read {
-                    chunk: chunk.to_string(),
-                    source,
-                })?;
-                let read_ms = millis(started.elapsed());
-                if let Err(stop) = throttle.pace(rows.len() as u64).await {
-                    return Ok(Ended::Stopped(stop));
-                }
-                let work = Work {
-                    chunk,
-                    rows,
-                    read_ms,
-                    retries: counter.into_inner(),
-                    asked: keys,
-                    lease: None,
-                    retrying: Vec::new(),
-                };
-                if !send(ctx, tx, work).await {
-                    return Ok(Ended::Done);
-                }
-            }
-            Ok(Ended::Done)
-        }
+        Feed::Claims { lease, poll } => read_claims(ctx, lease, poll, tokens, tx).await,
+        Feed::Keys(groups) => read_key_groups(ctx, groups, tokens, tx).await,
         Feed::Ranges {
             known,
             next,
             high_watermark,
-            mut limit,
-        } => {
-            for chunk in known {
-                if failed() {
-                    return Ok(Ended::Done);
-                }
-                if limit == Some(0) {
-                    return Ok(Ended::Limit);
-                }
-                if let Err(stop) = throttle.admit(None).await {
-                    return Ok(Ended::Stopped(stop));
-                }
-                let counter = AtomicU64::new(0);
-                if let Some(end) =
-                    pass_on(ctx, chunk, tokens, counter, &mut limit, None, tx).await?
-                {
-                    return Ok(end);
-                }
+            limit,
+        } => read_ranges(ctx, known, next, high_watermark, limit, tokens, tx).await,
+    }
+}
+
+/// Claims chunks from the shared store and reads each, until none is left
+/// (a worker's feed).
+async fn read_claims(
+    ctx: &Arc<Context>,
+    lease: std::time::Duration,
+    poll: std::time::Duration,
+    tokens: bool,
+    tx: &mpsc::Sender<Work>,
+) -> Result<Ended, RunError> {
+    let failed = || ctx.stop.load(Ordering::Relaxed);
+    let throttle = &ctx.throttle;
+    let (state, session_id) = match &ctx.purpose {
+        Purpose::Run { session_id, .. } => (ctx.state()?, session_id.as_str()),
+        _ => return Err(RunError::Internal("only runs claim chunks".into())),
+    };
+    let mut limit = None;
+    loop {
+        if failed() {
+            return Ok(Ended::Done);
+        }
+        if !offer_deferred(ctx, tx).await? {
+            return Ok(Ended::Done);
+        }
+        if let Err(stop) = throttle.admit(None).await {
+            return Ok(Ended::Stopped(stop));
+        }
+        let counter = AtomicU64::new(0);
+        let claim = backoff::retry(&ctx.policy, "claiming a chunk", &counter, || {
+            state.claim(&ctx.run_id, ctx.layout.key_type, session_id, lease)
+        })
+        .await
+        .map_err(|source| RunError::Checkpoint {
+            chunk: format!("run {}", ctx.run_id),
+            source,
+        })?;
+        let lease = match claim {
+            Claim::Got(lease) => lease,
+            Claim::Finished => return Ok(Ended::Done),
+            Claim::Stopped { status, message } => {
+                return Ok(Ended::Left { status, message });
             }
-            let (Some((mut next_id, mut cursor)), Some(high_watermark)) = (next, high_watermark)
-            else {
-                return Ok(Ended::Done);
+            // The run is at its concurrency: this process's own
+            // chunks are most likely what holds it there, so ask
+            // again as soon as one of them is done (or after a
+            // short while, for the other workers' chunks).
+            Claim::Busy => {
+                tokio::select! {
+                    () = ctx.chunk_finished.notified() => {}
+                    () = tokio::time::sleep(poll.min(BUSY_POLL)) => {}
+                }
+                continue;
+            }
+            // Every chunk left is held: polling the shared store is
+            // the only way to learn that a lease expired.
+            Claim::Waiting => {
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+        };
+        let chunk = lease.chunk.clone();
+        match &lease.taken_from {
+            Some(from) => info!(
+                chunk = chunk.id,
+                attempt = lease.attempt,
+                from = %from,
+                "Took over a chunk whose lease expired."
+            ),
+            None => debug!(chunk = chunk.id, "Claimed a chunk."),
+        }
+        if let Some(end) = pass_on(ctx, chunk, tokens, counter, &mut limit, Some(lease), tx).await?
+        {
+            return Ok(end);
+        }
+    }
+}
+
+/// Reads rows by key, a group per chunk (a retry's or a verify's feed of
+/// dead letters).
+async fn read_key_groups(
+    ctx: &Arc<Context>,
+    groups: Vec<(Chunk, Vec<Key>)>,
+    tokens: bool,
+    tx: &mpsc::Sender<Work>,
+) -> Result<Ended, RunError> {
+    let failed = || ctx.stop.load(Ordering::Relaxed);
+    let throttle = &ctx.throttle;
+    for (chunk, keys) in groups {
+        if failed() {
+            return Ok(Ended::Done);
+        }
+        if let Err(stop) = throttle.admit(None).await {
+            return Ok(Ended::Stopped(stop));
+        }
+        let started = Instant::now();
+        let counter = AtomicU64::new(0);
+        let rows = backoff::retry(&ctx.policy, "reading rows by key", &counter, || {
+            ctx.db.read_keys(&ctx.layout, &keys, tokens)
+        })
+        .await
+        .map_err(|source| RunError::Read {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+        let read_ms = millis(started.elapsed());
+        if let Err(stop) = throttle.pace(rows.len() as u64).await {
+            return Ok(Ended::Stopped(stop));
+        }
+        let work = Work {
+            chunk,
+            rows,
+            read_ms,
+            retries: counter.into_inner(),
+            asked: keys,
+            lease: None,
+            retrying: Vec::new(),
+        };
+        if !send(ctx, tx, work).await {
+            return Ok(Ended::Done);
+        }
+    }
+    Ok(Ended::Done)
+}
+
+/// Reads the chunks known from an earlier session, then new chunks in key
+/// order from `next` up to the high-watermark, each as large as the
+/// throttle admits.
+async fn read_ranges(
+    ctx: &Arc<Context>,
+    known: Vec<Chunk>,
+    next: Option<(u64, Option<Key>)>,
+    high_watermark: Option<Key>,
+    mut limit: Option<u64>,
+    tokens: bool,
+    tx: &mpsc::Sender<Work>,
+) -> Result<Ended, RunError> {
+    let failed = || ctx.stop.load(Ordering::Relaxed);
+    let throttle = &ctx.throttle;
+    for chunk in known {
+        if failed() {
+            return Ok(Ended::Done);
+        }
+        if limit == Some(0) {
+            return Ok(Ended::Limit);
+        }
+        if let Err(stop) = throttle.admit(None).await {
+            return Ok(Ended::Stopped(stop));
+        }
+        let counter = AtomicU64::new(0);
+        if let Some(end) = pass_on(ctx, chunk, tokens, counter, &mut limit, None, tx).await? {
+            return Ok(end);
+        }
+    }
+    let (Some((mut next_id, mut cursor)), Some(high_watermark)) = (next, high_watermark) else {
+        return Ok(Ended::Done);
+    };
+    loop {
+        if failed() {
+            return Ok(Ended::Done);
+        }
+        if limit == Some(0) {
+            return Ok(Ended::Limit);
+        }
+        if !offer_deferred(ctx, tx).await? {
+            return Ok(Ended::Done);
+        }
+        let want = match throttle.admit(limit).await {
+            Ok(want) => want,
+            Err(stop) => return Ok(Ended::Stopped(stop)),
+        };
+        let started = Instant::now();
+        let counter = AtomicU64::new(0);
+        let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
+            read_bounded(ctx, cursor.as_ref(), &high_watermark, want, tokens)
+        })
+        .await
+        .map_err(|source| {
+            let chunk = Chunk {
+                id: next_id,
+                lo: cursor.clone(),
+                hi: high_watermark.clone(),
             };
-            loop {
-                if failed() {
-                    return Ok(Ended::Done);
-                }
-                if limit == Some(0) {
-                    return Ok(Ended::Limit);
-                }
-                if !offer_deferred(ctx, tx).await? {
-                    return Ok(Ended::Done);
-                }
-                let want = match throttle.admit(limit).await {
-                    Ok(want) => want,
-                    Err(stop) => return Ok(Ended::Stopped(stop)),
-                };
-                let started = Instant::now();
-                let counter = AtomicU64::new(0);
-                let rows = backoff::retry(&ctx.policy, "reading a chunk", &counter, || {
-                    read_bounded(ctx, cursor.as_ref(), &high_watermark, want, tokens)
-                })
-                .await
-                .map_err(|source| {
-                    let chunk = Chunk {
-                        id: next_id,
-                        lo: cursor.clone(),
-                        hi: high_watermark.clone(),
-                    };
-                    RunError::Read {
-                        chunk: chunk.to_string(),
-                        source,
-                    }
-                })?;
-                let Some(hi) = rows.keys.last().cloned() else {
-                    return Ok(Ended::Done);
-                };
-                // The range ends here unless the read stopped at a bound.
-                let short = !rows.cut;
-                let chunk = Chunk {
-                    id: next_id,
-                    lo: cursor.take(),
-                    hi: hi.clone(),
-                };
-                next_id += 1;
-                cursor = Some(hi);
-                if let Err(stop) = throttle.pace(rows.len() as u64).await {
-                    return Ok(Ended::Stopped(stop));
-                }
-                if !hand_on(
-                    ctx,
-                    chunk,
-                    rows,
-                    started,
-                    counter.into_inner(),
-                    &mut limit,
-                    None,
-                    tx,
-                )
-                .await?
-                {
-                    return Ok(Ended::Done);
-                }
-                if short {
-                    return Ok(Ended::Done);
-                }
+            RunError::Read {
+                chunk: chunk.to_string(),
+                source,
             }
+        })?;
+        let Some(hi) = rows.keys.last().cloned() else {
+            return Ok(Ended::Done);
+        };
+        // The range ends here unless the read stopped at a bound.
+        let short = !rows.cut;
+        let chunk = Chunk {
+            id: next_id,
+            lo: cursor.take(),
+            hi: hi.clone(),
+        };
+        next_id += 1;
+        cursor = Some(hi);
+        if let Err(stop) = throttle.pace(rows.len() as u64).await {
+            return Ok(Ended::Stopped(stop));
+        }
+        if !hand_on(
+            ctx,
+            chunk,
+            rows,
+            started,
+            counter.into_inner(),
+            &mut limit,
+            None,
+            tx,
+        )
+        .await?
+        {
+            return Ok(Ended::Done);
+        }
+        if short {
+            return Ok(Ended::Done);
         }
     }
 }
@@ -1495,7 +1527,6 @@ async fn process(
     let started = Instant::now();
     let (rows, results) = transform(ctx, &chunk, instance, rows).await?;
     let transform_ms = millis(started.elapsed());
-    let digest = ctx.runner.digest().to_string();
     let verifying = matches!(ctx.purpose, Purpose::Verify { .. });
     let mut evaluated = assess(ctx, &chunk, &rows, results, verifying).await?;
     evaluated.counts.retries += retries;
@@ -1540,36 +1571,8 @@ async fn process(
     let counts = evaluated.counts;
     let verdict = match &ctx.purpose {
         Purpose::Run { .. } => {
-            let state = ctx.state()?;
-            let busy = &evaluated.deferred;
-            let note = trap_note(&evaluated.dead);
-            let dead = &evaluated.dead;
-            let counter = AtomicU64::new(0);
-            let marked = match marked {
-                Some(marked) => marked,
-                None => backoff::retry(
-                    &ctx.policy,
-                    "checkpointing a finished chunk",
-                    &counter,
-                    || {
-                        state.chunk_done(
-                            &ctx.run_id,
-                            chunk.id,
-                            &counts,
-                            &timings,
-                            note.as_deref(),
-                            dead,
-                            busy,
-                            lease.as_ref(),
-                        )
-                    },
-                )
-                .await
-                .map_err(|source| RunError::Checkpoint {
-                    chunk: chunk.to_string(),
-                    source,
-                })?,
-            };
+            let marked =
+                checkpoint(ctx, &chunk, &evaluated, &timings, marked, lease.as_ref()).await?;
             if !marked {
                 warn!(
                     chunk = chunk.id,
@@ -1593,67 +1596,148 @@ async fn process(
             );
             None
         }
-        Purpose::Retry { execute, retry_id } => {
-            let present: HashSet<&Key> = rows.keys.iter().collect();
-            let failed: HashSet<&Key> = evaluated.dead.iter().map(|d| &d.key).collect();
-            let skipped: HashSet<&Key> = evaluated.skipped_keys.iter().collect();
-            let gone_now: HashSet<&Key> = evaluated.gone_keys.iter().collect();
-            // A row another transaction holds keeps its dead letter: the
-            // next retry writes it.
-            let busy: HashSet<&Key> = evaluated.busy_keys.iter().collect();
-            let resolved: Vec<(Key, Resolution)> = asked
-                .iter()
-                .filter(|k| !failed.contains(k) && !busy.contains(k))
-                .map(|k| {
-                    let how = if !present.contains(k) || gone_now.contains(k) {
-                        Resolution::Gone
-                    } else if skipped.contains(k) {
-                        Resolution::Skipped
-                    } else {
-                        Resolution::Fixed
-                    };
-                    (k.clone(), how)
-                })
-                .collect();
-            if *execute {
-                let state = ctx.state()?;
-                let (resolved, dead) = (&resolved, &evaluated.dead);
-                let counter = AtomicU64::new(0);
-                backoff::retry(&ctx.policy, "settling dead letters", &counter, || {
-                    state.settle_dead_letters(&ctx.run_id, resolved, dead, retry_id, &digest)
-                })
-                .await
-                .map_err(|source| RunError::Checkpoint {
-                    chunk: chunk.to_string(),
-                    source,
-                })?;
-            }
-            let count = |how| resolved.iter().filter(|(_, r)| *r == how).count() as u64;
-            Some((count(Resolution::Gone), count(Resolution::Skipped)))
-        }
+        Purpose::Retry { execute, retry_id } => Some(
+            resolve_dead_letters(ctx, &chunk, &rows, &asked, &evaluated, *execute, retry_id)
+                .await?,
+        ),
         Purpose::Verify { dead } => {
-            let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
-            let differs =
-                evaluated.expected.clone().finalize() != evaluated.actual.clone().finalize();
-            if differs {
-                samples.differing_chunks += 1;
-                for update in &evaluated.updates {
-                    if samples.differing_keys.len() < LISTED_KEYS {
-                        samples.differing_keys.push((chunk.id, update.key.clone()));
-                    }
-                }
-            }
-            for d in &evaluated.dead {
-                if dead.contains(&d.key) {
-                    samples.dead_lettered += 1;
-                } else if samples.failed_keys.len() < LISTED_KEYS {
-                    samples.failed_keys.push((chunk.id, d.key.clone()));
-                }
-            }
+            compare(ctx, &chunk, &evaluated, dead);
             None
         }
     };
 
+    record(ctx, &counts, &timings, evaluated, verdict);
+    if matches!(ctx.purpose, Purpose::Run { .. }) {
+        check_run_budget(ctx, &chunk, lease.is_some()).await?;
+    }
+    Ok(())
+}
+
+/// Checkpoints a run's chunk with its dead letters and deferred rows
+/// (unless the chunk's transaction did, `marked`); returns whether the
+/// checkpoint held (false: another worker holds the chunk now).
+async fn checkpoint(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    evaluated: &Evaluated,
+    timings: &Timings,
+    marked: Option<bool>,
+    lease: Option<&Lease>,
+) -> Result<bool, RunError> {
+    let counts = evaluated.counts;
+    let state = ctx.state()?;
+    let busy = &evaluated.deferred;
+    let note = trap_note(&evaluated.dead);
+    let dead = &evaluated.dead;
+    let counter = AtomicU64::new(0);
+    match marked {
+        Some(marked) => Ok(marked),
+        None => backoff::retry(
+            &ctx.policy,
+            "checkpointing a finished chunk",
+            &counter,
+            || {
+                state.chunk_done(
+                    &ctx.run_id,
+                    chunk.id,
+                    &counts,
+                    timings,
+                    note.as_deref(),
+                    dead,
+                    busy,
+                    lease,
+                )
+            },
+        )
+        .await
+        .map_err(|source| RunError::Checkpoint {
+            chunk: chunk.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Resolves a retried chunk's dead letters: the rows that now transform
+/// and write (or are gone, or skipped) are settled, with `execute`;
+/// returns how many were gone and how many skipped.
+async fn resolve_dead_letters(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    rows: &ChunkRows,
+    asked: &[Key],
+    evaluated: &Evaluated,
+    execute: bool,
+    retry_id: &str,
+) -> Result<(u64, u64), RunError> {
+    let digest = ctx.runner.digest().to_string();
+    let present: HashSet<&Key> = rows.keys.iter().collect();
+    let failed: HashSet<&Key> = evaluated.dead.iter().map(|d| &d.key).collect();
+    let skipped: HashSet<&Key> = evaluated.skipped_keys.iter().collect();
+    let gone_now: HashSet<&Key> = evaluated.gone_keys.iter().collect();
+    // A row another transaction holds keeps its dead letter: the
+    // next retry writes it.
+    let busy: HashSet<&Key> = evaluated.busy_keys.iter().collect();
+    let resolved: Vec<(Key, Resolution)> = asked
+        .iter()
+        .filter(|k| !failed.contains(k) && !busy.contains(k))
+        .map(|k| {
+            let how = if !present.contains(k) || gone_now.contains(k) {
+                Resolution::Gone
+            } else if skipped.contains(k) {
+                Resolution::Skipped
+            } else {
+                Resolution::Fixed
+            };
+            (k.clone(), how)
+        })
+        .collect();
+    if execute {
+        let state = ctx.state()?;
+        let (resolved, dead) = (&resolved, &evaluated.dead);
+        let counter = AtomicU64::new(0);
+        backoff::retry(&ctx.policy, "settling dead letters", &counter, || {
+            state.settle_dead_letters(&ctx.run_id, resolved, dead, retry_id, &digest)
+        })
+        .await
+        .map_err(|source| RunError::Checkpoint {
+            chunk: chunk.to_string(),
+            source,
+        })?;
+    }
+    let count = |how| resolved.iter().filter(|(_, r)| *r == how).count() as u64;
+    Ok((count(Resolution::Gone), count(Resolution::Skipped)))
+}
+
+/// Samples what verifying a chunk found: differing keys, and failed rows
+/// that are not dead letters of the run.
+fn compare(ctx: &Context, chunk: &Chunk, evaluated: &Evaluated, dead: &HashSet<Key>) {
+    let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
+    let differs = evaluated.expected.clone().finalize() != evaluated.actual.clone().finalize();
+    if differs {
+        samples.differing_chunks += 1;
+        for update in &evaluated.updates {
+            if samples.differing_keys.len() < LISTED_KEYS {
+                samples.differing_keys.push((chunk.id, update.key.clone()));
+            }
+        }
+    }
+    for d in &evaluated.dead {
+        if dead.contains(&d.key) {
+            samples.dead_lettered += 1;
+        } else if samples.failed_keys.len() < LISTED_KEYS {
+            samples.failed_keys.push((chunk.id, d.key.clone()));
+        }
+    }
+}
+
+/// Counts a finished chunk in the progress, the throttle and the samples.
+fn record(
+    ctx: &Context,
+    counts: &Counts,
+    timings: &Timings,
+    evaluated: Evaluated,
+    verdict: Option<(u64, u64)>,
+) {
     let p = &ctx.progress;
     p.done_rows.fetch_add(counts.rows, Ordering::Relaxed);
     p.failed_rows.fetch_add(counts.failed, Ordering::Relaxed);
@@ -1673,7 +1757,7 @@ async fn process(
     {
         let mut samples = ctx.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.merge(evaluated.diffs, evaluated.groups);
-        samples.session.add(&counts);
+        samples.session.add(counts);
         samples.chunks += 1;
         if let Some((gone, skipped)) = verdict {
             samples.gone += gone;
@@ -1706,33 +1790,37 @@ async fn process(
             "Chunk evaluated (nothing written)."
         );
     }
-    if matches!(ctx.purpose, Purpose::Run { .. }) {
-        let budget = &ctx.budget;
-        let (failed, read) = match (&lease, &ctx.state) {
-            // Workers share the run's budget: count every worker's rows.
-            (Some(_), Some(state))
-                if budget.max_errors.is_some() || budget.max_error_rate.is_some() =>
-            {
-                let counter = AtomicU64::new(0);
-                let (totals, _) =
-                    backoff::retry(&ctx.policy, "summing the run's rows", &counter, || {
-                        state.totals(&ctx.run_id)
-                    })
-                    .await
-                    .map_err(|source| RunError::Checkpoint {
-                        chunk: chunk.to_string(),
-                        source,
-                    })?;
-                (totals.failed, totals.rows)
-            }
-            _ => (
-                ctx.progress.failed_rows.load(Ordering::Relaxed),
-                ctx.progress.done_rows.load(Ordering::Relaxed),
-            ),
-        };
-        check_budget(ctx, failed, read)?;
-    }
-    Ok(())
+}
+
+/// Stops the run when its failed rows are over the spec's budget; a
+/// worker (`workers`) counts every worker's rows.
+async fn check_run_budget(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    workers: bool,
+) -> Result<(), RunError> {
+    let budget = &ctx.budget;
+    let (failed, read) = match (workers, &ctx.state) {
+        // Workers share the run's budget: count every worker's rows.
+        (true, Some(state)) if budget.max_errors.is_some() || budget.max_error_rate.is_some() => {
+            let counter = AtomicU64::new(0);
+            let (totals, _) =
+                backoff::retry(&ctx.policy, "summing the run's rows", &counter, || {
+                    state.totals(&ctx.run_id)
+                })
+                .await
+                .map_err(|source| RunError::Checkpoint {
+                    chunk: chunk.to_string(),
+                    source,
+                })?;
+            (totals.failed, totals.rows)
+        }
+        _ => (
+            ctx.progress.failed_rows.load(Ordering::Relaxed),
+            ctx.progress.done_rows.load(Ordering::Relaxed),
+        ),
+    };
+    check_budget(ctx, failed, read)
 }
 
 /// The note a chunk's checkpoint carries when a row trapped the transform.
@@ -1766,7 +1854,7 @@ fn transient(error: &RunError) -> bool {
 )]
 async fn write_atomically(
     ctx: &Arc<Context>,
-    pool: &sqlx::PgPool,
+    pool: &crate::backend::Atomic,
     chunk: &Chunk,
     instance: &mut Option<Instance>,
     rows: &ChunkRows,
@@ -1786,14 +1874,12 @@ async fn write_atomically(
         current.counts.retries += retries;
         let attempt = async {
             let t = ctx.db.timeouts();
-            let mut tx = crate::source::postgres::begin_write(pool, t.write, t.lock)
-                .await
-                .map_err(|error| {
-                    checkpoint_error(crate::state::StateError::Query {
-                        what: "starting a chunk's transaction",
-                        error,
-                    })
-                })?;
+            let mut tx = pool.begin(t.write, t.lock).await.map_err(|error| {
+                checkpoint_error(crate::state::StateError::Query {
+                    what: "starting a chunk's transaction",
+                    error,
+                })
+            })?;
             if ctx.purpose.writes() {
                 write_guarded(ctx, chunk, instance, rows, &mut current, Some(&mut tx)).await?;
             }
@@ -2003,6 +2089,95 @@ fn check_budget(ctx: &Context, failed: u64, rows: u64) -> Result<(), RunError> {
     }
 }
 
+/// Counts what a write did: rows someone else holds locked are deferred,
+/// rows the database refused fail. Returns the keys neither written nor
+/// refused: the guard stopped them (or the row is gone), and only they
+/// are read again.
+fn account(
+    chunk: &Chunk,
+    evaluated: &mut Evaluated,
+    written: Written,
+    pending: &[Update],
+    sources: &[usize],
+    rows_now: &ChunkRows,
+    digest: &str,
+) -> Vec<Key> {
+    let rejected: HashMap<Key, String> = written.rejected.into_iter().collect();
+    // Rows someone else holds locked were not waited for: they are
+    // deferred, and tried again later in the run.
+    let busy: HashSet<Key> = written.busy.iter().cloned().collect();
+    if !busy.is_empty() {
+        evaluated.counts.updated -= busy.len() as u64;
+        evaluated.counts.busy += busy.len() as u64;
+        evaluated.diffs.retain(|d| !busy.contains(&d.key));
+        evaluated.busy_keys.extend(written.busy);
+    }
+    for (update, &i) in pending.iter().zip(sources) {
+        if let Some(reason) = rejected.get(&update.key) {
+            evaluated.counts.updated -= 1;
+            evaluated.diffs.retain(|d| d.key != update.key);
+            evaluated.fail(
+                chunk.id,
+                &update.key,
+                FailureKind::Refused,
+                reason.clone(),
+                &rows_now.rows[i].values,
+                digest,
+            );
+        }
+    }
+    let done: HashSet<&Key> = written.written.iter().collect();
+    pending
+        .iter()
+        .filter(|u| {
+            !rejected.contains_key(&u.key) && !done.contains(&u.key) && !busy.contains(&u.key)
+        })
+        .map(|u| u.key.clone())
+        .collect()
+}
+
+/// Reads the rows of `keys` again, after the guard stopped their write.
+/// Rows no longer there, no longer in scope, or (with a separate target)
+/// whose target row was deleted are counted skipped; the others changed
+/// since they were read (or changed and changed back), and are returned
+/// to be transformed again from what they hold now.
+async fn read_again(
+    ctx: &Arc<Context>,
+    chunk: &Chunk,
+    keys: &[Key],
+    evaluated: &mut Evaluated,
+    retries: &AtomicU64,
+) -> Result<ChunkRows, RunError> {
+    let reread = backoff::retry(&ctx.policy, "reading rows again", retries, || {
+        ctx.db.read_keys(&ctx.layout, keys, ctx.conditional)
+    })
+    .await
+    .map_err(|source| RunError::Read {
+        chunk: chunk.to_string(),
+        source,
+    })?;
+    // Rows no longer there, no longer in scope, or (with a separate
+    // target) whose target row was deleted are skipped; the others
+    // changed since they were read (or changed and changed back): they
+    // are transformed again from what they hold now.
+    let kept: Vec<usize> = (0..reread.len())
+        .filter(|&i| reread.current[i].is_some())
+        .collect();
+    let redo_rows = reread.select(&kept);
+    let present: HashSet<&Key> = redo_rows.keys.iter().collect();
+    let gone: Vec<Key> = keys
+        .iter()
+        .filter(|k| !present.contains(k))
+        .cloned()
+        .collect();
+    evaluated.counts.updated -= gone.len() as u64;
+    evaluated.counts.skipped += gone.len() as u64;
+    let stale: HashSet<&Key> = keys.iter().collect();
+    evaluated.diffs.retain(|d| !stale.contains(&d.key));
+    evaluated.gone_keys.extend(gone);
+    Ok(redo_rows)
+}
+
 /// Writes a chunk's updates conditionally on their inputs being unchanged,
 /// with before-images first. Rows the application changed meanwhile are
 /// read, transformed and written again, up to `conflict_attempts` times;
@@ -2014,7 +2189,7 @@ async fn write_guarded(
     instance: &mut Option<Instance>,
     rows: &ChunkRows,
     evaluated: &mut Evaluated,
-    mut atomic: Option<&mut sqlx::PgConnection>,
+    mut atomic: Option<&mut crate::backend::AtomicTx>,
 ) -> Result<(), RunError> {
     let state = ctx.state()?;
     let digest = ctx.runner.digest().to_string();
@@ -2067,70 +2242,13 @@ async fn write_guarded(
             source,
         })?;
 
-        let rejected: HashMap<Key, String> = written.rejected.into_iter().collect();
-        // Rows someone else holds locked were not waited for: they are
-        // deferred, and tried again later in the run.
-        let busy: HashSet<Key> = written.busy.iter().cloned().collect();
-        if !busy.is_empty() {
-            evaluated.counts.updated -= busy.len() as u64;
-            evaluated.counts.busy += busy.len() as u64;
-            evaluated.diffs.retain(|d| !busy.contains(&d.key));
-            evaluated.busy_keys.extend(written.busy);
-        }
-        for (update, &i) in pending.iter().zip(&sources) {
-            if let Some(reason) = rejected.get(&update.key) {
-                evaluated.counts.updated -= 1;
-                evaluated.diffs.retain(|d| d.key != update.key);
-                evaluated.fail(
-                    chunk.id,
-                    &update.key,
-                    FailureKind::Refused,
-                    reason.clone(),
-                    &rows_now.rows[i].values,
-                    &digest,
-                );
-            }
-        }
-        // The rows neither written nor refused: the guard stopped them (or
-        // the row is gone). Only they are read again.
-        let done: HashSet<&Key> = written.written.iter().collect();
-        let keys: Vec<Key> = pending
-            .iter()
-            .filter(|u| {
-                !rejected.contains_key(&u.key) && !done.contains(&u.key) && !busy.contains(&u.key)
-            })
-            .map(|u| u.key.clone())
-            .collect();
+        let keys = account(
+            chunk, evaluated, written, &pending, &sources, rows_now, &digest,
+        );
         if keys.is_empty() {
             break;
         }
-        let reread = backoff::retry(&ctx.policy, "reading rows again", &retries, || {
-            ctx.db.read_keys(&ctx.layout, &keys, ctx.conditional)
-        })
-        .await
-        .map_err(|source| RunError::Read {
-            chunk: chunk.to_string(),
-            source,
-        })?;
-        // Rows no longer there, no longer in scope, or (with a separate
-        // target) whose target row was deleted are skipped; the others
-        // changed since they were read (or changed and changed back): they
-        // are transformed again from what they hold now.
-        let kept: Vec<usize> = (0..reread.len())
-            .filter(|&i| reread.current[i].is_some())
-            .collect();
-        let redo_rows = reread.select(&kept);
-        let present: HashSet<&Key> = redo_rows.keys.iter().collect();
-        let gone: Vec<Key> = keys
-            .iter()
-            .filter(|k| !present.contains(k))
-            .cloned()
-            .collect();
-        evaluated.counts.updated -= gone.len() as u64;
-        evaluated.counts.skipped += gone.len() as u64;
-        let stale: HashSet<&Key> = keys.iter().collect();
-        evaluated.diffs.retain(|d| !stale.contains(&d.key));
-        evaluated.gone_keys.extend(gone);
+        let redo_rows = read_again(ctx, chunk, &keys, evaluated, &retries).await?;
         if redo_rows.is_empty() {
             break;
         }

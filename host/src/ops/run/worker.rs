@@ -342,53 +342,7 @@ pub async fn work(
     drop(watching);
     beat.abort();
 
-    let mut stop = None;
-    let ended = match outcome {
-        Ok(Ended::Done | Ended::Limit) => {
-            // Every chunk is done: whichever worker sees it first says so.
-            if state.find_run(&run.run_id).await?.map(|r| r.status) == Some(RunStatus::Running) {
-                state
-                    .set_run_status(&run.run_id, RunStatus::Done, None)
-                    .await?;
-            }
-            Ok("done".to_string())
-        }
-        Ok(Ended::Left { status, message }) => Ok(match message {
-            Some(message) => format!("left: the run is {status}: {message}"),
-            None => format!("left: the run is {status}"),
-        }),
-        Ok(Ended::Stopped(why)) => {
-            if let Stop::Aborted { .. } = &why {
-                let message =
-                    format!("{why}; `refill run --execute --workers 0` on the spec resumes it");
-                state
-                    .set_run_status(&run.run_id, RunStatus::Aborted, Some(&message))
-                    .await?;
-            }
-            let outcome = why.to_string();
-            stop = Some(why);
-            Ok(outcome)
-        }
-        Err(error) => {
-            // A failure of the run itself stops every worker; any other
-            // leaves the run to the others, which take this worker's
-            // chunks over.
-            if matches!(
-                error,
-                RunError::ErrorBudget(_) | RunError::TooManyTraps { .. }
-            ) {
-                state
-                    .set_run_status(&run.run_id, RunStatus::Failed, Some(&error.to_string()))
-                    .await?;
-            }
-            Err(error)
-        }
-    };
-    // The session's outcome in a word (the report has the sentence).
-    let outcome = match &ended {
-        Ok(text) if text.starts_with("left") => SessionOutcome::Left,
-        _ => session_outcome(ended.is_err(), stop.as_ref()),
-    };
+    let (ended, stop, outcome) = conclude(&state, &run.run_id, outcome).await?;
     state.end_session(&session.session_id, outcome).await?;
     let ended = ended?;
     let (totals, _) = state.totals(&run.run_id).await?;
@@ -406,6 +360,67 @@ pub async fn work(
         outcome: ended,
         stop,
     })
+}
+
+/// What a worker's pipeline ending means: the sentence for its report (or
+/// the error that ended it), the stop that ended it, and its session's
+/// outcome. A worker that sees every chunk done marks the run done; an
+/// abort or a failure of the run itself is recorded on the run.
+async fn conclude(
+    state: &StateStore,
+    run_id: &str,
+    outcome: Result<Ended, RunError>,
+) -> Result<(Result<String, RunError>, Option<Stop>, SessionOutcome), RunError> {
+    let mut stop = None;
+    let mut left = false;
+    let ended = match outcome {
+        Ok(Ended::Done | Ended::Limit) => {
+            // Every chunk is done: whichever worker sees it first says so.
+            if state.find_run(run_id).await?.map(|r| r.status) == Some(RunStatus::Running) {
+                state.set_run_status(run_id, RunStatus::Done, None).await?;
+            }
+            Ok("done".to_string())
+        }
+        Ok(Ended::Left { status, message }) => {
+            left = true;
+            Ok(match message {
+                Some(message) => format!("left: the run is {status}: {message}"),
+                None => format!("left: the run is {status}"),
+            })
+        }
+        Ok(Ended::Stopped(why)) => {
+            if let Stop::Aborted { .. } = &why {
+                let message =
+                    format!("{why}; `refill run --execute --workers 0` on the spec resumes it");
+                state
+                    .set_run_status(run_id, RunStatus::Aborted, Some(&message))
+                    .await?;
+            }
+            let outcome = why.to_string();
+            stop = Some(why);
+            Ok(outcome)
+        }
+        Err(error) => {
+            // A failure of the run itself stops every worker; any other
+            // leaves the run to the others, which take this worker's
+            // chunks over.
+            if matches!(
+                error,
+                RunError::ErrorBudget(_) | RunError::TooManyTraps { .. }
+            ) {
+                state
+                    .set_run_status(run_id, RunStatus::Failed, Some(&error.to_string()))
+                    .await?;
+            }
+            Err(error)
+        }
+    };
+    // The session's outcome in a word (the report has the sentence).
+    let outcome = match left {
+        true => SessionOutcome::Left,
+        false => session_outcome(ended.is_err(), stop.as_ref()),
+    };
+    Ok((ended, stop, outcome))
 }
 
 /// Keeps this worker's session alive and renews its leases, a third of a

@@ -5,18 +5,17 @@
 //! cleanly (exit 4) and the next `refill run` resumes it. An indicator that
 //! cannot be measured pauses the run: it fails closed.
 //!
-//! PostgreSQL ([`postgres`]): VACUUM on the target table, WAL per second,
-//! the archiver, WAL held back by replication slots, active backends.
-//! MySQL/MariaDB ([`mysql`]): `Threads_running`, the InnoDB history list
-//! length. SQLite has none.
-
-pub mod mysql;
-pub mod postgres;
+//! Which indicators a database has is in its
+//! [`Capabilities`](crate::backend::Capabilities), and its backend measures
+//! them: PostgreSQL has VACUUM on the target table, WAL per second, the
+//! archiver, WAL held back by replication slots, active backends;
+//! MySQL/MariaDB `Threads_running` and the InnoDB history list length.
+//! SQLite has none.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::db::Backend;
+use crate::backend::{Backend, Indicators, on_backend};
 use crate::source::{Database, TableRef};
 use crate::spec::{HealthSpec, Spec, SpecError, ThrottleMode};
 
@@ -42,7 +41,13 @@ impl Limit {
 
     /// How `value` stands against the limit, as a finding of `indicator`
     /// described by `what` (such as "42 active backends").
-    fn judge(&self, indicator: &'static str, value: f64, what: &str, key: &str) -> Option<Finding> {
+    pub(crate) fn judge(
+        &self,
+        indicator: &'static str,
+        value: f64,
+        what: &str,
+        key: &str,
+    ) -> Option<Finding> {
         if let Some(c) = self.critical
             && value > c
         {
@@ -116,13 +121,13 @@ impl Thresholds {
     /// The thresholds of `spec` on a `backend` source: a key left out
     /// takes its default in gentle mode and is off in unlimited mode; 0 or
     /// `false` turns it off.
+    // Longer than 100 lines: the table of keys and the indicator each belongs to.
     pub fn of(health: &HealthSpec, mode: ThrottleMode, backend: Backend) -> Thresholds {
         if health.enabled == Some(false) {
             return Thresholds::default();
         }
         let gentle = mode == ThrottleMode::Gentle;
-        let pg = backend == Backend::Postgres;
-        let my = backend == Backend::Mysql;
+        let has: Indicators = crate::backend::capabilities(backend).indicators;
         #[expect(
             clippy::cast_precision_loss,
             reason = "counts far below 2^52, compared as numbers"
@@ -167,14 +172,14 @@ impl Thresholds {
             }
         };
         let flag = |on: bool, set: Option<bool>| on && set.unwrap_or(gentle);
-        let archiver = flag(pg, health.archiver);
+        let archiver = flag(has.wal, health.archiver);
         #[expect(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
             reason = "a positive whole count of segments"
         )]
         let archive_pending = pair(
-            pg && health.archiver != Some(false),
+            has.wal && health.archiver != Some(false),
             count(health.max_archive_pending),
             None,
             count(Some(DEFAULT_MAX_ARCHIVE_PENDING)),
@@ -196,9 +201,9 @@ impl Thresholds {
             strict.push("history-length");
         }
         Thresholds {
-            vacuum: flag(pg, health.vacuum),
+            vacuum: flag(has.vacuum, health.vacuum),
             wal_rate: pair(
-                pg,
+                has.wal,
                 health.max_wal_rate,
                 health.critical_wal_rate,
                 Some(DEFAULT_MAX_WAL_RATE_MB),
@@ -207,28 +212,28 @@ impl Thresholds {
             archiver: archiver || archive_pending.is_some(),
             archive_pending,
             slot_retained_wal: pair(
-                pg,
+                has.wal,
                 health.max_slot_retained_wal,
                 health.critical_slot_retained_wal,
                 Some(DEFAULT_MAX_SLOT_RETAINED_WAL_MB),
                 None,
             ),
             active_backends: pair(
-                pg,
+                has.active_backends,
                 count(health.max_active_backends),
                 count(health.critical_active_backends),
                 Some(DEFAULT_MAX_RUNNING),
                 Some(DEFAULT_CRITICAL_RUNNING),
             ),
             threads_running: pair(
-                my,
+                has.threads_running,
                 count(health.max_threads_running),
                 count(health.critical_threads_running),
                 Some(DEFAULT_MAX_RUNNING),
                 Some(DEFAULT_CRITICAL_RUNNING),
             ),
             history_length: pair(
-                my,
+                has.history_length,
                 count(health.max_history_length),
                 count(health.critical_history_length),
                 Some(DEFAULT_MAX_HISTORY_LENGTH),
@@ -316,7 +321,7 @@ pub struct Finding {
 }
 
 /// The reason of the WAL rate before a second of it is measured.
-const WARMING_UP: &str = "measuring the rate WAL is generated at, over a second";
+pub(crate) const WARMING_UP: &str = "measuring the rate WAL is generated at, over a second";
 
 impl Finding {
     /// Whether this is only a rate waiting for its second measurement.
@@ -325,7 +330,7 @@ impl Finding {
     }
 
     /// An indicator that cannot be measured: the run pauses.
-    fn unmeasured(indicator: &'static str, why: impl std::fmt::Display) -> Finding {
+    pub(crate) fn unmeasured(indicator: &'static str, why: impl std::fmt::Display) -> Finding {
         Finding {
             indicator,
             reason: format!("cannot measure {indicator}: {why}"),
@@ -349,9 +354,9 @@ pub struct Blind {
 
 /// The indicators of one run, measured on its source.
 pub struct Health {
-    db: Database,
-    table: TableRef,
-    thresholds: Thresholds,
+    pub(crate) db: Database,
+    pub(crate) table: TableRef,
+    pub(crate) thresholds: Thresholds,
     /// Recent WAL positions, for the rate.
     wal: std::sync::Mutex<VecDeque<(Instant, f64)>>,
     /// The indicator over its critical threshold on the last checks, and
@@ -366,52 +371,66 @@ impl Health {
         let t = &spec.file.throttle;
         let h = &t.health;
         let backend = source.backend();
-        let pg_keys = [
-            ("vacuum", h.vacuum.is_some()),
-            ("max_wal_rate", h.max_wal_rate.is_some()),
-            ("critical_wal_rate", h.critical_wal_rate.is_some()),
-            ("archiver", h.archiver.is_some()),
-            ("max_archive_pending", h.max_archive_pending.is_some()),
-            ("max_slot_retained_wal", h.max_slot_retained_wal.is_some()),
+        // Each key with the indicator it belongs to.
+        type Has = fn(&Indicators) -> bool;
+        let keys: [(&str, bool, Has); 13] = [
+            ("vacuum", h.vacuum.is_some(), |i| i.vacuum),
+            ("max_wal_rate", h.max_wal_rate.is_some(), |i| i.wal),
+            ("critical_wal_rate", h.critical_wal_rate.is_some(), |i| {
+                i.wal
+            }),
+            ("archiver", h.archiver.is_some(), |i| i.wal),
+            (
+                "max_archive_pending",
+                h.max_archive_pending.is_some(),
+                |i| i.wal,
+            ),
+            (
+                "max_slot_retained_wal",
+                h.max_slot_retained_wal.is_some(),
+                |i| i.wal,
+            ),
             (
                 "critical_slot_retained_wal",
                 h.critical_slot_retained_wal.is_some(),
+                |i| i.wal,
             ),
-            ("max_active_backends", h.max_active_backends.is_some()),
+            (
+                "max_active_backends",
+                h.max_active_backends.is_some(),
+                |i| i.active_backends,
+            ),
             (
                 "critical_active_backends",
                 h.critical_active_backends.is_some(),
+                |i| i.active_backends,
             ),
-        ];
-        let my_keys = [
-            ("max_threads_running", h.max_threads_running.is_some()),
+            (
+                "max_threads_running",
+                h.max_threads_running.is_some(),
+                |i| i.threads_running,
+            ),
             (
                 "critical_threads_running",
                 h.critical_threads_running.is_some(),
+                |i| i.threads_running,
             ),
-            ("max_history_length", h.max_history_length.is_some()),
+            ("max_history_length", h.max_history_length.is_some(), |i| {
+                i.history_length
+            }),
             (
                 "critical_history_length",
                 h.critical_history_length.is_some(),
+                |i| i.history_length,
             ),
         ];
-        let misplaced = |keys: &[(&str, bool)], on: &str| {
-            keys.iter().find(|(_, set)| *set).map(|(key, _)| {
-                spec.error_at(
-                    &["throttle", "health", key],
-                    format!("{key} is measured on {on} only, and the source is {backend}"),
-                )
-            })
-        };
-        if backend != Backend::Postgres
-            && let Some(e) = misplaced(&pg_keys, "PostgreSQL")
-        {
-            return Err(e);
-        }
-        if backend != Backend::Mysql
-            && let Some(e) = misplaced(&my_keys, "MySQL/MariaDB")
-        {
-            return Err(e);
+        let indicators = &source.capabilities().indicators;
+        if let Some((key, _, has)) = keys.iter().find(|(_, set, has)| *set && !has(indicators)) {
+            let on = crate::backend::having(|c| has(&c.indicators));
+            return Err(spec.error_at(
+                &["throttle", "health", key],
+                format!("{key} is measured on {on} only, and the source is {backend}"),
+            ));
         }
         let thresholds = Thresholds::of(h, t.mode, backend);
         if !thresholds.any() {
@@ -440,11 +459,7 @@ impl Health {
     /// [`CRITICAL_CHECKS`] checks in a row pauses the run; after them it
     /// stops it.
     pub async fn check(&self) -> Option<Finding> {
-        let findings = match self.db.backend() {
-            Backend::Postgres => postgres::check(self).await,
-            Backend::Mysql => mysql::check(self).await,
-            Backend::Sqlite => Vec::new(),
-        };
+        let findings = on_backend!(self.db.pools(), |B, pool| B::health(pool, self).await);
         let critical = findings.iter().find(|f| f.critical).cloned();
         let mut checks = self
             .critical_checks
@@ -472,17 +487,13 @@ impl Health {
     /// What the role running refill cannot see that an indicator on needs:
     /// one per problem, naming the key that turns it off.
     pub async fn blind_spots(&self) -> Result<Vec<Blind>, String> {
-        match self.db.backend() {
-            Backend::Postgres => postgres::blind_spots(self).await,
-            Backend::Mysql => mysql::blind_spots(self).await,
-            Backend::Sqlite => Ok(Vec::new()),
-        }
+        on_backend!(self.db.pools(), |B, pool| B::blind_spots(pool, self).await)
     }
 
     /// Records the WAL position `lsn` (bytes) seen now; returns the rate in
     /// MB per second over the last [`WAL_WINDOW`], once a second of it is
     /// known.
-    fn wal_rate(&self, lsn: f64) -> Option<f64> {
+    pub(crate) fn wal_rate(&self, lsn: f64) -> Option<f64> {
         let now = Instant::now();
         let mut seen = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         seen.push_back((now, lsn));

@@ -13,12 +13,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
-use sqlx::{ConnectOptions as _, Connection as _, Executor as _, MySqlPool, Row as _};
+use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
+use sqlx::{Executor as _, MySqlPool, Row as _};
 
-use super::{ColumnInfo, Dialect, SourceError, TableInfo, TableRef};
 use crate::chunk::KeyType;
 use crate::db::DbUrl;
+use crate::source::{ColumnInfo, Dialect, Rows, SourceError, TableInfo, TableRef, Timeouts};
 use crate::value::{self, ColumnKind, Value};
 
 /// Adds strict mode to the session's `sql_mode`, keeping the rest.
@@ -30,7 +30,7 @@ pub async fn connect(
     url: &DbUrl,
     connections: u32,
     timeout: Duration,
-    timeouts: &super::Timeouts,
+    timeouts: &Timeouts,
 ) -> Result<MySqlPool, sqlx::Error> {
     // Lock waits count whole seconds, 1 at least: InnoDB's row locks
     // (default 50 s) and metadata locks (default a day). A statement ends
@@ -51,15 +51,8 @@ pub async fn connect(
     let options = MySqlConnectOptions::from_str(url.expose())?
         .pipes_as_concat(false)
         .timezone(Some("+00:00".to_string()));
-    // One direct connection first: a pool that cannot connect only reports
-    // that it timed out, this says why (refused, unknown database, access).
-    let probe = tokio::time::timeout(timeout, options.connect())
-        .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    probe.close().await?;
-    MySqlPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(timeout)
+    crate::backend::probe(&options, timeout).await?;
+    crate::backend::pool_options::<sqlx::MySql>(connections, timeout)
         .after_connect(move |conn, _| {
             let bounds = bounds.clone();
             let mariadb_time = mariadb_time.clone();
@@ -139,10 +132,10 @@ pub fn quote(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
 
-/// Binds the parameters of a chunk query as [`super::read_sql`] numbers
+/// Binds the parameters of a chunk query as [`read_sql`](crate::source::read_sql) numbers
 /// them.
 pub(super) fn bind_rows<'q>(
-    rows: &super::Rows<'_>,
+    rows: &Rows<'_>,
     query: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
     _key_type: crate::chunk::KeyType,
 ) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
@@ -202,11 +195,7 @@ pub async fn table(
     conn: &mut sqlx::MySqlConnection,
     table: &TableRef,
 ) -> Result<Option<TableInfo>, SourceError> {
-    let query_error = |error| SourceError::Query {
-        what: "reading the catalog",
-        table: table.quoted(),
-        error,
-    };
+    let query_error = SourceError::catalog(table);
     // information_schema columns are binary strings on some versions:
     // every text is cast, so that it decodes as text everywhere.
     let rows = sqlx::query(
@@ -298,6 +287,7 @@ pub const DIALECT: Dialect = Dialect {
     token: None,
     keys_filter,
     same_value,
+    double: "DOUBLE",
 };
 
 /// `key IN (?, ?, …)`.
@@ -378,6 +368,9 @@ fn unrepresentable(what: &str) -> String {
 }
 
 fn typed(row: &MySqlRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
+    if let Some(value) = crate::backend::decode_common(row, i, &c.kind)? {
+        return Ok(value);
+    }
     let value = match &c.kind {
         ColumnKind::Integer => match row.try_get::<Option<i64>, _>(i) {
             Ok(v) => v.map_or(Value::Null, Value::Integer),
@@ -389,9 +382,6 @@ fn typed(row: &MySqlRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error>
                 })?),
             },
         },
-        ColumnKind::Float => row
-            .try_get::<Option<f64>, _>(i)?
-            .map_or(Value::Null, Value::Float),
         // TINYINT(1) holds any small integer, and a boolean is 0 or 1
         // only: reading 2 as true would make the guard see a change that
         // is not there, on every attempt.
@@ -416,18 +406,10 @@ fn typed(row: &MySqlRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error>
                 }
             }
         }
-        ColumnKind::Bytes => row
-            .try_get::<Option<Vec<u8>>, _>(i)?
-            .map_or(Value::Null, Value::Bytes),
-        ColumnKind::Json => row
-            .try_get::<Option<String>, _>(i)?
-            .map_or(Value::Null, Value::Json),
-        ColumnKind::Timestamp => row
+        // A timestamp: decode_common read the other kinds.
+        _ => row
             .try_get::<Option<DateTime<Utc>>, _>(i)?
             .map_or(Value::Null, value::timestamp),
-        ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Any => row
-            .try_get::<Option<String>, _>(i)?
-            .map_or(Value::Null, Value::Text),
     };
     Ok(value)
 }

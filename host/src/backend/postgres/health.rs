@@ -3,8 +3,7 @@
 //! statement over the statistics views (and, with `archive_mode` on, a
 //! listing of `pg_wal/archive_status`).
 
-use super::{Blind, Finding, Health};
-use crate::source::Pools;
+use crate::throttle::health::{Blind, Finding, Health, WARMING_UP};
 
 /// Everything but the archive listing, in one round trip. `$1` is the
 /// target table, quoted. Progress views cover the whole cluster, so they
@@ -55,15 +54,12 @@ struct Measured {
 
 /// Measures the indicators on; returns what they found, in the order
 /// they are listed in `[throttle.health]`.
-pub async fn check(health: &Health) -> Vec<Finding> {
+// Longer than 100 lines: one statement measures every indicator; one block judges each, in spec order.
+pub(super) async fn check(pool: &sqlx::PgPool, health: &Health) -> Vec<Finding> {
     let t = &health.thresholds;
-    let Pools::Postgres(pool) = health.db.pools() else {
-        return Vec::new();
-    };
     let timeouts = *health.db.timeouts();
     let measured = async {
-        let mut tx =
-            crate::source::postgres::begin_read(pool, timeouts.read, timeouts.lock).await?;
+        let mut tx = super::read::begin_read(pool, timeouts.read, timeouts.lock).await?;
         let row = sqlx::query_as::<
             _,
             (
@@ -148,7 +144,7 @@ pub async fn check(health: &Health) -> Vec<Finding> {
                 )),
                 None => found.push(Finding {
                     indicator: "starting",
-                    reason: super::WARMING_UP.into(),
+                    reason: WARMING_UP.into(),
                     critical: false,
                 }),
             },
@@ -229,11 +225,11 @@ pub async fn check(health: &Health) -> Vec<Finding> {
 
 /// What the role cannot see that the indicators on need: (key, why,
 /// whether the spec set the indicator itself).
-pub async fn blind_spots(health: &Health) -> Result<Vec<Blind>, String> {
+pub(super) async fn blind_spots(
+    pool: &sqlx::PgPool,
+    health: &Health,
+) -> Result<Vec<Blind>, String> {
     let t = &health.thresholds;
-    let Pools::Postgres(pool) = health.db.pools() else {
-        return Ok(Vec::new());
-    };
     let (role, stats, monitor, archive_mode): (String, bool, bool, String) = sqlx::query_as(
         "SELECT current_user::text, \
                 rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), \

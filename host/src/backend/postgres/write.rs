@@ -5,9 +5,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _};
 
-use super::{Expected, Guard, KEY_NAME, SinkError, Update, expected_name, guard_sql, guarded};
+use super::read::DIALECT;
+use crate::backend::refuses_a_value;
 use crate::chunk::{Key, KeyType};
-use crate::source::postgres::DIALECT;
+use crate::sink::{
+    Expected, Guard, KEY_NAME, SinkError, Update, expected_name, guard_sql, guarded,
+};
 use crate::source::{ColumnInfo, Layout, Timeouts, quote};
 use crate::value::{self, ColumnKind, Value};
 
@@ -195,7 +198,7 @@ pub async fn write_bounded(
         rows: n,
         error,
     };
-    let mut tx = crate::source::postgres::begin_write(pool, timeouts.write, timeouts.lock)
+    let mut tx = super::read::begin_write(pool, timeouts.write, timeouts.lock)
         .await
         .map_err(failed)?;
     match write(&mut *tx, layout, updates, guard).await {
@@ -216,6 +219,7 @@ pub async fn write_bounded(
 
 /// Writes a chunk's updates in one statement. Returns the keys written and
 /// the keys another transaction held locked.
+// Longer than 100 lines: one statement: the arrays bound column by column, then the skip-locked update.
 pub async fn write(
     pool: impl sqlx::PgExecutor<'_>,
     layout: &Layout,
@@ -347,7 +351,7 @@ pub async fn holders(
          FROM {target} AS t LEFT JOIN pg_stat_activity AS a ON a.backend_xid = t.xmax \
          WHERE t.{key} = ANY($1::{key_array})"
     );
-    let mut tx = crate::source::postgres::begin_read(pool, timeouts.read, timeouts.lock).await?;
+    let mut tx = super::read::begin_read(pool, timeouts.read, timeouts.lock).await?;
     let query = sqlx::query(crate::source::built(sql));
     let query = match layout.key_type {
         KeyType::Integer => query.bind(
@@ -447,7 +451,7 @@ pub fn stored_form_sql(columns: &[&ColumnInfo], arrays: &[&str]) -> String {
                 assign(c, &format!("n.\"__refill_v{i}\"")),
                 c.sql_type
             );
-            crate::source::postgres::read_expr(&stored, c)
+            super::read::read_expr(&stored, c)
         })
         .collect();
     let params: Vec<String> = arrays
@@ -469,7 +473,8 @@ pub fn stored_form_sql(columns: &[&ColumnInfo], arrays: &[&str]) -> String {
 /// Replaces each value of the output columns that [`reshapes`] with the
 /// form the target would store it in, in one round trip.
 pub async fn stored_form(
-    db: &crate::source::Database,
+    pool: &PgPool,
+    t: &Timeouts,
     layout: &Layout,
     rows: &mut [Vec<Value>],
 ) -> Result<(), SinkError> {
@@ -513,25 +518,77 @@ pub async fn stored_form(
         rows: rows.len(),
         error,
     };
-    let crate::source::Pools::Postgres(pool) = db.pools() else {
-        return Ok(());
-    };
-    let t = db.timeouts();
-    let mut tx = crate::source::postgres::begin_read(pool, t.read, t.lock)
+    let mut tx = super::read::begin_read(pool, t.read, t.lock)
         .await
         .map_err(failed)?;
     let fetched = query.fetch_all(&mut *tx).await.map_err(failed)?;
     tx.commit().await.map_err(failed)?;
     for (r, (row, stored)) in rows.iter_mut().zip(&fetched).enumerate() {
         for (j, (&i, column)) in reshaped.iter().zip(&columns).enumerate() {
-            let value = crate::source::postgres::decode(stored, j, column)
-                .map_err(|m| encode_error(column, r, m))?;
+            let value =
+                super::read::decode(stored, j, column).map_err(|m| encode_error(column, r, m))?;
             if let Some(slot) = row.get_mut(i) {
                 *slot = value;
             }
         }
     }
     Ok(())
+}
+
+/// Replaces `rows` with the form PostgreSQL stores them in, splitting the
+/// batch while it refuses a value, as the write does.
+pub(super) fn reshape<'a>(
+    pool: &'a PgPool,
+    timeouts: &'a Timeouts,
+    layout: &'a Layout,
+    rows: &'a mut [Vec<Value>],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>> {
+    Box::pin(async move {
+        let refused = match stored_form(pool, timeouts, layout, rows).await {
+            Err(SinkError::Write { error, .. }) if refuses_a_value(&error) => true,
+            // A value that cannot be sent or read back (a timestamp out of
+            // range) is left for the write to report too.
+            Err(SinkError::Encode { .. }) => true,
+            other => return other,
+        };
+        if refused && rows.len() > 1 {
+            let (first, second) = rows.split_at_mut(rows.len() / 2);
+            reshape(pool, timeouts, layout, first).await?;
+            reshape(pool, timeouts, layout, second).await?;
+        }
+        Ok(())
+    })
+}
+
+/// One PostgreSQL write statement under a savepoint of `tx`.
+pub(crate) async fn in_savepoint(
+    tx: &mut sqlx::PgConnection,
+    layout: &Layout,
+    updates: &[Update],
+    guard: Guard,
+) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
+    let failed = |error| SinkError::Write {
+        table: layout.target.quoted(),
+        rows: updates.len(),
+        error,
+    };
+    let mut savepoint = sqlx::Connection::begin(&mut *tx).await.map_err(failed)?;
+    match crate::backend::postgres::write::write(&mut *savepoint, layout, updates.to_vec(), guard)
+        .await
+    {
+        Ok(keys) => {
+            savepoint.commit().await.map_err(failed)?;
+            Ok(keys)
+        }
+        Err(e) => {
+            // The write's own error is the one to report; a rollback that
+            // fails too leaves the transaction to fail at its commit.
+            if let Err(error) = savepoint.rollback().await {
+                tracing::warn!(error = %crate::db::describe(&error), "Could not roll a refused write back to its savepoint.");
+            }
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

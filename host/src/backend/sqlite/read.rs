@@ -6,11 +6,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{Row as _, SqlitePool, TypeInfo as _, ValueRef as _};
 
-use super::{ColumnInfo, Dialect, SourceError, TableInfo, TableRef, quote};
 use crate::db::DbUrl;
+use crate::source::{
+    ColumnInfo, Dialect, Rows, SourceError, TableInfo, TableRef, cast_text, dollar, quote,
+};
 use crate::value::{self, ColumnKind, Value};
 
 /// Opens a pool on an existing database file; `read_only` opens it with
@@ -25,17 +27,15 @@ pub async fn connect(
     let options = SqliteConnectOptions::from_str(url.expose())?
         .busy_timeout(timeout)
         .read_only(read_only);
-    SqlitePoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(timeout)
+    crate::backend::pool_options(connections, timeout)
         .connect_with(options)
         .await
 }
 
-/// Binds the parameters of a chunk query as [`super::read_sql`] numbers
+/// Binds the parameters of a chunk query as [`read_sql`](crate::source::read_sql) numbers
 /// them.
 pub(super) fn bind_rows<'q>(
-    rows: &super::Rows<'_>,
+    rows: &Rows<'_>,
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
     _key_type: crate::chunk::KeyType,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
@@ -73,11 +73,7 @@ pub async fn table(
     conn: &mut sqlx::SqliteConnection,
     table: &TableRef,
 ) -> Result<Option<TableInfo>, SourceError> {
-    let query_error = |error| SourceError::Query {
-        what: "reading the catalog",
-        table: table.quoted(),
-        error,
-    };
+    let query_error = SourceError::catalog(table);
     let schema = table.schema.as_deref().unwrap_or("main");
     let rows = sqlx::query(
         "SELECT name, type, \"notnull\", pk FROM pragma_table_info($1, $2) ORDER BY cid",
@@ -128,8 +124,8 @@ pub async fn table(
 /// How SQLite spells refill's queries.
 pub const DIALECT: Dialect = Dialect {
     quote,
-    param: super::dollar,
-    as_text: super::cast_text,
+    param: dollar,
+    as_text: cast_text,
     key_cast: |_| String::new(),
     key_expr: column_expr,
     column_expr,
@@ -137,6 +133,7 @@ pub const DIALECT: Dialect = Dialect {
     keys_filter,
     // Guards compare tokens; `IS` is SQLite's NULL-safe equality.
     same_value: |read, _, expected| format!("{read} IS {expected}"),
+    double: "DOUBLE PRECISION",
 };
 
 /// `quote(a) || ',' || quote(b)`: SQLite's quote() is an exact literal of

@@ -6,12 +6,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions as _, Connection as _, PgPool, Row as _};
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{PgPool, Row as _};
 
-use super::{ColumnInfo, Dialect, SourceError, TableInfo, TableRef, quote};
-use crate::chunk::KeyType;
+use crate::chunk::{Key, KeyType};
 use crate::db::DbUrl;
+use crate::source::{
+    ColumnInfo, Dialect, Rows, SourceError, TableInfo, TableRef, Timeouts, built, cast_text,
+    dollar, quote,
+};
 use crate::value::{self, ColumnKind, Value};
 
 /// The name this process's sessions announce themselves by in
@@ -27,27 +30,36 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url.expose())?.application_name(&session_name());
-    // One direct connection first: a pool that cannot connect only reports
-    // that it timed out, this says why (refused, unknown database, password).
-    let probe = tokio::time::timeout(timeout, options.connect())
-        .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    probe.close().await?;
-    PgPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(timeout)
+    crate::backend::probe(&options, timeout).await?;
+    crate::backend::pool_options(connections, timeout)
         .connect_with(options)
         .await
 }
 
-/// Binds the parameters of a chunk query as [`super::read_sql`] numbers
-/// them.
+/// Binds the parameters of a chunk query as
+/// [`read_sql`](crate::source::read_sql) numbers them; a key list is one
+/// array.
 pub(super) fn bind_rows<'q>(
-    rows: &super::Rows<'_>,
+    rows: &Rows<'_>,
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     key_type: KeyType,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    rows.bind_pg(query, key_type)
+    match (rows, key_type) {
+        (Rows::Keys(keys), KeyType::Integer) => query.bind(
+            keys.iter()
+                .filter_map(|k| if let Key::Int(i) = k { Some(*i) } else { None })
+                .collect::<Vec<_>>(),
+        ),
+        (Rows::Keys(keys), KeyType::Text) => query.bind(
+            keys.iter()
+                .filter_map(|k| match k {
+                    Key::Text(s) => Some(s.clone()),
+                    Key::Int(_) => None,
+                })
+                .collect::<Vec<_>>(),
+        ),
+        (range, _) => range.bind(query),
+    }
 }
 
 /// Milliseconds of a timeout, at least 1 (0 would mean none).
@@ -123,7 +135,7 @@ pub fn committing(read: &str) -> String {
 /// parsed, never run.
 pub async fn volatile_functions(
     pool: &PgPool,
-    timeouts: &super::Timeouts,
+    timeouts: &Timeouts,
     table: &str,
     condition: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -131,7 +143,7 @@ pub async fn volatile_functions(
     let view = format!(
         "CREATE TEMPORARY VIEW \"__refill_where\" AS SELECT 1 AS x FROM {table} WHERE ({condition})"
     );
-    sqlx::query(super::built(view)).execute(&mut *tx).await?;
+    sqlx::query(built(view)).execute(&mut *tx).await?;
     let names = sqlx::query_scalar::<_, String>(
         "SELECT DISTINCT CAST(CAST(p.oid AS regprocedure) AS text) FROM pg_depend AS d \
          JOIN pg_rewrite AS r ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
@@ -165,11 +177,7 @@ pub async fn table(
     conn: &mut sqlx::PgConnection,
     table: &TableRef,
 ) -> Result<Option<TableInfo>, SourceError> {
-    let query_error = |error| SourceError::Query {
-        what: "reading the catalog",
-        table: table.quoted(),
-        error,
-    };
+    let query_error = SourceError::catalog(table);
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(table.quoted())
         .fetch_one(&mut *conn)
@@ -244,14 +252,15 @@ pub(crate) fn read_expr(col: &str, c: &ColumnInfo) -> String {
 /// hashed.
 pub const DIALECT: Dialect = Dialect {
     quote,
-    param: super::dollar,
-    as_text: super::cast_text,
+    param: dollar,
+    as_text: cast_text,
     key_cast,
     key_expr,
     column_expr,
     token: None,
     keys_filter,
     same_value,
+    double: "DOUBLE PRECISION",
 };
 
 /// `read COLLATE "C" IS NOT DISTINCT FROM expected` for text forms, so
@@ -359,28 +368,17 @@ fn timestamp_of(raw: &sqlx::postgres::PgValueRef<'_>) -> Result<Value, String> {
 }
 
 fn typed(row: &PgRow, i: usize, c: &ColumnInfo) -> Result<Value, sqlx::Error> {
-    let value = match &c.kind {
+    if let Some(value) = crate::backend::decode_common(row, i, &c.kind)? {
+        return Ok(value);
+    }
+    Ok(match &c.kind {
         ColumnKind::Integer => row
             .try_get::<Option<i64>, _>(i)?
             .map_or(Value::Null, Value::Integer),
-        ColumnKind::Float => row
-            .try_get::<Option<f64>, _>(i)?
-            .map_or(Value::Null, Value::Float),
         ColumnKind::Boolean => row
             .try_get::<Option<bool>, _>(i)?
             .map_or(Value::Null, Value::Boolean),
-        ColumnKind::Bytes => row
-            .try_get::<Option<Vec<u8>>, _>(i)?
-            .map_or(Value::Null, Value::Bytes),
-        ColumnKind::Json => row
-            .try_get::<Option<String>, _>(i)?
-            .map_or(Value::Null, Value::Json),
-        ColumnKind::Timestamp => {
-            timestamp_of(&row.try_get_raw(i)?).map_err(|m| sqlx::Error::Decode(m.into()))?
-        }
-        ColumnKind::Text | ColumnKind::TextForm(_) | ColumnKind::Any => row
-            .try_get::<Option<String>, _>(i)?
-            .map_or(Value::Null, Value::Text),
-    };
-    Ok(value)
+        // A timestamp: decode_common read the other kinds.
+        _ => timestamp_of(&row.try_get_raw(i)?).map_err(|m| sqlx::Error::Decode(m.into()))?,
+    })
 }

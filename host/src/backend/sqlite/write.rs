@@ -4,9 +4,9 @@
 
 use sqlx::{Row as _, SqlitePool};
 
-use super::{Expected, Guard, SinkError, Update, guard_sql};
+use super::read::DIALECT;
 use crate::chunk::{Key, KeyType};
-use crate::source::sqlite::DIALECT;
+use crate::sink::{Expected, Guard, SinkError, Update, guard_sql};
 use crate::source::{Layout, quote};
 use crate::value::{self, Value};
 

@@ -16,9 +16,9 @@
 use chrono::NaiveDateTime;
 use sqlx::{MySqlPool, Row as _};
 
-use super::{Expected, Guard, SinkError, Update, guard_sql, guarded};
+use super::read::{DIALECT, key_match, quote};
 use crate::chunk::{Key, KeyType};
-use crate::source::mysql::{DIALECT, key_match, quote};
+use crate::sink::{Expected, Guard, SinkError, Update, guard_sql, guarded};
 use crate::source::{ColumnInfo, Layout};
 use crate::value::{self, ColumnKind, Value};
 

@@ -6,8 +6,7 @@
 
 use sqlx::Row as _;
 
-use super::{Blind, Finding, Health};
-use crate::source::Pools;
+use crate::throttle::health::{Blind, Finding, Health};
 
 /// The history list length, and whether the metric is counted: MariaDB
 /// 10.5+ says so in `ENABLED`.
@@ -19,11 +18,8 @@ const HISTORY_BY_STATUS: &str = "SELECT `count`, CAST(`status` = 'enabled' AS SI
                                  WHERE `name` = 'trx_rseg_history_len'";
 
 /// Measures the indicators on; returns what they found.
-pub async fn check(health: &Health) -> Vec<Finding> {
+pub(super) async fn check(pool: &sqlx::MySqlPool, health: &Health) -> Vec<Finding> {
     let t = &health.thresholds;
-    let Pools::Mysql(pool) = health.db.pools() else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
     if t.threads_running.max.is_some() || t.threads_running.critical.is_some() {
         match threads_running(pool).await {
@@ -80,11 +76,11 @@ async fn history(pool: &sqlx::MySqlPool) -> Result<i64, String> {
     let read = |sql: &'static str| sqlx::query_as::<_, (i64, i64)>(sql).fetch_optional(pool);
     let row = match read(HISTORY).await {
         // 1054: no such column, on a server that has STATUS instead.
-        Err(e) if crate::db::mysql_errno(&e) == Some(1054) => read(HISTORY_BY_STATUS).await,
+        Err(e) if super::errno(&e) == Some(1054) => read(HISTORY_BY_STATUS).await,
         other => other,
     };
     let row = row.map_err(|e| {
-        let grant = match crate::db::mysql_errno(&e) {
+        let grant = match super::errno(&e) {
             Some(1227 | 1142 | 1044) => ": grant the PROCESS privilege",
             _ => "",
         };
@@ -104,11 +100,11 @@ async fn history(pool: &sqlx::MySqlPool) -> Result<i64, String> {
 }
 
 /// What the role cannot see that the indicators on need.
-pub async fn blind_spots(health: &Health) -> Result<Vec<Blind>, String> {
+pub(super) async fn blind_spots(
+    pool: &sqlx::MySqlPool,
+    health: &Health,
+) -> Result<Vec<Blind>, String> {
     let t = &health.thresholds;
-    let Pools::Mysql(pool) = health.db.pools() else {
-        return Ok(Vec::new());
-    };
     let mut blind = Vec::new();
     if (t.history_length.max.is_some() || t.history_length.critical.is_some())
         && let Err(why) = history(pool).await
