@@ -277,7 +277,7 @@ impl Writer {
     pub fn start(world: &World, n: i64) -> Writer {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let (url, table) = (world.url(), world.table("quotes"));
+        let (url, table) = (world.direct_url(), world.table("quotes"));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

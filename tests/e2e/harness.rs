@@ -398,6 +398,15 @@ impl World {
         }
     }
 
+    /// The url of this world's database for the tests' own connections:
+    /// [`url`](World::url), with a SQLite file's absolute path.
+    pub fn direct_url(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("sqlite://{}", self.dir.path().join("data.db").display()),
+            _ => self.url(),
+        }
+    }
+
     /// The type of a text key column in this world's SQL: MariaDB needs a
     /// length for a key, and a binary collation to tell keys apart by case
     /// as the other databases do.

@@ -14,13 +14,6 @@ fn latest(w: &World) -> serde_json::Value {
     w.status("spec.toml", None)[0].clone()
 }
 
-fn latest_id(w: &World) -> String {
-    latest(w)["run"]["run_id"]
-        .as_str()
-        .expect("a run")
-        .to_string()
-}
-
 #[test]
 fn text_keys_and_a_separate_target_with_backticked_names() {
     let w = World::new(Backend::Mysql, "my_text_keys");
@@ -230,54 +223,6 @@ fn replica_lag_on_a_server_that_is_not_a_replica_cannot_be_measured() {
         ran.stdout
     );
     assert!(!ran.all().contains("sekret"), "{}", ran.all());
-}
-
-/// The application writes `status` and its uppercased copy together while
-/// refill backfills the copy for old rows: every row refill's guard stops
-/// goes through the sink's second path (select the rows the guard lets
-/// through `FOR UPDATE`, then write exactly those), and no row ends with a
-/// value computed from a status it no longer holds.
-#[test]
-fn a_concurrent_writer_never_gets_a_stale_value() {
-    let w = World::new(Backend::Mysql, "my_concurrent");
-    quotes(&w, 3000, false);
-    let spec = spec(
-        &w,
-        "evil",
-        "config = { mode = \"slow\", spin = \"400000\" }\nbatch_rows = 25\nfuel_per_row = 100000000",
-        50,
-        "status_v2",
-    );
-    w.write("spec.toml", &spec);
-    let writer = Writer::start(&w, 3000);
-    let ran = w.run(&["run", "spec.toml", "--execute"]);
-    let writes = writer.stop();
-    ran.expect_code(0);
-    assert!(writes > 50, "the writer barely ran");
-
-    // Every row in scope holds the uppercased copy of the status it holds
-    // now, whoever wrote it last.
-    let rows = w.rows(&format!(
-        "SELECT {}, status, status_v2 FROM quotes ORDER BY id",
-        w.text("id")
-    ));
-    for row in rows {
-        let id: i64 = row[0].as_deref().expect("id").parse().expect("a number");
-        if in_scope(id) {
-            let expected = row[1].as_deref().map(str::to_uppercase);
-            assert_eq!(row[2], expected, "row {id}");
-        }
-    }
-    let id = latest_id(&w);
-    w.run(&["verify", &id, "--spec", "spec.toml"])
-        .expect_code(0);
-    let report = w.run(&["report", &id, "--json", "--spec", "spec.toml"]);
-    report.expect_code(0);
-    let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
-    assert!(
-        report["totals"]["conflicts"].as_u64().expect("conflicts") > 0,
-        "the writer raced no write: {report}"
-    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::io::Read;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use crate::both;
 use crate::fixtures::*;
 use crate::harness::*;
 
@@ -346,9 +347,8 @@ fn unresolved(w: &World) -> usize {
         .len()
 }
 
-#[test]
-fn a_retry_keeps_the_rows_per_second_limit() {
-    let w = World::new(Backend::Postgres, "paced_retry_rate");
+both!(a_retry_keeps_the_rows_per_second_limit, |backend, name| {
+    let w = World::new(backend, name);
     // 4,000 rows in scope, 2,000 of them dead letters.
     let (run, dead) = failed(&w, 6_000);
     assert_eq!(dead, 2_000);
@@ -361,7 +361,7 @@ fn a_retry_keeps_the_rows_per_second_limit() {
     assert!(took >= Duration::from_secs(3), "took {took:?}");
     assert_eq!(unresolved(&w), 0);
     assert_remapped(&w, false);
-}
+});
 
 #[test]
 fn pause_and_resume_reach_a_retry_from_another_process() {
