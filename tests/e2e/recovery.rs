@@ -337,12 +337,24 @@ fn a_postgres_restart_mid_run_is_survived() {
         .status()
         .expect("pg_isready");
     assert!(!down.success(), "PostgreSQL is still up");
-    // Keep it down until the run has failed an operation and is retrying.
+    // Keep it down until the run has failed an operation and is retrying,
+    // a minute at most in all: however much else the run logs meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
     let retrying = loop {
-        match log.recv_timeout(Duration::from_secs(60)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match log.recv_timeout(left) {
             Ok(line) if line.contains("failed; retrying") => break line,
-            Ok(_) => {}
-            Err(e) => panic!("the run never retried while PostgreSQL was down ({e})"),
+            Ok(line) => seen.push(line),
+            Err(e) => {
+                // Up again, so that the other tests do not fail for it.
+                ctl(&["start"]);
+                let _ = child.kill();
+                panic!(
+                    "the run never retried while PostgreSQL was down ({e}); it logged:\n{}",
+                    seen.join("\n")
+                );
+            }
         }
     };
     assert!(
