@@ -426,20 +426,7 @@ mod tests {
 
     /// A fresh state store in its own schema of the test PostgreSQL.
     async fn store(schema: &str) -> StateStore {
-        let base = crate::db::test_postgres_url();
-        let admin = sqlx::PgPool::connect(&base).await.expect("connect");
-        for sql in [
-            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            format!("CREATE SCHEMA {schema}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&admin)
-                .await
-                .expect("schema");
-        }
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        let url = crate::db::DbUrl::parse(&url, std::path::Path::new("/")).expect("url");
+        let url = crate::state::fresh_schema(schema).await;
         StateStore::open(&url).await.expect("open")
     }
 

@@ -1671,28 +1671,34 @@ impl ChunkSummary {
     }
 }
 
+/// The url of a fresh, empty schema of the test PostgreSQL, as a state
+/// store url.
+#[cfg(test)]
+pub(crate) async fn fresh_schema(schema: &str) -> DbUrl {
+    let base = crate::db::test_postgres_url();
+    let admin = sqlx::PgPool::connect(&base).await.expect("connect");
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect("schema");
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    DbUrl::parse(&url, std::path::Path::new("/")).expect("url")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn processes_creating_a_postgres_store_at_once_all_open_it() {
-        let base = crate::db::test_postgres_url();
-        let admin = sqlx::PgPool::connect(&base).await.expect("connect");
         for round in 0..4 {
-            let schema = format!("refill_store_race_{round}");
-            for sql in [
-                format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-                format!("CREATE SCHEMA {schema}"),
-            ] {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&admin)
-                    .await
-                    .expect("schema");
-            }
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            let url = DbUrl::parse(&url, std::path::Path::new("/")).expect("url");
+            let url = fresh_schema(&format!("refill_store_race_{round}")).await;
             // As `refill run` and a `refill status` or a worker started
             // together on an empty database do.
             let opened =
