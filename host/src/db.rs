@@ -38,23 +38,26 @@ impl DbUrl {
             Some(var) => std::env::var(var).map_err(|_| UrlError::MissingEnv(var.to_string()))?,
             None => raw.to_string(),
         };
-        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            return Ok(DbUrl {
-                backend: Backend::Postgres,
-                url: raw,
-                path: None,
-            });
-        }
-        if raw.starts_with("mysql://") || raw.starts_with("mariadb://") {
-            return Ok(DbUrl {
-                backend: Backend::Mysql,
-                url: raw,
-                path: None,
-            });
-        }
-        let Some(rest) = raw.strip_prefix("sqlite:") else {
+        let Some((scheme, rest)) = raw.split_once(':') else {
             return Err(UrlError::Unsupported(mask(&raw)));
         };
+        let Some(backend) = Backend::of_scheme(scheme) else {
+            return Err(UrlError::Unsupported(mask(&raw)));
+        };
+        if crate::backend::address(backend).default_port.is_some() {
+            // A server: `scheme://user:password@host:port/database?options`.
+            if !rest.starts_with("//") {
+                return Err(UrlError::Unsupported(mask(&raw)));
+            }
+            return Ok(DbUrl {
+                backend,
+                url: raw,
+                path: None,
+            });
+        }
+        // A file: `scheme:PATH` or `scheme://PATH`, relative to `base`,
+        // or an in-memory database.
+        let scheme = scheme.to_string();
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let (file, query) = match rest.split_once('?') {
             Some((f, q)) => (f, Some(q)),
@@ -62,19 +65,19 @@ impl DbUrl {
         };
         if file.is_empty() || file == ":memory:" {
             return Ok(DbUrl {
-                backend: Backend::Sqlite,
+                backend,
                 url: raw,
                 path: None,
             });
         }
         let path = base.join(file);
-        let mut url = format!("sqlite://{}", path.display());
+        let mut url = format!("{scheme}://{}", path.display());
         if let Some(q) = query {
             url.push('?');
             url.push_str(q);
         }
         Ok(DbUrl {
-            backend: Backend::Sqlite,
+            backend,
             url,
             path: Some(path),
         })
@@ -166,11 +169,11 @@ pub fn mask(url: &str) -> String {
 /// fail in every fixture.
 pub fn answers(url: &str, timeout: std::time::Duration) -> Result<(), String> {
     use std::net::ToSocketAddrs as _;
-    let default_port = match url.split_once("://").map(|(scheme, _)| scheme) {
-        Some("postgres" | "postgresql") => 5432,
-        Some("mysql" | "mariadb") => 3306,
-        _ => return Err(format!("{} is not a PostgreSQL or MySQL url", mask(url))),
-    };
+    let default_port = url
+        .split_once("://")
+        .and_then(|(scheme, _)| Backend::of_scheme(scheme))
+        .and_then(|b| crate::backend::address(b).default_port)
+        .ok_or_else(|| format!("{} is not the url of a database server", mask(url)))?;
     let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

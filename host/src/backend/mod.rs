@@ -13,6 +13,9 @@
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
+mod statement;
+
+pub use statement::{Spelling, Sql, store_sql};
 
 use std::future::Future;
 use std::time::Duration;
@@ -35,6 +38,18 @@ pub enum Backend {
     Postgres,
     /// MySQL or MariaDB (one wire protocol, one dialect).
     Mysql,
+}
+
+impl Backend {
+    /// Every database refill knows.
+    pub const ALL: [Backend; 3] = [Backend::Postgres, Backend::Mysql, Backend::Sqlite];
+
+    /// The database whose urls start with `scheme` (before the `:`).
+    pub fn of_scheme(scheme: &str) -> Option<Backend> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| address(*b).schemes.contains(&scheme))
+    }
 }
 
 impl std::fmt::Display for Backend {
@@ -124,15 +139,23 @@ pub enum Failure {
     Other,
 }
 
+/// How a database's urls look.
+#[derive(Debug)]
+pub struct Address {
+    /// The schemes that name it: `postgres` in `postgres://…`.
+    pub schemes: &'static [&'static str],
+    /// Its server's port when a url names none; `None` for a database
+    /// in a file, whose url is a path (resolved against the spec's
+    /// folder).
+    pub default_port: Option<u16>,
+}
+
 /// How a database hosts refill's state store, whose statements are
-/// written once, for PostgreSQL and SQLite (`$n` placeholders,
-/// `CAST(… AS BIGINT)`, `TEXT` columns).
+/// written once, with [`store_sql!`], in every [`Spelling`].
 #[derive(Debug)]
 pub struct Store {
-    /// A statement as the database takes it.
-    pub spell: for<'s> fn(&'s str) -> std::borrow::Cow<'s, str>,
-    /// A table's or index's definition as the database takes it.
-    pub define: fn(&str) -> String,
+    /// Which spelling of a statement the database takes.
+    pub spelling: Spelling,
     /// Whether a definition failed because another process made the same
     /// table at the same time: trying again finds it made.
     pub raced: fn(&sqlx::Error) -> bool,
@@ -154,11 +177,6 @@ impl Store {
     pub(crate) fn unique_violation(error: &sqlx::Error) -> bool {
         matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
     }
-
-    /// A statement as written: PostgreSQL's and SQLite's spelling.
-    pub(crate) fn as_written(sql: &str) -> std::borrow::Cow<'_, str> {
-        std::borrow::Cow::Borrowed(sql)
-    }
 }
 
 /// One database, as refill uses it. Every function is static: the driver
@@ -179,6 +197,8 @@ pub trait Driver: Sized + Send + Sync + 'static {
     const DIALECT: Dialect;
     /// How it hosts the state store.
     const STORE: Store;
+    /// How its urls look.
+    const ADDRESS: Address;
 
     /// Opens its pools: for reading, and for writing if `writes`.
     fn connect(
@@ -273,17 +293,43 @@ pub trait Driver: Sized + Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
-    /// Replaces computed output values with the form the target will store
-    /// them in, so that comparing them with what a row holds says whether
-    /// writing would change it; `None` when it stores every value as sent.
+    /// Whether the database may store a value of `column` otherwise than
+    /// it is sent (a `FLOAT` rounded to single precision, a `CHAR`
+    /// padded).
+    fn reshapes(column: &ColumnInfo) -> bool {
+        let _ = column;
+        false
+    }
+
+    /// Replaces `rows`' output values with the form the target stores
+    /// them in; called only when some output [`Driver::reshapes`].
+    fn reshape(
+        pool: &Self::Pool,
+        timeouts: &Timeouts,
+        layout: &Layout,
+        rows: &mut [Vec<Value>],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = (pool, timeouts, layout, rows);
+        async { Ok(()) }
+    }
+
+    /// Computed output values in the form the target will store them in,
+    /// so that comparing them with what a row holds says whether writing
+    /// would change it; `None` when it stores every value as sent.
     fn stored_form(
         pool: &Self::Pool,
         timeouts: &Timeouts,
         layout: &Layout,
         rows: &[Vec<Value>],
     ) -> impl Future<Output = Result<Option<Vec<Vec<Value>>>, SinkError>> + Send {
-        let _ = (pool, timeouts, layout, rows);
-        async { Ok(None) }
+        async move {
+            if !layout.outputs.iter().any(Self::reshapes) {
+                return Ok(None);
+            }
+            let mut rows = rows.to_vec();
+            Self::reshape(pool, timeouts, layout, &mut rows).await?;
+            Ok(Some(rows))
+        }
     }
 
     /// What an error of this database means, or `None` if it is not one
@@ -387,6 +433,15 @@ pub fn capabilities(backend: Backend) -> &'static Capabilities {
     }
 }
 
+/// How `backend`'s urls look.
+pub fn address(backend: Backend) -> &'static Address {
+    match backend {
+        Backend::Postgres => &<postgres::Postgres as Driver>::ADDRESS,
+        Backend::Mysql => &<mysql::Mysql as Driver>::ADDRESS,
+        Backend::Sqlite => &<sqlite::Sqlite as Driver>::ADDRESS,
+    }
+}
+
 /// How `backend` hosts the state store.
 pub fn store(backend: Backend) -> &'static Store {
     match backend {
@@ -399,7 +454,7 @@ pub fn store(backend: Backend) -> &'static Store {
 /// The databases that have a capability, for messages ("measured on
 /// PostgreSQL only").
 pub fn having(has: impl Fn(&Capabilities) -> bool) -> String {
-    let names: Vec<String> = [Backend::Postgres, Backend::Mysql, Backend::Sqlite]
+    let names: Vec<String> = Backend::ALL
         .into_iter()
         .filter(|b| has(capabilities(*b)))
         .map(|b| b.to_string())

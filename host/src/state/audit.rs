@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
 use super::{StateError, StateStore, q};
+use crate::backend::store_sql;
 use crate::chunk::Key;
 
 /// A `refill retry` of a run's dead letters.
@@ -232,15 +233,16 @@ impl StateStore {
     /// Records (or updates) an audit record.
     pub async fn record<R: AuditRecord>(&self, record: &R) -> Result<(), StateError> {
         let data = serde_json::to_string(record).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        let updated =
-            sqlx::query(self.sql("UPDATE refill_audit SET data = $1 WHERE record_id = $2"))
-                .bind(&data)
-                .bind(record.id())
-                .execute(&self.pool)
-                .await
-                .map_err(q("recording an audit record"))?;
+        let updated = sqlx::query(
+            self.sql(store_sql!["UPDATE refill_audit SET data = " ? " WHERE record_id = " ?]),
+        )
+        .bind(&data)
+        .bind(record.id())
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording an audit record"))?;
         if updated.rows_affected() == 0 {
-            sqlx::query(self.sql("INSERT INTO refill_audit (record_id, run_id, kind, started_at, data) VALUES ($1, $2, $3, $4, $5)"))
+            sqlx::query(self.sql(store_sql!["INSERT INTO refill_audit (record_id, run_id, kind, started_at, data) VALUES (" ? ", " ? ", " ? ", " ? ", " ? ")"]))
                 .bind(record.id())
                 .bind(record.run())
                 .bind(R::KIND)
@@ -256,7 +258,7 @@ impl StateStore {
     /// A run's audit records of one kind, oldest first.
     pub async fn records<R: AuditRecord>(&self, run_id: &str) -> Result<Vec<R>, StateError> {
         let rows = sqlx::query(self.sql(
-            "SELECT data FROM refill_audit WHERE run_id = $1 AND kind = $2 ORDER BY started_at",
+            store_sql!["SELECT data FROM refill_audit WHERE run_id = " ? " AND kind = " ? " ORDER BY started_at"],
         ))
         .bind(run_id)
         .bind(R::KIND)

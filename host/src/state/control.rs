@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{StateError, StateStore, now, q};
+use crate::backend::store_sql;
 use crate::progress::Phase;
 
 /// What a run's processes were asked to do.
@@ -63,7 +64,7 @@ impl StateStore {
             None => (None, None, None),
         };
         sqlx::query(
-            self.sql("UPDATE refill_runs SET control = $1, control_by = $2, control_at = $3 WHERE run_id = $4"),
+            self.sql(store_sql!["UPDATE refill_runs SET control = " ? ", control_by = " ? ", control_at = " ? " WHERE run_id = " ?]),
         )
         .bind(action)
         .bind(by)
@@ -77,13 +78,14 @@ impl StateStore {
 
     /// The request standing on a run, if any.
     pub async fn control(&self, run_id: &str) -> Result<Option<Control>, StateError> {
-        let row: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-            self.sql("SELECT control, control_by, control_at FROM refill_runs WHERE run_id = $1"),
-        )
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("reading a run's control"))?;
+        let row: Option<(Option<String>, Option<String>, Option<String>)> =
+            sqlx::query_as(self.sql(store_sql![
+                "SELECT control, control_by, control_at FROM refill_runs WHERE run_id = "?
+            ]))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading a run's control"))?;
         Ok(match row {
             Some((Some(action), by, at)) => ControlAction::parse(&action).map(|action| Control {
                 action,
@@ -97,9 +99,9 @@ impl StateStore {
     /// The gentle limiter's latency baseline of a run of distributed
     /// workers: the first one measured, before the run's first chunk.
     pub async fn latency_baseline(&self, run_id: &str) -> Result<Option<Duration>, StateError> {
-        let us: Option<Option<i64>> = sqlx::query_scalar(
-            self.sql("SELECT latency_baseline_us FROM refill_runs WHERE run_id = $1"),
-        )
+        let us: Option<Option<i64>> = sqlx::query_scalar(self.sql(store_sql![
+            "SELECT latency_baseline_us FROM refill_runs WHERE run_id = "?
+        ]))
         .bind(run_id)
         .fetch_optional(&self.pool)
         .await
@@ -117,7 +119,7 @@ impl StateStore {
         baseline: Duration,
     ) -> Result<Duration, StateError> {
         sqlx::query(self.sql(
-            "UPDATE refill_runs SET latency_baseline_us = $1              WHERE run_id = $2 AND latency_baseline_us IS NULL",
+            store_sql!["UPDATE refill_runs SET latency_baseline_us = " ? "              WHERE run_id = " ? " AND latency_baseline_us IS NULL"],
         ))
         .bind(i64::try_from(baseline.as_micros()).unwrap_or(i64::MAX))
         .bind(run_id)
@@ -132,8 +134,8 @@ impl StateStore {
     /// whether it did.
     pub async fn abort_idle(&self, run_id: &str, message: &str) -> Result<bool, StateError> {
         let done = sqlx::query(self.sql(
-            "UPDATE refill_runs SET status = 'aborted', message = $1, finished_at = $2 \
-             WHERE run_id = $3 AND status IN ('running', 'incomplete', 'failed')",
+            store_sql!["UPDATE refill_runs SET status = 'aborted', message = " ? ", finished_at = " ? " \
+             WHERE run_id = " ? " AND status IN ('running', 'incomplete', 'failed')"],
         ))
         .bind(message)
         .bind(now())
@@ -152,7 +154,7 @@ impl StateStore {
         reason: Option<&str>,
     ) -> Result<(), StateError> {
         sqlx::query(
-            self.sql("UPDATE refill_sessions SET state = $1, reason = $2 WHERE session_id = $3"),
+            self.sql(store_sql!["UPDATE refill_sessions SET state = " ? ", reason = " ? " WHERE session_id = " ?]),
         )
         .bind(state.as_str())
         .bind(reason)

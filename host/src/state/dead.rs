@@ -8,6 +8,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::{StateError, StateStore, get, now, q, to_i64, to_u64};
+use crate::backend::store_sql;
 use crate::chunk::{Key, KeyType};
 use crate::transform::Trapped;
 
@@ -193,14 +194,9 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let delete = (crate::backend::store(backend).spell)(
-        "DELETE FROM refill_dead_letters WHERE run_id = $1 AND chunk_id = $2",
-    )
-    .into_owned();
-    sqlx::query::<DB>(sqlx::AssertSqlSafe(delete))
-        .bind(run_id.to_string())
-        .bind(to_i64(chunk_id))
-        .execute(&mut *conn)
+    let delete =
+        store_sql!["DELETE FROM refill_dead_letters WHERE run_id = " ? " AND chunk_id = " ?];
+    super::delete_of_chunk::<DB>(conn, backend, delete, run_id, chunk_id)
         .await
         .map_err(q("recording dead letters"))?;
     insert::<DB>(conn, backend, run_id, dead).await
@@ -221,19 +217,16 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
+    let spelling = crate::backend::store(backend).spelling;
     for batch in dead.chunks(ROWS_PER_INSERT) {
         let tuples: Vec<String> = (0..batch.len())
-            .map(|r| {
-                let p: Vec<String> = (1..=13).map(|c| format!("${}", r * 13 + c)).collect();
-                format!("({})", p.join(", "))
-            })
+            .map(|r| format!("({})", spelling.placeholders(r * 13 + 1, 13)))
             .collect();
         let sql = format!(
             "INSERT INTO refill_dead_letters (run_id, key_hash, row_key, chunk_id, kind, error, input_hash, \
              component_digest, attempts, first_seen_at, last_seen_at, resolved_at, trap) VALUES {}",
             tuples.join(", ")
         );
-        let sql = (crate::backend::store(backend).spell)(&sql).into_owned();
         let mut query = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql));
         for d in batch {
             query = query
@@ -323,9 +316,9 @@ impl StateStore {
         unresolved: bool,
     ) -> Result<Vec<DeadLetter>, StateError> {
         let sql = if unresolved {
-            "SELECT * FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL ORDER BY chunk_id, first_seen_at"
+            store_sql!["SELECT * FROM refill_dead_letters WHERE run_id = " ? " AND resolved_at IS NULL ORDER BY chunk_id, first_seen_at"]
         } else {
-            "SELECT * FROM refill_dead_letters WHERE run_id = $1 ORDER BY chunk_id, first_seen_at"
+            store_sql!["SELECT * FROM refill_dead_letters WHERE run_id = " ? " ORDER BY chunk_id, first_seen_at"]
         };
         let rows = sqlx::query(self.sql(sql))
             .bind(run_id)
@@ -338,7 +331,7 @@ impl StateStore {
     /// How many of a run's dead letters no retry has resolved.
     pub async fn unresolved_count(&self, run_id: &str) -> Result<u64, StateError> {
         let n: i64 = sqlx::query_scalar(self.sql(
-            "SELECT CAST(count(*) AS BIGINT) FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL",
+            store_sql!["SELECT CAST(count(*) AS " bigint ") FROM refill_dead_letters WHERE run_id = " ? " AND resolved_at IS NULL"],
         ))
         .bind(run_id)
         .fetch_one(&self.pool)
@@ -355,8 +348,8 @@ impl StateStore {
         limit: u32,
     ) -> Result<Vec<DeadLetterGroup>, StateError> {
         let rows = sqlx::query(
-            self.sql("SELECT kind, error, CAST(count(*) AS BIGINT) AS n FROM refill_dead_letters \
-             WHERE run_id = $1 AND resolved_at IS NULL GROUP BY kind, error ORDER BY n DESC, error LIMIT $2"),
+            self.sql(store_sql!["SELECT kind, error, CAST(count(*) AS " bigint ") AS n FROM refill_dead_letters \
+             WHERE run_id = " ? " AND resolved_at IS NULL GROUP BY kind, error ORDER BY n DESC, error LIMIT " ?]),
         )
         .bind(run_id)
         .bind(i64::from(limit))
@@ -368,8 +361,8 @@ impl StateStore {
             let error: String = get(&r, "error")?;
             let kind = parse_kind(get(&r, "kind")?)?;
             let keys: Vec<String> = sqlx::query_scalar(
-                self.sql("SELECT row_key FROM refill_dead_letters WHERE run_id = $1 AND resolved_at IS NULL AND error = $2 \
-                 ORDER BY chunk_id LIMIT 3"),
+                self.sql(store_sql!["SELECT row_key FROM refill_dead_letters WHERE run_id = " ? " AND resolved_at IS NULL AND error = " ? " \
+                 ORDER BY chunk_id LIMIT 3"]),
             )
             .bind(run_id)
             .bind(&error)
@@ -408,8 +401,8 @@ impl StateStore {
             .map_err(q("settling dead letters"))?;
         for (key, resolution) in resolved {
             sqlx::query(
-                self.sql("UPDATE refill_dead_letters SET resolved_at = $1, resolved_by = $2, resolution = $3, \
-                 component_digest = $4, attempts = attempts + 1 WHERE run_id = $5 AND key_hash = $6"),
+                self.sql(store_sql!["UPDATE refill_dead_letters SET resolved_at = " ? ", resolved_by = " ? ", resolution = " ? ", \
+                 component_digest = " ? ", attempts = attempts + 1 WHERE run_id = " ? " AND key_hash = " ?]),
             )
             .bind(&at)
             .bind(resolved_by)
@@ -423,8 +416,8 @@ impl StateStore {
         }
         for d in failed {
             sqlx::query(
-                self.sql("UPDATE refill_dead_letters SET error = $1, input_hash = $2, component_digest = $3, \
-                 attempts = attempts + 1, last_seen_at = $4, kind = $5, trap = $6 WHERE run_id = $7 AND key_hash = $8"),
+                self.sql(store_sql!["UPDATE refill_dead_letters SET error = " ? ", input_hash = " ? ", component_digest = " ? ", \
+                 attempts = attempts + 1, last_seen_at = " ? ", kind = " ? ", trap = " ? " WHERE run_id = " ? " AND key_hash = " ?]),
             )
             .bind(&d.error)
             .bind(&d.input_hash)

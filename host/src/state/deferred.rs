@@ -11,6 +11,7 @@ use sqlx::Row as _;
 
 use super::dead::{self, key_hash};
 use super::{Counts, DeadLetter, StateError, StateStore, get, now, q, to_i64, to_u64};
+use crate::backend::store_sql;
 use crate::chunk::{Key, KeyType};
 
 /// A row deferred because another transaction held it locked.
@@ -62,22 +63,15 @@ where
     for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let delete = (crate::backend::store(backend).spell)(
-        "DELETE FROM refill_deferred WHERE run_id = $1 AND chunk_id = $2",
-    )
-    .into_owned();
-    sqlx::query::<DB>(sqlx::AssertSqlSafe(delete))
-        .bind(run_id.to_string())
-        .bind(to_i64(chunk_id))
-        .execute(&mut *conn)
+    let spelling = crate::backend::store(backend).spelling;
+    let delete = store_sql!["DELETE FROM refill_deferred WHERE run_id = " ? " AND chunk_id = " ?];
+    super::delete_of_chunk::<DB>(conn, backend, delete, run_id, chunk_id)
         .await
         .map_err(q("recording deferred rows"))?;
     for d in rows {
-        let insert = (crate::backend::store(backend).spell)(
-            "INSERT INTO refill_deferred (run_id, key_hash, row_key, chunk_id, attempts, holder, \
-             first_seen_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .into_owned();
+        let insert = store_sql!["INSERT INTO refill_deferred (run_id, key_hash, row_key, chunk_id, attempts, holder, \
+             first_seen_at, last_seen_at) VALUES (" ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ")"];
+        let insert = insert.spelled(spelling);
         sqlx::query::<DB>(sqlx::AssertSqlSafe(insert))
             .bind(run_id.to_string())
             .bind(key_hash(&d.key))
@@ -102,7 +96,7 @@ impl StateStore {
         key_type: KeyType,
     ) -> Result<Vec<Deferred>, StateError> {
         let rows = sqlx::query(self.sql(
-            "SELECT * FROM refill_deferred WHERE run_id = $1 ORDER BY chunk_id, first_seen_at",
+            store_sql!["SELECT * FROM refill_deferred WHERE run_id = " ? " ORDER BY chunk_id, first_seen_at"],
         ))
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -127,7 +121,7 @@ impl StateStore {
     /// How many rows of a run are deferred now.
     pub async fn deferred_count(&self, run_id: &str) -> Result<u64, StateError> {
         let row = sqlx::query(
-            self.sql("SELECT CAST(count(*) AS BIGINT) FROM refill_deferred WHERE run_id = $1"),
+            self.sql(store_sql!["SELECT CAST(count(*) AS " bigint ") FROM refill_deferred WHERE run_id = " ?]),
         )
         .bind(run_id)
         .fetch_one(&self.pool)
@@ -156,9 +150,9 @@ impl StateStore {
         let what = "settling deferred rows";
         let mut tx = self.pool.begin().await.map_err(q(what))?;
         sqlx::query(self.sql(
-            "UPDATE refill_chunks SET updated = updated + $1, unchanged = unchanged + $2, \
-             skipped = skipped + $3, failed = failed + $4, conflicts = conflicts + $5, \
-             retries = retries + $6 WHERE run_id = $7 AND chunk_id = $8",
+            store_sql!["UPDATE refill_chunks SET updated = updated + " ? ", unchanged = unchanged + " ? ", \
+             skipped = skipped + " ? ", failed = failed + " ? ", conflicts = conflicts + " ? ", \
+             retries = retries + " ? " WHERE run_id = " ? " AND chunk_id = " ?],
         ))
         .bind(to_i64(counts.updated))
         .bind(to_i64(counts.unchanged))
@@ -172,9 +166,9 @@ impl StateStore {
         .await
         .map_err(q(what))?;
         for key in settled.iter().chain(dead.iter().map(|d| &d.key)) {
-            sqlx::query(
-                self.sql("DELETE FROM refill_deferred WHERE run_id = $1 AND key_hash = $2"),
-            )
+            sqlx::query(self.sql(
+                store_sql!["DELETE FROM refill_deferred WHERE run_id = " ? " AND key_hash = " ?],
+            ))
             .bind(run_id)
             .bind(key_hash(key))
             .execute(&mut *tx)
@@ -183,8 +177,8 @@ impl StateStore {
         }
         for d in still {
             sqlx::query(self.sql(
-                "UPDATE refill_deferred SET attempts = $1, holder = $2, last_seen_at = $3 \
-                 WHERE run_id = $4 AND key_hash = $5",
+                store_sql!["UPDATE refill_deferred SET attempts = " ? ", holder = " ? ", last_seen_at = " ? " \
+                 WHERE run_id = " ? " AND key_hash = " ?],
             ))
             .bind(to_i64(d.attempts))
             .bind(&d.holder)
@@ -199,7 +193,7 @@ impl StateStore {
         // its earlier dead letter gives way to the new one.
         for d in dead {
             sqlx::query(
-                self.sql("DELETE FROM refill_dead_letters WHERE run_id = $1 AND key_hash = $2"),
+                self.sql(store_sql!["DELETE FROM refill_dead_letters WHERE run_id = " ? " AND key_hash = " ?]),
             )
             .bind(run_id)
             .bind(key_hash(&d.key))

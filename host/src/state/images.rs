@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use sqlx::Row as _;
 
 use super::{StateError, StateStore, now, q, to_i64, to_u64};
+use crate::backend::store_sql;
 use crate::chunk::{Key, KeyType};
 use crate::value::{self, Value};
 
@@ -85,7 +86,7 @@ impl StateStore {
             return Ok(());
         }
         let next: i64 = sqlx::query_scalar(
-            self.sql("SELECT CAST(COALESCE(max(seq), 0) + 1 AS BIGINT) FROM refill_images WHERE run_id = $1 AND chunk_id = $2"),
+            self.sql(store_sql!["SELECT CAST(COALESCE(max(seq), 0) + 1 AS " bigint ") FROM refill_images WHERE run_id = " ? " AND chunk_id = " ?]),
         )
         .bind(run_id)
         .bind(to_i64(chunk_id))
@@ -93,7 +94,7 @@ impl StateStore {
         .await
         .map_err(q("recording before-images"))?;
         sqlx::query(
-            self.sql("INSERT INTO refill_images (run_id, chunk_id, seq, rows_count, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)"),
+            self.sql(store_sql!["INSERT INTO refill_images (run_id, chunk_id, seq, rows_count, data, created_at) VALUES (" ? ", " ? ", " ? ", " ? ", " ? ", " ? ")"]),
         )
         .bind(run_id)
         .bind(to_i64(chunk_id))
@@ -112,8 +113,8 @@ impl StateStore {
     /// after a crash, counts twice).
     pub async fn image_chunks(&self, run_id: &str) -> Result<Vec<(u64, u64)>, StateError> {
         let rows: Vec<(i64, i64)> = sqlx::query_as(self.sql(
-            "SELECT chunk_id, CAST(sum(rows_count) AS BIGINT) FROM refill_images WHERE run_id = $1 \
-             GROUP BY chunk_id ORDER BY chunk_id",
+            store_sql!["SELECT chunk_id, CAST(sum(rows_count) AS " bigint ") FROM refill_images WHERE run_id = " ? " \
+             GROUP BY chunk_id ORDER BY chunk_id"],
         ))
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -138,7 +139,7 @@ impl StateStore {
         key_type: KeyType,
     ) -> Result<Vec<Image>, StateError> {
         let rows = sqlx::query(self.sql(
-            "SELECT data FROM refill_images WHERE run_id = $1 AND chunk_id = $2 ORDER BY seq",
+            store_sql!["SELECT data FROM refill_images WHERE run_id = " ? " AND chunk_id = " ? " ORDER BY seq"],
         ))
         .bind(run_id)
         .bind(to_i64(chunk_id))

@@ -67,12 +67,28 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// A state store that coordinates distributed workers. Only
+/// [`StateStore::workers`] makes one, and only for a store whose database
+/// has the capability (`Capabilities::workers`): the statements of this
+/// module are PostgreSQL's, and no other store is ever sent them. It is
+/// the store too (it dereferences to it).
+#[derive(Clone, Debug)]
+pub struct Workers(StateStore);
+
+impl std::ops::Deref for Workers {
+    type Target = StateStore;
+
+    fn deref(&self) -> &StateStore {
+        &self.0
+    }
+}
+
 impl StateStore {
-    /// Refuses a store that cannot coordinate workers.
-    pub fn require_workers(&self) -> Result<(), StateError> {
+    /// The store as a coordinator of workers, or why it cannot be one.
+    pub fn workers(&self) -> Result<Workers, StateError> {
         let backend = self.url.backend();
         match crate::backend::capabilities(backend).workers {
-            true => Ok(()),
+            true => Ok(Workers(self.clone())),
             false => Err(StateError::Corrupt(format!(
                 "distributed workers need a {} state store; {} is {backend}: set [state] url (or --state) to the url of one",
                 crate::backend::having(|c| c.workers),
@@ -80,7 +96,9 @@ impl StateStore {
             ))),
         }
     }
+}
 
+impl Workers {
     /// Records what workers need to join a run: the spec's text and the
     /// run-wide concurrency.
     pub async fn set_worker_spec(
@@ -425,9 +443,10 @@ mod tests {
     use crate::state::{Counts, Mode, RunRecord, RunStatus, Timings};
 
     /// A fresh state store in its own schema of the test PostgreSQL.
-    async fn store(schema: &str) -> StateStore {
+    async fn store(schema: &str) -> Workers {
         let url = crate::state::fresh_schema(schema).await;
-        StateStore::open(&url).await.expect("open")
+        let store = StateStore::open(&url).await.expect("open");
+        store.workers().expect("PostgreSQL coordinates workers")
     }
 
     fn run(id: &str) -> RunRecord {
@@ -485,11 +504,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_store_whose_database_coordinates_workers_becomes_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = crate::db::DbUrl::parse("sqlite:state.db", dir.path()).expect("url");
+        let sqlite = StateStore::open(&url).await.expect("open");
+        let refused = sqlite
+            .workers()
+            .expect_err("SQLite cannot coordinate workers");
+        assert!(
+            refused
+                .to_string()
+                .starts_with("state store: distributed workers need a PostgreSQL state store; "),
+            "{refused}"
+        );
+        let url = crate::state::fresh_schema("unit_state_workers").await;
+        let postgres = StateStore::open(&url).await.expect("open");
+        assert!(postgres.workers().is_ok());
+    }
+
+    #[tokio::test]
     async fn claims_lease_fence_take_over_and_pace_on_postgres() {
         let store = store("unit_state_lease").await;
-        store
-            .require_workers()
-            .expect("PostgreSQL coordinates workers");
         store.create_run(&run("r1")).await.expect("run");
         store
             .set_worker_spec("r1", "name = 'n'", 2)

@@ -32,9 +32,9 @@ pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, DeadLetterGroup, FailureKind, Resolution};
 pub use deferred::Deferred;
 pub use images::Image;
-pub use lease::{Claim, Lease};
+pub use lease::{Claim, Lease, Workers};
 
-use crate::backend::{AtomicDb, AtomicTx, Store};
+use crate::backend::{AtomicDb, AtomicTx, Sql, Store, store_sql};
 use crate::chunk::{Chunk, Key, KeyType};
 use crate::db::DbUrl;
 use crate::progress::Phase;
@@ -510,47 +510,67 @@ const SCHEMA_VERSION: i64 = 7;
 
 /// Columns added to tables of an older version: table, column, definition.
 /// Opening a store of an older version adds those it lacks.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+const ADDED_COLUMNS: &[(&str, &str, Sql)] = &[
     (
         "refill_runs",
         "data_hash",
-        "VARCHAR(64) NOT NULL DEFAULT ''",
+        store_sql!["VARCHAR(64) NOT NULL DEFAULT ''"],
     ),
-    ("refill_chunks", "conflicts", "BIGINT NOT NULL DEFAULT 0"),
-    ("refill_chunks", "retries", "BIGINT NOT NULL DEFAULT 0"),
-    ("refill_chunks", "busy", "BIGINT NOT NULL DEFAULT 0"),
-    ("refill_dead_letters", "resolution", "VARCHAR(16)"),
-    ("refill_dead_letters", "kind", "VARCHAR(16)"),
-    ("refill_runs", "control", "VARCHAR(16)"),
-    ("refill_runs", "control_by", "VARCHAR(200)"),
-    ("refill_runs", "control_at", "VARCHAR(40)"),
-    ("refill_sessions", "state", "VARCHAR(16)"),
-    ("refill_sessions", "reason", "TEXT"),
-    ("refill_sessions", "kind", "VARCHAR(16)"),
-    ("refill_runs", "coordination", "VARCHAR(16)"),
-    ("refill_runs", "spec_text", "TEXT"),
+    (
+        "refill_chunks",
+        "conflicts",
+        store_sql!["BIGINT NOT NULL DEFAULT 0"],
+    ),
+    (
+        "refill_chunks",
+        "retries",
+        store_sql!["BIGINT NOT NULL DEFAULT 0"],
+    ),
+    (
+        "refill_chunks",
+        "busy",
+        store_sql!["BIGINT NOT NULL DEFAULT 0"],
+    ),
+    (
+        "refill_dead_letters",
+        "resolution",
+        store_sql!["VARCHAR(16)"],
+    ),
+    ("refill_dead_letters", "kind", store_sql!["VARCHAR(16)"]),
+    ("refill_runs", "control", store_sql!["VARCHAR(16)"]),
+    ("refill_runs", "control_by", store_sql!["VARCHAR(200)"]),
+    ("refill_runs", "control_at", store_sql!["VARCHAR(40)"]),
+    ("refill_sessions", "state", store_sql!["VARCHAR(16)"]),
+    ("refill_sessions", "reason", store_sql![text]),
+    ("refill_sessions", "kind", store_sql!["VARCHAR(16)"]),
+    ("refill_runs", "coordination", store_sql!["VARCHAR(16)"]),
+    ("refill_runs", "spec_text", store_sql![text]),
     (
         "refill_runs",
         "run_concurrency",
-        "BIGINT NOT NULL DEFAULT 0",
+        store_sql!["BIGINT NOT NULL DEFAULT 0"],
     ),
-    ("refill_runs", "pace_at", "BIGINT NOT NULL DEFAULT 0"),
-    ("refill_runs", "latency_baseline_us", "BIGINT"),
-    ("refill_chunks", "lease_until", "BIGINT"),
-    ("refill_dead_letters", "trap", "VARCHAR(40)"),
+    (
+        "refill_runs",
+        "pace_at",
+        store_sql!["BIGINT NOT NULL DEFAULT 0"],
+    ),
+    ("refill_runs", "latency_baseline_us", store_sql!["BIGINT"]),
+    ("refill_chunks", "lease_until", store_sql!["BIGINT"]),
+    ("refill_dead_letters", "trap", store_sql!["VARCHAR(40)"]),
 ];
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS refill_meta (
+const SCHEMA: &[Sql] = &[
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_meta (
         name VARCHAR(64) NOT NULL PRIMARY KEY,
-        value TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS refill_dead_letters (
+        value " text " NOT NULL
+    )"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_dead_letters (
         run_id VARCHAR(64) NOT NULL,
         key_hash VARCHAR(64) NOT NULL,
-        row_key TEXT NOT NULL,
+        row_key " text " NOT NULL,
         chunk_id BIGINT NOT NULL,
-        error TEXT NOT NULL,
+        error " text " NOT NULL,
         input_hash VARCHAR(64) NOT NULL,
         component_digest VARCHAR(64) NOT NULL,
         attempts BIGINT NOT NULL,
@@ -562,77 +582,77 @@ const SCHEMA: &[&str] = &[
         kind VARCHAR(16),
         trap VARCHAR(40),
         PRIMARY KEY (run_id, key_hash)
-    )",
-    "CREATE INDEX IF NOT EXISTS refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)",
-    "CREATE TABLE IF NOT EXISTS refill_deferred (
+    )"],
+    store_sql!["CREATE " index " refill_dead_letters_by_chunk ON refill_dead_letters (run_id, chunk_id)"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_deferred (
         run_id VARCHAR(64) NOT NULL,
         key_hash VARCHAR(64) NOT NULL,
-        row_key TEXT NOT NULL,
+        row_key " text " NOT NULL,
         chunk_id BIGINT NOT NULL,
         attempts BIGINT NOT NULL,
-        holder TEXT NOT NULL,
+        holder " text " NOT NULL,
         first_seen_at VARCHAR(40) NOT NULL,
         last_seen_at VARCHAR(40) NOT NULL,
         PRIMARY KEY (run_id, key_hash)
-    )",
-    "CREATE TABLE IF NOT EXISTS refill_images (
+    )"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_images (
         run_id VARCHAR(64) NOT NULL,
         chunk_id BIGINT NOT NULL,
         seq BIGINT NOT NULL,
         rows_count BIGINT NOT NULL,
-        data TEXT NOT NULL,
+        data " text " NOT NULL,
         created_at VARCHAR(40) NOT NULL,
         PRIMARY KEY (run_id, chunk_id, seq)
-    )",
-    "CREATE TABLE IF NOT EXISTS refill_audit (
+    )"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_audit (
         record_id VARCHAR(64) NOT NULL PRIMARY KEY,
         run_id VARCHAR(64),
         kind VARCHAR(16) NOT NULL,
         started_at VARCHAR(40) NOT NULL,
-        data TEXT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS refill_audit_by_run ON refill_audit (run_id, kind)",
-    "CREATE TABLE IF NOT EXISTS refill_runs (
+        data " text " NOT NULL
+    )"],
+    store_sql!["CREATE " index " refill_audit_by_run ON refill_audit (run_id, kind)"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_runs (
         run_id VARCHAR(64) NOT NULL PRIMARY KEY,
         name VARCHAR(100) NOT NULL,
         mode VARCHAR(16) NOT NULL,
         status VARCHAR(16) NOT NULL,
         work_hash VARCHAR(64) NOT NULL,
         data_hash VARCHAR(64) NOT NULL,
-        spec TEXT NOT NULL,
-        spec_path TEXT NOT NULL,
+        spec " text " NOT NULL,
+        spec_path " text " NOT NULL,
         component_digest VARCHAR(64) NOT NULL,
         transform_name VARCHAR(200) NOT NULL,
         transform_version VARCHAR(100) NOT NULL,
         host_version VARCHAR(32) NOT NULL,
         user_name VARCHAR(200) NOT NULL,
         host_name VARCHAR(200) NOT NULL,
-        source_url TEXT NOT NULL,
-        source_table TEXT NOT NULL,
-        target_table TEXT NOT NULL,
+        source_url " text " NOT NULL,
+        source_table " text " NOT NULL,
+        target_table " text " NOT NULL,
         key_type VARCHAR(16) NOT NULL,
-        first_key TEXT,
-        high_watermark TEXT,
+        first_key " text ",
+        high_watermark " text ",
         rows_in_scope BIGINT NOT NULL,
         chunk_rows BIGINT NOT NULL,
         started_at VARCHAR(40) NOT NULL,
         finished_at VARCHAR(40),
-        message TEXT,
+        message " text ",
         control VARCHAR(16),
         control_by VARCHAR(200),
         control_at VARCHAR(40),
         coordination VARCHAR(16),
-        spec_text TEXT,
+        spec_text " text ",
         run_concurrency BIGINT NOT NULL DEFAULT 0,
         pace_at BIGINT NOT NULL DEFAULT 0,
         latency_baseline_us BIGINT
-    )",
-    "CREATE INDEX IF NOT EXISTS refill_runs_by_name ON refill_runs (name, started_at)",
-    "CREATE TABLE IF NOT EXISTS refill_chunks (
+    )"],
+    store_sql!["CREATE " index " refill_runs_by_name ON refill_runs (name, started_at)"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_chunks (
         run_id VARCHAR(64) NOT NULL,
         chunk_id BIGINT NOT NULL,
-        lo TEXT,
-        hi TEXT NOT NULL,
+        lo " text ",
+        hi " text " NOT NULL,
         status VARCHAR(16) NOT NULL,
         attempts BIGINT NOT NULL,
         session_id VARCHAR(64) NOT NULL,
@@ -649,17 +669,17 @@ const SCHEMA: &[&str] = &[
         write_ms BIGINT NOT NULL DEFAULT 0,
         started_at VARCHAR(40) NOT NULL,
         finished_at VARCHAR(40),
-        error TEXT,
+        error " text ",
         lease_until BIGINT,
         PRIMARY KEY (run_id, chunk_id)
-    )",
-    "CREATE TABLE IF NOT EXISTS refill_components (
+    )"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_components (
         digest VARCHAR(64) NOT NULL PRIMARY KEY,
         size BIGINT NOT NULL,
-        data TEXT NOT NULL,
+        data " text " NOT NULL,
         stored_at VARCHAR(40) NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS refill_sessions (
+    )"],
+    store_sql!["CREATE TABLE IF NOT EXISTS refill_sessions (
         session_id VARCHAR(64) NOT NULL PRIMARY KEY,
         run_id VARCHAR(64) NOT NULL,
         pid BIGINT NOT NULL,
@@ -670,11 +690,12 @@ const SCHEMA: &[&str] = &[
         ended_at VARCHAR(40),
         outcome VARCHAR(32),
         state VARCHAR(16),
-        reason TEXT,
+        reason " text ",
         kind VARCHAR(16)
-    )",
-    "CREATE INDEX IF NOT EXISTS refill_sessions_by_run ON refill_sessions (run_id)",
-    "CREATE TABLE IF NOT EXISTS refill_locks (
+    )"],
+    store_sql!["CREATE " index " refill_sessions_by_run ON refill_sessions (run_id)"],
+    store_sql![
+        "CREATE TABLE IF NOT EXISTS refill_locks (
         name VARCHAR(100) NOT NULL PRIMARY KEY,
         session_id VARCHAR(64) NOT NULL,
         pid BIGINT NOT NULL,
@@ -682,7 +703,8 @@ const SCHEMA: &[&str] = &[
         user_name VARCHAR(200) NOT NULL,
         started_at VARCHAR(40) NOT NULL,
         heartbeat_at VARCHAR(40) NOT NULL
-    )",
+    )"
+    ],
 ];
 
 /// A connection to the state store.
@@ -717,8 +739,8 @@ fn to_i64(v: u64) -> i64 {
 
 impl StateStore {
     /// A statement of this module, as the store's backend spells it.
-    fn sql(&self, sql: &'static str) -> sqlx::AssertSqlSafe<std::borrow::Cow<'static, str>> {
-        sqlx::AssertSqlSafe((self.dialect.spell)(sql).into_owned().into())
+    fn sql(&self, sql: Sql) -> sqlx::AssertSqlSafe<&'static str> {
+        sqlx::AssertSqlSafe(sql.spelled(self.dialect.spelling))
     }
 
     /// Opens the store, creating it (and, for SQLite, its folder) and its
@@ -789,11 +811,7 @@ impl StateStore {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let sql = (self.dialect.define)(ddl);
-                match sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&self.pool)
-                    .await
-                {
+                match sqlx::query(self.sql(*ddl)).execute(&self.pool).await {
                     Ok(_) => break,
                     Err(e) if (self.dialect.raced)(&e) && attempts < 5 => {}
                     Err(e) if (self.dialect.index_exists)(&e) => break,
@@ -815,8 +833,8 @@ impl StateStore {
             if self.has_column(table, column).await {
                 continue;
             }
+            let definition = definition.spelled(self.dialect.spelling);
             let alter = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
-            let alter = (self.dialect.define)(&alter);
             let added = sqlx::query(sqlx::AssertSqlSafe(alter))
                 .execute(&self.pool)
                 .await;
@@ -910,9 +928,11 @@ impl StateStore {
 
     /// The recorded schema version (fails when there is no `refill_meta`).
     async fn version(&self) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(self.sql("SELECT value FROM refill_meta WHERE name = 'schema_version'"))
-            .fetch_optional(&self.pool)
-            .await
+        sqlx::query_scalar(self.sql(store_sql![
+            "SELECT value FROM refill_meta WHERE name = 'schema_version'"
+        ]))
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Upgrades a store of an older version and records this one, or
@@ -940,16 +960,18 @@ impl StateStore {
         self.add_columns().await?;
         let recorded = if found.is_none() {
             sqlx::query(
-                self.sql("INSERT INTO refill_meta (name, value) VALUES ('schema_version', $1)"),
+                self.sql(store_sql!["INSERT INTO refill_meta (name, value) VALUES ('schema_version', " ? ")"]),
             )
             .bind(SCHEMA_VERSION.to_string())
             .execute(&self.pool)
             .await
         } else {
-            sqlx::query(self.sql("UPDATE refill_meta SET value = $1 WHERE name = 'schema_version'"))
-                .bind(SCHEMA_VERSION.to_string())
-                .execute(&self.pool)
-                .await
+            sqlx::query(self.sql(
+                store_sql!["UPDATE refill_meta SET value = " ? " WHERE name = 'schema_version'"],
+            ))
+            .bind(SCHEMA_VERSION.to_string())
+            .execute(&self.pool)
+            .await
         };
         match recorded {
             // Another process created the store at the same time.
@@ -966,10 +988,10 @@ impl StateStore {
     /// Records a new run.
     pub async fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
         sqlx::query(
-            self.sql("INSERT INTO refill_runs (run_id, name, mode, status, work_hash, data_hash, spec, spec_path, component_digest, \
+            self.sql(store_sql!["INSERT INTO refill_runs (run_id, name, mode, status, work_hash, data_hash, spec, spec_path, component_digest, \
              transform_name, transform_version, host_version, user_name, host_name, source_url, source_table, \
              target_table, key_type, first_key, high_watermark, rows_in_scope, chunk_rows, started_at, finished_at, message, coordination) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"),
+             VALUES (" ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ")"]),
         )
         .bind(&run.run_id)
         .bind(&run.name)
@@ -1013,7 +1035,7 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let finished = (status != RunStatus::Running).then(now);
         sqlx::query(self.sql(
-            "UPDATE refill_runs SET status = $1, message = $2, finished_at = $3 WHERE run_id = $4",
+            store_sql!["UPDATE refill_runs SET status = " ? ", message = " ? ", finished_at = " ? " WHERE run_id = " ?],
         ))
         .bind(status.as_str())
         .bind(message)
@@ -1027,7 +1049,7 @@ impl StateStore {
 
     /// The most recent execute run of the spec called `name`.
     pub async fn latest_execute_run(&self, name: &str) -> Result<Option<RunRecord>, StateError> {
-        let row = sqlx::query(self.sql("SELECT * FROM refill_runs WHERE name = $1 AND mode = 'execute' ORDER BY started_at DESC LIMIT 1"))
+        let row = sqlx::query(self.sql(store_sql!["SELECT * FROM refill_runs WHERE name = " ? " AND mode = 'execute' ORDER BY started_at DESC LIMIT 1"]))
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -1043,7 +1065,7 @@ impl StateStore {
         digest: &str,
     ) -> Result<Option<String>, StateError> {
         sqlx::query_scalar(self.sql(
-            "SELECT MIN(started_at) FROM refill_runs WHERE name = $1 AND component_digest = $2",
+            store_sql!["SELECT MIN(started_at) FROM refill_runs WHERE name = " ? " AND component_digest = " ?],
         ))
         .bind(name)
         .bind(digest)
@@ -1054,7 +1076,7 @@ impl StateStore {
 
     /// The run whose id is `id`, or the only one whose id starts with it.
     pub async fn find_run(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
-        let exact = sqlx::query(self.sql("SELECT * FROM refill_runs WHERE run_id = $1"))
+        let exact = sqlx::query(self.sql(store_sql!["SELECT * FROM refill_runs WHERE run_id = "?]))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -1064,7 +1086,7 @@ impl StateStore {
         }
         let pattern = format!("{}%", id.replace(['%', '_', '\\'], ""));
         let prefixed = sqlx::query(self.sql(
-            "SELECT * FROM refill_runs WHERE run_id LIKE $1 ORDER BY started_at DESC LIMIT $2",
+            store_sql!["SELECT * FROM refill_runs WHERE run_id LIKE " ? " ORDER BY started_at DESC LIMIT " ?],
         ))
         .bind(&pattern)
         .bind(i64::from(AMBIGUOUS_SHOWN) + 1)
@@ -1077,7 +1099,7 @@ impl StateStore {
             _ => {
                 let total: i64 =
                     sqlx::query_scalar(self.sql(
-                        "SELECT CAST(count(*) AS BIGINT) FROM refill_runs WHERE run_id LIKE $1",
+                        store_sql!["SELECT CAST(count(*) AS " bigint ") FROM refill_runs WHERE run_id LIKE " ?],
                     ))
                     .bind(&pattern)
                     .fetch_one(&self.pool)
@@ -1110,12 +1132,13 @@ impl StateStore {
 
     /// The most recent runs, newest first.
     pub async fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, StateError> {
-        let rows =
-            sqlx::query(self.sql("SELECT * FROM refill_runs ORDER BY started_at DESC LIMIT $1"))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(q("listing runs"))?;
+        let rows = sqlx::query(self.sql(store_sql![
+            "SELECT * FROM refill_runs ORDER BY started_at DESC LIMIT "?
+        ]))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing runs"))?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -1129,8 +1152,8 @@ impl StateStore {
         self.check_present()?;
         let at = now();
         let updated = sqlx::query(
-            self.sql("UPDATE refill_chunks SET status = 'pending', attempts = attempts + 1, session_id = $1, started_at = $2, \
-             finished_at = NULL, error = NULL WHERE run_id = $3 AND chunk_id = $4"),
+            self.sql(store_sql!["UPDATE refill_chunks SET status = 'pending', attempts = attempts + 1, session_id = " ? ", started_at = " ? ", \
+             finished_at = NULL, error = NULL WHERE run_id = " ? " AND chunk_id = " ?]),
         )
         .bind(session_id)
         .bind(&at)
@@ -1143,8 +1166,8 @@ impl StateStore {
             return Ok(());
         }
         let inserted = sqlx::query(
-            self.sql("INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
-             VALUES ($1, $2, $3, $4, 'pending', 1, $5, $6)"),
+            self.sql(store_sql!["INSERT INTO refill_chunks (run_id, chunk_id, lo, hi, status, attempts, session_id, started_at) \
+             VALUES (" ? ", " ? ", " ? ", " ? ", 'pending', 1, " ? ", " ? ")"]),
         )
         .bind(run_id)
         .bind(to_i64(chunk.id))
@@ -1214,13 +1237,14 @@ impl StateStore {
 
     /// Every chunk of a run, in order.
     pub async fn chunks(&self, run: &RunRecord) -> Result<Vec<ChunkRecord>, StateError> {
-        let rows = sqlx::query(
-            self.sql("SELECT * FROM refill_chunks WHERE run_id = $1 ORDER BY chunk_id"),
-        )
-        .bind(&run.run_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("reading a run's chunks"))?;
+        let rows =
+            sqlx::query(self.sql(
+                store_sql!["SELECT * FROM refill_chunks WHERE run_id = " ? " ORDER BY chunk_id"],
+            ))
+            .bind(&run.run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading a run's chunks"))?;
         rows.iter()
             .map(|r| chunk_from_row(r, run.key_type))
             .collect()
@@ -1230,12 +1254,12 @@ impl StateStore {
     pub async fn totals(&self, run_id: &str) -> Result<(Counts, u64), StateError> {
         // SUM is NUMERIC on PostgreSQL, which the Any driver cannot read.
         let row = sqlx::query(
-            self.sql("SELECT CAST(count(*) AS BIGINT), CAST(COALESCE(sum(rows_read), 0) AS BIGINT), \
-             CAST(COALESCE(sum(updated), 0) AS BIGINT), CAST(COALESCE(sum(unchanged), 0) AS BIGINT), \
-             CAST(COALESCE(sum(skipped), 0) AS BIGINT), CAST(COALESCE(sum(failed), 0) AS BIGINT), \
-             CAST(COALESCE(sum(conflicts), 0) AS BIGINT), CAST(COALESCE(sum(retries), 0) AS BIGINT), \
-             CAST(COALESCE(sum(busy), 0) AS BIGINT) \
-             FROM refill_chunks WHERE run_id = $1 AND status = 'done'"),
+            self.sql(store_sql!["SELECT CAST(count(*) AS " bigint "), CAST(COALESCE(sum(rows_read), 0) AS " bigint "), \
+             CAST(COALESCE(sum(updated), 0) AS " bigint "), CAST(COALESCE(sum(unchanged), 0) AS " bigint "), \
+             CAST(COALESCE(sum(skipped), 0) AS " bigint "), CAST(COALESCE(sum(failed), 0) AS " bigint "), \
+             CAST(COALESCE(sum(conflicts), 0) AS " bigint "), CAST(COALESCE(sum(retries), 0) AS " bigint "), \
+             CAST(COALESCE(sum(busy), 0) AS " bigint ") \
+             FROM refill_chunks WHERE run_id = " ? " AND status = 'done'"]),
         )
         .bind(run_id)
         .fetch_one(&self.pool)
@@ -1272,8 +1296,8 @@ impl StateStore {
     ) -> Result<Option<SessionRecord>, StateError> {
         for _ in 0..3 {
             let inserted = sqlx::query(
-                self.sql("INSERT INTO refill_locks (name, session_id, pid, host_name, user_name, started_at, heartbeat_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                self.sql(store_sql!["INSERT INTO refill_locks (name, session_id, pid, host_name, user_name, started_at, heartbeat_at) \
+                 VALUES (" ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ")"]),
             )
             .bind(name)
             .bind(&session.session_id)
@@ -1294,19 +1318,20 @@ impl StateStore {
                     });
                 }
             }
-            let row = sqlx::query(self.sql("SELECT * FROM refill_locks WHERE name = $1"))
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(q("reading the run lock"))?;
+            let row =
+                sqlx::query(self.sql(store_sql!["SELECT * FROM refill_locks WHERE name = "?]))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(q("reading the run lock"))?;
             let Some(row) = row else { continue };
             let holder = process_from_row(&row)?;
             if !is_dead(&holder) {
                 return Ok(Some(holder));
             }
             let taken = sqlx::query(
-                self.sql("UPDATE refill_locks SET session_id = $1, pid = $2, host_name = $3, user_name = $4, \
-                 started_at = $5, heartbeat_at = $6 WHERE name = $7 AND session_id = $8"),
+                self.sql(store_sql!["UPDATE refill_locks SET session_id = " ? ", pid = " ? ", host_name = " ? ", user_name = " ? ", \
+                 started_at = " ? ", heartbeat_at = " ? " WHERE name = " ? " AND session_id = " ?]),
             )
             .bind(&session.session_id)
             .bind(i64::from(session.pid))
@@ -1330,20 +1355,22 @@ impl StateStore {
 
     /// Gives the lock back, if `session_id` still holds it.
     pub async fn release_lock(&self, name: &str, session_id: &str) -> Result<(), StateError> {
-        sqlx::query(self.sql("DELETE FROM refill_locks WHERE name = $1 AND session_id = $2"))
-            .bind(name)
-            .bind(session_id)
-            .execute(&self.pool)
-            .await
-            .map_err(q("releasing the run lock"))?;
+        sqlx::query(
+            self.sql(store_sql!["DELETE FROM refill_locks WHERE name = " ? " AND session_id = " ?]),
+        )
+        .bind(name)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await
+        .map_err(q("releasing the run lock"))?;
         Ok(())
     }
 
     /// Records a process starting to work on a run.
     pub async fn start_session(&self, session: &SessionRecord) -> Result<(), StateError> {
         sqlx::query(
-            self.sql("INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at, kind) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+            self.sql(store_sql!["INSERT INTO refill_sessions (session_id, run_id, pid, host_name, user_name, started_at, heartbeat_at, kind) \
+             VALUES (" ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ", " ? ")"]),
         )
         .bind(&session.session_id)
         .bind(&session.run_id)
@@ -1364,8 +1391,8 @@ impl StateStore {
         self.check_present()?;
         let at = now();
         for sql in [
-            "UPDATE refill_sessions SET heartbeat_at = $1 WHERE session_id = $2",
-            "UPDATE refill_locks SET heartbeat_at = $1 WHERE session_id = $2",
+            store_sql!["UPDATE refill_sessions SET heartbeat_at = " ? " WHERE session_id = " ?],
+            store_sql!["UPDATE refill_locks SET heartbeat_at = " ? " WHERE session_id = " ?],
         ] {
             sqlx::query(self.sql(sql))
                 .bind(&at)
@@ -1385,7 +1412,7 @@ impl StateStore {
     ) -> Result<(), StateError> {
         sqlx::query(
             self.sql(
-                "UPDATE refill_sessions SET ended_at = $1, outcome = $2 WHERE session_id = $3",
+                store_sql!["UPDATE refill_sessions SET ended_at = " ? ", outcome = " ? " WHERE session_id = " ?],
             ),
         )
         .bind(now())
@@ -1399,9 +1426,9 @@ impl StateStore {
 
     /// The sessions of a run, oldest first.
     pub async fn sessions(&self, run_id: &str) -> Result<Vec<SessionRecord>, StateError> {
-        let rows = sqlx::query(
-            self.sql("SELECT * FROM refill_sessions WHERE run_id = $1 ORDER BY started_at"),
-        )
+        let rows = sqlx::query(self.sql(
+            store_sql!["SELECT * FROM refill_sessions WHERE run_id = " ? " ORDER BY started_at"],
+        ))
         .bind(run_id)
         .fetch_all(&self.pool)
         .await
@@ -1415,13 +1442,38 @@ impl StateStore {
 /// worker whose lease expired from recording a chunk another one took);
 /// the status is left out of the fence, so that a checkpoint retried after
 /// its commit went through marks it again rather than failing.
-const CHUNK_DONE: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
-     failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
-     finished_at = $11, error = $12, lease_until = NULL, busy = $13 WHERE run_id = $14 AND chunk_id = $15";
-const CHUNK_DONE_FENCED: &str = "UPDATE refill_chunks SET status = 'done', rows_read = $1, updated = $2, unchanged = $3, skipped = $4, \
-     failed = $5, conflicts = $6, retries = $7, read_ms = $8, transform_ms = $9, write_ms = $10, \
-     finished_at = $11, error = $12, lease_until = NULL, busy = $13 WHERE run_id = $14 AND chunk_id = $15 \
-     AND session_id = $16 AND attempts = $17";
+const CHUNK_DONE: Sql = store_sql!["UPDATE refill_chunks SET status = 'done', rows_read = " ? ", updated = " ? ", unchanged = " ? ", skipped = " ? ", \
+     failed = " ? ", conflicts = " ? ", retries = " ? ", read_ms = " ? ", transform_ms = " ? ", write_ms = " ? ", \
+     finished_at = " ? ", error = " ? ", lease_until = NULL, busy = " ? " WHERE run_id = " ? " AND chunk_id = " ?];
+const CHUNK_DONE_FENCED: Sql = store_sql!["UPDATE refill_chunks SET status = 'done', rows_read = " ? ", updated = " ? ", unchanged = " ? ", skipped = " ? ", \
+     failed = " ? ", conflicts = " ? ", retries = " ? ", read_ms = " ? ", transform_ms = " ? ", write_ms = " ? ", \
+     finished_at = " ? ", error = " ? ", lease_until = NULL, busy = " ? " WHERE run_id = " ? " AND chunk_id = " ? " \
+     AND session_id = " ? " AND attempts = " ?];
+
+/// Runs `delete`, a statement that deletes what a checkpoint records for
+/// one chunk (bound: the run, the chunk), on a connection of any driver.
+async fn delete_of_chunk<DB>(
+    conn: &mut DB::Connection,
+    backend: crate::db::Backend,
+    delete: Sql,
+    run_id: &str,
+    chunk_id: u64,
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let delete = delete.spelled(crate::backend::store(backend).spelling);
+    sqlx::query::<DB>(sqlx::AssertSqlSafe(delete))
+        .bind(run_id.to_string())
+        .bind(to_i64(chunk_id))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 /// Runs [`CHUNK_DONE`] (or, with a lease, [`CHUNK_DONE_FENCED`]) on an
 /// executor of any driver; evaluates to whether the chunk was marked.
@@ -1435,7 +1487,7 @@ macro_rules! checkpoint {
         } else {
             CHUNK_DONE
         };
-        let sql = ($crate::backend::store($backend).spell)(sql).into_owned();
+        let sql = sql.spelled($crate::backend::store($backend).spelling);
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(counts.rows))
             .bind(to_i64(counts.updated))

@@ -33,7 +33,7 @@ use self::signals::{Signals, Windows};
 use self::size::Sizer;
 use crate::progress::{Phase, Progress, Status};
 use crate::spec::Spec;
-use crate::state::{Control, ControlAction, StateStore};
+use crate::state::{Control, ControlAction, StateStore, Workers};
 
 /// How often the monitor checks the signals and the control.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -152,7 +152,7 @@ pub struct Throttle {
     cooldown: Mutex<Option<(Instant, String)>>,
     /// For distributed workers: the run whose shared pacing clock the
     /// rows-per-second limit is kept on, and the limit.
-    shared: Option<(StateStore, String, NonZeroU32)>,
+    shared: Option<(Workers, String, NonZeroU32)>,
     /// The gentle limiter (`mode = "gentle"`, the default).
     gentle: Option<Mutex<Gentle>>,
     /// For distributed workers: where the run's one latency baseline is
@@ -224,8 +224,8 @@ impl Throttle {
     /// distributed workers.
     /// The gentle limiter's baseline is the run's too: the first worker's,
     /// taken before the run's first chunk, and every later worker's.
-    pub fn share_pace(&mut self, state: StateStore, run_id: &str) {
-        self.run_baseline = Some((state.clone(), run_id.to_string()));
+    pub fn share_pace(&mut self, state: Workers, run_id: &str) {
+        self.run_baseline = Some((StateStore::clone(&state), run_id.to_string()));
         if let Some((_, rate, _)) = self.limiter.take() {
             self.shared = Some((state, run_id.to_string(), rate));
         }
@@ -240,7 +240,7 @@ impl Throttle {
     /// turn. A store that cannot be reached holds the run back, retrying.
     async fn pace_shared(
         &self,
-        state: &StateStore,
+        state: &Workers,
         run_id: &str,
         rate: NonZeroU32,
         rows: u64,

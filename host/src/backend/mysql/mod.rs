@@ -9,7 +9,6 @@
 mod health;
 mod lag;
 pub(crate) mod read;
-mod store;
 pub(crate) mod write;
 
 use std::time::Duration;
@@ -18,7 +17,7 @@ pub use lag::{ReplicaStatus, lag_of};
 pub use read::{kind_of, quote};
 pub use write::{select_sql, update_sql};
 
-use super::{Backend, Capabilities, Driver, Failure, Indicators, Lag, Store};
+use super::{Address, Backend, Capabilities, Driver, Failure, Indicators, Lag, Spelling, Store};
 use crate::chunk::{Key, KeyType};
 use crate::db::DbUrl;
 use crate::sink::{Guard, SinkError, Update};
@@ -64,12 +63,17 @@ impl Driver for Mysql {
             history_length: true,
         },
     };
+    const ADDRESS: Address = Address {
+        schemes: &["mysql", "mariadb"],
+        default_port: Some(3306),
+    };
     const DIALECT: Dialect = read::DIALECT;
     const STORE: Store = Store {
-        spell: store::spell,
-        define: store::define,
+        spelling: Spelling::Positional,
         raced: Store::unique_violation,
-        index_exists: store::index_exists,
+        // MySQL lacks `CREATE INDEX IF NOT EXISTS` (MariaDB has it): an
+        // index that exists is refused with error 1061.
+        index_exists: |e| errno(e) == Some(1061),
         count_tables: "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = DATABASE()",
         setup: &[],
         create: None,
@@ -152,20 +156,20 @@ impl Driver for Mysql {
         write::write(pool, layout, updates, guard).await
     }
 
+    fn reshapes(column: &ColumnInfo) -> bool {
+        write::reshapes(column)
+    }
+
     // MySQL rounds a FLOAT to single precision and drops a CHAR's trailing
     // spaces; both are done in the host, without a round trip.
-    async fn stored_form(
+    async fn reshape(
         _pool: &sqlx::MySqlPool,
         _timeouts: &Timeouts,
         layout: &Layout,
-        rows: &[Vec<Value>],
-    ) -> Result<Option<Vec<Vec<Value>>>, SinkError> {
-        if !layout.outputs.iter().any(write::reshapes) {
-            return Ok(None);
-        }
-        let mut rows = rows.to_vec();
-        write::stored_form(layout, &mut rows);
-        Ok(Some(rows))
+        rows: &mut [Vec<Value>],
+    ) -> Result<(), SinkError> {
+        write::stored_form(layout, rows);
+        Ok(())
     }
 
     fn failure(error: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Failure> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use read::{begin_write, bound, kind_of, session_name};
 pub use write::{stored_form_sql, update_sql};
 
-use super::{Backend, Capabilities, Driver, Failure, Indicators, Lag, Store};
+use super::{Address, Backend, Capabilities, Driver, Failure, Indicators, Lag, Spelling, Store};
 use crate::chunk::{Key, KeyType};
 use crate::db::DbUrl;
 use crate::sink::{Guard, SinkError, Update};
@@ -49,10 +49,13 @@ impl Driver for Postgres {
             history_length: false,
         },
     };
+    const ADDRESS: Address = Address {
+        schemes: &["postgres", "postgresql"],
+        default_port: Some(5432),
+    };
     const DIALECT: Dialect = read::DIALECT;
     const STORE: Store = Store {
-        spell: Store::as_written,
-        define: str::to_string,
+        spelling: Spelling::Numbered,
         // `CREATE … IF NOT EXISTS` checks, then creates: two at once
         // collide on the table (42P07), its row type (42710) or the
         // catalog's unique index (23505).
@@ -136,18 +139,17 @@ impl Driver for Postgres {
         write::holders(pool, timeouts, layout, keys).await
     }
 
-    async fn stored_form(
+    fn reshapes(column: &ColumnInfo) -> bool {
+        write::reshapes(column)
+    }
+
+    async fn reshape(
         pool: &sqlx::PgPool,
         timeouts: &Timeouts,
         layout: &Layout,
-        rows: &[Vec<Value>],
-    ) -> Result<Option<Vec<Vec<Value>>>, SinkError> {
-        if !layout.outputs.iter().any(write::reshapes) {
-            return Ok(None);
-        }
-        let mut rows = rows.to_vec();
-        write::reshape(pool, timeouts, layout, &mut rows).await?;
-        Ok(Some(rows))
+        rows: &mut [Vec<Value>],
+    ) -> Result<(), SinkError> {
+        write::reshape(pool, timeouts, layout, rows).await
     }
 
     fn failure(error: &(dyn sqlx::error::DatabaseError + 'static)) -> Option<Failure> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use read::kind_of;
 pub use write::update_sql;
 
-use super::{Backend, Capabilities, Driver, Failure, Indicators, Lag, Store};
+use super::{Address, Backend, Capabilities, Driver, Failure, Indicators, Lag, Spelling, Store};
 use crate::chunk::{Key, KeyType};
 use crate::db::DbUrl;
 use crate::sink::{Guard, SinkError, Update};
@@ -55,10 +55,13 @@ impl Driver for Sqlite {
             history_length: false,
         },
     };
+    const ADDRESS: Address = Address {
+        schemes: &["sqlite"],
+        default_port: None,
+    };
     const DIALECT: Dialect = read::DIALECT;
     const STORE: Store = Store {
-        spell: Store::as_written,
-        define: str::to_string,
+        spelling: Spelling::Numbered,
         raced: Store::unique_violation,
         index_exists: |_| false,
         count_tables: "SELECT count(*) FROM sqlite_master WHERE name = 'refill_runs'",

@@ -27,7 +27,7 @@ use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
 use crate::state::{
     Claim, Counts, DeadLetter, Deferred, FailureKind, Image, Lease, Resolution, RunStatus,
-    StateStore, Timings,
+    StateStore, Timings, Workers,
 };
 use crate::throttle::{Stop, Throttle};
 use crate::transform::bindings::refill::transform::host::Level;
@@ -317,6 +317,8 @@ pub(crate) enum Feed {
     /// Chunks claimed one at a time from a run planned for workers, each
     /// under a lease of this length.
     Claims {
+        /// The store that hands out the claims.
+        workers: Workers,
         /// How long a claim holds without renewal.
         lease: std::time::Duration,
         /// How long to wait before asking again when nothing is free.
@@ -538,7 +540,11 @@ async fn read_feed(
 ) -> Result<Ended, RunError> {
     let tokens = ctx.purpose.writes() && ctx.conditional;
     match feed {
-        Feed::Claims { lease, poll } => read_claims(ctx, lease, poll, tokens, tx).await,
+        Feed::Claims {
+            workers,
+            lease,
+            poll,
+        } => read_claims(ctx, &workers, lease, poll, tokens, tx).await,
         Feed::Keys(groups) => read_key_groups(ctx, groups, tokens, tx).await,
         Feed::Ranges {
             known,
@@ -553,6 +559,7 @@ async fn read_feed(
 /// (a worker's feed).
 async fn read_claims(
     ctx: &Arc<Context>,
+    state: &Workers,
     lease: std::time::Duration,
     poll: std::time::Duration,
     tokens: bool,
@@ -560,8 +567,8 @@ async fn read_claims(
 ) -> Result<Ended, RunError> {
     let failed = || ctx.stop.load(Ordering::Relaxed);
     let throttle = &ctx.throttle;
-    let (state, session_id) = match &ctx.purpose {
-        Purpose::Run { session_id, .. } => (ctx.state()?, session_id.as_str()),
+    let session_id = match &ctx.purpose {
+        Purpose::Run { session_id, .. } => session_id.as_str(),
         _ => return Err(RunError::Internal("only runs claim chunks".into())),
     };
     let mut limit = None;
@@ -876,7 +883,12 @@ async fn read_range(
 /// Gives a claim back on the way out, so that another worker need not wait
 /// for its lease to expire; a failure only delays the takeover.
 async fn give_back(ctx: &Context, state: &StateStore, lease: &Lease) {
-    if let Err(error) = state.release_lease(&ctx.run_id, lease).await {
+    // A lease comes only from a store that coordinates workers.
+    let given = match state.workers() {
+        Ok(workers) => workers.release_lease(&ctx.run_id, lease).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = given {
         warn!(chunk = lease.chunk.id, %error, "Could not give a claimed chunk back; it is taken over when its lease expires.");
     }
 }

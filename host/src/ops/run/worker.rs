@@ -29,7 +29,7 @@ use crate::source::Database;
 use crate::spec::Spec;
 use crate::state::{
     ChunkStatus, Counts, Mode, RunRecord, RunStatus, SessionKind, SessionOutcome, StateError,
-    StateStore,
+    StateStore, Workers,
 };
 use crate::throttle::{ControlSource, Stop, Throttle, signals::Signals};
 use crate::transform::{self, Runner};
@@ -59,8 +59,7 @@ pub async fn plan(spec: &Spec, options: &RunOptions) -> Result<Planned, RunError
         ));
     }
     let (runner, bytes) = load_pinned_transform(spec)?;
-    let state = StateStore::open(&spec.state_url).await?;
-    state.require_workers()?;
+    let state = StateStore::open(&spec.state_url).await?.workers()?;
     let db = Database::for_spec(spec, 2, false).await?;
     let plan = plan::build(spec, &db, &runner).await?;
     let session = new_session(SessionKind::Run);
@@ -189,7 +188,7 @@ fn masked(url: &str) -> bool {
 }
 
 /// Finds the run to join.
-async fn joined(state: &StateStore, options: &WorkerOptions) -> Result<RunRecord, RunError> {
+async fn joined(state: &Workers, options: &WorkerOptions) -> Result<RunRecord, RunError> {
     let url = &options.state;
     let id = match &options.run {
         Some(id) => id.clone(),
@@ -214,7 +213,7 @@ async fn joined(state: &StateStore, options: &WorkerOptions) -> Result<RunRecord
 /// Rebuilds the run's spec from its stored text, at its original path
 /// (relative paths in it resolve there), with `--source-url` if given.
 async fn stored_spec(
-    state: &StateStore,
+    state: &Workers,
     run: &RunRecord,
     source_url: Option<&str>,
 ) -> Result<Spec, RunError> {
@@ -247,7 +246,7 @@ async fn stored_spec(
 /// The component of `run`, from the state store, checked against the run's
 /// digest. Its compiled form is cached by digest like any component's.
 async fn stored_component(
-    state: &StateStore,
+    state: &Workers,
     run: &RunRecord,
     spec: &mut Spec,
 ) -> Result<Runner, RunError> {
@@ -273,8 +272,8 @@ pub async fn work(
     let started = Instant::now();
     let state = StateStore::open_existing(&options.state)
         .await?
-        .ok_or_else(|| no_run(&options.state, "no refill tables"))?;
-    state.require_workers()?;
+        .ok_or_else(|| no_run(&options.state, "no refill tables"))?
+        .workers()?;
     let run = joined(&state, options).await?;
     let mut spec = stored_spec(&state, &run, options.source_url.as_deref()).await?;
     let runner = Arc::new(stored_component(&state, &run, &mut spec).await?);
@@ -311,7 +310,7 @@ pub async fn work(
     let watching = throttle.watch(
         signals,
         Some(ControlSource {
-            state: state.clone(),
+            state: StateStore::clone(&state),
             run_id: run.run_id.clone(),
             session_id: session.session_id.clone(),
         }),
@@ -324,7 +323,7 @@ pub async fn work(
         },
         &run.run_id,
         db,
-        Some(state.clone()),
+        Some(StateStore::clone(&state)),
         layout,
         runner,
         plan::setup(&spec, env, lookups),
@@ -332,6 +331,7 @@ pub async fn work(
         throttle,
     ));
     let feed = Feed::Claims {
+        workers: state.clone(),
         lease: options.lease,
         poll: (options.lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
     };
@@ -426,7 +426,7 @@ async fn conclude(
 /// Keeps this worker's session alive and renews its leases, a third of a
 /// lease apart, until the returned task is aborted.
 fn keep_alive(
-    state: &StateStore,
+    state: &Workers,
     run_id: &str,
     session_id: &str,
     lease: Duration,
