@@ -11,20 +11,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use refill::db::DbUrl;
+use refill::ops::control::ControlAction;
+use refill::ops::locate::{self, Found, Located, Where};
 use refill::ops::run::worker::WorkerOptions;
-use refill::ops::run::{self, Progress, RunOptions};
+use refill::ops::run::{self, Progress, RunOptions, Stop};
 use refill::ops::status;
-use refill::plan;
-use refill::source::Database;
-use refill::spec::{DEFAULT_STATE_URL, Spec};
-use refill::state::{ControlAction, RunRecord, StateStore};
-use refill::throttle::Stop;
-use refill::transform::wasi::GuestEnv;
-use refill::transform::{Compiled, Limits, Runner};
+use refill::ops::tryout::{self, Limits, Tryout};
+use refill::spec::Spec;
 use tracing_subscriber::EnvFilter;
 
 use self::args::{Args, Command, LogFormat};
@@ -158,17 +154,14 @@ async fn dispatch(command: Command) -> Result<u8> {
             if let Some(mb) = memory_mb {
                 limits.memory_bytes = (mb as usize) << 20;
             }
-            try_command(
-                &component,
-                &input,
+            let tryout = Tryout::of_component(tryout::Component {
+                path: &component,
                 config,
-                &lookup,
-                clock.as_deref(),
+                lookups: &lookup,
+                clock: clock.as_deref(),
                 limits,
-                batch_rows,
-                json,
-                expect.as_deref(),
-            )
+            })?;
+            print_tried(&tryout, &input, batch_rows, json, expect.as_deref())
         }
         Command::Run {
             spec,
@@ -250,7 +243,7 @@ async fn dispatch(command: Command) -> Result<u8> {
             provenance,
         } => build_command(dir.as_deref(), check.as_deref(), provenance.as_deref()),
         Command::Wit => {
-            print!("{}", refill::transform::WIT);
+            print!("{}", refill::ops::inspect::WIT);
             Ok(0)
         }
         Command::Retry {
@@ -369,40 +362,8 @@ fn build_command(dir: Option<&Path>, pin: Option<&str>, recorded: Option<&Path>)
 
 async fn plan_command(path: &Path) -> Result<u8> {
     let spec = Spec::load(path)?;
-    let runner = run::load_transform(&spec, false)?;
-    let db = Database::for_spec(&spec, 2, false).await?;
-    let plan = plan::build(&spec, &db, &runner).await?;
-    let state = StateStore::open_existing(&spec.state_url).await?;
-    let previous = match &state {
-        Some(state) => state.latest_execute_run(spec.name()).await?,
-        None => None,
-    };
-    let previous_chunks = match (&state, &previous) {
-        (Some(state), Some(run)) => Some(state.chunks(run).await?),
-        _ => None,
-    };
-    show::plan(
-        &mut stdout(),
-        &spec,
-        &plan,
-        &show::Component::of(&runner),
-        previous.as_ref(),
-        previous_chunks.as_deref(),
-    )?;
-    // The health signals, measured once, so a broken probe shows here.
-    let signals = refill::throttle::signals::Signals::of(&spec, &db)?;
-    if signals.any() {
-        let mut found = signals.check().await;
-        // A rate needs two measurements a second apart.
-        if found.as_ref().is_some_and(|f| f.warming_up()) {
-            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-            found = signals.check().await;
-        }
-        match found {
-            None => println!("  signals    under their thresholds now"),
-            Some(found) => println!("  signals    {} (a run would wait)", found.reason),
-        }
-    }
+    let preview = refill::ops::preview::preview(&spec).await?;
+    show::plan(&mut stdout(), &spec, &preview)?;
     Ok(0)
 }
 
@@ -410,87 +371,28 @@ async fn plan_command(path: &Path) -> Result<u8> {
 /// limits and file lookups over rows from a file.
 async fn run_input_command(path: &Path, input: &Path, json: bool) -> Result<u8> {
     let spec = Spec::load(path)?;
-    let runner = run::load_transform(&spec, false)?;
-    let lookups = Arc::new(refill::lookup::load(&spec, None).await?);
-    let setup = plan::setup(
-        &spec,
-        GuestEnv::current(&[spec.name(), runner.digest()]),
-        lookups,
-    );
+    let tryout = Tryout::of_spec(&spec).await?;
     let batch = usize::try_from(spec.file.transform.batch_rows).unwrap_or(1000);
-    print_tried(&runner, &setup, input, batch, json, None)
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one argument per command-line option"
-)]
-fn try_command(
-    component: &Path,
-    input: &Path,
-    config: Vec<(String, String)>,
-    lookup: &[(String, String)],
-    clock: Option<&str>,
-    limits: Limits,
-    batch_rows: usize,
-    json: bool,
-    expect: Option<&Path>,
-) -> Result<u8> {
-    let runner = Runner::load(component, None, limits)?;
-    let mut lookups = refill::lookup::Lookups::none();
-    for (name, file) in lookup {
-        lookups.load_file(name, Path::new(file))?;
-    }
-    let identity = [runner.digest()];
-    let env = match clock {
-        Some(text) => GuestEnv::at(
-            refill::state::parse_time(text)
-                .with_context(|| format!("--clock {text:?} is not an RFC 3339 time"))?,
-            &identity,
-        ),
-        None => GuestEnv::current(&identity),
-    };
-    let setup = refill::transform::Setup {
-        params: config
-            .into_iter()
-            .map(|(name, value)| refill::value::Param { name, value })
-            .collect(),
-        env,
-        lookups: Arc::new(lookups),
-    };
-    print_tried(&runner, &setup, input, batch_rows, json, expect)
+    print_tried(&tryout, input, batch, json, None)
 }
 
 /// Runs the rows of `input` and prints each outcome, then a summary; exit
 /// code 1 if any row failed.
 fn print_tried(
-    runner: &Runner,
-    setup: &refill::transform::Setup,
+    tryout: &Tryout,
     input: &Path,
     batch_rows: usize,
     json: bool,
     expect: Option<&Path>,
 ) -> Result<u8> {
-    use refill::local;
-    let expected = expect.map(local::read_expected).transpose()?;
+    let expected = expect.map(tryout::read_expected).transpose()?;
     let mut got = Vec::new();
-    // A configuration the transform refuses stops here, before any row is
-    // read; the instance then serves the rows.
-    let instance = runner.instance(setup)?;
-    let info = runner.info().clone();
-    let rows = local::read_rows(input, &info)?;
-    let total = rows.len();
-    let (mut updated, mut skipped, mut failed) = (0, 0, 0);
-    local::run_rows(runner, setup, instance, rows, batch_rows, |tried, logs| {
+    let (name, version, digest) = tryout.describe();
+    let totals = tryout.rows(input, batch_rows, |tried, logs| {
         for line in logs {
-            say(Level::Info, &format!("[{}] {}", info.name, line.message));
+            say(Level::Info, &format!("[{name}] {line}"));
         }
-        match &tried.result {
-            _ if tried.failed() => failed += 1,
-            Ok(refill::value::Outcome::Skip) => skipped += 1,
-            _ => updated += 1,
-        }
-        let doc = tried.to_json(&info);
+        let doc = &tried.doc;
         if expected.is_some() {
             got.push(doc.clone());
         }
@@ -510,13 +412,11 @@ fn print_tried(
         }
     })?;
     eprintln!(
-        "{total} rows: {updated} to update, {skipped} skipped, {failed} failed ({} {}, sha256 {})",
-        info.name,
-        info.version,
-        runner.digest()
+        "{} rows: {} to update, {} skipped, {} failed ({name} {version}, sha256 {digest})",
+        totals.rows, totals.updated, totals.skipped, totals.failed,
     );
     if let (Some(expected), Some(path)) = (expected, expect) {
-        let differences = local::compare(&expected, &got);
+        let differences = tryout::compare(&expected, &got);
         for difference in &differences {
             eprintln!("{}: {difference}", path.display());
         }
@@ -532,7 +432,7 @@ fn print_tried(
         );
         return Ok(FAILED_ROWS);
     }
-    Ok(if failed > 0 { FAILED_ROWS } else { 0 })
+    Ok(if totals.failed > 0 { FAILED_ROWS } else { 0 })
 }
 
 async fn run_command(
@@ -603,7 +503,7 @@ async fn serve_metrics(
     progress: &Arc<Progress>,
 ) -> Result<Option<AbortOnDrop>> {
     let Some(addr) = addr else { return Ok(None) };
-    let (bound, task) = refill::metrics::serve(addr, progress.clone())
+    let (bound, task) = run::serve_metrics(addr, progress.clone())
         .await
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
     say(
@@ -668,7 +568,9 @@ fn on_ctrl_c(progress: Arc<Progress>, say_what: &'static Interrupted) -> AbortOn
 /// request, waits a little for the processes working on the run to carry it
 /// out, and says what they do.
 async fn control_command(id: &str, action: Option<ControlAction>, at: &args::RunAt) -> Result<u8> {
-    let (_, store, record) = locate(id, at).await?;
+    let Located {
+        store, run: record, ..
+    } = locate::locate(id, &at.into()).await?;
     let who = format!("{}@{}", run::user_name(), run::host_name());
     let steered = refill::ops::control::steer(&store, record, action, &who).await?;
     show::steered(&mut stdout(), &steered)?;
@@ -681,8 +583,8 @@ async fn status_command(
     state: Option<&str>,
     spec: Option<&Path>,
 ) -> Result<u8> {
-    let url = state_url(state, spec.map(Spec::load).transpose()?.as_ref())?;
-    let store = open_state(&url).await?;
+    let url = locate::state_url(state, spec.map(Spec::load).transpose()?.as_ref())?;
+    let store = locate::open_state(&url).await?;
     match run {
         None => {
             let lines = status::recent(&store, 20).await?;
@@ -710,59 +612,13 @@ fn stdout() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()
 }
 
-/// The state store a command reads: the spec's, `--state`, or the default
-/// one in the current folder.
-fn state_url(state: Option<&str>, spec: Option<&Spec>) -> Result<DbUrl> {
-    Ok(match (state, spec) {
-        (_, Some(spec)) => spec.state_url.clone(),
-        (Some(url), None) => DbUrl::parse(url, Path::new("."))?,
-        (None, None) => DbUrl::parse(DEFAULT_STATE_URL, Path::new("."))?,
-    })
-}
-
-async fn open_state(url: &DbUrl) -> Result<StateStore> {
-    match StateStore::open_existing(url).await? {
-        Some(store) => Ok(store),
-        None => {
-            bail!("no state store at {url}; pass --spec SPEC or --state URL to read another one")
+impl From<&args::RunAt> for Where {
+    fn from(at: &args::RunAt) -> Where {
+        Where {
+            spec: at.spec.clone(),
+            state: at.state.clone(),
         }
     }
-}
-
-/// The run a command names, its state store, and the spec given with it.
-/// `id` is a run id (or a prefix of one) or a spec file, which names its
-/// newest execute run in its own state store.
-async fn find_run_at(id: &str, at: &args::RunAt) -> Result<(Option<Spec>, StateStore, RunRecord)> {
-    let as_spec = Path::new(id);
-    if id.ends_with(".toml") || as_spec.is_file() {
-        if at.spec.is_some() {
-            bail!("{id} is a spec file and --spec gives another: name the run by one of them");
-        }
-        let spec = Spec::load(as_spec)?;
-        let store = open_state(&state_url(at.state.as_deref(), Some(&spec))?).await?;
-        let run = status::newest_of(&store, &spec).await?;
-        return Ok((Some(spec), store, run));
-    }
-    let given = at.spec.as_deref().map(Spec::load).transpose()?;
-    let store = open_state(&state_url(at.state.as_deref(), given.as_ref())?).await?;
-    let run = status::find(&store, id).await?;
-    Ok((given, store, run))
-}
-
-/// A recorded run, its state store, and the spec it ran (`--spec`, the
-/// spec file that names it, or the file the run recorded).
-async fn locate(id: &str, at: &args::RunAt) -> Result<(Spec, StateStore, RunRecord)> {
-    let (given, store, run) = find_run_at(id, at).await?;
-    let spec = match given {
-        Some(spec) => spec,
-        None => Spec::load(Path::new(&run.spec_path)).with_context(|| {
-            format!(
-                "run {} recorded its spec at {}; pass --spec SPEC if it moved",
-                run.run_id, run.spec_path
-            )
-        })?,
-    };
-    Ok((spec, store, run))
 }
 
 async fn retry_command(
@@ -771,7 +627,7 @@ async fn retry_command(
     metrics_addr: Option<SocketAddr>,
     at: &args::RunAt,
 ) -> Result<u8> {
-    let (spec, store, run) = locate(id, at).await?;
+    let Located { spec, store, run } = locate::locate(id, &at.into()).await?;
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone(), &RETRY_INTERRUPTED);
@@ -805,7 +661,7 @@ async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Resul
     let _interrupts = on_ctrl_c(progress.clone(), &VERIFY_INTERRUPTED);
     let record = match id {
         Some(id) => {
-            let (spec, store, run) = locate(id, at).await?;
+            let Located { spec, store, run } = locate::locate(id, &at.into()).await?;
             let display = progress::start(progress.clone());
             let result = refill::ops::verify::verify(&spec, Some((&run, &store)), progress).await;
             display.finish().await;
@@ -833,7 +689,7 @@ async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Resul
 }
 
 async fn report_command(id: &str, json: bool, at: &args::RunAt) -> Result<u8> {
-    let (_, store, run) = find_run_at(id, at).await?;
+    let Found { store, run, .. } = locate::find(id, &at.into()).await?;
     let report = refill::ops::report::report(&store, run).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -849,7 +705,7 @@ async fn rollback_command(
     metrics_addr: Option<SocketAddr>,
     at: &args::RunAt,
 ) -> Result<u8> {
-    let (spec, store, run) = locate(id, at).await?;
+    let Located { spec, store, run } = locate::locate(id, &at.into()).await?;
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
     let _interrupts = on_ctrl_c(progress.clone(), &ROLLBACK_INTERRUPTED);
@@ -885,26 +741,7 @@ async fn rollback_command(
 }
 
 fn inspect_command(path: &Path, json: bool) -> Result<u8> {
-    let started = Instant::now();
-    let bytes = Compiled::read_bytes(path, refill::transform::Limits::default().component_bytes)?;
-    let compiled = Compiled::from_bytes(path, &bytes, None)?;
-    let mut inspection = show::Inspection {
-        path: path.display().to_string(),
-        digest: compiled.digest().to_string(),
-        size: compiled.size(),
-        imports: compiled.imports().to_vec(),
-        exports: compiled.exports().to_vec(),
-        forbidden: compiled.forbidden_imports(),
-        origin: compiled.origin(),
-        load_ms: started.elapsed().as_secs_f64() * 1000.0,
-        info: None,
-        verdict: None,
-        producers: refill::transform::inspect::producers(&bytes),
-    };
-    match Runner::new(compiled, Limits::default()) {
-        Ok(runner) => inspection.info = Some(runner.info().clone()),
-        Err(e) => inspection.verdict = Some(e.to_string()),
-    }
+    let inspection = refill::ops::inspect::inspect(path)?;
     show::inspect(&mut stdout(), &inspection, json)?;
     Ok(if inspection.verdict.is_none() {
         0

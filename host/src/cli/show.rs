@@ -5,20 +5,20 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use refill::db::DbUrl;
+use refill::ops::control::ControlAction;
 use refill::ops::control::Steered;
+use refill::ops::inspect::{ALLOWED_IMPORTS, Capability, Inspection, Origin, capabilities, world};
+use refill::ops::preview::{ColumnInfo, Preview, SignalsNow};
+use refill::ops::rollback::RollbackRecord;
 use refill::ops::run::{ErrorGroup, RunReport};
-use refill::ops::status::{Detail, RunLine};
-use refill::plan::Plan;
-use refill::spec::Spec;
-use refill::state::{
-    ChunkRecord, ChunkStatus, ChunkSummary, ControlAction, Counts, Mode, RunRecord, RunStatus,
-    SessionKind, SessionRecord, parse_time,
+use refill::ops::status::{
+    ChunkRecord, ChunkStatus, ChunkSummary, Counts, Mode, RunStatus, SessionKind, SessionRecord,
+    parse_time,
 };
-use refill::transform::cache::Origin;
-use refill::transform::inspect::Producer;
-use refill::transform::wasi::{self, Capability};
-use refill::transform::{ALLOWED_IMPORTS, Limits, Runner, TRANSFORM_EXPORT};
-use refill::value::{Info, value_type_name};
+use refill::ops::status::{Detail, RunLine};
+use refill::ops::verify::VerificationRecord;
+use refill::spec::Spec;
+use refill::value::value_type_name;
 
 /// `writeln!` to the printer's writer, handing a write error up.
 macro_rules! out {
@@ -66,50 +66,21 @@ fn percent(part: u64, whole: u64) -> String {
     }
 }
 
-/// What the plan says about the transform's component.
-pub struct Component<'a> {
-    /// Where it is.
-    pub path: &'a std::path::Path,
-    /// Its size in bytes.
-    pub size: usize,
-    /// Its sha256.
-    pub digest: &'a str,
-    /// What it says about itself.
-    pub info: &'a Info,
-    /// What it imports.
-    pub imports: &'a [String],
-    /// The limits it runs under.
-    pub limits: Limits,
-}
-
-impl<'a> Component<'a> {
-    /// The component a runner runs.
-    pub fn of(runner: &'a Runner) -> Component<'a> {
-        Component {
-            path: runner.compiled().path(),
-            size: runner.compiled().size(),
-            digest: runner.digest(),
-            info: runner.info(),
-            imports: runner.compiled().imports(),
-            limits: runner.limits(),
-        }
-    }
-}
-
 /// Prints what a run of the spec would do.
 // Longer than 100 lines: a printer: one block per section of the plan, in the order printed.
-pub fn plan(
-    out: &mut dyn Write,
-    spec: &Spec,
-    plan: &Plan,
-    component: &Component,
-    previous: Option<&RunRecord>,
-    chunks: Option<&[ChunkRecord]>,
-) -> io::Result<()> {
+pub fn plan(out: &mut dyn Write, spec: &Spec, preview: &Preview) -> io::Result<()> {
+    let Preview {
+        plan,
+        component,
+        pace,
+        previous,
+        previous_chunks,
+        signals,
+    } = preview;
     let l = &plan.layout;
     let f = &spec.file;
-    let info = component.info;
-    let names = |cs: &[refill::source::ColumnInfo]| {
+    let info = &component.info;
+    let names = |cs: &[ColumnInfo]| {
         cs.iter()
             .map(|c| format!("{} ({})", c.name, c.sql_type))
             .collect::<Vec<_>>()
@@ -164,7 +135,7 @@ pub fn plan(
             spec.concurrency()
         );
     }
-    for line in refill::throttle::describe(spec) {
+    for line in pace {
         out!(out, "  throttle   {line}");
     }
     out!(
@@ -191,7 +162,7 @@ pub fn plan(
         None => "NOT PINNED",
     };
     out!(out, "             sha256 {} ({pin})", component.digest);
-    for (k, (cap, list)) in capabilities(component.imports).into_iter().enumerate() {
+    for (k, (cap, list)) in capabilities(&component.imports).into_iter().enumerate() {
         out!(
             out,
             "             {} {}: {}",
@@ -220,7 +191,7 @@ pub fn plan(
         limits.memory_bytes >> 20
     );
     out!(out, "  state      {}", spec.state_url);
-    match (previous, chunks) {
+    match (previous, previous_chunks) {
         (Some(run), Some(chunks)) if run.status.resumable() => {
             let done = chunks
                 .iter()
@@ -251,6 +222,11 @@ pub fn plan(
     }
     for w in &plan.warnings {
         out!(out, "warning: {w}");
+    }
+    match signals {
+        SignalsNow::None => {}
+        SignalsNow::Under => out!(out, "  signals    under their thresholds now"),
+        SignalsNow::Over(reason) => out!(out, "  signals    {reason} (a run would wait)"),
     }
     Ok(())
 }
@@ -796,56 +772,6 @@ fn troubled_chunks(out: &mut dyn Write, run_id: &str, chunks: &[ChunkRecord]) ->
     Ok(())
 }
 
-/// What `refill inspect` found.
-#[derive(Debug)]
-pub struct Inspection {
-    /// The file.
-    pub path: String,
-    /// Its sha256.
-    pub digest: String,
-    /// Its size in bytes.
-    pub size: usize,
-    /// Everything it imports.
-    pub imports: Vec<String>,
-    /// Everything it exports.
-    pub exports: Vec<String>,
-    /// The imports outside the policy.
-    pub forbidden: Vec<String>,
-    /// Where the compiled form came from.
-    pub origin: Origin,
-    /// Time to read and compile (or load) it.
-    pub load_ms: f64,
-    /// What it says about itself, if it could be asked.
-    pub info: Option<Info>,
-    /// Why refill would refuse it, if it would.
-    pub verdict: Option<String>,
-    /// Its producers sections: the languages and tools that built it.
-    pub producers: Vec<Producer>,
-}
-
-/// The imports by what they give the component, in policy order.
-fn capabilities(imports: &[String]) -> Vec<(Capability, Vec<&str>)> {
-    let mut groups: Vec<(Capability, Vec<&str>)> = Vec::new();
-    for import in imports {
-        let cap = wasi::capability(import);
-        match groups.iter_mut().find(|(c, _)| *c == cap) {
-            Some((_, list)) => list.push(import),
-            None => groups.push((cap, vec![import])),
-        }
-    }
-    groups.sort_by_key(|(c, _)| *c);
-    groups
-}
-
-/// The world a component implements, judged by its exports.
-fn world(exports: &[String]) -> &'static str {
-    if exports.iter().any(|e| e == TRANSFORM_EXPORT) {
-        "refill:transform/transformer@0.2.0"
-    } else {
-        "unknown (it does not export refill:transform/transform@0.2.0)"
-    }
-}
-
 /// Prints an inspection.
 // Longer than 100 lines: a printer: one block per section, in the order printed.
 pub fn inspect(out: &mut dyn Write, i: &Inspection, json: bool) -> anyhow::Result<()> {
@@ -1037,7 +963,7 @@ pub fn retry(out: &mut dyn Write, r: &refill::ops::retry::RetryReport) -> io::Re
 }
 
 /// Prints a verification.
-pub fn verification(out: &mut dyn Write, v: &refill::state::VerificationRecord) -> io::Result<()> {
+pub fn verification(out: &mut dyn Write, v: &VerificationRecord) -> io::Result<()> {
     let what = match &v.run_id {
         Some(run) => format!("run {run}"),
         None => "the spec's scope".to_string(),
@@ -1114,7 +1040,7 @@ pub fn verification(out: &mut dyn Write, v: &refill::state::VerificationRecord) 
 }
 
 /// Prints a rollback.
-pub fn rollback(out: &mut dyn Write, r: &refill::state::RollbackRecord) -> io::Result<()> {
+pub fn rollback(out: &mut dyn Write, r: &RollbackRecord) -> io::Result<()> {
     let verb = if r.execute {
         "Rollback"
     } else {
@@ -1400,15 +1326,18 @@ mod tests {
     use std::sync::Arc;
 
     use refill::chunk::{Key, KeyType};
+    use refill::ops::preview::{Component, Limits};
     use refill::ops::run::{Diff, Example};
     use refill::ops::status::{LiveState, live};
+    use refill::plan::Plan;
     use refill::progress::Phase;
-    use refill::source::{ColumnInfo, Layout, Scope, TableRef};
+    use refill::source::{Layout, Scope, TableRef};
+    use refill::state::RunRecord;
     use refill::state::{
         Control, ControlAction, Difference, RollbackRecord, SessionOutcome, SessionRecord, Timings,
         VerificationRecord, now,
     };
-    use refill::value::{Column, ColumnKind, ValueType};
+    use refill::value::{Column, ColumnKind, Info, ValueType};
 
     use super::*;
 
@@ -1580,25 +1509,22 @@ columns = ["status_v2"]
         };
         let imports = vec!["refill:transform/host@0.2.0".to_string()];
         let component = Component {
-            path: Path::new("/specs/remap.wasm"),
+            path: "/specs/remap.wasm".into(),
             size: 123_456,
-            digest: "f0d6e7b4a9c3b7a09eb04560290728ec6c68aba7a25faaf2553425c6e988b3dd",
-            info: &info,
-            imports: &imports,
+            digest: "f0d6e7b4a9c3b7a09eb04560290728ec6c68aba7a25faaf2553425c6e988b3dd".into(),
+            info,
+            imports,
             limits: Limits::default(),
         };
-        let previous = run(Mode::Execute, RunStatus::Incomplete);
-        let chunks = [chunk(1, 0), chunk(2, 0)];
-        let text = printed(|out| {
-            super::plan(
-                out,
-                &spec,
-                &plan,
-                &component,
-                Some(&previous),
-                Some(&chunks),
-            )
-        });
+        let mut preview = Preview {
+            plan,
+            component,
+            pace: refill::ops::preview::pace(&spec),
+            previous: Some(run(Mode::Execute, RunStatus::Incomplete)),
+            previous_chunks: Some(vec![chunk(1, 0), chunk(2, 0)]),
+            signals: SignalsNow::None,
+        };
+        let text = printed(|out| super::plan(out, &spec, &preview));
         assert!(
             text.starts_with("Plan for \"quote-status-v2\" (/specs/q.toml)\n"),
             "{text}"
@@ -1622,6 +1548,12 @@ columns = ["status_v2"]
         );
         assert!(
             text.ends_with("warning: the target has no index on status_v2\n"),
+            "{text}"
+        );
+        preview.signals = SignalsNow::Over("replica lag 9s > 5s".into());
+        let text = printed(|out| super::plan(out, &spec, &preview));
+        assert!(
+            text.ends_with("  signals    replica lag 9s > 5s (a run would wait)\n"),
             "{text}"
         );
     }

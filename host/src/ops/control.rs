@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::status::{Live, live};
-use crate::state::{ControlAction, RunRecord, RunStatus, SessionKind, StateError, StateStore};
+pub use crate::state::ControlAction;
+use crate::state::{RunRecord, RunStatus, SessionKind, StateError, StateStore};
 
 /// Why a request cannot be made.
 #[derive(Debug, thiserror::Error)]

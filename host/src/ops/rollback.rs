@@ -28,7 +28,8 @@ use crate::plan;
 use crate::sink::{self, Guard, Update};
 use crate::source::{Database, Layout};
 use crate::spec::Spec;
-use crate::state::{Image, RollbackRecord, RunRecord, RunStatus, SessionKind, StateStore, now};
+pub use crate::state::RollbackRecord;
+use crate::state::{Image, RunRecord, RunStatus, SessionKind, StateStore, now};
 use crate::throttle::{Stop, Throttle};
 use crate::value;
 

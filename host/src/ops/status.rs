@@ -8,10 +8,12 @@ use serde::{Serialize, Serializer};
 use super::run::alive;
 use crate::progress::Phase;
 use crate::spec::Spec;
-use crate::state::{
-    ChunkRecord, ChunkStatus, Control, ControlAction, Counts, RunRecord, RunStatus, SessionRecord,
-    StateError, StateStore, parse_time,
+/// The records the commands return, as the state store keeps them.
+pub use crate::state::{
+    ChunkRecord, ChunkStatus, ChunkSummary, Counts, Mode, RunRecord, RunStatus, SessionKind,
+    SessionRecord, parse_time,
 };
+use crate::state::{Control, ControlAction, StateError, StateStore};
 
 /// What a run is doing now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

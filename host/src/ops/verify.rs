@@ -20,9 +20,8 @@ use crate::ops::run::{self, Progress, RunError};
 use crate::plan::{self, Plan};
 use crate::source::Database;
 use crate::spec::Spec;
-use crate::state::{
-    ChunkStatus, Difference, RetryRecord, RunRecord, StateStore, VerificationRecord, now,
-};
+use crate::state::{ChunkStatus, RetryRecord, RunRecord, StateStore, now};
+pub use crate::state::{Difference, VerificationRecord};
 use crate::transform::Runner;
 
 /// Refuses to verify `run` with another component or configuration than

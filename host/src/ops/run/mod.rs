@@ -7,7 +7,9 @@
 pub(crate) mod pipeline;
 pub mod worker;
 
+pub use crate::metrics::serve as serve_metrics;
 pub use crate::progress::{Phase, Progress, RecentRate, Status};
+pub use crate::throttle::Stop;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -31,7 +33,7 @@ use crate::state::{
     ChunkStatus, ControlAction, Counts, Mode, RunRecord, RunStatus, SessionKind, SessionOutcome,
     SessionRecord, StateError, StateStore, now, parse_time,
 };
-use crate::throttle::{ControlSource, Stop, Throttle, Watching, signals::Signals};
+use crate::throttle::{ControlSource, Throttle, Watching, signals::Signals};
 use crate::transform::wasi::GuestEnv;
 use crate::transform::{self, Limits, Runner, Setup, TransformError};
 
