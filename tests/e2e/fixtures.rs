@@ -76,12 +76,30 @@ pub fn quotes(world: &World, n: i64, bad: bool) {
     ));
 }
 
-/// A PostgreSQL table of `n` events whose `log` column starts as `start`.
+/// A table of `n` events whose `log` column starts as `start`.
 pub fn events(w: &World, n: i64) {
     let t = w.table("events");
+    let pk = match w.backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres | Backend::Mysql => "BIGINT PRIMARY KEY",
+    };
+    w.exec(&format!("CREATE TABLE {t} (id {pk}, log TEXT NOT NULL)"));
+    if w.backend == Backend::Mysql {
+        // MySQL caps recursive CTEs at 1,000 rows by default: the rows are
+        // listed instead.
+        let ids: Vec<i64> = (1..=n).collect();
+        for batch in ids.chunks(5_000) {
+            let rows: Vec<String> = batch.iter().map(|i| format!("({i}, 'start')")).collect();
+            w.exec(&format!(
+                "INSERT INTO {t} (id, log) VALUES {}",
+                rows.join(", ")
+            ));
+        }
+        return;
+    }
     w.exec(&format!(
-        "CREATE TABLE {t} (id bigint PRIMARY KEY, log text NOT NULL);\n\
-         INSERT INTO {t} SELECT i, 'start' FROM generate_series(1, {n}) AS i"
+        "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n})
+         INSERT INTO {t} (id, log) SELECT i, 'start' FROM g"
     ));
 }
 
@@ -89,7 +107,8 @@ pub fn events(w: &World, n: i64) {
 /// hold it.
 pub fn logs(w: &World) -> Vec<(String, u64)> {
     w.rows(&format!(
-        "SELECT log, CAST(count(*) AS TEXT) FROM {} GROUP BY log ORDER BY log",
+        "SELECT log, {} FROM {} GROUP BY log ORDER BY log",
+        w.text("count(*)"),
         w.table("events")
     ))
     .into_iter()
