@@ -1,8 +1,10 @@
 //! The state store: consumes the events of a run (started, chunk begun,
 //! chunk done, session heartbeats, finished) and produces the checkpoints a
 //! killed run resumes from and the audit trail `refill status` shows. It
-//! lives in SQLite (default: `.refill/state.db` next to the spec) or
-//! PostgreSQL, through sqlx's `Any` driver and portable SQL.
+//! lives in SQLite (default: `.refill/state.db` next to the spec),
+//! PostgreSQL or MySQL/MariaDB, through sqlx's `Any` driver; each statement
+//! is written once with [`store_sql!`] and spelled for its database at
+//! compile time.
 //!
 //! Tables: `refill_runs` (one row per run: who ran what, with which spec
 //! and component digest, over which key range), `refill_chunks` (one row per
