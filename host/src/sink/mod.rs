@@ -165,6 +165,19 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// A value of `column` at `key` that cannot be sent to the target of
+    /// `layout`, and why.
+    pub(crate) fn encode(layout: &Layout, column: &ColumnInfo, key: &Key, message: String) -> Self {
+        SinkError::Encode {
+            table: layout.target.quoted(),
+            column: column.name.clone(),
+            key: key.to_string(),
+            message,
+        }
+    }
+}
+
 impl crate::backoff::Transient for SinkError {
     fn is_transient(&self) -> bool {
         matches!(self, SinkError::Write { error, .. } if crate::backend::transient(error))

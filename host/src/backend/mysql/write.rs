@@ -181,11 +181,8 @@ fn bind_rows<'q>(
     updates: &[Update],
 ) -> Result<Query<'q>, SinkError> {
     let guarded_columns = guarded(layout, guard);
-    let encode_error = |column: &ColumnInfo, key: &Key, message: String| SinkError::Encode {
-        table: layout.target.quoted(),
-        column: column.name.clone(),
-        key: key.to_string(),
-        message,
+    let encode_error = |column: &ColumnInfo, key: &Key, message: String| {
+        SinkError::encode(layout, column, key, message)
     };
     for update in updates {
         query = match &update.key {

@@ -12,8 +12,8 @@ pub(crate) mod write;
 
 use std::time::Duration;
 
-pub use read::{begin_write, bound, kind_of, session_name};
-pub use write::{stored_form_sql, update_sql};
+pub use read::{begin_write, kind_of, session_name};
+pub use write::{Parts, stored_form_sql};
 
 use super::{Address, Backend, Capabilities, Driver, Failure, Indicators, Lag, Spelling, Store};
 use crate::chunk::{Key, KeyType};

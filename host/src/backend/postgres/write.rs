@@ -1,6 +1,23 @@
-//! PostgreSQL writes: consumes a chunk's updates and sends them as one
-//! statement, `UPDATE target SET … FROM unnest($1::…[], …) WHERE key = …`,
-//! with one typed array per column.
+//! PostgreSQL writes: consumes a chunk's updates and sends them as typed
+//! arrays, one per column, to `UPDATE target SET … FROM unnest($1::…[], …)
+//! WHERE key = …`.
+//!
+//! A chunk's write is one statement when no other transaction has touched
+//! its rows, and two when one has:
+//! - The fast statement updates only the rows whose `xmax` is 0: rows no
+//!   transaction has locked, updated or deleted since they were written.
+//!   Such a row is locked by the update itself, with no wait, so this
+//!   costs what a hand-written `UPDATE … FROM unnest` costs. It returns
+//!   nothing but which rows it did not write, and only when there are any.
+//! - The rest (a row someone holds or held a lock on, a row the guard
+//!   stops, a row gone) goes to the skip-locked statement: it locks what it
+//!   can at once (`FOR NO KEY UPDATE … SKIP LOCKED`) and updates exactly
+//!   those rows.
+//!
+//! A lock taken in the instant between the fast statement reading a row's
+//! `xmax` and updating it is the one wait left; the transaction's
+//! `lock_timeout` bounds it, and a write that times out is split and tried
+//! again, when the row's `xmax` sends it to the skip-locked statement.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _};
@@ -74,10 +91,7 @@ impl Array {
         Ok(())
     }
 
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind<'q>(self, q: Query<'q>) -> Query<'q> {
         match self {
             Array::Int(a) => q.bind(a),
             Array::Float(a) => q.bind(a),
@@ -86,6 +100,177 @@ impl Array {
             Array::Text(a) => q.bind(a),
             Array::Time(a) => q.bind(a),
         }
+    }
+
+    /// Binds the array without giving it up: a chunk's arrays are sent to
+    /// the fast statement, and the rows it left picked from them.
+    fn bind_ref<'q>(&'q self, q: Query<'q>) -> Query<'q> {
+        match self {
+            Array::Int(a) => q.bind(a.as_slice()),
+            Array::Float(a) => q.bind(a.as_slice()),
+            Array::Bool(a) => q.bind(a.as_slice()),
+            Array::Bytes(a) => q.bind(a.as_slice()),
+            Array::Text(a) => q.bind(a.as_slice()),
+            Array::Time(a) => q.bind(a.as_slice()),
+        }
+    }
+
+    /// The elements at `rows`, in their order.
+    fn pick(&self, rows: &[usize]) -> Array {
+        fn of<T: Clone>(a: &[T], rows: &[usize]) -> Vec<T> {
+            rows.iter().filter_map(|&i| a.get(i).cloned()).collect()
+        }
+        match self {
+            Array::Int(a) => Array::Int(of(a, rows)),
+            Array::Float(a) => Array::Float(of(a, rows)),
+            Array::Bool(a) => Array::Bool(of(a, rows)),
+            Array::Bytes(a) => Array::Bytes(of(a, rows)),
+            Array::Text(a) => Array::Text(of(a, rows)),
+            Array::Time(a) => Array::Time(of(a, rows)),
+        }
+    }
+}
+
+/// A query with PostgreSQL arguments.
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// A chunk's keys, as the array they are sent in.
+enum Keys {
+    Int(Vec<i64>),
+    Text(Vec<String>),
+}
+
+impl Keys {
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Keys::Int(_) => "int8[]",
+            Keys::Text(_) => "text[]",
+        }
+    }
+
+    fn key(&self, i: usize) -> Option<Key> {
+        match self {
+            Keys::Int(k) => k.get(i).map(|&k| Key::Int(k)),
+            Keys::Text(k) => k.get(i).map(|k| Key::Text(k.clone())),
+        }
+    }
+
+    fn into_keys(self) -> Vec<Key> {
+        match self {
+            Keys::Int(k) => k.into_iter().map(Key::Int).collect(),
+            Keys::Text(k) => k.into_iter().map(Key::Text).collect(),
+        }
+    }
+}
+
+/// A chunk's updates as typed arrays: the keys, one array per output
+/// column, and (when guarded) one per guarded column with the value it
+/// should still hold.
+struct Batch {
+    keys: Keys,
+    values: Vec<Array>,
+    expected: Vec<Array>,
+}
+
+impl Batch {
+    /// Takes `updates` apart into arrays; a value that does not fit its
+    /// column's kind is reported with its key, never written.
+    fn of(layout: &Layout, updates: Vec<Update>, guard: Guard) -> Result<Batch, SinkError> {
+        let n = updates.len();
+        let mut keys = match layout.key_type {
+            KeyType::Integer => Keys::Int(Vec::with_capacity(n)),
+            KeyType::Text => Keys::Text(Vec::with_capacity(n)),
+        };
+        let mut values: Vec<Array> = layout
+            .outputs
+            .iter()
+            .map(|c| Array::for_kind(&c.kind, n))
+            .collect();
+        let guarded_columns = guarded(layout, guard);
+        let mut expected: Vec<Array> = guarded_columns
+            .iter()
+            .map(|c| Array::for_kind(&c.kind, n))
+            .collect();
+        let encode_error = |column: &ColumnInfo, key: &Key, message: String| {
+            SinkError::encode(layout, column, key, message)
+        };
+        for update in updates {
+            for ((array, value), column) in
+                values.iter_mut().zip(update.values).zip(&layout.outputs)
+            {
+                array
+                    .push(value)
+                    .map_err(|m| encode_error(column, &update.key, m))?;
+            }
+            if guard != Guard::None {
+                if update.expected.len() != guarded_columns.len() {
+                    return Err(encode_error(
+                        &guarded_columns[0],
+                        &update.key,
+                        "no expected values to guard on".into(),
+                    ));
+                }
+                for ((array, value), column) in expected
+                    .iter_mut()
+                    .zip(update.expected)
+                    .zip(guarded_columns)
+                {
+                    array
+                        .push(value)
+                        .map_err(|m| encode_error(column, &update.key, m))?;
+                }
+            }
+            match (&mut keys, update.key) {
+                (Keys::Int(k), Key::Int(i)) => k.push(i),
+                (Keys::Text(k), Key::Text(s)) => k.push(s),
+                (_, key) => {
+                    return Err(SinkError::Encode {
+                        table: layout.target.quoted(),
+                        column: layout.target_key.name.clone(),
+                        key: key.to_string(),
+                        message: "the key is not of the key column's type".into(),
+                    });
+                }
+            }
+        }
+        Ok(Batch {
+            keys,
+            values,
+            expected,
+        })
+    }
+
+    /// The rows at `rows`, in their order.
+    fn pick(&self, rows: &[usize]) -> Batch {
+        let keys = match &self.keys {
+            Keys::Int(k) => Keys::Int(rows.iter().filter_map(|&i| k.get(i).copied()).collect()),
+            Keys::Text(k) => Keys::Text(rows.iter().filter_map(|&i| k.get(i).cloned()).collect()),
+        };
+        Batch {
+            keys,
+            values: self.values.iter().map(|a| a.pick(rows)).collect(),
+            expected: self.expected.iter().map(|a| a.pick(rows)).collect(),
+        }
+    }
+
+    /// The SQL types of the value arrays and of the guarded arrays.
+    fn types(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        (
+            self.values.iter().map(Array::sql_type).collect(),
+            self.expected.iter().map(Array::sql_type).collect(),
+        )
+    }
+
+    /// Binds the arrays in the order the statements number them.
+    fn bind_ref<'q>(&'q self, query: Query<'q>) -> Query<'q> {
+        let query = match &self.keys {
+            Keys::Int(k) => query.bind(k.as_slice()),
+            Keys::Text(k) => query.bind(k.as_slice()),
+        };
+        self.values
+            .iter()
+            .chain(&self.expected)
+            .fold(query, |q, a| a.bind_ref(q))
     }
 }
 
@@ -101,85 +286,154 @@ fn assign(c: &ColumnInfo, v: &str) -> String {
     }
 }
 
-/// The statement for a layout. The arrays are bound in order: keys, one
-/// per output column, then (unless `guard` is [`Guard::None`]) one per
-/// guarded column with the value it should still hold.
-pub fn update_sql(
-    layout: &Layout,
-    key_array: &str,
-    arrays: &[&str],
-    guarded: &[&str],
-    guard: Guard,
-) -> String {
-    let sets: Vec<String> = layout
-        .outputs
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            format!(
-                "{} = {}",
-                quote(&c.name),
-                assign(c, &format!("v.\"__refill_v{i}\""))
-            )
-        })
-        .collect();
-    let mut types = vec![key_array];
-    let mut names = vec![KEY_NAME.to_string()];
-    types.extend(arrays.iter().copied());
-    names.extend((0..arrays.len()).map(|i| format!("\"__refill_v{i}\"")));
-    if guard != Guard::None {
-        types.extend(guarded.iter().copied());
-        names.extend((0..guarded.len()).map(expected_name));
+/// What the fast and the skip-locked statement share: the unnested
+/// arrays, the assignments and the guard's condition.
+pub struct Parts {
+    /// `unnest($1::…, …)`.
+    unnest: String,
+    /// The names of the unnested columns.
+    names: Vec<String>,
+    /// `col = v.…, …`.
+    sets: String,
+    /// The target, quoted, with no alias: the spec's `where`, which the
+    /// guard repeats, may name the table.
+    target: String,
+    /// The target's key column, quoted.
+    key_name: String,
+    /// ` AND …`, or nothing.
+    guard: String,
+    /// The SQL type of the key array, `$1`.
+    key_array: String,
+}
+
+impl Parts {
+    /// The parts of the statements for `layout`, whose arrays are bound in
+    /// order: keys (of SQL type `key_array`), one per output column
+    /// (`arrays`), then, unless `guard` is [`Guard::None`], one per guarded
+    /// column with the value it should still hold (`guarded`).
+    pub fn of(
+        layout: &Layout,
+        key_array: &str,
+        arrays: &[&str],
+        guarded: &[&str],
+        guard: Guard,
+    ) -> Parts {
+        let sets: Vec<String> = layout
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "{} = {}",
+                    quote(&c.name),
+                    assign(c, &format!("v.\"__refill_v{i}\""))
+                )
+            })
+            .collect();
+        let mut types = vec![key_array];
+        let mut names = vec![KEY_NAME.to_string()];
+        types.extend(arrays.iter().copied());
+        names.extend((0..arrays.len()).map(|i| format!("\"__refill_v{i}\"")));
+        if guard != Guard::None {
+            types.extend(guarded.iter().copied());
+            names.extend((0..guarded.len()).map(expected_name));
+        }
+        let params: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}", i + 1))
+            .collect();
+        let target = layout.target.quoted();
+        let value = |i: usize| format!("v.{}", expected_name(i));
+        let expected = Expected {
+            token: "NULL",
+            value: &value,
+        };
+        let guard = guard_sql(
+            layout,
+            &DIALECT,
+            guard,
+            &target,
+            &format!("v.{KEY_NAME}"),
+            &expected,
+        );
+        Parts {
+            unnest: format!("unnest({})", params.join(", ")),
+            names,
+            sets: sets.join(", "),
+            target,
+            key_name: quote(&layout.target_key.name),
+            guard,
+            key_array: key_array.to_string(),
+        }
     }
-    let params: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}", i + 1))
-        .collect();
-    // No alias for the target: the spec's `where`, which the guard
-    // repeats, may name the table.
-    let target = layout.target.quoted();
-    let value = |i: usize| format!("v.{}", expected_name(i));
-    let expected = Expected {
-        token: "NULL",
-        value: &value,
-    };
-    let guard = guard_sql(
-        layout,
-        &DIALECT,
-        guard,
-        &target,
-        &format!("v.{KEY_NAME}"),
-        &expected,
-    );
-    // The update is driven by the rows locked, each found by its key: the
-    // planner takes `unnest` for 10 rows, and a semi-join of the update
-    // against the locked keys (`IN (SELECT … FROM l)`) became a nested loop
-    // over a chunk squared (10,000 rows: 50 million comparisons, 10 s).
-    //
-    // The rows are locked first, skipping those another transaction holds
-    // (`NO KEY UPDATE`: plain `FOR UPDATE` would also skip rows that a
-    // foreign-key insert only key-shares), and only the rows locked are
-    // updated: the write never waits for the application's row locks, nor
-    // holds its other rows while it would. The keys come back as they
-    // were sent (a key that compares equal may be spelled otherwise in the
-    // table): those written, flagged false, and those held by someone
-    // else, flagged true; the rows a guard stopped, or gone, are the
-    // others.
-    let key_name = quote(&layout.target_key.name);
-    let key = format!("{target}.{key_name}");
-    format!(
-        "WITH v AS (SELECT * FROM unnest({params}) AS n({names})), \
-         l AS (SELECT v.* FROM {target} AS \"__refill_t\" JOIN v ON \"__refill_t\".{key_name} = v.{KEY_NAME} \
-         FOR NO KEY UPDATE OF \"__refill_t\" SKIP LOCKED), \
-         u AS (UPDATE {target} SET {sets} FROM l AS v WHERE {key} = v.{KEY_NAME}{guard} RETURNING v.{KEY_NAME}) \
-         SELECT {KEY_NAME}, false FROM u UNION ALL SELECT v.{KEY_NAME}, true FROM v \
-         WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.{KEY_NAME} = v.{KEY_NAME}) \
-         AND EXISTS (SELECT 1 FROM {target} AS \"__refill_b\" WHERE \"__refill_b\".{key_name} = v.{KEY_NAME})",
-        sets = sets.join(", "),
-        params = params.join(", "),
-        names = names.join(", "),
-    )
+}
+
+/// The name of the unnested rows' ordinal in the fast statement.
+const ORDINAL: &str = "\"__refill_o\"";
+
+impl Parts {
+    /// The fast statement: updates the rows of the batch whose `xmax` is
+    /// 0, which no transaction has locked, updated or deleted since they
+    /// were written, so that the update takes their locks with no wait.
+    /// Returns one row: NULL when every row was written, else the
+    /// ordinals (from 1) of the rows written, perhaps none (`array_agg` of
+    /// no rows is NULL too, hence the `COALESCE`).
+    pub fn fast(&self) -> String {
+        let Parts {
+            unnest,
+            names,
+            sets,
+            target,
+            key_name,
+            guard,
+            key_array,
+        } = self;
+        // `OR v.key IS NULL` (never true: keys are not null) keeps the
+        // test of `xmax` a condition of the join: alone, the planner would
+        // estimate that it keeps 1 row in 200 of the table, and scan all
+        // of it into a hash rather than look the chunk's keys up.
+        format!(
+            "WITH v AS (SELECT * FROM {unnest} WITH ORDINALITY AS n({names}, {ORDINAL})), \
+             u AS (UPDATE {target} SET {sets} FROM v WHERE {target}.{key_name} = v.{KEY_NAME} \
+             AND ({target}.xmax = '0'::xid OR v.{KEY_NAME} IS NULL){guard} RETURNING v.{ORDINAL}) \
+             SELECT CASE WHEN count(*) < cardinality($1::{key_array}) THEN COALESCE(array_agg({ORDINAL}), '{{}}') END FROM u",
+            names = names.join(", "),
+        )
+    }
+
+    /// The skip-locked statement.
+    pub fn skip_locked(&self) -> String {
+        let (unnest, sets, target, key_name) =
+            (&self.unnest, &self.sets, &self.target, &self.key_name);
+        // The update is driven by the rows locked, each found by its key:
+        // the planner takes `unnest` for 10 rows, and a semi-join of the
+        // update against the locked keys (`IN (SELECT … FROM l)`) became a
+        // nested loop over a chunk squared (10,000 rows: 50 million
+        // comparisons, 10 s).
+        //
+        // The rows are locked first, skipping those another transaction
+        // holds (`NO KEY UPDATE`: plain `FOR UPDATE` would also skip rows
+        // that a foreign-key insert only key-shares), and only the rows
+        // locked are updated: the write never waits for the application's
+        // row locks, nor holds its other rows while it would. The keys
+        // come back as they were sent (a key that compares equal may be
+        // spelled otherwise in the table): those written, flagged false,
+        // and those held by someone else, flagged true; the rows a guard
+        // stopped, or gone, are the others.
+        let key = format!("{target}.{key_name}");
+        format!(
+            "WITH v AS (SELECT * FROM {unnest} AS n({names})), \
+             l AS (SELECT v.* FROM {target} AS \"__refill_t\" JOIN v ON \"__refill_t\".{key_name} = v.{KEY_NAME} \
+             FOR NO KEY UPDATE OF \"__refill_t\" SKIP LOCKED), \
+             u AS (UPDATE {target} SET {sets} FROM l AS v WHERE {key} = v.{KEY_NAME}{guard} RETURNING v.{KEY_NAME}) \
+             SELECT {KEY_NAME}, false FROM u UNION ALL SELECT v.{KEY_NAME}, true FROM v \
+             WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.{KEY_NAME} = v.{KEY_NAME}) \
+             AND EXISTS (SELECT 1 FROM {target} AS \"__refill_b\" WHERE \"__refill_b\".{key_name} = v.{KEY_NAME})",
+            names = self.names.join(", "),
+            guard = self.guard,
+        )
+    }
 }
 
 /// Writes a chunk's updates in one statement, in a transaction whose
@@ -201,7 +455,7 @@ pub async fn write_bounded(
     let mut tx = super::read::begin_write(pool, timeouts.write, timeouts.lock)
         .await
         .map_err(failed)?;
-    match write(&mut *tx, layout, updates, guard).await {
+    match write(&mut tx, layout, updates, guard).await {
         Ok(done) => {
             tx.commit().await.map_err(failed)?;
             Ok(done)
@@ -217,93 +471,54 @@ pub async fn write_bounded(
     }
 }
 
-/// Writes a chunk's updates in one statement. Returns the keys written and
-/// the keys another transaction held locked.
-// Longer than 100 lines: one statement: the arrays bound column by column, then the skip-locked update.
+/// Writes a chunk's updates: the fast statement, then the skip-locked one
+/// for the rows it left (see the module's doc). Returns the keys written
+/// and the keys another transaction held locked.
 pub async fn write(
-    pool: impl sqlx::PgExecutor<'_>,
+    conn: &mut sqlx::PgConnection,
     layout: &Layout,
     updates: Vec<Update>,
     guard: Guard,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let n = updates.len();
-    let mut int_keys = Vec::new();
-    let mut text_keys = Vec::new();
-    let mut arrays: Vec<Array> = layout
-        .outputs
-        .iter()
-        .map(|c| Array::for_kind(&c.kind, n))
-        .collect();
-    let guarded_columns = guarded(layout, guard);
-    let mut expected: Vec<Array> = guarded_columns
-        .iter()
-        .map(|c| Array::for_kind(&c.kind, n))
-        .collect();
-    let encode_error = |column: &ColumnInfo, key: &str, message: String| SinkError::Encode {
+    let failed = |error| SinkError::Write {
         table: layout.target.quoted(),
-        column: column.name.clone(),
-        key: key.to_string(),
-        message,
+        rows: n,
+        error,
     };
-    for update in updates {
-        let key_text = update.key.to_string();
-        match update.key {
-            Key::Int(i) => int_keys.push(i),
-            Key::Text(s) => text_keys.push(s),
-        }
-        for ((array, value), column) in arrays.iter_mut().zip(update.values).zip(&layout.outputs) {
-            array
-                .push(value)
-                .map_err(|m| encode_error(column, &key_text, m))?;
-        }
-        if guard != Guard::None {
-            if update.expected.len() != guarded_columns.len() {
-                return Err(encode_error(
-                    &guarded_columns[0],
-                    &key_text,
-                    "no expected values to guard on".into(),
-                ));
-            }
-            for ((array, value), column) in expected
-                .iter_mut()
-                .zip(update.expected)
-                .zip(guarded_columns)
-            {
-                array
-                    .push(value)
-                    .map_err(|m| encode_error(column, &key_text, m))?;
-            }
-        }
-    }
-    let key_array = match layout.key_type {
-        KeyType::Integer => "int8[]",
-        KeyType::Text => "text[]",
-    };
-    let types: Vec<&str> = arrays.iter().map(Array::sql_type).collect();
-    let guarded_types: Vec<&str> = expected.iter().map(Array::sql_type).collect();
-    let sql = update_sql(layout, key_array, &types, &guarded_types, guard);
-    let mut query = sqlx::query(crate::source::built(sql));
-    query = match layout.key_type {
-        KeyType::Integer => query.bind(int_keys),
-        KeyType::Text => query.bind(text_keys),
-    };
-    for array in arrays {
-        query = array.bind(query);
-    }
-    if guard != Guard::None {
-        for array in expected {
-            query = array.bind(query);
-        }
-    }
-    let rows = query
-        .fetch_all(pool)
+    let batch = Batch::of(layout, updates, guard)?;
+    let (types, guarded_types) = batch.types();
+    let key_array = batch.keys.sql_type();
+    let statements = Parts::of(layout, key_array, &types, &guarded_types, guard);
+    let written: Option<Vec<i64>> = batch
+        .bind_ref(sqlx::query(crate::source::built(statements.fast())))
+        .fetch_one(&mut *conn)
         .await
-        .map_err(|error| SinkError::Write {
-            table: layout.target.quoted(),
-            rows: n,
-            error,
-        })?;
-    let mut written = Vec::with_capacity(rows.len());
+        .and_then(|row| row.try_get(0))
+        .map_err(failed)?;
+    let Some(ordinals) = written else {
+        return Ok((batch.keys.into_keys(), Vec::new()));
+    };
+    let mut done = vec![false; n];
+    for o in ordinals {
+        if let Some(slot) = usize::try_from(o - 1).ok().and_then(|i| done.get_mut(i)) {
+            *slot = true;
+        }
+    }
+    let mut written: Vec<Key> = Vec::with_capacity(n);
+    let mut rest = Vec::new();
+    for (i, &done) in done.iter().enumerate() {
+        match done {
+            true => written.extend(batch.keys.key(i)),
+            false => rest.push(i),
+        }
+    }
+    let rest = batch.pick(&rest);
+    let rows = rest
+        .bind_ref(sqlx::query(crate::source::built(statements.skip_locked())))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(failed)?;
     let mut busy = Vec::new();
     for row in &rows {
         let key = match layout.key_type {
@@ -311,13 +526,7 @@ pub async fn write(
             KeyType::Text => row.try_get::<String, _>(0).map(Key::Text),
         };
         let held = row.try_get::<bool, _>(1);
-        let (key, held) =
-            key.and_then(|k| held.map(|h| (k, h)))
-                .map_err(|error| SinkError::Write {
-                    table: layout.target.quoted(),
-                    rows: n,
-                    error,
-                })?;
+        let (key, held) = key.and_then(|k| held.map(|h| (k, h))).map_err(failed)?;
         if held {
             busy.push(key);
         } else {
@@ -573,7 +782,7 @@ pub(crate) async fn in_savepoint(
         error,
     };
     let mut savepoint = sqlx::Connection::begin(&mut *tx).await.map_err(failed)?;
-    match crate::backend::postgres::write::write(&mut *savepoint, layout, updates.to_vec(), guard)
+    match crate::backend::postgres::write::write(&mut savepoint, layout, updates.to_vec(), guard)
         .await
     {
         Ok(keys) => {
@@ -610,7 +819,7 @@ mod tests {
     }
 
     #[test]
-    fn update_sql_unnests_one_typed_array_per_column() {
+    fn the_statements_unnest_one_typed_array_per_column() {
         let table = TableRef {
             schema: Some("app".into()),
             name: "quotes".into(),
@@ -642,7 +851,7 @@ mod tests {
         };
         let arrays = ["text[]", "text[]", "timestamptz[]", "text[]"];
         assert_eq!(
-            update_sql(&layout, "int8[]", &arrays, &[], Guard::None),
+            Parts::of(&layout, "int8[]", &arrays, &[], Guard::None).skip_locked(),
             "WITH v AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
              AS n(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\")), \
              l AS (SELECT v.* FROM \"app\".\"quotes\" AS \"__refill_t\" \
@@ -655,10 +864,20 @@ mod tests {
              WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.\"__refill_k\" = v.\"__refill_k\") \
              AND EXISTS (SELECT 1 FROM \"app\".\"quotes\" AS \"__refill_b\" WHERE \"__refill_b\".\"id\" = v.\"__refill_k\")"
         );
+        assert_eq!(
+            Parts::of(&layout, "int8[]", &arrays, &[], Guard::None).fast(),
+            "WITH v AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
+             WITH ORDINALITY AS n(\"__refill_k\", \"__refill_v0\", \"__refill_v1\", \"__refill_v2\", \"__refill_v3\", \"__refill_o\")), \
+             u AS (UPDATE \"app\".\"quotes\" SET \"status_v2\" = v.\"__refill_v0\", \"doc\" = v.\"__refill_v1\"::jsonb, \
+             \"at\" = (v.\"__refill_v2\" AT TIME ZONE 'UTC'), \"amount\" = v.\"__refill_v3\"::numeric(10,2) \
+             FROM v WHERE \"app\".\"quotes\".\"id\" = v.\"__refill_k\" \
+             AND (\"app\".\"quotes\".xmax = '0'::xid OR v.\"__refill_k\" IS NULL) RETURNING v.\"__refill_o\") \
+             SELECT CASE WHEN count(*) < cardinality($1::int8[]) THEN COALESCE(array_agg(\"__refill_o\"), '{}') END FROM u"
+        );
         let mut guarded = layout.clone();
         guarded.inputs = vec![column("status", "text", "text", ColumnKind::Text)];
         guarded.scope = Some("region = 'eu'".into());
-        let sql = update_sql(&guarded, "int8[]", &arrays, &["text[]"], Guard::Inputs);
+        let sql = Parts::of(&guarded, "int8[]", &arrays, &["text[]"], Guard::Inputs).skip_locked();
         assert!(sql.contains("$5::text[], $6::text[]) AS n("), "{sql}");
         assert!(
             sql.contains(
@@ -668,5 +887,121 @@ mod tests {
             ),
             "{sql}"
         );
+    }
+
+    /// A text column of `quotes` as the catalog describes it.
+    fn text(name: &str) -> ColumnInfo {
+        column(name, "text", "text", ColumnKind::Text)
+    }
+
+    #[tokio::test]
+    async fn the_fast_statement_leaves_to_the_skip_locked_one_every_row_a_transaction_touched() {
+        use sqlx::Connection as _;
+        let url = crate::state::fresh_schema("refill_fast_write").await;
+        let pool = PgPool::connect(url.expose()).await.expect("connect");
+        let run = |sql: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::raw_sql(sql).execute(&pool).await.expect(sql);
+            }
+        };
+        run("CREATE TABLE quotes (id bigint PRIMARY KEY, status text, status_v2 text)").await;
+        run("INSERT INTO quotes SELECT g, 'open', NULL FROM generate_series(1, 8) g").await;
+        // Row 3 was locked by a transaction that has ended: its xmax names
+        // that transaction, and no one holds it.
+        run("BEGIN; SELECT * FROM quotes WHERE id = 3 FOR UPDATE; COMMIT").await;
+        let marked: bool = sqlx::query_scalar(
+            "SELECT xmax <> '0'::xid FROM refill_fast_write.quotes WHERE id = 3",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("xmax");
+        assert!(marked, "an ended lock leaves its transaction in xmax");
+        // Row 4 changed since it was read; row 5 is gone.
+        run("UPDATE quotes SET status = 'won' WHERE id = 4").await;
+        run("DELETE FROM quotes WHERE id = 5").await;
+        // Row 2 is held, for the whole write, by another session.
+        let mut holder = sqlx::PgConnection::connect(url.expose())
+            .await
+            .expect("connect");
+        sqlx::raw_sql("BEGIN; SELECT * FROM quotes WHERE id = 2 FOR UPDATE")
+            .execute(&mut holder)
+            .await
+            .expect("lock row 2");
+
+        let table = TableRef {
+            schema: Some("refill_fast_write".into()),
+            name: "quotes".into(),
+        };
+        let key = column("id", "bigint", "int8", ColumnKind::Integer);
+        let layout = Layout {
+            source: table.clone(),
+            key: key.clone(),
+            key_type: KeyType::Integer,
+            inputs: vec![text("status")],
+            scope: Some("status IS NOT NULL".into()),
+            target: table,
+            target_key: key,
+            outputs: vec![text("status_v2")],
+        };
+        let update = |id: i64| Update {
+            key: Key::Int(id),
+            values: vec![Value::Text(format!("active {id}"))],
+            token: None,
+            expected: vec![Value::Text("open".into())],
+        };
+        let timeouts = Timeouts::default();
+        let (mut written, busy) = write_bounded(
+            &pool,
+            &timeouts,
+            &layout,
+            (1..=7).map(update).collect(),
+            Guard::Inputs,
+        )
+        .await
+        .expect("write");
+        written.sort_by_key(|k| k.to_string());
+        assert_eq!(
+            written,
+            [1, 3, 6, 7].map(Key::Int),
+            "rows 1, 6 and 7 in the fast statement, row 3 in the skip-locked one"
+        );
+        assert_eq!(busy, [Key::Int(2)]);
+        // A batch of only the held row: the fast statement writes nothing.
+        let (written, busy) =
+            write_bounded(&pool, &timeouts, &layout, vec![update(2)], Guard::Inputs)
+                .await
+                .expect("write row 2 alone");
+        assert_eq!((written, busy), (vec![], vec![Key::Int(2)]));
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut holder)
+            .await
+            .expect("release row 2");
+        let now: Vec<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, status_v2 FROM refill_fast_write.quotes ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("read back");
+        let expect = |id: i64, v: Option<&str>| (id, v.map(str::to_string));
+        assert_eq!(
+            now,
+            [
+                expect(1, Some("active 1")),
+                expect(2, None),
+                expect(3, Some("active 3")),
+                expect(4, None),
+                expect(6, Some("active 6")),
+                expect(7, Some("active 7")),
+                expect(8, None),
+            ]
+        );
+
+        // A chunk no transaction touched is written whole by the fast
+        // statement, which then sends back no ordinals at all.
+        let (written, busy) =
+            write_bounded(&pool, &timeouts, &layout, vec![update(8)], Guard::None)
+                .await
+                .expect("write row 8");
+        assert_eq!((written, busy), (vec![Key::Int(8)], vec![]));
     }
 }
