@@ -37,9 +37,10 @@ help:
 	@echo "make test      build the plugins and run every test (needs PostgreSQL: REFILL_TEST_POSTGRES_URL,"
 	@echo "               and MariaDB/MySQL: REFILL_TEST_MYSQL_URL)"
 	@echo "make plugins   build every transform under plugins/ (Rust, Python, JavaScript, C) into plugins/dist/*.wasm"
-	@echo "make bench     rows/s of refill against a single UPDATE on a 1,000,000-row PostgreSQL table,"
-	@echo "               and pgbench's latency with no backfill, an unthrottled one and a throttled one;"
-	@echo "               then rows/s of refill against a single UPDATE on a 1,000,000-row MariaDB table"
+	@echo "make bench     rows/s of refill against a single UPDATE, the chunked floor and 1- and 2-session"
+	@echo "               scripts on a 1,000,000-row PostgreSQL table, and pgbench's latency with no backfill,"
+	@echo "               a default one and an unthrottled one; then refill against a single UPDATE on MariaDB"
+	@echo "make bench-large  the same speed tables at 10,000,000 rows"
 	@echo "make lint      rustfmt and clippy"
 
 .PHONY: toolchain
@@ -137,3 +138,11 @@ bench: plugins services
 	@command -v pgbench >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql-client postgresql-contrib; }
 	$(CARGO) bench --locked -p refill --bench backfill
 	$(CARGO) bench --locked -p refill --bench mariadb
+
+# The speed tables at 10,000,000 rows, one round of each workload (long:
+# ten times `make bench`'s speed table; a template and its copy take a few
+# GB of disk on each server).
+.PHONY: bench-large
+bench-large: plugins services
+	REFILL_BENCH_ROWS=10000000 REFILL_BENCH_ROUNDS=1 REFILL_BENCH_ONLY=speed $(CARGO) bench --locked -p refill --bench backfill
+	REFILL_BENCH_ROWS=10000000 REFILL_BENCH_ROUNDS=1 $(CARGO) bench --locked -p refill --bench mariadb
