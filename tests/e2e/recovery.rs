@@ -295,6 +295,12 @@ fn a_postgres_restart_mid_run_is_survived() {
         50,
         "status_v2",
     );
+    // Unlimited: under the gentle default both workers can be in the pause
+    // between chunks when the server stops, and then wait there (the
+    // throttle's signals fail closed) instead of failing a statement and
+    // retrying it, which is what this test watches for. Unlimited, a
+    // worker is in its slow transform, and writes next.
+    let spec = format!("{spec}\n[throttle]\nmode = \"unlimited\"\n");
     w.write("spec.toml", &spec);
     let mut child = w.spawn(&["run", "spec.toml", "--execute"]);
     // The run's log, line by line, to see it retry while the server is down.
@@ -363,7 +369,22 @@ fn a_postgres_restart_mid_run_is_survived() {
     );
     ctl(&["start"]);
 
-    let status = child.wait().expect("wait");
+    // At most two minutes more: a run that hangs fails the test, not CI.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the run did not end within 2 minutes of the restart:\n{}",
+                reader.join().expect("log reader")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let stderr = reader.join().expect("log reader");
     assert_eq!(
         status.code(),
