@@ -501,7 +501,8 @@ pub async fn write(
     };
     let mut done = vec![false; n];
     for o in ordinals {
-        if let Some(slot) = usize::try_from(o - 1).ok().and_then(|i| done.get_mut(i)) {
+        let index = o.checked_sub(1).and_then(|i| usize::try_from(i).ok());
+        if let Some(slot) = index.and_then(|i| done.get_mut(i)) {
             *slot = true;
         }
     }
