@@ -117,17 +117,27 @@ impl Array {
 
     /// The elements at `rows`, in their order.
     fn pick(&self, rows: &[usize]) -> Array {
-        fn of<T: Clone>(a: &[T], rows: &[usize]) -> Vec<T> {
-            rows.iter().filter_map(|&i| a.get(i).cloned()).collect()
-        }
         match self {
-            Array::Int(a) => Array::Int(of(a, rows)),
-            Array::Float(a) => Array::Float(of(a, rows)),
-            Array::Bool(a) => Array::Bool(of(a, rows)),
-            Array::Bytes(a) => Array::Bytes(of(a, rows)),
-            Array::Text(a) => Array::Text(of(a, rows)),
-            Array::Time(a) => Array::Time(of(a, rows)),
+            Array::Int(a) => Array::Int(picked(a, rows)),
+            Array::Float(a) => Array::Float(picked(a, rows)),
+            Array::Bool(a) => Array::Bool(picked(a, rows)),
+            Array::Bytes(a) => Array::Bytes(picked(a, rows)),
+            Array::Text(a) => Array::Text(picked(a, rows)),
+            Array::Time(a) => Array::Time(picked(a, rows)),
         }
+    }
+}
+
+/// The elements of `a` at `rows`, in their order.
+fn picked<T: Clone>(a: &[T], rows: &[usize]) -> Vec<T> {
+    rows.iter().filter_map(|&i| a.get(i).cloned()).collect()
+}
+
+/// The SQL type of an array of keys of type `key_type`.
+fn key_array(key_type: KeyType) -> &'static str {
+    match key_type {
+        KeyType::Integer => "int8[]",
+        KeyType::Text => "text[]",
     }
 }
 
@@ -141,13 +151,6 @@ enum Keys {
 }
 
 impl Keys {
-    fn sql_type(&self) -> &'static str {
-        match self {
-            Keys::Int(_) => "int8[]",
-            Keys::Text(_) => "text[]",
-        }
-    }
-
     fn key(&self, i: usize) -> Option<Key> {
         match self {
             Keys::Int(k) => k.get(i).map(|&k| Key::Int(k)),
@@ -224,12 +227,11 @@ impl Batch {
                 (Keys::Int(k), Key::Int(i)) => k.push(i),
                 (Keys::Text(k), Key::Text(s)) => k.push(s),
                 (_, key) => {
-                    return Err(SinkError::Encode {
-                        table: layout.target.quoted(),
-                        column: layout.target_key.name.clone(),
-                        key: key.to_string(),
-                        message: "the key is not of the key column's type".into(),
-                    });
+                    return Err(encode_error(
+                        &layout.target_key,
+                        &key,
+                        "the key is not of the key column's type".into(),
+                    ));
                 }
             }
         }
@@ -243,8 +245,8 @@ impl Batch {
     /// The rows at `rows`, in their order.
     fn pick(&self, rows: &[usize]) -> Batch {
         let keys = match &self.keys {
-            Keys::Int(k) => Keys::Int(rows.iter().filter_map(|&i| k.get(i).copied()).collect()),
-            Keys::Text(k) => Keys::Text(rows.iter().filter_map(|&i| k.get(i).cloned()).collect()),
+            Keys::Int(k) => Keys::Int(picked(k, rows)),
+            Keys::Text(k) => Keys::Text(picked(k, rows)),
         };
         Batch {
             keys,
@@ -285,6 +287,9 @@ fn assign(c: &ColumnInfo, v: &str) -> String {
         _ => v.to_string(),
     }
 }
+
+/// The name of the unnested rows' ordinal in the fast statement.
+const ORDINAL: &str = "\"__refill_o\"";
 
 /// What the fast and the skip-locked statement share: the unnested
 /// arrays, the assignments and the guard's condition.
@@ -367,12 +372,7 @@ impl Parts {
             key_array: key_array.to_string(),
         }
     }
-}
 
-/// The name of the unnested rows' ordinal in the fast statement.
-const ORDINAL: &str = "\"__refill_o\"";
-
-impl Parts {
     /// The fast statement: updates the rows of the batch whose `xmax` is
     /// 0, which no transaction has locked, updated or deleted since they
     /// were written, so that the update takes their locks with no wait.
@@ -488,7 +488,7 @@ pub async fn write(
     };
     let batch = Batch::of(layout, updates, guard)?;
     let (types, guarded_types) = batch.types();
-    let key_array = batch.keys.sql_type();
+    let key_array = key_array(layout.key_type);
     let statements = Parts::of(layout, key_array, &types, &guarded_types, guard);
     let written: Option<Vec<i64>> = batch
         .bind_ref(sqlx::query(crate::source::built(statements.fast())))
@@ -551,10 +551,7 @@ pub async fn holders(
 ) -> Result<Vec<(Key, String)>, sqlx::Error> {
     let target = layout.target.quoted();
     let key = quote(&layout.target_key.name);
-    let key_array = match layout.key_type {
-        KeyType::Integer => "int8[]",
-        KeyType::Text => "text[]",
-    };
+    let key_array = key_array(layout.key_type);
     let sql = format!(
         "SELECT CAST(t.{key} AS TEXT), a.pid, a.state, a.usename, a.application_name, \
          left(a.query, 200), CAST(extract(epoch FROM now() - a.xact_start) AS float8) \
