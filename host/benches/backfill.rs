@@ -13,7 +13,8 @@
 //!   chunks, and with its defaults.
 //!
 //! Prints the ratios to the single statement, refill's stage profile per
-//! chunk, and refill's own CPU against the whole machine's.
+//! chunk, and, for every workload, the CPU the whole machine used and
+//! refill's own part of it.
 //!
 //! Then the same backfill planned for distributed workers (`run --execute
 //! --workers 0`, the state store on the source's url so each chunk's
@@ -30,7 +31,9 @@
 //! `REFILL_BENCH_PGBENCH_TPS` (300), `REFILL_BENCH_LOAD_ROUNDS` (3),
 //! `REFILL_BENCH_ONLY` (`load`: only the pgbench comparison, a few
 //! minutes; `speed`: only the speed table, as `make bench-large` runs it
-//! at 10,000,000 rows), `REFILL_BENCH_LOG` (refill's log filter,
+//! at 10,000,000 rows), `REFILL_BENCH_WORKLOADS` (the numbers of the speed
+//! table's workloads to run, such as `0,3,4`; all by default),
+//! `REFILL_BENCH_LOG` (refill's log filter,
 //! `refill=warn`) and `REFILL_BENCH_TRACE` (a file that collects the log
 //! of every `refill run`: with `REFILL_BENCH_LOG=refill=debug`, each
 //! chunk's times and each decision of the gentle limiter).
@@ -44,7 +47,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 
 mod common;
 
-use common::{CHUNK, MAP, Remap, case_sql, env_or, rate, refill_cmd, succeed};
+use common::{CHUNK, MAP, Measured, Remap, case_sql, env_or, rate, refill_cmd, succeed};
 
 const SCHEMA: &str = "refill_bench";
 
@@ -116,20 +119,17 @@ async fn verify(pool: &PgPool, what: &str) {
     assert_eq!(wrong, 0, "{what} left {wrong} rows wrong");
 }
 
-async fn single_statement(pool: &PgPool) -> Duration {
-    let started = Instant::now();
+async fn single_statement(pool: &PgPool) {
     exec(
         pool,
         &format!("UPDATE {SCHEMA}.quotes SET status_v2 = {}", case_sql()),
     )
     .await;
-    started.elapsed()
 }
 
 /// The script a careful engineer would write by hand, from `sessions`
 /// sessions at once, each on its own part of the keys (1..=`rows`).
-async fn batched_script(pool: &PgPool, rows: i64, sessions: i64) -> Duration {
-    let started = Instant::now();
+async fn batched_script(pool: &PgPool, rows: i64, sessions: i64) {
     let part = (rows + sessions - 1) / sessions;
     let parts: Vec<_> = (0..sessions)
         .map(|s| {
@@ -140,7 +140,6 @@ async fn batched_script(pool: &PgPool, rows: i64, sessions: i64) -> Duration {
     for part in parts {
         part.await.expect("a script session");
     }
-    started.elapsed()
 }
 
 /// One session of the script: keyset reads of the keys in `(lo, hi]`.
@@ -188,8 +187,7 @@ async fn script_part(pool: &PgPool, lo: i64, hi: i64) {
 /// The floor for chunked work: the single statement over key ranges of
 /// [`CHUNK`] rows, each its own transaction, taken in turn by `sessions`
 /// sessions. No row leaves the server.
-async fn server_side_chunks(pool: &PgPool, rows: i64, sessions: i64) -> Duration {
-    let started = Instant::now();
+async fn server_side_chunks(pool: &PgPool, rows: i64, sessions: i64) {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let update = format!(
         "UPDATE {SCHEMA}.quotes SET status_v2 = {} WHERE id > $1 AND id <= $2",
@@ -217,40 +215,6 @@ async fn server_side_chunks(pool: &PgPool, rows: i64, sessions: i64) -> Duration
     for session in sessions {
         session.await.expect("a session");
     }
-    started.elapsed()
-}
-
-/// Seconds of CPU used by this process's children that have ended, and by
-/// the whole machine, so far.
-#[expect(
-    unsafe_code,
-    reason = "getrusage is the only way to read the CPU of ended children"
-)]
-fn cpu_now() -> (f64, f64) {
-    // SAFETY: getrusage writes one plain struct it is given.
-    let children = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage);
-        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        secs(usage.ru_utime) + secs(usage.ru_stime)
-    };
-    // The first line of /proc/stat: user, nice, system, idle, iowait, irq,
-    // softirq, steal, in clock ticks (100 a second).
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let busy = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| ticks.get(i))
-        .sum::<f64>()
-        / 100.0;
-    (children, busy)
 }
 
 /// `refill run --execute` as a user would run it; returns the wall time and
@@ -694,47 +658,59 @@ async fn main() {
         "  … with adaptive chunks (chunk_time 500ms)",
         "refill, defaults (gentle)",
     ];
-    let mut best = [Duration::MAX; 9];
+    let run = common::chosen(workloads.len());
+    let mut best = [Measured::NONE; 9];
     let mut profile = (0.0, 0.0, 0.0, 0);
-    let mut cpu = (0.0, 0.0);
     for round in (1..=rounds).filter(|_| speed) {
-        let mut times = [Duration::ZERO; 9];
-        for (i, slot) in times.iter_mut().enumerate() {
+        let mut times = [Measured::NONE; 9];
+        for (i, slot) in times.iter_mut().enumerate().filter(|(i, _)| run[*i]) {
             fresh(&pool).await;
-            let (before, all_before) = cpu_now();
-            let took = match i {
-                0 => single_statement(&pool).await,
-                1 => server_side_chunks(&pool, rows, 2).await,
-                2 => batched_script(&pool, rows, 1).await,
-                3 => batched_script(&pool, rows, 2).await,
-                _ => {
-                    let (tuning, conditional) = match i {
-                        4 => (&FIXED, true),
-                        5 => (&FIXED_IN_TARGET, true),
-                        6 => (&FIXED, false),
-                        7 => (&ADAPTIVE, true),
-                        _ => (&DEFAULTS, true),
-                    };
-                    let (took, state, _dir) = refill(&url, &remap, conditional, tuning);
-                    if i == 4 && took < best[4] {
-                        profile = chunk_profile(&state).await;
-                        let (after, all_after) = cpu_now();
-                        cpu = (after - before, all_after - all_before);
+            let mut state = None;
+            let measured = common::measure(async {
+                match i {
+                    0 => single_statement(&pool).await,
+                    1 => server_side_chunks(&pool, rows, 2).await,
+                    2 => batched_script(&pool, rows, 1).await,
+                    3 => batched_script(&pool, rows, 2).await,
+                    _ => {
+                        let (tuning, conditional) = match i {
+                            4 => (&FIXED, true),
+                            5 => (&FIXED_IN_TARGET, true),
+                            6 => (&FIXED, false),
+                            7 => (&ADAPTIVE, true),
+                            _ => (&DEFAULTS, true),
+                        };
+                        state = Some(refill(&url, &remap, conditional, tuning));
                     }
-                    took
                 }
-            };
+            })
+            .await;
+            if i == 4
+                && measured.took < best[4].took
+                && let Some((_, path, _dir)) = &state
+            {
+                profile = chunk_profile(path).await;
+            }
             verify(&pool, workloads[i]).await;
-            *slot = took;
+            *slot = measured;
         }
         let line: Vec<String> = workloads
             .iter()
             .zip(&times)
-            .map(|(w, t)| format!("{} {:.2} s", w.trim_start_matches("  … "), t.as_secs_f64()))
+            .filter(|(_, t)| t.ran())
+            .map(|(w, t)| {
+                format!(
+                    "{} {:.2} s",
+                    w.trim_start_matches("  … "),
+                    t.took.as_secs_f64()
+                )
+            })
             .collect();
         println!("round {round}: {}", line.join("; "));
-        for (slot, d) in best.iter_mut().zip(times) {
-            *slot = (*slot).min(d);
+        for (slot, m) in best.iter_mut().zip(times) {
+            if m.took < slot.took {
+                *slot = m;
+            }
         }
     }
 
@@ -771,7 +747,12 @@ async fn main() {
         .parse()
         .expect("REFILL_BENCH_LOAD_ROUNDS is a number");
     let mut loaded = Vec::new();
-    if let Some(db) = pgbench_database(&pool, &url).await {
+    let load = only != "speed";
+    let pgbench = match load {
+        true => pgbench_database(&pool, &url).await,
+        false => None,
+    };
+    if let Some(db) = pgbench {
         let mut alone = Vec::new();
         let mut gentle = Vec::new();
         let mut flat = Vec::new();
@@ -832,42 +813,52 @@ async fn main() {
         println!(
             "refill bench: {rows} rows (key, jsonb and 5 more columns), PostgreSQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
         );
-        let named: Vec<(&str, Duration)> = workloads.iter().copied().zip(best).collect();
+        let named: Vec<(&str, Measured)> = workloads.iter().copied().zip(best).collect();
         common::print_against_single(rows, &named);
         if everything {
             println!(
-                "  {:<44} {:>9.2} {:>12}",
+                "     {:<41} {:>9.2} {:>12}",
                 "remap transform alone (1 thread, batches of 1000)",
                 alone.as_secs_f64(),
                 rate(rows, alone)
             );
         }
-        let ratio = |i: usize| best[i].as_secs_f64() / best[0].as_secs_f64();
+        // A ratio of two workloads' times, where both ran.
+        let ratio = |a: usize, b: usize| {
+            (best[a].ran() && best[b].ran()).then(|| {
+                format!(
+                    "{:.2}×",
+                    best[a].took.as_secs_f64() / best[b].took.as_secs_f64()
+                )
+            })
+        };
+        let or_dash = |r: Option<String>| r.unwrap_or_else(|| "-".into());
         println!(
-            "refill unlimited: {:.2}× the single statement with its state in SQLite, {:.2}× in the target (the aim: at most 1.2×); \
-             {:.2}× and {:.2}× the 2-session script (the aim: under 1); {:.2}× the 2-session floor",
-            ratio(4),
-            ratio(5),
-            best[4].as_secs_f64() / best[3].as_secs_f64(),
-            best[5].as_secs_f64() / best[3].as_secs_f64(),
-            best[4].as_secs_f64() / best[1].as_secs_f64(),
+            "refill unlimited: {} the single statement with its state in SQLite, {} in the target (the aim: at most 1.2×); \
+             {} and {} the 2-session script (the aim: under 1); {} and {} the 2-session floor",
+            or_dash(ratio(4, 0)),
+            or_dash(ratio(5, 0)),
+            or_dash(ratio(4, 3)),
+            or_dash(ratio(5, 3)),
+            or_dash(ratio(4, 1)),
+            or_dash(ratio(5, 1)),
         );
-        println!(
-            "conditional writes cost {:.0}% of refill's unconditional speed",
-            100.0 * (1.0 - best[6].as_secs_f64() / best[4].as_secs_f64())
-        );
+        if let Some(r) = ratio(6, 4) {
+            println!(
+                "without the guard ([target] conditional = false), refill takes {r} its guarded time"
+            );
+        }
         let (read, transform, write, chunks) = profile;
+        if chunks > 0 {
+            println!(
+                "refill per chunk (mean of {chunks}, state in SQLite): read {read:.1} ms, transform {transform:.1} ms, \
+                 write {write:.1} ms (before-images, the write, its commit); {} chunks in flight",
+                refill::spec::DEFAULT_CONCURRENCY
+            );
+        }
         println!(
-            "refill per chunk (mean of {chunks}, state in SQLite): read {read:.1} ms, transform {transform:.1} ms, \
-             write {write:.1} ms (before-images, the write, its commit); {} chunks in flight",
-            refill::spec::DEFAULT_CONCURRENCY
-        );
-        let (own, all) = cpu;
-        println!(
-            "CPU in that run: refill {own:.2} s, the rest of the machine (PostgreSQL's backends, mostly) {:.2} s, \
-             over {:.2} s of wall time on {cpus} CPUs",
-            (all - own).max(0.0),
-            best[4].as_secs_f64()
+            "machine CPU: all cores' busy time during the workload (PostgreSQL's backends, the bench and refill); \
+             refill CPU: refill's own processes; {cpus} CPUs"
         );
     }
     if everything {

@@ -10,14 +10,12 @@
 //! `mysql://root@127.0.0.1:3306/test`), `REFILL_BENCH_ROWS` (1000000),
 //! `REFILL_BENCH_ROUNDS` (2; the best round counts).
 
-use std::time::{Duration, Instant};
-
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{AssertSqlSafe, MySqlPool};
 
 mod common;
 
-use common::{CHUNK, Remap, case_sql, env_or, succeed};
+use common::{CHUNK, Measured, Remap, case_sql, env_or, succeed};
 
 const DATABASE: &str = "refill_bench";
 
@@ -92,19 +90,17 @@ async fn verify(pool: &MySqlPool, what: &str) {
     assert_eq!(wrong, 0, "{what} left {wrong} rows wrong");
 }
 
-async fn single_statement(pool: &MySqlPool) -> Duration {
-    let started = Instant::now();
+async fn single_statement(pool: &MySqlPool) {
     exec(
         pool,
         &format!("UPDATE {DATABASE}.quotes SET status_v2 = {}", case_sql()),
     )
     .await;
-    started.elapsed()
 }
 
 /// `refill run --execute` (this bench's build, `cargo bench` builds it
 /// with optimizations), one process, fixed chunks of [`CHUNK`] rows.
-fn refill(url: &str, remap: &Remap, conditional: bool) -> Duration {
+fn refill(url: &str, remap: &Remap, conditional: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = remap.spec(
         "bench",
@@ -116,16 +112,13 @@ fn refill(url: &str, remap: &Remap, conditional: bool) -> Duration {
     );
     let spec_path = dir.path().join("bench.toml");
     std::fs::write(&spec_path, spec).expect("write spec");
-    let started = Instant::now();
     let out = remap
         .refill()
         .args(["run", "--execute"])
         .arg(&spec_path)
         .output()
         .expect("run refill");
-    let elapsed = started.elapsed();
     succeed(out, "refill");
-    elapsed
 }
 
 #[tokio::main]
@@ -150,25 +143,34 @@ async fn main() {
     let remap = Remap::warm();
 
     // single statement, refill, refill without the guard
-    let mut best = [Duration::MAX; 3];
+    let mut best = [Measured::NONE; 3];
+    let run = common::chosen(best.len());
     for round in 1..=rounds {
-        fresh(&pool).await;
-        let single = single_statement(&pool).await;
-        verify(&pool, "the single statement").await;
-        fresh(&pool).await;
-        let ours = refill(&url, &remap, true);
-        verify(&pool, "refill").await;
-        fresh(&pool).await;
-        let unguarded = refill(&url, &remap, false);
-        verify(&pool, "refill without conditional writes").await;
+        let mut times = [Measured::NONE; 3];
+        for (i, slot) in times.iter_mut().enumerate().filter(|(i, _)| run[*i]) {
+            fresh(&pool).await;
+            *slot = match i {
+                0 => common::measure(single_statement(&pool)).await,
+                _ => common::measure(async { refill(&url, &remap, i == 1) }).await,
+            };
+            verify(
+                &pool,
+                [
+                    "the single statement",
+                    "refill",
+                    "refill without conditional writes",
+                ][i],
+            )
+            .await;
+        }
+        let [single, ours, unguarded] = times.map(|m| m.took.as_secs_f64());
         println!(
-            "round {round}: single UPDATE {:.2} s, refill {:.2} s, refill unconditional {:.2} s",
-            single.as_secs_f64(),
-            ours.as_secs_f64(),
-            unguarded.as_secs_f64(),
+            "round {round}: single UPDATE {single:.2} s, refill {ours:.2} s, refill unconditional {unguarded:.2} s"
         );
-        for (slot, d) in best.iter_mut().zip([single, ours, unguarded]) {
-            *slot = (*slot).min(d);
+        for (slot, m) in best.iter_mut().zip(times) {
+            if m.took < slot.took {
+                *slot = m;
+            }
         }
     }
     exec(&pool, &format!("DROP TABLE IF EXISTS {DATABASE}.quotes")).await;
@@ -186,8 +188,10 @@ async fn main() {
             ("  … with [target] conditional = false", best[2]),
         ],
     );
-    println!(
-        "refill unlimited: {:.2}× MariaDB's single statement (the aim: at most 1.2×)",
-        best[1].as_secs_f64() / best[0].as_secs_f64()
-    );
+    if best[0].ran() && best[1].ran() {
+        println!(
+            "refill unlimited: {:.2}× MariaDB's single statement (the aim: at most 1.2×)",
+            best[1].took.as_secs_f64() / best[0].took.as_secs_f64()
+        );
+    }
 }

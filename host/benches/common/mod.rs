@@ -139,20 +139,125 @@ pub fn rate(rows: i64, d: Duration) -> String {
     out
 }
 
-/// Prints workloads over `rows` rows as a table of seconds, rows/s and the
-/// ratio of each one's time to the first's (the single statement's).
-pub fn print_against_single(rows: i64, workloads: &[(&str, Duration)]) {
+/// One workload's best round: its wall time, the CPU the whole machine
+/// was busy for meanwhile, and how much of that was refill's own (its
+/// processes, when the workload ran refill).
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// Wall time.
+    pub took: Duration,
+    /// Seconds of CPU the machine was busy, all cores together.
+    pub cpu: f64,
+    /// Seconds of CPU of the `refill` processes the bench started.
+    pub own: Option<f64>,
+}
+
+impl Measured {
+    /// Not measured (yet): slower than any measurement.
+    pub const NONE: Measured = Measured {
+        took: Duration::MAX,
+        cpu: 0.0,
+        own: None,
+    };
+
+    /// Whether this was measured.
+    pub fn ran(&self) -> bool {
+        self.took != Duration::MAX
+    }
+}
+
+/// Seconds of CPU used so far by this process's children that have
+/// ended, and by the whole machine (all cores; steal counts as busy).
+#[expect(
+    unsafe_code,
+    reason = "getrusage is the only way to read the CPU of ended children"
+)]
+#[expect(clippy::cast_precision_loss, reason = "seconds, printed")]
+pub fn cpu_now() -> (f64, f64) {
+    // SAFETY: getrusage writes one plain struct it is given.
+    let children = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut usage);
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
+    // The first line of /proc/stat: user, nice, system, idle, iowait, irq,
+    // softirq, steal, in clock ticks (100 a second).
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<f64>()
+        / 100.0;
+    (children, busy)
+}
+
+/// Runs `work` and measures it: wall time, the machine's CPU, and the CPU
+/// of the processes it started and waited for.
+pub async fn measure<F: std::future::Future<Output = ()>>(work: F) -> Measured {
+    let (own_before, all_before) = cpu_now();
+    let started = std::time::Instant::now();
+    work.await;
+    let took = started.elapsed();
+    let (own_after, all_after) = cpu_now();
+    let own = own_after - own_before;
+    Measured {
+        took,
+        cpu: all_after - all_before,
+        own: (own > 0.0).then_some(own),
+    }
+}
+
+/// The workloads named in `REFILL_BENCH_WORKLOADS` (a comma-separated
+/// list of their numbers in the table, from 0), or all `n` of them.
+pub fn chosen(n: usize) -> Vec<bool> {
+    let list = env_or("REFILL_BENCH_WORKLOADS", "");
+    if list.trim().is_empty() {
+        return vec![true; n];
+    }
+    let picked: Vec<usize> = list
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("REFILL_BENCH_WORKLOADS lists workload numbers")
+        })
+        .collect();
+    (0..n).map(|i| picked.contains(&i)).collect()
+}
+
+/// Prints workloads over `rows` rows as a table of seconds, rows/s, the
+/// ratio of each one's time to the first's (the single statement's), and
+/// the CPU each used: the whole machine's, and refill's own.
+pub fn print_against_single(rows: i64, workloads: &[(&str, Measured)]) {
     println!(
-        "  {:<44} {:>9} {:>12} {:>18}",
-        "workload", "seconds", "rows/s", "vs single UPDATE"
+        "  {:<44} {:>9} {:>12} {:>18} {:>11} {:>11}",
+        "workload", "seconds", "rows/s", "vs single UPDATE", "machine CPU", "refill CPU"
     );
-    let single = workloads.first().map_or(1.0, |w| w.1.as_secs_f64());
-    for (name, d) in workloads {
+    let single = workloads
+        .first()
+        .filter(|w| w.1.ran())
+        .map(|w| w.1.took.as_secs_f64());
+    for (i, (name, m)) in workloads.iter().enumerate() {
+        if !m.ran() {
+            println!("  {i:>2} {name:<41} {:>9}", "-");
+            continue;
+        }
+        let ratio = single.map_or("-".into(), |s| format!("{:.2}", m.took.as_secs_f64() / s));
+        let own = m.own.map_or("-".into(), |o| format!("{o:.2} s"));
         println!(
-            "  {name:<44} {:>9.2} {:>12} {:>18.2}",
-            d.as_secs_f64(),
-            rate(rows, *d),
-            d.as_secs_f64() / single
+            "  {i:>2} {name:<41} {:>9.2} {:>12} {ratio:>18} {:>9.2} s {own:>11}",
+            m.took.as_secs_f64(),
+            rate(rows, m.took),
+            m.cpu,
         );
     }
 }
