@@ -1520,12 +1520,6 @@ mod tests {
 
     #[test]
     fn budgets_are_per_batch() {
-        // Each batch fits the budget on its own; together they would not.
-        let limits = Limits {
-            fuel_per_row: 25_000_000,
-            ..Limits::default()
-        };
-        let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
         let params = [
             Param {
                 name: "mode".into(),
@@ -1536,12 +1530,33 @@ mod tests {
                 value: "1000000".into(),
             },
         ];
+        // What a batch of two rows costs, whatever the guest's code
+        // generation made of its loop.
+        let ample = Limits {
+            fuel_per_row: 1_000_000_000,
+            ..Limits::default()
+        };
+        let unbounded = Runner::load(&plugin("evil"), None, ample).expect("evil loads");
+        let cost = unbounded
+            .instance(&setup(&params))
+            .expect("configured")
+            .transform(&rows(2))
+            .expect("a batch within an ample budget")
+            .fuel_used;
+        // Each batch fits the budget on its own (1.2 × its cost); together
+        // they would not, nor would one batch in one row's budget.
+        let limits = Limits {
+            fuel_per_row: cost * 3 / 5,
+            ..Limits::default()
+        };
+        let runner = Runner::load(&plugin("evil"), None, limits).expect("evil loads");
         let mut instance = runner.instance(&setup(&params)).expect("configured");
         let first = instance.transform(&rows(2)).expect("first batch fits");
         assert!(
-            first.fuel_used > 25_000_000,
-            "a batch used {} fuel",
-            first.fuel_used
+            first.fuel_used > limits.fuel_per_row,
+            "a batch used {} fuel, within one row's {}",
+            first.fuel_used,
+            limits.fuel_per_row
         );
         let second = instance
             .transform(&rows(2))
