@@ -277,7 +277,7 @@ pub trait Driver: Sized + Send + Sync + 'static {
         pool: &Self::Pool,
         timeouts: &Timeouts,
         layout: &Layout,
-        updates: Vec<Update>,
+        updates: &[Update],
         guard: Guard,
     ) -> impl Future<Output = Result<(Vec<Key>, Vec<Key>), SinkError>> + Send;
 

@@ -254,11 +254,7 @@ fn isolate<'a>(
                 let t = db.timeouts();
                 match db.writes() {
                     true => on_backend!(db.pools(), |B, pool| B::write(
-                        pool,
-                        t,
-                        layout,
-                        updates.to_vec(),
-                        guard
+                        pool, t, layout, updates, guard
                     )
                     .await),
                     false => Err(SinkError::ReadOnly {
@@ -328,6 +324,16 @@ pub async fn holders(db: &Database, layout: &Layout, keys: &[Key]) -> Vec<(Key, 
         tracing::debug!(error = %crate::db::describe(&error), "Could not name who holds locked rows.");
         Vec::new()
     })
+}
+
+/// Whether the target stores a value of some output column in another
+/// form than the one sent (see [`stored_form`]); when it does not, the
+/// computed values are what a row will hold.
+pub fn reshapes(db: &Database, layout: &Layout) -> bool {
+    on_backend!(db.pools(), |B, _pool| layout
+        .outputs
+        .iter()
+        .any(B::reshapes))
 }
 
 /// Replaces computed output values with the form the target will store

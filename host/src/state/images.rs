@@ -23,7 +23,30 @@ pub struct Image {
     pub after: Vec<Value>,
 }
 
-fn encode(images: &[Image]) -> String {
+/// One row's values before and after a run wrote it, borrowed from the
+/// chunk being written: what [`StateStore::save_images`] records.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageRef<'a> {
+    /// The row's key.
+    pub key: &'a Key,
+    /// The target columns' values before the write.
+    pub before: &'a [Value],
+    /// The values written.
+    pub after: &'a [Value],
+}
+
+impl Image {
+    /// The image, borrowed.
+    pub fn as_ref(&self) -> ImageRef<'_> {
+        ImageRef {
+            key: &self.key,
+            before: &self.before,
+            after: &self.after,
+        }
+    }
+}
+
+fn encode(images: &[ImageRef<'_>]) -> String {
     let mut out = String::with_capacity(images.len() * 48);
     let values = |out: &mut String, values: &[Value]| {
         out.push('[');
@@ -41,11 +64,11 @@ fn encode(images: &[Image]) -> String {
             out.push(',');
         }
         out.push('[');
-        out.push_str(&serde_json::to_string(&image.key).unwrap_or_default());
+        out.push_str(&serde_json::to_string(image.key).unwrap_or_default());
         out.push(',');
-        values(&mut out, &image.before);
+        values(&mut out, image.before);
         out.push(',');
-        values(&mut out, &image.after);
+        values(&mut out, image.after);
         out.push(']');
     }
     out.push(']');
@@ -80,7 +103,7 @@ impl StateStore {
         &self,
         run_id: &str,
         chunk_id: u64,
-        images: &[Image],
+        images: &[ImageRef<'_>],
     ) -> Result<(), StateError> {
         if images.is_empty() {
             return Ok(());
@@ -202,12 +225,13 @@ mod tests {
                 after: vec![Value::Float(1.0)],
             },
         ];
-        let back = decode(&encode(&images), KeyType::Integer).expect("decodes");
+        let refs: Vec<ImageRef> = images.iter().map(Image::as_ref).collect();
+        let back = decode(&encode(&refs), KeyType::Integer).expect("decodes");
         assert_eq!(back.len(), 2);
         assert_eq!(back[0], images[0]);
         assert!(matches!(back[1].before[0], Value::Float(f) if f.is_nan()));
         assert!(
-            decode(&encode(&images), KeyType::Text).is_none(),
+            decode(&encode(&refs), KeyType::Text).is_none(),
             "key types are checked"
         );
     }

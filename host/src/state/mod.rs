@@ -33,7 +33,7 @@ pub use audit::{
 pub use control::{Control, ControlAction};
 pub use dead::{DeadLetter, DeadLetterGroup, FailureKind, Resolution};
 pub use deferred::Deferred;
-pub use images::Image;
+pub use images::{Image, ImageRef};
 pub use lease::{Claim, Lease, Workers};
 
 use crate::backend::{AtomicDb, AtomicTx, Sql, Store, store_sql};

@@ -150,7 +150,7 @@ impl Driver for Mysql {
         pool: &sqlx::MySqlPool,
         _timeouts: &Timeouts,
         layout: &Layout,
-        updates: Vec<Update>,
+        updates: &[Update],
         guard: Guard,
     ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
         write::write(pool, layout, updates, guard).await

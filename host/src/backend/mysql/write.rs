@@ -141,7 +141,7 @@ const STATEMENT_BYTES: u64 = 4 << 20;
 
 /// `updates` cut into statements of at most `per_statement` rows and,
 /// past the first row of each, [`STATEMENT_BYTES`] of values.
-fn statements(updates: &[Update], per_statement: usize) -> Vec<&[Update]> {
+fn statements<'a, 'u>(updates: &'a [&'u Update], per_statement: usize) -> Vec<&'a [&'u Update]> {
     let size = |u: &Update| -> u64 {
         u.values
             .iter()
@@ -178,13 +178,13 @@ fn bind_rows<'q>(
     mut query: Query<'q>,
     layout: &Layout,
     guard: Guard,
-    updates: &[Update],
+    updates: &[&Update],
 ) -> Result<Query<'q>, SinkError> {
     let guarded_columns = guarded(layout, guard);
     let encode_error = |column: &ColumnInfo, key: &Key, message: String| {
         SinkError::encode(layout, column, key, message)
     };
-    for update in updates {
+    for &update in updates {
         query = match &update.key {
             Key::Int(i) => query.bind(*i),
             Key::Text(s) => query.bind(s.clone()),
@@ -218,7 +218,7 @@ async fn select_keys(
     tx: &mut sqlx::MySqlConnection,
     layout: &Layout,
     guard: Guard,
-    updates: &[Update],
+    updates: &[&Update],
     skip: bool,
 ) -> Result<std::collections::HashSet<Key>, SinkError> {
     let write_error = |error| SinkError::Write {
@@ -253,7 +253,7 @@ async fn select_keys(
 pub async fn write(
     pool: &MySqlPool,
     layout: &Layout,
-    updates: Vec<Update>,
+    updates: &[Update],
     guard: Guard,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let mut conn = pool.acquire().await.map_err(|error| SinkError::Write {
@@ -276,10 +276,11 @@ pub async fn write(
 async fn write_on(
     conn: &mut sqlx::MySqlConnection,
     layout: &Layout,
-    updates: Vec<Update>,
+    updates: &[Update],
     guard: Guard,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     use sqlx::Connection as _;
+    let updates: Vec<&Update> = updates.iter().collect();
     let n = updates.len();
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -289,7 +290,7 @@ async fn write_on(
     let per_statement = rows_per_statement(layout, guard);
     let mut tx = conn.begin().await.map_err(write_error)?;
     let locked = select_keys(&mut tx, layout, Guard::None, &updates, true).await?;
-    let (mine, others): (Vec<Update>, Vec<Update>) =
+    let (mine, others): (Vec<&Update>, Vec<&Update>) =
         updates.into_iter().partition(|u| locked.contains(&u.key));
     // Rows not locked are held by someone else, or gone: a plain read
     // (which takes no lock) tells which.
@@ -299,7 +300,7 @@ async fn write_on(
         let present = select_present(&mut tx, layout, &others).await?;
         others
             .into_iter()
-            .map(|u| u.key)
+            .map(|u| u.key.clone())
             .filter(|k| present.contains(k))
             .collect()
     };
@@ -312,7 +313,7 @@ async fn write_on(
     }
     if matched == mine.len() as u64 {
         tx.commit().await.map_err(write_error)?;
-        return Ok((mine.into_iter().map(|u| u.key).collect(), busy));
+        return Ok((mine.into_iter().map(|u| u.key.clone()).collect(), busy));
     }
     tx.rollback().await.map_err(write_error)?;
 
@@ -320,7 +321,7 @@ async fn write_on(
     // find those the guard lets through, then write exactly those.
     let mut tx = conn.begin().await.map_err(write_error)?;
     let through = select_keys(&mut tx, layout, guard, &mine, true).await?;
-    let written: Vec<Update> = mine
+    let written: Vec<&Update> = mine
         .into_iter()
         .filter(|u| through.contains(&u.key))
         .collect();
@@ -330,14 +331,14 @@ async fn write_on(
         query.execute(&mut *tx).await.map_err(write_error)?;
     }
     tx.commit().await.map_err(write_error)?;
-    Ok((written.into_iter().map(|u| u.key).collect(), busy))
+    Ok((written.into_iter().map(|u| u.key.clone()).collect(), busy))
 }
 
 /// The keys of `updates` whose target rows exist, read without locking.
 async fn select_present(
     tx: &mut sqlx::MySqlConnection,
     layout: &Layout,
-    updates: &[Update],
+    updates: &[&Update],
 ) -> Result<std::collections::HashSet<Key>, SinkError> {
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -482,6 +483,7 @@ mod tests {
             expected: vec![],
         };
         let small: Vec<Update> = (0..10).map(|_| update(10)).collect();
+        let small: Vec<&Update> = small.iter().collect();
         let sizes: Vec<usize> = statements(&small, 4).iter().map(|s| s.len()).collect();
         assert_eq!(sizes, [4, 4, 2]);
         // 3 MiB rows: one per statement; a 9 MiB row alone.
@@ -491,6 +493,7 @@ mod tests {
             update(9 << 20),
             update(10),
         ];
+        let big: Vec<&Update> = big.iter().collect();
         let sizes: Vec<usize> = statements(&big, 100).iter().map(|s| s.len()).collect();
         assert_eq!(sizes, [1, 1, 1, 1]);
         assert!(statements(&[], 10).is_empty());

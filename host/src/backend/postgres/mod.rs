@@ -124,7 +124,7 @@ impl Driver for Postgres {
         pool: &sqlx::PgPool,
         timeouts: &Timeouts,
         layout: &Layout,
-        updates: Vec<Update>,
+        updates: &[Update],
         guard: Guard,
     ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
         write::write_bounded(pool, timeouts, layout, updates, guard).await

@@ -31,18 +31,19 @@ use crate::sink::{
 use crate::source::{ColumnInfo, Layout, Timeouts, quote};
 use crate::value::{self, ColumnKind, Value};
 
-/// One column of the batch, as a typed array.
-enum Array {
+/// One column of the batch, as a typed array; text and bytes are borrowed
+/// from the chunk's updates, never copied before they are sent.
+enum Array<'a> {
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     Bool(Vec<Option<bool>>),
-    Bytes(Vec<Option<Vec<u8>>>),
-    Text(Vec<Option<String>>),
+    Bytes(Vec<Option<&'a [u8]>>),
+    Text(Vec<Option<&'a str>>),
     Time(Vec<Option<DateTime<Utc>>>),
 }
 
-impl Array {
-    fn for_kind(kind: &ColumnKind, n: usize) -> Array {
+impl<'a> Array<'a> {
+    fn for_kind(kind: &ColumnKind, n: usize) -> Array<'a> {
         match kind {
             ColumnKind::Integer => Array::Int(Vec::with_capacity(n)),
             ColumnKind::Float => Array::Float(Vec::with_capacity(n)),
@@ -68,7 +69,7 @@ impl Array {
 
     /// Appends `value`, which the pipeline already coerced to this column's
     /// kind; a mismatch is reported, never written.
-    fn push(&mut self, value: Value) -> Result<(), String> {
+    fn push(&mut self, value: &'a Value) -> Result<(), String> {
         match (self, value) {
             (Array::Int(a), Value::Null) => a.push(None),
             (Array::Float(a), Value::Null) => a.push(None),
@@ -76,30 +77,17 @@ impl Array {
             (Array::Bytes(a), Value::Null) => a.push(None),
             (Array::Text(a), Value::Null) => a.push(None),
             (Array::Time(a), Value::Null) => a.push(None),
-            (Array::Int(a), Value::Integer(i)) => a.push(Some(i)),
-            (Array::Float(a), Value::Float(f)) => a.push(Some(f)),
-            (Array::Bool(a), Value::Boolean(b)) => a.push(Some(b)),
+            (Array::Int(a), Value::Integer(i)) => a.push(Some(*i)),
+            (Array::Float(a), Value::Float(f)) => a.push(Some(*f)),
+            (Array::Bool(a), Value::Boolean(b)) => a.push(Some(*b)),
             (Array::Bytes(a), Value::Bytes(b)) => a.push(Some(b)),
             (Array::Text(a), Value::Text(s) | Value::Json(s)) => a.push(Some(s)),
             (Array::Time(a), Value::Timestamp(t)) => {
-                a.push(Some(
-                    value::to_datetime(&t).ok_or("timestamp out of range")?,
-                ));
+                a.push(Some(value::to_datetime(t).ok_or("timestamp out of range")?));
             }
-            (_, v) => return Err(format!("unexpected {} value", value::type_name(&v))),
+            (_, v) => return Err(format!("unexpected {} value", value::type_name(v))),
         }
         Ok(())
-    }
-
-    fn bind<'q>(self, q: Query<'q>) -> Query<'q> {
-        match self {
-            Array::Int(a) => q.bind(a),
-            Array::Float(a) => q.bind(a),
-            Array::Bool(a) => q.bind(a),
-            Array::Bytes(a) => q.bind(a),
-            Array::Text(a) => q.bind(a),
-            Array::Time(a) => q.bind(a),
-        }
     }
 
     /// Binds the array without giving it up: a chunk's arrays are sent to
@@ -116,7 +104,7 @@ impl Array {
     }
 
     /// The elements at `rows`, in their order.
-    fn pick(&self, rows: &[usize]) -> Array {
+    fn pick(&self, rows: &[usize]) -> Array<'a> {
         match self {
             Array::Int(a) => Array::Int(picked(a, rows)),
             Array::Float(a) => Array::Float(picked(a, rows)),
@@ -145,23 +133,23 @@ fn key_array(key_type: KeyType) -> &'static str {
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// A chunk's keys, as the array they are sent in.
-enum Keys {
+enum Keys<'a> {
     Int(Vec<i64>),
-    Text(Vec<String>),
+    Text(Vec<&'a str>),
 }
 
-impl Keys {
+impl Keys<'_> {
     fn key(&self, i: usize) -> Option<Key> {
         match self {
             Keys::Int(k) => k.get(i).map(|&k| Key::Int(k)),
-            Keys::Text(k) => k.get(i).map(|k| Key::Text(k.clone())),
+            Keys::Text(k) => k.get(i).map(|k| Key::Text((*k).to_string())),
         }
     }
 
-    fn into_keys(self) -> Vec<Key> {
+    fn to_keys(&self) -> Vec<Key> {
         match self {
-            Keys::Int(k) => k.into_iter().map(Key::Int).collect(),
-            Keys::Text(k) => k.into_iter().map(Key::Text).collect(),
+            Keys::Int(k) => k.iter().map(|&k| Key::Int(k)).collect(),
+            Keys::Text(k) => k.iter().map(|k| Key::Text((*k).to_string())).collect(),
         }
     }
 }
@@ -169,16 +157,16 @@ impl Keys {
 /// A chunk's updates as typed arrays: the keys, one array per output
 /// column, and (when guarded) one per guarded column with the value it
 /// should still hold.
-struct Batch {
-    keys: Keys,
-    values: Vec<Array>,
-    expected: Vec<Array>,
+struct Batch<'a> {
+    keys: Keys<'a>,
+    values: Vec<Array<'a>>,
+    expected: Vec<Array<'a>>,
 }
 
-impl Batch {
+impl<'a> Batch<'a> {
     /// Takes `updates` apart into arrays; a value that does not fit its
     /// column's kind is reported with its key, never written.
-    fn of(layout: &Layout, updates: Vec<Update>, guard: Guard) -> Result<Batch, SinkError> {
+    fn of(layout: &Layout, updates: &'a [Update], guard: Guard) -> Result<Batch<'a>, SinkError> {
         let n = updates.len();
         let mut keys = match layout.key_type {
             KeyType::Integer => Keys::Int(Vec::with_capacity(n)),
@@ -199,7 +187,7 @@ impl Batch {
         };
         for update in updates {
             for ((array, value), column) in
-                values.iter_mut().zip(update.values).zip(&layout.outputs)
+                values.iter_mut().zip(&update.values).zip(&layout.outputs)
             {
                 array
                     .push(value)
@@ -215,7 +203,7 @@ impl Batch {
                 }
                 for ((array, value), column) in expected
                     .iter_mut()
-                    .zip(update.expected)
+                    .zip(&update.expected)
                     .zip(guarded_columns)
                 {
                     array
@@ -223,13 +211,13 @@ impl Batch {
                         .map_err(|m| encode_error(column, &update.key, m))?;
                 }
             }
-            match (&mut keys, update.key) {
-                (Keys::Int(k), Key::Int(i)) => k.push(i),
+            match (&mut keys, &update.key) {
+                (Keys::Int(k), Key::Int(i)) => k.push(*i),
                 (Keys::Text(k), Key::Text(s)) => k.push(s),
                 (_, key) => {
                     return Err(encode_error(
                         &layout.target_key,
-                        &key,
+                        key,
                         "the key is not of the key column's type".into(),
                     ));
                 }
@@ -243,7 +231,7 @@ impl Batch {
     }
 
     /// The rows at `rows`, in their order.
-    fn pick(&self, rows: &[usize]) -> Batch {
+    fn pick(&self, rows: &[usize]) -> Batch<'a> {
         let keys = match &self.keys {
             Keys::Int(k) => Keys::Int(picked(k, rows)),
             Keys::Text(k) => Keys::Text(picked(k, rows)),
@@ -443,7 +431,7 @@ pub async fn write_bounded(
     pool: &PgPool,
     timeouts: &Timeouts,
     layout: &Layout,
-    updates: Vec<Update>,
+    updates: &[Update],
     guard: Guard,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let n = updates.len();
@@ -477,7 +465,7 @@ pub async fn write_bounded(
 pub async fn write(
     conn: &mut sqlx::PgConnection,
     layout: &Layout,
-    updates: Vec<Update>,
+    updates: &[Update],
     guard: Guard,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     let n = updates.len();
@@ -497,7 +485,7 @@ pub async fn write(
         .and_then(|row| row.try_get(0))
         .map_err(failed)?;
     let Some(ordinals) = written else {
-        return Ok((batch.keys.into_keys(), Vec::new()));
+        return Ok((batch.keys.to_keys(), Vec::new()));
     };
     let mut done = vec![false; n];
     for o in ordinals {
@@ -705,21 +693,24 @@ pub async fn stored_form(
         key: format!("(row {} of the batch)", row + 1),
         message,
     };
+    let null = Value::Null;
     let mut arrays: Vec<Array> = columns
         .iter()
         .map(|c| Array::for_kind(&c.kind, rows.len()))
         .collect();
     for (r, row) in rows.iter().enumerate() {
         for ((array, &i), column) in arrays.iter_mut().zip(&reshaped).zip(&columns) {
-            let value = row.get(i).cloned().unwrap_or(Value::Null);
+            let value = row.get(i).unwrap_or(&null);
             array.push(value).map_err(|m| encode_error(column, r, m))?;
         }
     }
     let types: Vec<&str> = arrays.iter().map(Array::sql_type).collect();
-    let mut query = sqlx::query(crate::source::built(stored_form_sql(&columns, &types)));
-    for array in arrays {
-        query = array.bind(query);
-    }
+    let sql = stored_form_sql(&columns, &types);
+    let query = arrays
+        .iter()
+        .fold(sqlx::query(crate::source::built(sql)), |q, array| {
+            array.bind_ref(q)
+        });
     let failed = |error| SinkError::Write {
         table: layout.target.quoted(),
         rows: rows.len(),
@@ -780,9 +771,7 @@ pub(crate) async fn in_savepoint(
         error,
     };
     let mut savepoint = sqlx::Connection::begin(&mut *tx).await.map_err(failed)?;
-    match crate::backend::postgres::write::write(&mut savepoint, layout, updates.to_vec(), guard)
-        .await
-    {
+    match crate::backend::postgres::write::write(&mut savepoint, layout, updates, guard).await {
         Ok(keys) => {
             savepoint.commit().await.map_err(failed)?;
             Ok(keys)
@@ -953,7 +942,7 @@ mod tests {
             &pool,
             &timeouts,
             &layout,
-            (1..=7).map(update).collect(),
+            &(1..=7).map(update).collect::<Vec<_>>(),
             Guard::Inputs,
         )
         .await
@@ -966,10 +955,9 @@ mod tests {
         );
         assert_eq!(busy, [Key::Int(2)]);
         // A batch of only the held row: the fast statement writes nothing.
-        let (written, busy) =
-            write_bounded(&pool, &timeouts, &layout, vec![update(2)], Guard::Inputs)
-                .await
-                .expect("write row 2 alone");
+        let (written, busy) = write_bounded(&pool, &timeouts, &layout, &[update(2)], Guard::Inputs)
+            .await
+            .expect("write row 2 alone");
         assert_eq!((written, busy), (vec![], vec![Key::Int(2)]));
         sqlx::raw_sql("ROLLBACK")
             .execute(&mut holder)
@@ -996,10 +984,9 @@ mod tests {
 
         // A chunk no transaction touched is written whole by the fast
         // statement, which then sends back no ordinals at all.
-        let (written, busy) =
-            write_bounded(&pool, &timeouts, &layout, vec![update(8)], Guard::None)
-                .await
-                .expect("write row 8");
+        let (written, busy) = write_bounded(&pool, &timeouts, &layout, &[update(8)], Guard::None)
+            .await
+            .expect("write row 8");
         assert_eq!((written, busy), (vec![Key::Int(8)], vec![]));
     }
 }

@@ -128,7 +128,7 @@ impl Driver for Sqlite {
         pool: &Pools,
         _timeouts: &Timeouts,
         layout: &Layout,
-        updates: Vec<Update>,
+        updates: &[Update],
         guard: Guard,
     ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
         let Some(writer) = &pool.write else {

@@ -12,16 +12,16 @@ use crate::value::{self, Value};
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
-fn bind(query: Query<'_>, value: Value) -> Result<Query<'_>, String> {
+fn bind<'q>(query: Query<'q>, value: &'q Value) -> Result<Query<'q>, String> {
     Ok(match value {
         Value::Null => query.bind(Option::<i64>::None),
-        Value::Boolean(b) => query.bind(b),
-        Value::Integer(i) => query.bind(i),
-        Value::Float(f) => query.bind(f),
-        Value::Text(s) | Value::Json(s) => query.bind(s),
-        Value::Bytes(b) => query.bind(b),
+        Value::Boolean(b) => query.bind(*b),
+        Value::Integer(i) => query.bind(*i),
+        Value::Float(f) => query.bind(*f),
+        Value::Text(s) | Value::Json(s) => query.bind(s.as_str()),
+        Value::Bytes(b) => query.bind(b.as_slice()),
         Value::Timestamp(t) => {
-            query.bind(value::timestamp_text(&t).ok_or("timestamp out of range")?)
+            query.bind(value::timestamp_text(t).ok_or("timestamp out of range")?)
         }
     })
 }
@@ -71,7 +71,7 @@ pub fn update_sql(layout: &Layout, rows: usize, guard: Guard) -> String {
 pub async fn write(
     pool: &SqlitePool,
     layout: &Layout,
-    updates: Vec<Update>,
+    updates: &[Update],
     guard: Guard,
 ) -> Result<Vec<Key>, SinkError> {
     let n = updates.len();
@@ -82,26 +82,19 @@ pub async fn write(
     };
     let mut tx = pool.begin().await.map_err(write_error)?;
     let mut written = Vec::with_capacity(n);
-    let mut updates = updates.into_iter().peekable();
-    while updates.peek().is_some() {
-        let batch: Vec<Update> = updates.by_ref().take(ROWS_PER_STATEMENT).collect();
+    for batch in updates.chunks(ROWS_PER_STATEMENT) {
         let mut query = sqlx::query(crate::source::built(update_sql(layout, batch.len(), guard)));
         for update in batch {
-            let key_text = update.key.to_string();
-            query = match update.key {
-                Key::Int(i) => query.bind(i),
-                Key::Text(s) => query.bind(s),
+            query = match &update.key {
+                Key::Int(i) => query.bind(*i),
+                Key::Text(s) => query.bind(s.as_str()),
             };
             if guard != Guard::None {
-                query = query.bind(update.token);
+                query = query.bind(update.token.as_deref());
             }
-            for (value, column) in update.values.into_iter().zip(&layout.outputs) {
-                query = bind(query, value).map_err(|message| SinkError::Encode {
-                    table: layout.target.quoted(),
-                    column: column.name.clone(),
-                    key: key_text.clone(),
-                    message,
-                })?;
+            for (value, column) in update.values.iter().zip(&layout.outputs) {
+                query = bind(query, value)
+                    .map_err(|message| SinkError::encode(layout, column, &update.key, message))?;
             }
         }
         for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {

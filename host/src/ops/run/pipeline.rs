@@ -26,7 +26,7 @@ use crate::sink::{self, Guard, Update, Written};
 use crate::source::{ChunkRows, Database, Layout};
 use crate::spec::ErrorsSpec;
 use crate::state::{
-    Claim, Counts, DeadLetter, Deferred, FailureKind, Image, Lease, Resolution, RunStatus,
+    Claim, Counts, DeadLetter, Deferred, FailureKind, ImageRef, Lease, Resolution, RunStatus,
     StateStore, Timings, Workers,
 };
 use crate::throttle::{Stop, Throttle};
@@ -1323,25 +1323,31 @@ async fn assess(
             }
         })
         .collect();
-    let computed: Vec<Vec<Value>> = checked
-        .iter()
-        .filter_map(|c| match c {
-            Checked::Values(v) => Some(v.clone()),
-            _ => None,
-        })
-        .collect();
     let retries = AtomicU64::new(0);
-    let stored = backoff::retry(
-        &ctx.policy,
-        "checking how values are stored",
-        &retries,
-        || sink::stored_form(&ctx.db, &ctx.layout, &computed),
-    )
-    .await
-    .map_err(|source| RunError::Write {
-        chunk: chunk.to_string(),
-        source,
-    })?;
+    // Only a target that stores some values in another form than the one
+    // sent needs the computed values asked about.
+    let stored = if sink::reshapes(&ctx.db, &ctx.layout) {
+        let computed: Vec<Vec<Value>> = checked
+            .iter()
+            .filter_map(|c| match c {
+                Checked::Values(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        backoff::retry(
+            &ctx.policy,
+            "checking how values are stored",
+            &retries,
+            || sink::stored_form(&ctx.db, &ctx.layout, &computed),
+        )
+        .await
+        .map_err(|source| RunError::Write {
+            chunk: chunk.to_string(),
+            source,
+        })?
+    } else {
+        None
+    };
     if let Some(stored) = stored {
         let slots = checked.iter_mut().filter_map(|c| match c {
             Checked::Values(v) => Some(v),
@@ -1874,7 +1880,10 @@ async fn write_atomically(
     timings: Timings,
     lease: Option<&Lease>,
 ) -> Result<(bool, Timings), RunError> {
+    // What a retried transaction starts again from; the first attempt
+    // takes the chunk's own.
     let original = evaluated.clone();
+    let mut first = Some(std::mem::take(evaluated));
     let checkpoint_error = |source| RunError::Checkpoint {
         chunk: chunk.to_string(),
         source,
@@ -1882,7 +1891,7 @@ async fn write_atomically(
     let mut retries = 0;
     loop {
         let started = Instant::now();
-        let mut current = original.clone();
+        let mut current = first.take().unwrap_or_else(|| original.clone());
         current.counts.retries += retries;
         let attempt = async {
             let t = ctx.db.timeouts();
@@ -2215,13 +2224,13 @@ async fn write_guarded(
             break;
         }
         let rows_now = if first { rows } else { &from };
-        let images: Vec<Image> = pending
+        let images: Vec<ImageRef> = pending
             .iter()
             .zip(&sources)
-            .map(|(u, &i)| Image {
-                key: u.key.clone(),
-                before: rows_now.current[i].clone().unwrap_or_default(),
-                after: u.values.clone(),
+            .map(|(u, &i)| ImageRef {
+                key: &u.key,
+                before: rows_now.current[i].as_deref().unwrap_or_default(),
+                after: &u.values,
             })
             .collect();
         backoff::retry(&ctx.policy, "recording before-images", &retries, || {
