@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn images_round_trip() {
-        let images = vec![
+        let images = [
             Image {
                 key: Key::Int(7),
                 before: vec![Value::Null],
