@@ -1,7 +1,8 @@
 //! What only MariaDB/MySQL has (`REFILL_TEST_MYSQL_URL`, default the local
 //! MariaDB): backticked names and a separate target, every column type
 //! round-tripped, values the server refuses, zero dates, `TINYINT(1)`
-//! booleans, ENUM keys, BIT and spatial columns, triggers that SIGNAL, a
+//! booleans, ENUM keys, BIT and spatial columns, a chunk whose values grow
+//! longer, triggers that SIGNAL, a
 //! concurrent writer, and the replica-lag signal on a server that is not a
 //! replica. The bodies every backend shares run here too, from `both!`.
 //! Each test has a database of its own, which also holds the state store.
@@ -165,6 +166,39 @@ fn values_the_server_refuses_fail_only_their_rows() {
         .filter(|&i| in_scope(i) && status_of(i, false) == Some("lost"))
         .count();
     assert_eq!(latest(&w)["totals"]["failed"], lost as u64);
+}
+
+/// A chunk's rows go in one statement even when a later row's new value
+/// is longer than the first's. (A derived table spelt `SELECT ? … UNION
+/// ALL VALUES (?), …` sizes its columns by the first row on MariaDB, so
+/// that every chunk was refused with "Data too long" and written by
+/// halves, down to single rows: correct, and 60 times slower.)
+#[test]
+fn a_chunk_whose_values_grow_is_written_whole_not_split() {
+    let w = World::new(Backend::Mysql, "my_widths");
+    // Row 1 becomes "closed_won", row 2 "closed_lost": one byte longer.
+    quotes(&w, 200, false);
+    w.write("spec.toml", &remap_spec(&w, 100, ""));
+    let ran = Ran::from(
+        w.refill()
+            .env("REFILL_LOG", "refill=info,refill::sink=debug")
+            .args(["run", "spec.toml", "--execute"])
+            .output()
+            .expect("run refill"),
+    );
+    ran.expect_code(0);
+    assert!(
+        !ran.stderr.contains("splitting it"),
+        "a chunk was split:\n{}",
+        ran.stderr
+    );
+    for (id, v2) in status_v2(&w) {
+        let expected = match in_scope(id) {
+            true => remapped(status_of(id, false)).expect("valid status"),
+            false => Some("untouched".to_string()),
+        };
+        assert_eq!(v2, expected, "row {id}");
+    }
 }
 
 #[test]

@@ -285,6 +285,12 @@ fn isolate<'a>(
                     written.rejected.push((update.key.clone(), reason));
                     return Ok(());
                 }
+                tracing::debug!(
+                    table = %layout.target.quoted(),
+                    rows = updates.len(),
+                    error = %crate::db::describe(&error),
+                    "Write refused; splitting it."
+                );
                 let (first, second) = updates.split_at(updates.len() / 2);
                 let into = match into {
                     Dest::Pool(db) => {

@@ -65,65 +65,25 @@ fn bind<'q>(query: Query<'q>, kind: &ColumnKind, value: Value) -> Result<Query<'
     })
 }
 
-/// How a statement spells its derived table of update rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Derived {
-    /// `SELECT ? AS k, … UNION ALL SELECT ?, … …`: any MySQL or MariaDB,
-    /// but each row is a query block of its own to parse and plan.
-    Union,
-    /// `SELECT ? AS k, … UNION ALL VALUES (?, …), …`: one table value
-    /// constructor for all rows but the first (MariaDB 10.3+; MySQL spells
-    /// it `VALUES ROW(…)`). 10,000 rows of the bench's chunk: a locking
-    /// select and the update took 0.45 s against the union's 0.63 s.
-    Values,
-}
-
-impl Derived {
-    /// The spelling `version` (the server's `VERSION()`) takes: a list of
-    /// values from MariaDB 10.3 on, the union anywhere else or when the
-    /// version does not parse.
-    pub fn of_version(version: &str) -> Derived {
-        let number = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok());
-        let mut parts = version.split(['.', '-']);
-        let (major, minor) = (number(parts.next()), number(parts.next()));
-        match (version.contains("MariaDB"), major, minor) {
-            (true, Some(major), Some(minor)) if (major, minor) >= (10, 3) => Derived::Values,
-            _ => Derived::Union,
-        }
-    }
-}
-
 /// The derived table of `rows` update rows: the key, one value per output
 /// column, then (with a guard) one expected value per guarded column.
-fn rows_sql(outputs: usize, guarded: usize, rows: usize, derived: Derived) -> String {
+fn rows_sql(outputs: usize, guarded: usize, rows: usize) -> String {
     let width = 1 + outputs + guarded;
     let mut names = vec![KEY_NAME.to_string()];
     names.extend((0..outputs).map(value_name));
     names.extend((0..guarded).map(expected_name));
     let first: Vec<String> = names.iter().map(|n| format!("? AS {n}")).collect();
     let mut sql = format!("SELECT {}", first.join(", "));
-    let placeholders = vec!["?"; width].join(", ");
-    match derived {
-        Derived::Union => {
-            let rest = format!(" UNION ALL SELECT {placeholders}");
-            for _ in 1..rows {
-                sql.push_str(&rest);
-            }
-        }
-        Derived::Values => {
-            let row = format!("({placeholders})");
-            for i in 1..rows {
-                sql.push_str(if i == 1 { " UNION ALL VALUES " } else { ", " });
-                sql.push_str(&row);
-            }
-        }
+    let rest = format!(" UNION ALL SELECT {}", vec!["?"; width].join(", "));
+    for _ in 1..rows {
+        sql.push_str(&rest);
     }
     sql
 }
 
 /// The join of the target `t` with the update rows `u`: the key, then the
 /// guard.
-fn join_sql(layout: &Layout, guard: Guard, rows: usize, derived: Derived) -> String {
+fn join_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
     let guarded = guarded(layout, guard).len();
     let target = DIALECT.table(&layout.target);
     let u_key = format!("u.{KEY_NAME}");
@@ -139,7 +99,7 @@ fn join_sql(layout: &Layout, guard: Guard, rows: usize, derived: Derived) -> Str
     let guard = guard_sql(layout, &DIALECT, guard, &target, &source_key, &expected);
     format!(
         "{target} JOIN ({}) AS u ON {target}.{} = {key_expr}{guard}",
-        rows_sql(layout.outputs.len(), guarded, rows, derived),
+        rows_sql(layout.outputs.len(), guarded, rows),
         quote(&layout.target_key.name),
     )
 }
@@ -147,7 +107,7 @@ fn join_sql(layout: &Layout, guard: Guard, rows: usize, derived: Derived) -> Str
 /// `UPDATE target JOIN (…) AS u ON … SET col = u.v0, …` for `rows` rows.
 /// No alias for the target: the spec's `where`, which the guard repeats,
 /// may name the table.
-pub fn update_sql(layout: &Layout, guard: Guard, rows: usize, derived: Derived) -> String {
+pub fn update_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
     let target = DIALECT.table(&layout.target);
     let sets: Vec<String> = layout
         .outputs
@@ -157,7 +117,7 @@ pub fn update_sql(layout: &Layout, guard: Guard, rows: usize, derived: Derived) 
         .collect();
     format!(
         "UPDATE {} SET {}",
-        join_sql(layout, guard, rows, derived),
+        join_sql(layout, guard, rows),
         sets.join(", ")
     )
 }
@@ -165,16 +125,10 @@ pub fn update_sql(layout: &Layout, guard: Guard, rows: usize, derived: Derived) 
 /// The keys, as sent, of the rows the update would write now, locking
 /// them; with `skip`, the rows another transaction holds are left out
 /// rather than waited for.
-pub fn select_sql(
-    layout: &Layout,
-    guard: Guard,
-    rows: usize,
-    skip: bool,
-    derived: Derived,
-) -> String {
+pub fn select_sql(layout: &Layout, guard: Guard, rows: usize, skip: bool) -> String {
     format!(
         "SELECT u.{KEY_NAME} FROM {} FOR UPDATE{}",
-        join_sql(layout, guard, rows, derived),
+        join_sql(layout, guard, rows),
         if skip { " SKIP LOCKED" } else { "" }
     )
 }
@@ -266,7 +220,6 @@ async fn select_keys(
     guard: Guard,
     updates: &[&Update],
     skip: bool,
-    derived: Derived,
 ) -> Result<std::collections::HashSet<Key>, SinkError> {
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -275,7 +228,7 @@ async fn select_keys(
     };
     let mut keys = std::collections::HashSet::new();
     for batch in updates.chunks(rows_per_statement(layout, guard)) {
-        let sql = select_sql(layout, guard, batch.len(), skip, derived);
+        let sql = select_sql(layout, guard, batch.len(), skip);
         let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
         for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
             keys.insert(match layout.key_type {
@@ -285,13 +238,6 @@ async fn select_keys(
         }
     }
     Ok(keys)
-}
-
-/// The server's `VERSION()`: which spelling of the update rows it takes.
-async fn server_version(conn: &mut sqlx::MySqlConnection) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT VERSION()")
-        .fetch_one(&mut *conn)
-        .await
 }
 
 /// Writes a chunk's updates; returns the keys of the rows written and of
@@ -315,23 +261,7 @@ pub async fn write(
         rows: updates.len(),
         error,
     })?;
-    let result = match server_version(&mut conn).await {
-        Ok(version) => {
-            write_on(
-                &mut conn,
-                layout,
-                updates,
-                guard,
-                Derived::of_version(&version),
-            )
-            .await
-        }
-        Err(error) => Err(SinkError::Write {
-            table: layout.target.quoted(),
-            rows: updates.len(),
-            error,
-        }),
-    };
+    let result = write_on(&mut conn, layout, updates, guard).await;
     if result.is_err() {
         // A failed write's transaction ends now, not when the connection
         // is next used: the split halves of a refused write must not find
@@ -348,7 +278,6 @@ async fn write_on(
     layout: &Layout,
     updates: &[Update],
     guard: Guard,
-    derived: Derived,
 ) -> Result<(Vec<Key>, Vec<Key>), SinkError> {
     use sqlx::Connection as _;
     let updates: Vec<&Update> = updates.iter().collect();
@@ -360,7 +289,7 @@ async fn write_on(
     };
     let per_statement = rows_per_statement(layout, guard);
     let mut tx = conn.begin().await.map_err(write_error)?;
-    let locked = select_keys(&mut tx, layout, Guard::None, &updates, true, derived).await?;
+    let locked = select_keys(&mut tx, layout, Guard::None, &updates, true).await?;
     let (mine, others): (Vec<&Update>, Vec<&Update>) =
         updates.into_iter().partition(|u| locked.contains(&u.key));
     // Rows not locked are held by someone else, or gone: a plain read
@@ -368,7 +297,7 @@ async fn write_on(
     let busy: Vec<Key> = if others.is_empty() {
         Vec::new()
     } else {
-        let present = select_present(&mut tx, layout, &others, derived).await?;
+        let present = select_present(&mut tx, layout, &others).await?;
         others
             .into_iter()
             .map(|u| u.key.clone())
@@ -377,7 +306,7 @@ async fn write_on(
     };
     let mut matched = 0;
     for batch in statements(&mine, per_statement) {
-        let sql = update_sql(layout, guard, batch.len(), derived);
+        let sql = update_sql(layout, guard, batch.len());
         let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
         let done = query.execute(&mut *tx).await.map_err(write_error)?;
         matched += done.rows_affected();
@@ -391,13 +320,13 @@ async fn write_on(
     // Some rows were changed or deleted meanwhile: lock the rows again,
     // find those the guard lets through, then write exactly those.
     let mut tx = conn.begin().await.map_err(write_error)?;
-    let through = select_keys(&mut tx, layout, guard, &mine, true, derived).await?;
+    let through = select_keys(&mut tx, layout, guard, &mine, true).await?;
     let written: Vec<&Update> = mine
         .into_iter()
         .filter(|u| through.contains(&u.key))
         .collect();
     for batch in statements(&written, per_statement) {
-        let sql = update_sql(layout, guard, batch.len(), derived);
+        let sql = update_sql(layout, guard, batch.len());
         let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
         query.execute(&mut *tx).await.map_err(write_error)?;
     }
@@ -410,7 +339,6 @@ async fn select_present(
     tx: &mut sqlx::MySqlConnection,
     layout: &Layout,
     updates: &[&Update],
-    derived: Derived,
 ) -> Result<std::collections::HashSet<Key>, SinkError> {
     let write_error = |error| SinkError::Write {
         table: layout.target.quoted(),
@@ -421,7 +349,7 @@ async fn select_present(
     for batch in updates.chunks(rows_per_statement(layout, Guard::None)) {
         let sql = format!(
             "SELECT u.{KEY_NAME} FROM {}",
-            join_sql(layout, Guard::None, batch.len(), derived)
+            join_sql(layout, Guard::None, batch.len())
         );
         let query = bind_rows(
             sqlx::query(crate::source::built(sql)),
@@ -509,12 +437,12 @@ mod tests {
     #[test]
     fn update_sql_joins_a_union_of_rows_on_the_key() {
         assert_eq!(
-            update_sql(&layout(), Guard::None, 2, Derived::Union),
+            update_sql(&layout(), Guard::None, 2),
             "UPDATE `app`.`quo``tes` JOIN (SELECT ? AS `__refill_k`, ? AS `__refill_v0` \
              UNION ALL SELECT ?, ?) AS u ON `app`.`quo``tes`.`id` = u.`__refill_k` \
              SET `app`.`quo``tes`.`status_v2` = u.`__refill_v0`"
         );
-        let sql = update_sql(&layout(), Guard::Inputs, 1, Derived::Union);
+        let sql = update_sql(&layout(), Guard::Inputs, 1);
         assert!(
             sql.contains(
                 "(SELECT ? AS `__refill_k`, ? AS `__refill_v0`, ? AS `__refill_e0`) AS u \
@@ -525,47 +453,18 @@ mod tests {
             "{sql}"
         );
         assert!(
-            select_sql(&layout(), Guard::Inputs, 1, false, Derived::Union)
+            select_sql(&layout(), Guard::Inputs, 1, false)
                 .starts_with("SELECT u.`__refill_k` FROM `app`.`quo``tes` JOIN (")
         );
-        assert!(
-            select_sql(&layout(), Guard::Inputs, 1, false, Derived::Union).ends_with(" FOR UPDATE")
-        );
-        assert!(
-            select_sql(&layout(), Guard::None, 1, true, Derived::Union)
-                .ends_with(" FOR UPDATE SKIP LOCKED")
-        );
-    }
-
-    #[test]
-    fn mariadb_takes_the_rows_after_the_first_as_one_values_list() {
-        assert_eq!(
-            update_sql(&layout(), Guard::None, 3, Derived::Values),
-            "UPDATE `app`.`quo``tes` JOIN (SELECT ? AS `__refill_k`, ? AS `__refill_v0` \
-             UNION ALL VALUES (?, ?), (?, ?)) AS u ON `app`.`quo``tes`.`id` = u.`__refill_k` \
-             SET `app`.`quo``tes`.`status_v2` = u.`__refill_v0`"
-        );
-        // One row: no list at all.
-        assert_eq!(
-            update_sql(&layout(), Guard::None, 1, Derived::Values),
-            update_sql(&layout(), Guard::None, 1, Derived::Union)
-        );
-        assert_eq!(
-            Derived::of_version("10.11.19-MariaDB-0+deb12u1"),
-            Derived::Values
-        );
-        // MySQL spells it otherwise (VALUES ROW(…)): it keeps the union.
-        assert_eq!(Derived::of_version("8.0.36"), Derived::Union);
-        assert_eq!(Derived::of_version("11.4.2-MariaDB"), Derived::Values);
-        assert_eq!(Derived::of_version("10.2.44-MariaDB"), Derived::Union);
-        assert_eq!(Derived::of_version("MariaDB"), Derived::Union);
+        assert!(select_sql(&layout(), Guard::Inputs, 1, false).ends_with(" FOR UPDATE"));
+        assert!(select_sql(&layout(), Guard::None, 1, true).ends_with(" FOR UPDATE SKIP LOCKED"));
     }
 
     #[test]
     fn a_separate_target_guards_on_the_source_row() {
         let mut l = layout();
         l.target.name = "derived".into();
-        let sql = update_sql(&l, Guard::Inputs, 1, Derived::Union);
+        let sql = update_sql(&l, Guard::Inputs, 1);
         assert!(
             sql.contains(
                 "AND EXISTS (SELECT 1 FROM `app`.`quo``tes` AS s WHERE s.`id` = u.`__refill_k` \
