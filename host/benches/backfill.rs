@@ -694,19 +694,7 @@ async fn main() {
             verify(&pool, workloads[i]).await;
             *slot = measured;
         }
-        let line: Vec<String> = workloads
-            .iter()
-            .zip(&times)
-            .filter(|(_, t)| t.ran())
-            .map(|(w, t)| {
-                format!(
-                    "{} {:.2} s",
-                    w.trim_start_matches("  … "),
-                    t.took.as_secs_f64()
-                )
-            })
-            .collect();
-        println!("round {round}: {}", line.join("; "));
+        println!("round {round}: {}", common::round_line(&workloads, &times));
         for (slot, m) in best.iter_mut().zip(times) {
             if m.took < slot.took {
                 *slot = m;

@@ -143,6 +143,11 @@ async fn main() {
     let remap = Remap::warm();
 
     // single statement, refill, refill without the guard
+    let names = [
+        "single UPDATE … SET status_v2 = CASE …",
+        "refill, unlimited, state in SQLite",
+        "  … with [target] conditional = false",
+    ];
     let mut best = [Measured::NONE; 3];
     let run = common::chosen(best.len());
     for round in 1..=rounds {
@@ -153,20 +158,9 @@ async fn main() {
                 0 => common::measure(single_statement(&pool)).await,
                 _ => common::measure(async { refill(&url, &remap, i == 1) }).await,
             };
-            verify(
-                &pool,
-                [
-                    "the single statement",
-                    "refill",
-                    "refill without conditional writes",
-                ][i],
-            )
-            .await;
+            verify(&pool, names[i]).await;
         }
-        let [single, ours, unguarded] = times.map(|m| m.took.as_secs_f64());
-        println!(
-            "round {round}: single UPDATE {single:.2} s, refill {ours:.2} s, refill unconditional {unguarded:.2} s"
-        );
+        println!("round {round}: {}", common::round_line(&names, &times));
         for (slot, m) in best.iter_mut().zip(times) {
             if m.took < slot.took {
                 *slot = m;
@@ -183,9 +177,9 @@ async fn main() {
     common::print_against_single(
         rows,
         &[
-            ("single UPDATE … SET status_v2 = CASE …", best[0]),
-            ("refill, unlimited, state in SQLite", best[1]),
-            ("  … with [target] conditional = false", best[2]),
+            (names[0], best[0]),
+            (names[1], best[1]),
+            (names[2], best[2]),
         ],
     );
     if best[0].ran() && best[1].ran() {

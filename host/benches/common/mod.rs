@@ -139,6 +139,23 @@ pub fn rate(rows: i64, d: Duration) -> String {
     out
 }
 
+/// One round's times, `name 1.23 s; …`, of the workloads that ran.
+pub fn round_line(names: &[&str], times: &[Measured]) -> String {
+    let line: Vec<String> = names
+        .iter()
+        .zip(times)
+        .filter(|(_, t)| t.ran())
+        .map(|(w, t)| {
+            format!(
+                "{} {:.2} s",
+                w.trim_start_matches("  … "),
+                t.took.as_secs_f64()
+            )
+        })
+        .collect();
+    line.join("; ")
+}
+
 /// One workload's best round: its wall time, the CPU the whole machine
 /// was busy for meanwhile, and how much of that was refill's own (its
 /// processes, when the workload ran refill).
