@@ -53,7 +53,7 @@ const MI_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 /// allocated: returned, every page was faulted in and zeroed again (with
 /// transparent huge pages, 2 MiB at a time). Over the bench's 1,000,000-row
 /// backfill this cuts the page faults from 36,000 to 23,000 and refill's
-/// CPU by 5%; the process keeps what it used at its peak, which
+/// CPU by 8%; the process keeps what it used at its peak, which
 /// `[chunk] max_bytes` and the concurrency bound.
 ///
 /// Only where the option still holds mimalloc 3's default: a
