@@ -315,18 +315,19 @@ pub trait Driver: Sized + Send + Sync + 'static {
 
     /// Computed output values in the form the target will store them in,
     /// so that comparing them with what a row holds says whether writing
-    /// would change it; `None` when it stores every value as sent.
+    /// would change it; `None` when it stores every value as sent (and
+    /// then nothing is copied).
     fn stored_form(
         pool: &Self::Pool,
         timeouts: &Timeouts,
         layout: &Layout,
-        rows: &[Vec<Value>],
+        rows: &[&[Value]],
     ) -> impl Future<Output = Result<Option<Vec<Vec<Value>>>, SinkError>> + Send {
         async move {
             if !layout.outputs.iter().any(Self::reshapes) {
                 return Ok(None);
             }
-            let mut rows = rows.to_vec();
+            let mut rows: Vec<Vec<Value>> = rows.iter().map(|r| r.to_vec()).collect();
             Self::reshape(pool, timeouts, layout, &mut rows).await?;
             Ok(Some(rows))
         }

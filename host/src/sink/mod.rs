@@ -332,16 +332,6 @@ pub async fn holders(db: &Database, layout: &Layout, keys: &[Key]) -> Vec<(Key, 
     })
 }
 
-/// Whether the target stores a value of some output column in another
-/// form than the one sent (see [`stored_form`]); when it does not, the
-/// computed values are what a row will hold.
-pub fn reshapes(db: &Database, layout: &Layout) -> bool {
-    on_backend!(db.pools(), |B, _pool| layout
-        .outputs
-        .iter()
-        .any(B::reshapes))
-}
-
 /// Replaces computed output values with the form the target will store
 /// them in (PostgreSQL rounds a numeric to its scale, reorders jsonb keys,
 /// keeps microseconds; MySQL rounds a FLOAT), so that comparing them with
@@ -352,7 +342,7 @@ pub fn reshapes(db: &Database, layout: &Layout) -> bool {
 pub async fn stored_form(
     db: &Database,
     layout: &Layout,
-    rows: &[Vec<Value>],
+    rows: &[&[Value]],
 ) -> Result<Option<Vec<Vec<Value>>>, SinkError> {
     on_backend!(db.pools(), |B, pool| B::stored_form(
         pool,

@@ -1323,31 +1323,25 @@ async fn assess(
             }
         })
         .collect();
+    let computed: Vec<&[Value]> = checked
+        .iter()
+        .filter_map(|c| match c {
+            Checked::Values(v) => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect();
     let retries = AtomicU64::new(0);
-    // Only a target that stores some values in another form than the one
-    // sent needs the computed values asked about.
-    let stored = if sink::reshapes(&ctx.db, &ctx.layout) {
-        let computed: Vec<Vec<Value>> = checked
-            .iter()
-            .filter_map(|c| match c {
-                Checked::Values(v) => Some(v.clone()),
-                _ => None,
-            })
-            .collect();
-        backoff::retry(
-            &ctx.policy,
-            "checking how values are stored",
-            &retries,
-            || sink::stored_form(&ctx.db, &ctx.layout, &computed),
-        )
-        .await
-        .map_err(|source| RunError::Write {
-            chunk: chunk.to_string(),
-            source,
-        })?
-    } else {
-        None
-    };
+    let stored = backoff::retry(
+        &ctx.policy,
+        "checking how values are stored",
+        &retries,
+        || sink::stored_form(&ctx.db, &ctx.layout, &computed),
+    )
+    .await
+    .map_err(|source| RunError::Write {
+        chunk: chunk.to_string(),
+        source,
+    })?;
     if let Some(stored) = stored {
         let slots = checked.iter_mut().filter_map(|c| match c {
             Checked::Values(v) => Some(v),
