@@ -695,11 +695,7 @@ async fn main() {
             *slot = measured;
         }
         println!("round {round}: {}", common::round_line(&workloads, &times));
-        for (slot, m) in best.iter_mut().zip(times) {
-            if m.took < slot.took {
-                *slot = m;
-            }
-        }
+        common::keep_best(&mut best, &times);
     }
 
     // Distributed workers, 1, 2 and 4 of them, best of the rounds.

@@ -161,11 +161,7 @@ async fn main() {
             verify(&pool, names[i]).await;
         }
         println!("round {round}: {}", common::round_line(&names, &times));
-        for (slot, m) in best.iter_mut().zip(times) {
-            if m.took < slot.took {
-                *slot = m;
-            }
-        }
+        common::keep_best(&mut best, &times);
     }
     exec(&pool, &format!("DROP TABLE IF EXISTS {DATABASE}.quotes")).await;
 
@@ -174,14 +170,8 @@ async fn main() {
     println!(
         "refill bench: {rows} rows (key, JSON and 5 more columns), MariaDB/MySQL {version}, {cpus} CPUs, best of {rounds} rounds, chunks of {CHUNK}"
     );
-    common::print_against_single(
-        rows,
-        &[
-            (names[0], best[0]),
-            (names[1], best[1]),
-            (names[2], best[2]),
-        ],
-    );
+    let named: Vec<(&str, Measured)> = names.iter().copied().zip(best).collect();
+    common::print_against_single(rows, &named);
     if best[0].ran() && best[1].ran() {
         println!(
             "refill unlimited: {:.2}× MariaDB's single statement (the aim: at most 1.2×)",

@@ -156,6 +156,15 @@ pub fn round_line(names: &[&str], times: &[Measured]) -> String {
     line.join("; ")
 }
 
+/// Keeps in `best` each workload's faster round: its own, or `times`'.
+pub fn keep_best(best: &mut [Measured], times: &[Measured]) {
+    for (slot, m) in best.iter_mut().zip(times) {
+        if m.took < slot.took {
+            *slot = *m;
+        }
+    }
+}
+
 /// One workload's best round: its wall time, the CPU the whole machine
 /// was busy for meanwhile, and how much of that was refill's own (its
 /// processes, when the workload ran refill).

@@ -35,17 +35,6 @@ pub struct ImageRef<'a> {
     pub after: &'a [Value],
 }
 
-impl Image {
-    /// The image, borrowed.
-    pub fn as_ref(&self) -> ImageRef<'_> {
-        ImageRef {
-            key: &self.key,
-            before: &self.before,
-            after: &self.after,
-        }
-    }
-}
-
 fn encode(images: &[ImageRef<'_>]) -> String {
     let mut out = String::with_capacity(images.len() * 48);
     let values = |out: &mut String, values: &[Value]| {
@@ -225,7 +214,14 @@ mod tests {
                 after: vec![Value::Float(1.0)],
             },
         ];
-        let refs: Vec<ImageRef> = images.iter().map(Image::as_ref).collect();
+        let refs: Vec<ImageRef> = images
+            .iter()
+            .map(|i| ImageRef {
+                key: &i.key,
+                before: &i.before,
+                after: &i.after,
+            })
+            .collect();
         let back = decode(&encode(&refs), KeyType::Integer).expect("decodes");
         assert_eq!(back.len(), 2);
         assert_eq!(back[0], images[0]);
