@@ -82,8 +82,10 @@ fn rows_sql(outputs: usize, guarded: usize, rows: usize) -> String {
 }
 
 /// The join of the target `t` with the update rows `u`: the key, then the
-/// guard.
-fn join_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
+/// guard. With `values`, the rows carry the new values too; a statement
+/// that only locks or selects rows is sent their keys and, for the guard,
+/// the values expected.
+fn join_sql(layout: &Layout, guard: Guard, rows: usize, values: bool) -> String {
     let guarded = guarded(layout, guard).len();
     let target = DIALECT.table(&layout.target);
     let u_key = format!("u.{KEY_NAME}");
@@ -99,7 +101,7 @@ fn join_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
     let guard = guard_sql(layout, &DIALECT, guard, &target, &source_key, &expected);
     format!(
         "{target} JOIN ({}) AS u ON {target}.{} = {key_expr}{guard}",
-        rows_sql(layout.outputs.len(), guarded, rows),
+        rows_sql(if values { layout.outputs.len() } else { 0 }, guarded, rows),
         quote(&layout.target_key.name),
     )
 }
@@ -117,7 +119,7 @@ pub fn update_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
         .collect();
     format!(
         "UPDATE {} SET {}",
-        join_sql(layout, guard, rows),
+        join_sql(layout, guard, rows, true),
         sets.join(", ")
     )
 }
@@ -125,12 +127,33 @@ pub fn update_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
 /// The keys, as sent, of the rows the update would write now, locking
 /// them; with `skip`, the rows another transaction holds are left out
 /// rather than waited for.
+///
+/// Unguarded, on integer keys, a plain `key IN (?, …)`: it is sent nothing
+/// but the keys, and an integer reads back as it was sent. On the bench's
+/// 10,000-row chunks it costs half the join of a union of rows.
 pub fn select_sql(layout: &Layout, guard: Guard, rows: usize, skip: bool) -> String {
+    let lock = if skip { " SKIP LOCKED" } else { "" };
+    if keys_listed(layout, guard) {
+        let key = quote(&layout.target_key.name);
+        let mut list = "?, ".repeat(rows);
+        list.truncate(list.len().saturating_sub(2));
+        return format!(
+            "SELECT CAST({key} AS SIGNED) FROM {} WHERE {key} IN ({list}) FOR UPDATE{lock}",
+            DIALECT.table(&layout.target),
+        );
+    }
     format!(
-        "SELECT u.{KEY_NAME} FROM {} FOR UPDATE{}",
-        join_sql(layout, guard, rows),
-        if skip { " SKIP LOCKED" } else { "" }
+        "SELECT u.{KEY_NAME} FROM {} FOR UPDATE{lock}",
+        join_sql(layout, guard, rows, false),
     )
+}
+
+/// Whether [`select_sql`] lists the keys rather than joining rows: for an
+/// unguarded selection by integer keys.
+fn keys_listed(layout: &Layout, guard: Guard) -> bool {
+    guard == Guard::None
+        && layout.key_type == KeyType::Integer
+        && layout.target_key.key_type() == Some(KeyType::Integer)
 }
 
 /// Bytes of values one UPDATE statement carries at most: well under
@@ -173,12 +196,14 @@ fn rows_per_statement(layout: &Layout, guard: Guard) -> usize {
     (MAX_PARAMS / width).max(1)
 }
 
-/// Binds the update rows in the order [`rows_sql`] names them.
+/// Binds the update rows in the order [`rows_sql`] names them; without
+/// `values`, their keys and expected values only (see [`join_sql`]).
 fn bind_rows<'q>(
     mut query: Query<'q>,
     layout: &Layout,
     guard: Guard,
     updates: &[&Update],
+    values: bool,
 ) -> Result<Query<'q>, SinkError> {
     let guarded_columns = guarded(layout, guard);
     let encode_error = |column: &ColumnInfo, key: &Key, message: String| {
@@ -189,7 +214,7 @@ fn bind_rows<'q>(
             Key::Int(i) => query.bind(*i),
             Key::Text(s) => query.bind(s.clone()),
         };
-        for (value, column) in update.values.iter().zip(&layout.outputs) {
+        for (value, column) in update.values.iter().zip(&layout.outputs).filter(|_| values) {
             query = bind(query, &column.kind, value.clone())
                 .map_err(|m| encode_error(column, &update.key, m))?;
         }
@@ -229,7 +254,13 @@ async fn select_keys(
     let mut keys = std::collections::HashSet::new();
     for batch in updates.chunks(rows_per_statement(layout, guard)) {
         let sql = select_sql(layout, guard, batch.len(), skip);
-        let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
+        let query = bind_rows(
+            sqlx::query(crate::source::built(sql)),
+            layout,
+            guard,
+            batch,
+            false,
+        )?;
         for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
             keys.insert(match layout.key_type {
                 KeyType::Integer => Key::Int(row.try_get(0).map_err(write_error)?),
@@ -307,7 +338,13 @@ async fn write_on(
     let mut matched = 0;
     for batch in statements(&mine, per_statement) {
         let sql = update_sql(layout, guard, batch.len());
-        let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
+        let query = bind_rows(
+            sqlx::query(crate::source::built(sql)),
+            layout,
+            guard,
+            batch,
+            true,
+        )?;
         let done = query.execute(&mut *tx).await.map_err(write_error)?;
         matched += done.rows_affected();
     }
@@ -327,7 +364,13 @@ async fn write_on(
         .collect();
     for batch in statements(&written, per_statement) {
         let sql = update_sql(layout, guard, batch.len());
-        let query = bind_rows(sqlx::query(crate::source::built(sql)), layout, guard, batch)?;
+        let query = bind_rows(
+            sqlx::query(crate::source::built(sql)),
+            layout,
+            guard,
+            batch,
+            true,
+        )?;
         query.execute(&mut *tx).await.map_err(write_error)?;
     }
     tx.commit().await.map_err(write_error)?;
@@ -349,13 +392,14 @@ async fn select_present(
     for batch in updates.chunks(rows_per_statement(layout, Guard::None)) {
         let sql = format!(
             "SELECT u.{KEY_NAME} FROM {}",
-            join_sql(layout, Guard::None, batch.len())
+            join_sql(layout, Guard::None, batch.len(), false)
         );
         let query = bind_rows(
             sqlx::query(crate::source::built(sql)),
             layout,
             Guard::None,
             batch,
+            false,
         )?;
         for row in query.fetch_all(&mut *tx).await.map_err(write_error)? {
             keys.insert(match layout.key_type {
