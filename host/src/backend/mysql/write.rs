@@ -86,7 +86,15 @@ fn rows_sql(outputs: usize, guarded: usize, rows: usize) -> String {
 /// that only locks or selects rows is sent their keys and, for the guard,
 /// the values expected.
 fn join_sql(layout: &Layout, guard: Guard, rows: usize, values: bool) -> String {
-    let guarded = guarded(layout, guard).len();
+    let outputs = if values { layout.outputs.len() } else { 0 };
+    let rows = rows_sql(outputs, guarded(layout, guard).len(), rows);
+    join_on(layout, guard, &format!("({rows})"), false)
+}
+
+/// The join of the target with `rows`, a table of update rows: the key,
+/// then the guard. With `rows_first`, `rows STRAIGHT_JOIN target`, which
+/// MySQL and MariaDB run in that order; else `target JOIN rows`.
+fn join_on(layout: &Layout, guard: Guard, rows: &str, rows_first: bool) -> String {
     let target = DIALECT.table(&layout.target);
     let u_key = format!("u.{KEY_NAME}");
     let key_expr = key_match(&u_key, &layout.target_key);
@@ -99,9 +107,12 @@ fn join_sql(layout: &Layout, guard: Guard, rows: usize, values: bool) -> String 
     // that key compares.
     let source_key = key_match(&u_key, &layout.key);
     let guard = guard_sql(layout, &DIALECT, guard, &target, &source_key, &expected);
+    let tables = match rows_first {
+        true => format!("{rows} AS u STRAIGHT_JOIN {target}"),
+        false => format!("{target} JOIN {rows} AS u"),
+    };
     format!(
-        "{target} JOIN ({}) AS u ON {target}.{} = {key_expr}{guard}",
-        rows_sql(if values { layout.outputs.len() } else { 0 }, guarded, rows),
+        "{tables} ON {target}.{} = {key_expr}{guard}",
         quote(&layout.target_key.name),
     )
 }
@@ -110,6 +121,38 @@ fn join_sql(layout: &Layout, guard: Guard, rows: usize, values: bool) -> String 
 /// No alias for the target: the spec's `where`, which the guard repeats,
 /// may name the table.
 pub fn update_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
+    set_sql(layout, &join_sql(layout, guard, rows, true))
+}
+
+/// `UPDATE JSON_TABLE(?, …) AS u STRAIGHT_JOIN target ON … SET col = u.v0,
+/// …`: the update rows come as one JSON array of arrays (see
+/// [`json_rows`]). `STRAIGHT_JOIN` keeps the rows sent first, each finding
+/// its target row by key: with the target first, the update would scan it,
+/// locking (and waiting for) rows it does not write.
+pub fn update_json_sql(layout: &Layout, guard: Guard) -> String {
+    let guarded = guarded(layout, guard);
+    let key_type = match layout.key_type {
+        KeyType::Integer => "BIGINT",
+        KeyType::Text => "LONGTEXT",
+    };
+    let mut columns = vec![format!("{KEY_NAME} {key_type} PATH '$[0]'")];
+    let names = (0..layout.outputs.len())
+        .map(value_name)
+        .zip(&layout.outputs)
+        .chain((0..guarded.len()).map(expected_name).zip(guarded));
+    for (i, (name, c)) in names.enumerate() {
+        let sql_type = match c.kind {
+            ColumnKind::Integer => "BIGINT",
+            _ => "LONGTEXT",
+        };
+        columns.push(format!("{name} {sql_type} PATH '$[{}]'", i + 1));
+    }
+    let rows = format!("JSON_TABLE(?, '$[*]' COLUMNS ({}))", columns.join(", "));
+    set_sql(layout, &join_on(layout, guard, &rows, true))
+}
+
+/// `UPDATE join SET col = u.v0, …`.
+fn set_sql(layout: &Layout, join: &str) -> String {
     let target = DIALECT.table(&layout.target);
     let sets: Vec<String> = layout
         .outputs
@@ -117,43 +160,95 @@ pub fn update_sql(layout: &Layout, guard: Guard, rows: usize) -> String {
         .enumerate()
         .map(|(i, c)| format!("{target}.{} = u.{}", quote(&c.name), value_name(i)))
         .collect();
-    format!(
-        "UPDATE {} SET {}",
-        join_sql(layout, guard, rows, true),
-        sets.join(", ")
+    format!("UPDATE {join} SET {}", sets.join(", "))
+}
+
+/// Whether a column of kind `kind` goes through [`json_rows`]: integers
+/// (as JSON numbers, into `BIGINT`) and text in any form (as JSON strings,
+/// into `LONGTEXT`, which the assignment converts as it converts a bound
+/// string). Floats, booleans, bytes and timestamps are bound one by one.
+fn in_json(kind: &ColumnKind) -> bool {
+    matches!(
+        kind,
+        ColumnKind::Integer | ColumnKind::Text | ColumnKind::Json | ColumnKind::TextForm(_)
     )
+}
+
+/// The update rows as the JSON array [`update_json_sql`] reads:
+/// `[[key, v0, …, e0, …], …]`. `None` when a column or a value does not
+/// go through JSON exactly (see [`in_json`]): a value whose variant is not
+/// its column's kind, a row without its expected values. Such rows are
+/// bound one by one, as before, so that nothing is converted silently
+/// (`JSON_TABLE` turns a string in a `BIGINT` column into 0, with only a
+/// warning).
+fn json_rows(layout: &Layout, guard: Guard, updates: &[&Update]) -> Option<String> {
+    let guarded = guarded(layout, guard);
+    if !layout
+        .outputs
+        .iter()
+        .chain(guarded)
+        .all(|c| in_json(&c.kind))
+    {
+        return None;
+    }
+    let mut doc = Vec::with_capacity(64 * updates.len());
+    doc.push(b'[');
+    for (i, update) in updates.iter().enumerate() {
+        if i > 0 {
+            doc.push(b',');
+        }
+        doc.push(b'[');
+        match &update.key {
+            Key::Int(k) => doc.extend_from_slice(k.to_string().as_bytes()),
+            Key::Text(k) => serde_json::to_writer(&mut doc, k).ok()?,
+        }
+        let expected: &[Value] = match guard {
+            Guard::None => &[],
+            _ if update.expected.len() != guarded.len() => return None,
+            _ => &update.expected,
+        };
+        let columns = layout.outputs.iter().chain(guarded);
+        for (value, column) in update.values.iter().chain(expected).zip(columns) {
+            doc.push(b',');
+            match (value, &column.kind) {
+                (Value::Null, _) => doc.extend_from_slice(b"null"),
+                (Value::Integer(n), ColumnKind::Integer) => {
+                    doc.extend_from_slice(n.to_string().as_bytes());
+                }
+                (Value::Text(s) | Value::Json(s), kind) if *kind != ColumnKind::Integer => {
+                    serde_json::to_writer(&mut doc, s).ok()?;
+                }
+                _ => return None,
+            }
+        }
+        doc.push(b']');
+    }
+    doc.push(b']');
+    // Escapes can make a string six times longer (`\u0001`): a document
+    // past what a statement may carry goes as bound values instead.
+    if doc.len() as u64 > 3 * STATEMENT_BYTES {
+        return None;
+    }
+    String::from_utf8(doc).ok()
 }
 
 /// The keys, as sent, of the rows the update would write now, locking
 /// them; with `skip`, the rows another transaction holds are left out
 /// rather than waited for.
 ///
-/// Unguarded, on integer keys, a plain `key IN (?, …)`: it is sent nothing
-/// but the keys, and an integer reads back as it was sent. On the bench's
-/// 10,000-row chunks it costs half the join of a union of rows.
+/// The rows are found by key from the rows sent (the session has
+/// `derived_with_keys=off`, so the optimizer cannot turn the join around),
+/// and only those are locked. A plain `key IN (?, …)` would be cheaper, but
+/// MariaDB may run it as a scan of the index, which locks every row it
+/// passes under REPEATABLE READ: on a 3,000-row table, a 1,000-key chunk
+/// locked the whole table, and the other worker's rows came back "held by
+/// another transaction".
 pub fn select_sql(layout: &Layout, guard: Guard, rows: usize, skip: bool) -> String {
-    let lock = if skip { " SKIP LOCKED" } else { "" };
-    if keys_listed(layout, guard) {
-        let key = quote(&layout.target_key.name);
-        let mut list = "?, ".repeat(rows);
-        list.truncate(list.len().saturating_sub(2));
-        return format!(
-            "SELECT CAST({key} AS SIGNED) FROM {} WHERE {key} IN ({list}) FOR UPDATE{lock}",
-            DIALECT.table(&layout.target),
-        );
-    }
     format!(
-        "SELECT u.{KEY_NAME} FROM {} FOR UPDATE{lock}",
+        "SELECT u.{KEY_NAME} FROM {} FOR UPDATE{}",
         join_sql(layout, guard, rows, false),
+        if skip { " SKIP LOCKED" } else { "" }
     )
-}
-
-/// Whether [`select_sql`] lists the keys rather than joining rows: for an
-/// unguarded selection by integer keys.
-fn keys_listed(layout: &Layout, guard: Guard) -> bool {
-    guard == Guard::None
-        && layout.key_type == KeyType::Integer
-        && layout.target_key.key_type() == Some(KeyType::Integer)
 }
 
 /// Bytes of values one UPDATE statement carries at most: well under
@@ -337,16 +432,7 @@ async fn write_on(
     };
     let mut matched = 0;
     for batch in statements(&mine, per_statement) {
-        let sql = update_sql(layout, guard, batch.len());
-        let query = bind_rows(
-            sqlx::query(crate::source::built(sql)),
-            layout,
-            guard,
-            batch,
-            true,
-        )?;
-        let done = query.execute(&mut *tx).await.map_err(write_error)?;
-        matched += done.rows_affected();
+        matched += update(&mut tx, layout, guard, batch).await?;
     }
     if matched == mine.len() as u64 {
         tx.commit().await.map_err(write_error)?;
@@ -363,18 +449,44 @@ async fn write_on(
         .filter(|u| through.contains(&u.key))
         .collect();
     for batch in statements(&written, per_statement) {
-        let sql = update_sql(layout, guard, batch.len());
-        let query = bind_rows(
-            sqlx::query(crate::source::built(sql)),
+        update(&mut tx, layout, guard, batch).await?;
+    }
+    tx.commit().await.map_err(write_error)?;
+    Ok((written.into_iter().map(|u| u.key.clone()).collect(), busy))
+}
+
+/// Updates the rows of `batch`, in one statement: the rows as one JSON
+/// document when they go through JSON exactly ([`json_rows`]), else one
+/// placeholder per value. Returns the rows matched.
+///
+/// A `JSON_TABLE` of 10,000 rows costs MariaDB about a fifth less than the
+/// union of as many `SELECT ?, ?, ?` (one select to plan and run per row),
+/// and the host builds one string rather than binding 30,000 values.
+async fn update(
+    tx: &mut sqlx::MySqlConnection,
+    layout: &Layout,
+    guard: Guard,
+    batch: &[&Update],
+) -> Result<u64, SinkError> {
+    let query = match json_rows(layout, guard, batch) {
+        Some(doc) => sqlx::query(crate::source::built(update_json_sql(layout, guard))).bind(doc),
+        None => bind_rows(
+            sqlx::query(crate::source::built(update_sql(layout, guard, batch.len()))),
             layout,
             guard,
             batch,
             true,
-        )?;
-        query.execute(&mut *tx).await.map_err(write_error)?;
-    }
-    tx.commit().await.map_err(write_error)?;
-    Ok((written.into_iter().map(|u| u.key.clone()).collect(), busy))
+        )?,
+    };
+    let done = query
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| SinkError::Write {
+            table: layout.target.quoted(),
+            rows: batch.len(),
+            error,
+        })?;
+    Ok(done.rows_affected())
 }
 
 /// The keys of `updates` whose target rows exist, read without locking.
@@ -502,6 +614,76 @@ mod tests {
         );
         assert!(select_sql(&layout(), Guard::Inputs, 1, false).ends_with(" FOR UPDATE"));
         assert!(select_sql(&layout(), Guard::None, 1, true).ends_with(" FOR UPDATE SKIP LOCKED"));
+    }
+
+    #[test]
+    fn rows_go_as_json_only_where_json_carries_them_exactly() {
+        let l = layout();
+        let update = |key: i64, value: Value, expected: Value| Update {
+            key: Key::Int(key),
+            values: vec![value],
+            token: None,
+            expected: vec![expected],
+        };
+        let rows = [
+            update(1, Value::Text("a\"b\\ é\u{0}😀".into()), Value::Null),
+            update(2, Value::Null, Value::Text("open".into())),
+        ];
+        let rows: Vec<&Update> = rows.iter().collect();
+        assert_eq!(
+            json_rows(&l, Guard::Inputs, &rows).as_deref(),
+            Some(r#"[[1,"a\"b\\ é\u0000😀",null],[2,null,"open"]]"#)
+        );
+        assert_eq!(
+            json_rows(&l, Guard::None, &rows).as_deref(),
+            Some(r#"[[1,"a\"b\\ é\u0000😀"],[2,null]]"#)
+        );
+        let sql = update_json_sql(&l, Guard::Inputs);
+        assert!(
+            sql.starts_with(
+                "UPDATE JSON_TABLE(?, '$[*]' COLUMNS (`__refill_k` BIGINT PATH '$[0]', \
+                 `__refill_v0` LONGTEXT PATH '$[1]', `__refill_e0` LONGTEXT PATH '$[2]')) AS u \
+                 STRAIGHT_JOIN `app`.`quo``tes` ON `app`.`quo``tes`.`id` = u.`__refill_k` AND "
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(" SET `app`.`quo``tes`.`status_v2` = u.`__refill_v0`"),
+            "{sql}"
+        );
+
+        // A value that is not its column's kind, a column JSON does not
+        // carry exactly, a row without its expected values: bound instead.
+        let odd = [update(1, Value::Integer(7), Value::Null)];
+        assert_eq!(
+            json_rows(&l, Guard::None, &odd.iter().collect::<Vec<_>>()),
+            None
+        );
+        let mut floats = layout();
+        floats.outputs = vec![column("f", ColumnKind::Float)];
+        let float = [update(1, Value::Float(0.1), Value::Null)];
+        let float: Vec<&Update> = float.iter().collect();
+        assert_eq!(json_rows(&floats, Guard::None, &float), None);
+        let mut bare = update(1, Value::Null, Value::Null);
+        bare.expected.clear();
+        assert_eq!(json_rows(&l, Guard::Inputs, &[&bare]), None);
+        let mut counts = layout();
+        counts.outputs = vec![column("n", ColumnKind::Integer)];
+        let text_in_int = [update(1, Value::Text("3".into()), Value::Null)];
+        assert_eq!(
+            json_rows(
+                &counts,
+                Guard::None,
+                &text_in_int.iter().collect::<Vec<_>>()
+            ),
+            None,
+            "JSON_TABLE would read a string in a BIGINT column as 0"
+        );
+        let int = [update(1, Value::Integer(i64::MIN), Value::Null)];
+        assert_eq!(
+            json_rows(&counts, Guard::None, &int.iter().collect::<Vec<_>>()).as_deref(),
+            Some("[[1,-9223372036854775808]]")
+        );
     }
 
     #[test]

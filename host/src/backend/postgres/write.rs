@@ -952,9 +952,9 @@ mod tests {
         };
         let parts = Parts::of(&layout, "int8[]", &["text[]"], &[], Guard::None);
         assert!(
-            parts
-                .fast(true)
-                .contains("\"t\".\"id\" = v.\"__refill_k\" AND \"t\".\"id\" BETWEEN $3::int8 AND $4::int8 AND"),
+            parts.fast(true).contains(
+                "\"t\".\"id\" = v.\"__refill_k\" AND \"t\".\"id\" BETWEEN $3::int8 AND $4::int8 AND"
+            ),
             "{}",
             parts.fast(true)
         );
