@@ -1,9 +1,9 @@
 //! Writing rows: consumes a chunk's updates (a key plus new values already
 //! coerced to the target columns' kinds) and produces them in the target
 //! table, batched: one `UPDATE … FROM unnest(…)` round trip per chunk on
-//! PostgreSQL, one transaction per chunk on SQLite, one `UPDATE … JOIN
-//! (SELECT … UNION ALL …)` statement per chunk on MySQL/MariaDB (in a
-//! transaction). Writes are idempotent:
+//! PostgreSQL, one transaction per chunk on SQLite, a locking `SELECT` and
+//! one `UPDATE JSON_TABLE(…) … STRAIGHT_JOIN …` per chunk on MySQL/MariaDB
+//! (in a transaction). Writes are idempotent:
 //! they set columns to values, so writing a chunk twice leaves it as
 //! writing it once.
 

@@ -1,13 +1,16 @@
-//! MySQL/MariaDB writes: consumes a chunk's updates and sends them as one
-//! statement, `UPDATE target JOIN (SELECT ? AS k, ? AS v0 … UNION ALL
-//! SELECT ?, ? …) AS u ON target.key = u.k [AND guard] SET col = u.v0, …`,
-//! in a transaction that tells which rows it wrote.
+//! MySQL/MariaDB writes: consumes a chunk's updates and produces them in
+//! the target, in a transaction that tells which rows it wrote: first a
+//! `SELECT … FOR UPDATE SKIP LOCKED` of the chunk's keys, then one
+//! `UPDATE JSON_TABLE(?, …) AS u STRAIGHT_JOIN target ON target.key = u.k
+//! [AND guard] SET col = u.v0, …` of the rows it locked, the rows sent as
+//! one JSON document (or, for columns JSON does not carry exactly, `UPDATE
+//! target JOIN (SELECT ? AS k, ? AS v0 … UNION ALL SELECT ?, ? …) AS u …`).
 //!
 //! MySQL has no `UPDATE … RETURNING` (MariaDB has it only for `INSERT` and
 //! `DELETE`), so the keys written are known this way: the session counts
 //! matched rows (the client's `FOUND_ROWS` flag, which sqlx sets), and when
 //! the update matched every row, as it does unless the application changed
-//! or deleted rows meanwhile, every key was written: one statement, plus
+//! or deleted rows meanwhile, every key was written: two statements, plus
 //! `BEGIN` and `COMMIT`. Otherwise that transaction is rolled back and a
 //! second one first selects the rows the guard lets through `FOR UPDATE`
 //! (locking them, so that nobody changes them before the update), then
@@ -198,9 +201,12 @@ fn json_rows(layout: &Layout, guard: Guard, updates: &[&Update]) -> Option<Strin
             doc.push(b',');
         }
         doc.push(b'[');
-        match &update.key {
-            Key::Int(k) => doc.extend_from_slice(k.to_string().as_bytes()),
-            Key::Text(k) => serde_json::to_writer(&mut doc, k).ok()?,
+        // The key column is typed by the layout's key type: a key of the
+        // other type would be converted (a string into `BIGINT`: 0).
+        match (&update.key, layout.key_type) {
+            (Key::Int(k), KeyType::Integer) => doc.extend_from_slice(k.to_string().as_bytes()),
+            (Key::Text(k), KeyType::Text) => serde_json::to_writer(&mut doc, k).ok()?,
+            _ => return None,
         }
         let expected: &[Value] = match guard {
             Guard::None => &[],
@@ -667,6 +673,9 @@ mod tests {
         let mut bare = update(1, Value::Null, Value::Null);
         bare.expected.clear();
         assert_eq!(json_rows(&l, Guard::Inputs, &[&bare]), None);
+        let mut text_key = update(1, Value::Null, Value::Null);
+        text_key.key = Key::Text("1".into());
+        assert_eq!(json_rows(&l, Guard::None, &[&text_key]), None);
         let mut counts = layout();
         counts.outputs = vec![column("n", ColumnKind::Integer)];
         let text_in_int = [update(1, Value::Text("3".into()), Value::Null)];
