@@ -185,6 +185,7 @@ fn in_json(kind: &ColumnKind) -> bool {
 /// (`JSON_TABLE` turns a string in a `BIGINT` column into 0, with only a
 /// warning).
 fn json_rows(layout: &Layout, guard: Guard, updates: &[&Update]) -> Option<String> {
+    use std::io::Write as _;
     let guarded = guarded(layout, guard);
     if !layout
         .outputs
@@ -204,7 +205,7 @@ fn json_rows(layout: &Layout, guard: Guard, updates: &[&Update]) -> Option<Strin
         // The key column is typed by the layout's key type: a key of the
         // other type would be converted (a string into `BIGINT`: 0).
         match (&update.key, layout.key_type) {
-            (Key::Int(k), KeyType::Integer) => doc.extend_from_slice(k.to_string().as_bytes()),
+            (Key::Int(k), KeyType::Integer) => write!(doc, "{k}").ok()?,
             (Key::Text(k), KeyType::Text) => serde_json::to_writer(&mut doc, k).ok()?,
             _ => return None,
         }
@@ -218,9 +219,7 @@ fn json_rows(layout: &Layout, guard: Guard, updates: &[&Update]) -> Option<Strin
             doc.push(b',');
             match (value, &column.kind) {
                 (Value::Null, _) => doc.extend_from_slice(b"null"),
-                (Value::Integer(n), ColumnKind::Integer) => {
-                    doc.extend_from_slice(n.to_string().as_bytes());
-                }
+                (Value::Integer(n), ColumnKind::Integer) => write!(doc, "{n}").ok()?,
                 (Value::Text(s) | Value::Json(s), kind) if *kind != ColumnKind::Integer => {
                     serde_json::to_writer(&mut doc, s).ok()?;
                 }

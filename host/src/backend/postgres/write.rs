@@ -132,11 +132,11 @@ fn key_array(key_type: KeyType) -> &'static str {
     }
 }
 
-/// How many keys of the range between a batch's smallest and largest
-/// integer key may be absent from the batch, per key present, for the
-/// write to scan that range: [`Keys::dense_range`]. The table can hold at
-/// most this many rows in the range per row written, so a scan of it is
-/// bounded whatever the scope, the statistics or the planner's estimate.
+/// How many keys the range between a batch's smallest and largest integer
+/// key may span, per key in the batch, for the write to scan that range
+/// ([`Keys::dense_range`]). The table then holds at most this many rows in
+/// the range per row written, so a scan of it is bounded whatever the
+/// scope, the statistics or the planner's estimate.
 const DENSE_SPAN: i128 = 4;
 
 /// A query with PostgreSQL arguments.
@@ -942,17 +942,7 @@ mod tests {
             schema: None,
             name: "t".into(),
         };
-        let key = column("id", "bigint", "int8", ColumnKind::Integer);
-        let layout = Layout {
-            source: table.clone(),
-            key: key.clone(),
-            key_type: KeyType::Integer,
-            inputs: vec![],
-            scope: None,
-            target: table,
-            target_key: key,
-            outputs: vec![text("v")],
-        };
+        let layout = crate::source::testing::layout(table.clone(), table, "true");
         let parts = Parts::of(&layout, "int8[]", &["text[]"], &[], Guard::None);
         assert!(
             parts.fast(true).contains(
