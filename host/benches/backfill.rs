@@ -31,7 +31,9 @@
 //! `REFILL_BENCH_PGBENCH_TPS` (300), `REFILL_BENCH_LOAD_ROUNDS` (3),
 //! `REFILL_BENCH_ONLY` (`load`: only the pgbench comparison, a few
 //! minutes; `speed`: only the speed table, as `make bench-large` runs it
-//! at 10,000,000 rows), `REFILL_BENCH_WORKLOADS` (the numbers of the speed
+//! at 10,000,000 rows; `workers`: only the distributed workers; or a
+//! comma-separated list of these),
+//! `REFILL_BENCH_WORKLOADS` (the numbers of the speed
 //! table's workloads to run, such as `0,3,4`; all by default),
 //! `REFILL_BENCH_LOG` (refill's log filter,
 //! `refill=warn`) and `REFILL_BENCH_TRACE` (a file that collects the log
@@ -622,8 +624,9 @@ async fn main() {
     // The speed table, unless only the load is asked for; the rest (the
     // transform alone, languages, workers, the load) unless only one part
     // is.
-    let speed = only != "load";
     let everything = only.is_empty();
+    let part = |name: &str| everything || only.split(',').any(|p| p.trim() == name);
+    let speed = part("speed");
 
     let (alone, _) = if everything {
         transform_only(&remap.component, rows)
@@ -700,7 +703,7 @@ async fn main() {
 
     // Distributed workers, 1, 2 and 4 of them, best of the rounds.
     let mut distributed = Vec::new();
-    for workers in [1u32, 2, 4].into_iter().filter(|_| everything) {
+    for workers in [1u32, 2, 4].into_iter().filter(|_| part("workers")) {
         let mut best_plan = Duration::MAX;
         let mut best_work = Duration::MAX;
         for _ in 0..rounds {
@@ -731,7 +734,7 @@ async fn main() {
         .parse()
         .expect("REFILL_BENCH_LOAD_ROUNDS is a number");
     let mut loaded = Vec::new();
-    let load = only != "speed";
+    let load = part("load");
     let pgbench = match load {
         true => pgbench_database(&pool, &url).await,
         false => None,
@@ -845,7 +848,7 @@ async fn main() {
              refill CPU: refill's own processes; {cpus} CPUs"
         );
     }
-    if everything {
+    if !distributed.is_empty() {
         println!();
         println!(
             "distributed workers (run --execute --workers 0, then N `refill worker` processes; state store on the source's url: writes and checkpoint in one transaction; run-wide concurrency 2 per worker):"
@@ -867,6 +870,15 @@ async fn main() {
         println!(
             "  rows/s counts the workers' time from their start; on {cpus} CPUs shared with PostgreSQL, more workers than CPUs cannot add throughput"
         );
+        if best[5].took < Duration::MAX {
+            println!(
+                "  1 worker runs at {:.2}× the speed of one `refill run` process with its state in the target ({:.2} s)",
+                best[5].took.as_secs_f64() / one,
+                best[5].took.as_secs_f64()
+            );
+        }
+    }
+    if everything {
         println!();
         println!(
             "the remap transform in three languages (transform alone, 1 thread, batches of 1000):"

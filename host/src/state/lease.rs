@@ -245,7 +245,16 @@ impl Workers {
         lease: Duration,
     ) -> Result<Claim, StateError> {
         let what = "claiming a chunk";
-        let mut tx = self.pool.begin().await.map_err(q(what))?;
+        // The claim's commit does not wait for its WAL to reach the disk:
+        // a claim lost in a crash of the database leaves the chunk
+        // unclaimed, and a crash ends this worker's sessions too, so
+        // nothing was written on the strength of it. The chunk's own
+        // write commits durably, after the claim and with it.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(q(what))?;
         let run = sqlx::query(
             "SELECT status, run_concurrency FROM refill_runs WHERE run_id = $1 FOR UPDATE",
         )
@@ -333,17 +342,10 @@ impl Workers {
             }
             Some(row) => {
                 let get_err = |e| StateError::Corrupt(format!("a claimed chunk: {e}"));
-                let hi: String = row.try_get(2).map_err(get_err)?;
                 let prev: String = row.try_get(4).map_err(get_err)?;
                 let prev_status: String = row.try_get(5).map_err(get_err)?;
                 Claim::Got(Lease {
-                    chunk: Chunk {
-                        id: to_u64(row.try_get(0).map_err(get_err)?),
-                        lo: key_of(row.try_get(1).map_err(get_err)?, key_type)?,
-                        hi: key_of(Some(hi), key_type)?.ok_or_else(|| {
-                            StateError::Corrupt("chunk without an upper key".into())
-                        })?,
-                    },
+                    chunk: chunk_of(&row, key_type)?,
                     session_id: session_id.to_string(),
                     attempt: to_u64(row.try_get(3).map_err(get_err)?),
                     taken_from: (prev_status == "pending").then_some(prev),
@@ -366,6 +368,28 @@ impl Workers {
         };
         tx.commit().await.map_err(q(what))?;
         Ok(outcome)
+    }
+
+    /// The chunk of `run_id` a claim would most likely hand out next: the
+    /// lowest one never claimed. Claims nothing, so any worker may still
+    /// take it: a worker whose claim found the run at its concurrency reads
+    /// this chunk meanwhile, and keeps the rows only if its next claim
+    /// hands it this very chunk.
+    pub async fn next_unclaimed(
+        &self,
+        run_id: &str,
+        key_type: KeyType,
+    ) -> Result<Option<Chunk>, StateError> {
+        let what = "looking at the next chunk";
+        let row = sqlx::query(
+            "SELECT chunk_id, lo, hi FROM refill_chunks WHERE run_id = $1 AND status = 'planned' \
+             ORDER BY chunk_id LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q(what))?;
+        row.map(|row| chunk_of(&row, key_type)).transpose()
     }
 
     /// Extends the leases `session_id` holds on chunks of `run_id` to
@@ -435,6 +459,18 @@ impl Workers {
             u64::try_from(wait.unwrap_or(0)).unwrap_or(0),
         ))
     }
+}
+
+/// The chunk in a row of `chunk_id, lo, hi`.
+fn chunk_of(row: &sqlx::any::AnyRow, key_type: KeyType) -> Result<Chunk, StateError> {
+    let get_err = |e| StateError::Corrupt(format!("a chunk of the store: {e}"));
+    let hi: String = row.try_get(2).map_err(get_err)?;
+    Ok(Chunk {
+        id: to_u64(row.try_get(0).map_err(get_err)?),
+        lo: key_of(row.try_get(1).map_err(get_err)?, key_type)?,
+        hi: key_of(Some(hi), key_type)?
+            .ok_or_else(|| StateError::Corrupt("chunk without an upper key".into()))?,
+    })
 }
 
 #[cfg(test)]
@@ -549,6 +585,20 @@ mod tests {
             }
         };
 
+        let next = || {
+            let store = store.clone();
+            async move {
+                store
+                    .next_unclaimed("r1", KeyType::Integer)
+                    .await
+                    .expect("next")
+                    .map(|c| c.id)
+            }
+        };
+        // Looking claims nothing: the next claim gets the chunk looked at.
+        assert_eq!(next().await, Some(1));
+        assert_eq!(next().await, Some(1));
+
         // Lowest first; the run's concurrency (2) holds across sessions.
         let a = got(claim("s1", long).await);
         assert_eq!((a.chunk.id, a.attempt, a.taken_from.clone()), (1, 1, None));
@@ -556,9 +606,14 @@ mod tests {
         let b = got(claim("s2", long).await);
         assert_eq!((b.chunk.id, b.chunk.lo.clone()), (2, Some(Key::Int(10))));
         assert_eq!(claim("s3", long).await, Claim::Busy);
+        // At its concurrency, the chunk a waiting worker may read ahead.
+        assert_eq!(next().await, Some(3));
         assert!(done(&store, &a).await);
         let c = got(claim("s3", long).await);
         assert_eq!(c.chunk.id, 3);
+        assert_eq!(c.chunk.lo, Some(Key::Int(20)));
+        // Every chunk claimed: nothing to read ahead.
+        assert_eq!(next().await, None);
 
         // s2 stops renewing: once its lease has expired, s1 takes chunk 2
         // over, and s2's late checkpoint is refused by the fence.

@@ -572,6 +572,7 @@ async fn read_claims(
         _ => return Err(RunError::Internal("only runs claim chunks".into())),
     };
     let mut limit = None;
+    let mut ahead = None;
     loop {
         if failed() {
             return Ok(Ended::Done);
@@ -600,8 +601,14 @@ async fn read_claims(
             // The run is at its concurrency: this process's own
             // chunks are most likely what holds it there, so ask
             // again as soon as one of them is done (or after a
-            // short while, for the other workers' chunks).
+            // short while, for the other workers' chunks). Meanwhile
+            // the chunk likely to come next is read, as a single
+            // process reads its next chunk while the others are
+            // written.
             Claim::Busy => {
+                if ahead.is_none() {
+                    ahead = read_ahead(ctx, state, tokens).await;
+                }
                 tokio::select! {
                     () = ctx.chunk_finished.notified() => {}
                     () = tokio::time::sleep(poll.min(BUSY_POLL)) => {}
@@ -609,9 +616,14 @@ async fn read_claims(
                 continue;
             }
             // Every chunk left is held: polling the shared store is
-            // the only way to learn that a lease expired.
+            // the only way to learn that a lease expired. When this
+            // process holds some of them, the run may end with its
+            // own last chunk: ask again as soon as one is done.
             Claim::Waiting => {
-                tokio::time::sleep(poll).await;
+                tokio::select! {
+                    () = ctx.chunk_finished.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
                 continue;
             }
         };
@@ -623,11 +635,73 @@ async fn read_claims(
                 from = %from,
                 "Took over a chunk whose lease expired."
             ),
-            None => debug!(chunk = chunk.id, "Claimed a chunk."),
+            None => debug!(
+                chunk = chunk.id,
+                read_ahead = ahead.as_ref().is_some_and(|a: &ReadAhead| a.chunk == chunk),
+                "Claimed a chunk."
+            ),
         }
-        if let Some(end) = pass_on(ctx, chunk, tokens, counter, &mut limit, Some(lease), tx).await?
+        // Rows read ahead count only for the chunk they were read for, on
+        // its first claim (a chunk taken over is read as the worker before
+        // left it), and only while fresh, as rows held before a pause are.
+        let ahead = ahead.take().filter(|a: &ReadAhead| {
+            a.chunk == chunk && lease.taken_from.is_none() && a.started.elapsed() <= REREAD_AFTER
+        });
+        if let Some(end) = pass_on(
+            ctx,
+            chunk,
+            tokens,
+            counter,
+            &mut limit,
+            Some(lease),
+            ahead,
+            tx,
+        )
+        .await?
         {
             return Ok(end);
+        }
+    }
+}
+
+/// A chunk of a run planned for workers, read before it was claimed.
+struct ReadAhead {
+    chunk: Chunk,
+    rows: ChunkRows,
+    /// When its read began: what its rows are as of.
+    started: Instant,
+    read_ms: u64,
+}
+
+/// Reads the chunk the next claim most likely hands out (the lowest never
+/// claimed), without claiming it. Nothing is written on the strength of
+/// it: the rows are handed on only if the claim then gives this worker
+/// that very chunk, and, like any chunk's rows, written only where the
+/// guard finds them unchanged. A failure only loses the head start; the
+/// chunk is read again once claimed.
+async fn read_ahead(ctx: &Context, state: &Workers, tokens: bool) -> Option<ReadAhead> {
+    let chunk = match state.next_unclaimed(&ctx.run_id, ctx.layout.key_type).await {
+        Ok(chunk) => chunk?,
+        Err(error) => {
+            debug!(%error, "Could not look at the next chunk; it is read once claimed.");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    match ctx
+        .db
+        .read(&ctx.layout, chunk.lo.as_ref(), &chunk.hi, None, tokens)
+        .await
+    {
+        Ok(rows) => Some(ReadAhead {
+            chunk,
+            rows,
+            started,
+            read_ms: millis(started.elapsed()),
+        }),
+        Err(error) => {
+            debug!(chunk = chunk.id, %error, "Could not read the next chunk ahead; it is read once claimed.");
+            None
         }
     }
 }
@@ -704,7 +778,7 @@ async fn read_ranges(
             return Ok(Ended::Stopped(stop));
         }
         let counter = AtomicU64::new(0);
-        if let Some(end) = pass_on(ctx, chunk, tokens, counter, &mut limit, None, tx).await? {
+        if let Some(end) = pass_on(ctx, chunk, tokens, counter, &mut limit, None, None, tx).await? {
             return Ok(end);
         }
     }
@@ -761,7 +835,7 @@ async fn read_ranges(
             ctx,
             chunk,
             rows,
-            started,
+            millis(started.elapsed()),
             counter.into_inner(),
             &mut limit,
             None,
@@ -839,6 +913,10 @@ async fn read_bounded(
 /// (see [`hand_on`]). Returns how the feed ends if it must end here; a
 /// claimed chunk that cannot start is given back. `retries` counts the
 /// chunk's transient errors so far.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a chunk, how to read it or what was read of it, and where it goes"
+)]
 async fn pass_on(
     ctx: &Arc<Context>,
     chunk: Chunk,
@@ -846,10 +924,17 @@ async fn pass_on(
     retries: AtomicU64,
     limit: &mut Option<u64>,
     lease: Option<Lease>,
+    ahead: Option<ReadAhead>,
     tx: &mpsc::Sender<Work>,
 ) -> Result<Option<Ended>, RunError> {
-    let started = Instant::now();
-    let rows = read_range(ctx, &chunk, tokens, &retries).await?;
+    let (rows, read_ms) = match ahead {
+        Some(ahead) => (ahead.rows, ahead.read_ms),
+        None => {
+            let started = Instant::now();
+            let rows = read_range(ctx, &chunk, tokens, &retries).await?;
+            (rows, millis(started.elapsed()))
+        }
+    };
     if let Err(stop) = ctx.throttle.pace(rows.len() as u64).await {
         if let (Some(lease), Some(state)) = (&lease, &ctx.state) {
             give_back(ctx, state, lease).await;
@@ -857,7 +942,7 @@ async fn pass_on(
         return Ok(Some(Ended::Stopped(stop)));
     }
     let retries = retries.into_inner();
-    let handed = hand_on(ctx, chunk, rows, started, retries, limit, lease, tx).await?;
+    let handed = hand_on(ctx, chunk, rows, read_ms, retries, limit, lease, tx).await?;
     Ok((!handed).then_some(Ended::Done))
 }
 
@@ -903,13 +988,12 @@ async fn hand_on(
     ctx: &Arc<Context>,
     chunk: Chunk,
     rows: ChunkRows,
-    started: Instant,
+    read_ms: u64,
     mut retries: u64,
     limit: &mut Option<u64>,
     lease: Option<Lease>,
     tx: &mpsc::Sender<Work>,
 ) -> Result<bool, RunError> {
-    let read_ms = millis(started.elapsed());
     // A claimed chunk was recorded as started by its claim.
     if let (Purpose::Run { session_id, .. }, None) = (&ctx.purpose, &lease) {
         let counter = AtomicU64::new(0);
