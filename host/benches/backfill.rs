@@ -621,11 +621,18 @@ async fn main() {
     template(&pool, rows).await;
     let remap = Remap::warm();
     let only = env_or("REFILL_BENCH_ONLY", "");
-    // The speed table, unless only the load is asked for; the rest (the
-    // transform alone, languages, workers, the load) unless only one part
-    // is.
+    // Everything, or only the parts named: the speed table, the
+    // distributed workers, the load (the transform alone and the languages
+    // only with everything).
     let everything = only.is_empty();
-    let part = |name: &str| everything || only.split(',').any(|p| p.trim() == name);
+    let parts: Vec<&str> = only.split(',').map(str::trim).collect();
+    if let Some(unknown) = parts
+        .iter()
+        .find(|p| !everything && !["speed", "workers", "load"].contains(p))
+    {
+        panic!("REFILL_BENCH_ONLY: unknown part {unknown:?} (speed, workers, load)");
+    }
+    let part = |name: &str| everything || parts.contains(&name);
     let speed = part("speed");
 
     let (alone, _) = if everything {

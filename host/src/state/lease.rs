@@ -233,9 +233,10 @@ impl Workers {
     }
 
     /// Claims the lowest chunk of `run_id` that is unclaimed or whose lease
-    /// expired, for `session_id`, leased for `lease`. The run's row is
-    /// locked for the claim, so that the chunks in flight are counted
-    /// against the run's concurrency by one worker at a time.
+    /// expired, for `session_id`, leased for `lease`; chunk `prefer` first,
+    /// if it is one of those (the chunk this worker read ahead). The run's
+    /// row is locked for the claim, so that the chunks in flight are
+    /// counted against the run's concurrency by one worker at a time.
     // Longer than 100 lines: one transaction: lock the run, count, pick a chunk, lease it; split, its steps would hold the lock across calls.
     pub async fn claim(
         &self,
@@ -243,18 +244,13 @@ impl Workers {
         key_type: KeyType,
         session_id: &str,
         lease: Duration,
+        prefer: Option<u64>,
     ) -> Result<Claim, StateError> {
         let what = "claiming a chunk";
-        // The claim's commit does not wait for its WAL to reach the disk:
-        // a claim lost in a crash of the database leaves the chunk
-        // unclaimed, and a crash ends this worker's sessions too, so
-        // nothing was written on the strength of it. The chunk's own
-        // write commits durably, after the claim and with it.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await
-            .map_err(q(what))?;
+        // The claim commits durably: its attempt number is half of the
+        // fence that keeps a chunk from being written twice, and a claim
+        // lost in a crash could be handed out again with the same number.
+        let mut tx = self.pool.begin().await.map_err(q(what))?;
         let run = sqlx::query(
             "SELECT status, run_concurrency FROM refill_runs WHERE run_id = $1 FOR UPDATE",
         )
@@ -295,7 +291,7 @@ impl Workers {
         let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH c AS (SELECT chunk_id, session_id AS prev, status AS prev_status FROM refill_chunks \
                WHERE run_id = $1 AND (status = 'planned' OR (status = 'pending' AND (lease_until IS NULL OR lease_until < {NOW_US}))) \
-               ORDER BY chunk_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+               ORDER BY (chunk_id = $5) IS TRUE DESC, chunk_id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              UPDATE refill_chunks AS r SET status = 'pending', attempts = r.attempts + 1, session_id = $2, \
                started_at = $3, finished_at = NULL, error = NULL, lease_until = {NOW_US} + $4 \
              FROM c WHERE r.run_id = $1 AND r.chunk_id = c.chunk_id \
@@ -305,6 +301,7 @@ impl Workers {
         .bind(session_id)
         .bind(now())
         .bind(micros(lease))
+        .bind(prefer.map(to_i64))
         .fetch_optional(&mut *tx)
         .await
         .map_err(q(what))?;
@@ -579,7 +576,7 @@ mod tests {
             let store = store.clone();
             async move {
                 store
-                    .claim("r1", KeyType::Integer, session, lease)
+                    .claim("r1", KeyType::Integer, session, lease, None)
                     .await
                     .expect("claim")
             }
@@ -659,6 +656,44 @@ mod tests {
                 message: None
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_claim_prefers_the_chunk_read_ahead_while_it_is_free() {
+        let store = store("unit_state_prefer").await;
+        store.create_run(&run("r1")).await.expect("run");
+        store
+            .set_worker_spec("r1", "name = 'n'", 3)
+            .await
+            .expect("spec");
+        let chunks: Vec<Chunk> = (1..=3)
+            .map(|i| Chunk {
+                id: i,
+                lo: (i > 1).then(|| Key::Int(i as i64 * 10 - 10)),
+                hi: Key::Int(i as i64 * 10),
+            })
+            .collect();
+        store.plan_chunks("r1", &chunks).await.expect("plan");
+        let claim = |session: &'static str, prefer: Option<u64>| {
+            let store = store.clone();
+            async move {
+                let claim = store
+                    .claim(
+                        "r1",
+                        KeyType::Integer,
+                        session,
+                        Duration::from_secs(60),
+                        prefer,
+                    )
+                    .await
+                    .expect("claim");
+                got(claim).chunk
+            }
+        };
+        assert_eq!(claim("s1", Some(3)).await, chunks[2]);
+        // Taken: the lowest free chunk instead.
+        assert_eq!(claim("s2", Some(3)).await, chunks[0]);
+        assert_eq!(claim("s3", Some(99)).await, chunks[1]);
     }
 
     #[tokio::test]

@@ -131,8 +131,9 @@ pub(crate) struct Context {
     pub throttle: Arc<Throttle>,
     /// Why a worker left a chunk it was handed, if one did.
     pub abandoned: Mutex<Option<Stop>>,
-    /// Signalled whenever a worker finishes a chunk: a reader told the run
-    /// has as many chunks in flight as it may claims again at once.
+    /// Signalled whenever a worker finishes a chunk: a reader whose claim
+    /// found the run at its concurrency, or every chunk left held, asks
+    /// again at once.
     pub chunk_finished: tokio::sync::Notify,
     /// When the state store is the target's PostgreSQL database: its pool,
     /// on which a run's chunk writes and checkpoint commit in one
@@ -584,8 +585,9 @@ async fn read_claims(
             return Ok(Ended::Stopped(stop));
         }
         let counter = AtomicU64::new(0);
+        let prefer = ahead.as_ref().map(|a: &ReadAhead| a.chunk.id);
         let claim = backoff::retry(&ctx.policy, "claiming a chunk", &counter, || {
-            state.claim(&ctx.run_id, ctx.layout.key_type, session_id, lease)
+            state.claim(&ctx.run_id, ctx.layout.key_type, session_id, lease, prefer)
         })
         .await
         .map_err(|source| RunError::Checkpoint {
@@ -604,9 +606,10 @@ async fn read_claims(
             // short while, for the other workers' chunks). Meanwhile
             // the chunk likely to come next is read, as a single
             // process reads its next chunk while the others are
-            // written.
+            // written. Rows read ahead that grew stale are read
+            // again.
             Claim::Busy => {
-                if ahead.is_none() {
+                if ahead.as_ref().is_none_or(|a| !a.fresh()) {
                     ahead = read_ahead(ctx, state, tokens).await;
                 }
                 tokio::select! {
@@ -628,6 +631,12 @@ async fn read_claims(
             }
         };
         let chunk = lease.chunk.clone();
+        // Rows read ahead count only for the chunk they were read for, not
+        // taken over (such a chunk is read as the worker before left it),
+        // and only while fresh, as rows held before a pause are.
+        let ahead = ahead
+            .take()
+            .filter(|a| a.chunk == chunk && lease.taken_from.is_none() && a.fresh());
         match &lease.taken_from {
             Some(from) => info!(
                 chunk = chunk.id,
@@ -637,16 +646,10 @@ async fn read_claims(
             ),
             None => debug!(
                 chunk = chunk.id,
-                read_ahead = ahead.as_ref().is_some_and(|a: &ReadAhead| a.chunk == chunk),
+                read_ahead = ahead.is_some(),
                 "Claimed a chunk."
             ),
         }
-        // Rows read ahead count only for the chunk they were read for, on
-        // its first claim (a chunk taken over is read as the worker before
-        // left it), and only while fresh, as rows held before a pause are.
-        let ahead = ahead.take().filter(|a: &ReadAhead| {
-            a.chunk == chunk && lease.taken_from.is_none() && a.started.elapsed() <= REREAD_AFTER
-        });
         if let Some(end) = pass_on(
             ctx,
             chunk,
@@ -673,12 +676,22 @@ struct ReadAhead {
     read_ms: u64,
 }
 
-/// Reads the chunk the next claim most likely hands out (the lowest never
-/// claimed), without claiming it. Nothing is written on the strength of
-/// it: the rows are handed on only if the claim then gives this worker
-/// that very chunk, and, like any chunk's rows, written only where the
-/// guard finds them unchanged. A failure only loses the head start; the
-/// chunk is read again once claimed.
+impl ReadAhead {
+    /// Whether its rows are recent enough to be handed on: read within
+    /// [`REREAD_AFTER`].
+    fn fresh(&self) -> bool {
+        self.started.elapsed() <= REREAD_AFTER
+    }
+}
+
+/// Reads the chunk the next claim most likely hands out (the lowest
+/// unclaimed, which that claim then prefers), without claiming it. Nothing
+/// is written on the strength of it: the rows are handed on only if the
+/// claim then gives this worker that very chunk, and, like any chunk's
+/// rows, written (with `conditional = true`) only where the guard finds
+/// them unchanged. Several waiting workers may read the same chunk; all
+/// but the one that claims it drop their rows. A failure only loses the
+/// head start; the chunk is read again once claimed.
 async fn read_ahead(ctx: &Context, state: &Workers, tokens: bool) -> Option<ReadAhead> {
     let chunk = match state.next_unclaimed(&ctx.run_id, ctx.layout.key_type).await {
         Ok(chunk) => chunk?,
@@ -909,10 +922,11 @@ async fn read_bounded(
     Ok(rows)
 }
 
-/// Reads a chunk of known range, waits for its rows' turn, and hands it on
-/// (see [`hand_on`]). Returns how the feed ends if it must end here; a
-/// claimed chunk that cannot start is given back. `retries` counts the
-/// chunk's transient errors so far.
+/// Reads a chunk of known range (or takes the rows `ahead` read of it),
+/// waits for its rows' turn, and hands it on (see [`hand_on`]). Returns
+/// how the feed ends if it must end here; a claimed chunk that cannot
+/// start is given back. `retries` counts the chunk's transient errors so
+/// far.
 #[expect(
     clippy::too_many_arguments,
     reason = "a chunk, how to read it or what was read of it, and where it goes"
@@ -1096,7 +1110,8 @@ impl Drop for Flight<'_> {
 /// at most before asking again.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// A chunk held back longer than this before its turn is read again.
+/// A chunk held back longer than this before its turn is read again; rows
+/// a worker read ahead are handed on only within this of their read.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads a chunk's rows again: a range by its exact bounds, a key list by
