@@ -513,6 +513,26 @@ mod tests {
         }
     }
 
+    /// Run `r1` planned for workers at `concurrency`, in a fresh store in
+    /// `schema`, with chunks 1 to 3 of keys (0, 10], (10, 20], (20, 30].
+    async fn planned(schema: &str, concurrency: u32) -> (Workers, Vec<Chunk>) {
+        let store = store(schema).await;
+        store.create_run(&run("r1")).await.expect("run");
+        store
+            .set_worker_spec("r1", "name = 'n'", concurrency)
+            .await
+            .expect("spec");
+        let chunks: Vec<Chunk> = (0..3)
+            .map(|i| Chunk {
+                id: i + 1,
+                lo: (i > 0).then(|| Key::Int(i as i64 * 10)),
+                hi: Key::Int((i as i64 + 1) * 10),
+            })
+            .collect();
+        store.plan_chunks("r1", &chunks).await.expect("plan");
+        (store, chunks)
+    }
+
     fn got(claim: Claim) -> Lease {
         match claim {
             Claim::Got(lease) => lease,
@@ -557,20 +577,7 @@ mod tests {
 
     #[tokio::test]
     async fn claims_lease_fence_take_over_and_pace_on_postgres() {
-        let store = store("unit_state_lease").await;
-        store.create_run(&run("r1")).await.expect("run");
-        store
-            .set_worker_spec("r1", "name = 'n'", 2)
-            .await
-            .expect("spec");
-        let chunks: Vec<Chunk> = (0..3)
-            .map(|i| Chunk {
-                id: i + 1,
-                lo: (i > 0).then(|| Key::Int(i as i64 * 10)),
-                hi: Key::Int((i as i64 + 1) * 10),
-            })
-            .collect();
-        store.plan_chunks("r1", &chunks).await.expect("plan");
+        let (store, _) = planned("unit_state_lease", 2).await;
         let long = Duration::from_secs(60);
         let claim = |session: &'static str, lease: Duration| {
             let store = store.clone();
@@ -660,20 +667,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_prefers_the_chunk_read_ahead_while_it_is_free() {
-        let store = store("unit_state_prefer").await;
-        store.create_run(&run("r1")).await.expect("run");
-        store
-            .set_worker_spec("r1", "name = 'n'", 3)
-            .await
-            .expect("spec");
-        let chunks: Vec<Chunk> = (1..=3)
-            .map(|i| Chunk {
-                id: i,
-                lo: (i > 1).then(|| Key::Int(i as i64 * 10 - 10)),
-                hi: Key::Int(i as i64 * 10),
-            })
-            .collect();
-        store.plan_chunks("r1", &chunks).await.expect("plan");
+        let (store, chunks) = planned("unit_state_prefer", 3).await;
         let claim = |session: &'static str, prefer: Option<u64>| {
             let store = store.clone();
             async move {
