@@ -169,6 +169,11 @@ pub struct Store {
     /// What the url of a store refill may create needs added, if it lacks
     /// a `mode=` (SQLite's `mode=rwc`).
     pub create: Option<&'static str>,
+    /// Statements run in one transaction after the tables are made, to
+    /// make them cheaper to write. Best effort: where the server refuses
+    /// one (an older version, a feature it was built without), the store
+    /// works as made.
+    pub tune: &'static [&'static str],
 }
 
 impl Store {

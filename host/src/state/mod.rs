@@ -826,7 +826,29 @@ impl StateStore {
                 }
             }
         }
+        self.tune().await;
         self.check_version().await
+    }
+
+    /// Runs the backend's [`Store::tune`] statements in one transaction;
+    /// where one fails, none holds and the store is used as made.
+    async fn tune(&self) {
+        if self.dialect.tune.is_empty() {
+            return;
+        }
+        let tuned = async {
+            let mut tx = self.pool.begin().await?;
+            for &statement in self.dialect.tune {
+                sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = tuned {
+            tracing::debug!(error = %crate::db::describe(&error), "The state store was left as made.");
+        }
     }
 
     /// Adds the columns of [`ADDED_COLUMNS`] a store lacks.
@@ -1761,6 +1783,44 @@ mod tests {
                 store.unwrap_or_else(|e| panic!("round {round}: {e}"));
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_new_postgres_store_compresses_before_images_with_lz4_where_it_can() {
+        let url = fresh_schema("refill_store_tuned").await;
+        let store = StateStore::open(&url).await.expect("open");
+        let admin = sqlx::PgPool::connect(&crate::db::test_postgres_url())
+            .await
+            .expect("connect");
+        // Whether this server was built with lz4: a column declared so
+        // is refused otherwise.
+        let lz4 = sqlx::query("CREATE TEMPORARY TABLE lz4_probe (d text COMPRESSION lz4)")
+            .execute(&admin)
+            .await
+            .is_ok();
+        let method: String = sqlx::query_scalar(
+            "SELECT CAST(attcompression AS text) FROM pg_attribute \
+             WHERE attrelid = 'refill_store_tuned.refill_images'::regclass AND attname = 'data'",
+        )
+        .fetch_one(&admin)
+        .await
+        .expect("the column");
+        assert_eq!(method, if lz4 { "l" } else { "" }, "lz4 available: {lz4}");
+        // Images are written and read back through the tuned column.
+        let (key, before, after) = (
+            Key::Int(3),
+            vec![crate::value::Value::Null],
+            vec![crate::value::Value::Text("x".into())],
+        );
+        let refs = [crate::state::images::ImageRef {
+            key: &key,
+            before: &before,
+            after: &after,
+        }];
+        store.save_images("r", 1, &refs).await.expect("save");
+        let back = store.images("r", 1, KeyType::Integer).await.expect("read");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].after, after);
     }
 
     fn run(id: &str, status: RunStatus) -> RunRecord {

@@ -77,6 +77,7 @@ impl Driver for Mysql {
         count_tables: "SELECT count(*) FROM information_schema.tables WHERE table_name = 'refill_runs' AND table_schema = DATABASE()",
         setup: &[],
         create: None,
+        tune: &[],
     };
 
     async fn connect(

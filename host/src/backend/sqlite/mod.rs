@@ -73,6 +73,7 @@ impl Driver for Sqlite {
             "PRAGMA busy_timeout = 10000",
         ],
         create: Some("mode=rwc"),
+        tune: &[],
     };
 
     async fn connect(
