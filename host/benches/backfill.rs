@@ -31,7 +31,8 @@
 //! `REFILL_BENCH_PGBENCH_TPS` (300), `REFILL_BENCH_LOAD_ROUNDS` (3),
 //! `REFILL_BENCH_ONLY` (`load`: only the pgbench comparison, a few
 //! minutes; `speed`: only the speed table, as `make bench-large` runs it
-//! at 10,000,000 rows; `workers`: only the distributed workers; or a
+//! at 10,000,000 rows; `workers`: only the distributed workers;
+//! `languages`: only the transform alone, in each language; or a
 //! comma-separated list of these),
 //! `REFILL_BENCH_WORKLOADS` (the numbers of the speed
 //! table's workloads to run, such as `0,3,4`; all by default),
@@ -622,20 +623,19 @@ async fn main() {
     let remap = Remap::warm();
     let only = env_or("REFILL_BENCH_ONLY", "");
     // Everything, or only the parts named: the speed table, the
-    // distributed workers, the load (the transform alone and the languages
-    // only with everything).
+    // distributed workers, the load, the transform alone in each language.
     let everything = only.is_empty();
     let parts: Vec<&str> = only.split(',').map(str::trim).collect();
     if let Some(unknown) = parts
         .iter()
-        .find(|p| !everything && !["speed", "workers", "load"].contains(p))
+        .find(|p| !everything && !["speed", "workers", "load", "languages"].contains(p))
     {
-        panic!("REFILL_BENCH_ONLY: unknown part {unknown:?} (speed, workers, load)");
+        panic!("REFILL_BENCH_ONLY: unknown part {unknown:?} (speed, workers, load, languages)");
     }
     let part = |name: &str| everything || parts.contains(&name);
     let speed = part("speed");
 
-    let (alone, _) = if everything {
+    let (alone, _) = if part("languages") {
         transform_only(&remap.component, rows)
     } else {
         (Duration::ZERO, Duration::ZERO)
@@ -646,7 +646,7 @@ async fn main() {
     // instance.
     let mut languages = Vec::new();
     for (name, share) in [("remap", 1), ("remap-py", 10), ("remap-js", 100)] {
-        if !everything {
+        if !part("languages") {
             break;
         }
         let path = root.join(format!("plugins/dist/{name}.wasm"));
@@ -809,7 +809,7 @@ async fn main() {
         );
         let named: Vec<(&str, Measured)> = workloads.iter().copied().zip(best).collect();
         common::print_against_single(rows, &named);
-        if everything {
+        if part("languages") {
             println!(
                 "     {:<41} {:>9.2} {:>12}",
                 "remap transform alone (1 thread, batches of 1000)",
@@ -837,6 +837,22 @@ async fn main() {
             or_dash(ratio(4, 1)),
             or_dash(ratio(5, 1)),
         );
+        // Where the machine's CPU went: the server's share, and the rest
+        // (the script's client, or refill).
+        let split = |i: usize| {
+            let m = &best[i];
+            m.server
+                .filter(|_| m.ran())
+                .map(|server| (server, m.cpu - server))
+        };
+        if let (Some((script_server, client)), Some(in_target)) = (split(3), split(5)) {
+            let (refill_server, _) = in_target;
+            println!(
+                "CPU, 2-session script: server {script_server:.2} s, the rest (its client) {client:.2} s; \
+                 refill in the target: server {refill_server:.2} s, refill {}",
+                best[5].own.map_or("-".into(), |o| format!("{o:.2} s"))
+            );
+        }
         if let Some(r) = ratio(6, 4) {
             println!(
                 "without the guard ([target] conditional = false), refill takes {r} its guarded time"
@@ -852,7 +868,7 @@ async fn main() {
         }
         println!(
             "machine CPU: all cores' busy time during the workload (PostgreSQL's backends, the bench and refill); \
-             refill CPU: refill's own processes; {cpus} CPUs"
+             server CPU: PostgreSQL's processes on this machine; refill CPU: refill's own processes; {cpus} CPUs"
         );
     }
     if !distributed.is_empty() {
@@ -885,7 +901,7 @@ async fn main() {
             );
         }
     }
-    if everything {
+    if part("languages") {
         println!();
         println!(
             "the remap transform in three languages (transform alone, 1 thread, batches of 1000):"

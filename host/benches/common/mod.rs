@@ -176,6 +176,9 @@ pub struct Measured {
     pub cpu: f64,
     /// Seconds of CPU of the `refill` processes the bench started.
     pub own: Option<f64>,
+    /// Seconds of CPU of the database server's processes, when it runs on
+    /// this machine.
+    pub server: Option<f64>,
 }
 
 impl Measured {
@@ -184,6 +187,7 @@ impl Measured {
         took: Duration::MAX,
         cpu: 0.0,
         own: None,
+        server: None,
     };
 
     /// Whether this was measured.
@@ -226,19 +230,68 @@ pub fn cpu_now() -> (f64, f64) {
     (children, busy)
 }
 
-/// Runs `work` and measures it: wall time, the machine's CPU, and the CPU
-/// of the processes it started and waited for.
+/// The database servers whose CPU [`measure`] reads: PostgreSQL's
+/// postmaster and backends, and MariaDB's or MySQL's one process.
+const SERVERS: &[&str] = &["postgres", "postmaster", "mariadbd", "mysqld"];
+
+/// Seconds of CPU used so far by the database servers running on this
+/// machine, or `None` when none is visible in `/proc`: every server
+/// process's own time, and what the ones started by something else (the
+/// postmaster) collected from their children that ended (backends).
+#[expect(clippy::cast_precision_loss, reason = "seconds, printed")]
+pub fn server_cpu() -> Option<f64> {
+    let mut ticks = 0u64;
+    let mut seen = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !SERVERS.contains(&&stat[open + 1..close]) {
+            continue;
+        }
+        let fields: Vec<u64> = stat[close + 1..]
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+        seen = true;
+        // utime and stime, then cutime and cstime of a server's parent
+        // process (whose parent, init or a supervisor, is not a server).
+        ticks += field(10) + field(11);
+        if !server_parent(field(0)) {
+            ticks += field(12) + field(13);
+        }
+    }
+    seen.then(|| ticks as f64 / 100.0)
+}
+
+/// Whether process `pid` is a database server.
+fn server_parent(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|name| SERVERS.contains(&name.trim_end()))
+}
+
+/// Runs `work` and measures it: wall time, the machine's CPU, the CPU of
+/// the processes it started and waited for, and the database server's.
 pub async fn measure<F: std::future::Future<Output = ()>>(work: F) -> Measured {
     let (own_before, all_before) = cpu_now();
+    let server_before = server_cpu();
     let started = std::time::Instant::now();
     work.await;
     let took = started.elapsed();
     let (own_after, all_after) = cpu_now();
+    let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
     let own = own_after - own_before;
     Measured {
         took,
         cpu: all_after - all_before,
         own: (own > 0.0).then_some(own),
+        server,
     }
 }
 
@@ -262,11 +315,18 @@ pub fn chosen(n: usize) -> Vec<bool> {
 
 /// Prints workloads over `rows` rows as a table of seconds, rows/s, the
 /// ratio of each one's time to the first's (the single statement's), and
-/// the CPU each used: the whole machine's, and refill's own.
+/// the CPU each used: the whole machine's, the database server's and
+/// refill's own.
 pub fn print_against_single(rows: i64, workloads: &[(&str, Measured)]) {
     println!(
-        "  {:<44} {:>9} {:>12} {:>18} {:>11} {:>11}",
-        "workload", "seconds", "rows/s", "vs single UPDATE", "machine CPU", "refill CPU"
+        "  {:<44} {:>9} {:>12} {:>18} {:>11} {:>11} {:>11}",
+        "workload",
+        "seconds",
+        "rows/s",
+        "vs single UPDATE",
+        "machine CPU",
+        "server CPU",
+        "refill CPU"
     );
     let single = workloads
         .first()
@@ -279,8 +339,9 @@ pub fn print_against_single(rows: i64, workloads: &[(&str, Measured)]) {
         }
         let ratio = single.map_or("-".into(), |s| format!("{:.2}", m.took.as_secs_f64() / s));
         let own = m.own.map_or("-".into(), |o| format!("{o:.2} s"));
+        let server = m.server.map_or("-".into(), |o| format!("{o:.2} s"));
         println!(
-            "  {i:>2} {name:<41} {:>9.2} {:>12} {ratio:>18} {:>9.2} s {own:>11}",
+            "  {i:>2} {name:<41} {:>9.2} {:>12} {ratio:>18} {:>9.2} s {server:>11} {own:>11}",
             m.took.as_secs_f64(),
             rate(rows, m.took),
             m.cpu,
