@@ -238,9 +238,30 @@ const SERVERS: &[&str] = &["postgres", "postmaster", "mariadbd", "mysqld"];
 /// machine, or `None` when none is visible in `/proc`: every server
 /// process's own time, and what the ones started by something else (the
 /// postmaster) collected from their children that ended (backends).
+///
+/// A backend that ends while `/proc` is read would be counted in neither
+/// place (or in both): the parents' collected time is read before and
+/// after the rest, and the reading is taken again until it held still.
 #[expect(clippy::cast_precision_loss, reason = "seconds, printed")]
 pub fn server_cpu() -> Option<f64> {
-    let mut ticks = 0u64;
+    let mut last = None;
+    for _ in 0..10 {
+        let (parents, _) = server_ticks()?;
+        let (_, own) = server_ticks()?;
+        let (parents_after, _) = server_ticks()?;
+        last = Some(parents_after + own);
+        if parents == parents_after {
+            break;
+        }
+    }
+    last.map(|ticks| ticks as f64 / 100.0)
+}
+
+/// The server processes' ticks: what the parents collected from their
+/// ended children, and every process's own; `None` when there is no
+/// server process.
+fn server_ticks() -> Option<(u64, u64)> {
+    let (mut parents, mut own) = (0u64, 0u64);
     let mut seen = false;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -260,14 +281,14 @@ pub fn server_cpu() -> Option<f64> {
             .collect();
         let field = |i: usize| fields.get(i).copied().unwrap_or(0);
         seen = true;
-        // utime and stime, then cutime and cstime of a server's parent
-        // process (whose parent, init or a supervisor, is not a server).
-        ticks += field(10) + field(11);
+        // utime and stime; cutime and cstime of a server's parent process
+        // (whose own parent, init or a supervisor, is not a server).
+        own += field(10) + field(11);
         if !server_parent(field(0)) {
-            ticks += field(12) + field(13);
+            parents += field(12) + field(13);
         }
     }
-    seen.then(|| ticks as f64 / 100.0)
+    seen.then_some((parents, own))
 }
 
 /// Whether process `pid` is a database server.
