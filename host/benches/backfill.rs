@@ -845,10 +845,9 @@ async fn main() {
                 .filter(|_| m.ran())
                 .map(|server| (server, m.cpu - server))
         };
-        if let (Some((script_server, client)), Some(in_target)) = (split(3), split(5)) {
-            let (refill_server, _) = in_target;
+        if let (Some((script_server, rest)), Some((refill_server, _))) = (split(3), split(5)) {
             println!(
-                "CPU, 2-session script: server {script_server:.2} s, the rest (its client) {client:.2} s; \
+                "CPU, 2-session script: server {script_server:.2} s, the rest (its client, the kernel, steal) {rest:.2} s; \
                  refill in the target: server {refill_server:.2} s, refill {}",
                 best[5].own.map_or("-".into(), |o| format!("{o:.2} s"))
             );
@@ -868,7 +867,7 @@ async fn main() {
         }
         println!(
             "machine CPU: all cores' busy time during the workload (PostgreSQL's backends, the bench and refill); \
-             server CPU: PostgreSQL's processes on this machine; refill CPU: refill's own processes; {cpus} CPUs"
+             server CPU: the database servers' processes on this machine (PostgreSQL's; an idle MariaDB's adds little); refill CPU: refill's own processes; {cpus} CPUs"
         );
     }
     if !distributed.is_empty() {

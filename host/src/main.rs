@@ -34,7 +34,7 @@ fn main() -> std::process::ExitCode {
 /// the threads, not with `[chunk] max_bytes`.
 ///
 /// The smaller blocks stay where they are: an arena gives the free memory
-/// at its top back to the system only past [`KEEP_FREE_TOP`], not past
+/// at its top back to the system only past `KEEP_FREE_TOP`, not past
 /// glibc's 128 KiB. Each chunk's before-images go through SQLite's
 /// allocations of a few hundred KiB, and with the default every chunk
 /// handed about 1 MiB back and faulted it in again (zeroed) on the next:

@@ -251,9 +251,10 @@ pub fn server_cpu() -> Option<f64> {
         let (parents_after, _) = server_ticks()?;
         last = Some(parents_after + own);
         if parents == parents_after {
-            break;
+            return last.map(|ticks| ticks as f64 / 100.0);
         }
     }
+    println!("(the server's CPU did not hold still while read: its figure may be off)");
     last.map(|ticks| ticks as f64 / 100.0)
 }
 
@@ -284,7 +285,7 @@ fn server_ticks() -> Option<(u64, u64)> {
         // utime and stime; cutime and cstime of a server's parent process
         // (whose own parent, init or a supervisor, is not a server).
         own += field(10) + field(11);
-        if !server_parent(field(0)) {
+        if !is_server(field(0)) {
             parents += field(12) + field(13);
         }
     }
@@ -292,7 +293,7 @@ fn server_ticks() -> Option<(u64, u64)> {
 }
 
 /// Whether process `pid` is a database server.
-fn server_parent(pid: u64) -> bool {
+fn is_server(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|name| SERVERS.contains(&name.trim_end()))
 }
