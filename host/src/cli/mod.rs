@@ -21,6 +21,7 @@ use refill::ops::run::{self, Progress, RunOptions, Stop};
 use refill::ops::status;
 use refill::ops::tryout::{self, Limits, Tryout};
 use refill::spec::Spec;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use self::args::{Args, Command, LogFormat};
@@ -443,7 +444,7 @@ async fn run_command(
     let spec = Spec::load(path)?;
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
-    let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED);
+    let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED)?;
     let display = progress::start(progress.clone());
     let result = run::run(&spec, &options, progress).await;
     display.finish().await;
@@ -482,7 +483,7 @@ async fn plan_workers_command(path: &Path, workers: u32, restart: bool) -> Resul
 async fn worker_command(options: WorkerOptions, metrics_addr: Option<SocketAddr>) -> Result<u8> {
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
-    let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED);
+    let _interrupts = on_ctrl_c(progress.clone(), &RUN_INTERRUPTED)?;
     let display = progress::start(progress.clone());
     let result = refill::ops::run::worker::work(&options, progress).await;
     display.finish().await;
@@ -548,20 +549,39 @@ const VERIFY_INTERRUPTED: Interrupted = Interrupted {
 /// Ctrl-C once: stop taking chunks, finish those in flight, exit
 /// resumably. Twice: exit now; the chunks in flight are not checkpointed
 /// and the next run (retry, rollback) redoes them.
-fn on_ctrl_c(progress: Arc<Progress>, say_what: &'static Interrupted) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
-            return;
-        }
-        progress
-            .interrupted
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        say(Level::Warn, say_what.once);
-        if tokio::signal::ctrl_c().await.is_ok() {
+///
+/// The listener is made here, before the command starts, so that SIGINT is
+/// caught from then on.
+fn on_ctrl_c(progress: Arc<Progress>, say_what: &'static Interrupted) -> Result<AbortOnDrop> {
+    let interrupts = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    Ok(AbortOnDrop(tokio::spawn(async move {
+        let acknowledge = async { say(Level::Warn, say_what.once) };
+        if interrupted_twice(interrupts, &progress, acknowledge).await {
             say(Level::Warn, say_what.twice);
             std::process::exit(i32::from(INTERRUPTED));
         }
-    }))
+    })))
+}
+
+/// Waits for a first SIGINT on `interrupts`, marks `progress` interrupted
+/// and runs `acknowledge`, then waits for a second; true once it comes.
+/// Both waits are on the one listener: one made afresh for the second wait
+/// (`tokio::signal::ctrl_c()` again) would miss a Ctrl-C pressed while the
+/// first was being acknowledged, and the run would go on to finish its
+/// chunks in flight.
+async fn interrupted_twice(
+    mut interrupts: Signal,
+    progress: &Progress,
+    acknowledge: impl Future<Output = ()>,
+) -> bool {
+    if interrupts.recv().await.is_none() {
+        return false;
+    }
+    progress
+        .interrupted
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    acknowledge.await;
+    interrupts.recv().await.is_some()
 }
 
 /// `refill pause`, `resume` (`action` is `None`) and `abort`: records the
@@ -630,7 +650,7 @@ async fn retry_command(
     let Located { spec, store, run } = locate::locate(id, &at.into()).await?;
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
-    let _interrupts = on_ctrl_c(progress.clone(), &RETRY_INTERRUPTED);
+    let _interrupts = on_ctrl_c(progress.clone(), &RETRY_INTERRUPTED)?;
     let display = progress::start(progress.clone());
     let result = refill::ops::retry::retry(&spec, &store, &run, execute, progress).await;
     display.finish().await;
@@ -658,7 +678,7 @@ async fn retry_command(
 
 async fn verify_command(id: Option<&str>, json: bool, at: &args::RunAt) -> Result<u8> {
     let progress = Arc::new(Progress::default());
-    let _interrupts = on_ctrl_c(progress.clone(), &VERIFY_INTERRUPTED);
+    let _interrupts = on_ctrl_c(progress.clone(), &VERIFY_INTERRUPTED)?;
     let record = match id {
         Some(id) => {
             let Located { spec, store, run } = locate::locate(id, &at.into()).await?;
@@ -708,7 +728,7 @@ async fn rollback_command(
     let Located { spec, store, run } = locate::locate(id, &at.into()).await?;
     let progress = Arc::new(Progress::default());
     let _metrics = serve_metrics(metrics_addr, &progress).await?;
-    let _interrupts = on_ctrl_c(progress.clone(), &ROLLBACK_INTERRUPTED);
+    let _interrupts = on_ctrl_c(progress.clone(), &ROLLBACK_INTERRUPTED)?;
     let display = progress::start(progress.clone());
     let result = refill::ops::rollback::rollback(&spec, &store, &run, execute, progress).await;
     display.finish().await;
@@ -748,4 +768,41 @@ fn inspect_command(path: &Path, json: bool) -> Result<u8> {
     } else {
         COULD_NOT_RUN
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second Ctrl-C that arrives while the first is being acknowledged,
+    /// and has already been taken in by the runtime when the wait for it
+    /// starts, still stops the command.
+    #[tokio::test]
+    async fn a_second_ctrl_c_during_the_acknowledgement_is_not_lost() {
+        let interrupts = signal(SignalKind::interrupt()).expect("listen");
+        let progress = Progress::default();
+        let acknowledge = async {
+            // A listener made now sees only the second.
+            let mut seen = signal(SignalKind::interrupt()).expect("listen");
+            raise_sigint();
+            seen.recv().await.expect("the runtime took the second in");
+        };
+        let watch = interrupted_twice(interrupts, &progress, acknowledge);
+        raise_sigint();
+        let twice = tokio::time::timeout(std::time::Duration::from_secs(30), watch).await;
+        assert_eq!(twice, Ok(true), "the second Ctrl-C was lost");
+        assert!(
+            progress
+                .interrupted
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    fn raise_sigint() {
+        #[expect(unsafe_code, reason = "raise has no safe std API")]
+        // SAFETY: raise only sends this process a signal, which the
+        // listeners made above catch.
+        let sent = unsafe { libc::raise(libc::SIGINT) };
+        assert_eq!(sent, 0, "raise SIGINT");
+    }
 }
