@@ -127,6 +127,58 @@ fn a_rows_per_second_limit_holds() {
     );
 }
 
+/// Whether transparent huge pages serve the running process `pid`, from
+/// `/proc/PID/status` (Linux 5.0 and later).
+fn huge_pages_on(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .expect("a THP_enabled line");
+    line.split_whitespace().nth(1) == Some("1")
+}
+
+/// A backfill's heap is not served by huge pages, whose first touch zeroes
+/// 2 MiB (see `no_huge_pages` in main.rs); a user who sets
+/// `MIMALLOC_ALLOW_THP` decides for themselves.
+#[test]
+fn a_run_turns_huge_pages_off_unless_the_user_chose() {
+    let w = World::new(Backend::Sqlite, "no_huge_pages");
+    quotes(&w, 15_000, false);
+    w.write(
+        "spec.toml",
+        &throttled(&w, "chunk_time = \"500ms\"", "max_rows_per_sec = 2000"),
+    );
+    // Chosen first, then interrupted; the default resumes the run.
+    let mut done = 0;
+    for (chose, expected) in [(Some("1"), true), (None, false)] {
+        let mut cmd = w.refill();
+        cmd.args(["run", "spec.toml", "--execute"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(value) = chose {
+            cmd.env("MIMALLOC_ALLOW_THP", value);
+        }
+        let mut child = cmd.spawn().expect("spawn refill");
+        w.wait_for_chunks(&mut child, done + 1);
+        assert_eq!(
+            huge_pages_on(child.id()),
+            expected,
+            "MIMALLOC_ALLOW_THP={chose:?}"
+        );
+        if chose.is_some() {
+            interrupt(&child);
+            finish(child).expect_code(130);
+            done = w.status("spec.toml", None)[0]["chunks_done"]
+                .as_u64()
+                .expect("chunks done");
+        } else {
+            finish(child).expect_code(0);
+        }
+    }
+    assert_remapped(&w, false);
+}
+
 #[test]
 fn a_probe_pauses_the_run_within_two_seconds_and_lets_it_go_on() {
     let w = World::new(Backend::Postgres, "probe_flip");
