@@ -21,10 +21,14 @@ fn main() -> std::process::ExitCode {
         return refill::build::snapshot::main(args.collect());
     }
     restore_sigpipe();
-    no_huge_pages();
     return_large_blocks();
     keep_freed_pages();
-    cli::run(cli::args::parse())
+    let args = cli::args::parse();
+    // `refill build` runs language toolchains, which would inherit it.
+    if !matches!(args.command, cli::args::Command::Build { .. }) {
+        no_huge_pages();
+    }
+    cli::run(args)
 }
 
 /// Makes every allocation of 1 MiB or more that still goes to glibc (C
@@ -86,26 +90,33 @@ fn keep_freed_pages() {
 }
 
 /// Turns transparent huge pages off for this process, unless the user set
-/// `MIMALLOC_ALLOW_THP` (mimalloc reads it, and asks for huge pages for its
-/// arenas by default). With them, the first write to each 2 MiB of the heap
-/// had the kernel zero all of it: on this VM, that was a sixth of refill's
-/// samples over the bench's 1,000,000-row backfill (`clear_page_erms`,
-/// under `mi_page_free_list_extend`). Without them, system time fell from
-/// 0.82–0.88 s to 0.36 s, and the peak RSS from 231–259 MB to 210–214 MB,
-/// for 55,000–63,000 small page faults instead of 10,000 faults of which
-/// about 100 were huge. The guest's memories and compiled code are not on
-/// that heap. Children (the language toolchains `refill build` runs)
-/// inherit the setting.
+/// `MIMALLOC_ALLOW_THP` (mimalloc reads it: with `0` it makes this same
+/// call itself, and by default it asks for huge pages for its arenas).
+/// With them, the first write to each 2 MiB of the heap had the kernel
+/// zero all of it: on this VM, a sixth of refill's samples over the
+/// bench's 1,000,000-row backfill (`clear_page_erms`, under
+/// `mi_page_free_list_extend`), and about half a second of system time
+/// (docs/performance.md, "Huge pages off"). The setting is the process's:
+/// it also covers the guest's memories, which a machine set to `always`
+/// would otherwise serve with huge pages (this one is set to `madvise`,
+/// and wasmtime asks for none). Not for `refill build`, whose toolchains
+/// would inherit it.
 fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
     }
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointer; it
-    // only changes how this process's future page faults are served.
-    #[expect(unsafe_code, reason = "prctl has no safe std API")]
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments and no
+        // pointer; it only changes how this process's future page faults
+        // are served.
+        #[expect(unsafe_code, reason = "prctl has no safe std API")]
+        unsafe {
+            let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+            // A kernel before 3.15 refuses it; refill then works as
+            // before (logging is not set up yet to say so).
+            libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused);
+        }
     }
 }
 

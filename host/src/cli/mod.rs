@@ -550,8 +550,10 @@ const VERIFY_INTERRUPTED: Interrupted = Interrupted {
 /// resumably. Twice: exit now; the chunks in flight are not checkpointed
 /// and the next run (retry, rollback) redoes them.
 ///
-/// The listener is made here, before the command starts, so that SIGINT is
-/// caught from then on.
+/// The listener is made here, before the command's work starts, so that
+/// SIGINT is caught from then on. Two SIGINTs that both arrive before the
+/// first is taken in count as one, as signals do: the second press of a
+/// quick double tap may only stop after the chunks in flight.
 fn on_ctrl_c(progress: Arc<Progress>, say_what: &'static Interrupted) -> Result<AbortOnDrop> {
     let interrupts = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
     Ok(AbortOnDrop(tokio::spawn(async move {
